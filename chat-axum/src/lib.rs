@@ -1,0 +1,1 @@
+//! Axum adapter for `chat-core` (work in progress: see issue 3).

@@ -1,0 +1,497 @@
+//! Wire protocol: JSON text frames, one object per frame, internally tagged by `type`.
+//!
+//! The same types are used by the server, `chat-cli`, the tests, and (as documented JSON)
+//! the browser page. `docs/PROTOCOL.md` shows a transcript for every frame.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserName};
+
+/// The protocol version this crate speaks. Sent in `hello` and `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ClientFrame {
+    /// First frame of every connection: protocol version and the name to use.
+    Hello {
+        /// Request id echoed in the `welcome` or `error`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Must be [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The user name (anonymous mode) or the name to authenticate as (host mode).
+        name: String,
+        /// Anonymous mode: the token from an earlier `welcome`, proving this is the same
+        /// user (another tab, a reconnect). Host mode: the credentials for the identity hook.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Rooms to join right away, with resume cursors. When absent, the server's default
+        /// rooms are joined.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rooms: Option<Vec<JoinSpec>>,
+    },
+    /// Join a room (created on first join), or resume it from `since`.
+    Join {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name, or `@a,b` for a direct-message room.
+        room: String,
+        /// Last seq this client has seen; the reply then holds exactly the later messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Seq>,
+    },
+    /// Leave a room.
+    Leave {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+    },
+    /// Post a message to a room (`room`) or to a user (`to`, a direct message).
+    Send {
+        /// Request id, echoed in the `ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Target room. Exactly one of `room` and `to` is given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// Target user for a direct message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// Message text.
+        body: String,
+        /// Client-chosen id making the send idempotent: a resend is acked with the
+        /// original seq and not posted twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<ClientMsgId>,
+    },
+    /// Ask for a page of history, newest `limit` messages before `before`, oldest first.
+    History {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// Only messages with a smaller seq; the latest when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<Seq>,
+        /// Page size (default 50, at most the server's `history_page_max`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// List rooms with member counts.
+    Rooms {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// List the users in a room.
+    Members {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+    },
+    /// Typing indicator: `active` true while typing (repeat every few seconds), false to stop.
+    /// Best effort: excess typing frames are coalesced, never answered.
+    Typing {
+        /// Room name.
+        room: String,
+        /// Whether the user is typing.
+        active: bool,
+    },
+}
+
+/// A room to join in `hello`, optionally resuming from a seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// Room name.
+    pub room: String,
+    /// Last seen seq, as in `join`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Seq>,
+}
+
+/// A frame sent by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// Reply to `hello`.
+    Welcome {
+        /// The hello's request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Protocol version in use.
+        version: u32,
+        /// This connection's session id.
+        session: SessionId,
+        /// The user name as the server normalized it.
+        user: UserName,
+        /// Anonymous mode: keep this and send it in later `hello`s to be the same user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// History epoch: when it changes between connections, seqs were reset.
+        epoch: String,
+        /// The server's limits.
+        limits: Limits,
+    },
+    /// Reply to `join` (and to rooms joined by `hello`): who is here and the recent
+    /// messages (or, with `since`, exactly the messages after it).
+    Joined {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name, normalized.
+        room: RoomName,
+        /// Users in the room.
+        members: Vec<UserName>,
+        /// Messages, oldest first.
+        messages: Vec<Arc<Message>>,
+        /// True when `since` asked for messages the server no longer holds in memory
+        /// (or from another epoch): `messages` are then the latest ones, and older ones
+        /// can be paged with `history`.
+        gap: bool,
+        /// The room's latest seq.
+        last_seq: Seq,
+    },
+    /// Reply to `leave`.
+    Left {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: RoomName,
+    },
+    /// A message posted to a room this session is in.
+    Message(Arc<Message>),
+    /// The sender's confirmation of a `send`.
+    Ack {
+        /// Request id of the send.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room (for a direct message, the canonical `@a,b` room).
+        room: RoomName,
+        /// The message's seq.
+        seq: Seq,
+        /// The message's server timestamp.
+        #[serde(with = "ts_millis")]
+        ts: DateTime<Utc>,
+        /// The send's client id, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<ClientMsgId>,
+        /// True when this client id was already posted: nothing new was posted.
+        duplicate: bool,
+    },
+    /// Reply to `history`.
+    History {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: RoomName,
+        /// Messages, oldest first.
+        messages: Vec<Arc<Message>>,
+        /// Whether older messages exist.
+        has_more: bool,
+    },
+    /// Reply to `rooms`.
+    Rooms {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Public rooms, and this user's direct-message rooms.
+        rooms: Vec<RoomInfo>,
+    },
+    /// Reply to `members`.
+    Members {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: RoomName,
+        /// Users in the room.
+        members: Vec<UserName>,
+    },
+    /// A user's first session joined a room.
+    UserJoined {
+        /// Room name.
+        room: RoomName,
+        /// Who joined.
+        user: UserName,
+        /// When.
+        #[serde(with = "ts_millis")]
+        ts: DateTime<Utc>,
+    },
+    /// A user's last session left a room (or disconnected and did not come back within
+    /// the grace period).
+    UserLeft {
+        /// Room name.
+        room: RoomName,
+        /// Who left.
+        user: UserName,
+        /// When.
+        #[serde(with = "ts_millis")]
+        ts: DateTime<Utc>,
+    },
+    /// Someone started or stopped typing. `active: true` expires by itself after
+    /// `limits.typing_expiry_ms` unless renewed; the server also clears it.
+    Typing {
+        /// Room name.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// Whether they are typing.
+        active: bool,
+    },
+    /// A command was rejected.
+    Error {
+        /// Request id of the rejected command, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// The server is going away (shutdown or restart). Reconnect after `retry_after_ms`.
+    Goodbye {
+        /// Why.
+        reason: String,
+        /// Suggested delay before reconnecting.
+        retry_after_ms: u64,
+    },
+}
+
+/// A chat message as stored and delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Room (for direct messages, `@a,b`).
+    pub room: RoomName,
+    /// Sequence number within the room.
+    pub seq: Seq,
+    /// Server timestamp (UTC, RFC 3339 with milliseconds).
+    #[serde(with = "ts_millis")]
+    pub ts: DateTime<Utc>,
+    /// Author.
+    pub user: UserName,
+    /// Text.
+    pub body: Arc<str>,
+    /// The author's client id for this message, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientMsgId>,
+}
+
+/// A room in the `rooms` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// Room name.
+    pub name: RoomName,
+    /// Number of users in it.
+    pub members: usize,
+    /// Whether it is a direct-message room.
+    pub direct: bool,
+    /// Its latest seq.
+    pub last_seq: Seq,
+}
+
+/// The server limits announced in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Longest user name, in characters.
+    pub max_name_chars: usize,
+    /// Longest room name, in characters.
+    pub max_room_chars: usize,
+    /// Largest message body, in bytes of UTF-8.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket frame the server accepts, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most rooms one session can be in.
+    pub max_rooms_per_session: usize,
+    /// Largest history page.
+    pub history_page_max: usize,
+    /// Sends allowed in a burst.
+    pub send_burst: u32,
+    /// Sustained sends per second.
+    pub sends_per_second: u32,
+    /// Typing indicators expire after this long unless renewed.
+    pub typing_expiry_ms: u64,
+}
+
+/// Stable error codes in `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON or not a known command with the right fields.
+    BadFrame,
+    /// The hello's protocol version is not supported.
+    UnsupportedVersion,
+    /// A command other than `hello` came before `hello`.
+    HelloRequired,
+    /// A second `hello` on the same connection.
+    AlreadyWelcomed,
+    /// The user name is not valid.
+    InvalidName,
+    /// The name is in use by someone else.
+    NameTaken,
+    /// The identity hook refused the credentials.
+    AuthFailed,
+    /// The room name is not valid.
+    InvalidRoom,
+    /// The room does not exist (and rooms are not created on join).
+    RoomNotFound,
+    /// This session is not in that room.
+    NotMember,
+    /// This session is in as many rooms as allowed.
+    TooManyRooms,
+    /// A server-wide limit was reached (e.g. the number of rooms).
+    LimitReached,
+    /// The body is empty or only whitespace.
+    InvalidBody,
+    /// The body is larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// Too many sends: wait and retry.
+    RateLimited,
+    /// The direct-message recipient is not known.
+    UserNotFound,
+    /// The request's fields do not make sense together.
+    InvalidRequest,
+    /// The message could not be stored; it was not posted. Retry later.
+    StorageUnavailable,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::AlreadyWelcomed => "already_welcomed",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::RoomNotFound => "room_not_found",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::LimitReached => "limit_reached",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a client frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad frame: {message}")]
+pub struct DecodeError {
+    /// What was wrong, for the error frame.
+    pub message: String,
+    /// The request id, when it could be read despite the error.
+    pub id: Option<RequestId>,
+}
+
+/// Decodes one client frame. Never panics; hostile input gives a [`DecodeError`].
+pub fn decode(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: Option<RequestId>,
+        }
+        let id = serde_json::from_slice::<IdOnly>(bytes).ok().and_then(|x| x.id);
+        DecodeError { message: e.to_string(), id }
+    })
+}
+
+/// A server frame serialized once, shared by every recipient (a cheap clone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    bytes: Bytes,
+    ephemeral: bool,
+}
+
+impl Encoded {
+    /// Serializes a frame. Ephemeral frames (typing) may be dropped under backpressure.
+    #[must_use]
+    pub fn new(frame: &ServerFrame) -> Encoded {
+        let ephemeral = matches!(frame, ServerFrame::Typing { .. });
+        // Serializing these types cannot fail: no maps with non-string keys, no I/O.
+        let bytes = serde_json::to_vec(frame).expect("server frames always serialize");
+        Encoded { bytes: Bytes::from(bytes), ephemeral }
+    }
+
+    /// The JSON text, as bytes (always valid UTF-8).
+    #[must_use]
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The JSON text.
+    #[must_use]
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.bytes).expect("encoded frames are JSON text")
+    }
+
+    /// Whether dropping this frame under backpressure loses nothing durable (typing).
+    #[must_use]
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
+    /// Decodes the frame back (for clients and tests).
+    pub fn decode(&self) -> Result<ServerFrame, serde_json::Error> {
+        serde_json::from_slice(&self.bytes)
+    }
+}
+
+/// Timestamps on the wire: RFC 3339, UTC, millisecond precision (`2026-01-02T03:04:05.678Z`).
+pub mod ts_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as RFC 3339 with milliseconds and `Z`.
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    /// Parses any RFC 3339 timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Formats a timestamp the way the protocol does.
+#[must_use]
+pub fn format_ts(ts: &DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}

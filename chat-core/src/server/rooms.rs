@@ -1,0 +1,200 @@
+//! A room: members, the recipients of its messages, its history window and its seq.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserKey};
+use crate::protocol::{Encoded, Message};
+
+/// A user's presence in a public room.
+#[derive(Debug, Default)]
+pub(crate) struct Member {
+    /// This user's sessions that are in the room.
+    pub sessions: BTreeSet<SessionId>,
+    /// Set when the last session disconnected: the user stays listed until then, so a
+    /// page refresh does not announce a leave and a join.
+    pub linger_until: Option<Instant>,
+}
+
+/// A message as kept in the window: the shared message and its frame, encoded once.
+#[derive(Debug, Clone)]
+pub(crate) struct Posted {
+    pub msg: Arc<Message>,
+    pub frame: Encoded,
+}
+
+/// Who is waiting for a message's ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Acker {
+    Session(SessionId, Option<RequestId>),
+    Host(u64),
+}
+
+/// A message with a seq, waiting for the store to confirm it (durable mode).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub posted: Posted,
+    pub author: UserKey,
+    pub committed: bool,
+    pub ackers: Vec<Acker>,
+}
+
+/// A page of history out of the window, or the answer that the store must be asked.
+pub(crate) enum Page {
+    Memory { messages: Vec<Arc<Message>>, has_more: bool },
+    Store,
+}
+
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub name: RoomName,
+    /// The two users of a direct-message room; `None` for a public room.
+    pub direct: Option<(UserKey, UserKey)>,
+    /// Users in a public room.
+    pub members: BTreeMap<UserKey, Member>,
+    /// Every session in a public room: the recipients of its events.
+    pub sessions: BTreeSet<SessionId>,
+    /// Who is typing, until when.
+    pub typing: BTreeMap<UserKey, Instant>,
+    history: VecDeque<Posted>,
+    /// Messages with seq ≤ floor are not in the window (evicted, or only in the store).
+    floor: Seq,
+    /// The last seq handed out (including messages still pending in the store).
+    pub last_seq: Seq,
+    /// The last seq delivered to members.
+    pub last_delivered: Seq,
+    last_ts: DateTime<Utc>,
+    client_ids: HashMap<(UserKey, ClientMsgId), Seq>,
+    pub pending: VecDeque<Pending>,
+}
+
+impl Room {
+    pub fn new(name: RoomName) -> Room {
+        let direct = name.direct_users();
+        Room {
+            name,
+            direct,
+            members: BTreeMap::new(),
+            sessions: BTreeSet::new(),
+            typing: BTreeMap::new(),
+            history: VecDeque::new(),
+            floor: Seq(0),
+            last_seq: Seq(0),
+            last_delivered: Seq(0),
+            last_ts: DateTime::<Utc>::MIN_UTC,
+            client_ids: HashMap::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Number of users in the room (both users for a direct room).
+    pub fn user_count(&self) -> usize {
+        if self.direct.is_some() { 2 } else { self.members.len() }
+    }
+
+    /// Whether the room holds nothing worth keeping: no members, no history, nothing pending.
+    pub fn is_disposable(&self) -> bool {
+        self.members.is_empty() && self.history.is_empty() && self.pending.is_empty() && self.last_seq == Seq(0)
+    }
+
+    /// The next seq and a timestamp that never goes backwards within the room.
+    pub fn stamp(&mut self, now: DateTime<Utc>) -> (Seq, DateTime<Utc>) {
+        self.last_seq = self.last_seq.next();
+        // Millisecond precision, as on the wire, so a stored and a live copy compare equal.
+        let ms = now.timestamp_millis();
+        let now = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(now);
+        self.last_ts = self.last_ts.max(now);
+        (self.last_seq, self.last_ts)
+    }
+
+    pub fn lookup_client_id(&self, author: &UserKey, id: &ClientMsgId) -> Option<Seq> {
+        self.client_ids.get(&(author.clone(), id.clone())).copied()
+    }
+
+    pub fn remember_client_id(&mut self, author: UserKey, id: ClientMsgId, seq: Seq) {
+        self.client_ids.insert((author, id), seq);
+    }
+
+    pub fn forget_client_id(&mut self, author: &UserKey, id: &ClientMsgId, seq: Seq) {
+        let key = (author.clone(), id.clone());
+        if self.client_ids.get(&key) == Some(&seq) {
+            self.client_ids.remove(&key);
+        }
+    }
+
+    /// Appends a delivered message to the window, evicting the oldest beyond `window`.
+    pub fn push_history(&mut self, posted: Posted, window: usize) {
+        self.last_delivered = posted.msg.seq;
+        self.history.push_back(posted);
+        while self.history.len() > window {
+            let old = self.history.pop_front().expect("len > window >= 0");
+            self.floor = old.msg.seq;
+            if let Some(id) = &old.msg.client_id {
+                self.forget_client_id(&old.msg.user.key(), id, old.msg.seq);
+            }
+        }
+    }
+
+    /// Loads the window after a restart: `recent` are the newest stored messages, oldest
+    /// first; `complete` says the store holds nothing older.
+    pub fn restore(&mut self, last_seq: Seq, recent: Vec<Message>, complete: bool, window: usize) {
+        self.last_seq = self.last_seq.max(last_seq);
+        self.last_delivered = self.last_delivered.max(last_seq);
+        self.floor = match recent.first() {
+            _ if complete => Seq(0),
+            Some(first) => Seq(first.seq.0.saturating_sub(1)),
+            None => last_seq,
+        };
+        for msg in recent {
+            self.last_ts = self.last_ts.max(msg.ts);
+            if let Some(id) = &msg.client_id {
+                self.client_ids.insert((msg.user.key(), id.clone()), msg.seq);
+            }
+            let msg = Arc::new(msg);
+            let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
+            self.history.push_back(Posted { msg, frame });
+        }
+        while self.history.len() > window {
+            let old = self.history.pop_front().expect("len > window");
+            self.floor = old.msg.seq;
+        }
+    }
+
+    /// The timestamp of a message still in the window.
+    pub fn find(&self, seq: Seq) -> Option<&Arc<Message>> {
+        let i = self.history.partition_point(|p| p.msg.seq < seq);
+        self.history.get(i).filter(|p| p.msg.seq == seq).map(|p| &p.msg)
+    }
+
+    /// The latest `n` messages, oldest first.
+    pub fn latest(&self, n: usize) -> Vec<Arc<Message>> {
+        let start = self.history.len().saturating_sub(n);
+        self.history.range(start..).map(|p| p.msg.clone()).collect()
+    }
+
+    /// Exactly the messages after `since`, or `None` when the window no longer holds them all.
+    pub fn after(&self, since: Seq) -> Option<Vec<Arc<Message>>> {
+        if since > self.last_delivered || since < self.floor {
+            return None;
+        }
+        let i = self.history.partition_point(|p| p.msg.seq <= since);
+        Some(self.history.range(i..).map(|p| p.msg.clone()).collect())
+    }
+
+    /// The newest `limit` messages before `before`, oldest first, from memory if it can.
+    pub fn page(&self, before: Option<Seq>, limit: usize, durable: bool) -> Page {
+        let end = before.unwrap_or(Seq(u64::MAX));
+        let idx = self.history.partition_point(|p| p.msg.seq < end);
+        let start = idx.saturating_sub(limit);
+        let older_elsewhere = self.floor > Seq(0) && end.0 > 1;
+        if idx - start < limit && older_elsewhere && durable {
+            return Page::Store;
+        }
+        let messages = self.history.range(start..idx).map(|p| p.msg.clone()).collect();
+        let has_more = start > 0 || (durable && older_elsewhere);
+        Page::Memory { messages, has_more }
+    }
+}
