@@ -121,7 +121,11 @@ pub struct RoomName(Arc<str>);
 
 impl RoomName {
     /// Validates and normalizes a room name (public or `@a,b` direct).
-    pub fn parse(raw: &str, max_chars: usize, max_name_chars: usize) -> Result<RoomName, NameError> {
+    pub fn parse(
+        raw: &str,
+        max_chars: usize,
+        max_name_chars: usize,
+    ) -> Result<RoomName, NameError> {
         let trimmed = raw.trim();
         if let Some(pair) = trimmed.strip_prefix('@') {
             let (a, b) = pair.split_once(',').ok_or(NameError::BadDirect)?;
@@ -218,20 +222,37 @@ mod tests {
     #[test]
     fn bad_names_are_refused_with_the_reason() {
         assert_eq!(UserName::parse("   ", 32), Err(NameError::Empty));
-        assert_eq!(UserName::parse("a\u{202E}b", 32), Err(NameError::BadChar('\u{202E}')));
+        assert_eq!(
+            UserName::parse("a\u{202E}b", 32),
+            Err(NameError::BadChar('\u{202E}'))
+        );
         assert_eq!(UserName::parse("a b", 32), Err(NameError::BadChar(' ')));
-        assert_eq!(UserName::parse("a\u{7}", 32), Err(NameError::BadChar('\u{7}')));
-        assert_eq!(UserName::parse(&"x".repeat(33), 32), Err(NameError::TooLong { max: 32 }));
+        assert_eq!(
+            UserName::parse("a\u{7}", 32),
+            Err(NameError::BadChar('\u{7}'))
+        );
+        assert_eq!(
+            UserName::parse(&"x".repeat(33), 32),
+            Err(NameError::TooLong { max: 32 })
+        );
         assert!(UserName::parse(&"é".repeat(32), 32).is_ok());
     }
 
     #[test]
     fn rooms_are_lowercased_and_direct_rooms_are_canonical() {
-        assert_eq!(RoomName::parse("General", 64, 32).unwrap().as_str(), "general");
+        assert_eq!(
+            RoomName::parse("General", 64, 32).unwrap().as_str(),
+            "general"
+        );
         let d = RoomName::parse("@Bob,alice", 64, 32).unwrap();
         assert_eq!(d.as_str(), "@alice,bob");
         assert!(d.direct_users().is_some());
         assert!(RoomName::parse("@nobody", 64, 32).is_err());
-        assert!(RoomName::parse("general", 64, 32).unwrap().direct_users().is_none());
+        assert!(
+            RoomName::parse("general", 64, 32)
+                .unwrap()
+                .direct_users()
+                .is_none()
+        );
     }
 }

@@ -425,8 +425,13 @@ pub fn decode(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
         struct IdOnly {
             id: Option<RequestId>,
         }
-        let id = serde_json::from_slice::<IdOnly>(bytes).ok().and_then(|x| x.id);
-        DecodeError { message: e.to_string(), id }
+        let id = serde_json::from_slice::<IdOnly>(bytes)
+            .ok()
+            .and_then(|x| x.id);
+        DecodeError {
+            message: e.to_string(),
+            id,
+        }
     })
 }
 
@@ -444,7 +449,10 @@ impl Encoded {
         let ephemeral = matches!(frame, ServerFrame::Typing { .. });
         // Serializing these types cannot fail: no maps with non-string keys, no I/O.
         let bytes = serde_json::to_vec(frame).expect("server frames always serialize");
-        Encoded { bytes: Bytes::from(bytes), ephemeral }
+        Encoded {
+            bytes: Bytes::from(bytes),
+            ephemeral,
+        }
     }
 
     /// The JSON text, as bytes (always valid UTF-8).

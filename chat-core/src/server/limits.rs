@@ -22,12 +22,17 @@ const ONE: u64 = 1_000_000;
 
 impl TokenBucket {
     pub(crate) fn full(rate: Rate, now: Instant) -> Self {
-        TokenBucket { micros: u64::from(rate.burst) * ONE, at: now }
+        TokenBucket {
+            micros: u64::from(rate.burst) * ONE,
+            at: now,
+        }
     }
 
     fn refill(&mut self, rate: Rate, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at);
-        let gained = elapsed.as_micros().saturating_mul(u128::from(rate.per_second));
+        let gained = elapsed
+            .as_micros()
+            .saturating_mul(u128::from(rate.per_second));
         let cap = u64::from(rate.burst) * ONE;
         self.micros = (u128::from(self.micros) + gained).min(u128::from(cap)) as u64;
         self.at = self.at.max(now);
@@ -43,7 +48,9 @@ impl TokenBucket {
             Err(Duration::MAX)
         } else {
             let missing = ONE - self.micros;
-            Err(Duration::from_micros(missing.div_ceil(u64::from(rate.per_second))))
+            Err(Duration::from_micros(
+                missing.div_ceil(u64::from(rate.per_second)),
+            ))
         }
     }
 }
@@ -54,7 +61,11 @@ mod tests {
 
     #[test]
     fn burst_then_steady_rate() {
-        let rate = Rate { burst: 3, per_second: 2 };
+        let rate = Rate {
+            burst: 3,
+            per_second: 2,
+        };
+        #[allow(clippy::disallowed_methods)] // a base instant: only differences matter
         let t0 = Instant::now();
         let mut b = TokenBucket::full(rate, t0);
         for _ in 0..3 {

@@ -44,7 +44,10 @@ pub(crate) struct Pending {
 
 /// A page of history out of the window, or the answer that the store must be asked.
 pub(crate) enum Page {
-    Memory { messages: Vec<Arc<Message>>, has_more: bool },
+    Memory {
+        messages: Vec<Arc<Message>>,
+        has_more: bool,
+    },
     Store,
 }
 
@@ -92,12 +95,19 @@ impl Room {
 
     /// Number of users in the room (both users for a direct room).
     pub fn user_count(&self) -> usize {
-        if self.direct.is_some() { 2 } else { self.members.len() }
+        if self.direct.is_some() {
+            2
+        } else {
+            self.members.len()
+        }
     }
 
     /// Whether the room holds nothing worth keeping: no members, no history, nothing pending.
     pub fn is_disposable(&self) -> bool {
-        self.members.is_empty() && self.history.is_empty() && self.pending.is_empty() && self.last_seq == Seq(0)
+        self.members.is_empty()
+            && self.history.is_empty()
+            && self.pending.is_empty()
+            && self.last_seq == Seq(0)
     }
 
     /// The next seq and a timestamp that never goes backwards within the room.
@@ -151,7 +161,8 @@ impl Room {
         for msg in recent {
             self.last_ts = self.last_ts.max(msg.ts);
             if let Some(id) = &msg.client_id {
-                self.client_ids.insert((msg.user.key(), id.clone()), msg.seq);
+                self.client_ids
+                    .insert((msg.user.key(), id.clone()), msg.seq);
             }
             let msg = Arc::new(msg);
             let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
@@ -166,7 +177,10 @@ impl Room {
     /// The timestamp of a message still in the window.
     pub fn find(&self, seq: Seq) -> Option<&Arc<Message>> {
         let i = self.history.partition_point(|p| p.msg.seq < seq);
-        self.history.get(i).filter(|p| p.msg.seq == seq).map(|p| &p.msg)
+        self.history
+            .get(i)
+            .filter(|p| p.msg.seq == seq)
+            .map(|p| &p.msg)
     }
 
     /// The latest `n` messages, oldest first.
@@ -193,7 +207,11 @@ impl Room {
         if idx - start < limit && older_elsewhere && durable {
             return Page::Store;
         }
-        let messages = self.history.range(start..idx).map(|p| p.msg.clone()).collect();
+        let messages = self
+            .history
+            .range(start..idx)
+            .map(|p| p.msg.clone())
+            .collect();
         let has_more = start > 0 || (durable && older_elsewhere);
         Page::Memory { messages, has_more }
     }
