@@ -81,6 +81,8 @@
 pub mod ids;
 pub mod protocol;
 mod server;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 
 pub use ids::{ClientMsgId, NameError, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 pub use protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};

@@ -1,0 +1,686 @@
+//! The tokio runtime (feature `runtime`): one task owns the [`Server`]; connections and
+//! the host app talk to it over bounded channels.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chat_core::runtime::HubClosed> {
+//! use chat_core::runtime::{Hub, HubConfig};
+//! let hub = Hub::spawn(HubConfig::default()).await.expect("store loads");
+//! let mut alice = hub.connect().await?;
+//! alice.send(&chat_core::ClientFrame::Hello {
+//!     id: None, version: 1, name: "alice".into(), token: None, rooms: None,
+//! }).await?;
+//! while let Some(frame) = alice.recv().await {
+//!     println!("{frame:?}");
+//! }
+//! hub.publish("general", "bot", "hello from the host").await?;
+//! hub.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![allow(clippy::disallowed_methods)] // the driver is where the clock is read
+
+mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::ids::{ClientMsgId, RoomName, SessionId};
+use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
+use crate::server::{CloseReason, Config, Event, Input, Now, Output, Server, StoreError};
+pub use store::{MemoryStore, Restored, RestoredRoom, Store};
+
+/// A host identity hook: given the hello's name and credentials, the user name or a refusal.
+pub type Authenticator = Arc<
+    dyn Fn(String, Option<String>) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runtime configuration.
+#[derive(Clone)]
+pub struct HubConfig {
+    /// The state machine's configuration. `durable`, `epoch` and `secret` are set by
+    /// the runtime from `store`.
+    pub core: Config,
+    /// Durable store. `None` keeps history in the in-memory window only (fastest).
+    pub store: Option<Arc<dyn Store>>,
+    /// Frames queued per connection before the core's slow-consumer policy applies.
+    pub outbound_queue: usize,
+    /// Inputs queued for the driver task before connections wait.
+    pub inbox: usize,
+    /// The identity hook for [`crate::AuthMode::Host`].
+    pub authenticator: Option<Authenticator>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { core: Config::default(), store: None, outbound_queue: 1024, inbox: 4096, authenticator: None }
+    }
+}
+
+impl std::fmt::Debug for HubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubConfig")
+            .field("core", &self.core)
+            .field("store", &self.store.is_some())
+            .field("outbound_queue", &self.outbound_queue)
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hub has shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the chat hub has shut down")]
+pub struct HubClosed;
+
+/// A rejected [`Hub::publish`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The core refused it.
+    #[error("publish rejected: {0}")]
+    Rejected(ErrorCode),
+    /// The hub has shut down.
+    #[error(transparent)]
+    Closed(#[from] HubClosed),
+}
+
+/// What a connection's writer gets: frames to write, then at most one close.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame to write.
+    Frame(Encoded),
+    /// Close the connection with this reason after the frames before it.
+    Close(CloseReason),
+}
+
+/// Counters the runtime keeps (also exported through the `metrics` facade).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Rooms.
+    pub rooms: AtomicU64,
+    /// Frames received from clients.
+    pub frames_in: AtomicU64,
+    /// Frames queued to clients (one per recipient).
+    pub frames_out: AtomicU64,
+    /// Messages posted.
+    pub messages: AtomicU64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: AtomicU64,
+    /// Inputs waiting for the driver.
+    pub inbox_depth: AtomicU64,
+}
+
+enum Cmd {
+    Connect { session: SessionId, tx: mpsc::Sender<Outbound> },
+    Input(Input),
+    Publish { room: String, user: String, body: String, client_id: Option<ClientMsgId>, reply: oneshot::Sender<Result<Arc<Message>, ErrorCode>> },
+    Shutdown,
+}
+
+/// A cloneable, `Send + Sync` handle to the chat engine running on a tokio task.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    tx: mpsc::Sender<Cmd>,
+    control: mpsc::UnboundedSender<Cmd>,
+    next_session: AtomicU64,
+    outbound_queue: usize,
+    events: broadcast::Sender<Event>,
+    stats: Arc<Stats>,
+    done: watch::Receiver<bool>,
+    limits: crate::protocol::Limits,
+}
+
+impl Hub {
+    /// Loads the store (if any) and starts the driver task on the current tokio runtime.
+    pub async fn spawn(config: HubConfig) -> Result<Hub, StoreError> {
+        let HubConfig { mut core, store, outbound_queue, inbox, authenticator } = config;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| StoreError(format!("no randomness: {e}")))?;
+        core.secret = random;
+        core.durable = store.is_some();
+        let restored = match &store {
+            Some(store) => {
+                let store = store.clone();
+                let window = core.history_window;
+                tokio::task::spawn_blocking(move || store.load(window))
+                    .await
+                    .map_err(|e| StoreError(e.to_string()))??
+            }
+            None => Restored { epoch: hex(&random[..8]), rooms: vec![] },
+        };
+        core.epoch = restored.epoch.clone();
+        let limits = core.limits();
+        let mut server = Server::new(core);
+        for r in restored.rooms {
+            server.restore_room(r.room, r.last_seq, r.recent, r.complete);
+        }
+        let (tx, rx) = mpsc::channel(inbox.max(1));
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(1024);
+        let (done_tx, done) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let writer = store.as_ref().map(|s| Writer::start(s.clone(), control.clone()));
+        let driver = Driver {
+            server,
+            rx,
+            control_rx,
+            control: control.clone(),
+            sessions: HashMap::new(),
+            publishes: HashMap::new(),
+            next_ticket: 0,
+            store,
+            writer,
+            authenticator,
+            events: events.clone(),
+            stats: stats.clone(),
+            deferred: Vec::new(),
+            shutting_down: false,
+        };
+        tokio::spawn(async move {
+            driver.run().await;
+            let _ = done_tx.send(true);
+        });
+        Ok(Hub {
+            inner: Arc::new(HubInner {
+                tx,
+                control,
+                next_session: AtomicU64::new(1),
+                outbound_queue: outbound_queue.max(1),
+                events,
+                stats,
+                done,
+                limits,
+            }),
+        })
+    }
+
+    /// Opens a session, as a WebSocket connection does. Send `hello` first.
+    pub async fn connect(&self) -> Result<Connection, HubClosed> {
+        let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
+        self.inner.tx.send(Cmd::Connect { session, tx }).await.map_err(|_| HubClosed)?;
+        Ok(Connection {
+            session,
+            inbound: Inbound { session, tx: self.inner.tx.clone(), control: self.inner.control.clone(), open: true },
+            outbound: rx,
+        })
+    }
+
+    /// Posts a message as `user` (a bot or a system notice) without a connection, and
+    /// returns it once delivered (and stored, with a store).
+    pub async fn publish(&self, room: &str, user: &str, body: &str) -> Result<Arc<Message>, PublishError> {
+        self.publish_with_id(room, user, body, None).await
+    }
+
+    /// As [`Hub::publish`], idempotent by `client_id`.
+    pub async fn publish_with_id(&self, room: &str, user: &str, body: &str, client_id: Option<ClientMsgId>) -> Result<Arc<Message>, PublishError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Publish { room: room.into(), user: user.into(), body: body.into(), client_id, reply };
+        self.inner.tx.send(cmd).await.map_err(|_| HubClosed)?;
+        rx.await.map_err(|_| HubClosed)?.map_err(PublishError::Rejected)
+    }
+
+    /// Host-app events: messages posted, users joining and leaving, sessions.
+    /// A receiver that lags loses the oldest events (it is told so by `recv`).
+    #[must_use]
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Live counters.
+    #[must_use]
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The limits clients are told about.
+    #[must_use]
+    pub fn limits(&self) -> &crate::protocol::Limits {
+        &self.inner.limits
+    }
+
+    /// Whether the hub still runs.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        !*self.inner.done.borrow()
+    }
+
+    /// Shuts down gracefully: settles pending stores, tells every session `goodbye` and
+    /// closes it, flushes the store, and returns when the driver has stopped.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.control.send(Cmd::Shutdown);
+        self.closed().await;
+    }
+
+    /// Waits until the hub has stopped.
+    pub async fn closed(&self) {
+        let mut done = self.inner.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// One session: send frames in with [`Connection::send`] or its [`Inbound`] half, read
+/// what the server says from the `outbound` half.
+#[derive(Debug)]
+pub struct Connection {
+    /// The session id.
+    pub session: SessionId,
+    /// The half that feeds the hub.
+    pub inbound: Inbound,
+    /// Frames for this session, ending with a close (or `None` once the hub is gone).
+    pub outbound: mpsc::Receiver<Outbound>,
+}
+
+impl Connection {
+    /// Sends a command.
+    pub async fn send(&self, frame: &ClientFrame) -> Result<(), HubClosed> {
+        self.inbound.send(frame.clone()).await
+    }
+
+    /// The next frame from the server, decoded; `None` when the session was closed.
+    pub async fn recv(&mut self) -> Option<ServerFrame> {
+        match self.outbound.recv().await? {
+            Outbound::Frame(f) => f.decode().ok(),
+            Outbound::Close(_) => None,
+        }
+    }
+
+    /// Splits into the two halves (for a reader and a writer task).
+    #[must_use]
+    pub fn split(self) -> (Inbound, mpsc::Receiver<Outbound>) {
+        (self.inbound, self.outbound)
+    }
+}
+
+/// The sending half of a session. Dropping it disconnects the session.
+#[derive(Debug)]
+pub struct Inbound {
+    session: SessionId,
+    tx: mpsc::Sender<Cmd>,
+    control: mpsc::UnboundedSender<Cmd>,
+    open: bool,
+}
+
+impl Inbound {
+    /// The session id.
+    #[must_use]
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// Forwards a raw text frame; decoding happens here, in the caller's task.
+    pub async fn frame(&self, bytes: &[u8]) -> Result<(), HubClosed> {
+        let frame = protocol::decode(bytes);
+        self.input(Input::Received { session: self.session, frame }).await
+    }
+
+    /// Forwards a decoded command.
+    pub async fn send(&self, frame: ClientFrame) -> Result<(), HubClosed> {
+        self.input(Input::Received { session: self.session, frame: Ok(frame) }).await
+    }
+
+    /// Tells the core the connection sent something that is not a text frame.
+    pub async fn bad_frame(&self, what: &str) -> Result<(), HubClosed> {
+        let frame = Err(protocol::DecodeError { message: what.to_owned(), id: None });
+        self.input(Input::Received { session: self.session, frame }).await
+    }
+
+    async fn input(&self, input: Input) -> Result<(), HubClosed> {
+        self.tx.send(Cmd::Input(input)).await.map_err(|_| HubClosed)
+    }
+
+    /// Ends the session, after the frames sent before.
+    pub async fn disconnect(mut self) {
+        self.open = false;
+        let _ = self.tx.send(Cmd::Input(Input::Disconnected { session: self.session })).await;
+    }
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.control.send(Cmd::Input(Input::Disconnected { session: self.session }));
+        }
+    }
+}
+
+struct SessionTx {
+    tx: mpsc::Sender<Outbound>,
+}
+
+struct Driver {
+    server: Server,
+    rx: mpsc::Receiver<Cmd>,
+    control_rx: mpsc::UnboundedReceiver<Cmd>,
+    control: mpsc::UnboundedSender<Cmd>,
+    sessions: HashMap<SessionId, SessionTx>,
+    publishes: HashMap<u64, oneshot::Sender<Result<Arc<Message>, ErrorCode>>>,
+    next_ticket: u64,
+    store: Option<Arc<dyn Store>>,
+    writer: Option<Writer>,
+    authenticator: Option<Authenticator>,
+    events: broadcast::Sender<Event>,
+    stats: Arc<Stats>,
+    /// Inputs produced while draining outputs (queue-full reports), fed after the drain.
+    deferred: Vec<Input>,
+    shutting_down: bool,
+}
+
+/// Inputs handled per wake-up before outputs are drained: bounds latency under load
+/// while amortizing the clock read.
+const BATCH: usize = 64;
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            let deadline = self.server.poll_timeout();
+            let cmd = tokio::select! {
+                biased;
+                Some(cmd) = self.control_rx.recv() => Some(cmd),
+                Some(cmd) = self.rx.recv() => Some(cmd),
+                () = sleep_until(deadline) => None,
+                else => break,
+            };
+            let now = now();
+            match cmd {
+                Some(cmd) => {
+                    if self.handle(now, cmd) {
+                        break;
+                    }
+                    // Take more of what is already waiting, without sleeping.
+                    for _ in 1..BATCH {
+                        let next = match self.control_rx.try_recv() {
+                            Ok(cmd) => cmd,
+                            Err(_) => match self.rx.try_recv() {
+                                Ok(cmd) => cmd,
+                                Err(_) => break,
+                            },
+                        };
+                        if self.handle(now, next) {
+                            return self.finish().await;
+                        }
+                    }
+                }
+                None => {
+                    self.server.handle_timeout(now);
+                    if self.drain(now) {
+                        break;
+                    }
+                }
+            }
+            self.stats.inbox_depth.store((self.rx.len() + self.control_rx.len()) as u64, Ordering::Relaxed);
+        }
+        self.finish().await;
+    }
+
+    /// Handles one command and drains outputs. True when the driver should stop.
+    fn handle(&mut self, now: Now, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Connect { session, tx } => {
+                if self.shutting_down {
+                    let _ = tx.try_send(Outbound::Close(CloseReason::Shutdown));
+                    return false;
+                }
+                self.sessions.insert(session, SessionTx { tx });
+                self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                self.feed(now, Input::Connected { session });
+            }
+            Cmd::Input(input) => {
+                match &input {
+                    Input::Received { .. } => {
+                        self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Input::Disconnected { session } if self.sessions.remove(session).is_some() => {
+                        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                self.feed(now, input);
+            }
+            Cmd::Publish { room, user, body, client_id, reply } => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.publishes.insert(ticket, reply);
+                self.feed(now, Input::Publish { ticket, room, user, body, client_id });
+            }
+            Cmd::Shutdown => {
+                if !self.shutting_down {
+                    self.shutting_down = true;
+                    self.server.shutdown(now);
+                }
+            }
+        }
+        self.drain(now)
+    }
+
+    fn feed(&mut self, now: Now, input: Input) {
+        if let Err(e) = self.server.handle_input(now, input) {
+            tracing::error!(error = %e, "chat driver misused the core");
+        }
+    }
+
+    /// Carries out every output. True once the core has drained after shutdown.
+    fn drain(&mut self, now: Now) -> bool {
+        let mut drained = false;
+        loop {
+            let mut out = 0u64;
+            while let Some(output) = self.server.poll_output() {
+                match output {
+                    Output::Send { to, frame } => {
+                        let Some(s) = self.sessions.get(&to) else { continue };
+                        let ephemeral = frame.is_ephemeral();
+                        match s.tx.try_send(Outbound::Frame(frame)) {
+                            Ok(()) => out += 1,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                self.deferred.push(Input::QueueFull { session: to, ephemeral });
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        }
+                    }
+                    Output::Close { session, reason } => {
+                        if let Some(s) = self.sessions.remove(&session) {
+                            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                            if reason == CloseReason::SlowConsumer {
+                                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            close_session(s, reason);
+                        }
+                    }
+                    Output::Persist(msg) => match &self.writer {
+                        Some(w) => w.submit(msg),
+                        None => self.deferred.push(Input::Persisted {
+                            room: msg.room.clone(),
+                            seq: msg.seq,
+                            result: Err(StoreError("no store".into())),
+                        }),
+                    },
+                    Output::LoadHistory { ticket, room, before, limit } => self.load_history(ticket, room, before, limit),
+                    Output::Authenticate { session, name, credentials } => self.authenticate(session, name, credentials),
+                    Output::Published { ticket, result } => {
+                        if let Some(reply) = self.publishes.remove(&ticket) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Output::Event(event) => self.on_event(event),
+                    Output::Drained => drained = true,
+                }
+            }
+            self.stats.frames_out.fetch_add(out, Ordering::Relaxed);
+            metrics::counter!("chat_frames_out_total").increment(out);
+            if self.deferred.is_empty() {
+                break;
+            }
+            for input in std::mem::take(&mut self.deferred) {
+                self.feed(now, input);
+            }
+        }
+        self.stats.rooms.store(self.server.room_count() as u64, Ordering::Relaxed);
+        drained
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match &event {
+            Event::MessagePosted(_) => {
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("chat_messages_total").increment(1);
+            }
+            Event::Rejected { code, .. } => {
+                metrics::counter!("chat_errors_total", "code" => code.as_str()).increment(1);
+            }
+            Event::SessionClosed { reason: Some(reason), .. } => {
+                metrics::counter!("chat_server_closes_total", "reason" => reason.as_str()).increment(1);
+            }
+            _ => {}
+        }
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn load_history(&mut self, ticket: u64, room: RoomName, before: Option<crate::ids::Seq>, limit: usize) {
+        let control = self.control.clone();
+        let Some(store) = self.store.clone() else {
+            let result = Err(StoreError("no store".into()));
+            self.deferred.push(Input::HistoryLoaded { ticket, result });
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            let result = store.page(&room, before, limit);
+            let _ = control.send(Cmd::Input(Input::HistoryLoaded { ticket, result }));
+        });
+    }
+
+    fn authenticate(&mut self, session: SessionId, name: String, credentials: Option<String>) {
+        let control = self.control.clone();
+        let Some(auth) = self.authenticator.clone() else {
+            let result = Err("no identity hook configured".to_owned());
+            self.deferred.push(Input::Authenticated { session, result });
+            return;
+        };
+        tokio::spawn(async move {
+            let result = auth(name, credentials).await;
+            let _ = control.send(Cmd::Input(Input::Authenticated { session, result }));
+        });
+    }
+
+    async fn finish(mut self) {
+        // Close whatever the core did not (it closes every session on shutdown).
+        for (_, s) in self.sessions.drain() {
+            close_session(s, CloseReason::Shutdown);
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.stop().await;
+        }
+        if let Some(store) = self.store.take() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        for (_, reply) in self.publishes.drain() {
+            let _ = reply.send(Err(ErrorCode::ShuttingDown));
+        }
+    }
+}
+
+fn close_session(s: SessionTx, reason: CloseReason) {
+    if reason == CloseReason::SlowConsumer {
+        // The queue is full; the writer sees the sender dropped once it drains what is
+        // already queued, and treats that as a slow-consumer close.
+        drop(s);
+        return;
+    }
+    // After the frames already queued, when there is room; otherwise the dropped
+    // sender ends the writer's stream the same way.
+    let _ = s.tx.try_send(Outbound::Close(reason));
+}
+
+fn now() -> Now {
+    Now { mono: Instant::now(), utc: Utc::now() }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The store's writer thread: takes every message submitted while the previous commit
+/// ran and commits them as one group, then reports each message to the driver.
+struct Writer {
+    tx: Mutex<Option<std::sync::mpsc::Sender<Arc<Message>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(store: Arc<dyn Store>, control: mpsc::UnboundedSender<Cmd>) -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Message>>();
+        let thread = std::thread::Builder::new()
+            .name("chat-store-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                        if batch.len() >= 4096 {
+                            break;
+                        }
+                    }
+                    let result = store.append(&batch);
+                    for msg in &batch {
+                        let input = Input::Persisted { room: msg.room.clone(), seq: msg.seq, result: result.clone() };
+                        let _ = control.send(Cmd::Input(input));
+                    }
+                }
+            })
+            .expect("spawn the store writer thread");
+        Writer { tx: Mutex::new(Some(tx)), thread: Some(thread) }
+    }
+
+    fn submit(&self, msg: Arc<Message>) {
+        if let Some(tx) = self.tx.lock().expect("not poisoned").as_ref() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Commits what is queued and stops the thread.
+    async fn stop(mut self) {
+        self.tx.lock().expect("not poisoned").take();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// A clock read for adapters that need the same [`Now`] the driver uses.
+#[must_use]
+pub fn system_now() -> Now {
+    now()
+}
+
+/// Waits a bounded time for the hub to stop.
+pub async fn shutdown_within(hub: &Hub, limit: Duration) -> bool {
+    tokio::time::timeout(limit, hub.shutdown()).await.is_ok()
+}
