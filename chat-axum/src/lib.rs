@@ -1,1 +1,256 @@
-//! Axum adapter for `chat-core` (work in progress: see issue 3).
+//! # chat-axum
+//!
+//! A thin adapter that serves the [`chat_core`] engine over axum WebSockets, plus the
+//! browser chat page. It holds no chat rules: it upgrades connections (after an Origin
+//! check), moves frames between sockets and the [`Hub`], applies transport limits,
+//! heartbeats, and shuts down cleanly.
+//!
+//! ```no_run
+//! use chat_axum::{router, RouterOptions};
+//! use chat_core::runtime::{Hub, HubConfig};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::spawn(HubConfig::default()).await.expect("hub starts");
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "my app" }))
+//!     .nest("/chat", router(hub, RouterOptions::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! For a complete server with graceful shutdown use [`serve`].
+
+mod origin;
+mod page;
+mod socket;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use chat_core::runtime::{Hub, HubConfig};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use origin::OriginPolicy;
+
+/// Renders the `/metrics` body (Prometheus text format). The library only records
+/// through the `metrics` facade; a binary installs the exporter and passes its renderer.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Options of the HTTP and WebSocket layer.
+#[derive(Clone)]
+pub struct RouterOptions {
+    /// Which page origins may open a WebSocket. Default: same origin only.
+    pub origins: OriginPolicy,
+    /// Largest incoming WebSocket message; a larger one is closed with 1009.
+    pub max_frame_bytes: usize,
+    /// Read buffer per connection (small, so idle connections cost little memory).
+    pub read_buffer_bytes: usize,
+    /// Bytes buffered before a write is forced (frames are also flushed per batch).
+    pub write_buffer_bytes: usize,
+    /// A ping is sent after this much quiet from the server's side.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long to wait for the peer's half of a close handshake.
+    pub close_timeout: Duration,
+    /// Frames written per flush at most.
+    pub write_batch: usize,
+    /// Tracks every WebSocket task, so a shutdown can wait for them
+    /// (axum's graceful shutdown does not wait for upgraded connections).
+    pub tracker: TaskTracker,
+    /// `/metrics` body, when metrics are exported.
+    pub metrics: Option<MetricsRenderer>,
+    /// Whether to serve the browser chat page at `/`.
+    pub page: bool,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            origins: OriginPolicy::SameOrigin,
+            max_frame_bytes: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 0,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            write_batch: 64,
+            tracker: TaskTracker::new(),
+            metrics: None,
+            page: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for RouterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterOptions")
+            .field("origins", &self.origins)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("read_buffer_bytes", &self.read_buffer_bytes)
+            .field("ping_interval", &self.ping_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Hub,
+    options: Arc<RouterOptions>,
+}
+
+/// The chat routes, mountable in any axum app under any path: `/` (the page, if enabled),
+/// `/ws`, `/healthz`, `/readyz` and `/metrics`.
+pub fn router(hub: Hub, options: RouterOptions) -> Router {
+    if options.origins == OriginPolicy::Any {
+        tracing::warn!(
+            "chat WebSocket accepts every Origin: any web page can connect as its visitor"
+        );
+    }
+    let page = options.page;
+    let state = AppState {
+        hub,
+        options: Arc::new(options),
+    };
+    let mut router = Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    #[cfg(feature = "autobahn")]
+    {
+        router = router.route("/echo", get(echo_handler));
+    }
+    if page {
+        router = router.merge(page::routes());
+    }
+    router.with_state(state)
+}
+
+async fn ws_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(refused) = state.options.origins.check(&headers) {
+        tracing::info!(origin = %refused, "refused WebSocket from another origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    if !state.hub.is_running() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let peer = connect.map(|Extension(ConnectInfo(addr))| addr);
+    let token = state.options.tracker.token();
+    let opts = state.options.clone();
+    configure(ws, &opts).on_upgrade(move |socket| async move {
+        socket::run(socket, state.hub, opts, peer, socket::Mode::Chat).await;
+        drop(token);
+    })
+}
+
+#[cfg(feature = "autobahn")]
+async fn echo_handler(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let token = state.options.tracker.token();
+    let opts = state.options.clone();
+    configure(ws, &opts).on_upgrade(move |socket| async move {
+        socket::run(socket, state.hub, opts, None, socket::Mode::Echo).await;
+        drop(token);
+    })
+}
+
+fn configure(ws: WebSocketUpgrade, opts: &RouterOptions) -> WebSocketUpgrade {
+    ws.read_buffer_size(opts.read_buffer_bytes)
+        .write_buffer_size(opts.write_buffer_bytes)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(opts.max_frame_bytes)
+        .max_frame_size(opts.max_frame_bytes)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.hub.is_running() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(render) = &state.options.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are not exported\n").into_response();
+    };
+    let stats = state.hub.stats();
+    let load =
+        |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    metrics::gauge_set("chat_connections", load(&stats.connections));
+    metrics::gauge_set("chat_rooms", load(&stats.rooms));
+    metrics::gauge_set("chat_inbox_depth", load(&stats.inbox_depth));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(),
+    )
+        .into_response()
+}
+
+mod metrics {
+    pub fn gauge_set(name: &'static str, value: f64) {
+        ::metrics::gauge!(name).set(value);
+    }
+}
+
+/// Serves the chat on `listener` until `shutdown` resolves, then shuts down gracefully:
+/// stops accepting, tells every client to reconnect (`goodbye`, close 1012), waits up to
+/// `drain` for every WebSocket task, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    hub_config: HubConfig,
+    options: RouterOptions,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let hub = Hub::spawn(hub_config)
+        .await
+        .map_err(std::io::Error::other)?;
+    serve_hub(listener, hub, options, drain, shutdown).await
+}
+
+/// As [`serve`], with a hub the caller already started (to publish into it, say).
+pub async fn serve_hub(
+    listener: TcpListener,
+    hub: Hub,
+    options: RouterOptions,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tracker = options.tracker.clone();
+    let app = router(hub.clone(), options);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
+    // Returns once the listener is closed and plain HTTP requests are done; upgraded
+    // WebSockets are not waited for by axum (tokio-rs/axum#3003), hence the tracker.
+    let result = server.await;
+    tracing::info!("shutting down: closing chat sessions");
+    // Tells every session goodbye and closes it (1012), after pending stores settle.
+    hub.shutdown().await;
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            left = tracker.len(),
+            "WebSocket tasks still running after the drain limit"
+        );
+    }
+    result
+}

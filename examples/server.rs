@@ -1,0 +1,100 @@
+//! The example chat server: the browser page at <http://127.0.0.1:5000>, the WebSocket at
+//! `/ws`, like the original Flask-SocketIO tutorial app, but with rooms, presence,
+//! history, resume and a clean shutdown.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo run --release --example server
+//! cargo run --release --example server -- --addr 127.0.0.1:8080 --origin https://app.example.com
+//! ```
+//!
+//! Ctrl-C or SIGTERM: stops accepting, tells every client to reconnect (close 1012),
+//! waits for every connection to finish (at most `--drain-secs`), exits 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_axum::{OriginPolicy, RouterOptions};
+use chat_core::runtime::{Hub, HubConfig};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(about = "The example chat server")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_ADDR", default_value = "127.0.0.1:5000")]
+    addr: SocketAddr,
+    /// Web origins (besides this server's own) whose pages may connect; `*` for any.
+    /// Repeat or separate with commas.
+    #[arg(long = "origin", env = "CHAT_ORIGIN", value_delimiter = ',')]
+    origins: Vec<String>,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `chat_axum=debug`.
+    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    log: String,
+    /// Upper bound for the graceful shutdown, in seconds.
+    #[arg(long, env = "CHAT_DRAIN_SECS", default_value_t = 10)]
+    drain_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_target(false)
+        .init();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    let hub = Hub::spawn(HubConfig::default())
+        .await
+        .context("starting the chat hub")?;
+    let options = RouterOptions {
+        origins: OriginPolicy::from_list(&args.origins),
+        metrics: Some(Arc::new(move || prometheus.render())),
+        ..RouterOptions::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    let local = listener.local_addr()?;
+    tracing::info!("chat server listening on http://{local}");
+    // Tests start the server on port 0 and read the port from this line.
+    println!("listening on http://{local}");
+    chat_axum::serve_hub(
+        listener,
+        hub,
+        options,
+        Duration::from_secs(args.drain_secs),
+        shutdown_signal(),
+    )
+    .await
+    .context("serving")?;
+    tracing::info!("chat server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
