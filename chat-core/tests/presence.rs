@@ -1,0 +1,420 @@
+//! Presence: one user with several sessions is one person; the disconnect grace period;
+//! name ownership (tokens, impostors, case-insensitivity); typing indicators.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_core::protocol::{ErrorCode, ServerFrame};
+use chat_core::{Config, SessionId};
+use common::{Sim, kind, names, room};
+use serde_json::json;
+
+const GRACE: Duration = Duration::from_secs(5);
+
+fn presence(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::UserJoined { room, user, .. } => Some(format!("+{user}@{room}")),
+            ServerFrame::UserLeft { room, user, .. } => Some(format!("-{user}@{room}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn user_joined_is_announced_once_per_user_however_many_tabs() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    sim.clear();
+    let token = sim.hello(2, "alice");
+    sim.hello_with_token(3, "alice", &token);
+    sim.hello_with_token(4, "Alice", &token);
+    assert_eq!(presence(&sim.take(1)), ["+alice@general"]);
+    assert_eq!(
+        sim.presence_events(),
+        [("joined".into(), "general".into(), "alice".into())]
+    );
+    // Each tab is its own session in the room, and the user appears once.
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob"]
+    );
+    for s in [2, 3, 4] {
+        assert_eq!(
+            sim.server.session_rooms(SessionId(s)).unwrap(),
+            [room("general")]
+        );
+    }
+}
+
+#[test]
+fn user_left_comes_only_when_the_last_session_leaves() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.hello_with_token(3, "alice", &token);
+    sim.clear();
+
+    sim.say(2, json!({"type":"leave","room":"general"}));
+    sim.expect_nothing(1);
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob"]
+    );
+
+    // The tab that left gets nothing more from the room; the other still does.
+    sim.send(1, 1, "general", "still there?");
+    sim.expect_kinds(2, &["left"]);
+    sim.expect_kinds(3, &["message"]);
+
+    sim.say(3, json!({"type":"leave","room":"general"}));
+    assert_eq!(presence(&sim.take(1)), ["-alice@general"]);
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["bob"]
+    );
+    assert_eq!(
+        sim.presence_events(),
+        [("left".into(), "general".into(), "alice".into())]
+    );
+}
+
+#[test]
+fn closing_one_of_two_tabs_announces_nothing() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.hello_with_token(3, "alice", &token);
+    sim.clear();
+    sim.disconnect(2);
+    sim.advance(GRACE * 3);
+    sim.expect_nothing(1);
+    assert!(sim.presence_events().is_empty());
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob"]
+    );
+    assert_eq!(sim.server.session_rooms(SessionId(2)), None);
+    sim.assert_no_violations();
+}
+
+#[test]
+fn a_refresh_within_the_grace_period_does_not_flap() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.clear();
+
+    sim.disconnect(2);
+    // Still listed during the grace period.
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob"]
+    );
+    sim.advance(GRACE - Duration::from_millis(1));
+    sim.expect_nothing(1);
+
+    let new_token = sim.hello_with_token(5, "alice", &token);
+    assert_eq!(new_token, token, "the same user keeps the same token");
+    let frames = sim.expect_kinds(5, &["welcome", "joined"]);
+    let ServerFrame::Joined { members, .. } = &frames[1] else {
+        unreachable!()
+    };
+    assert_eq!(names(members), ["alice", "bob"]);
+
+    // Long after the old grace deadline: still no left/joined pair for bob.
+    sim.advance(GRACE * 4);
+    sim.expect_nothing(1);
+    assert!(sim.presence_events().is_empty());
+
+    // And the reconnected session receives the room's messages.
+    sim.send(1, 1, "general", "welcome back");
+    sim.expect_kinds(5, &["message"]);
+    sim.assert_no_violations();
+}
+
+#[test]
+fn after_the_grace_period_the_user_has_left_and_the_name_is_free() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.clear();
+
+    sim.disconnect(2);
+    sim.advance(GRACE - Duration::from_millis(1));
+    sim.expect_nothing(1);
+    sim.advance(Duration::from_millis(1));
+    let frames = sim.take(1);
+    assert_eq!(presence(&frames), ["-alice@general"]);
+    let ServerFrame::UserLeft { ts, .. } = &frames[0] else {
+        unreachable!()
+    };
+    // Announced at the end of the grace period, stamped with that time.
+    assert_eq!(ts.timestamp_millis(), sim.now.utc.timestamp_millis());
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["bob"]
+    );
+
+    // The old token proves nothing now, and anyone may take the name.
+    let fresh = sim.hello_with_token(3, "alice", &token);
+    assert_ne!(fresh, token);
+    assert_eq!(presence(&sim.take(1)), ["+alice@general"]);
+    sim.assert_no_violations();
+}
+
+#[test]
+fn an_impostor_cannot_take_a_name_that_is_online_or_in_its_grace_period() {
+    let mut sim = Sim::new();
+    let token = sim.hello(1, "alice");
+    sim.clear();
+
+    sim.connect(2);
+    sim.say(2, json!({"type":"hello","id":1,"version":1,"name":"alice"}));
+    let msg = sim.expect_error(2, ErrorCode::NameTaken, Some(1));
+    assert!(msg.contains("alice"), "{msg}");
+    // Case and Unicode form do not help.
+    sim.say(2, json!({"type":"hello","id":2,"version":1,"name":"ALICE"}));
+    sim.expect_error(2, ErrorCode::NameTaken, Some(2));
+    sim.say(2, json!({"type":"hello","id":3,"version":1,"name":"alice","token":"0123456789abcdef0123456789abcdef"}));
+    sim.expect_error(2, ErrorCode::NameTaken, Some(3));
+
+    sim.disconnect(1);
+    sim.advance(GRACE / 2);
+    sim.say(2, json!({"type":"hello","id":4,"version":1,"name":"Alice"}));
+    sim.expect_error(2, ErrorCode::NameTaken, Some(4));
+    sim.say(
+        2,
+        json!({"type":"hello","id":5,"version":1,"name":"alice","token":format!("{token}x")}),
+    );
+    sim.expect_error(2, ErrorCode::NameTaken, Some(5));
+    // The impostor is still connected and can pick another name.
+    sim.say(
+        2,
+        json!({"type":"hello","id":6,"version":1,"name":"mallory"}),
+    );
+    assert!(matches!(
+        sim.take(2)[0],
+        ServerFrame::Welcome { id: Some(6), .. }
+    ));
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "mallory"]
+    );
+}
+
+#[test]
+fn names_are_case_insensitive_and_keep_the_first_spelling() {
+    let mut sim = Sim::new();
+    let token = sim.hello(1, "Alice");
+    sim.hello_with_token(2, "aLiCe", &token);
+    match &sim.take(2)[0] {
+        ServerFrame::Welcome { user, .. } => assert_eq!(user.as_str(), "Alice"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["Alice"]
+    );
+}
+
+#[test]
+fn invalid_names_are_refused_and_the_session_may_try_again() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    let long = "n".repeat(33);
+    for (i, name) in ["", "  ", "a b", "a\u{200D}b", "a@b", "a,b", "\u{7}", &long]
+        .iter()
+        .enumerate()
+    {
+        let id = i as u64;
+        sim.say(1, json!({"type":"hello","id":id,"version":1,"name":name}));
+        sim.expect_error(1, ErrorCode::InvalidName, Some(id));
+    }
+    sim.say(1, json!({"type":"hello","version":1,"name":" Zoë "}));
+    match &sim.take(1)[0] {
+        ServerFrame::Welcome { user, .. } => assert_eq!(user.as_str(), "Zoë"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_second_hello_on_a_connection_is_refused() {
+    let mut sim = Sim::new();
+    sim.hello(1, "alice");
+    sim.clear();
+    sim.say(1, json!({"type":"hello","id":3,"version":1,"name":"bob"}));
+    sim.expect_error(1, ErrorCode::AlreadyWelcomed, Some(3));
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice"]
+    );
+}
+
+#[test]
+fn a_lingering_user_who_returns_to_only_some_rooms_leaves_the_others_after_grace() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    sim.join(1, "dev");
+    let token = sim.hello(2, "alice");
+    sim.join(2, "dev");
+    sim.clear();
+
+    sim.disconnect(2);
+    sim.advance(Duration::from_secs(1));
+    sim.connect(3);
+    sim.say(
+        3,
+        json!({"type":"hello","version":1,"name":"alice","token":token,"rooms":[{"room":"general"}]}),
+    );
+    sim.advance(GRACE);
+    assert_eq!(presence(&sim.take(1)), ["-alice@dev"]);
+    assert_eq!(names(&sim.server.members(&room("dev")).unwrap()), ["bob"]);
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob"]
+    );
+}
+
+// ---- typing ----
+
+fn typing(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Typing { room, user, active } => Some(format!(
+                "{user}@{room}:{}",
+                if *active { "on" } else { "off" }
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// bob (1), alice with two tabs (2, 3), all in general.
+fn typing_room() -> Sim {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.hello_with_token(3, "alice", &token);
+    sim.clear();
+    sim
+}
+
+#[test]
+fn typing_is_shown_to_others_once_and_expires_by_itself() {
+    let mut sim = typing_room();
+    sim.say(2, json!({"type":"typing","room":"general","active":true}));
+    assert_eq!(typing(&sim.take(1)), ["alice@general:on"]);
+    // Not echoed to alice's own tabs.
+    sim.expect_nothing(2);
+    sim.expect_nothing(3);
+
+    // Renewing (from either tab) sends nothing new but extends the expiry.
+    sim.advance(Duration::from_secs(4));
+    sim.say(3, json!({"type":"typing","room":"general","active":true}));
+    sim.expect_nothing(1);
+    sim.advance(Duration::from_secs(5));
+    sim.expect_nothing(1);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(typing(&sim.take(1)), ["alice@general:off"]);
+    sim.advance(Duration::from_secs(60));
+    sim.expect_nothing(1);
+}
+
+#[test]
+fn typing_stops_when_asked_when_leaving_and_is_ended_by_the_message() {
+    let mut sim = typing_room();
+    sim.say(2, json!({"type":"typing","room":"general","active":true}));
+    sim.say(2, json!({"type":"typing","room":"general","active":false}));
+    assert_eq!(
+        typing(&sim.take(1)),
+        ["alice@general:on", "alice@general:off"]
+    );
+    // Stopping when not typing says nothing.
+    sim.say(2, json!({"type":"typing","room":"general","active":false}));
+    sim.expect_nothing(1);
+
+    // Posting ends typing: no stale "off" later.
+    sim.advance(Duration::from_secs(2));
+    sim.say(2, json!({"type":"typing","room":"general","active":true}));
+    sim.send(2, 1, "general", "done typing");
+    let frames = sim.take(1);
+    assert_eq!(
+        frames.iter().map(kind).collect::<Vec<_>>(),
+        ["typing", "message"]
+    );
+    sim.advance(Duration::from_secs(10));
+    sim.expect_nothing(1);
+
+    // The last of alice's sessions leaving clears it.
+    sim.say(2, json!({"type":"typing","room":"general","active":true}));
+    sim.take(1);
+    sim.say(2, json!({"type":"leave","room":"general"}));
+    sim.expect_nothing(1);
+    sim.say(3, json!({"type":"leave","room":"general"}));
+    assert_eq!(
+        sim.take(1).iter().map(kind).collect::<Vec<_>>(),
+        ["typing", "user_left"]
+    );
+}
+
+#[test]
+fn typing_ends_when_the_typist_disconnects() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    sim.hello(2, "alice");
+    sim.say(2, json!({"type":"typing","room":"general","active":true}));
+    sim.clear();
+    sim.disconnect(2);
+    assert_eq!(typing(&sim.take(1)), ["alice@general:off"]);
+    sim.assert_no_violations();
+}
+
+#[test]
+fn typing_in_a_room_you_are_not_in_is_refused_and_excess_typing_is_coalesced() {
+    let mut sim = typing_room();
+    sim.say(1, json!({"type":"typing","room":"elsewhere","active":true}));
+    sim.expect_error(1, ErrorCode::NotMember, None);
+
+    // Burst of 4 typing frames, then 1/s: excess is dropped silently, never an error.
+    for _ in 0..10 {
+        sim.say(1, json!({"type":"typing","room":"general","active":true}));
+        sim.say(1, json!({"type":"typing","room":"general","active":false}));
+    }
+    sim.expect_nothing(1);
+    let seen = typing(&sim.take(2));
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+#[test]
+fn direct_message_typing_reaches_only_the_peer() {
+    let mut sim = typing_room();
+    sim.hello(4, "carol");
+    sim.say(1, json!({"type":"send","to":"alice","body":"hey"}));
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"typing","room":"@alice,bob","active":true}),
+    );
+    assert_eq!(typing(&sim.take(2)), ["bob@@alice,bob:on"]);
+    assert_eq!(typing(&sim.take(3)), ["bob@@alice,bob:on"]);
+    sim.expect_nothing(1);
+    sim.expect_nothing(4);
+}
+
+#[test]
+fn grace_period_is_configurable() {
+    let mut sim = Sim::with(Config {
+        presence_grace: Duration::ZERO,
+        ..Config::default()
+    });
+    sim.hello(1, "bob");
+    sim.hello(2, "alice");
+    sim.clear();
+    sim.disconnect(2);
+    sim.advance(Duration::ZERO);
+    assert_eq!(presence(&sim.take(1)), ["-alice@general"]);
+}
