@@ -1840,6 +1840,7 @@ impl Server {
 
     fn member_names(&self, room: &Room) -> Vec<UserName> {
         match &room.direct {
+            Some((a, b)) if a == b => vec![self.display_name(a)],
             Some((a, b)) => vec![self.display_name(a), self.display_name(b)],
             None => room.members.keys().map(|k| self.display_name(k)).collect(),
         }
@@ -1870,9 +1871,10 @@ impl Server {
         let recipients: Box<dyn Iterator<Item = &SessionId>> = match &room.direct {
             None => Box::new(room.sessions.iter()),
             Some((a, b)) => {
-                direct_sessions = [a, b]
+                // A note to self (`@a,a`) has one user: list their sessions once.
+                direct_sessions = [Some(a), (a != b).then_some(b)]
                     .into_iter()
-                    .filter(|k| a != b || *k == a)
+                    .flatten()
                     .filter_map(|k| self.users.get(k))
                     .flat_map(|u| u.sessions.iter().copied())
                     .collect();

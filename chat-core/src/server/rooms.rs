@@ -95,8 +95,8 @@ impl Room {
 
     /// Number of users in the room (both users for a direct room).
     pub fn user_count(&self) -> usize {
-        if self.direct.is_some() {
-            2
+        if let Some((a, b)) = &self.direct {
+            if a == b { 1 } else { 2 }
         } else {
             self.members.len()
         }
