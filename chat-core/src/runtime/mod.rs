@@ -19,6 +19,8 @@
 
 #![allow(clippy::disallowed_methods)] // the driver is where the clock is read
 
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 
 use std::collections::HashMap;
@@ -34,6 +36,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::ids::{ClientMsgId, RoomName, SessionId};
 use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
 use crate::server::{CloseReason, Config, Event, Input, Now, Output, Server, StoreError};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
@@ -61,7 +65,13 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { core: Config::default(), store: None, outbound_queue: 1024, inbox: 4096, authenticator: None }
+        HubConfig {
+            core: Config::default(),
+            store: None,
+            outbound_queue: 1024,
+            inbox: 4096,
+            authenticator: None,
+        }
     }
 }
 
@@ -121,9 +131,18 @@ pub struct Stats {
 }
 
 enum Cmd {
-    Connect { session: SessionId, tx: mpsc::Sender<Outbound> },
+    Connect {
+        session: SessionId,
+        tx: mpsc::Sender<Outbound>,
+    },
     Input(Input),
-    Publish { room: String, user: String, body: String, client_id: Option<ClientMsgId>, reply: oneshot::Sender<Result<Arc<Message>, ErrorCode>> },
+    Publish {
+        room: String,
+        user: String,
+        body: String,
+        client_id: Option<ClientMsgId>,
+        reply: oneshot::Sender<Result<Arc<Message>, ErrorCode>>,
+    },
     Shutdown,
 }
 
@@ -147,7 +166,13 @@ struct HubInner {
 impl Hub {
     /// Loads the store (if any) and starts the driver task on the current tokio runtime.
     pub async fn spawn(config: HubConfig) -> Result<Hub, StoreError> {
-        let HubConfig { mut core, store, outbound_queue, inbox, authenticator } = config;
+        let HubConfig {
+            mut core,
+            store,
+            outbound_queue,
+            inbox,
+            authenticator,
+        } = config;
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| StoreError(format!("no randomness: {e}")))?;
         core.secret = random;
@@ -160,7 +185,10 @@ impl Hub {
                     .await
                     .map_err(|e| StoreError(e.to_string()))??
             }
-            None => Restored { epoch: hex(&random[..8]), rooms: vec![] },
+            None => Restored {
+                epoch: hex(&random[..8]),
+                rooms: vec![],
+            },
         };
         core.epoch = restored.epoch.clone();
         let limits = core.limits();
@@ -173,7 +201,9 @@ impl Hub {
         let (events, _) = broadcast::channel(1024);
         let (done_tx, done) = watch::channel(false);
         let stats = Arc::new(Stats::default());
-        let writer = store.as_ref().map(|s| Writer::start(s.clone(), control.clone()));
+        let writer = store
+            .as_ref()
+            .map(|s| Writer::start(s.clone(), control.clone()));
         let driver = Driver {
             server,
             rx,
@@ -212,26 +242,54 @@ impl Hub {
     pub async fn connect(&self) -> Result<Connection, HubClosed> {
         let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
-        self.inner.tx.send(Cmd::Connect { session, tx }).await.map_err(|_| HubClosed)?;
+        self.inner
+            .tx
+            .send(Cmd::Connect { session, tx })
+            .await
+            .map_err(|_| HubClosed)?;
         Ok(Connection {
             session,
-            inbound: Inbound { session, tx: self.inner.tx.clone(), control: self.inner.control.clone(), open: true },
+            inbound: Inbound {
+                session,
+                tx: self.inner.tx.clone(),
+                control: self.inner.control.clone(),
+                open: true,
+            },
             outbound: rx,
         })
     }
 
     /// Posts a message as `user` (a bot or a system notice) without a connection, and
     /// returns it once delivered (and stored, with a store).
-    pub async fn publish(&self, room: &str, user: &str, body: &str) -> Result<Arc<Message>, PublishError> {
+    pub async fn publish(
+        &self,
+        room: &str,
+        user: &str,
+        body: &str,
+    ) -> Result<Arc<Message>, PublishError> {
         self.publish_with_id(room, user, body, None).await
     }
 
     /// As [`Hub::publish`], idempotent by `client_id`.
-    pub async fn publish_with_id(&self, room: &str, user: &str, body: &str, client_id: Option<ClientMsgId>) -> Result<Arc<Message>, PublishError> {
+    pub async fn publish_with_id(
+        &self,
+        room: &str,
+        user: &str,
+        body: &str,
+        client_id: Option<ClientMsgId>,
+    ) -> Result<Arc<Message>, PublishError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Cmd::Publish { room: room.into(), user: user.into(), body: body.into(), client_id, reply };
+        let cmd = Cmd::Publish {
+            room: room.into(),
+            user: user.into(),
+            body: body.into(),
+            client_id,
+            reply,
+        };
         self.inner.tx.send(cmd).await.map_err(|_| HubClosed)?;
-        rx.await.map_err(|_| HubClosed)?.map_err(PublishError::Rejected)
+        rx.await
+            .map_err(|_| HubClosed)?
+            .map_err(PublishError::Rejected)
     }
 
     /// Host-app events: messages posted, users joining and leaving, sessions.
@@ -331,18 +389,33 @@ impl Inbound {
     /// Forwards a raw text frame; decoding happens here, in the caller's task.
     pub async fn frame(&self, bytes: &[u8]) -> Result<(), HubClosed> {
         let frame = protocol::decode(bytes);
-        self.input(Input::Received { session: self.session, frame }).await
+        self.input(Input::Received {
+            session: self.session,
+            frame,
+        })
+        .await
     }
 
     /// Forwards a decoded command.
     pub async fn send(&self, frame: ClientFrame) -> Result<(), HubClosed> {
-        self.input(Input::Received { session: self.session, frame: Ok(frame) }).await
+        self.input(Input::Received {
+            session: self.session,
+            frame: Ok(frame),
+        })
+        .await
     }
 
     /// Tells the core the connection sent something that is not a text frame.
     pub async fn bad_frame(&self, what: &str) -> Result<(), HubClosed> {
-        let frame = Err(protocol::DecodeError { message: what.to_owned(), id: None });
-        self.input(Input::Received { session: self.session, frame }).await
+        let frame = Err(protocol::DecodeError {
+            message: what.to_owned(),
+            id: None,
+        });
+        self.input(Input::Received {
+            session: self.session,
+            frame,
+        })
+        .await
     }
 
     async fn input(&self, input: Input) -> Result<(), HubClosed> {
@@ -352,14 +425,21 @@ impl Inbound {
     /// Ends the session, after the frames sent before.
     pub async fn disconnect(mut self) {
         self.open = false;
-        let _ = self.tx.send(Cmd::Input(Input::Disconnected { session: self.session })).await;
+        let _ = self
+            .tx
+            .send(Cmd::Input(Input::Disconnected {
+                session: self.session,
+            }))
+            .await;
     }
 }
 
 impl Drop for Inbound {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.control.send(Cmd::Input(Input::Disconnected { session: self.session }));
+            let _ = self.control.send(Cmd::Input(Input::Disconnected {
+                session: self.session,
+            }));
         }
     }
 }
@@ -428,7 +508,10 @@ impl Driver {
                     }
                 }
             }
-            self.stats.inbox_depth.store((self.rx.len() + self.control_rx.len()) as u64, Ordering::Relaxed);
+            self.stats.inbox_depth.store(
+                (self.rx.len() + self.control_rx.len()) as u64,
+                Ordering::Relaxed,
+            );
         }
         self.finish().await;
     }
@@ -457,11 +540,26 @@ impl Driver {
                 }
                 self.feed(now, input);
             }
-            Cmd::Publish { room, user, body, client_id, reply } => {
+            Cmd::Publish {
+                room,
+                user,
+                body,
+                client_id,
+                reply,
+            } => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
                 self.publishes.insert(ticket, reply);
-                self.feed(now, Input::Publish { ticket, room, user, body, client_id });
+                self.feed(
+                    now,
+                    Input::Publish {
+                        ticket,
+                        room,
+                        user,
+                        body,
+                        client_id,
+                    },
+                );
             }
             Cmd::Shutdown => {
                 if !self.shutting_down {
@@ -487,12 +585,17 @@ impl Driver {
             while let Some(output) = self.server.poll_output() {
                 match output {
                     Output::Send { to, frame } => {
-                        let Some(s) = self.sessions.get(&to) else { continue };
+                        let Some(s) = self.sessions.get(&to) else {
+                            continue;
+                        };
                         let ephemeral = frame.is_ephemeral();
                         match s.tx.try_send(Outbound::Frame(frame)) {
                             Ok(()) => out += 1,
                             Err(mpsc::error::TrySendError::Full(_)) => {
-                                self.deferred.push(Input::QueueFull { session: to, ephemeral });
+                                self.deferred.push(Input::QueueFull {
+                                    session: to,
+                                    ephemeral,
+                                });
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => {}
                         }
@@ -514,8 +617,17 @@ impl Driver {
                             result: Err(StoreError("no store".into())),
                         }),
                     },
-                    Output::LoadHistory { ticket, room, before, limit } => self.load_history(ticket, room, before, limit),
-                    Output::Authenticate { session, name, credentials } => self.authenticate(session, name, credentials),
+                    Output::LoadHistory {
+                        ticket,
+                        room,
+                        before,
+                        limit,
+                    } => self.load_history(ticket, room, before, limit),
+                    Output::Authenticate {
+                        session,
+                        name,
+                        credentials,
+                    } => self.authenticate(session, name, credentials),
                     Output::Published { ticket, result } => {
                         if let Some(reply) = self.publishes.remove(&ticket) {
                             let _ = reply.send(result);
@@ -534,7 +646,9 @@ impl Driver {
                 self.feed(now, input);
             }
         }
-        self.stats.rooms.store(self.server.room_count() as u64, Ordering::Relaxed);
+        self.stats
+            .rooms
+            .store(self.server.room_count() as u64, Ordering::Relaxed);
         drained
     }
 
@@ -547,8 +661,12 @@ impl Driver {
             Event::Rejected { code, .. } => {
                 metrics::counter!("chat_errors_total", "code" => code.as_str()).increment(1);
             }
-            Event::SessionClosed { reason: Some(reason), .. } => {
-                metrics::counter!("chat_server_closes_total", "reason" => reason.as_str()).increment(1);
+            Event::SessionClosed {
+                reason: Some(reason),
+                ..
+            } => {
+                metrics::counter!("chat_server_closes_total", "reason" => reason.as_str())
+                    .increment(1);
             }
             _ => {}
         }
@@ -557,7 +675,13 @@ impl Driver {
         }
     }
 
-    fn load_history(&mut self, ticket: u64, room: RoomName, before: Option<crate::ids::Seq>, limit: usize) {
+    fn load_history(
+        &mut self,
+        ticket: u64,
+        room: RoomName,
+        before: Option<crate::ids::Seq>,
+        limit: usize,
+    ) {
         let control = self.control.clone();
         let Some(store) = self.store.clone() else {
             let result = Err(StoreError("no store".into()));
@@ -613,7 +737,10 @@ fn close_session(s: SessionTx, reason: CloseReason) {
 }
 
 fn now() -> Now {
-    Now { mono: Instant::now(), utc: Utc::now() }
+    Now {
+        mono: Instant::now(),
+        utc: Utc::now(),
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -650,13 +777,20 @@ impl Writer {
                     }
                     let result = store.append(&batch);
                     for msg in &batch {
-                        let input = Input::Persisted { room: msg.room.clone(), seq: msg.seq, result: result.clone() };
+                        let input = Input::Persisted {
+                            room: msg.room.clone(),
+                            seq: msg.seq,
+                            result: result.clone(),
+                        };
                         let _ = control.send(Cmd::Input(input));
                     }
                 }
             })
             .expect("spawn the store writer thread");
-        Writer { tx: Mutex::new(Some(tx)), thread: Some(thread) }
+        Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Some(thread),
+        }
     }
 
     fn submit(&self, msg: Arc<Message>) {

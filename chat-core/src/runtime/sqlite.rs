@@ -1,0 +1,841 @@
+//! A durable [`Store`] on SQLite (feature `sqlite`): the embedded default of the example
+//! server.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chat_core::StoreError> {
+//! use std::sync::Arc;
+//! use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
+//! let store = SqliteStore::open("chat.db", Durability::Full)?;
+//! let hub = Hub::spawn(HubConfig { store: Some(Arc::new(store)), ..HubConfig::default() }).await?;
+//! # let _ = hub; Ok(()) }
+//! ```
+//!
+//! # Shape
+//!
+//! * **One writer.** The runtime calls [`Store::append`] from one dedicated thread with
+//!   every message that arrived while the previous commit ran (group commit). Each call is
+//!   one `BEGIN IMMEDIATE … COMMIT` transaction with cached prepared statements, so the
+//!   cost of the commit (an `fsync` with [`Durability::Full`]) is shared by the group.
+//! * **Readers apart.** History pages and the startup load use their own connections (a
+//!   small pool). The database is in WAL mode, so readers see the last commit and never
+//!   block the writer, and the writer never blocks them.
+//! * **`:memory:`** opens one private in-memory database (an ephemeral server): there the
+//!   reads share the writer's connection, since every connection to `:memory:` would be
+//!   a different database.
+//!
+//! # Durability
+//!
+//! The store is in WAL mode; an `append` returns `Ok` only after `COMMIT` returned, and
+//! only then does the runtime ack and deliver the messages. What survives depends on
+//! [`Durability`]:
+//!
+//! | setting | `PRAGMA synchronous` | an acknowledged message survives |
+//! |---|---|---|
+//! | [`Durability::Full`] (default) | `FULL`: the WAL is `fsync`ed at every commit | a process crash, `kill -9`, an OS crash, a power loss |
+//! | [`Durability::Normal`] | `NORMAL`: the WAL is `fsync`ed only at checkpoints | a process crash or `kill -9`; **not** an OS crash or power loss, which may lose the last commits (the database stays consistent) |
+//!
+//! # Schema
+//!
+//! Versioned by `PRAGMA user_version`; [`SqliteStore::open`] migrates an older file in a
+//! transaction and refuses a newer one. Version 1:
+//!
+//! * `meta(key, value)`: `epoch` is a random id made when the database is created. It is
+//!   the history epoch announced to clients: a new file (history reset) has a new epoch.
+//! * `messages(room, seq, ts, user, body, client_id)`, primary key `(room, seq)`
+//!   (a clustered `WITHOUT ROWID` table, so a history page is one range read); `ts` is
+//!   milliseconds since the Unix epoch (UTC), the precision the protocol carries.
+//!
+//! Client ids are not unique in the table on purpose: the protocol makes a resend
+//! idempotent while the original is in the room's window (which the core restores from
+//! [`Store::load`]); an id resent after that is a new message, as without a store.
+//!
+//! # Failures
+//!
+//! Any failure (disk full, read-only file, the database locked by another process for
+//! longer than the busy timeout, an I/O error) rolls the group back and returns
+//! [`StoreError`]: the runtime then answers each sender with `storage_unavailable` and
+//! acks nothing of the group. The next group tries again, so the store recovers by itself
+//! when the disk does.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::store::{Restored, RestoredRoom, Store};
+use crate::ids::{RoomName, Seq, UserName};
+use crate::protocol::Message;
+use crate::server::StoreError;
+
+/// How hard a commit works to survive a crash. See the [module docs](self#durability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is `fsync`ed before the ack. Survives power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits are written to the OS but `fsync`ed only at WAL
+    /// checkpoints. Survives a crash of the process, not of the machine.
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!("unknown durability {other:?} (full or normal)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        })
+    }
+}
+
+/// The schema version this code writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+/// The migrations, in order: `MIGRATIONS[i]` takes `user_version` from `i` to `i + 1`.
+/// The epoch row is written by the code, since it needs randomness.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        room      TEXT    NOT NULL,
+        seq       INTEGER NOT NULL,
+        ts        INTEGER NOT NULL,
+        user      TEXT    NOT NULL,
+        body      TEXT    NOT NULL,
+        client_id TEXT,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+"];
+
+const INSERT: &str =
+    "INSERT INTO messages (room, seq, ts, user, body, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const PAGE: &str = "SELECT seq, ts, user, body, client_id FROM messages \
+     WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room LIMIT 1";
+
+/// A durable [`Store`] on an SQLite file (WAL mode, group commit). See the
+/// [module docs](self).
+pub struct SqliteStore {
+    /// The writer's connection: used by [`Store::append`] (one thread) and `close`.
+    writer: Mutex<Connection>,
+    reads: Reads,
+    epoch: String,
+    durability: Durability,
+}
+
+enum Reads {
+    /// A file: read connections of their own, opened on demand, a few kept idle.
+    Pool {
+        path: PathBuf,
+        idle: Mutex<Vec<Connection>>,
+    },
+    /// `:memory:`: the only connection is the writer's.
+    Shared,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = match &self.reads {
+            Reads::Pool { path, .. } => path.display().to_string(),
+            Reads::Shared => ":memory:".to_owned(),
+        };
+        f.debug_struct("SqliteStore")
+            .field("path", &path)
+            .field("epoch", &self.epoch)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{context}: {e}"))
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError("store lock poisoned".into())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, or a private in-memory one for
+    /// `":memory:"`, and migrates it to [`SCHEMA_VERSION`].
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref();
+        let memory = path.as_os_str() == ":memory:";
+        let conn = if memory {
+            Connection::open_in_memory().map_err(err("opening :memory:"))?
+        } else {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?
+        };
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err("setting busy_timeout"))?;
+        if !memory {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(err("enabling WAL"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError(format!(
+                    "{} cannot use WAL (journal_mode is {mode})",
+                    path.display()
+                )));
+            }
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {};
+             PRAGMA journal_size_limit = {};
+             PRAGMA temp_store = MEMORY;",
+            durability.pragma(),
+            64 * 1024 * 1024,
+        ))
+        .map_err(err("setting pragmas"))?;
+        let epoch = migrate(&conn)?;
+        let reads = if memory {
+            Reads::Shared
+        } else {
+            Reads::Pool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }
+        };
+        Ok(SqliteStore {
+            writer: Mutex::new(conn),
+            reads,
+            epoch,
+            durability,
+        })
+    }
+
+    /// The history epoch: a random id made when the database file was created.
+    #[must_use]
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The durability this store was opened with.
+    #[must_use]
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Runs `f` on a read connection: a pooled one of its own for a file, the only one
+    /// for `:memory:`.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.reads {
+            Reads::Shared => f(&*self.writer()?),
+            Reads::Pool { path, idle } => {
+                let taken = idle.lock().map_err(poisoned)?.pop();
+                let conn = match taken {
+                    Some(conn) => conn,
+                    None => open_reader(path)?,
+                };
+                let result = f(&conn);
+                let mut idle = idle.lock().map_err(poisoned)?;
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(conn);
+                }
+                result
+            }
+        }
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.writer.lock().map_err(poisoned)
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError(format!("opening {} to read: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(err("setting busy_timeout"))?;
+    conn.execute_batch("PRAGMA query_only = ON;")
+        .map_err(err("setting query_only"))?;
+    Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] and returns the epoch.
+fn migrate(conn: &Connection) -> Result<String, StoreError> {
+    // IMMEDIATE: two processes opening a new file at once migrate one after the other.
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(err("starting the migration"))?;
+    let result = (|| {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err("reading user_version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError(format!(
+                "the database has schema version {version}; this build knows up to {SCHEMA_VERSION}"
+            )));
+        }
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(sql)
+                .map_err(|e| StoreError(format!("migrating from version {from}: {e}")))?;
+            if from == 0 {
+                let mut random = [0u8; 8];
+                getrandom::fill(&mut random)
+                    .map_err(|e| StoreError(format!("no randomness for the epoch: {e}")))?;
+                let epoch: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+                    params![epoch],
+                )
+                .map_err(err("writing the epoch"))?;
+            }
+        }
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .map_err(err("writing user_version"))?;
+        }
+        conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(err("reading the epoch"))?
+        .ok_or_else(|| StoreError("the database has no epoch".into()))
+    })();
+    match result {
+        Ok(epoch) => {
+            conn.execute_batch("COMMIT")
+                .map_err(err("committing the migration"))?;
+            Ok(epoch)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn to_sql_seq(seq: Seq) -> i64 {
+    i64::try_from(seq.0).unwrap_or(i64::MAX)
+}
+
+fn from_sql_seq(seq: i64) -> Result<Seq, StoreError> {
+    u64::try_from(seq)
+        .map(Seq)
+        .map_err(|_| StoreError(format!("corrupt seq {seq}")))
+}
+
+/// Reads the newest `limit` messages of `room` below `before`, oldest first, and whether
+/// older ones exist.
+fn page(
+    conn: &Connection,
+    room: &RoomName,
+    before: Option<Seq>,
+    limit: usize,
+) -> Result<(Vec<Message>, bool), StoreError> {
+    if limit == 0 {
+        // Only whether anything is there.
+        let any = page(conn, room, before, 1)?;
+        return Ok((vec![], !any.0.is_empty()));
+    }
+    let mut stmt = conn.prepare_cached(PAGE).map_err(err("preparing a page"))?;
+    let before = before.map_or(i64::MAX, to_sql_seq);
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+    let mut rows = stmt
+        .query(params![room.as_str(), before, fetch])
+        .map_err(err("reading a page"))?;
+    let mut messages = Vec::with_capacity(limit.min(1024));
+    let mut has_more = false;
+    while let Some(row) = rows.next().map_err(err("reading a page"))? {
+        if messages.len() == limit {
+            has_more = true;
+            break;
+        }
+        messages.push(row_to_message(room, row)?);
+    }
+    messages.reverse();
+    Ok((messages, has_more))
+}
+
+fn row_to_message(room: &RoomName, row: &rusqlite::Row<'_>) -> Result<Message, StoreError> {
+    let get = err("decoding a row");
+    let seq = from_sql_seq(row.get(0).map_err(&get)?)?;
+    let ms: i64 = row.get(1).map_err(&get)?;
+    let ts = DateTime::<Utc>::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError(format!("corrupt timestamp {ms} in {room}#{seq}")))?;
+    let user = row
+        .get_ref(2)
+        .map_err(&get)?
+        .as_str()
+        .map_err(|e| StoreError(format!("corrupt user in {room}#{seq}: {e}")))?;
+    let user = UserName::parse(user, usize::MAX)
+        .map_err(|e| StoreError(format!("corrupt user {user:?} in {room}#{seq}: {e}")))?;
+    let body = row
+        .get_ref(3)
+        .map_err(&get)?
+        .as_str()
+        .map_err(|e| StoreError(format!("corrupt body in {room}#{seq}: {e}")))?;
+    let client_id = row
+        .get_ref(4)
+        .map_err(&get)?
+        .as_str_or_null()
+        .map_err(|e| StoreError(format!("corrupt client id in {room}#{seq}: {e}")))?
+        .map(Arc::from);
+    Ok(Message {
+        room: room.clone(),
+        seq,
+        ts,
+        user,
+        body: Arc::from(body),
+        client_id,
+    })
+}
+
+impl Store for SqliteStore {
+    fn load(&self, window: usize) -> Result<Restored, StoreError> {
+        self.read(|conn| {
+            // One read transaction: a consistent snapshot of every room.
+            conn.execute_batch("BEGIN")
+                .map_err(err("starting the load"))?;
+            let result = (|| {
+                let mut rooms = Vec::new();
+                let mut next = conn
+                    .prepare_cached(NEXT_ROOM)
+                    .map_err(err("preparing the load"))?;
+                let mut after = String::new();
+                // Skip-scan the primary key: one seek per room, not a scan of every row.
+                while let Some(name) = next
+                    .query_row(params![after], |r| r.get::<_, String>(0))
+                    .optional()
+                    .map_err(err("listing rooms"))?
+                {
+                    let room = RoomName::parse(&name, usize::MAX, usize::MAX)
+                        .map_err(|e| StoreError(format!("corrupt room name {name:?}: {e}")))?;
+                    let (recent, has_more) = page(conn, &room, None, window)?;
+                    let last_seq = match recent.last() {
+                        Some(m) => m.seq,
+                        None => conn
+                            .query_row(
+                                "SELECT max(seq) FROM messages WHERE room = ?1",
+                                params![name],
+                                |r| r.get::<_, i64>(0),
+                            )
+                            .map_err(err("reading a room's last seq"))
+                            .and_then(from_sql_seq)?,
+                    };
+                    rooms.push(RestoredRoom {
+                        room,
+                        last_seq,
+                        recent,
+                        complete: !has_more,
+                    });
+                    after = name;
+                }
+                Ok(rooms)
+            })();
+            let _ = conn.execute_batch("COMMIT");
+            Ok(Restored {
+                epoch: self.epoch.clone(),
+                rooms: result?,
+            })
+        })
+    }
+
+    fn append(&self, batch: &[Arc<Message>]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let conn = self.writer()?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(err("starting a commit"))?;
+        let result = (|| {
+            let mut insert = conn
+                .prepare_cached(INSERT)
+                .map_err(err("preparing the insert"))?;
+            for m in batch {
+                insert
+                    .execute(params![
+                        m.room.as_str(),
+                        to_sql_seq(m.seq),
+                        m.ts.timestamp_millis(),
+                        m.user.as_str(),
+                        &*m.body,
+                        m.client_id.as_deref(),
+                    ])
+                    .map_err(|e| StoreError(format!("storing {}#{}: {e}", m.room, m.seq)))?;
+            }
+            conn.execute_batch("COMMIT").map_err(err("committing"))
+        })();
+        if result.is_err() && !conn.is_autocommit() {
+            // Leaves the connection ready for the next group (SQLite may have rolled back
+            // already, e.g. after an I/O error).
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    fn page(
+        &self,
+        room: &RoomName,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        self.read(|conn| page(conn, room, before, limit))
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        if let Reads::Pool { idle, .. } = &self.reads {
+            // Readers would keep the checkpoint from truncating the WAL.
+            idle.lock().map_err(poisoned)?.clear();
+        }
+        let conn = self.writer()?;
+        // Statistics for the query planner first: it may write, and the WAL is emptied last.
+        let _ = conn.execute_batch("PRAGMA optimize");
+        if let Reads::Pool { .. } = &self.reads {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                let busy: i64 = r.get(0)?;
+                Ok(busy)
+            })
+            .map_err(err("checkpointing the WAL"))
+            .and_then(|busy| {
+                if busy == 0 {
+                    Ok(())
+                } else {
+                    Err(StoreError(
+                        "the WAL checkpoint was blocked by a reader".into(),
+                    ))
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(room: &str, seq: u64, user: &str, body: &str, client_id: Option<&str>) -> Arc<Message> {
+        Arc::new(Message {
+            room: RoomName::parse(room, 64, 32).unwrap(),
+            seq: Seq(seq),
+            ts: DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + seq as i64).unwrap(),
+            user: UserName::parse(user, 32).unwrap(),
+            body: body.into(),
+            client_id: client_id.map(Arc::from),
+        })
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name, 64, 32).unwrap()
+    }
+
+    fn seqs(page: &(Vec<Message>, bool)) -> (Vec<u64>, bool) {
+        (page.0.iter().map(|m| m.seq.0).collect(), page.1)
+    }
+
+    fn filled(dir: &Path) -> SqliteStore {
+        let store = SqliteStore::open(dir.join("chat.db"), Durability::Full).unwrap();
+        let batch: Vec<_> = (1..=10)
+            .map(|s| {
+                msg(
+                    "general",
+                    s,
+                    "alice",
+                    &format!("m{s}"),
+                    Some(&format!("c{s}")),
+                )
+            })
+            .collect();
+        store.append(&batch[..4]).unwrap();
+        store.append(&batch[4..]).unwrap();
+        store
+            .append(&[msg("@alice,bob", 1, "Bob", "psst", None)])
+            .unwrap();
+        store
+    }
+
+    #[test]
+    fn pages_are_the_newest_before_the_cursor_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        let general = room("general");
+        assert_eq!(
+            seqs(&store.page(&general, None, 3).unwrap()),
+            (vec![8, 9, 10], true)
+        );
+        assert_eq!(
+            seqs(&store.page(&general, Some(Seq(8)), 3).unwrap()),
+            (vec![5, 6, 7], true)
+        );
+        assert_eq!(
+            seqs(&store.page(&general, Some(Seq(4)), 3).unwrap()),
+            (vec![1, 2, 3], false)
+        );
+        assert_eq!(
+            seqs(&store.page(&general, Some(Seq(3)), 5).unwrap()),
+            (vec![1, 2], false)
+        );
+        assert_eq!(
+            seqs(&store.page(&general, Some(Seq(1)), 5).unwrap()),
+            (vec![], false)
+        );
+        assert_eq!(
+            seqs(&store.page(&general, None, 10).unwrap()),
+            ((1..=10).collect(), false)
+        );
+        assert_eq!(
+            seqs(&store.page(&room("nowhere"), None, 10).unwrap()),
+            (vec![], false)
+        );
+        // Every field comes back as it went in.
+        let (page, _) = store.page(&general, Some(Seq(6)), 1).unwrap();
+        assert_eq!(
+            page,
+            vec![Message::clone(&msg(
+                "general",
+                5,
+                "alice",
+                "m5",
+                Some("c5")
+            ))]
+        );
+        let (direct, more) = store.page(&room("@bob,alice"), None, 50).unwrap();
+        assert!(!more);
+        assert_eq!(
+            direct,
+            vec![Message::clone(&msg("@alice,bob", 1, "Bob", "psst", None))]
+        );
+    }
+
+    #[test]
+    fn load_gives_each_room_its_window_and_last_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        let restored = store.load(4).unwrap();
+        assert_eq!(restored.epoch, store.epoch());
+        let rooms: Vec<_> = restored
+            .rooms
+            .iter()
+            .map(|r| {
+                (
+                    r.room.as_str().to_owned(),
+                    r.last_seq.0,
+                    r.recent.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                    r.complete,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rooms,
+            vec![
+                ("@alice,bob".to_owned(), 1, vec![1], true),
+                ("general".to_owned(), 10, vec![7, 8, 9, 10], false),
+            ]
+        );
+        let all = store.load(10).unwrap();
+        assert!(all.rooms.iter().all(|r| r.complete));
+        let none = store.load(0).unwrap();
+        assert_eq!(none.rooms[1].last_seq, Seq(10));
+        assert!(none.rooms[1].recent.is_empty());
+        assert!(!none.rooms[1].complete);
+    }
+
+    #[test]
+    fn reopening_keeps_messages_and_epoch_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let store = filled(dir.path());
+            store.close().unwrap();
+            store.epoch().to_owned()
+        };
+        assert_eq!(epoch.len(), 16);
+        for _ in 0..2 {
+            let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Normal).unwrap();
+            assert_eq!(store.epoch(), epoch);
+            assert_eq!(store.page(&room("general"), None, 100).unwrap().0.len(), 10);
+            let conn = store.writer().unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+            let epochs: i64 = conn
+                .query_row("SELECT count(*) FROM meta WHERE key = 'epoch'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(epochs, 1);
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 1, "NORMAL is 1");
+        }
+        let other = SqliteStore::open(dir.path().join("other.db"), Durability::Full).unwrap();
+        assert_ne!(other.epoch(), epoch, "a new file is a new epoch");
+        let sync: i64 = other
+            .writer()
+            .unwrap()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL is 2");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        drop(SqliteStore::open(&path, Durability::Full).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let e = SqliteStore::open(&path, Durability::Full).unwrap_err();
+        assert!(e.0.contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_group_is_rolled_back_whole_and_the_next_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        // Seq 10 exists: the group fails on its second message, and its first is not kept.
+        let e = store
+            .append(&[
+                msg("general", 11, "alice", "new", None),
+                msg("general", 10, "alice", "again", None),
+            ])
+            .unwrap_err();
+        assert!(e.0.contains("general#10"), "{e}");
+        assert_eq!(
+            store.page(&room("general"), None, 1).unwrap().0[0].seq,
+            Seq(10)
+        );
+        store
+            .append(&[msg("general", 11, "alice", "new", None)])
+            .unwrap();
+        assert_eq!(
+            store.page(&room("general"), None, 1).unwrap().0[0].seq,
+            Seq(11)
+        );
+    }
+
+    #[test]
+    fn a_locked_database_fails_the_group_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        // Shorten the wait so the test is quick.
+        store
+            .writer()
+            .unwrap()
+            .busy_timeout(Duration::from_millis(50))
+            .unwrap();
+        let e = store
+            .append(&[msg("general", 1, "alice", "hi", None)])
+            .unwrap_err();
+        assert!(e.0.contains("locked"), "{e}");
+        other.execute_batch("ROLLBACK").unwrap();
+        store
+            .append(&[msg("general", 1, "alice", "hi", None)])
+            .unwrap();
+        assert_eq!(store.page(&room("general"), None, 5).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn reads_do_not_wait_for_an_open_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        let writer = store.writer().unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        writer
+            .execute(
+                "INSERT INTO messages VALUES ('general', 11, 0, 'alice', 'x', NULL)",
+                [],
+            )
+            .unwrap();
+        // The writer holds the write lock and has uncommitted rows: a reader sees the
+        // last commit, without waiting.
+        let (page, _) = store.page(&room("general"), None, 100).unwrap();
+        assert_eq!(page.len(), 10);
+        writer.execute_batch("COMMIT").unwrap();
+        drop(writer);
+        assert_eq!(store.page(&room("general"), None, 100).unwrap().0.len(), 11);
+    }
+
+    #[test]
+    fn memory_store_reads_its_own_writes() {
+        let store = SqliteStore::open(":memory:", Durability::Full).unwrap();
+        store
+            .append(&[
+                msg("general", 1, "alice", "hi", Some("x")),
+                msg("rust", 1, "bob", "yo", None),
+            ])
+            .unwrap();
+        let restored = store.load(10).unwrap();
+        assert_eq!(restored.rooms.len(), 2);
+        assert_eq!(store.page(&room("general"), None, 5).unwrap().0.len(), 1);
+        store.close().unwrap();
+        let again = SqliteStore::open(":memory:", Durability::Full).unwrap();
+        assert!(
+            again.load(10).unwrap().rooms.is_empty(),
+            "each :memory: is new"
+        );
+        assert_ne!(again.epoch(), store.epoch());
+    }
+
+    #[test]
+    fn close_checkpoints_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        store.page(&room("general"), None, 5).unwrap();
+        let wal = dir.path().join("chat.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        store.close().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        // The data is in the main file now.
+        drop(store);
+        let conn = Connection::open(dir.path().join("chat.db")).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 11);
+    }
+}
