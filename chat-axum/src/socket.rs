@@ -294,6 +294,12 @@ async fn echo_writer<W>(
             biased;
             c = local.recv() => {
                 if let Some(c) = c {
+                    // Echo what was read before the bad frame, then close.
+                    while let Ok(m) = frames.try_recv() {
+                        if sink.send(m).await.is_err() {
+                            return;
+                        }
+                    }
                     let _ = closing.send(true);
                     let frame = CloseFrame { code: c.code, reason: Utf8Bytes::from_static(c.reason) };
                     let _ = sink.send(Message::Close(Some(frame))).await;
