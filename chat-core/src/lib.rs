@@ -78,6 +78,7 @@
 //! A room event is serialized once into an [`protocol::Encoded`] (reference-counted
 //! bytes); every recipient's [`Output::Send`] shares it.
 
+pub mod client;
 pub mod ids;
 pub mod protocol;
 mod server;
