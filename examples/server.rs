@@ -7,18 +7,28 @@
 //! ```text
 //! cargo run --release --example server
 //! cargo run --release --example server -- --addr 127.0.0.1:8080 --origin https://app.example.com
+//! cargo run --release --example server -- --db /var/lib/chat/chat.db --durability normal
 //! ```
 //!
+//! History is durable by default: every message is committed to the SQLite file `--db`
+//! (`chat.db` in the working directory) before it is delivered and acknowledged, and a
+//! restart continues where the server stopped. `--db :memory:` runs an ephemeral server.
+//! `--durability full` (default) survives power loss; `normal` survives a crash of the
+//! process only, and commits faster.
+//!
 //! Ctrl-C or SIGTERM: stops accepting, tells every client to reconnect (close 1012),
-//! waits for every connection to finish (at most `--drain-secs`), exits 0.
+//! waits for every connection to finish (at most `--drain-secs`), commits what is
+//! pending, checkpoints the database's WAL, exits 0.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chat_axum::{OriginPolicy, RouterOptions};
-use chat_core::runtime::{Hub, HubConfig};
+use chat_core::Rate;
+use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -37,6 +47,21 @@ struct Args {
     /// Upper bound for the graceful shutdown, in seconds.
     #[arg(long, env = "CHAT_DRAIN_SECS", default_value_t = 10)]
     drain_secs: u64,
+    /// The SQLite database holding the history (created if missing); `:memory:` keeps
+    /// history only while the server runs.
+    #[arg(long, env = "CHAT_DB", default_value = "chat.db")]
+    db: PathBuf,
+    /// `full`: every commit is fsynced, acknowledged messages survive power loss.
+    /// `normal`: they survive a crash of the server process only.
+    #[arg(long, env = "CHAT_DURABILITY", default_value = "full")]
+    durability: Durability,
+    /// Flood control: messages a session may send at once.
+    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 10)]
+    send_burst: u32,
+    /// Flood control: messages per second a session may send, sustained. Raising the
+    /// send limits raises the limit on all frames to twice as much.
+    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 5)]
+    send_rate: u32,
 }
 
 #[tokio::main]
@@ -50,9 +75,36 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    let hub = Hub::spawn(HubConfig::default())
-        .await
-        .context("starting the chat hub")?;
+    let store = SqliteStore::open(&args.db, args.durability)
+        .with_context(|| format!("opening the database {}", args.db.display()))?;
+    tracing::info!(
+        db = %args.db.display(),
+        durability = %args.durability,
+        epoch = store.epoch(),
+        "history store open"
+    );
+    let mut core = chat_core::Config {
+        send_rate: Rate {
+            burst: args.send_burst,
+            per_second: args.send_rate,
+        },
+        ..chat_core::Config::default()
+    };
+    // Sends are frames too: keep the frame limit above the send limit.
+    core.frame_rate = Rate {
+        burst: core.frame_rate.burst.max(args.send_burst.saturating_mul(2)),
+        per_second: core
+            .frame_rate
+            .per_second
+            .max(args.send_rate.saturating_mul(2)),
+    };
+    let hub = Hub::spawn(HubConfig {
+        core,
+        store: Some(Arc::new(store)),
+        ..HubConfig::default()
+    })
+    .await
+    .context("starting the chat hub")?;
     let options = RouterOptions {
         origins: OriginPolicy::from_list(&args.origins),
         metrics: Some(Arc::new(move || prometheus.render())),

@@ -716,7 +716,11 @@ impl Driver {
             writer.stop().await;
         }
         if let Some(store) = self.store.take() {
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            match tokio::task::spawn_blocking(move || store.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "closing the store failed"),
+                Err(e) => tracing::warn!(error = %e, "closing the store panicked"),
+            }
         }
         for (_, reply) in self.publishes.drain() {
             let _ = reply.send(Err(ErrorCode::ShuttingDown));
@@ -775,7 +779,17 @@ impl Writer {
                             break;
                         }
                     }
-                    let result = store.append(&batch);
+                    // A panicking store fails the group instead of killing the thread,
+                    // which would leave these and every later message pending forever
+                    // (and a graceful shutdown waiting for them).
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        store.append(&batch)
+                    }))
+                    .unwrap_or_else(|_| Err(StoreError("the store panicked".into())));
+                    if let Err(e) = &result {
+                        tracing::warn!(error = %e, messages = batch.len(), "store append failed");
+                        metrics::counter!("chat_store_errors_total").increment(1);
+                    }
                     for msg in &batch {
                         let input = Input::Persisted {
                             room: msg.room.clone(),
