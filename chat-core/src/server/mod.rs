@@ -793,7 +793,10 @@ impl Server {
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
-                self.reject(now, sid, e.id, ErrorCode::BadFrame, e.message, 2);
+                // The decoder's message may quote the offending input (an unknown field
+                // name, a string value): never echo a whole hostile frame back.
+                let message = clip(e.message, 200);
+                self.reject(now, sid, e.id, ErrorCode::BadFrame, message, 2);
                 return;
             }
         };
@@ -936,9 +939,13 @@ impl Server {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return Ok(());
         };
+        // Check before taking the phase: a stray answer must not reset a welcomed session.
+        if !matches!(session.phase, Phase::Authenticating { .. }) {
+            return Err(ApiMisuse::NotAuthenticating(sid));
+        }
         let Phase::Authenticating { id, rooms } = std::mem::replace(&mut session.phase, Phase::New)
         else {
-            return Err(ApiMisuse::NotAuthenticating(sid));
+            unreachable!("checked above");
         };
         let name = result.and_then(|n| {
             UserName::parse(&n, self.config.max_name_chars)
@@ -1357,10 +1364,14 @@ impl Server {
             if let Some(seq) = room.lookup_client_id(&key, cid) {
                 if let Some(p) = room.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
                     p.ackers.push(acker);
-                } else if let Some(msg) = room.find(seq).cloned() {
-                    self.ack(&acker, &msg, true);
+                    return;
                 }
-                return;
+                if let Some(msg) = room.find(seq).cloned() {
+                    self.ack(&acker, &msg, true);
+                    return;
+                }
+                // No longer held in memory: post it anew rather than leave the sender
+                // without any answer.
             }
         }
         let (seq, ts) = room.stamp(now.utc);
@@ -1406,8 +1417,9 @@ impl Server {
             // Posting ends the author's typing; clients clear it on the message itself.
             room.typing.remove(&p.author);
             self.fan_out(room_name, &p.posted.frame, None, None);
-            for acker in &p.ackers {
-                self.ack(acker, &p.posted.msg, false);
+            // The first acker posted it; any later one resent the same client id.
+            for (i, acker) in p.ackers.iter().enumerate() {
+                self.ack(acker, &p.posted.msg, i > 0);
             }
             self.event(Event::MessagePosted(p.posted.msg));
         }
@@ -1935,6 +1947,11 @@ impl Server {
         message: impl Into<String>,
         strikes: u32,
     ) {
+        // The session may be gone by the time an answer arrives (durable mode): nothing
+        // is ever sent to a closed session.
+        if !self.sessions.contains_key(&sid) {
+            return;
+        }
         self.send_to(
             sid,
             &ServerFrame::Error {
@@ -1965,6 +1982,15 @@ fn check_body(body: &str, max: usize) -> Result<(), (ErrorCode, String)> {
         return Err((ErrorCode::InvalidBody, "body must not be empty".to_owned()));
     }
     Ok(())
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut.
+fn clip(mut s: String, max: usize) -> String {
+    if let Some((cut, _)) = s.char_indices().nth(max) {
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 fn request_id(frame: &ClientFrame) -> Option<RequestId> {

@@ -171,6 +171,9 @@ impl Room {
         while self.history.len() > window {
             let old = self.history.pop_front().expect("len > window");
             self.floor = old.msg.seq;
+            if let Some(id) = &old.msg.client_id {
+                self.forget_client_id(&old.msg.user.key(), id, old.msg.seq);
+            }
         }
     }
 

@@ -1,0 +1,465 @@
+//! Durable mode: every message is persisted before anyone sees it or its ack; store
+//! failures are reported and retryable; history older than the window comes from the store.
+
+mod common;
+
+use std::sync::Arc;
+
+use chat_core::protocol::{ErrorCode, Message, ServerFrame};
+use chat_core::{ApiMisuse, Config, Input, Seq, StoreError};
+use common::{Sim, bodies, room, seqs};
+use serde_json::json;
+
+fn durable() -> Config {
+    Config {
+        durable: true,
+        ..common::unlimited()
+    }
+}
+
+/// alice (1) and bob (2) in general, durable mode.
+fn pair() -> Sim {
+    let mut sim = Sim::with(durable());
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.clear();
+    sim
+}
+
+fn commit(sim: &mut Sim, msg: &Arc<Message>) {
+    sim.input(Input::Persisted {
+        room: msg.room.clone(),
+        seq: msg.seq,
+        result: Ok(()),
+    });
+}
+
+fn fail(sim: &mut Sim, msg: &Arc<Message>) {
+    sim.input(Input::Persisted {
+        room: msg.room.clone(),
+        seq: msg.seq,
+        result: Err(StoreError("disk full".into())),
+    });
+}
+
+#[test]
+fn nothing_is_delivered_or_acked_until_the_store_confirms() {
+    let mut sim = pair();
+    sim.say(
+        1,
+        json!({"type":"send","id":3,"room":"general","body":"keep me","client_id":"k1"}),
+    );
+    assert_eq!(sim.persists.len(), 1);
+    let msg = sim.persists.remove(0);
+    assert_eq!(msg.room, room("general"));
+    assert_eq!(msg.seq, Seq(1));
+    assert_eq!(&*msg.body, "keep me");
+    assert_eq!(msg.client_id.as_deref(), Some("k1"));
+    sim.expect_nothing(1);
+    sim.expect_nothing(2);
+    assert_eq!(sim.server.last_seq(&room("general")), Some(Seq(0)));
+
+    commit(&mut sim, &msg);
+    let frames = sim.expect_kinds(1, &["message", "ack"]);
+    assert!(matches!(&frames[0], ServerFrame::Message(m) if *m == msg));
+    assert!(matches!(
+        &frames[1],
+        ServerFrame::Ack {
+            id: Some(3),
+            seq: Seq(1),
+            duplicate: false,
+            ..
+        }
+    ));
+    assert_eq!(sim.take_messages(2), vec![msg]);
+    assert_eq!(sim.server.last_seq(&room("general")), Some(Seq(1)));
+}
+
+#[test]
+fn messages_are_released_in_seq_order_even_if_the_store_answers_out_of_order() {
+    let mut sim = pair();
+    sim.send(1, 1, "general", "first");
+    sim.send(2, 2, "general", "second");
+    let (first, second) = (sim.persists[0].clone(), sim.persists[1].clone());
+    assert!(first.seq < second.seq);
+    commit(&mut sim, &second);
+    sim.expect_nothing(1);
+    sim.expect_nothing(2);
+    commit(&mut sim, &first);
+    let got = sim.take(2);
+    let kinds: Vec<&str> = got.iter().map(common::kind).collect();
+    assert_eq!(kinds, ["message", "message", "ack"]);
+    assert_eq!(
+        sim.take(1).iter().map(common::kind).collect::<Vec<_>>(),
+        ["message", "ack", "message"]
+    );
+}
+
+#[test]
+fn a_store_failure_is_reported_nothing_is_delivered_and_a_resend_works() {
+    let mut sim = pair();
+    let send = json!({"type":"send","id":4,"room":"general","body":"try me","client_id":"c"});
+    sim.say(1, send.clone());
+    let msg = sim.persists.remove(0);
+    fail(&mut sim, &msg);
+    let text = sim.expect_error(1, ErrorCode::StorageUnavailable, Some(4));
+    assert!(text.contains("disk full"), "{text}");
+    sim.expect_nothing(2);
+    assert_eq!(sim.server.last_seq(&room("general")), Some(Seq(0)));
+
+    // The same client id is not remembered as posted: the retry posts it.
+    sim.say(1, send);
+    let retry = sim.persists.remove(0);
+    assert!(retry.seq > msg.seq, "seqs are never reused");
+    commit(&mut sim, &retry);
+    let frames = sim.expect_kinds(1, &["message", "ack"]);
+    assert!(matches!(
+        &frames[1],
+        ServerFrame::Ack {
+            duplicate: false,
+            id: Some(4),
+            ..
+        }
+    ));
+    assert_eq!(bodies(&sim.take_messages(2)), ["try me"]);
+}
+
+#[test]
+fn a_failure_does_not_hold_back_later_committed_messages() {
+    let mut sim = pair();
+    sim.send(1, 1, "general", "doomed");
+    sim.send(2, 2, "general", "fine");
+    let (doomed, fine) = (sim.persists[0].clone(), sim.persists[1].clone());
+    commit(&mut sim, &fine);
+    sim.expect_nothing(2);
+    fail(&mut sim, &doomed);
+    let alice = sim.expect_kinds(1, &["error", "message"]);
+    assert!(matches!(
+        &alice[0],
+        ServerFrame::Error {
+            code: ErrorCode::StorageUnavailable,
+            id: Some(1),
+            ..
+        }
+    ));
+    let got = sim.take(2);
+    assert_eq!(
+        got.iter().map(common::kind).collect::<Vec<_>>(),
+        ["message", "ack"]
+    );
+    assert!(matches!(&got[0], ServerFrame::Message(m) if *m == fine));
+}
+
+#[test]
+fn a_resend_while_pending_is_acked_once_committed_and_posted_once() {
+    let mut sim = pair();
+    let send = json!({"type":"send","id":1,"room":"general","body":"x","client_id":"dup"});
+    sim.say(1, send.clone());
+    let mut again = send;
+    again["id"] = json!(2);
+    sim.say(1, again);
+    assert_eq!(sim.persists.len(), 1, "stored once");
+    let msg = sim.persists.remove(0);
+    commit(&mut sim, &msg);
+    let frames = sim.expect_kinds(1, &["message", "ack", "ack"]);
+    assert!(matches!(
+        &frames[1],
+        ServerFrame::Ack {
+            id: Some(1),
+            duplicate: false,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&frames[2], ServerFrame::Ack { id: Some(2), duplicate: true, seq, .. } if *seq == msg.seq),
+        "the resend learns nothing new was posted: {:?}",
+        frames[2]
+    );
+    assert_eq!(sim.take_messages(2).len(), 1);
+}
+
+#[test]
+fn a_sender_that_disconnected_before_the_store_answered_gets_nothing() {
+    let mut sim = pair();
+    sim.send(1, 1, "general", "ok one");
+    sim.send(1, 2, "general", "failing one");
+    let (ok, bad) = (sim.persists[0].clone(), sim.persists[1].clone());
+    sim.disconnect(1);
+    commit(&mut sim, &ok);
+    fail(&mut sim, &bad);
+    sim.expect_nothing(1);
+    sim.assert_no_violations();
+    // bob still sees the stored one.
+    assert_eq!(bodies(&sim.take_messages(2)), ["ok one"]);
+}
+
+#[test]
+fn a_session_that_joins_while_a_message_is_pending_receives_it_once() {
+    let mut sim = pair();
+    sim.send(1, 1, "general", "in flight");
+    let msg = sim.persists.remove(0);
+    sim.hello(3, "carol");
+    let frames = sim.expect_kinds(3, &["welcome", "joined"]);
+    let ServerFrame::Joined {
+        messages, last_seq, ..
+    } = &frames[1]
+    else {
+        unreachable!()
+    };
+    assert!(messages.is_empty());
+    assert_eq!(*last_seq, Seq(0));
+    commit(&mut sim, &msg);
+    assert_eq!(sim.take_messages(3), vec![msg]);
+}
+
+#[test]
+fn answers_nobody_asked_for_are_api_misuse() {
+    let mut sim = pair();
+    let r = sim.try_input(Input::Persisted {
+        room: room("general"),
+        seq: Seq(9),
+        result: Ok(()),
+    });
+    assert!(matches!(r, Err(ApiMisuse::NotPending { .. })));
+    let r = sim.try_input(Input::HistoryLoaded {
+        ticket: 123,
+        result: Ok((vec![], false)),
+    });
+    assert_eq!(r, Err(ApiMisuse::UnknownTicket(123)));
+    // Committing the same message twice is misuse too.
+    sim.send(1, 1, "general", "x");
+    let msg = sim.persists.remove(0);
+    commit(&mut sim, &msg);
+    let r = sim.try_input(Input::Persisted {
+        room: msg.room.clone(),
+        seq: msg.seq,
+        result: Ok(()),
+    });
+    assert!(r.is_err());
+    assert_eq!(sim.take_messages(2).len(), 1);
+}
+
+// ---- restore and history from the store ----
+
+fn stored(room_name: &str, seq: u64, body: &str, client_id: Option<&str>) -> Message {
+    Message {
+        room: room(room_name),
+        seq: Seq(seq),
+        ts: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + seq as i64 * 1000).unwrap(),
+        user: chat_core::UserName::parse("alice", 32).unwrap(),
+        body: format!("{body}{seq}").into(),
+        client_id: client_id.map(Into::into),
+    }
+}
+
+/// A server restarted with general holding seqs 1..=500 in the store, 451..=500 restored.
+fn restored() -> Sim {
+    let mut sim = Sim::with(durable());
+    let recent = (451..=500)
+        .map(|s| stored("general", s, "old", None))
+        .collect();
+    sim.server
+        .restore_room(room("general"), Seq(500), recent, false);
+    sim.hello(1, "bob");
+    sim.clear();
+    sim
+}
+
+#[test]
+fn a_restored_room_serves_its_window_and_continues_the_seq() {
+    let mut sim = restored();
+    sim.hello(2, "carol");
+    let frames = sim.expect_kinds(2, &["welcome", "joined"]);
+    let ServerFrame::Joined {
+        messages,
+        last_seq,
+        gap,
+        ..
+    } = &frames[1]
+    else {
+        unreachable!()
+    };
+    assert_eq!(seqs(messages), (451..=500).collect::<Vec<_>>());
+    assert_eq!(*last_seq, Seq(500));
+    assert!(!gap);
+
+    sim.send(2, 1, "general", "new");
+    let msg = sim.persists.remove(0);
+    assert_eq!(msg.seq, Seq(501));
+    assert!(msg.ts.timestamp_millis() >= messages.last().unwrap().ts.timestamp_millis());
+}
+
+#[test]
+fn history_older_than_the_window_is_loaded_from_the_store() {
+    let mut sim = restored();
+    sim.say(
+        1,
+        json!({"type":"history","id":9,"room":"general","before":451,"limit":20}),
+    );
+    sim.expect_nothing(1);
+    let (ticket, r, before, limit) = sim.loads.remove(0);
+    assert_eq!(r, room("general"));
+    assert_eq!(before, Some(Seq(451)));
+    assert_eq!(limit, 20);
+
+    let page: Vec<Message> = (431..=450)
+        .map(|s| stored("general", s, "old", None))
+        .collect();
+    sim.input(Input::HistoryLoaded {
+        ticket,
+        result: Ok((page, true)),
+    });
+    match sim.take_one(1) {
+        ServerFrame::History {
+            id,
+            room: r,
+            messages,
+            has_more,
+        } => {
+            assert_eq!(id, Some(9));
+            assert_eq!(r, room("general"));
+            assert_eq!(seqs(&messages), (431..=450).collect::<Vec<_>>());
+            assert!(has_more);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A page the window holds entirely comes from memory, and says older ones exist.
+    sim.say(
+        1,
+        json!({"type":"history","id":10,"room":"general","before":481,"limit":30}),
+    );
+    match sim.take_one(1) {
+        ServerFrame::History {
+            messages, has_more, ..
+        } => {
+            assert_eq!(seqs(&messages), (451..=480).collect::<Vec<_>>());
+            assert!(has_more);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.loads.is_empty());
+
+    // A store failure is an error for that request.
+    sim.say(
+        1,
+        json!({"type":"history","id":11,"room":"general","before":100}),
+    );
+    let (ticket, ..) = sim.loads.remove(0);
+    sim.input(Input::HistoryLoaded {
+        ticket,
+        result: Err(StoreError("offline".into())),
+    });
+    sim.expect_error(1, ErrorCode::StorageUnavailable, Some(11));
+
+    // An answer for a session that has gone is dropped.
+    sim.say(
+        1,
+        json!({"type":"history","id":12,"room":"general","before":100}),
+    );
+    let (ticket, ..) = sim.loads.remove(0);
+    sim.disconnect(1);
+    sim.input(Input::HistoryLoaded {
+        ticket,
+        result: Ok((vec![], false)),
+    });
+    sim.expect_nothing(1);
+    sim.assert_no_violations();
+}
+
+#[test]
+fn resume_across_a_restart_is_exact_inside_the_window_and_a_gap_outside() {
+    let mut sim = restored();
+    sim.say(1, json!({"type":"join","room":"general","since":470}));
+    let ServerFrame::Joined { messages, gap, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert!(!gap);
+    assert_eq!(seqs(&messages), (471..=500).collect::<Vec<_>>());
+    sim.say(1, json!({"type":"join","room":"general","since":450}));
+    let ServerFrame::Joined { messages, gap, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert!(!gap);
+    assert_eq!(messages.len(), 50);
+    sim.say(1, json!({"type":"join","room":"general","since":449}));
+    let ServerFrame::Joined { gap, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert!(gap, "seq 450 is only in the store");
+}
+
+#[test]
+fn client_ids_survive_a_restart() {
+    let mut sim = Sim::with(durable());
+    let recent = vec![stored("general", 1, "hi", Some("c1"))];
+    sim.server
+        .restore_room(room("general"), Seq(1), recent, true);
+    sim.hello(1, "alice");
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"send","id":5,"room":"general","body":"hi1","client_id":"c1"}),
+    );
+    assert!(sim.persists.is_empty());
+    assert!(matches!(
+        sim.take_one(1),
+        ServerFrame::Ack {
+            id: Some(5),
+            seq: Seq(1),
+            duplicate: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_resend_of_a_message_restored_beyond_the_window_is_still_answered() {
+    // The store handed back more than the window holds; the oldest fall out of memory.
+    let mut sim = Sim::with(Config {
+        history_window: 3,
+        ..durable()
+    });
+    let recent = (1..=5)
+        .map(|s| stored("general", s, "m", Some(&format!("c{s}"))))
+        .collect();
+    sim.server
+        .restore_room(room("general"), Seq(5), recent, true);
+    sim.hello(1, "alice");
+    sim.clear();
+    // c1 is no longer in memory: the resend must get an answer (it is posted anew).
+    sim.say(
+        1,
+        json!({"type":"send","id":6,"room":"general","body":"m1","client_id":"c1"}),
+    );
+    let msg = sim
+        .persists
+        .pop()
+        .expect("posted again, since the window forgot it");
+    assert_eq!(msg.seq, Seq(6));
+    commit(&mut sim, &msg);
+    sim.expect_kinds(1, &["message", "ack"]);
+}
+
+#[test]
+fn without_durable_mode_nothing_waits_for_a_store() {
+    let mut sim = Sim::new();
+    sim.hello(1, "alice");
+    sim.clear();
+    sim.send(1, 1, "general", "instant");
+    assert!(sim.persists.is_empty());
+    sim.expect_kinds(1, &["message", "ack"]);
+    // And history before the window is simply not there.
+    sim.say(
+        1,
+        json!({"type":"history","id":2,"room":"general","before":1}),
+    );
+    assert!(matches!(
+        sim.take_one(1),
+        ServerFrame::History {
+            has_more: false,
+            ..
+        }
+    ));
+    assert!(sim.loads.is_empty());
+}
