@@ -151,6 +151,7 @@ pub struct SqliteStore {
     reads: Reads,
     epoch: String,
     durability: Durability,
+    busy_timeout: Duration,
 }
 
 enum Reads {
@@ -237,7 +238,22 @@ impl SqliteStore {
             reads,
             epoch,
             durability,
+            busy_timeout: BUSY_TIMEOUT,
         })
+    }
+
+    /// How long a commit or a read waits for a lock held by another process before it
+    /// fails (5 s by default). A group that fails this way is refused with
+    /// `storage_unavailable`.
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Result<SqliteStore, StoreError> {
+        self.writer()?
+            .busy_timeout(timeout)
+            .map_err(err("setting busy_timeout"))?;
+        if let Reads::Pool { idle, .. } = &self.reads {
+            idle.lock().map_err(poisoned)?.clear();
+        }
+        self.busy_timeout = timeout;
+        Ok(self)
     }
 
     /// The history epoch: a random id made when the database file was created.
@@ -264,7 +280,7 @@ impl SqliteStore {
                 let taken = idle.lock().map_err(poisoned)?.pop();
                 let conn = match taken {
                     Some(conn) => conn,
-                    None => open_reader(path)?,
+                    None => open_reader(path, self.busy_timeout)?,
                 };
                 let result = f(&conn);
                 let mut idle = idle.lock().map_err(poisoned)?;
@@ -281,13 +297,13 @@ impl SqliteStore {
     }
 }
 
-fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| StoreError(format!("opening {} to read: {e}", path.display())))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
+    conn.busy_timeout(busy_timeout)
         .map_err(err("setting busy_timeout"))?;
     conn.execute_batch("PRAGMA query_only = ON;")
         .map_err(err("setting query_only"))?;
