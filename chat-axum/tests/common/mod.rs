@@ -308,12 +308,21 @@ impl Client {
     pub async fn expect_close(&mut self) -> (Closed, Vec<ServerFrame>) {
         let label = self.label();
         match self.read_to_end().await {
-            (frames, End::Close(Some(c))) => (c, frames),
+            (frames, End::Close(Some(c))) => {
+                self.finish_close().await;
+                (c, frames)
+            }
             (frames, end) => panic!(
                 "{label}: expected a close frame with a code, got {end:?} after {} frames: {frames:?}",
                 frames.len()
             ),
         }
+    }
+
+    /// After a close frame: keeps reading so tungstenite sends its half of the close
+    /// handshake, until the stream ends (or breaks: the server may have closed the socket).
+    pub async fn finish_close(&mut self) {
+        while let Some(Ok(_)) = self.next_message().await {}
     }
 
     /// After the server's close frame, the stream ends (tungstenite answered the close).
