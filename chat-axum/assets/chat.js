@@ -1,1 +1,1681 @@
+// The browser chat page. Plain ES module, no build step, no dependencies.
+//
+// Speaks the JSON protocol of docs/PROTOCOL.md over a WebSocket at `ws` relative to the
+// page (so the page works when an app mounts the chat under a sub-path).
+//
+// Safety rules followed throughout: every string that came from a user (names, room
+// names, bodies, error messages) reaches the DOM only through `textContent` or attribute
+// setters on elements we created, never through innerHTML; names are wrapped in <bdi>
+// and bodies get dir="auto" so right-to-left text cannot reorder the line around it.
 
+const PROTOCOL_VERSION = 1;
+const HISTORY_PAGE = 50;
+const TYPING_REPEAT_MS = 3000;
+const GROUP_WINDOW_MS = 5 * 60 * 1000;
+const BOTTOM_SLACK_PX = 48;
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** The server's case folding (lowercase, then NFC). */
+function fold(s) {
+  return s.toLowerCase().normalize('NFC');
+}
+
+/** Compares by code point, like Rust's `str` ordering (JS compares UTF-16 units). */
+function cmpCodePoints(a, b) {
+  const x = [...a];
+  const y = [...b];
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    const d = x[i].codePointAt(0) - y[i].codePointAt(0);
+    if (d !== 0) return d;
+  }
+  return x.length - y.length;
+}
+
+function utf8Length(s) {
+  return new TextEncoder().encode(s).length;
+}
+
+function uuid() {
+  if (globalThis.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
+  // Pages served over plain http from a LAN address are not a secure context, where
+  // randomUUID is missing; getRandomValues is always there.
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+const segmenter = typeof Intl.Segmenter === 'function' ? new Intl.Segmenter(undefined, { granularity: 'grapheme' }) : null;
+
+function initial(name) {
+  const first = segmenter ? segmenter.segment(name)[Symbol.iterator]().next().value?.segment : [...name][0];
+  return (first || '?').toLocaleUpperCase();
+}
+
+function colorClass(name) {
+  let h = 0;
+  for (const ch of fold(name)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return `c${h % 8}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Names: the server's rules (docs/PROTOCOL.md, "Frames"), checked before sending so the
+// user gets an immediate, specific message. The server checks again and has the last word.
+
+const INVISIBLE =
+  /[\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u202A-\u202E\u2060-\u206F\u2800\u3164\uFEFF\uFFA0\uFFF0-\uFFFB\u{1D173}-\u{1D17A}\u{E0000}-\u{E0FFF}]/u;
+const WHITESPACE = /\p{White_Space}/u;
+const CONTROL = /\p{Cc}/u;
+
+function describeChar(ch) {
+  const cp = ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
+  return INVISIBLE.test(ch) || CONTROL.test(ch) ? `an invisible character (U+${cp})` : `“${ch}”`;
+}
+
+/** Returns `{ value }` (normalized) or `{ error }`. `what` is "name" or "room". */
+function checkName(raw, what, max) {
+  const value = raw.trim().normalize('NFC');
+  const label = what === 'room' ? 'A room name' : 'A name';
+  if (!value) return { error: what === 'room' ? 'Enter a room name.' : 'Enter a username.' };
+  for (const ch of value) {
+    if (WHITESPACE.test(ch)) return { error: `${label} cannot contain spaces.` };
+    if (ch === '@' || ch === ',') return { error: `${label} cannot contain ${describeChar(ch)}.` };
+    if (CONTROL.test(ch) || INVISIBLE.test(ch)) return { error: `${label} cannot contain ${describeChar(ch)}.` };
+  }
+  const count = [...value].length;
+  if (count > max) return { error: `${label} can be at most ${max} characters (this one has ${count}).` };
+  return { value: what === 'room' ? fold(value) : value };
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage: what the page remembers between visits (per path, so two chats mounted on one
+// origin do not mix). Nothing here is trusted: it is only ever sent back to the server.
+
+const STORE_PREFIX = `chat:${location.pathname.replace(/[^/]*$/, '')}:`;
+const store = {
+  get(key, fallback) {
+    try {
+      const raw = localStorage.getItem(STORE_PREFIX + key);
+      return raw === null ? fallback : JSON.parse(raw);
+    } catch {
+      return fallback;
+    }
+  },
+  set(key, value) {
+    try {
+      localStorage.setItem(STORE_PREFIX + key, JSON.stringify(value));
+    } catch {
+      /* storage full or disabled: the page still works, it just forgets */
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------
+// State
+
+const state = {
+  me: null, // display name from welcome
+  meKey: null,
+  limits: { max_name_chars: 32, max_room_chars: 64, max_body_bytes: 4096, typing_expiry_ms: 6000, history_page_max: 1000 },
+  epoch: null, // epoch of the current server history (from welcome)
+  ep: 0, // index of that epoch on this page: seqs are compared only within one
+  rooms: new Map(), // name -> Room
+  current: null,
+  pending: new Map(), // client_id -> pending send
+  requests: new Map(), // request id -> what it was for
+  nextId: 1,
+  publicRooms: [], // from the `rooms` reply
+  typingSent: { room: null, at: 0 }, // our own typing indicator
+  read: store.get('read', {}), // room -> last seq read (persisted, per epoch)
+};
+
+const conn = {
+  ws: null,
+  status: 'idle', // idle | connecting | connected | reconnecting | failed
+  attempt: 0,
+  timer: null,
+  countdown: null,
+  retryAfter: null, // from goodbye
+  welcomedOnce: false, // this page has been in the chat (reconnects go back to it)
+  login: null, // { name, room } while the login form waits for welcome
+};
+
+// ---------------------------------------------------------------------------------------
+// DOM references
+
+const ui = {
+  login: $('login'),
+  loginForm: $('login-form'),
+  loginName: $('login-name'),
+  loginRoom: $('login-room'),
+  loginError: $('login-error'),
+  loginSubmit: $('login-submit'),
+  chat: $('chat'),
+  roomTitle: $('room-title'),
+  roomKind: $('room-kind'),
+  roomCount: $('room-count'),
+  conn: $('conn'),
+  connText: $('conn-text'),
+  meName: $('me-name'),
+  meAvatar: $('me-avatar'),
+  logout: $('logout'),
+  roomList: $('room-list'),
+  dmList: $('dm-list'),
+  dmEmpty: $('dm-empty'),
+  moreRooms: $('more-rooms'),
+  joinForm: $('join-form'),
+  joinRoom: $('join-room'),
+  joinError: $('join-error'),
+  scroller: $('scroller'),
+  host: $('timeline-host'),
+  loadOlder: $('load-older'),
+  historyStatus: $('history-status'),
+  jump: $('jump'),
+  typing: $('typing'),
+  composerForm: $('composer-form'),
+  composer: $('composer'),
+  composerLabel: $('composer-label'),
+  composerError: $('composer-error'),
+  memberList: $('member-list'),
+  membersH: $('members-h'),
+  announcer: $('announcer'),
+  sidebar: $('sidebar'),
+  membersPanel: $('members-panel'),
+  toggleRooms: $('toggle-rooms'),
+  toggleMembers: $('toggle-members'),
+  totalUnread: $('total-unread'),
+  scrim: $('scrim'),
+};
+
+// ---------------------------------------------------------------------------------------
+// Formatting times
+
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
+const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'long' });
+const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric', year: 'numeric' });
+
+function dayKey(d) {
+  return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+}
+
+function dayLabel(d) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(d) === dayKey(today)) return 'Today';
+  if (dayKey(d) === dayKey(yesterday)) return 'Yesterday';
+  return dayFmt.format(d);
+}
+
+function timeEl(ts) {
+  const d = new Date(ts);
+  const t = el('time', 'time', Number.isNaN(d.getTime()) ? '' : timeFmt.format(d));
+  t.dateTime = ts;
+  if (!Number.isNaN(d.getTime())) t.title = fullFmt.format(d);
+  t.dataset.testid = 'time';
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rooms and their timelines
+//
+// A room's timeline is a sorted list of items keyed [epoch index, seq, sub]: messages
+// (sub 0), presence notices (placed after the seq that was latest when they happened),
+// markers (gap, server restart) and our own messages still being sent (at the very end).
+// Messages are deduplicated by epoch + seq, so a resume, a history page, a resync and a
+// live message can overlap freely.
+
+class Room {
+  constructor(name) {
+    this.name = name;
+    this.direct = name.startsWith('@');
+    this.peer = this.direct ? this.peerFromName() : null;
+    this.joined = false; // public rooms: this session is a member
+    this.members = [];
+    this.items = [];
+    this.byKey = new Map(); // `${ep}:${seq}` -> item
+    this.cursor = null; // last seq seen in the current epoch (resume point)
+    this.pageFrom = null; // `before` for the next history page
+    this.hasMore = false;
+    this.loadingOlder = false;
+    this.resyncing = false;
+    this.unread = 0;
+    this.sub = 0;
+    this.typing = new Map(); // user key -> { name, timer }
+    this.list = el('ol', 'timeline');
+    this.list.dataset.testid = 'timeline';
+    this.list.dataset.room = name;
+    this.stickBottom = true;
+    this.scrollTop = 0;
+    this.newBelow = 0;
+  }
+
+  peerFromName() {
+    const keys = this.name.slice(1).split(',');
+    const other = keys.find((k) => k !== state.meKey);
+    return other ?? keys[0];
+  }
+
+  get label() {
+    return this.direct ? this.peer : this.name;
+  }
+}
+
+function cmpKey(a, b) {
+  for (let i = 0; i < 3; i++) {
+    if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
+  }
+  return 0;
+}
+
+function findIndex(room, key) {
+  let lo = 0;
+  let hi = room.items.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (cmpKey(room.items[mid].key, key) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function getRoom(name, create = true) {
+  let room = state.rooms.get(name);
+  if (!room && create) {
+    room = new Room(name);
+    state.rooms.set(name, room);
+  }
+  return room;
+}
+
+function isMine(user) {
+  return state.meKey !== null && fold(user) === state.meKey;
+}
+
+/** Inserts an item at its place; returns false for a duplicate message. */
+function insertItem(room, item) {
+  if (item.kind === 'msg') {
+    const k = `${item.key[0]}:${item.key[1]}`;
+    if (room.byKey.has(k)) return false;
+    room.byKey.set(k, item);
+  }
+  const i = findIndex(room, item.key);
+  room.items.splice(i, 0, item);
+  item.node = render(item);
+  const next = room.items[i + 1];
+  room.list.insertBefore(item.node, next ? next.node : null);
+  decorate(room, i);
+  decorate(room, i + 1);
+  return true;
+}
+
+function removeItem(room, item) {
+  const i = room.items.indexOf(item);
+  if (i < 0) return;
+  room.items.splice(i, 1);
+  item.node.remove();
+  if (item.kind === 'msg') room.byKey.delete(`${item.key[0]}:${item.key[1]}`);
+  decorate(room, i);
+}
+
+/** Day dividers and grouping of consecutive messages, from the item before. */
+function decorate(room, i) {
+  const item = room.items[i];
+  if (!item) return;
+  const prev = room.items[i - 1];
+  const d = item.date;
+  const pd = prev?.date;
+  const newDay = d && (!pd || dayKey(pd) !== dayKey(d));
+  const divider = item.node.querySelector(':scope > .day');
+  if (divider) {
+    divider.hidden = !newDay;
+    if (newDay) divider.firstChild.textContent = dayLabel(d);
+  }
+  if (item.kind === 'msg' || item.kind === 'pending') {
+    const cont =
+      !newDay &&
+      prev &&
+      (prev.kind === 'msg' || prev.kind === 'pending') &&
+      prev.key[0] === item.key[0] &&
+      fold(prev.user) === fold(item.user) &&
+      d && pd && d - pd < GROUP_WINDOW_MS;
+    item.node.classList.toggle('cont', Boolean(cont));
+  }
+}
+
+function dayDivider() {
+  const div = el('div', 'day');
+  div.append(el('span', 'day-label'));
+  div.setAttribute('role', 'separator');
+  div.hidden = true;
+  return div;
+}
+
+const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/giu;
+
+/** Appends the body as text, with http(s) URLs as links (their href checked by URL). */
+function appendBody(node, body) {
+  let last = 0;
+  for (const m of body.matchAll(URL_RE)) {
+    let url = m[0];
+    const trail = url.match(/[.,;:!?)\]}]+$/u);
+    if (trail) url = url.slice(0, -trail[0].length);
+    let href = null;
+    try {
+      const u = new URL(url);
+      if (u.protocol === 'http:' || u.protocol === 'https:') href = u.href;
+    } catch {
+      href = null;
+    }
+    if (!href) continue;
+    node.append(document.createTextNode(body.slice(last, m.index)));
+    const a = el('a', 'link', url);
+    a.href = href;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer nofollow ugc';
+    node.append(a);
+    last = m.index + url.length;
+  }
+  node.append(document.createTextNode(body.slice(last)));
+}
+
+function mentionsMe(body) {
+  if (!state.meKey) return false;
+  const b = fold(body);
+  const at = `@${state.meKey}`;
+  let i = b.indexOf(at);
+  while (i >= 0) {
+    const after = [...b.slice(i + at.length)][0];
+    if (after === undefined || !/[\p{L}\p{N}_\-.]/u.test(after)) return true;
+    i = b.indexOf(at, i + 1);
+  }
+  return false;
+}
+
+function render(item) {
+  if (item.kind === 'msg' || item.kind === 'pending') return renderMessage(item);
+  const li = el('li', `notice ${item.kind}`);
+  li.dataset.testid = item.kind === 'notice' ? 'notice' : 'marker';
+  li.append(dayDivider());
+  const p = el('p', 'notice-text');
+  if (item.kind === 'notice') {
+    p.append(el('bdi', 'who', item.user), document.createTextNode(item.joined ? ' joined' : ' left'));
+    p.append(document.createTextNode(' · '), timeEl(item.ts));
+    li.dataset.user = item.user;
+    li.dataset.event = item.joined ? 'joined' : 'left';
+  } else {
+    p.textContent = item.text;
+    li.dataset.marker = item.kind;
+  }
+  li.append(p);
+  return li;
+}
+
+function renderMessage(item) {
+  const li = el('li', 'msg');
+  li.dataset.testid = 'message';
+  li.append(dayDivider());
+  const mine = isMine(item.user);
+  if (mine) li.classList.add('mine');
+  if (item.kind === 'msg' && !mine && mentionsMe(item.body)) li.classList.add('mention');
+  const avatar = el('span', `avatar ${colorClass(item.user)}`, initial(item.user));
+  avatar.setAttribute('aria-hidden', 'true');
+  const main = el('div', 'msg-main');
+  const head = el('div', 'msg-head');
+  const author = el('bdi', 'author', item.user);
+  author.dataset.testid = 'author';
+  head.append(author);
+  if (mine) head.append(el('span', 'you-tag', 'you'));
+  const status = el('span', 'msg-status');
+  status.dataset.testid = 'msg-status';
+  if (item.kind === 'msg') {
+    head.append(timeEl(item.ts));
+    li.dataset.seq = String(item.key[1]);
+  } else {
+    li.classList.add('pending');
+    status.textContent = 'sending…';
+  }
+  head.append(status);
+  const body = el('div', 'body');
+  body.dir = 'auto';
+  body.dataset.testid = 'body';
+  appendBody(body, item.body);
+  main.append(head, body);
+  li.append(avatar, main);
+  li.dataset.user = item.user;
+  return li;
+}
+
+function msgItem(m) {
+  return {
+    kind: 'msg',
+    key: [state.ep, m.seq, 0],
+    user: m.user,
+    body: m.body,
+    ts: m.ts,
+    date: new Date(m.ts),
+    clientId: m.client_id ?? null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Scrolling: keep the reader where they are unless they were at the bottom.
+
+function isAtBottom() {
+  const s = ui.scroller;
+  return s.scrollHeight - s.scrollTop - s.clientHeight <= BOTTOM_SLACK_PX;
+}
+
+function scrollToBottom() {
+  ui.scroller.scrollTop = ui.scroller.scrollHeight;
+  const room = currentRoom();
+  if (room) room.newBelow = 0;
+  ui.jump.hidden = true;
+}
+
+/** Runs `change` on a room's timeline; if it is on screen, keeps the view steady. */
+function changeTimeline(room, change, { live = false, mine = false } = {}) {
+  if (room !== currentRoom()) return change();
+  const atBottom = isAtBottom();
+  // Anchor: the first item whose bottom is below the top of the viewport.
+  const top = ui.scroller.getBoundingClientRect().top;
+  const anchor = atBottom ? null : room.items.find((it) => it.node.getBoundingClientRect().bottom > top);
+  const before = anchor ? anchor.node.getBoundingClientRect().top : 0;
+  const result = change();
+  if (atBottom || mine) {
+    scrollToBottom();
+  } else {
+    if (anchor && anchor.node.isConnected) {
+      ui.scroller.scrollTop += anchor.node.getBoundingClientRect().top - before;
+    }
+    if (live && result) {
+      room.newBelow += typeof result === 'number' ? result : 1;
+      ui.jump.hidden = false;
+      ui.jump.textContent = room.newBelow === 1 ? '1 new message ↓' : `${room.newBelow} new messages ↓`;
+    }
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection
+
+function wsUrl() {
+  const url = new URL('ws', location.href);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  url.hash = '';
+  url.search = '';
+  return url.href;
+}
+
+function send(frame) {
+  const ws = conn.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+  ws.send(JSON.stringify(frame));
+  return true;
+}
+
+function request(frame, meta) {
+  const id = state.nextId++;
+  state.requests.set(id, { ...meta, type: frame.type });
+  if (!send({ ...frame, id })) {
+    state.requests.delete(id);
+    return null;
+  }
+  return id;
+}
+
+function setStatus(status, text) {
+  conn.status = status;
+  ui.conn.dataset.state = status;
+  ui.connText.textContent = text;
+  ui.composerForm.classList.toggle('offline', status !== 'connected');
+}
+
+function connect() {
+  clearTimeout(conn.timer);
+  clearInterval(conn.countdown);
+  conn.timer = null;
+  if (conn.ws) return;
+  if (conn.welcomedOnce) setStatus('reconnecting', 'Reconnecting…');
+  else setStatus('connecting', 'Connecting…');
+  let ws;
+  try {
+    ws = new WebSocket(wsUrl());
+  } catch {
+    scheduleReconnect();
+    return;
+  }
+  conn.ws = ws;
+  ws.addEventListener('open', () => {
+    if (conn.ws === ws) sendHello();
+  });
+  ws.addEventListener('message', (e) => {
+    if (conn.ws !== ws || typeof e.data !== 'string') return;
+    let frame;
+    try {
+      frame = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    if (frame && typeof frame === 'object') handleFrame(frame);
+  });
+  ws.addEventListener('close', (e) => {
+    if (conn.ws !== ws) return;
+    conn.ws = null;
+    onClosed(e);
+  });
+}
+
+function disconnect() {
+  const ws = conn.ws;
+  conn.ws = null;
+  clearTimeout(conn.timer);
+  clearInterval(conn.countdown);
+  if (ws) ws.close(1000, 'bye');
+}
+
+function sendHello() {
+  const identity = store.get('identity', null);
+  const name = conn.login ? conn.login.name : identity?.name;
+  if (!name) {
+    disconnect();
+    showLogin();
+    return;
+  }
+  const rooms = [];
+  const seen = new Set();
+  const add = (room, since) => {
+    if (seen.has(room)) return;
+    seen.add(room);
+    rooms.push(since === null || since === undefined ? { room } : { room, since });
+  };
+  if (conn.login) {
+    add(conn.login.room);
+    for (const r of store.get('rooms', [])) add(r);
+    if (identity && fold(identity.name) === fold(name)) for (const r of identity.dms ?? []) add(r);
+  } else if (conn.welcomedOnce) {
+    // Resume every room from the last seq this page has seen.
+    for (const room of state.rooms.values()) {
+      if (room.direct || room.joined) add(room.name, room.cursor);
+    }
+  } else {
+    // A new visit: the room last looked at first (the page opens it), then the others.
+    const rooms = store.get('rooms', []);
+    add(store.get('room', rooms[0] ?? 'general'));
+    for (const r of rooms) add(r);
+    for (const r of identity?.dms ?? []) add(r);
+  }
+  const hello = { type: 'hello', version: PROTOCOL_VERSION, name, rooms };
+  const token = identity && fold(identity.name) === fold(name) ? identity.token : null;
+  if (token) hello.token = token;
+  request(hello, { kind: 'hello' });
+}
+
+function onClosed(e) {
+  clearTypingAll();
+  state.typingSent = { room: null, at: 0 };
+  // Replies to this connection's requests will not come; sends stay pending and go out
+  // again (same client_id) after the next welcome.
+  state.requests.clear();
+  for (const room of state.rooms.values()) room.loadingOlder = false;
+  updateHistoryControls();
+  if (e.code === 1002) {
+    setStatus('failed', 'This page is out of date: reload it');
+    return;
+  }
+  if (!conn.welcomedOnce && !conn.login && conn.status === 'idle') return;
+  scheduleReconnect();
+}
+
+function scheduleReconnect() {
+  clearTimeout(conn.timer);
+  clearInterval(conn.countdown);
+  let delay;
+  if (conn.retryAfter !== null) {
+    // The server said when to come back (restart); spread clients out a little.
+    delay = conn.retryAfter + Math.random() * 1000;
+    conn.retryAfter = null;
+  } else {
+    const base = Math.min(30000, 500 * 2 ** conn.attempt);
+    delay = base / 2 + (Math.random() * base) / 2;
+  }
+  conn.attempt++;
+  const due = Date.now() + delay;
+  const label = conn.welcomedOnce ? 'Reconnecting' : 'Connecting';
+  const tick = () => {
+    const s = Math.ceil((due - Date.now()) / 1000);
+    setStatus(conn.welcomedOnce ? 'reconnecting' : 'connecting', s >= 2 ? `${label} in ${s} s…` : `${label}…`);
+  };
+  tick();
+  conn.countdown = setInterval(tick, 1000);
+  conn.timer = setTimeout(connect, delay);
+  if (conn.login) showLoginError('Cannot reach the chat server. Still trying…');
+}
+
+window.addEventListener('online', () => {
+  if (!conn.ws && conn.timer) connect();
+});
+
+// ---------------------------------------------------------------------------------------
+// Frames from the server
+
+function handleFrame(f) {
+  const req = f.id !== undefined ? state.requests.get(f.id) : undefined;
+  if (f.id !== undefined && f.type !== 'ack' && f.type !== 'error') state.requests.delete(f.id);
+  switch (f.type) {
+    case 'welcome':
+      return onWelcome(f);
+    case 'joined':
+      return onJoined(f, req);
+    case 'left':
+      return onLeft(f);
+    case 'message':
+      return onMessage(f);
+    case 'ack':
+      state.requests.delete(f.id);
+      return onAck(f, req);
+    case 'history':
+      return onHistory(f);
+    case 'rooms':
+      return onRooms(f);
+    case 'members':
+      return onMembers(f);
+    case 'user_joined':
+      return onPresence(f, true);
+    case 'user_left':
+      return onPresence(f, false);
+    case 'typing':
+      return onTyping(f);
+    case 'error':
+      state.requests.delete(f.id);
+      return onError(f, req);
+    case 'goodbye':
+      conn.retryAfter = Number.isFinite(f.retry_after_ms) ? f.retry_after_ms : 1000;
+      setStatus('reconnecting', 'Server restarting…');
+      return undefined;
+    default:
+      return undefined; // newer server frames: ignore
+  }
+}
+
+function onWelcome(f) {
+  conn.attempt = 0;
+  const login = conn.login;
+  conn.login = null;
+  const first = !conn.welcomedOnce;
+  conn.welcomedOnce = true;
+  state.me = f.user;
+  state.meKey = fold(f.user);
+  if (f.limits) state.limits = { ...state.limits, ...f.limits };
+  const old = store.get('identity', null);
+  const sameUser = old && fold(old.name) === state.meKey;
+  store.set('identity', {
+    name: f.user,
+    token: f.token ?? (sameUser ? old.token : null),
+    dms: sameUser ? old.dms ?? [] : [],
+  });
+  store.set('signedOut', false);
+  if (login) store.set('room', login.room);
+
+  // A new epoch means the server's history was reset: our seqs mean nothing there.
+  if (store.get('epoch', null) !== f.epoch) {
+    state.read = {};
+    store.set('read', state.read);
+    store.set('epoch', f.epoch);
+  }
+  if (state.epoch !== null && state.epoch !== f.epoch) resetEpoch();
+  state.epoch = f.epoch;
+
+  setStatus('connected', 'Connected');
+  ui.meName.textContent = state.me;
+  ui.meAvatar.textContent = initial(state.me);
+  ui.meAvatar.className = `avatar ${colorClass(state.me)}`;
+  if (first) {
+    state.current = null;
+    const want = login ? login.room : store.get('room', 'general');
+    state.wantRoom = want;
+    showChat();
+  }
+  for (const p of state.pending.values()) resend(p);
+  request({ type: 'rooms' }, { kind: 'rooms' });
+  renderRoomList();
+}
+
+function resetEpoch() {
+  state.ep++;
+  for (const room of state.rooms.values()) {
+    room.cursor = null;
+    room.pageFrom = null;
+    room.hasMore = false;
+    if (room.items.some((it) => it.kind === 'msg')) {
+      changeTimeline(room, () =>
+        insertItem(room, {
+          kind: 'restart',
+          key: [state.ep, 0, -1],
+          text: 'The server restarted. Messages above are from before the restart.',
+        }),
+      );
+    }
+    if (room.direct || room.joined) {
+      // The hello resumed with cursors from the old history; ask again from scratch.
+      room.resyncing = true;
+      request({ type: 'join', room: room.name }, { kind: 'resync', room: room.name });
+    }
+  }
+}
+
+function onJoined(f, req) {
+  const room = getRoom(f.room);
+  if (!room.direct) room.joined = true;
+  if (room.direct) rememberDm(room.name);
+  room.members = sortNames(f.members ?? []);
+  const messages = Array.isArray(f.messages) ? f.messages : [];
+  const hadCurrent = room.items.some((it) => it.kind === 'msg' && it.key[0] === state.ep);
+  const isResync = req?.kind === 'resync';
+  if (isResync) room.resyncing = false;
+
+  changeTimeline(room, () => {
+    if (f.gap && !room.resyncing && !isResync && hadCurrent && messages.length) {
+      insertItem(room, {
+        kind: 'gap',
+        key: [state.ep, messages[0].seq, -1],
+        text: 'Some messages are missing here. Scroll up to load them.',
+        before: messages[0].seq,
+      });
+    }
+    let fresh = 0;
+    for (const m of messages) if (addMessage(room, m, { live: false })) fresh++;
+    return fresh;
+  });
+  room.cursor = Math.max(room.cursor ?? 0, f.last_seq ?? 0);
+  const seqs = messages.map((m) => m.seq);
+  if (f.gap && seqs.length) {
+    room.pageFrom = seqs[0];
+    room.hasMore = seqs[0] > 1;
+  } else if (room.pageFrom === null || !hadCurrent) {
+    const all = [...room.byKey.values()].filter((it) => it.key[0] === state.ep).map((it) => it.key[1]);
+    room.pageFrom = all.length ? Math.min(...all) : null;
+    room.hasMore = room.pageFrom !== null && room.pageFrom > 1;
+  }
+  if (!hadCurrent) {
+    // First load of this room: what arrived since the last visit counts as unread.
+    const lastRead = state.read[room.name] ?? 0;
+    room.unread = messages.filter((m) => m.seq > lastRead && !isMine(m.user)).length;
+  }
+  saveRooms();
+  const switchTo =
+    req?.kind === 'join' || req?.kind === 'dm' || (!state.current && state.wantRoom === room.name) || !state.current;
+  if (switchTo) selectRoom(room.name, { focus: req?.kind === 'join' || req?.kind === 'dm' });
+  else if (room === currentRoom()) {
+    markRead(room);
+    renderMembers();
+    updateHistoryControls();
+  }
+  renderRoomList();
+  fillViewport(room);
+}
+
+function onLeft(f) {
+  const room = state.rooms.get(f.room);
+  if (!room) return;
+  closeRoom(room);
+}
+
+function closeRoom(room) {
+  room.joined = false;
+  state.rooms.delete(room.name);
+  if (room.direct) forgetDm(room.name);
+  saveRooms();
+  if (state.current === room.name) {
+    const next = [...state.rooms.values()].find((r) => !r.direct) ?? [...state.rooms.values()][0];
+    state.current = null;
+    if (next) selectRoom(next.name);
+    else showNoRoom();
+  }
+  renderRoomList();
+  requestRoomsSoon();
+}
+
+/** Adds a message; returns true if it was new. */
+function addMessage(room, m, { live }) {
+  if (typeof m.seq !== 'number' || typeof m.user !== 'string' || typeof m.body !== 'string') return false;
+  // Our own message being sent: the real one replaces the placeholder.
+  if (m.client_id && isMine(m.user)) {
+    const p = state.pending.get(m.client_id);
+    if (p) settle(p);
+  }
+  const item = msgItem(m);
+  if (!insertItem(room, item)) return false;
+  if (m.seq > (room.cursor ?? 0) && live) room.cursor = m.seq;
+  clearTyping(room, m.user);
+  if (!isMine(m.user)) {
+    const lastRead = state.read[room.name] ?? 0;
+    const seen = room === currentRoom() && !document.hidden;
+    if (live && m.seq > lastRead && !seen) room.unread++;
+    if (live && room === currentRoom()) announce(`${m.user}: ${m.body}`);
+  }
+  return true;
+}
+
+function onMessage(f) {
+  if (typeof f.room !== 'string') return;
+  const room = getRoom(f.room);
+  if (room.direct) rememberDm(room.name);
+  const mine = isMine(f.user);
+  const added = changeTimeline(room, () => addMessage(room, f, { live: true }), { live: true, mine: mine && room === currentRoom() });
+  if (!added) return;
+  if (room === currentRoom() && !document.hidden) markRead(room);
+  renderRoomList();
+}
+
+function onHistory(f) {
+  const room = state.rooms.get(f.room);
+  if (!room) return;
+  room.loadingOlder = false;
+  const messages = Array.isArray(f.messages) ? f.messages : [];
+  let closedGap = false;
+  changeTimeline(room, () => {
+    for (const m of messages) {
+      if (room.byKey.has(`${state.ep}:${m.seq}`)) closedGap = true;
+      addMessage(room, m, { live: false });
+    }
+    const gap = room.items.find((it) => it.kind === 'gap' && it.key[0] === state.ep);
+    if (gap && (closedGap || !f.has_more)) removeItem(room, gap);
+  });
+  if (messages.length) room.pageFrom = Math.min(room.pageFrom ?? Infinity, messages[0].seq);
+  if (closedGap) {
+    const all = [...room.byKey.values()].filter((it) => it.key[0] === state.ep).map((it) => it.key[1]);
+    room.pageFrom = Math.min(...all);
+  }
+  room.hasMore = Boolean(f.has_more) && messages.length > 0;
+  updateHistoryControls();
+  fillViewport(room);
+}
+
+function onRooms(f) {
+  if (!Array.isArray(f.rooms)) return;
+  state.publicRooms = f.rooms.filter((r) => !r.direct);
+  for (const r of f.rooms) {
+    if (!r.direct || r.last_seq === 0 || state.rooms.has(r.name)) continue;
+    // A conversation someone started with us while we were away: load it.
+    const room = getRoom(r.name);
+    rememberDm(room.name);
+    request({ type: 'join', room: r.name }, { kind: 'load', room: r.name });
+  }
+  renderRoomList();
+}
+
+function onMembers(f) {
+  const room = state.rooms.get(f.room);
+  if (!room || !Array.isArray(f.members)) return;
+  room.members = sortNames(f.members);
+  if (room === currentRoom()) renderMembers();
+}
+
+function onPresence(f, joined) {
+  const room = state.rooms.get(f.room);
+  if (!room || typeof f.user !== 'string') return;
+  const key = fold(f.user);
+  room.members = room.members.filter((n) => fold(n) !== key);
+  if (joined) room.members = sortNames([...room.members, f.user]);
+  else clearTyping(room, f.user);
+  const maxSeq = room.cursor ?? 0;
+  changeTimeline(
+    room,
+    () => insertItem(room, { kind: 'notice', key: [state.ep, maxSeq, ++room.sub], user: f.user, joined, ts: f.ts, date: new Date(f.ts) }),
+    { live: true },
+  );
+  if (room === currentRoom()) {
+    renderMembers();
+    announce(`${f.user} ${joined ? 'joined' : 'left'}`);
+  }
+  requestRoomsSoon();
+}
+
+function onTyping(f) {
+  const room = state.rooms.get(f.room);
+  if (!room || typeof f.user !== 'string' || isMine(f.user)) return;
+  const key = fold(f.user);
+  const old = room.typing.get(key);
+  if (old) clearTimeout(old.timer);
+  if (f.active) {
+    // The server sends active:false itself when the indicator expires; this is a safety
+    // net for a lost frame. It cannot be exactly typing_expiry_ms, because the server
+    // forwards only changes, not the renewals of someone who keeps typing.
+    const ms = Math.max(state.limits.typing_expiry_ms * 5, 15000);
+    const timer = setTimeout(() => {
+      room.typing.delete(key);
+      renderTyping();
+    }, ms);
+    room.typing.set(key, { name: f.user, timer });
+  } else {
+    room.typing.delete(key);
+  }
+  if (room === currentRoom()) renderTyping();
+}
+
+function clearTyping(room, user) {
+  const key = fold(user);
+  const t = room.typing.get(key);
+  if (!t) return;
+  clearTimeout(t.timer);
+  room.typing.delete(key);
+  if (room === currentRoom()) renderTyping();
+}
+
+function clearTypingAll() {
+  for (const room of state.rooms.values()) {
+    for (const t of room.typing.values()) clearTimeout(t.timer);
+    room.typing.clear();
+  }
+  renderTyping();
+}
+
+const LOGIN_ERRORS = {
+  name_taken: 'That name is in use right now. Pick another one.',
+  invalid_name: 'That name is not allowed: ',
+  auth_failed: 'The server refused to sign you in: ',
+  shutting_down: 'The server is restarting. Try again in a moment.',
+  unsupported_version: 'This page is out of date. Reload it.',
+};
+
+function onError(f, req) {
+  const code = String(f.code ?? 'error');
+  const message = typeof f.message === 'string' ? f.message : code;
+  if (req?.kind === 'hello') {
+    // Wrong name (or it was taken while we were away): back to the login form.
+    const text = LOGIN_ERRORS[code] ?? 'Could not join: ';
+    disconnect();
+    conn.welcomedOnce = false;
+    conn.login = null;
+    setStatus('idle', 'Signed out');
+    showLogin(text.endsWith(': ') ? text + message : text);
+    return;
+  }
+  if (req?.kind === 'send') return onSendError(f, req, code, message);
+  if (req?.kind === 'join') {
+    ui.joinError.textContent = code === 'invalid_room' ? `That room name is not allowed: ${message}` : message;
+    ui.joinRoom.setAttribute('aria-invalid', 'true');
+    return;
+  }
+  if (req?.kind === 'history') {
+    const room = state.rooms.get(req.room);
+    if (room) {
+      room.loadingOlder = false;
+      if (code !== 'storage_unavailable') room.hasMore = false;
+      updateHistoryControls(code === 'storage_unavailable' ? 'Could not load older messages. Try again.' : '');
+    }
+    return;
+  }
+  if (req?.kind === 'resync' || req?.kind === 'load') {
+    const room = state.rooms.get(req.room);
+    if (room) room.resyncing = false;
+    return;
+  }
+  if (req?.kind === 'dm') {
+    showComposerError(message);
+    return;
+  }
+  if (code === 'not_member' || code === 'invalid_room' || code === 'too_many_rooms') {
+    // Errors without an id: a room from an earlier visit that is no longer allowed, or
+    // typing in a room we just left. Nothing the user needs to act on.
+    return;
+  }
+  if (code === 'shutting_down') {
+    setStatus('reconnecting', 'Server restarting…');
+    return;
+  }
+  showComposerError(message);
+}
+
+// ---------------------------------------------------------------------------------------
+// Sending messages
+
+function pendingKey() {
+  state.pendingSeq = (state.pendingSeq ?? 0) + 1;
+  return [Number.MAX_SAFE_INTEGER, state.pendingSeq, 0];
+}
+
+function sendMessage(room, body) {
+  const p = {
+    clientId: uuid(),
+    room: room.name,
+    to: room.direct ? room.peer : null,
+    body,
+    failed: false,
+    retryTimer: null,
+  };
+  p.item = { kind: 'pending', key: pendingKey(), user: state.me, body, date: new Date(), clientId: p.clientId };
+  state.pending.set(p.clientId, p);
+  changeTimeline(room, () => insertItem(room, p.item), { mine: true });
+  resend(p);
+}
+
+function resend(p) {
+  clearTimeout(p.retryTimer);
+  p.retryTimer = null;
+  const frame = { type: 'send', body: p.body, client_id: p.clientId };
+  if (p.to) frame.to = p.to;
+  else frame.room = p.room;
+  if (p.failed) {
+    p.failed = false;
+    p.item.node.classList.remove('failed');
+    setPendingStatus(p, 'sending…');
+  }
+  request(frame, { kind: 'send', clientId: p.clientId });
+  // Not connected: it stays pending and goes out again after the next welcome.
+}
+
+function setPendingStatus(p, text, actions = false) {
+  const status = p.item.node.querySelector('.msg-status');
+  status.textContent = text;
+  if (actions) {
+    const retry = el('button', 'link-btn', 'Retry');
+    retry.type = 'button';
+    retry.dataset.testid = 'retry';
+    retry.addEventListener('click', () => resend(p));
+    const discard = el('button', 'link-btn', 'Discard');
+    discard.type = 'button';
+    discard.addEventListener('click', () => settle(p));
+    status.append(' ', retry, ' ', discard);
+  }
+}
+
+/** The send is done (posted, or given up): drop the placeholder. */
+function settle(p) {
+  clearTimeout(p.retryTimer);
+  state.pending.delete(p.clientId);
+  for (const room of state.rooms.values()) {
+    if (room.items.includes(p.item)) {
+      removeItem(room, p.item);
+      break;
+    }
+  }
+}
+
+function onAck(f, req) {
+  const clientId = f.client_id ?? req?.clientId;
+  const p = clientId ? state.pending.get(clientId) : undefined;
+  if (!p) return; // already settled by its message
+  settle(p);
+  // Normally our message arrived before its ack; if not (a duplicate ack after a
+  // reconnect), show it from the ack.
+  const room = getRoom(f.room);
+  const m = { room: f.room, seq: f.seq, ts: f.ts, user: state.me, body: p.body, client_id: clientId };
+  const current = currentRoom();
+  changeTimeline(room, () => addMessage(room, m, { live: false }), { mine: true });
+  if (room.direct) rememberDm(room.name);
+  if (p.room !== f.room && current?.name === p.room) selectRoom(f.room);
+  renderRoomList();
+  // Typing that started while this message was being posted was ended by the post (the
+  // server ends the author's indicator then): announce it again.
+  if (ui.composer.value.trim() && currentRoom()?.name === f.room && conn.status === 'connected') {
+    send({ type: 'typing', room: f.room, active: true });
+    state.typingSent = { room: f.room, at: Date.now() };
+  }
+}
+
+function onSendError(f, req, code, message) {
+  const p = state.pending.get(req.clientId);
+  if (!p) return;
+  if (code === 'rate_limited' || code === 'storage_unavailable') {
+    const wait = Number(/(\d+)\s*ms/.exec(message)?.[1] ?? 1000);
+    setPendingStatus(p, code === 'rate_limited' ? 'waiting (too many messages)…' : 'retrying…');
+    p.retryTimer = setTimeout(() => resend(p), Math.min(Math.max(wait, 200), 30000) + 50);
+    return;
+  }
+  if (code === 'shutting_down') {
+    setPendingStatus(p, 'will send after reconnecting…');
+    return; // resent after the next welcome
+  }
+  p.failed = true;
+  p.item.node.classList.add('failed');
+  const reasons = {
+    user_not_found: `Not sent: ${p.to ?? 'they'} is not online.`,
+    body_too_large: `Not sent: longer than ${state.limits.max_body_bytes} bytes.`,
+    invalid_body: 'Not sent: empty message.',
+  };
+  setPendingStatus(p, reasons[code] ?? `Not sent: ${message}`, true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Typing (ours)
+
+function typingInput() {
+  const room = currentRoom();
+  if (!room || conn.status !== 'connected') return;
+  const has = ui.composer.value.trim() !== '';
+  const now = Date.now();
+  if (has) {
+    if (state.typingSent.room !== room.name || now - state.typingSent.at >= TYPING_REPEAT_MS) {
+      if (state.typingSent.room && state.typingSent.room !== room.name) stopTyping();
+      send({ type: 'typing', room: room.name, active: true });
+      state.typingSent = { room: room.name, at: now };
+    }
+  } else {
+    stopTyping();
+  }
+}
+
+function stopTyping() {
+  if (state.typingSent.room) {
+    send({ type: 'typing', room: state.typingSent.room, active: false });
+    state.typingSent = { room: null, at: 0 };
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering: room list, members, typing, header
+
+function currentRoom() {
+  return state.current ? state.rooms.get(state.current) ?? null : null;
+}
+
+function sortNames(names) {
+  const unique = new Map();
+  for (const n of names) if (typeof n === 'string' && !unique.has(fold(n))) unique.set(fold(n), n);
+  return [...unique.values()].sort((a, b) => fold(a).localeCompare(fold(b)));
+}
+
+function roomButton(room) {
+  const li = el('li');
+  const b = el('button', 'room-btn');
+  b.type = 'button';
+  b.dataset.testid = room.direct ? 'dm' : 'room';
+  b.dataset.room = room.name;
+  if (room.name === state.current) {
+    b.classList.add('active');
+    b.setAttribute('aria-current', 'true');
+  }
+  if (room.direct) {
+    const av = el('span', `avatar small ${colorClass(room.peer)}`, initial(room.peer));
+    av.setAttribute('aria-hidden', 'true');
+    b.append(av);
+  } else {
+    const hash = el('span', 'hash', '#');
+    hash.setAttribute('aria-hidden', 'true');
+    b.append(hash);
+  }
+  b.append(el('bdi', 'room-name', room.label));
+  if (room.unread > 0 && room.name !== state.current) {
+    b.classList.add('has-unread');
+    const badge = el('span', 'badge', room.unread > 99 ? '99+' : String(room.unread));
+    badge.dataset.testid = 'unread';
+    badge.setAttribute('aria-label', `${room.unread} unread`);
+    b.append(badge);
+  }
+  b.addEventListener('click', () => {
+    selectRoom(room.name, { focus: true });
+  });
+  li.append(b);
+  return li;
+}
+
+function renderRoomList() {
+  const rooms = [...state.rooms.values()];
+  const byLabel = (a, b) => fold(a.label).localeCompare(fold(b.label));
+  ui.roomList.replaceChildren(...rooms.filter((r) => !r.direct && r.joined).sort(byLabel).map(roomButton));
+  const dms = rooms.filter((r) => r.direct).sort(byLabel);
+  ui.dmList.replaceChildren(...dms.map(roomButton));
+  ui.dmEmpty.hidden = dms.length > 0;
+  const more = state.publicRooms.filter((r) => !state.rooms.get(r.name)?.joined);
+  ui.moreRooms.replaceChildren(
+    ...more.map((r) => {
+      const li = el('li');
+      const b = el('button', 'room-btn');
+      b.type = 'button';
+      b.dataset.testid = 'more-room';
+      b.dataset.room = r.name;
+      const hash = el('span', 'hash', '#');
+      hash.setAttribute('aria-hidden', 'true');
+      b.append(hash, el('bdi', 'room-name', r.name), el('span', 'count', String(r.members)));
+      b.title = `Join ${r.name} (${r.members} ${r.members === 1 ? 'person' : 'people'})`;
+      b.addEventListener('click', () => joinRoom(r.name));
+      li.append(b);
+      return li;
+    }),
+  );
+  ui.moreRooms.previousElementSibling.hidden = more.length === 0;
+  const total = rooms.reduce((n, r) => n + (r.name === state.current ? 0 : r.unread), 0);
+  ui.totalUnread.hidden = total === 0;
+  ui.totalUnread.textContent = String(total);
+  const cur = currentRoom();
+  const title = cur ? (cur.direct ? cur.peer : `#${cur.name}`) : 'Chat';
+  document.title = `${total ? `(${total}) ` : ''}${title} · Chat`;
+}
+
+function renderMembers() {
+  const room = currentRoom();
+  const members = room ? room.members : [];
+  ui.membersH.textContent = room?.direct ? 'In this conversation' : 'People here';
+  ui.roomCount.textContent = room && !room.direct ? `${members.length} ${members.length === 1 ? 'person' : 'people'}` : '';
+  ui.memberList.replaceChildren(
+    ...members.map((name) => {
+      const li = el('li');
+      const mine = isMine(name);
+      const node = el(mine ? 'div' : 'button', 'member');
+      node.dataset.testid = 'member';
+      node.dataset.user = name;
+      const dot = el('span', 'presence');
+      dot.setAttribute('aria-hidden', 'true');
+      const av = el('span', `avatar small ${colorClass(name)}`, initial(name));
+      av.setAttribute('aria-hidden', 'true');
+      const label = el('bdi', 'member-name', name);
+      label.dataset.testid = 'member-name';
+      node.append(av, dot, label);
+      if (mine) node.append(el('span', 'you-tag', 'you'));
+      else {
+        node.type = 'button';
+        node.title = `Send a direct message to ${name}`;
+        const hint = el('span', 'sr-only', ': send a direct message');
+        node.append(hint);
+        node.addEventListener('click', () => openDm(name));
+      }
+      li.append(node);
+      return li;
+    }),
+  );
+}
+
+function renderTyping() {
+  const room = currentRoom();
+  const names = room ? [...room.typing.values()].map((t) => t.name) : [];
+  const box = ui.typing;
+  box.replaceChildren();
+  box.classList.toggle('active', names.length > 0);
+  if (!names.length) return;
+  const dots = el('span', 'dots');
+  dots.append(el('span'), el('span'), el('span'));
+  dots.setAttribute('aria-hidden', 'true');
+  box.append(dots);
+  const bdi = (n) => el('bdi', 'who', n);
+  if (names.length === 1) box.append(bdi(names[0]), ' is typing…');
+  else if (names.length === 2) box.append(bdi(names[0]), ' and ', bdi(names[1]), ' are typing…');
+  else box.append(`${names.length} people are typing…`);
+}
+
+function updateHistoryControls(errorText = '') {
+  const room = currentRoom();
+  if (!room) {
+    ui.loadOlder.hidden = true;
+    ui.historyStatus.textContent = '';
+    return;
+  }
+  ui.loadOlder.hidden = !room.hasMore || room.loadingOlder;
+  if (errorText) ui.historyStatus.textContent = errorText;
+  else if (room.loadingOlder) ui.historyStatus.textContent = 'Loading older messages…';
+  else if (!room.hasMore && room.pageFrom !== null) ui.historyStatus.textContent = room.direct ? `This is the beginning of your conversation with ${room.peer}.` : `This is the beginning of #${room.name}.`;
+  else if (!room.hasMore) ui.historyStatus.textContent = room.direct ? `Say hello to ${room.peer}.` : `No messages in #${room.name} yet. Say hello!`;
+  else ui.historyStatus.textContent = '';
+}
+
+function selectRoom(name, { focus = false } = {}) {
+  const room = state.rooms.get(name);
+  if (!room) return;
+  const prev = currentRoom();
+  if (prev && prev !== room) {
+    prev.stickBottom = isAtBottom();
+    prev.scrollTop = ui.scroller.scrollTop;
+    stopTyping();
+  }
+  state.current = name;
+  if (!room.direct) store.set('room', name);
+  ui.host.replaceChildren(room.list);
+  ui.roomTitle.textContent = room.label;
+  ui.roomKind.textContent = room.direct ? '@' : '#';
+  ui.composer.placeholder = room.direct ? `Message ${room.peer}` : `Message #${room.name}`;
+  ui.composerLabel.textContent = room.direct ? `Message ${room.peer}` : `Message #${room.name}`;
+  ui.composer.disabled = false;
+  if (room.stickBottom) scrollToBottom();
+  else ui.scroller.scrollTop = room.scrollTop;
+  ui.jump.hidden = room.newBelow === 0 || room.stickBottom;
+  markRead(room);
+  renderMembers();
+  renderTyping();
+  renderRoomList();
+  updateHistoryControls();
+  closeDrawers();
+  fillViewport(room);
+  if (focus) ui.composer.focus();
+  ui.chat.classList.remove('no-room');
+}
+
+function showNoRoom() {
+  ui.host.replaceChildren();
+  ui.roomTitle.textContent = 'No room';
+  ui.composer.disabled = true;
+  ui.chat.classList.add('no-room');
+  renderMembers();
+  updateHistoryControls();
+}
+
+function markRead(room) {
+  room.unread = 0;
+  room.newBelow = isAtBottom() ? 0 : room.newBelow;
+  if (room.cursor !== null && (state.read[room.name] ?? 0) !== room.cursor) {
+    state.read[room.name] = room.cursor;
+    store.set('read', state.read);
+  }
+}
+
+/** When the page is not full yet, load older messages until it is (or there are none). */
+function fillViewport(room) {
+  if (room !== currentRoom()) return;
+  requestAnimationFrame(() => {
+    if (ui.scroller.scrollHeight <= ui.scroller.clientHeight + 8) loadOlder(room);
+  });
+}
+
+function loadOlder(room) {
+  if (!room || room.loadingOlder || !room.hasMore || room.pageFrom === null || conn.status !== 'connected') return;
+  const limit = Math.min(HISTORY_PAGE, state.limits.history_page_max || HISTORY_PAGE);
+  const id = request({ type: 'history', room: room.name, before: room.pageFrom, limit }, { kind: 'history', room: room.name });
+  if (id === null) return;
+  room.loadingOlder = true;
+  updateHistoryControls();
+}
+
+function announce(text) {
+  const p = el('p', null, text.length > 300 ? `${text.slice(0, 300)}…` : text);
+  ui.announcer.append(p);
+  while (ui.announcer.childElementCount > 5) ui.announcer.firstElementChild.remove();
+}
+
+function showComposerError(text) {
+  ui.composerError.textContent = text;
+  clearTimeout(state.composerErrorTimer);
+  state.composerErrorTimer = setTimeout(() => {
+    ui.composerError.textContent = '';
+  }, 8000);
+}
+
+// ---------------------------------------------------------------------------------------
+// Rooms and DMs: user actions
+
+function saveRooms() {
+  const rooms = [...state.rooms.values()].filter((r) => !r.direct && r.joined).map((r) => r.name);
+  store.set('rooms', rooms);
+}
+
+function rememberDm(name) {
+  const id = store.get('identity', null);
+  if (!id || fold(id.name) !== state.meKey) return;
+  const dms = id.dms ?? [];
+  if (!dms.includes(name)) store.set('identity', { ...id, dms: [...dms, name] });
+}
+
+function forgetDm(name) {
+  const id = store.get('identity', null);
+  if (!id) return;
+  store.set('identity', { ...id, dms: (id.dms ?? []).filter((d) => d !== name) });
+}
+
+function joinRoom(raw) {
+  const checked = checkName(raw.startsWith('#') ? raw.slice(1) : raw, 'room', state.limits.max_room_chars);
+  if (checked.error) {
+    ui.joinError.textContent = checked.error;
+    ui.joinRoom.setAttribute('aria-invalid', 'true');
+    return false;
+  }
+  ui.joinError.textContent = '';
+  ui.joinRoom.removeAttribute('aria-invalid');
+  const existing = state.rooms.get(checked.value);
+  if (existing?.joined) {
+    selectRoom(existing.name, { focus: true });
+    return true;
+  }
+  if (request({ type: 'join', room: checked.value }, { kind: 'join', room: checked.value }) === null) {
+    ui.joinError.textContent = 'Not connected. Try again when the chat is back.';
+    return false;
+  }
+  return true;
+}
+
+function dmRoomName(peer) {
+  const keys = [state.meKey, fold(peer)].sort(cmpCodePoints);
+  return `@${keys[0]},${keys[1]}`;
+}
+
+function openDm(peer) {
+  if (!state.meKey || isMine(peer)) return;
+  const name = dmRoomName(peer);
+  const room = getRoom(name);
+  room.peer = peer;
+  rememberDm(name);
+  renderRoomList();
+  selectRoom(name, { focus: true });
+  // Load the conversation so far (the reply's canonical name is the same).
+  request({ type: 'join', room: name }, { kind: 'dm', room: name });
+}
+
+function leaveCurrent() {
+  const room = currentRoom();
+  if (!room) return;
+  if (room.direct) {
+    closeRoom(room);
+    return;
+  }
+  if (request({ type: 'leave', room: room.name }, { kind: 'leave', room: room.name }) === null) closeRoom(room);
+}
+
+let roomsTimer = null;
+function requestRoomsSoon() {
+  clearTimeout(roomsTimer);
+  roomsTimer = setTimeout(() => request({ type: 'rooms' }, { kind: 'rooms' }), 300);
+}
+
+// ---------------------------------------------------------------------------------------
+// Screens
+
+function showLogin(error = '') {
+  ui.chat.hidden = true;
+  ui.login.hidden = false;
+  const identity = store.get('identity', null);
+  if (!ui.loginName.value && identity) ui.loginName.value = identity.name;
+  ui.loginRoom.value = ui.loginRoom.value || store.get('room', 'general');
+  ui.loginSubmit.disabled = false;
+  ui.loginSubmit.textContent = 'Join';
+  showLoginError(error);
+  if (error) ui.loginName.setAttribute('aria-invalid', 'true');
+  ui.loginName.focus();
+  document.title = 'Chat';
+}
+
+function setInvalid(input, invalid) {
+  if (invalid) input.setAttribute('aria-invalid', 'true');
+  else input.removeAttribute('aria-invalid');
+}
+
+function showLoginError(text) {
+  ui.loginError.textContent = text;
+}
+
+function showChat() {
+  ui.login.hidden = true;
+  ui.chat.hidden = false;
+  ui.composer.focus();
+}
+
+function closeDrawers() {
+  ui.chat.classList.remove('show-rooms', 'show-members');
+  ui.toggleRooms.setAttribute('aria-expanded', 'false');
+  ui.toggleMembers.setAttribute('aria-expanded', 'false');
+  ui.scrim.hidden = true;
+}
+
+function toggleDrawer(which) {
+  const cls = which === 'rooms' ? 'show-rooms' : 'show-members';
+  const open = !ui.chat.classList.contains(cls);
+  closeDrawers();
+  if (open) {
+    ui.chat.classList.add(cls);
+    (which === 'rooms' ? ui.toggleRooms : ui.toggleMembers).setAttribute('aria-expanded', 'true');
+    ui.scrim.hidden = false;
+    const panel = which === 'rooms' ? ui.sidebar : ui.membersPanel;
+    panel.querySelector('button, input')?.focus();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+
+ui.loginForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const name = checkName(ui.loginName.value, 'name', state.limits.max_name_chars);
+  const room = checkName(ui.loginRoom.value.replace(/^#/, ''), 'room', state.limits.max_room_chars);
+  setInvalid(ui.loginName, Boolean(name.error));
+  setInvalid(ui.loginRoom, Boolean(room.error));
+  if (name.error || room.error) {
+    showLoginError(name.error ?? room.error);
+    (name.error ? ui.loginName : ui.loginRoom).focus();
+    return;
+  }
+  showLoginError('');
+  ui.loginSubmit.disabled = true;
+  ui.loginSubmit.textContent = 'Joining…';
+  conn.login = { name: name.value, room: room.value };
+  conn.attempt = 0;
+  disconnect();
+  connect();
+});
+
+for (const input of [ui.loginName, ui.loginRoom]) {
+  input.addEventListener('input', () => {
+    input.removeAttribute('aria-invalid');
+    if (ui.loginError.textContent && !conn.login) showLoginError('');
+  });
+}
+
+ui.composer.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+    e.preventDefault();
+    ui.composerForm.requestSubmit();
+  }
+});
+
+ui.composer.addEventListener('input', () => {
+  ui.composerError.textContent = '';
+  typingInput();
+  autosize();
+});
+
+ui.composer.addEventListener('blur', stopTyping);
+
+function autosize() {
+  if (CSS.supports('field-sizing', 'content')) return;
+  ui.composer.style.height = 'auto';
+  ui.composer.style.height = `${Math.min(ui.composer.scrollHeight, 200)}px`;
+}
+
+ui.composerForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const room = currentRoom();
+  const body = ui.composer.value;
+  if (!room || !body.trim()) return;
+  const bytes = utf8Length(body);
+  if (bytes > state.limits.max_body_bytes) {
+    showComposerError(`Too long: ${bytes} bytes, the limit is ${state.limits.max_body_bytes}.`);
+    return;
+  }
+  ui.composer.value = '';
+  autosize();
+  // The server ends our typing indicator when the message is posted; just forget it.
+  state.typingSent = { room: null, at: 0 };
+  sendMessage(room, body);
+  ui.composer.focus();
+});
+
+ui.joinForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  if (joinRoom(ui.joinRoom.value)) ui.joinRoom.value = '';
+});
+ui.joinRoom.addEventListener('input', () => {
+  ui.joinError.textContent = '';
+  ui.joinRoom.removeAttribute('aria-invalid');
+});
+ui.joinRoom.addEventListener('focus', () => requestRoomsSoon());
+
+ui.scroller.addEventListener(
+  'scroll',
+  () => {
+    const room = currentRoom();
+    if (!room) return;
+    if (ui.scroller.scrollTop < 400) loadOlder(room);
+    if (isAtBottom()) {
+      room.newBelow = 0;
+      ui.jump.hidden = true;
+      if (!document.hidden) markRead(room);
+    }
+  },
+  { passive: true },
+);
+
+ui.loadOlder.addEventListener('click', () => loadOlder(currentRoom()));
+ui.jump.addEventListener('click', () => {
+  scrollToBottom();
+  ui.composer.focus();
+});
+
+ui.logout.addEventListener('click', () => {
+  for (const room of state.rooms.values()) if (room.joined && !room.direct) send({ type: 'leave', room: room.name });
+  store.set('signedOut', true);
+  conn.welcomedOnce = false;
+  setStatus('idle', 'Signed out');
+  disconnect();
+  for (const p of state.pending.values()) clearTimeout(p.retryTimer);
+  state.pending.clear();
+  state.rooms.clear();
+  state.current = null;
+  state.epoch = null;
+  ui.host.replaceChildren();
+  showLogin();
+});
+
+ui.toggleRooms.addEventListener('click', () => toggleDrawer('rooms'));
+ui.toggleMembers.addEventListener('click', () => toggleDrawer('members'));
+ui.scrim.addEventListener('click', closeDrawers);
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape') closeDrawers();
+});
+
+document.addEventListener('visibilitychange', () => {
+  const room = currentRoom();
+  if (!document.hidden && room) {
+    markRead(room);
+    renderRoomList();
+  }
+});
+
+// Header "leave" control lives in the room title bar; added here to keep the HTML simple.
+const leaveBtn = el('button', 'link-btn leave-btn', 'Leave');
+leaveBtn.type = 'button';
+leaveBtn.dataset.testid = 'leave-room';
+leaveBtn.title = 'Leave this room';
+leaveBtn.addEventListener('click', leaveCurrent);
+ui.roomCount.after(leaveBtn);
+
+// ---------------------------------------------------------------------------------------
+// Start
+
+(function start() {
+  const identity = store.get('identity', null);
+  if (identity?.name && !store.get('signedOut', false)) {
+    ui.meName.textContent = identity.name;
+    showChat();
+    connect();
+  } else {
+    showLogin();
+  }
+})();
