@@ -191,6 +191,9 @@ pub enum ClientEvent {
         /// True when the server could not send everything after this client's cursor:
         /// some messages are missing before the ones that follow.
         gap: bool,
+        /// The room's latest seq when it was joined: later messages are live; a
+        /// `history` page `before` the next seq holds the earlier ones.
+        last_seq: Seq,
     },
     /// This client left a room.
     Left {
@@ -929,6 +932,7 @@ impl Client {
             room: room.clone(),
             members,
             gap,
+            last_seq,
         });
         for message in messages {
             self.on_message(message, delivery);

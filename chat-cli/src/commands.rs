@@ -1,0 +1,143 @@
+//! What a line typed by the user means: a message, or a `/command`.
+
+/// A parsed input line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// Text for the current room.
+    Say(String),
+    /// `/join ROOM`
+    Join(String),
+    /// `/leave [ROOM]`: the current room when none is named.
+    Leave(Option<String>),
+    /// `/rooms`
+    Rooms,
+    /// `/who`
+    Who,
+    /// `/msg USER TEXT`
+    Msg {
+        /// Recipient.
+        user: String,
+        /// Text.
+        text: String,
+    },
+    /// `/history [N]`: N earlier messages of the current room.
+    History(Option<u32>),
+    /// `/help`
+    Help,
+    /// `/quit`
+    Quit,
+    /// Nothing to do (an empty line).
+    Nothing,
+}
+
+/// The `/help` text, one command per line.
+pub const HELP: &[&str] = &[
+    "/join ROOM        join a room (created if new) and switch to it",
+    "/leave [ROOM]     leave the current room (or ROOM)",
+    "/rooms            list the rooms on the server",
+    "/who              list who is in the current room",
+    "/msg USER TEXT    send a direct message",
+    "/history [N]      show N earlier messages of this room (default 50)",
+    "/help             this help",
+    "/quit             leave the chat (also Ctrl-C, or Ctrl-D on an empty line)",
+    "Start a message with // to send text that begins with /.",
+    "Keys: Enter send · Up/Down input history · Left/Right/Home/End, Ctrl-A/E move ·",
+    "      Ctrl-W/U/K delete word/to start/to end · Tab/Shift-Tab or Ctrl-N/P or",
+    "      Alt-1..9 switch room · PageUp/PageDown scroll · Esc back to the latest",
+];
+
+/// Parses one input line. `Err` holds a message for the user (unknown command, missing
+/// argument).
+pub fn parse(line: &str) -> Result<Line, String> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Ok(Line::Nothing);
+    }
+    if let Some(rest) = line.strip_prefix("//") {
+        return Ok(Line::Say(format!("/{rest}")));
+    }
+    let Some(command) = trimmed.strip_prefix('/') else {
+        return Ok(Line::Say(line.to_owned()));
+    };
+    let (word, rest) = match command.split_once(char::is_whitespace) {
+        Some((w, r)) => (w, r.trim()),
+        None => (command, ""),
+    };
+    let arg = |what: &str| -> Result<String, String> {
+        if rest.is_empty() {
+            Err(format!("usage: /{word} {what}"))
+        } else {
+            Ok(rest.to_owned())
+        }
+    };
+    match word.to_lowercase().as_str() {
+        "join" | "j" => arg("ROOM").map(Line::Join),
+        "leave" | "part" => Ok(Line::Leave((!rest.is_empty()).then(|| rest.to_owned()))),
+        "rooms" | "list" => Ok(Line::Rooms),
+        "who" | "names" => Ok(Line::Who),
+        "msg" | "query" => {
+            let all = arg("USER TEXT")?;
+            match all.split_once(char::is_whitespace) {
+                Some((user, text)) if !text.trim().is_empty() => Ok(Line::Msg {
+                    user: user.to_owned(),
+                    text: text.trim_start().to_owned(),
+                }),
+                _ => Err("usage: /msg USER TEXT".to_owned()),
+            }
+        }
+        "history" => {
+            if rest.is_empty() {
+                Ok(Line::History(None))
+            } else {
+                rest.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(|n| Line::History(Some(n)))
+                    .ok_or_else(|| "usage: /history [N] (N a positive number)".to_owned())
+            }
+        }
+        "help" | "?" => Ok(Line::Help),
+        "quit" | "exit" | "q" => Ok(Line::Quit),
+        _ => Err(format!("unknown command /{word} (try /help)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_messages() {
+        assert_eq!(parse("hello /there"), Ok(Line::Say("hello /there".into())));
+        assert_eq!(
+            parse("//not a command"),
+            Ok(Line::Say("/not a command".into()))
+        );
+        assert_eq!(parse("   "), Ok(Line::Nothing));
+        assert_eq!(parse("/join Rust"), Ok(Line::Join("Rust".into())));
+        assert_eq!(parse("/JOIN  rust "), Ok(Line::Join("rust".into())));
+        assert!(parse("/join").unwrap_err().contains("usage"));
+        assert_eq!(parse("/leave"), Ok(Line::Leave(None)));
+        assert_eq!(parse("/leave rust"), Ok(Line::Leave(Some("rust".into()))));
+        assert_eq!(parse("/rooms"), Ok(Line::Rooms));
+        assert_eq!(parse("/who"), Ok(Line::Who));
+        assert_eq!(
+            parse("/msg bob  hi there"),
+            Ok(Line::Msg {
+                user: "bob".into(),
+                text: "hi there".into()
+            })
+        );
+        assert!(parse("/msg bob").is_err());
+        assert_eq!(parse("/history"), Ok(Line::History(None)));
+        assert_eq!(parse("/history 20"), Ok(Line::History(Some(20))));
+        assert!(parse("/history -1").is_err());
+        assert_eq!(parse("/help"), Ok(Line::Help));
+        assert_eq!(parse("/quit"), Ok(Line::Quit));
+        assert!(
+            parse("/frobnicate")
+                .unwrap_err()
+                .contains("unknown command")
+        );
+    }
+}

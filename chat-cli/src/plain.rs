@@ -1,0 +1,310 @@
+//! The line mode used when stdin or stdout is not a terminal: every line read from stdin
+//! is sent as a message (lines starting with `/` are commands, as in the full-screen
+//! client), and what happens in the rooms is printed as plain, escaped lines:
+//!
+//! ```text
+//! 12:00:01 [general] <alice> hi
+//! 12:00:02 [general] * bob joined
+//! ```
+//!
+//! At the end of input it waits until every message is acknowledged, then exits.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use chat_core::client::{ClientEvent, Command, Delivery};
+use chat_core::{ErrorCode, RequestId, RoomName};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::commands::{self, HELP};
+use crate::exit;
+use crate::output::{clock, plain_in_room};
+use crate::sanitize::escape;
+use crate::session::{Session, SessionEvent};
+
+/// How long to wait for the last acks after the end of input.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the line mode. Returns the exit code: 0, or [`exit::REJECTED`] when the server
+/// refused a message, [`exit::CONNECTION`] when it could not be reached,
+/// [`exit::TIMEOUT`] when messages were still unacknowledged long after the input ended.
+pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
+    let mut lines = stdin_lines();
+    let mut out = std::io::stdout().lock();
+    let mut room: Option<RoomName> = None;
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut pacer = Pacer::default();
+    let mut asked: BTreeMap<RequestId, &'static str> = BTreeMap::new();
+    let mut eof = false;
+    let mut eof_deadline = None;
+    let mut code = exit::OK;
+    loop {
+        // Send what is queued, as fast as the server's flood control allows.
+        while room.is_some() && session.client().limits().is_some() && !queue.is_empty() {
+            let limits = session.client().limits().cloned().expect("checked");
+            if !pacer.take(&limits) {
+                break;
+            }
+            let line = queue.pop_front().expect("not empty");
+            let target = room.clone().expect("checked");
+            if command(&mut session, &line, &target, &mut room, &mut asked) == Some(true) {
+                queue.clear();
+                eof = true;
+            }
+        }
+        if eof && queue.is_empty() && session.client().pending_sends() == 0 && asked.is_empty() {
+            break;
+        }
+        if eof && eof_deadline.is_none() {
+            eof_deadline = Some(Instant::now() + DRAIN);
+        }
+        tokio::select! {
+            line = lines.recv(), if !eof => match line {
+                Some(line) => queue.push_back(line),
+                None => eof = true,
+            },
+            event = session.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    SessionEvent::Failed { error } => {
+                        eprintln!("chat-cli: cannot connect: {}", escape(&error));
+                        return exit::CONNECTION;
+                    }
+                    SessionEvent::Disconnected { reason, retry_in } => {
+                        eprintln!(
+                            "chat-cli: disconnected ({}); reconnecting in {:.1}s",
+                            escape(&reason),
+                            retry_in.as_secs_f32()
+                        );
+                    }
+                    SessionEvent::Client(event) => {
+                        if let Some(c) = print_event(&mut out, &event, &mut room, &mut asked, &mut session, fallback_name.as_deref()) {
+                            code = c;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            () = pacer.wait(), if !queue.is_empty() && room.is_some() => {}
+            () = sleep_until(eof_deadline.unwrap_or_else(Instant::now)), if eof_deadline.is_some() => {
+                eprintln!(
+                    "chat-cli: {} message(s) not acknowledged",
+                    session.client().pending_sends()
+                );
+                return exit::TIMEOUT;
+            }
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+    code
+}
+
+/// Acts on one input line. `Some(true)` means quit.
+fn command(
+    session: &mut Session,
+    line: &str,
+    target: &RoomName,
+    room: &mut Option<RoomName>,
+    asked: &mut BTreeMap<RequestId, &'static str>,
+) -> Option<bool> {
+    let parsed = match commands::parse(line) {
+        Ok(parsed) => parsed,
+        Err(usage) => {
+            eprintln!("chat-cli: {usage}");
+            return None;
+        }
+    };
+    match parsed {
+        commands::Line::Nothing => {}
+        commands::Line::Say(text) => {
+            session.with(|c| c.send_to_room(target.as_str(), &text));
+        }
+        commands::Line::Msg { user, text } => {
+            session.with(|c| c.send_to_user(&user, &text));
+        }
+        commands::Line::Join(name) => {
+            let id = session.with(|c| c.join(&name));
+            asked.insert(id, "join");
+        }
+        commands::Line::Leave(name) => {
+            let name = name.unwrap_or_else(|| target.as_str().to_owned());
+            session.with(|c| c.leave(&name));
+            if room.as_ref().is_some_and(|r| r.as_str() == name) {
+                // Later lines go to another room this client is in, if any.
+                *room = session
+                    .client()
+                    .rooms()
+                    .find(|(_, s)| s.is_member())
+                    .map(|(n, _)| n.clone());
+            }
+        }
+        commands::Line::Rooms => {
+            let id = session.with(|c| c.list_rooms());
+            asked.insert(id, "rooms");
+        }
+        commands::Line::Who => {
+            let id = session.with(|c| c.members(target.as_str()));
+            asked.insert(id, "who");
+        }
+        commands::Line::History(n) => {
+            let id = session.with(|c| c.history(target.as_str(), None, Some(n.unwrap_or(50))));
+            asked.insert(id, "history");
+        }
+        commands::Line::Help => {
+            for line in HELP {
+                println!("{line}");
+            }
+        }
+        commands::Line::Quit => return Some(true),
+    }
+    Some(false)
+}
+
+/// Prints an event. Returns an exit code to remember (a rejection).
+fn print_event(
+    out: &mut impl Write,
+    event: &ClientEvent,
+    room: &mut Option<RoomName>,
+    asked: &mut BTreeMap<RequestId, &'static str>,
+    session: &mut Session,
+    fallback_name: Option<&str>,
+) -> Option<i32> {
+    let forget = |asked: &mut BTreeMap<RequestId, &'static str>, id: &Option<RequestId>| {
+        id.and_then(|id| asked.remove(&id))
+    };
+    match event {
+        ClientEvent::Joined { id, room: name, .. } => {
+            let asked_for = forget(asked, id).is_some();
+            if room.is_none() || asked_for {
+                *room = Some(name.clone());
+            }
+        }
+        ClientEvent::Message {
+            message, delivery, ..
+        } if *delivery != Delivery::Backlog => {
+            let _ = writeln!(out, "{}", plain_in_room(message));
+        }
+        ClientEvent::UserJoined { room, user, ts } => {
+            let _ = writeln!(
+                out,
+                "{} [{}] * {} joined",
+                clock(ts),
+                escape(room.as_str()),
+                escape(user.as_str())
+            );
+        }
+        ClientEvent::UserLeft { room, user, ts } => {
+            let _ = writeln!(
+                out,
+                "{} [{}] * {} left",
+                clock(ts),
+                escape(room.as_str()),
+                escape(user.as_str())
+            );
+        }
+        ClientEvent::History { id, messages, .. } => {
+            forget(asked, id);
+            for m in messages {
+                let _ = writeln!(out, "{}", plain_in_room(m));
+            }
+        }
+        ClientEvent::Rooms { id, rooms } => {
+            forget(asked, id);
+            for r in rooms {
+                let _ = writeln!(out, "* room {} ({})", escape(r.name.as_str()), r.members);
+            }
+        }
+        ClientEvent::Members { id, room, members } => {
+            forget(asked, id);
+            let names: Vec<String> = members
+                .iter()
+                .map(|m| escape(m.as_str()).into_owned())
+                .collect();
+            let _ = writeln!(out, "* in {}: {}", escape(room.as_str()), names.join(", "));
+        }
+        ClientEvent::Rejected {
+            id,
+            command,
+            code,
+            message,
+        } => {
+            forget(asked, id);
+            if *code == ErrorCode::NameTaken
+                && matches!(command, Some(Command::Hello))
+                && let Some(base) = fallback_name
+            {
+                let name = format!("{base}-{}", getrandom::u32().unwrap_or(7) % 1000);
+                session.with(|c| c.retry_hello_as(name));
+                return None;
+            }
+            eprintln!("chat-cli: {code}: {}", escape(message));
+            if matches!(command, Some(Command::Hello)) {
+                // Without a welcome nothing can be sent.
+                std::process::exit(exit::REJECTED);
+            }
+            return Some(exit::REJECTED);
+        }
+        ClientEvent::Goodbye { reason, .. } => {
+            eprintln!("chat-cli: server: {}", escape(reason));
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Lines of stdin, read on a thread of their own (a blocking read must not hold up the
+/// runtime's shutdown). The channel closes at the end of input.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Paces sends to the server's announced flood control (a token bucket of
+/// `send_burst`, refilled at `sends_per_second`), so a piped file is not refused.
+#[derive(Debug, Default)]
+struct Pacer {
+    tokens: f64,
+    at: Option<Instant>,
+    rate: f64,
+}
+
+impl Pacer {
+    fn take(&mut self, limits: &chat_core::protocol::Limits) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(limits.send_burst.max(1));
+        self.rate = f64::from(limits.sends_per_second.max(1));
+        let tokens = match self.at {
+            None => burst,
+            Some(at) => (self.tokens + now.duration_since(at).as_secs_f64() * self.rate).min(burst),
+        };
+        self.at = Some(now);
+        if tokens >= 1.0 {
+            self.tokens = tokens - 1.0;
+            true
+        } else {
+            self.tokens = tokens;
+            false
+        }
+    }
+
+    async fn wait(&self) {
+        let missing = (1.0 - self.tokens).max(0.0);
+        let delay = if self.rate > 0.0 {
+            Duration::from_secs_f64(missing / self.rate)
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::time::sleep(delay.max(Duration::from_millis(1))).await;
+    }
+}
