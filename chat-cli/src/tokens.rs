@@ -4,17 +4,18 @@
 //! (so a reconnect or a page refresh does not lose it), and only a `hello` with the
 //! name's token may take it meanwhile. Without the token, `chat-cli send` twice in a row
 //! with the same `--name` would be refused the second time. So the token from each
-//! `welcome` is stored in `$XDG_STATE_HOME/chat-cli/tokens` (default
-//! `~/.local/state/chat-cli/tokens`, mode 0600), one `url<TAB>name<TAB>token` per line,
+//! `welcome` is stored under `$XDG_STATE_HOME/chat-cli/tokens/` (default
+//! `~/.local/state/chat-cli/tokens/`), one file (mode 0600) per server URL and name,
 //! and sent by later runs with the same URL and name. `--token` overrides it. Read and
-//! write failures are ignored: the cache is a convenience.
+//! write failures are ignored: the cache is a convenience. One file per key means
+//! concurrent runs never lose each other's updates.
 
 use std::path::PathBuf;
 
-/// The token file.
+/// The token directory.
 #[derive(Debug, Clone)]
 pub struct TokenCache {
-    path: PathBuf,
+    dir: PathBuf,
 }
 
 impl TokenCache {
@@ -32,61 +33,52 @@ impl TokenCache {
         Some(TokenCache::at(base.join("chat-cli").join("tokens")))
     }
 
-    /// A cache in this file.
+    /// A cache in this directory.
     #[must_use]
-    pub fn at(path: PathBuf) -> TokenCache {
-        TokenCache { path }
+    pub fn at(dir: PathBuf) -> TokenCache {
+        TokenCache { dir }
     }
 
     /// The token stored for this server and name.
     #[must_use]
     pub fn get(&self, url: &str, name: &str) -> Option<String> {
-        let key = fold(name);
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        text.lines().find_map(|line| {
-            let mut parts = line.split('\t');
-            let (u, n, t) = (parts.next()?, parts.next()?, parts.next()?);
-            (u == url && n == key && !t.is_empty()).then(|| t.to_owned())
-        })
+        let (file, header) = self.entry(url, name);
+        let text = std::fs::read_to_string(file).ok()?;
+        let token = text.strip_prefix(&header)?.trim_end();
+        (!token.is_empty()).then(|| token.to_owned())
     }
 
     /// Stores (or replaces) the token for this server and name.
     pub fn put(&self, url: &str, name: &str, token: &str) {
-        if [url, token].iter().any(|s| s.contains(['\t', '\n', '\r'])) {
+        if token.contains(['\n', '\r']) || self.get(url, name).as_deref() == Some(token) {
             return;
         }
-        let key = fold(name);
-        if self.get(url, name).as_deref() == Some(token) {
-            return;
-        }
-        let old = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let mut lines: Vec<&str> = old
-            .lines()
-            .filter(|line| {
-                let mut parts = line.split('\t');
-                !(parts.next() == Some(url) && parts.next() == Some(key.as_str()))
-            })
-            .collect();
-        let entry = format!("{url}\t{key}\t{token}");
-        lines.push(&entry);
-        let _ = self.write(&(lines.join("\n") + "\n"));
+        let (file, header) = self.entry(url, name);
+        let _ = self.write(&file, &format!("{header}{token}\n"));
     }
 
-    fn write(&self, text: &str) -> std::io::Result<()> {
-        let dir = self.path.parent().ok_or(std::io::ErrorKind::NotFound)?;
-        std::fs::create_dir_all(dir)?;
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
+    /// The file of a key, and the header (URL and name) that proves it is that key's.
+    fn entry(&self, url: &str, name: &str) -> (PathBuf, String) {
+        let header = format!("{url}\t{}\t", fold(name));
+        // FNV-1a: stable across runs and platforms, unlike the std hasher.
+        let hash = header.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (self.dir.join(format!("{hash:016x}")), header)
+    }
+
+    fn write(&self, file: &std::path::Path, text: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         {
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&tmp)?;
-            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            let mut f = options.open(&tmp)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
         }
-        std::fs::rename(&tmp, &self.path)
+        std::fs::rename(&tmp, file)
     }
 }
 
@@ -102,7 +94,7 @@ mod tests {
     #[test]
     fn stores_and_replaces_per_url_and_name() {
         let dir = std::env::temp_dir().join(format!("chat-cli-tokens-{}", std::process::id()));
-        let cache = TokenCache::at(dir.join("sub").join("tokens"));
+        let cache = TokenCache::at(dir.join("sub"));
         assert_eq!(cache.get("ws://a/ws", "alice"), None);
         cache.put("ws://a/ws", "Alice", "t1");
         cache.put("ws://b/ws", "alice", "t2");

@@ -807,7 +807,8 @@ fn draw_chat(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
     let scroll = scroll.min(max_scroll);
     let end = lines.len() - scroll;
     let start = end.saturating_sub(height);
-    let visible: Vec<Line> = lines.drain(start..end).collect();
+    let mut visible: Vec<Line> = vec![Line::default(); height.saturating_sub(end - start)];
+    visible.extend(lines.drain(start..end));
     frame.render_widget(Paragraph::new(visible), inner);
 }
 
@@ -854,35 +855,55 @@ fn render_entry(entry: &Entry, width: usize) -> Vec<Line<'static>> {
     }
 }
 
-/// Wraps styled text (already escaped) into lines of at most `width` columns; lines
-/// after the first start with `indent` spaces.
+/// Wraps styled text (already escaped) into lines of at most `width` columns, breaking
+/// after a space when a line has one; lines after the first start with `indent` spaces.
 fn wrap(segments: &[(String, Style)], width: usize, indent: usize) -> Vec<Line<'static>> {
     let indent = if indent * 2 >= width { 0 } else { indent };
+    let cells: Vec<(char, Style, usize)> = segments
+        .iter()
+        .flat_map(|(text, style)| {
+            text.chars()
+                .map(move |c| (c, *style, c.width().unwrap_or(0)))
+        })
+        .collect();
     let mut lines = Vec::new();
-    let mut spans: Vec<Span<'static>> = Vec::new();
-    let mut used = 0;
-    for (text, style) in segments {
-        let mut piece = String::new();
-        for c in text.chars() {
-            let w = c.width().unwrap_or(0);
-            if used + w > width && used > indent {
-                if !piece.is_empty() {
-                    spans.push(Span::styled(std::mem::take(&mut piece), *style));
-                }
-                lines.push(Line::from(std::mem::take(&mut spans)));
-                used = indent;
-                if indent > 0 {
-                    spans.push(Span::raw(" ".repeat(indent)));
-                }
+    let mut start = 0;
+    let mut first = true;
+    while start < cells.len() || first {
+        let budget = if first { width } else { width - indent };
+        // The longest run of cells that fits.
+        let mut end = start;
+        let mut used = 0;
+        while end < cells.len() && (used + cells[end].2 <= budget || end == start) {
+            used += cells[end].2;
+            end += 1;
+        }
+        if end < cells.len()
+            && let Some(space) = (start + 1..end).rev().find(|&i| cells[i - 1].0 == ' ')
+        {
+            // Break after the last space, unless that leaves the line mostly empty.
+            if (space - start) * 3 >= (end - start) {
+                end = space;
             }
-            piece.push(c);
-            used += w;
         }
-        if !piece.is_empty() {
-            spans.push(Span::styled(piece, *style));
+        let mut spans: Vec<Span<'static>> = Vec::new();
+        if !first && indent > 0 {
+            spans.push(Span::raw(" ".repeat(indent)));
         }
+        let mut i = start;
+        while i < end {
+            let style = cells[i].1;
+            let mut text = String::new();
+            while i < end && cells[i].1 == style {
+                text.push(cells[i].0);
+                i += 1;
+            }
+            spans.push(Span::styled(text, style));
+        }
+        lines.push(Line::from(spans));
+        start = end;
+        first = false;
     }
-    lines.push(Line::from(spans));
     lines
 }
 
@@ -976,31 +997,34 @@ mod tests {
 
     #[test]
     fn wrapping_keeps_width_and_indents() {
+        let lines = |segments: &[(String, Style)], width, indent| -> Vec<String> {
+            wrap(segments, width, indent)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
         let segments = [
             ("12345678 ".to_owned(), Style::new()),
             ("abcdefghijklmnopqrstuvwxyz".to_owned(), Style::new()),
         ];
-        let text: Vec<String> = wrap(&segments, 20, 9)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            text,
-            [
-                "12345678 abcdefghijk",
-                "         lmnopqrstuv",
-                "         wxyz"
-            ]
-        );
+        // A word longer than a line is cut; continuation lines are indented.
+        let expected = [
+            "12345678 ",
+            "         abcdefghijk",
+            "         lmnopqrstuv",
+            "         wxyz",
+        ];
+        assert_eq!(lines(&segments, 20, 9), expected);
         // Too narrow for the indent: none.
-        let text: Vec<String> = wrap(&segments, 12, 9)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(text[1], "defghijklmno");
+        assert_eq!(lines(&segments, 12, 9)[1], "abcdefghijkl");
+        // Words are not split when a line has a space to break at.
+        let words = [("hello wonderful world of chat".to_owned(), Style::new())];
+        let expected = ["hello ", "  wonderful ", "  world of ", "  chat"];
+        assert_eq!(lines(&words, 12, 2), expected);
         // Wide characters never split a column budget.
-        let lines = wrap(&[("你好世界".to_owned(), Style::new())], 5, 0);
-        let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
-        assert_eq!(text, ["你好", "世界"]);
+        assert_eq!(
+            lines(&[("你好世界".to_owned(), Style::new())], 5, 0),
+            ["你好", "世界"]
+        );
     }
 }
