@@ -236,7 +236,8 @@ async fn writer<W>(
                     match item {
                         Some(Outbound::Frame(frame)) => {
                             let text = Utf8Bytes::try_from(frame.bytes().clone()).expect("frames are UTF-8 JSON");
-                            if sink.feed(Message::Text(text)).await.is_err() {
+                            if !write(sink.feed(Message::Text(text)), &outbound, &opts).await {
+                                let _ = closing.send(true);
                                 return;
                             }
                             fed += 1;
@@ -254,7 +255,8 @@ async fn writer<W>(
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
                     };
                 };
-                if sink.flush().await.is_err() {
+                if !write(sink.flush(), &outbound, &opts).await {
+                    let _ = closing.send(true);
                     return;
                 }
                 ping.reset();
@@ -263,7 +265,8 @@ async fn writer<W>(
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if !write(sink.send(Message::Ping(Default::default())), &outbound, &opts).await {
+                    let _ = closing.send(true);
                     return;
                 }
             }
@@ -275,9 +278,36 @@ async fn writer<W>(
             reason: Utf8Bytes::from_static(reason),
         };
         let _ = closing.send(true);
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        // A peer that reads nothing cannot take the close frame either.
+        let close = sink.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(opts.close_timeout, close).await;
     }
     // Let the reader finish the handshake; it owns the other half of the socket.
+}
+
+/// Waits for a socket write; false when it failed or was given up.
+///
+/// A write to a peer that does not read blocks for as long as the peer wants. That is
+/// backpressure while the session lives (its queue fills and the core decides), but once
+/// the core has closed the session (the queue's sender is gone: a slow consumer, or the
+/// hub stopped) the writer gives the peer `close_timeout` more and then lets go, so a
+/// stuck peer holds no task. The reader is then told to finish too.
+async fn write<F>(write: F, outbound: &mpsc::Receiver<Outbound>, opts: &RouterOptions) -> bool
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    tokio::pin!(write);
+    let mut session_closed = false;
+    loop {
+        match tokio::time::timeout(opts.close_timeout, &mut write).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) if session_closed => {
+                tracing::debug!("gave up writing to a peer that does not read");
+                return false;
+            }
+            Err(_) => session_closed = outbound.is_closed(),
+        }
+    }
 }
 
 async fn echo_writer<W>(
