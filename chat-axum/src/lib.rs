@@ -60,7 +60,9 @@ pub struct RouterOptions {
     pub ping_interval: Duration,
     /// A connection that sends nothing (not even a pong) for this long is closed.
     pub idle_timeout: Duration,
-    /// How long to wait for the peer's half of a close handshake.
+    /// How long to wait for the peer's half of a close handshake; also how long a peer
+    /// that reads nothing still gets once its session was closed (a slow consumer)
+    /// before its connection is dropped without a close frame.
     pub close_timeout: Duration,
     /// Frames written per flush at most.
     pub write_batch: usize,
