@@ -41,9 +41,9 @@ pub const HELP: &[&str] = &[
     "/help             this help",
     "/quit             leave the chat (also Ctrl-C, or Ctrl-D on an empty line)",
     "Start a message with // to send text that begins with /.",
-    "Keys: Enter send · Up/Down input history · Left/Right/Home/End, Ctrl-A/E move ·",
-    "      Ctrl-W/U/K delete word/to start/to end · Tab/Shift-Tab or Ctrl-N/P or",
-    "      Alt-1..9 switch room · PageUp/PageDown scroll · Esc back to the latest",
+    "Keys: Enter sends; Up/Down recall earlier input; Left/Right, Home/End, Ctrl-A/E move;",
+    "Ctrl-W/U/K delete a word / to the start / to the end; Tab, Shift-Tab, Ctrl-N/P or",
+    "Alt-1..9 switch rooms; PageUp/PageDown scroll; Esc goes back to the latest messages.",
 ];
 
 /// Parses one input line. `Err` holds a message for the user (unknown command, missing

@@ -752,10 +752,24 @@ fn draw_rooms(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
 
 fn draw_members(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
     let mut lines = Vec::new();
-    if let Some(state) = app.current_room().and_then(|r| client.room(r)) {
+    let current = app.current_room();
+    if let Some(state) = current.and_then(|r| client.room(r)) {
         let me = client.user().map(UserName::key);
         let typing: Vec<_> = state.typing().map(UserName::key).collect();
-        for member in state.members() {
+        // A direct room has no membership; its two users are in its name.
+        let direct: Vec<UserName> = match current.and_then(RoomName::direct_users) {
+            Some((a, b)) if state.members().is_empty() => [a, b]
+                .iter()
+                .filter_map(|k| UserName::parse(k.as_str(), usize::MAX).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let members = if direct.is_empty() {
+            state.members()
+        } else {
+            &direct
+        };
+        for member in members {
             let key = member.key();
             let mut text = escape(member.as_str()).into_owned();
             if typing.contains(&key) {

@@ -1,0 +1,351 @@
+//! The interactive screen, driven by a real session against a real server and rendered
+//! into ratatui's `TestBackend`.
+
+mod common;
+
+use chat_cli::net::{NetOptions, Reconnect};
+use chat_cli::session::Session;
+use chat_cli::ui::{self, App};
+use chat_core::client::ClientConfig;
+use chat_core::{ClientFrame, ServerFrame};
+use common::{HOSTILE, Peer, TestServer, WAIT, has_raw_controls};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+struct Screen {
+    session: Session,
+    app: App,
+    terminal: Terminal<TestBackend>,
+}
+
+impl Screen {
+    fn open(url: &str, name: &str, rooms: Option<&[&str]>, width: u16, height: u16) -> Screen {
+        let config = ClientConfig {
+            rooms: rooms.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
+            ..ClientConfig::new(name, "screen-test")
+        };
+        Screen {
+            session: Session::start(NetOptions::new(url, Reconnect::AfterFirst), config),
+            app: App::new(None),
+            terminal: Terminal::new(TestBackend::new(width, height)).expect("test terminal"),
+        }
+    }
+
+    /// Draws and returns the screen, one string per row.
+    fn render(&mut self) -> Vec<String> {
+        let (app, session) = (&self.app, &self.session);
+        self.terminal
+            .draw(|frame| ui::draw(frame, app, session.client()))
+            .expect("draw");
+        let buffer = self.terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    /// Feeds session events to the screen until the rendered screen satisfies `done`.
+    async fn until(&mut self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let rows = self.render();
+            if done(&rows) {
+                return rows;
+            }
+            let event = tokio::time::timeout_at(deadline, self.session.next())
+                .await
+                .unwrap_or_else(|_| panic!("screen never showed {what}:\n{}", rows.join("\n")))
+                .expect("session runs");
+            let app = &mut self.app;
+            self.session.with(|client| app.on_event(&event, client));
+        }
+    }
+
+    async fn until_shows(&mut self, text: &str) -> Vec<String> {
+        self.until(text, |rows| rows.iter().any(|r| r.contains(text)))
+            .await
+    }
+
+    fn key(&mut self, code: KeyCode) {
+        self.key_with(code, KeyModifiers::NONE);
+    }
+
+    fn key_with(&mut self, code: KeyCode, modifiers: KeyModifiers) {
+        let app = &mut self.app;
+        self.session
+            .with(|client| app.on_key(KeyEvent::new(code, modifiers), client));
+    }
+
+    fn type_text(&mut self, text: &str) {
+        for c in text.chars() {
+            self.key(KeyCode::Char(c));
+        }
+    }
+}
+
+/// The screen with clock times replaced by `HH:MM:SS`.
+fn masked(rows: &[String]) -> Vec<String> {
+    rows.iter()
+        .map(|row| {
+            let chars: Vec<char> = row.chars().collect();
+            let mut out = String::new();
+            let mut i = 0;
+            while i < chars.len() {
+                let window: String = chars[i..(i + 8).min(chars.len())].iter().collect();
+                let is_clock = window.len() == 8
+                    && window.chars().enumerate().all(|(j, c)| {
+                        if j == 2 || j == 5 {
+                            c == ':'
+                        } else {
+                            c.is_ascii_digit()
+                        }
+                    });
+                if is_clock {
+                    out.push_str("HH:MM:SS");
+                    i += 8;
+                } else {
+                    out.push(chars[i]);
+                    i += 1;
+                }
+            }
+            out.trim_end().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_with_members_typing_and_the_input_line() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut screen = Screen::open(&url, "carol", None, 80, 12);
+    screen.until_shows("you are carol").await;
+
+    let mut alice = Peer::join(&url, "alice", &["general"]).await;
+    screen.until_shows("alice joined").await;
+    alice.say("general", "hi carol, long time no see").await;
+    screen.until_shows("<alice> hi carol").await;
+
+    screen.type_text("hello alice");
+    screen.key(KeyCode::Enter);
+    screen.until_shows("<carol> hello alice").await;
+
+    alice
+        .send_frame(&ClientFrame::Typing {
+            room: "general".into(),
+            active: true,
+        })
+        .await;
+    screen.until_shows("alice is typing…").await;
+
+    // A draft with the cursor moved: the input line shows it all.
+    screen.type_text("a draft");
+    screen.key(KeyCode::Home);
+    screen.type_text(">");
+    let rows = screen.render();
+    let expected = [
+        "┌rooms───────────┐┌#general──────────────────────────────────┐┌members (2)─────┐",
+        "│#general        ││                                          ││alice …         │",
+        "│                ││                                          ││carol           │",
+        "│                ││                                          ││                │",
+        "│                ││         * connected as carol             ││                │",
+        "│                ││HH:MM:SS * alice joined                   ││                │",
+        "│                ││HH:MM:SS <alice> hi carol, long time no   ││                │",
+        "│                ││         see                              ││                │",
+        "│                ││HH:MM:SS <carol> hello alice              ││                │",
+        "└────────────────┘└──────────────────────────────────────────┘└────────────────┘",
+        " online · #general · you are carol · alice is typing…",
+        "> >a draft",
+    ];
+    assert_eq!(masked(&rows), expected, "\n{}", rows.join("\n"));
+    // The cursor is after the inserted '>'.
+    let cursor = screen.terminal.get_cursor_position().expect("cursor");
+    assert_eq!((cursor.x, cursor.y), (3, 11));
+
+    // alice's message ends her typing; her leaving removes her from the members.
+    alice.say("general", "bye").await;
+    screen
+        .until("typing cleared", |rows| {
+            !rows.iter().any(|r| r.contains("typing"))
+                && rows.iter().any(|r| r.contains("<alice> bye"))
+        })
+        .await;
+    alice
+        .send_frame(&ClientFrame::Leave {
+            id: Some(99),
+            room: "general".into(),
+        })
+        .await;
+    let rows = screen.until_shows("alice left").await;
+    assert!(rows[0].contains("members (1)"), "{}", rows.join("\n"));
+    assert!(
+        !rows.iter().any(|r| r.contains("│alice")),
+        "{}",
+        rows.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_and_switching_rooms() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut screen = Screen::open(&url, "dana", Some(&["general", "rust"]), 80, 12);
+    screen.until_shows("#rust").await;
+    let mut eve = Peer::join(&url, "eve", &["rust"]).await;
+    eve.say("rust", "one").await;
+    eve.say("rust", "two").await;
+    let rows = screen.until_shows("#rust (2)").await;
+    assert!(
+        rows[1].starts_with("│#general"),
+        "general is current: {}",
+        rows.join("\n")
+    );
+    assert!(
+        !rows.iter().any(|r| r.contains("<eve> one")),
+        "not shown in general"
+    );
+
+    screen.key(KeyCode::Tab);
+    let rows = screen.render();
+    assert!(
+        rows.iter().any(|r| r.contains("<eve> one")),
+        "{}",
+        rows.join("\n")
+    );
+    assert!(rows.iter().any(|r| r.contains("<eve> two")));
+    assert!(
+        rows.iter().any(|r| r.contains("│#rust          ")),
+        "read: {}",
+        rows.join("\n")
+    );
+    assert!(
+        rows[10].contains("#rust"),
+        "status shows the room: {}",
+        rows[10]
+    );
+
+    // /join switches to the new room; /leave closes it.
+    screen.type_text("/join Ops");
+    screen.key(KeyCode::Enter);
+    screen
+        .until("#ops is current", |rows| rows[0].contains("┌#ops"))
+        .await;
+    screen.type_text("/leave");
+    screen.key(KeyCode::Enter);
+    let rows = screen
+        .until("ops left", |rows| !rows.iter().any(|r| r.contains("#ops")))
+        .await;
+    assert!(rows[0].contains("┌#rust"), "{}", rows.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_and_commands() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut screen = Screen::open(&url, "finn", None, 100, 30);
+    screen.until_shows("you are finn").await;
+    let mut gus = Peer::join(&url, "gus", &["general"]).await;
+    screen.until_shows("gus joined").await;
+
+    screen.type_text("/msg gus psst");
+    screen.key(KeyCode::Enter);
+    // The direct room opens, named after the other user.
+    let rows = screen
+        .until("the direct room", |rows| rows[0].contains("┌@gus"))
+        .await;
+    assert!(
+        rows.iter().any(|r| r.contains("<finn> psst")),
+        "{}",
+        rows.join("\n")
+    );
+    assert!(rows[0].contains("members (2)"), "{}", rows.join("\n"));
+    let frame = gus
+        .expect(
+            |f| matches!(f, ServerFrame::Message(_)),
+            "the direct message",
+        )
+        .await;
+    let ServerFrame::Message(m) = frame else {
+        unreachable!()
+    };
+    assert_eq!((m.room.as_str(), &*m.body), ("@finn,gus", "psst"));
+
+    screen.type_text("/who");
+    screen.key(KeyCode::Enter);
+    screen.until_shows("in @finn,gus: finn, gus (2)").await;
+    screen.type_text("/rooms");
+    screen.key(KeyCode::Enter);
+    screen
+        .until_shows("rooms: @finn,gus (2), general (2)")
+        .await;
+    screen.type_text("/help");
+    screen.key(KeyCode::Enter);
+    screen.until_shows("/history [N]").await;
+    screen.type_text("/bogus");
+    screen.key(KeyCode::Enter);
+    screen.until_shows("unknown command /bogus").await;
+    // Errors from the server show with their code.
+    screen.type_text("/join two words");
+    screen.key(KeyCode::Enter);
+    screen.until_shows("error invalid_room").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_back_into_the_scrollback() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut hal = Peer::join(&url, "hal", &["archive"]).await;
+    for i in 1..=55 {
+        hal.say("archive", &format!("msg {i:02}")).await;
+    }
+    let mut screen = Screen::open(&url, "ida", Some(&["archive"]), 80, 12);
+    // The join brings the latest 50: msg 06 .. msg 55.
+    screen.until_shows("<hal> msg 55").await;
+    screen.type_text("/history 10");
+    screen.key(KeyCode::Enter);
+    screen.until_shows("5 earlier messages").await;
+    for _ in 0..10 {
+        screen.key(KeyCode::PageUp);
+    }
+    let rows = screen.render();
+    let text = rows.join("\n");
+    assert!(text.contains("(the beginning of this room)"), "{text}");
+    assert!(text.contains("<hal> msg 01"), "{text}");
+    assert!(text.contains("scrolled up"), "{text}");
+    screen.key(KeyCode::Esc);
+    assert!(screen.render().join("\n").contains("<hal> msg 55"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_is_shown_escaped_never_raw() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut screen = Screen::open(&url, "jay", Some(&["general"]), 120, 40);
+    screen.until_shows("you are jay").await;
+    let mut mallory = Peer::join(&url, "mallory", &["general"]).await;
+    for (payload, _) in HOSTILE {
+        mallory.say("general", payload).await;
+    }
+    let last = HOSTILE.last().expect("payloads").0;
+    let tail = last.split('\n').next_back().expect("a line");
+    let rows = screen.until_shows(tail).await;
+    for (y, row) in rows.iter().enumerate() {
+        assert!(
+            !has_raw_controls(row),
+            "row {y} holds a raw control: {row:?}"
+        );
+    }
+    let text = rows.join("\n");
+    for (payload, visible) in HOSTILE {
+        if payload.contains('\n') {
+            // Multi-line messages are shown as indented continuation lines.
+            assert!(text.contains("<mallory> next"), "{text}");
+            assert!(text.contains("         line <admin> fake"), "{text}");
+        } else {
+            assert!(text.contains(visible), "{visible:?} not shown:\n{text}");
+        }
+    }
+}
