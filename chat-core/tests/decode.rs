@@ -8,6 +8,7 @@ use chat_core::protocol::{self, ErrorCode, ServerFrame};
 use chat_core::{Config, SessionId};
 use common::{Sim, names, room};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value, json};
 
 /// bob (1) in general, ready to show that he is unaffected.
@@ -267,7 +268,13 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/decode.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_bytes_never_panic_and_only_concern_the_sender(

@@ -278,6 +278,46 @@ fn a_lingering_user_who_returns_to_only_some_rooms_leaves_the_others_after_grace
     );
 }
 
+#[test]
+fn a_second_disconnect_gets_a_full_grace_period_of_its_own() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.clear();
+    sim.disconnect(2); // grace until t=5 s
+    sim.advance(Duration::from_secs(1));
+    sim.hello_with_token(3, "alice", &token);
+    sim.advance(Duration::from_secs(2));
+    sim.disconnect(3); // a new grace, until t=8 s
+    sim.advance(Duration::from_secs(4)); // t=7 s: the first deadline is long past
+    sim.expect_nothing(1);
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob"]
+    );
+    sim.advance(Duration::from_secs(1)); // t=8 s
+    assert_eq!(presence(&sim.take(1)), ["-alice@general"]);
+}
+
+#[test]
+fn leaving_after_coming_back_within_the_grace_period_is_announced() {
+    let mut sim = Sim::new();
+    sim.hello(1, "bob");
+    let token = sim.hello(2, "alice");
+    sim.clear();
+    sim.disconnect(2);
+    sim.advance(Duration::from_secs(1));
+    sim.hello_with_token(3, "alice", &token);
+    sim.say(3, json!({"type":"leave","room":"general"}));
+    assert_eq!(presence(&sim.take(1)), ["-alice@general"]);
+    sim.advance(GRACE * 2);
+    sim.expect_nothing(1);
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["bob"]
+    );
+}
+
 // ---- typing ----
 
 fn typing(frames: &[ServerFrame]) -> Vec<String> {

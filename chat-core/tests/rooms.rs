@@ -438,3 +438,59 @@ fn leaving_a_direct_room_is_answered_without_changing_anything() {
     }
     sim.expect_nothing(2);
 }
+
+#[test]
+fn one_client_cannot_use_up_the_server_room_limit_with_direct_rooms() {
+    let mut sim = Sim::with(Config {
+        max_rooms: 5,
+        ..common::unlimited()
+    });
+    sim.hello(1, "mallory");
+    // Direct rooms with made-up names, by join and by send.
+    for i in 0..20 {
+        sim.join(1, &format!("@mallory,ghost{i}"));
+        sim.say(
+            1,
+            json!({"type":"send","room":format!("@mallory,phantom{i}"),"body":"boo"}),
+        );
+    }
+    sim.take(1);
+    assert!(sim.server.room_count() <= 5);
+    // Someone else can still open a new room.
+    sim.hello(2, "bob");
+    sim.say(2, json!({"type":"join","id":1,"room":"books"}));
+    let frames = sim.take(2);
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Joined { id: Some(1), .. })),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn joining_a_direct_room_nobody_wrote_to_yet_shows_it_empty() {
+    let mut sim = Sim::new();
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.clear();
+    sim.say(1, json!({"type":"join","id":4,"room":"@bob,alice"}));
+    match sim.take_one(1) {
+        ServerFrame::Joined {
+            id,
+            room: r,
+            members,
+            messages,
+            gap,
+            last_seq,
+        } => {
+            assert_eq!(id, Some(4));
+            assert_eq!(r.as_str(), "@alice,bob");
+            assert_eq!(names(&members), ["alice", "bob"]);
+            assert!(messages.is_empty() && !gap);
+            assert_eq!(last_seq.0, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Writing to it works as usual afterwards.
+    sim.say(1, json!({"type":"send","room":"@alice,bob","body":"hi"}));
+    assert_eq!(sim.take_messages(2).len(), 1);
+}

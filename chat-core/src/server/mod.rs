@@ -1055,7 +1055,23 @@ impl Server {
         }
         if !self.rooms.contains_key(&room_name) {
             let direct = room_name.direct_users().is_some();
-            if !direct && !self.config.create_rooms_on_join {
+            if direct {
+                // Nobody has written here yet: show it empty without creating it, so that
+                // joining made-up direct rooms cannot use up the server's room limit.
+                let empty = Room::new(room_name.clone());
+                let frame = ServerFrame::Joined {
+                    id,
+                    room: room_name,
+                    members: self.member_names(&empty),
+                    messages: vec![],
+                    gap: since.is_some_and(|s| s > Seq(0)),
+                    last_seq: Seq(0),
+                };
+                self.send_to(sid, &frame);
+                self.accepted(sid);
+                return;
+            }
+            if !self.config.create_rooms_on_join {
                 self.reject(
                     now,
                     sid,
@@ -1290,10 +1306,21 @@ impl Server {
             self.reject(now, sid, id, ErrorCode::RateLimited, msg, 1);
             return;
         }
-        if room_name.direct_users().is_some() && !self.rooms.contains_key(&room_name) {
-            self.rooms
-                .insert(room_name.clone(), Room::new(room_name.clone()));
-            self.event(Event::RoomCreated(room_name.clone()));
+        if let Some((a, b)) = room_name
+            .direct_users()
+            .filter(|_| !self.rooms.contains_key(&room_name))
+        {
+            // A direct room comes into being with its first message: only with a user who
+            // exists (in anonymous mode, as for `to`) and within the server's room limit.
+            let other = if &a == key { b } else { a };
+            if self.config.auth == AuthMode::Anonymous && !self.users.contains_key(&other) {
+                let msg = format!("{} is not online", other.as_str());
+                self.reject(now, sid, id, ErrorCode::UserNotFound, msg, 1);
+                return;
+            }
+            if !self.create_room(now, sid, id, &room_name) {
+                return;
+            }
         }
         let author = self.display_name(key);
         self.post(
