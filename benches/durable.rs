@@ -1,2 +1,283 @@
-//! Placeholder, replaced below.
-fn main() {}
+//! Acknowledged messages per second through the real [`Hub`] with 100 concurrent senders:
+//! no store (in-memory window only), the in-memory store, and SQLite with `FULL` and
+//! `NORMAL` durability, with the ack latency (p50, p99, max).
+//!
+//! ```text
+//! cargo bench --bench durable
+//! BENCH_MESSAGES=500 BENCH_ROOMS=100 cargo bench --bench durable
+//! ```
+//!
+//! Every sender is an in-process session (`hub.connect()`): it says hello, joins its room
+//! (`BENCH_ROOMS` rooms, senders spread evenly, so each message is also delivered to the
+//! room's other members), then sends `BENCH_MESSAGES` messages with client ids, keeping
+//! `BENCH_IN_FLIGHT` unacknowledged at a time, and reads everything it is sent. A message
+//! counts when its sender has the ack, i.e. (with a store) after its group was committed.
+//! Not a timed test: it prints a markdown table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_core::protocol::JoinSpec;
+use chat_core::runtime::{Durability, Hub, HubConfig, MemoryStore, Outbound, SqliteStore, Store};
+use chat_core::{ClientFrame, Config, Rate, ServerFrame};
+use hdrhistogram::Histogram;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Params {
+    senders: usize,
+    rooms: usize,
+    messages: usize,
+    in_flight: usize,
+}
+
+struct Outcome {
+    acked: u64,
+    elapsed: Duration,
+    /// CPU time the whole process used meanwhile (every thread: hub, senders, store).
+    cpu: Duration,
+    /// CPU time of the store's writer thread.
+    writer_cpu: Duration,
+    latency: Histogram<u64>,
+}
+
+/// One sender: hello, then `messages` sends with at most `in_flight` unacknowledged.
+async fn sender(
+    hub: Hub,
+    i: usize,
+    p: Arc<Params>,
+    start: Arc<tokio::sync::Barrier>,
+) -> Histogram<u64> {
+    let conn = hub.connect().await.expect("hub runs");
+    let (inbound, mut outbound) = conn.split();
+    let room = format!("room{}", i % p.rooms);
+    inbound
+        .send(ClientFrame::Hello {
+            id: None,
+            version: 1,
+            name: format!("sender{i}"),
+            token: None,
+            rooms: Some(vec![JoinSpec {
+                room: room.clone(),
+                since: None,
+            }]),
+        })
+        .await
+        .expect("hub runs");
+    // Wait for our own `joined`.
+    loop {
+        match outbound.recv().await.expect("session open") {
+            Outbound::Frame(f) if f.bytes().starts_with(br#"{"type":"joined""#) => break,
+            Outbound::Frame(_) => {}
+            Outbound::Close(r) => panic!("closed: {r:?}"),
+        }
+    }
+    start.wait().await;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut sent_at = vec![Instant::now(); p.messages];
+    let (mut sent, mut acked) = (0usize, 0usize);
+    while acked < p.messages {
+        while sent < p.messages && sent - acked < p.in_flight {
+            sent_at[sent] = Instant::now();
+            inbound
+                .send(ClientFrame::Send {
+                    id: Some(sent as u64),
+                    room: Some(room.clone()),
+                    to: None,
+                    body: format!("message {sent} from sender {i}"),
+                    client_id: Some(format!("{i}-{sent}").into()),
+                })
+                .await
+                .expect("hub runs");
+            sent += 1;
+        }
+        match outbound.recv().await.expect("session open") {
+            Outbound::Frame(f) => {
+                let bytes = f.bytes();
+                if bytes.starts_with(br#"{"type":"ack""#) {
+                    match f.decode().expect("valid frame") {
+                        ServerFrame::Ack { id: Some(id), .. } => {
+                            let us = sent_at[id as usize].elapsed().as_micros() as u64;
+                            latency.saturating_record(us.max(1));
+                            acked += 1;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                } else if bytes.starts_with(br#"{"type":"error""#) {
+                    panic!("sender {i}: {}", f.text());
+                }
+            }
+            Outbound::Close(r) => panic!("sender {i} closed: {r:?}"),
+        }
+    }
+    latency
+}
+
+async fn run(store: Option<Arc<dyn Store>>, p: &Arc<Params>) -> Outcome {
+    let core = Config {
+        send_rate: Rate {
+            burst: 1_000_000,
+            per_second: 1_000_000,
+        },
+        frame_rate: Rate {
+            burst: 1_000_000,
+            per_second: 1_000_000,
+        },
+        max_rooms: 100_000,
+        ..Config::default()
+    };
+    let hub = Hub::spawn(HubConfig {
+        core,
+        store,
+        outbound_queue: 16 * 1024,
+        ..HubConfig::default()
+    })
+    .await
+    .expect("hub starts");
+    let start = Arc::new(tokio::sync::Barrier::new(p.senders + 1));
+    let tasks: Vec<_> = (0..p.senders)
+        .map(|i| tokio::spawn(sender(hub.clone(), i, p.clone(), start.clone())))
+        .collect();
+    start.wait().await;
+    let t0 = Instant::now();
+    let cpu0 = cpu_time();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    for t in tasks {
+        latency
+            .add(t.await.expect("sender ok"))
+            .expect("same bounds");
+    }
+    let elapsed = t0.elapsed();
+    // Read before the shutdown ends the writer thread.
+    let cpu1 = cpu_time();
+    let (cpu, writer_cpu) = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
+    hub.shutdown().await;
+    Outcome {
+        acked: latency.len(),
+        elapsed,
+        cpu,
+        writer_cpu,
+        latency,
+    }
+}
+
+/// User + system CPU time so far of this process, and of its store writer thread
+/// (Linux; zero elsewhere).
+fn cpu_time() -> (Duration, Duration) {
+    fn ticks(stat: &str) -> u64 {
+        // The fields after the command name (which ends with ')'): utime, stime are 14, 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+    }
+    // USER_HZ is 100 on Linux.
+    let at = |t: u64| Duration::from_millis(t * 10);
+    let all = std::fs::read_to_string("/proc/self/stat").map_or(0, |s| ticks(&s));
+    let mut writer = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            if stat.contains("(chat-store-writ") {
+                writer += ticks(&stat);
+            }
+        }
+    }
+    (at(all), at(writer))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: keep that short.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let p = Arc::new(Params {
+        senders: env("BENCH_SENDERS", 100),
+        rooms: env("BENCH_ROOMS", 10).max(1),
+        messages: env("BENCH_MESSAGES", if quick { 20 } else { 2000 }),
+        in_flight: env("BENCH_IN_FLIGHT", 8).max(1),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let kinds: Vec<(&str, Box<dyn Fn() -> Option<Arc<dyn Store>>>)> = vec![
+        ("none (window only, not durable)", Box::new(|| None)),
+        (
+            "memory store",
+            Box::new(|| Some(Arc::new(MemoryStore::new("bench")) as Arc<dyn Store>)),
+        ),
+        (
+            "SQLite FULL",
+            Box::new(|| {
+                let path = dir.path().join("full.db");
+                let _ = std::fs::remove_file(&path);
+                Some(
+                    Arc::new(SqliteStore::open(&path, Durability::Full).expect("open"))
+                        as Arc<dyn Store>,
+                )
+            }),
+        ),
+        (
+            "SQLite NORMAL",
+            Box::new(|| {
+                let path = dir.path().join("normal.db");
+                let _ = std::fs::remove_file(&path);
+                Some(
+                    Arc::new(SqliteStore::open(&path, Durability::Normal).expect("open"))
+                        as Arc<dyn Store>,
+                )
+            }),
+        ),
+    ];
+    println!(
+        "\n{} senders in {} rooms, {} messages each, {} in flight per sender, {} cores\n",
+        p.senders,
+        p.rooms,
+        p.messages,
+        p.in_flight,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| store | acked | seconds | acked msgs/s | memory ÷ this | ack p50 | ack p99 | ack max | CPU µs/msg | writer thread CPU µs/msg |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut memory_rate = None;
+    for (name, make) in &kinds {
+        let store = make();
+        let o = rt.block_on(run(store, &p));
+        assert_eq!(
+            o.acked as usize,
+            p.senders * p.messages,
+            "every message acked"
+        );
+        let rate = o.acked as f64 / o.elapsed.as_secs_f64();
+        if *name == "memory store" {
+            memory_rate = Some(rate);
+        }
+        let ratio = memory_rate.map_or("".to_owned(), |m| format!("{:.2}×", m / rate));
+        let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+        let per_msg = |d: Duration| d.as_secs_f64() * 1e6 / o.acked as f64;
+        println!(
+            "| {name} | {} | {:.2} | {:.0} | {ratio} | {} | {} | {} | {:.1} | {:.1} |",
+            o.acked,
+            o.elapsed.as_secs_f64(),
+            rate,
+            ms(o.latency.value_at_quantile(0.5)),
+            ms(o.latency.value_at_quantile(0.99)),
+            ms(o.latency.max()),
+            per_msg(o.cpu),
+            per_msg(o.writer_cpu),
+        );
+    }
+}
