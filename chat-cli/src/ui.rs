@@ -927,21 +927,16 @@ fn draw_status(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
         Conn::Connecting(n) => (format!("connecting (attempt {n})"), Color::Yellow),
         Conn::Greeting => ("saying hello".to_owned(), Color::Yellow),
         Conn::Online => ("online".to_owned(), Color::Green),
-        Conn::Offline { reason, retry_at } => {
+        Conn::Offline { retry_at, .. } => {
+            // The reason is in the scrollback ("disconnected: …"); keep this line short.
             let secs = retry_at.saturating_duration_since(Instant::now()).as_secs();
-            (
-                format!("offline ({}), retrying in {secs}s", escape(reason)),
-                Color::Red,
-            )
+            (format!("offline, retrying in {secs}s"), Color::Red)
         }
         Conn::Failed(error) => (format!("failed: {}", escape(error)), Color::Red),
     };
     let mut spans = vec![Span::styled(format!(" {label}"), Style::new().fg(color))];
     if let Some(room) = app.current_room() {
         spans.push(Span::raw(format!(" · {}", room_label(room, client.user()))));
-    }
-    if let Some(me) = client.user() {
-        spans.push(Span::raw(format!(" · you are {}", escape(me.as_str()))));
     }
     if client.pending_sends() > 0 && client.phase() != Phase::Ready {
         spans.push(Span::styled(
@@ -962,6 +957,9 @@ fn draw_status(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
             2 | 3 => spans.push(Span::raw(format!(" · {} are typing…", typing.join(", ")))),
             n => spans.push(Span::raw(format!(" · {n} people are typing…"))),
         }
+    }
+    if let Some(me) = client.user() {
+        spans.push(Span::raw(format!(" · you are {}", escape(me.as_str()))));
     }
     if let Some(note) = &app.note {
         spans.push(Span::styled(

@@ -8,7 +8,7 @@ use chat_cli::session::Session;
 use chat_cli::ui::{self, App};
 use chat_core::client::ClientConfig;
 use chat_core::{ClientFrame, ServerFrame};
-use common::{HOSTILE, Peer, TestServer, WAIT, has_raw_controls};
+use common::{HOSTILE, Peer, TestServer, WAIT, has_raw_controls, hub_with_store};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -26,7 +26,7 @@ impl Screen {
             ..ClientConfig::new(name, "screen-test")
         };
         Screen {
-            session: Session::start(NetOptions::new(url, Reconnect::AfterFirst), config),
+            session: Session::start(NetOptions::new(url, Reconnect::Always), config),
             app: App::new(None),
             terminal: Terminal::new(TestBackend::new(width, height)).expect("test terminal"),
         }
@@ -157,7 +157,7 @@ async fn a_conversation_with_members_typing_and_the_input_line() {
         "│                ││         see                              ││                │",
         "│                ││HH:MM:SS <carol> hello alice              ││                │",
         "└────────────────┘└──────────────────────────────────────────┘└────────────────┘",
-        " online · #general · you are carol · alice is typing…",
+        " online · #general · alice is typing… · you are carol",
         "> >a draft",
     ];
     assert_eq!(masked(&rows), expected, "\n{}", rows.join("\n"));
@@ -348,4 +348,49 @@ async fn hostile_text_is_shown_escaped_never_raw() {
             assert!(text.contains(visible), "{visible:?} not shown:\n{text}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_screen_reconnects_and_resumes_every_room() {
+    use chat_core::runtime::{MemoryStore, Store};
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new("e1"));
+    let hub = hub_with_store(store.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = TestServer::serve(listener, hub.clone());
+    let (addr, url) = (server.addr, server.url());
+    let mut screen = Screen::open(&url, "kai", Some(&["one", "two"]), 80, 12);
+    screen.until_shows("#two").await;
+    hub.publish("one", "bot", "before").await.unwrap();
+    screen.until_shows("<bot> before").await;
+
+    server.stop().await;
+    screen
+        .until("offline", |rows| rows[10].contains("offline"))
+        .await;
+    // Typed while offline: sent after the reconnect.
+    screen.type_text("queued while away");
+    screen.key(KeyCode::Enter);
+    let rows = screen.render();
+    assert!(rows[10].contains("1 unsent"), "{}", rows[10]);
+
+    let hub = hub_with_store(store).await;
+    hub.publish("one", "bot", "missed in one").await.unwrap();
+    hub.publish("two", "bot", "missed in two").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let _server = TestServer::serve(listener, hub.clone());
+    let rows = screen.until_shows("<kai> queued while away").await;
+    let text = rows.join("\n");
+    assert!(text.contains("reconnected as kai"), "{text}");
+    assert!(text.contains("<bot> missed in one"), "{text}");
+    assert!(
+        rows[2].contains("#two (1)"),
+        "the other room resumed too: {text}"
+    );
+    assert!(
+        rows[10].contains("online") && !rows[10].contains("unsent"),
+        "{}",
+        rows[10]
+    );
+    // Exactly once: "before" is not repeated by the resume.
+    assert_eq!(text.matches("<bot> before").count(), 1, "{text}");
 }
