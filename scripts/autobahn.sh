@@ -22,15 +22,18 @@ loud() {
 }
 
 # --- the fuzzing client (Python 2.7) ---------------------------------------------------
-PY2="${PYTHON2:-}"
-if [ -z "$PY2" ]; then
-  for candidate in /root/.pyenv/versions/2.7.18/bin/python "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python python2.7 python2; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' 2>/dev/null; then
-      PY2="$(command -v "$candidate")"
-      break
-    fi
-  done
+if [ -n "${PYTHON2:-}" ]; then
+  candidates=("$PYTHON2")
+else
+  candidates=(/root/.pyenv/versions/2.7.18/bin/python "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python python2.7 python2)
 fi
+PY2=""
+for candidate in "${candidates[@]}"; do
+  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' 2>/dev/null; then
+    PY2="$(command -v "$candidate")"
+    break
+  fi
+done
 if [ -z "$PY2" ]; then
   loud "AUTOBAHN SKIPPED: no Python 2.7 on this machine (set PYTHON2=/path/to/python2.7)." \
     "The WebSocket protocol-compliance run did NOT happen."
