@@ -377,14 +377,19 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
         if !to_print.is_empty() {
             let mut out = std::io::stdout().lock();
             for m in to_print {
-                let _ = writeln!(out, "{}", line(&m, args.json));
+                if writeln!(out, "{}", line(&m, args.json)).is_err() {
+                    // Whoever read the output is gone (`tail | head -1`): done.
+                    return exit::OK;
+                }
                 printed += 1;
                 if args.count.is_some_and(|n| printed >= n) {
                     let _ = out.flush();
                     return exit::OK;
                 }
             }
-            let _ = out.flush();
+            if out.flush().is_err() {
+                return exit::OK;
+            }
         }
     }
 }

@@ -96,7 +96,10 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
                 return exit::TIMEOUT;
             }
         }
-        let _ = out.flush();
+        if out.flush().is_err() {
+            // Whoever read the output is gone: stop (what was sent is sent).
+            break;
+        }
     }
     let _ = out.flush();
     code

@@ -336,3 +336,35 @@ async fn piped_stdin_sends_each_line_and_prints_events() {
     assert!(stdout.contains("[pipes] <nick> first line"), "{stdout}");
     assert!(stdout.contains("[pipes] <nick> second line"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_stops_when_its_reader_goes_away() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut peer = Peer::join(&url, "olga", &["pipe"]).await;
+    let mut tail = cli(&url, "pete");
+    tail.args(["tail", "--room", "pipe"]);
+    let mut child = tail.spawn().expect("spawn");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    peer.expect(
+        |f| matches!(f, chat_core::ServerFrame::UserJoined { user, .. } if user.as_str() == "pete"),
+        "pete joins",
+    )
+    .await;
+    peer.say("pipe", "one").await;
+    let mut first = String::new();
+    use tokio::io::AsyncBufReadExt;
+    tokio::time::timeout(common::WAIT, stdout.read_line(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.ends_with("<olga> one\n"), "{first:?}");
+    // Like `chat-cli tail | head -1`: the reader closes the pipe after one line.
+    drop(stdout);
+    peer.say("pipe", "two").await;
+    let status = tokio::time::timeout(common::WAIT, child.wait())
+        .await
+        .expect("tail exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
