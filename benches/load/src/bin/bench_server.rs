@@ -1,0 +1,82 @@
+//! The chat server as the load benchmark runs it: the same `chat_axum::serve_hub` stack as
+//! the example server, with the per-session flood limits lifted (a load generator sends
+//! far faster than a person may), any Origin, no page, no metrics exporter, no store.
+//!
+//! ```text
+//! bench-server --addr 127.0.0.1:0
+//! ```
+//!
+//! Prints `listening on http://ADDR` once bound; SIGTERM or Ctrl-C shuts it down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_axum::{OriginPolicy, RouterOptions};
+use chat_core::Rate;
+use chat_core::runtime::{Hub, HubConfig};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(about = "The chat server with benchmark settings (flood limits lifted)")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    addr: SocketAddr,
+    /// Log filter.
+    #[arg(long, default_value = "warn")]
+    log: String,
+    /// Frames queued per connection before the slow-consumer policy applies.
+    #[arg(long, default_value_t = 1024)]
+    outbound_queue: usize,
+    /// Read buffer per connection, in bytes.
+    #[arg(long, default_value_t = RouterOptions::default().read_buffer_bytes)]
+    read_buffer: usize,
+    /// Bytes a connection buffers before a socket write is forced (frames are also
+    /// written at the end of every batch).
+    #[arg(long, default_value_t = RouterOptions::default().write_buffer_bytes)]
+    write_buffer: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_target(false)
+        .init();
+    let unlimited = Rate {
+        burst: 1_000_000,
+        per_second: 1_000_000,
+    };
+    let mut config = HubConfig::default();
+    config.core.send_rate = unlimited;
+    config.core.frame_rate = unlimited;
+    config.core.max_rooms = 1_000_000;
+    config.outbound_queue = args.outbound_queue;
+    let hub = Hub::spawn(config).await.context("starting the chat hub")?;
+    let options = RouterOptions {
+        origins: OriginPolicy::Any,
+        page: false,
+        read_buffer_bytes: args.read_buffer,
+        write_buffer_bytes: args.write_buffer,
+        idle_timeout: Duration::from_secs(600),
+        ..RouterOptions::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    chat_axum::serve_hub(listener, hub, options, Duration::from_secs(5), shutdown())
+        .await
+        .context("serving")
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

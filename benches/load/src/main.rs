@@ -1,0 +1,914 @@
+//! `load`: the end-to-end load generator of the chat benchmark (issue 7).
+//!
+//! Drives one server (ours, or a peer under `benches/peers/`) over real WebSockets on
+//! loopback from many client tasks on one thread (pin it with `taskset`), runs one
+//! workload, and prints one result as a JSON line (appended to `--out` too). Every phase
+//! is bounded in count and time, and the tool stops by itself.
+//!
+//! ```text
+//! load fanout --label ours --addr 127.0.0.1:5000 --pid 1234 --clients 100 --senders 10
+//! load fanout --label node --proto sio --addr 127.0.0.1:5001 --clients 100 --rate 200
+//! load rooms  --label ours --addr 127.0.0.1:5000 --rooms 200 --members 5 --rate 2000
+//! load idle   --label ours --addr 127.0.0.1:5000 --clients 5000
+//! load join   --label ours --addr 127.0.0.1:5000 --clients 1000
+//! load report results.jsonl > table.md
+//! ```
+//!
+//! Every message body starts with its send time (ns since the tool started), so each
+//! receiver records the end-to-end latency in an HDR histogram. The server's CPU time
+//! (utime + stime of `/proc/PID/stat`) is read before and after the measured phase.
+
+mod procfs;
+mod report;
+mod wire;
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use procfs::Snapshot;
+use wire::{In, Proto};
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for the chat server and its peers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// C clients in one room; S of them send, at a fixed total rate or as fast as a
+    /// window of in-flight deliveries allows.
+    Fanout {
+        #[command(flatten)]
+        target: Target,
+        /// Clients in the room.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// How many of them send.
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Total messages per second; 0 = as fast as possible (closed loop: at most
+        /// `--window` messages' deliveries in flight).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Messages whose deliveries may be in flight in the closed loop (default: about
+        /// 20,000 deliveries, 4 to 64 messages).
+        #[arg(long)]
+        window: Option<u64>,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+    },
+    /// Many rooms of a few members each; everyone talks at a fixed total rate.
+    Rooms {
+        #[command(flatten)]
+        target: Target,
+        /// Number of rooms.
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        /// Members per room.
+        #[arg(long, default_value_t = 5)]
+        members: usize,
+        /// Total messages per second, spread over every client.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+    },
+    /// N idle connections: the server's RSS per connection and the connect rate.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        /// Connections.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Seconds to hold them before reading the RSS.
+        #[arg(long, default_value_t = 1.0)]
+        hold: f64,
+    },
+    /// N connected clients log in to one room at once: time until every client has
+    /// heard of every other (its member list plus the join notices).
+    Join {
+        #[command(flatten)]
+        target: Target,
+        /// Clients.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+    },
+    /// Renders JSON-line results as the markdown tables of docs/BENCHMARKS.md.
+    Report {
+        /// Result files (JSON lines).
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct Target {
+    /// Server name in the results.
+    #[arg(long)]
+    label: String,
+    /// Protocol the server speaks.
+    #[arg(long, value_enum, default_value = "chat")]
+    proto: Proto,
+    /// Server address (loopback).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    addr: String,
+    /// WebSocket path (default: `/ws`, or the Socket.IO path).
+    #[arg(long)]
+    path: Option<String>,
+    /// Server pid, for its CPU time and RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Appends the result (a JSON line) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Bound on connecting and joining, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    setup_secs: f64,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+}
+
+/// One run's result: one JSON line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Server label.
+    pub server: String,
+    /// fanout, rooms, idle, join.
+    pub workload: String,
+    /// Human summary of the parameters.
+    pub params: String,
+    /// Clients asked for.
+    pub clients: usize,
+    /// Total message rate asked for (0 = as fast as possible).
+    pub rate: u64,
+    /// Clients that connected (and joined, where the workload joins).
+    pub ready: usize,
+    /// Messages sent in the measured phase.
+    pub sent: u64,
+    /// Deliveries expected (each message times its room's members).
+    pub expected: u64,
+    /// Deliveries received.
+    pub received: u64,
+    /// Expected minus received.
+    pub lost: i64,
+    /// Connections the server closed or broke during the run.
+    pub dropped: usize,
+    /// Error frames received.
+    pub errors: u64,
+    /// Seconds from the first send to the last delivery.
+    pub secs: f64,
+    /// Deliveries per second.
+    pub deliveries_per_s: f64,
+    /// End-to-end latency percentiles, microseconds.
+    pub p50_us: Option<f64>,
+    /// 99th percentile.
+    pub p99_us: Option<f64>,
+    /// 99.9th percentile.
+    pub p999_us: Option<f64>,
+    /// Maximum.
+    pub max_us: Option<f64>,
+    /// Server CPU seconds in the measured phase.
+    pub server_cpu_s: f64,
+    /// Server CPU microseconds per delivery (or per connection for idle, per notice for join).
+    pub server_cpu_us_per_unit: Option<f64>,
+    /// Server CPU time over wall time in the measured phase (1.0 = one core busy).
+    pub server_util: f64,
+    /// This tool's CPU time over wall time.
+    pub tool_util: f64,
+    /// Server RSS growth per connection, KiB (idle).
+    pub rss_per_conn_kib: Option<f64>,
+    /// Server RSS before and after, KiB (idle).
+    pub rss_kib: Option<(u64, u64)>,
+    /// Connections per second (idle: all N connected and logged in, over the time taken).
+    pub connects_per_s: Option<f64>,
+    /// Seconds until every client heard of every other (join).
+    pub join_s: Option<f64>,
+    /// Join notices received (join).
+    pub notices: u64,
+    /// Anything the reader should know.
+    pub note: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Report { files } = &cli.command {
+        let mut outcomes = Vec::new();
+        for f in files {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                outcomes.push(serde_json::from_str(line).context("a result line")?);
+            }
+        }
+        print!("{}", report::markdown(&outcomes));
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let (target, outcome) = match command {
+        Command::Fanout {
+            target,
+            clients,
+            senders,
+            rate,
+            window,
+            secs,
+            body,
+        } => {
+            let spec = Talk {
+                clients,
+                room_size: clients,
+                senders: senders.clamp(1, clients.max(1)),
+                rate,
+                window,
+                secs,
+                body,
+            };
+            let o = talk(&target, "fanout", spec).await;
+            (target, o)
+        }
+        Command::Rooms {
+            target,
+            rooms,
+            members,
+            rate,
+            secs,
+            body,
+        } => {
+            let spec = Talk {
+                clients: rooms * members,
+                room_size: members.max(1),
+                senders: rooms * members,
+                rate: rate.max(1),
+                window: None,
+                secs,
+                body,
+            };
+            let o = talk(&target, "rooms", spec).await;
+            (target, o)
+        }
+        Command::Idle {
+            target,
+            clients,
+            hold,
+        } => {
+            let o = idle(&target, clients, hold).await;
+            (target, o)
+        }
+        Command::Join { target, clients } => {
+            let o = join(&target, clients).await;
+            (target, o)
+        }
+        Command::Report { .. } => unreachable!("handled in main"),
+    };
+    let line = serde_json::to_string(&outcome)?;
+    println!("{line}");
+    eprintln!("{}", report::one_line(&outcome));
+    if let Some(out) = &target.out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .with_context(|| format!("opening {}", out.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// How a client logs in.
+#[derive(Debug, Clone)]
+enum Login {
+    /// Never (Socket.IO idle: the namespace connection is the session).
+    Never,
+    /// Without joining a room (our idle: `hello` with no rooms).
+    NoRoom,
+    /// Into this room.
+    Room(Rc<str>),
+}
+
+/// How a sending client paces itself.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// One message per period (open loop; the schedule catches up when late).
+    Every(Duration),
+    /// As fast as the shared window of in-flight deliveries allows.
+    Window,
+}
+
+#[derive(Debug, Clone)]
+struct ClientSpec {
+    idx: usize,
+    login: Login,
+    /// Members of its room, itself included (how many users it should hear of).
+    room_size: usize,
+    pace: Option<Pace>,
+}
+
+/// State shared by every client task (one thread: cells, no locks).
+struct Shared {
+    proto: Proto,
+    epoch: Instant,
+    url: String,
+    addr: String,
+    body: String,
+    connected: Cell<usize>,
+    failed: Cell<usize>,
+    welcomed: Cell<usize>,
+    joined: Cell<usize>,
+    /// Clients that heard of every other member of their room.
+    complete: Cell<usize>,
+    complete_at: Cell<Option<Instant>>,
+    notices: Cell<u64>,
+    received: Cell<u64>,
+    last_rx: Cell<Instant>,
+    sent: Cell<u64>,
+    errors: Cell<u64>,
+    dropped: Cell<usize>,
+    hist: RefCell<Histogram<u64>>,
+    /// Deliveries per message (closed loop).
+    fanout: Cell<u64>,
+    /// Deliveries allowed in flight (closed loop).
+    window: Cell<u64>,
+    waiting: Cell<usize>,
+    progress: Notify,
+    stop: Cell<bool>,
+    login: watch::Receiver<bool>,
+    go: watch::Receiver<bool>,
+    first_error: RefCell<Option<String>>,
+}
+
+impl Shared {
+    fn new(
+        target: &Target,
+        body: usize,
+        login: watch::Receiver<bool>,
+        go: watch::Receiver<bool>,
+    ) -> Rc<Shared> {
+        let path = target
+            .path
+            .clone()
+            .unwrap_or_else(|| target.proto.default_path().to_owned());
+        let now = Instant::now();
+        Rc::new(Shared {
+            proto: target.proto,
+            epoch: now,
+            url: format!("ws://{}{}", target.addr, path),
+            addr: target.addr.clone(),
+            body: "x".repeat(body.saturating_sub(21).max(1)),
+            connected: Cell::new(0),
+            failed: Cell::new(0),
+            welcomed: Cell::new(0),
+            joined: Cell::new(0),
+            complete: Cell::new(0),
+            complete_at: Cell::new(None),
+            notices: Cell::new(0),
+            received: Cell::new(0),
+            last_rx: Cell::new(now),
+            sent: Cell::new(0),
+            errors: Cell::new(0),
+            dropped: Cell::new(0),
+            hist: RefCell::new(
+                Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid bounds"),
+            ),
+            fanout: Cell::new(1),
+            window: Cell::new(u64::MAX),
+            waiting: Cell::new(0),
+            progress: Notify::new(),
+            stop: Cell::new(false),
+            login,
+            go,
+            first_error: RefCell::new(None),
+        })
+    }
+
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn may_send(&self) -> bool {
+        let in_flight = (self.sent.get() + 1) * self.fanout.get();
+        in_flight <= self.received.get().saturating_add(self.window.get())
+    }
+
+    fn note_error(&self, e: impl std::fmt::Display) {
+        let mut first = self.first_error.borrow_mut();
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+}
+
+fn inc(c: &Cell<usize>) {
+    c.set(c.get() + 1);
+}
+
+async fn open(shared: &Shared) -> anyhow::Result<Ws> {
+    let tcp = TcpStream::connect(&shared.addr).await?;
+    tcp.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(16 << 20));
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(shared.url.as_str(), tcp, Some(config)).await?;
+    if shared.proto == Proto::Sio {
+        // engine.io open packet, then connect to the default namespace.
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if shared.proto.classify(&t) == In::Open => break,
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("no engine.io open packet: {other:?}"),
+            }
+        }
+        ws.send(Message::text("40")).await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match shared.proto.classify(&t) {
+                    In::Welcome => break,
+                    In::Ping => ws.send(Message::text("3")).await?,
+                    In::Error => anyhow::bail!("namespace connect refused: {t}"),
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("no namespace connect: {other:?}"),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+async fn client(shared: Rc<Shared>, spec: ClientSpec, gate: Rc<Semaphore>) {
+    let permit = gate.acquire().await;
+    let ws = match open(&shared).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            shared.note_error(format!("connect: {e}"));
+            inc(&shared.failed);
+            return;
+        }
+    };
+    drop(permit);
+    inc(&shared.connected);
+    if let Err(e) = session(&shared, ws, spec).await {
+        shared.note_error(e);
+    }
+}
+
+async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Result<()> {
+    // Unique per run: a name stays taken for the presence grace after a run ends.
+    let name = format!("u{}x{}", std::process::id(), spec.idx);
+    let room: Rc<str> = match &spec.login {
+        Login::Room(r) => r.clone(),
+        _ => "general".into(),
+    };
+    let mut login = shared.login.clone();
+    let mut logged_in = matches!(spec.login, Login::Never);
+    let mut go = shared.go.clone();
+    let mut started = spec.pace.is_none();
+    let mut sending = false;
+    let mut next_due = tokio::time::Instant::now();
+    let mut known = 0usize;
+    let mut complete = false;
+    let mut has_joined = false;
+    let wants = spec.room_size.saturating_sub(1);
+    loop {
+        if !logged_in && *login.borrow() {
+            let frame = match &spec.login {
+                Login::Room(r) => shared.proto.login(&name, Some(r)),
+                _ => shared.proto.login(&name, None),
+            };
+            ws.send(Message::text(frame)).await?;
+            logged_in = true;
+        }
+        if !started && *go.borrow() {
+            started = true;
+            sending = true;
+            next_due = tokio::time::Instant::now();
+        }
+        let due = async {
+            match spec.pace {
+                Some(Pace::Every(period)) => {
+                    tokio::time::sleep_until(next_due).await;
+                    next_due += period;
+                }
+                Some(Pace::Window) | None => {
+                    while !shared.may_send() {
+                        shared.waiting.set(shared.waiting.get() + 1);
+                        shared.progress.notified().await;
+                        shared.waiting.set(shared.waiting.get() - 1);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            next = ws.next() => {
+                let text = match next {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None => {
+                        inc(&shared.dropped);
+                        return Ok(());
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        inc(&shared.dropped);
+                        return Err(e.into());
+                    }
+                };
+                match shared.proto.classify(&text) {
+                    In::Message(ts) => {
+                        shared.received.set(shared.received.get() + 1);
+                        if let Some(ts) = ts {
+                            let now = shared.nanos();
+                            shared.hist.borrow_mut().saturating_record(now.saturating_sub(ts).max(1));
+                        }
+                        shared.last_rx.set(Instant::now());
+                        if shared.waiting.get() > 0 && shared.may_send() {
+                            shared.progress.notify_waiters();
+                        }
+                    }
+                    In::Joined(members) => {
+                        inc(&shared.joined);
+                        has_joined = true;
+                        known += members.saturating_sub(1);
+                    }
+                    In::UserJoined => {
+                        shared.notices.set(shared.notices.get() + 1);
+                        known += 1;
+                    }
+                    In::Welcome => inc(&shared.welcomed),
+                    In::Ping => ws.send(Message::text("3")).await?,
+                    In::Error => {
+                        shared.errors.set(shared.errors.get() + 1);
+                        shared.note_error(format!("error frame: {text}"));
+                    }
+                    In::Ack | In::Open | In::Other => {}
+                }
+                if !complete && has_joined && known >= wants {
+                    complete = true;
+                    inc(&shared.complete);
+                    shared.complete_at.set(Some(Instant::now()));
+                }
+            }
+            _ = login.changed(), if !logged_in => {}
+            _ = go.changed(), if !started => {}
+            () = due, if sending => {
+                if shared.stop.get() {
+                    sending = false;
+                    continue;
+                }
+                let body = format!("{:020} {}", shared.nanos(), shared.body);
+                ws.send(Message::text(shared.proto.send(&room, &body))).await?;
+                shared.sent.set(shared.sent.get() + 1);
+            }
+        }
+    }
+}
+
+/// Polls `done` every few ms until it holds or `limit` passes. True when it held.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn pid_str(target: &Target) -> Option<String> {
+    target.pid.map(|p| p.to_string())
+}
+
+fn base(target: &Target, workload: &str, clients: usize) -> Outcome {
+    Outcome {
+        server: target.label.clone(),
+        workload: workload.to_owned(),
+        clients,
+        ..Outcome::default()
+    }
+}
+
+fn utilization(a: &Snapshot, b: &Snapshot, wall: Duration) -> (f64, f64, f64) {
+    let wall = wall.as_secs_f64().max(1e-9);
+    let server = b.server.saturating_sub(a.server).as_secs_f64();
+    let tool = b.tool.saturating_sub(a.tool).as_secs_f64();
+    (server, server / wall, tool / wall)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn spawn_clients(shared: &Rc<Shared>, specs: Vec<ClientSpec>, concurrency: usize) {
+    let gate = Rc::new(Semaphore::new(concurrency.max(1)));
+    for spec in specs {
+        tokio::task::spawn_local(client(shared.clone(), spec, gate.clone()));
+    }
+}
+
+struct Talk {
+    clients: usize,
+    room_size: usize,
+    senders: usize,
+    rate: u64,
+    window: Option<u64>,
+    secs: f64,
+    body: usize,
+}
+
+/// Fanout and rooms: clients join their rooms, some send, every member receives.
+async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
+    let mut out = base(target, workload, t.clients);
+    out.rate = t.rate;
+    let pace = if t.rate == 0 {
+        Pace::Window
+    } else {
+        Pace::Every(Duration::from_secs_f64(t.senders as f64 / t.rate as f64))
+    };
+    let window_msgs = t
+        .window
+        .unwrap_or_else(|| (20_000 / t.room_size.max(1) as u64).clamp(4, 64));
+    out.params = match workload {
+        "fanout" => format!(
+            "{} clients, {} senders, {}",
+            t.clients,
+            t.senders,
+            if t.rate == 0 {
+                format!("max (window {window_msgs} msgs)")
+            } else {
+                format!("{} msg/s", t.rate)
+            }
+        ),
+        _ => format!(
+            "{} rooms × {} members, {} msg/s",
+            t.clients / t.room_size,
+            t.room_size,
+            t.rate
+        ),
+    };
+    let (_login_tx, login_rx) = watch::channel(true);
+    let (go_tx, go_rx) = watch::channel(false);
+    let shared = Shared::new(target, t.body, login_rx, go_rx);
+    let specs = (0..t.clients)
+        .map(|idx| {
+            let room: Rc<str> = if workload == "fanout" {
+                "general".into()
+            } else {
+                format!("r{}", idx / t.room_size).into()
+            };
+            ClientSpec {
+                idx,
+                login: Login::Room(room),
+                room_size: t.room_size.min(t.clients - idx / t.room_size * t.room_size),
+                pace: (idx < t.senders).then_some(pace),
+            }
+        })
+        .collect();
+    let setup = Instant::now();
+    spawn_clients(&shared, specs, target.concurrency);
+    let limit = Duration::from_secs_f64(target.setup_secs);
+    let all_in = wait_until(limit, || {
+        shared.complete.get() == t.clients || shared.failed.get() > 0 || shared.errors.get() > 0
+    })
+    .await;
+    out.ready = shared.joined.get();
+    if !all_in || shared.joined.get() < t.clients {
+        out.note = format!(
+            "setup incomplete after {:.1} s: {} connected, {} failed, {} joined, {} heard of everyone; {}",
+            setup.elapsed().as_secs_f64(),
+            shared.connected.get(),
+            shared.failed.get(),
+            shared.joined.get(),
+            shared.complete.get(),
+            shared.first_error.borrow().clone().unwrap_or_default()
+        );
+        out.dropped = shared.dropped.get();
+        return out;
+    }
+    // Let the last join notices and history settle, then measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = pid_str(target);
+    shared.fanout.set(t.room_size as u64);
+    shared.window.set(window_msgs * t.room_size as u64);
+    shared.hist.borrow_mut().reset();
+    let dropped0 = shared.dropped.get();
+    let errors0 = shared.errors.get();
+    let s0 = Snapshot::take(pid.as_deref());
+    // Counting starts here (nothing was sent before; history comes inside `joined`).
+    shared.received.set(0);
+    let _ = go_tx.send(true);
+    tokio::time::sleep(Duration::from_secs_f64(t.secs)).await;
+    shared.stop.set(true);
+    shared.progress.notify_waiters();
+    let stopped = Instant::now();
+    // Drain: until everything expected arrived, or no progress for 2 s (at most 15 s).
+    let expected = |s: &Shared| s.sent.get() * t.room_size as u64;
+    let mut last = (shared.received.get(), Instant::now());
+    wait_until(Duration::from_secs(15), || {
+        let r = shared.received.get();
+        if r != last.0 {
+            last = (r, Instant::now());
+        }
+        r >= expected(&shared) || last.1.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    let s1 = Snapshot::take(pid.as_deref());
+    let end = shared.last_rx.get().max(stopped.min(s1.at));
+    let wall = end.saturating_duration_since(s0.at);
+    let (server_cpu, server_util, tool_util) = utilization(&s0, &s1, s1.at - s0.at);
+    out.sent = shared.sent.get();
+    out.expected = expected(&shared);
+    out.received = shared.received.get();
+    out.lost = out.expected as i64 - out.received as i64;
+    out.dropped = shared.dropped.get() - dropped0;
+    out.errors = shared.errors.get() - errors0;
+    out.secs = wall.as_secs_f64();
+    out.deliveries_per_s = out.received as f64 / out.secs.max(1e-9);
+    out.server_cpu_s = server_cpu;
+    out.server_util = server_util;
+    out.tool_util = tool_util;
+    if target.pid.is_some() && out.received > 0 {
+        out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.received as f64);
+    }
+    let h = shared.hist.borrow();
+    if !h.is_empty() {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        out.p50_us = Some(us(0.5));
+        out.p99_us = Some(us(0.99));
+        out.p999_us = Some(us(0.999));
+        out.max_us = Some(h.max() as f64 / 1000.0);
+    }
+    if let Some(e) = shared.first_error.borrow().as_ref() {
+        out.note = e.clone();
+    }
+    out
+}
+
+/// N idle connections: RSS growth per connection and connections per second.
+async fn idle(target: &Target, clients: usize, hold: f64) -> Outcome {
+    let mut out = base(target, "idle", clients);
+    out.params = format!("{clients} idle connections");
+    let (_login_tx, login_rx) = watch::channel(true);
+    let (_go_tx, go_rx) = watch::channel(false);
+    let shared = Shared::new(target, 0, login_rx, go_rx);
+    let login = match target.proto {
+        Proto::Chat => Login::NoRoom,
+        Proto::Sio => Login::Never,
+    };
+    let specs = (0..clients)
+        .map(|idx| ClientSpec {
+            idx,
+            login: login.clone(),
+            room_size: 1,
+            pace: None,
+        })
+        .collect();
+    let pid = pid_str(target);
+    let rss0 = pid.as_deref().and_then(procfs::rss_kib);
+    let s0 = Snapshot::take(pid.as_deref());
+    spawn_clients(&shared, specs, target.concurrency);
+    let ready = |s: &Shared| match target.proto {
+        Proto::Chat => s.welcomed.get(),
+        Proto::Sio => s.connected.get(),
+    };
+    let limit = Duration::from_secs_f64(target.setup_secs);
+    wait_until(limit, || ready(&shared) + shared.failed.get() >= clients).await;
+    let s1 = Snapshot::take(pid.as_deref());
+    let took = s1.at - s0.at;
+    out.ready = ready(&shared);
+    out.secs = took.as_secs_f64();
+    out.connects_per_s = Some(out.ready as f64 / out.secs.max(1e-9));
+    let (server_cpu, server_util, tool_util) = utilization(&s0, &s1, took);
+    out.server_cpu_s = server_cpu;
+    out.server_util = server_util;
+    out.tool_util = tool_util;
+    if out.ready > 0 && target.pid.is_some() {
+        out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.ready as f64);
+    }
+    tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    let rss1 = pid.as_deref().and_then(procfs::rss_kib);
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        out.rss_kib = Some((a, b));
+        if out.ready > 0 {
+            out.rss_per_conn_kib = Some(b.saturating_sub(a) as f64 / out.ready as f64);
+        }
+    }
+    out.dropped = shared.dropped.get();
+    out.errors = shared.errors.get();
+    if out.ready < clients {
+        out.note = format!(
+            "only {} of {clients} connected in {:.1} s ({} failed); {}",
+            out.ready,
+            out.secs,
+            shared.failed.get(),
+            shared.first_error.borrow().clone().unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// Join storm: connect N, then all log in to one room at once.
+async fn join(target: &Target, clients: usize) -> Outcome {
+    let mut out = base(target, "join", clients);
+    out.params = format!("{clients} clients join one room at once");
+    let (login_tx, login_rx) = watch::channel(false);
+    let (_go_tx, go_rx) = watch::channel(false);
+    let shared = Shared::new(target, 0, login_rx, go_rx);
+    let specs = (0..clients)
+        .map(|idx| ClientSpec {
+            idx,
+            login: Login::Room("general".into()),
+            room_size: clients,
+            pace: None,
+        })
+        .collect();
+    spawn_clients(&shared, specs, target.concurrency);
+    let limit = Duration::from_secs_f64(target.setup_secs);
+    wait_until(limit, || {
+        shared.connected.get() + shared.failed.get() >= clients
+    })
+    .await;
+    if shared.connected.get() < clients {
+        out.note = format!(
+            "only {} of {clients} connected ({} failed); {}",
+            shared.connected.get(),
+            shared.failed.get(),
+            shared.first_error.borrow().clone().unwrap_or_default()
+        );
+        return out;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = pid_str(target);
+    let s0 = Snapshot::take(pid.as_deref());
+    let _ = login_tx.send(true);
+    let all = wait_until(limit, || {
+        shared.complete.get() >= clients || shared.errors.get() > 0
+    })
+    .await;
+    let s1 = Snapshot::take(pid.as_deref());
+    out.ready = shared.joined.get();
+    out.notices = shared.notices.get();
+    let end = shared.complete_at.get().unwrap_or(s1.at);
+    let took = end.saturating_duration_since(s0.at);
+    if all {
+        out.join_s = Some(took.as_secs_f64());
+    } else {
+        out.note = format!(
+            "not complete after {:.1} s: {} joined, {} heard of everyone, {} notices; {}",
+            ms(s1.at - s0.at) / 1000.0,
+            shared.joined.get(),
+            shared.complete.get(),
+            out.notices,
+            shared.first_error.borrow().clone().unwrap_or_default()
+        );
+    }
+    out.secs = took.as_secs_f64();
+    let (server_cpu, server_util, tool_util) = utilization(&s0, &s1, s1.at - s0.at);
+    out.server_cpu_s = server_cpu;
+    out.server_util = server_util;
+    out.tool_util = tool_util;
+    out.received = out.notices;
+    out.expected = (clients * (clients - 1) / 2) as u64;
+    if out.notices > 0 && target.pid.is_some() {
+        out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.notices as f64);
+    }
+    out.dropped = shared.dropped.get();
+    out.errors = shared.errors.get();
+    out
+}
