@@ -9,14 +9,29 @@ use chat_core::SessionId;
 use chat_core::runtime::HubConfig;
 use common::{Client, TestServer, upgrade};
 
-/// Upgrades with these headers must all be refused with 403.
+/// Upgrades with these headers must all be refused with 403, with no session and no
+/// connection task added.
 async fn assert_refused(server: &TestServer, cases: &[Vec<(&str, String)>]) {
+    let connections = || {
+        server
+            .hub
+            .stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (before, tasks) = (connections(), server.tracker.len());
     for headers in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (status, ws) = upgrade(&server.url(), &headers).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?} must be refused");
         assert!(ws.is_none());
     }
+    assert_eq!(connections(), before, "refused upgrades create no session");
+    assert_eq!(
+        server.tracker.len(),
+        tasks,
+        "refused upgrades start no task"
+    );
 }
 
 /// An upgrade with these headers must succeed; returns the client after hello.
