@@ -2,7 +2,7 @@
 //! the host app talk to it over bounded channels.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), chat_core::runtime::HubClosed> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use chat_core::runtime::{Hub, HubConfig};
 //! let hub = Hub::spawn(HubConfig::default()).await.expect("store loads");
 //! let mut alice = hub.connect().await?;
@@ -136,6 +136,11 @@ enum Cmd {
         tx: mpsc::Sender<Outbound>,
     },
     Input(Input),
+    /// The writer's answer for a whole group: one command, not one per message.
+    Persisted {
+        messages: Vec<(RoomName, crate::ids::Seq)>,
+        result: Result<(), StoreError>,
+    },
     Publish {
         room: String,
         user: String,
@@ -540,6 +545,12 @@ impl Driver {
                 }
                 self.feed(now, input);
             }
+            Cmd::Persisted { messages, result } => {
+                for (room, seq) in messages {
+                    let result = result.clone();
+                    self.feed(now, Input::Persisted { room, seq, result });
+                }
+            }
             Cmd::Publish {
                 room,
                 user,
@@ -790,14 +801,8 @@ impl Writer {
                         tracing::warn!(error = %e, messages = batch.len(), "store append failed");
                         metrics::counter!("chat_store_errors_total").increment(1);
                     }
-                    for msg in &batch {
-                        let input = Input::Persisted {
-                            room: msg.room.clone(),
-                            seq: msg.seq,
-                            result: result.clone(),
-                        };
-                        let _ = control.send(Cmd::Input(input));
-                    }
+                    let messages = batch.iter().map(|m| (m.room.clone(), m.seq)).collect();
+                    let _ = control.send(Cmd::Persisted { messages, result });
                 }
             })
             .expect("spawn the store writer thread");
