@@ -166,12 +166,21 @@ impl fmt::Display for RoomName {
 }
 
 fn fold(s: &str) -> String {
+    // ASCII is already NFC and lowercases to ASCII: the common case, on every command.
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
     // Lowercasing can denormalize (e.g. U+0130), so renormalize after folding.
     s.to_lowercase().nfc().collect()
 }
 
 fn normalize(raw: &str, max_chars: usize, is_room: bool) -> Result<String, NameError> {
-    let name: String = raw.trim().nfc().collect();
+    let trimmed = raw.trim();
+    let name: String = if trimmed.is_ascii() {
+        trimmed.to_owned() // NFC leaves ASCII unchanged
+    } else {
+        trimmed.nfc().collect()
+    };
     if name.is_empty() {
         return Err(NameError::Empty);
     }

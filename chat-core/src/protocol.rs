@@ -447,8 +447,10 @@ impl Encoded {
     #[must_use]
     pub fn new(frame: &ServerFrame) -> Encoded {
         let ephemeral = matches!(frame, ServerFrame::Typing { .. });
+        // Room for a typical message frame, so the buffer is not regrown several times.
+        let mut bytes = Vec::with_capacity(256);
         // Serializing these types cannot fail: no maps with non-string keys, no I/O.
-        let bytes = serde_json::to_vec(frame).expect("server frames always serialize");
+        serde_json::to_writer(&mut bytes, frame).expect("server frames always serialize");
         Encoded {
             bytes: Bytes::from(bytes),
             ephemeral,
@@ -486,7 +488,48 @@ pub mod ts_millis {
 
     /// Serializes as RFC 3339 with milliseconds and `Z`.
     pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
+        let mut buf = [0; 24];
+        match write_fast(ts, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.collect_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        }
+    }
+
+    /// The same text as `to_rfc3339_opts(Millis, true)` without the `fmt` machinery (every
+    /// message and ack carries a timestamp), for years 0–9999 outside leap seconds;
+    /// `None` otherwise.
+    pub(crate) fn write_fast<'a>(ts: &DateTime<Utc>, buf: &'a mut [u8; 24]) -> Option<&'a str> {
+        use chrono::{Datelike, Timelike};
+        let year = u32::try_from(ts.year()).ok().filter(|y| *y <= 9999)?;
+        let nanos = ts.nanosecond();
+        if nanos >= 1_000_000_000 {
+            return None; // a leap second: let chrono spell it
+        }
+        let mut put = |at: usize, value: u32, digits: u32| {
+            for i in 0..digits {
+                let d = value / 10u32.pow(digits - 1 - i) % 10;
+                buf[at + i as usize] = b'0' + d as u8;
+            }
+        };
+        put(0, year, 4);
+        put(5, ts.month(), 2);
+        put(8, ts.day(), 2);
+        put(11, ts.hour(), 2);
+        put(14, ts.minute(), 2);
+        put(17, ts.second(), 2);
+        put(20, nanos / 1_000_000, 3);
+        for (at, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+        ] {
+            buf[at] = c;
+        }
+        buf[23] = b'Z';
+        std::str::from_utf8(buf).ok()
     }
 
     /// Parses any RFC 3339 timestamp.
@@ -502,4 +545,40 @@ pub mod ts_millis {
 #[must_use]
 pub fn format_ts(ts: &DateTime<Utc>) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+
+    #[test]
+    fn fast_timestamps_match_chrono() {
+        let mut cases: Vec<DateTime<Utc>> = vec![
+            Utc.timestamp_opt(0, 0).unwrap(),
+            Utc.timestamp_opt(1_767_323_045, 678_901_234).unwrap(),
+            Utc.timestamp_opt(253_402_300_799, 999_999_999).unwrap(), // 9999-12-31T23:59:59.999
+            Utc.with_ymd_and_hms(1, 2, 3, 4, 5, 6).unwrap(),
+        ];
+        // A spread of instants over a few centuries, with sub-millisecond parts.
+        let mut t: i64 = -2_000_000_000;
+        while t < 8_000_000_000 {
+            let nanos = u32::try_from(t.rem_euclid(1_000_000_000)).unwrap();
+            cases.push(Utc.timestamp_opt(t, nanos).unwrap());
+            t += 7_777_777;
+        }
+        for ts in cases {
+            let mut buf = [0; 24];
+            let fast = super::ts_millis::write_fast(&ts, &mut buf).expect("in range");
+            assert_eq!(fast, ts.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        let far = Utc.with_ymd_and_hms(12_345, 1, 1, 0, 0, 0).unwrap();
+        assert!(super::ts_millis::write_fast(&far, &mut [0; 24]).is_none());
+        let wire = serde_json::to_string(&super::ServerFrame::UserLeft {
+            room: crate::RoomName::parse("r", 64, 32).unwrap(),
+            user: crate::UserName::parse("u", 32).unwrap(),
+            ts: far,
+        })
+        .unwrap();
+        assert!(wire.contains(&far.to_rfc3339_opts(SecondsFormat::Millis, true)));
+    }
 }
