@@ -1,2 +1,175 @@
-//! Placeholder, replaced below.
-fn main() {}
+//! Micro benchmarks of the sans-IO core alone: no sockets, no runtime, no JSON decoding of
+//! client frames (a driver decodes in its reader tasks). Each iteration feeds one `send`
+//! into a `Server` and drains every output it produced (the fan-out to every member, the
+//! ack, the event), which is the work the driver's core task does per message.
+//!
+//! - `send/room_10`, `send/room_100`, `send/room_10000`: one send into a room of that
+//!   many member sessions; throughput is sends per second.
+//! - `fanout/per_extra_recipient`: the marginal cost of one more recipient, measured
+//!   directly as (time of a send into 10,000 members − time of a send into 100) / 9,900,
+//!   alternating the two rooms within each sample.
+//!
+//! Flood control is configured out of the way (huge send and frame rates).
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench --bench core
+//! cargo bench --bench core -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chat_core::protocol::{ClientFrame, JoinSpec, PROTOCOL_VERSION, ServerFrame};
+use chat_core::{Config, Input, Now, Output, Rate, Server, SessionId};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const BODY: &str = "hello everyone, this is a typical short chat message";
+
+/// A server holding one room, `bench`, with `members` sessions. The sender is session 1.
+///
+/// Fan-out is per session, so big rooms are built from at most 100 users with several
+/// sessions each (tabs, proven with the `welcome` token): the send path is the same as
+/// with one user per session, and the setup avoids the O(users²) cost of every join
+/// listing every member.
+struct Fixture {
+    server: Server,
+    now: Now,
+    sender: SessionId,
+    send: ClientFrame,
+}
+
+impl Fixture {
+    fn new(members: u64) -> Fixture {
+        let unlimited = Rate {
+            burst: u32::MAX,
+            per_second: u32::MAX,
+        };
+        let config = Config {
+            send_rate: unlimited,
+            frame_rate: unlimited,
+            default_rooms: Vec::new(),
+            ..Config::default()
+        };
+        let mut server = Server::new(config);
+        let now = Now::new(Instant::now(), chrono::Utc::now());
+        let users = members.min(100);
+        let mut tokens: Vec<Option<String>> = vec![None; users as usize];
+        for i in 0..members {
+            let session = SessionId(i + 1);
+            let user = (i % users) as usize;
+            let hello = ClientFrame::Hello {
+                id: None,
+                version: PROTOCOL_VERSION,
+                name: format!("user{user}"),
+                token: tokens[user].clone(),
+                rooms: Some(vec![JoinSpec {
+                    room: "bench".into(),
+                    since: None,
+                }]),
+            };
+            server
+                .handle_input(now, Input::Connected { session })
+                .expect("fresh session");
+            server
+                .handle_input(
+                    now,
+                    Input::Received {
+                        session,
+                        frame: Ok(hello),
+                    },
+                )
+                .expect("valid input");
+            while let Some(output) = server.poll_output() {
+                if let Output::Send { to, frame } = output
+                    && to == session
+                    && let Ok(ServerFrame::Welcome { token, .. }) = frame.decode()
+                {
+                    tokens[user] = token;
+                }
+            }
+        }
+        assert_eq!(server.session_count() as u64, members);
+        let send = ClientFrame::Send {
+            id: Some(1),
+            room: Some("bench".into()),
+            to: None,
+            body: BODY.into(),
+            client_id: None,
+        };
+        Fixture {
+            server,
+            now,
+            sender: SessionId(1),
+            send,
+        }
+    }
+
+    /// One send and everything it causes, drained. Returns the number of frames queued.
+    fn send_one(&mut self) -> usize {
+        self.server
+            .handle_input(
+                self.now,
+                Input::Received {
+                    session: self.sender,
+                    frame: Ok(self.send.clone()),
+                },
+            )
+            .expect("valid input");
+        let mut frames = 0;
+        while let Some(output) = self.server.poll_output() {
+            if matches!(output, Output::Send { .. }) {
+                frames += 1;
+            }
+            black_box(output);
+        }
+        frames
+    }
+}
+
+fn sends(c: &mut Criterion) {
+    let mut group = c.benchmark_group("send");
+    group.throughput(Throughput::Elements(1));
+    for members in [10, 100, 10_000] {
+        // Built on first use, so a filtered-out benchmark costs no setup.
+        let mut fixture = None;
+        group.bench_function(format!("room_{members}"), |b| {
+            let f = fixture.get_or_insert_with(|| {
+                let mut f = Fixture::new(members);
+                // Every member gets the message, and the sender its ack.
+                assert_eq!(f.send_one() as u64, members + 1);
+                f
+            });
+            b.iter(|| black_box(f.send_one()));
+        });
+    }
+    group.finish();
+}
+
+fn per_recipient(c: &mut Criterion) {
+    let (small_n, big_n) = (100u32, 10_000u32);
+    let mut fixtures = None;
+    let mut group = c.benchmark_group("fanout");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("per_extra_recipient", |b| {
+        let (small, big) = fixtures
+            .get_or_insert_with(|| (Fixture::new(small_n.into()), Fixture::new(big_n.into())));
+        b.iter_custom(|iters| {
+            let (mut t_small, mut t_big) = (Duration::ZERO, Duration::ZERO);
+            for _ in 0..iters {
+                let start = Instant::now();
+                black_box(small.send_one());
+                t_small += start.elapsed();
+                let start = Instant::now();
+                black_box(big.send_one());
+                t_big += start.elapsed();
+            }
+            t_big.saturating_sub(t_small) / (big_n - small_n)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sends, per_recipient);
+criterion_main!(benches);
