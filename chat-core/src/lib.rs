@@ -81,9 +81,9 @@
 pub mod client;
 pub mod ids;
 pub mod protocol;
-mod server;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+mod server;
 
 pub use ids::{ClientMsgId, NameError, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 pub use protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
