@@ -29,6 +29,9 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Opens a fresh store for one run (`None`: no store).
+type MakeStore<'a> = Box<dyn Fn() -> Option<Arc<dyn Store>> + 'a>;
+
 struct Params {
     senders: usize,
     rooms: usize,
@@ -211,7 +214,7 @@ fn main() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let kinds: Vec<(&str, Box<dyn Fn() -> Option<Arc<dyn Store>>>)> = vec![
+    let kinds: Vec<(&str, MakeStore)> = vec![
         ("none (window only, not durable)", Box::new(|| None)),
         (
             "memory store",
