@@ -1,64 +1,4 @@
-//! A durable [`Store`] on SQLite (feature `sqlite`): the embedded default of the example
-//! server.
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), chat_core::StoreError> {
-//! use std::sync::Arc;
-//! use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
-//! let store = SqliteStore::open("chat.db", Durability::Full)?;
-//! let hub = Hub::spawn(HubConfig { store: Some(Arc::new(store)), ..HubConfig::default() }).await?;
-//! # let _ = hub; Ok(()) }
-//! ```
-//!
-//! # Shape
-//!
-//! * **One writer.** The runtime calls [`Store::append`] from one dedicated thread with
-//!   every message that arrived while the previous commit ran (group commit). Each call is
-//!   one `BEGIN IMMEDIATE … COMMIT` transaction with cached prepared statements, so the
-//!   cost of the commit (an `fsync` with [`Durability::Full`]) is shared by the group.
-//! * **Readers apart.** History pages and the startup load use their own connections (a
-//!   small pool). The database is in WAL mode, so readers see the last commit and never
-//!   block the writer, and the writer never blocks them.
-//! * **`:memory:`** opens one private in-memory database (an ephemeral server): there the
-//!   reads share the writer's connection, since every connection to `:memory:` would be
-//!   a different database.
-//!
-//! # Durability
-//!
-//! The store is in WAL mode; an `append` returns `Ok` only after `COMMIT` returned, and
-//! only then does the runtime ack and deliver the messages. What survives depends on
-//! [`Durability`]:
-//!
-//! | setting | `PRAGMA synchronous` | an acknowledged message survives |
-//! |---|---|---|
-//! | [`Durability::Full`] (default) | `FULL`: the WAL is `fsync`ed at every commit | a process crash, `kill -9`, an OS crash, a power loss |
-//! | [`Durability::Normal`] | `NORMAL`: the WAL is `fsync`ed only at checkpoints | a process crash or `kill -9`; **not** an OS crash or power loss, which may lose the last commits (the database stays consistent) |
-//!
-//! # Schema
-//!
-//! Versioned by `PRAGMA user_version`; [`SqliteStore::open`] migrates an older file in a
-//! transaction and refuses a newer one. Version 1:
-//!
-//! * `meta(key, value)`: `epoch` is a random id made when the database is created. It is
-//!   the history epoch announced to clients: a new file (history reset) has a new epoch.
-//! * `messages(id, room, seq, ts, user, body, client_id)`, unique on `(room, seq)` (the
-//!   index every history page reads); `ts` is milliseconds since the Unix epoch (UTC),
-//!   the precision the protocol carries. Rows are appended in commit order (`id`), so a
-//!   group of messages across many rooms fills a few new pages instead of splitting one
-//!   page per room, as a table clustered by `(room, seq)` did: about twice the
-//!   throughput with 10–100 active rooms.
-//!
-//! Client ids are not unique in the table on purpose: the protocol makes a resend
-//! idempotent while the original is in the room's window (which the core restores from
-//! [`Store::load`]); an id resent after that is a new message, as without a store.
-//!
-//! # Failures
-//!
-//! Any failure (disk full, read-only file, the database locked by another process for
-//! longer than the busy timeout, an I/O error) rolls the group back and returns
-//! [`StoreError`]: the runtime then answers each sender with `storage_unavailable` and
-//! acks nothing of the group. The next group tries again, so the store recovers by itself
-//! when the disk does.
+//! The SQLite [`Store`]: see [`SqliteStore`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,7 +12,7 @@ use crate::ids::{RoomName, Seq, UserName};
 use crate::protocol::Message;
 use crate::server::StoreError;
 
-/// How hard a commit works to survive a crash. See the [module docs](self#durability).
+/// How hard a commit works to survive a crash. See [`SqliteStore`](SqliteStore#durability).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// `synchronous=FULL`: every commit is `fsync`ed before the ack. Survives power loss.
@@ -147,8 +87,70 @@ const PAGE: &str = "SELECT seq, ts, user, body, client_id FROM messages \
      WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
 const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room LIMIT 1";
 
-/// A durable [`Store`] on an SQLite file (WAL mode, group commit). See the
-/// [module docs](self).
+/// A durable [`Store`] on an SQLite file (feature `sqlite`): the embedded default of the
+/// example server.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), chat_core::StoreError> {
+/// use std::sync::Arc;
+/// use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
+/// let store = SqliteStore::open("chat.db", Durability::Full)?;
+/// let hub = Hub::spawn(HubConfig { store: Some(Arc::new(store)), ..HubConfig::default() }).await?;
+/// # let _ = hub; Ok(()) }
+/// ```
+///
+/// # Shape
+///
+/// * **One writer.** The runtime calls [`Store::append`] from one dedicated thread with
+///   every message that arrived while the previous commit ran (group commit). Each call is
+///   one `BEGIN IMMEDIATE … COMMIT` transaction with cached prepared statements, so the
+///   cost of the commit (an `fsync` with [`Durability::Full`]) is shared by the group.
+/// * **Readers apart.** History pages and the startup load use their own connections (a
+///   small pool). The database is in WAL mode, so readers see the last commit and never
+///   block the writer, and the writer never blocks them.
+/// * **`:memory:`** opens one private in-memory database (an ephemeral server): there the
+///   reads share the writer's connection, since every connection to `:memory:` would be
+///   a different database.
+///
+/// # Durability
+///
+/// The store is in WAL mode; an `append` returns `Ok` only after `COMMIT` returned, and
+/// only then does the runtime ack and deliver the messages. What survives depends on
+/// [`Durability`]:
+///
+/// | setting | `PRAGMA synchronous` | an acknowledged message survives |
+/// |---|---|---|
+/// | [`Durability::Full`] (default) | `FULL`: the WAL is `fsync`ed at every commit | a process crash, `kill -9`, an OS crash, a power loss |
+/// | [`Durability::Normal`] | `NORMAL`: the WAL is `fsync`ed only at checkpoints | a process crash or `kill -9`; **not** an OS crash or power loss, which may lose the last commits (the database stays consistent) |
+///
+/// # Schema
+///
+/// Versioned by `PRAGMA user_version`; [`SqliteStore::open`] migrates an older file in a
+/// transaction and refuses a newer one. Version 1:
+///
+/// * `meta(key, value)`: `epoch` is a random id made when the database is created. It is
+///   the history epoch announced to clients: a new file (history reset) has a new epoch.
+/// * `messages(id, room, seq, ts, user, body, client_id)`, unique on `(room, seq)` (the
+///   index every history page reads); `ts` is milliseconds since the Unix epoch (UTC),
+///   the precision the protocol carries. Rows are appended in commit order (`id`), so a
+///   group of messages across many rooms fills a few new pages instead of splitting one
+///   page per room, as a table clustered by `(room, seq)` did: about twice the
+///   throughput with 10–100 active rooms.
+///
+/// Client ids are not unique in the table on purpose: the protocol makes a resend
+/// idempotent while the original is in the room's window (which the core restores from
+/// [`Store::load`]); an id resent after that is a new message, as without a store.
+///
+/// # Failures
+///
+/// Any failure (disk full, read-only file, the database locked by another process for
+/// longer than the busy timeout, an I/O error) rolls the group back and returns
+/// [`StoreError`]: the runtime then answers each sender with `storage_unavailable` and
+/// acks nothing of the group. The next group tries again, so the store recovers by itself
+/// when the disk does. (One case stays ambiguous, as in any database: an I/O error while
+/// the commit record itself is being synced. SQLite may then find the group committed
+/// when the file is next opened, so a message refused with `storage_unavailable` can
+/// appear in the history after a restart, and twice if its sender resent it.)
 pub struct SqliteStore {
     /// The writer's connection: used by [`Store::append`] (one thread) and `close`.
     writer: Mutex<Connection>,
