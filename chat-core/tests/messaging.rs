@@ -76,19 +76,37 @@ fn a_message_reaches_every_member_session_exactly_once_and_the_sender_gets_an_ac
 }
 
 #[test]
-fn every_recipient_gets_the_same_encoded_bytes() {
+fn a_message_is_encoded_once_and_every_recipient_shares_the_bytes() {
     let mut sim = four_sessions();
-    sim.send(3, 1, "general", "one encoding");
-    let raw_of = |sim: &Sim, s: u64| sim.raw[&SessionId(s)].last().cloned().unwrap();
-    let from_alice = sim.raw[&SessionId(1)]
-        .iter()
-        .find(|t| t.contains("one encoding"))
-        .cloned()
+    // Drive the server by hand to look at the outputs themselves.
+    let now = sim.now;
+    let frame = chat_core::protocol::decode(
+        br#"{"type":"send","id":1,"room":"general","body":"one encoding"}"#,
+    );
+    sim.server
+        .handle_input(
+            now,
+            chat_core::Input::Received {
+                session: SessionId(3),
+                frame,
+            },
+        )
         .unwrap();
-    assert_eq!(from_alice, raw_of(&sim, 2));
-    // bob's last frame is his ack; the message came just before it.
-    let bob = &sim.raw[&SessionId(3)];
-    assert_eq!(bob[bob.len() - 2], from_alice);
+    let mut shared = Vec::new();
+    while let Some(out) = sim.server.poll_output() {
+        if let chat_core::Output::Send { to, frame } = out {
+            if frame.text().contains(r#""type":"message""#) {
+                shared.push((to, frame));
+            }
+        }
+    }
+    let to: Vec<u64> = shared.iter().map(|(to, _)| to.0).collect();
+    assert_eq!(to, [1, 2, 3]);
+    let ptr = shared[0].1.bytes().as_ptr();
+    for (to, frame) in &shared {
+        assert_eq!(frame.bytes().as_ptr(), ptr, "session {to} got its own copy");
+        assert!(!frame.is_ephemeral(), "messages are never dropped silently");
+    }
 }
 
 #[test]
