@@ -94,8 +94,13 @@ else
   FILES=(tests/*.test.mjs)
 fi
 # One file at a time (each starts its own browser); the screenshot test sorts last.
+# A test gets 4 minutes at most; a file that leaves something open is ended anyway.
+NODE_ARGS=(--test --test-concurrency=1 --test-timeout=240000 --test-reporter=spec)
+if node --help | grep -q -- '--test-force-exit'; then
+  NODE_ARGS+=(--test-force-exit)
+fi
 status=0
-node --test --test-concurrency=1 --test-reporter=spec "${FILES[@]}" || status=$?
+node "${NODE_ARGS[@]}" "${FILES[@]}" || status=$?
 if [ "$status" != 0 ]; then
   say "tests failed; server log:"
   tail -n 50 "$WORK/server.log" || true

@@ -168,6 +168,7 @@ const ui = {
   roomCount: $('room-count'),
   conn: $('conn'),
   connText: $('conn-text'),
+  connDetail: $('conn-detail'),
   meName: $('me-name'),
   meAvatar: $('me-avatar'),
   logout: $('logout'),
@@ -472,12 +473,18 @@ function msgItem(m) {
 // ---------------------------------------------------------------------------------------
 // Scrolling: keep the reader where they are unless they were at the bottom.
 
+// Whether the reader is following the conversation at the bottom. Updated by scrolling;
+// while it holds, any change of size (a page of history, a wrapped line, the on-screen
+// keyboard) keeps the newest message in view.
+let stuck = true;
+
 function isAtBottom() {
   const s = ui.scroller;
   return s.scrollHeight - s.scrollTop - s.clientHeight <= BOTTOM_SLACK_PX;
 }
 
 function scrollToBottom() {
+  stuck = true;
   ui.scroller.scrollTop = ui.scroller.scrollHeight;
   const room = currentRoom();
   if (room) room.newBelow = 0;
@@ -487,7 +494,7 @@ function scrollToBottom() {
 /** Runs `change` on a room's timeline; if it is on screen, keeps the view steady. */
 function changeTimeline(room, change, { live = false, mine = false } = {}) {
   if (room !== currentRoom()) return change();
-  const atBottom = isAtBottom();
+  const atBottom = stuck || isAtBottom();
   // Anchor: the first item whose bottom is below the top of the viewport.
   const top = ui.scroller.getBoundingClientRect().top;
   const anchor = atBottom ? null : room.items.find((it) => it.node.getBoundingClientRect().bottom > top);
@@ -536,10 +543,11 @@ function request(frame, meta) {
   return id;
 }
 
-function setStatus(status, text) {
+function setStatus(status, text, detail = '') {
   conn.status = status;
   ui.conn.dataset.state = status;
   ui.connText.textContent = text;
+  ui.connDetail.textContent = detail;
   ui.composerForm.classList.toggle('offline', status !== 'connected');
 }
 
@@ -656,7 +664,7 @@ function scheduleReconnect() {
   const label = conn.welcomedOnce ? 'Reconnecting' : 'Connecting';
   const tick = () => {
     const s = Math.ceil((due - Date.now()) / 1000);
-    setStatus(conn.welcomedOnce ? 'reconnecting' : 'connecting', s >= 2 ? `${label} in ${s} s…` : `${label}…`);
+    setStatus(conn.welcomedOnce ? 'reconnecting' : 'connecting', label, s >= 2 ? ` in ${s} s…` : '…');
   };
   tick();
   conn.countdown = setInterval(tick, 1000);
@@ -781,6 +789,7 @@ function onJoined(f, req) {
   if (!room.direct) room.joined = true;
   if (room.direct) rememberDm(room.name);
   room.members = sortNames(f.members ?? []);
+  if (room.direct) learnPeer(room, room.members.find((n) => !isMine(n)));
   const messages = Array.isArray(f.messages) ? f.messages : [];
   const hadCurrent = room.items.some((it) => it.kind === 'msg' && it.key[0] === state.ep);
   const isResync = req?.kind === 'resync';
@@ -848,6 +857,18 @@ function closeRoom(room) {
   requestRoomsSoon();
 }
 
+/** A direct room's name has only lowercase keys: learn how the peer writes their name. */
+function learnPeer(room, name) {
+  if (!name || name === room.peer || fold(name) !== room.peerFromName()) return;
+  room.peer = name;
+  if (room === currentRoom()) {
+    ui.roomTitle.textContent = name;
+    ui.composer.placeholder = `Message ${name}`;
+    ui.composerLabel.textContent = `Message ${name}`;
+  }
+  renderRoomList();
+}
+
 /** Adds a message; returns true if it was new. */
 function addMessage(room, m, { live }) {
   if (typeof m.seq !== 'number' || typeof m.user !== 'string' || typeof m.body !== 'string') return false;
@@ -858,6 +879,12 @@ function addMessage(room, m, { live }) {
   }
   const item = msgItem(m);
   if (!insertItem(room, item)) return false;
+  if (live && room.pageFrom === null) {
+    // The first message of a room that was empty when we joined: it is the beginning.
+    room.pageFrom = m.seq;
+    if (room === currentRoom()) updateHistoryControls();
+  }
+  if (room.direct && !isMine(m.user)) learnPeer(room, m.user);
   if (m.seq > (room.cursor ?? 0) && live) room.cursor = m.seq;
   clearTyping(room, m.user);
   if (!isMine(m.user)) {
@@ -1326,7 +1353,7 @@ function selectRoom(name, { focus = false } = {}) {
   if (!room) return;
   const prev = currentRoom();
   if (prev && prev !== room) {
-    prev.stickBottom = isAtBottom();
+    prev.stickBottom = stuck;
     prev.scrollTop = ui.scroller.scrollTop;
     stopTyping();
   }
@@ -1338,14 +1365,17 @@ function selectRoom(name, { focus = false } = {}) {
   ui.composer.placeholder = room.direct ? `Message ${room.peer}` : `Message #${room.name}`;
   ui.composerLabel.textContent = room.direct ? `Message ${room.peer}` : `Message #${room.name}`;
   ui.composer.disabled = false;
+  updateHistoryControls();
   if (room.stickBottom) scrollToBottom();
-  else ui.scroller.scrollTop = room.scrollTop;
+  else {
+    stuck = false;
+    ui.scroller.scrollTop = room.scrollTop;
+  }
   ui.jump.hidden = room.newBelow === 0 || room.stickBottom;
   markRead(room);
   renderMembers();
   renderTyping();
   renderRoomList();
-  updateHistoryControls();
   closeDrawers();
   fillViewport(room);
   if (focus) ui.composer.focus();
@@ -1613,7 +1643,8 @@ ui.scroller.addEventListener(
     const room = currentRoom();
     if (!room) return;
     if (ui.scroller.scrollTop < 400) loadOlder(room);
-    if (isAtBottom()) {
+    stuck = isAtBottom();
+    if (stuck) {
       room.newBelow = 0;
       ui.jump.hidden = true;
       if (!document.hidden) markRead(room);
@@ -1621,6 +1652,15 @@ ui.scroller.addEventListener(
   },
   { passive: true },
 );
+
+if (typeof ResizeObserver === 'function') {
+  const follow = new ResizeObserver(() => {
+    if (stuck) ui.scroller.scrollTop = ui.scroller.scrollHeight;
+  });
+  follow.observe(ui.scroller);
+  follow.observe(ui.host);
+  follow.observe(ui.scroller.firstElementChild);
+}
 
 ui.loadOlder.addEventListener('click', () => loadOlder(currentRoom()));
 ui.jump.addEventListener('click', () => {
@@ -1665,6 +1705,14 @@ leaveBtn.dataset.testid = 'leave-room';
 leaveBtn.title = 'Leave this room';
 leaveBtn.addEventListener('click', leaveCurrent);
 ui.roomCount.after(leaveBtn);
+const leavePanel = el('button', 'link-btn leave-panel', 'Leave this room');
+leavePanel.type = 'button';
+leavePanel.dataset.testid = 'leave-room-panel';
+leavePanel.addEventListener('click', () => {
+  closeDrawers();
+  leaveCurrent();
+});
+ui.membersPanel.append(leavePanel);
 
 // ---------------------------------------------------------------------------------------
 // Start

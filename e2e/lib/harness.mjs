@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
+import { after, before } from 'node:test';
 import WebSocket from 'ws';
 
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -138,7 +139,7 @@ export async function startServer({ port = 0, db = ':memory:', env = {} } = {}) 
     });
   });
   const exited = once(proc, 'exit');
-  return {
+  const server = {
     url: `${url}/`,
     port: Number(new URL(url).port),
     pid: proc.pid,
@@ -150,7 +151,13 @@ export async function startServer({ port = 0, db = ':memory:', env = {} } = {}) 
       await exited;
       clearTimeout(timer);
     },
+    close() {
+      opened.delete(server);
+      return server.stop();
+    },
   };
+  opened.add(server);
+  return server;
 }
 
 export function tempDir() {
@@ -163,6 +170,33 @@ export function tempDir() {
 
 export async function launchBrowser() {
   return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+}
+
+// Everything a test file opened, closed by `useBrowser`'s after hook even when a test
+// failed halfway (an open WebSocket would keep the test process alive).
+const opened = new Set();
+
+export async function closeAll() {
+  for (const thing of [...opened].reverse()) {
+    opened.delete(thing);
+    await thing.close().catch(() => {});
+  }
+}
+
+/**
+ * Registers before/after hooks for a test file: one browser for the file; every user,
+ * bot and server opened by the file is closed at the end. Returns a getter.
+ */
+export function useBrowser() {
+  let browser;
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await closeAll();
+    await browser?.close();
+  });
+  return () => browser;
 }
 
 /** Installed in every page before its scripts: records what must never happen. */
@@ -183,6 +217,7 @@ export async function openUser(browser, url, { viewport = { width: 1280, height:
   await context.addInitScript(watchdog);
   const page = await context.newPage();
   const user = makeUser(context, page, url);
+  opened.add(user);
   await page.goto(url);
   return user;
 }
@@ -256,6 +291,7 @@ function makeUser(context, page, url) {
       if (problems.length) throw new Error(`problems on the page:\n${problems.join('\n')}`);
     },
     async close() {
+      opened.delete(user);
       await context.close();
     },
   };
@@ -341,7 +377,8 @@ export async function openBot(url, name, { rooms, token } = {}) {
       ws.send(JSON.stringify({ type: 'typing', room, active }));
     },
     async close() {
-      if (ws.readyState === WebSocket.OPEN) ws.close(1000);
+      opened.delete(bot);
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000);
       await closed;
     },
     closed,
@@ -349,6 +386,7 @@ export async function openBot(url, name, { rooms, token } = {}) {
   const hello = { type: 'hello', version: 1, name };
   if (rooms) hello.rooms = rooms.map((r) => (typeof r === 'string' ? { room: r } : r));
   if (token) hello.token = token;
+  opened.add(bot);
   const welcome = await bot.request(hello);
   if (welcome.type !== 'welcome') throw new Error(`hello as ${JSON.stringify(name)} failed: ${JSON.stringify(welcome)}`);
   bot.welcome = welcome;

@@ -2,22 +2,15 @@
 // name (with its token) remembered so a reload or a second tab is the same person.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { expectTexts, launchBrowser, openBot, openUser, poll, sharedServerUrl, unique } from '../lib/harness.mjs';
+import { describe, test } from 'node:test';
+import { expectTexts, useBrowser, openBot, openUser, poll, sharedServerUrl, unique } from '../lib/harness.mjs';
 
 const URL = sharedServerUrl();
-let browser;
-
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-});
+const browserOf = useBrowser();
 
 describe('login', () => {
   test('invalid names are explained inline before anything is sent', async () => {
-    const u = await openUser(browser, URL);
+    const u = await openUser(browserOf(), URL);
     const error = u.id('login-error');
     const attempts = [
       ['two words', /spaces/],
@@ -46,7 +39,7 @@ describe('login', () => {
   test('a name someone else holds is refused by the server, shown inline; another name works', async () => {
     const holder = unique('Taken');
     const bot = await openBot(URL, holder, { rooms: [] });
-    const u = await openUser(browser, URL);
+    const u = await openUser(browserOf(), URL);
     await u.id('login-name').fill(holder.toLowerCase());
     await u.id('login-submit').click();
     await poll(() => u.id('login-error').textContent(), (t) => /in use/.test(t), { message: 'name_taken shown' });
@@ -62,7 +55,7 @@ describe('login', () => {
   test('the name is remembered: a reload and a second tab are the same user, listed once', async () => {
     const name = unique('Remy');
     const room = unique('remember');
-    const u = await openUser(browser, URL);
+    const u = await openUser(browserOf(), URL);
     await u.login(name, room);
     await expectTexts(u.id('room-title'), [room]);
     await expectTexts(u.members(), [name]);
@@ -83,7 +76,7 @@ describe('login', () => {
     await expectTexts(tab2.locator('[data-testid="member-list"] [data-testid="member-name"]'), [name]);
 
     // Someone else in the room sees one entry for that user, however many tabs.
-    const other = await openUser(browser, URL);
+    const other = await openUser(browserOf(), URL);
     const otherName = unique('Otto');
     await other.id('login-room').fill(room);
     await other.login(otherName);

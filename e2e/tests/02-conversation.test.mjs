@@ -2,12 +2,12 @@
 // instantly, with author and time; join and leave notices; a latecomer sees the history.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import {
   expectCount,
   expectIncludes,
   expectTexts,
-  launchBrowser,
+  useBrowser,
   openBot,
   openUser,
   poll,
@@ -17,14 +17,7 @@ import {
 } from '../lib/harness.mjs';
 
 const URL = sharedServerUrl();
-let browser;
-
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-});
+const browserOf = useBrowser();
 
 const byName = (a, b) => a.toLowerCase().localeCompare(b.toLowerCase());
 
@@ -33,9 +26,9 @@ describe('conversation', () => {
     const room = unique('talk');
     const aliceName = unique('Alice');
     const bobName = unique('Bob');
-    const alice = await openUser(browser, URL);
+    const alice = await openUser(browserOf(), URL);
     await alice.login(aliceName, room);
-    const bob = await openUser(browser, URL);
+    const bob = await openUser(browserOf(), URL);
     await bob.login(bobName, room);
 
     const both = [aliceName, bobName].sort(byName);
@@ -105,12 +98,12 @@ describe('conversation', () => {
 
   test('join and leave notices: leaving a room, and closing the page (after the grace period)', async () => {
     const room = unique('presence');
-    const alice = await openUser(browser, URL);
+    const alice = await openUser(browserOf(), URL);
     const aliceName = unique('Ann');
     await alice.login(aliceName, room);
 
     const bobName = unique('Ben');
-    const bob = await openUser(browser, URL);
+    const bob = await openUser(browserOf(), URL);
     await bob.login(bobName, room);
     const joined = alice.page.locator('[data-testid="notice"][data-event="joined"] bdi');
     const left = alice.page.locator('[data-testid="notice"][data-event="left"] bdi');
@@ -126,7 +119,7 @@ describe('conversation', () => {
 
     // Carol joins, then closes her page: she is listed until the grace period ends.
     const carolName = unique('Cat');
-    const carol = await openUser(browser, URL);
+    const carol = await openUser(browserOf(), URL);
     await carol.login(carolName, room);
     await expectTexts(joined, [bobName, carolName]);
     await carol.check();
@@ -143,7 +136,7 @@ describe('conversation', () => {
     const lines = Array.from({ length: 8 }, (_, i) => `earlier message ${i + 1}`);
     for (const line of lines) await bot.send(room, line);
 
-    const late = await openUser(browser, URL);
+    const late = await openUser(browserOf(), URL);
     await late.login(unique('Late'), room);
     await expectTexts(late.bodies(), lines);
     await expectTexts(late.page.locator('[data-testid="message"]:not(.cont) [data-testid="author"]'), [bot.user]);
