@@ -230,6 +230,12 @@ async fn writer<W>(
                 None => break None, // the reader is done: the peer closed or vanished
             },
             item = outbound.recv() => {
+                if outbound.is_empty() {
+                    // Let the hub, and whatever else is ready, run first: under load it
+                    // queues more frames meanwhile, and this write carries them all (one
+                    // syscall for many frames). Idle, it costs one scheduler round.
+                    tokio::task::yield_now().await;
+                }
                 let mut item = item;
                 let mut fed = 0;
                 let close = loop {
@@ -297,6 +303,11 @@ where
     F: std::future::Future<Output = Result<(), axum::Error>>,
 {
     tokio::pin!(write);
+    // Most writes complete at once (into the write buffer): only one that blocks needs a
+    // timer, and so a clock read.
+    if let std::task::Poll::Ready(result) = futures::poll!(&mut write) {
+        return result.is_ok();
+    }
     let mut session_closed = false;
     loop {
         match tokio::time::timeout(opts.close_timeout, &mut write).await {
