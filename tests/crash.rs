@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chat_core::ServerFrame;
@@ -246,6 +247,11 @@ struct ClientState {
     ack_order: Vec<String>,
     /// Duplicate acks received for resends of acknowledged ids (checked).
     duplicates_checked: usize,
+    /// The token from the last `welcome`, to reclaim the name on a reconnect to the same
+    /// server (ignored by a new server, where the name is free).
+    token: Option<String>,
+    /// Reconnects while the server was up (e.g. after a slow-consumer close).
+    reconnects: usize,
 }
 
 impl ClientState {
@@ -288,7 +294,10 @@ async fn session(state: &mut ClientState, addr: &str, acks: &watch::Sender<usize
         return Outcome::Disconnected;
     };
     let rooms: Vec<_> = ROOMS.iter().map(|r| json!({ "room": r })).collect();
-    let hello = json!({"type": "hello", "id": 0, "version": 1, "name": format!("c{}", state.idx), "rooms": rooms});
+    let mut hello = json!({"type": "hello", "id": 0, "version": 1, "name": format!("c{}", state.idx), "rooms": rooms});
+    if let Some(token) = &state.token {
+        hello["token"] = json!(token);
+    }
     if ws.send(Ws::text(hello.to_string())).await.is_err() {
         return Outcome::Disconnected;
     }
@@ -297,6 +306,7 @@ async fn session(state: &mut ClientState, addr: &str, acks: &watch::Sender<usize
         match read(&mut ws).await {
             None => return Outcome::Disconnected,
             Some(ServerFrame::Joined { .. }) => joined += 1,
+            Some(ServerFrame::Welcome { token, .. }) => state.token = token,
             Some(ServerFrame::Error { code, message, .. }) => panic!("hello: {code:?} {message}"),
             Some(_) => {}
         }
@@ -461,6 +471,8 @@ async fn run_seed(seed: u64) {
             acked: HashMap::new(),
             ack_order: Vec::new(),
             duplicates_checked: 0,
+            token: None,
+            reconnects: 0,
         })
         .collect();
     let mut crashes = 0;
@@ -470,13 +482,29 @@ async fn run_seed(seed: u64) {
         let already: usize = states.iter().map(|s| s.acked.len()).sum();
         let (acks, mut acks_rx) = watch::channel(already);
         let acks = Arc::new(acks);
+        // Set before the server is frozen or killed: a client that loses its connection
+        // then stops instead of reconnecting.
+        let killed = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = std::mem::take(&mut states)
             .into_iter()
             .map(|mut state| {
                 let (addr, acks) = (addr.clone(), acks.clone());
+                let killed = killed.clone();
                 tokio::spawn(async move {
-                    let outcome = session(&mut state, &addr, &acks).await;
-                    (state, outcome)
+                    loop {
+                        let outcome = session(&mut state, &addr, &acks).await;
+                        if matches!(outcome, Outcome::Finished) || killed.load(Ordering::SeqCst) {
+                            return (state, outcome);
+                        }
+                        // Closed while the server runs (a slow-consumer close when this
+                        // machine is busy): reconnect and resend, as a client does.
+                        state.reconnects += 1;
+                        assert!(
+                            state.reconnects < 100,
+                            "client {} keeps being closed",
+                            state.idx
+                        );
+                    }
                 })
             })
             .collect();
@@ -487,6 +515,7 @@ async fn run_seed(seed: u64) {
                 .await
                 .expect("progress before the kill point")
                 .expect("counter alive");
+            killed.store(true, Ordering::SeqCst);
             if frozen {
                 // Freeze the process where it is, let the clients read every ack it had
                 // already written, then kill it at that same point: every ack a client
@@ -523,10 +552,12 @@ async fn run_seed(seed: u64) {
             );
             let stored = check_db(&copy, seed, &states);
             eprintln!(
-                "seed {seed:x}: crash {crashes}{} after {} acks; {} messages on disk",
+                "seed {seed:x}: crash {crashes}{} after {} acks; {} messages on disk; \
+                 {} reconnects while up",
                 if frozen { " (frozen first)" } else { "" },
                 states.iter().map(|s| s.acked.len()).sum::<usize>(),
-                stored
+                stored,
+                states.iter().map(|s| s.reconnects).sum::<usize>(),
             );
             continue;
         }
