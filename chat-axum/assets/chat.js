@@ -150,6 +150,7 @@ const conn = {
   retryAfter: null, // from goodbye
   welcomedOnce: false, // this page has been in the chat (reconnects go back to it)
   login: null, // { name, room } while the login form waits for welcome
+  nameRetries: 0,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -720,6 +721,7 @@ function handleFrame(f) {
 
 function onWelcome(f) {
   conn.attempt = 0;
+  conn.nameRetries = 0;
   const login = conn.login;
   conn.login = null;
   const first = !conn.welcomedOnce;
@@ -1021,6 +1023,17 @@ const LOGIN_ERRORS = {
 function onError(f, req) {
   const code = String(f.code ?? 'error');
   const message = typeof f.message === 'string' ? f.message : code;
+  if (req?.kind === 'hello' && conn.welcomedOnce && (code === 'shutting_down' || (code === 'name_taken' && conn.nameRetries < 5))) {
+    // Reconnecting, not logging in. shutting_down: the server closes this connection and
+    // we come back later. name_taken: after a restart, another tab of ours may have
+    // claimed the name first and stored a new token; try again with what is stored.
+    if (code === 'name_taken') conn.nameRetries++;
+    const ws = conn.ws;
+    conn.ws = null;
+    ws?.close();
+    scheduleReconnect();
+    return;
+  }
   if (req?.kind === 'hello') {
     // Wrong name (or it was taken while we were away): back to the login form.
     const text = LOGIN_ERRORS[code] ?? 'Could not join: ';
@@ -1499,6 +1512,11 @@ function leaveCurrent() {
   }
   if (request({ type: 'leave', room: room.name }, { kind: 'leave', room: room.name }) === null) closeRoom(room);
 }
+
+// The "more rooms" list goes stale as others create rooms: refresh it now and then.
+setInterval(() => {
+  if (conn.status === 'connected' && !document.hidden) request({ type: 'rooms' }, { kind: 'rooms' });
+}, 30000);
 
 let roomsTimer = null;
 function requestRoomsSoon() {

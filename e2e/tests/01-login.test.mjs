@@ -87,4 +87,25 @@ describe('login', () => {
     await u.close();
     await other.close();
   });
+
+  test('signing out returns to the login form; the others see the user leave', async () => {
+    const room = unique('signout');
+    const name = unique('Sid');
+    const u = await openUser(browserOf(), URL);
+    await u.login(name, room);
+    const watcher = await openBot(URL, unique('Watcher'), { rooms: [room] });
+    await u.id('logout').click();
+    await watcher.next((f) => f.type === 'user_left' && f.user === name);
+    await u.id('login').waitFor();
+    assert.equal(await u.id('chat').isVisible(), false);
+    assert.equal(await u.id('login-name').inputValue(), name, 'the name is offered again');
+    // A reload stays signed out; signing in again works (same name, same token).
+    await u.page.reload();
+    await u.id('login').waitFor();
+    await u.login(name, room);
+    await watcher.next((f) => f.type === 'user_joined' && f.user === name);
+    await u.check();
+    await u.close();
+    await watcher.close();
+  });
 });

@@ -94,6 +94,32 @@ describe('server restart', () => {
     assert.equal(epochChanged, true);
   });
 
+  test('two tabs of one user both come back after a restart, still one user', async () => {
+    const server0 = await startServer();
+    const { port } = server0;
+    let server = server0;
+    const alice = await openUser(browserOf(), server.url);
+    await alice.login('alice', 'lobby');
+    const tab2 = await alice.context.newPage();
+    alice.watch(tab2);
+    await tab2.goto(server.url);
+    await tab2.locator('[data-testid="connection"][data-state="connected"]').waitFor();
+    await server.stop();
+    await poll(() => state(alice), (s) => s === 'reconnecting', { message: 'tab 1 reconnecting' });
+    server = await startServer({ port });
+    await alice.connected();
+    await tab2.locator('[data-testid="connection"][data-state="connected"]').waitFor({ timeout: 30000 });
+    const bob = await openBot(server.url, 'bob', { rooms: ['lobby'] });
+    const joined = await bob.next((f) => f.type === 'joined');
+    assert.deepEqual(joined.members, ['alice', 'bob']);
+    await alice.say('from tab one');
+    await tab2.locator('[data-testid="body"]').getByText('from tab one', { exact: true }).waitFor();
+    await alice.check();
+    await alice.close();
+    await bob.close();
+    await server.close();
+  });
+
   test('durable history (where the server has it): resume from the last seq', async () => {
     const tmp = tempDir();
     try {
