@@ -572,6 +572,7 @@ function connect() {
   });
   ws.addEventListener('message', (e) => {
     if (conn.ws !== ws || typeof e.data !== 'string') return;
+    conn.lastFrameAt = Date.now();
     let frame;
     try {
       frame = JSON.parse(e.data);
@@ -673,9 +674,29 @@ function scheduleReconnect() {
   if (conn.login) showLoginError('Cannot reach the chat server. Still trying…');
 }
 
+// Back online, or back to a tab the browser had put to sleep: no need to wait out the backoff.
 window.addEventListener('online', () => {
   if (!conn.ws && conn.timer) connect();
 });
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden && !conn.ws && conn.timer && conn.retryAfter === null) connect();
+});
+
+// A connection can die silently (sleep, a dropped network): browsers do not expose
+// WebSocket pings, so when the server has been quiet for a while, ask it something
+// cheap, and reconnect if even that gets no answer.
+setInterval(() => {
+  if (conn.status !== 'connected' || !conn.ws) return;
+  const quiet = Date.now() - (conn.lastFrameAt ?? Date.now());
+  if (quiet > 45000) {
+    const ws = conn.ws;
+    conn.ws = null;
+    ws.close();
+    onClosed({ code: 1006 });
+  } else if (quiet > 20000) {
+    request({ type: 'rooms' }, { kind: 'rooms' });
+  }
+}, 10000);
 
 // ---------------------------------------------------------------------------------------
 // Frames from the server
