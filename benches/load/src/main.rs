@@ -11,6 +11,7 @@
 //! load rooms  --label ours --addr 127.0.0.1:5000 --rooms 200 --members 5 --rate 2000
 //! load idle   --label ours --addr 127.0.0.1:5000 --clients 5000
 //! load join   --label ours --addr 127.0.0.1:5000 --clients 1000
+//! load durable --label ours --addr 127.0.0.1:5000 --clients 100   (a server with a store)
 //! load report results.jsonl > table.md
 //! ```
 //!
@@ -66,7 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         rate: u64,
         /// Messages whose deliveries may be in flight in the closed loop (default: about
-        /// 20,000 deliveries, 4 to 64 messages).
+        /// 200,000 deliveries, at most 400 messages: a sender's own queue on the server,
+        /// messages plus acks, stays below the default 1,024 frames).
         #[arg(long)]
         window: Option<u64>,
         /// Seconds of sending.
@@ -89,6 +91,27 @@ enum Command {
         /// Total messages per second, spread over every client.
         #[arg(long, default_value_t = 2000)]
         rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+    },
+    /// Fanout against a server with a durable store: acknowledged sends per second
+    /// (every message is committed before it is acked and delivered).
+    Durable {
+        #[command(flatten)]
+        target: Target,
+        /// Clients in the room.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// How many of them send.
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Messages in flight (closed loop).
+        #[arg(long)]
+        window: Option<u64>,
         /// Seconds of sending.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
@@ -182,6 +205,9 @@ pub struct Outcome {
     pub secs: f64,
     /// Deliveries per second.
     pub deliveries_per_s: f64,
+    /// Acknowledged sends per second (our protocol only).
+    #[serde(default)]
+    pub acked_per_s: f64,
     /// End-to-end latency percentiles, microseconds.
     pub p50_us: Option<f64>,
     /// 99th percentile.
@@ -254,6 +280,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 body,
             };
             let o = talk(&target, "fanout", spec).await;
+            (target, o)
+        }
+        Command::Durable {
+            target,
+            clients,
+            senders,
+            window,
+            secs,
+            body,
+        } => {
+            let spec = Talk {
+                clients,
+                room_size: clients,
+                senders: senders.clamp(1, clients.max(1)),
+                rate: 0,
+                window,
+                secs,
+                body,
+            };
+            let o = talk(&target, "durable", spec).await;
             (target, o)
         }
         Command::Rooms {
@@ -334,6 +380,8 @@ struct ClientSpec {
     /// Members of its room, itself included (how many users it should hear of).
     room_size: usize,
     pace: Option<Pace>,
+    /// Where in the sending period this sender starts (0..1), for fixed rates.
+    slot: Option<f64>,
 }
 
 /// State shared by every client task (one thread: cells, no locks).
@@ -354,6 +402,7 @@ struct Shared {
     received: Cell<u64>,
     last_rx: Cell<Instant>,
     sent: Cell<u64>,
+    acks: Cell<u64>,
     errors: Cell<u64>,
     dropped: Cell<usize>,
     hist: RefCell<Histogram<u64>>,
@@ -397,6 +446,7 @@ impl Shared {
             received: Cell::new(0),
             last_rx: Cell::new(now),
             sent: Cell::new(0),
+            acks: Cell::new(0),
             errors: Cell::new(0),
             dropped: Cell::new(0),
             hist: RefCell::new(
@@ -515,7 +565,11 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
         if !started && *go.borrow() {
             started = true;
             sending = true;
+            // Fixed rate: senders spread evenly over the period, not all at once.
             next_due = tokio::time::Instant::now();
+            if let (Some(Pace::Every(period)), Some(slot)) = (spec.pace, spec.slot) {
+                next_due += period.mul_f64(slot);
+            }
         }
         let due = async {
             match spec.pace {
@@ -532,8 +586,8 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
                 }
             }
         };
+        // Unbiased: a sender whose socket always has frames to read must still send.
         tokio::select! {
-            biased;
             next = ws.next() => {
                 let text = match next {
                     Some(Ok(Message::Text(t))) => t,
@@ -574,7 +628,8 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
                         shared.errors.set(shared.errors.get() + 1);
                         shared.note_error(format!("error frame: {text}"));
                     }
-                    In::Ack | In::Open | In::Other => {}
+                    In::Ack => shared.acks.set(shared.acks.get() + 1),
+                    In::Open | In::Other => {}
                 }
                 if !complete && has_joined && known >= wants {
                     complete = true;
@@ -663,9 +718,9 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     };
     let window_msgs = t
         .window
-        .unwrap_or_else(|| (20_000 / t.room_size.max(1) as u64).clamp(4, 64));
+        .unwrap_or_else(|| (200_000 / t.room_size.max(1) as u64).clamp(4, 400));
     out.params = match workload {
-        "fanout" => format!(
+        "fanout" | "durable" => format!(
             "{} clients, {} senders, {}",
             t.clients,
             t.senders,
@@ -687,7 +742,7 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     let shared = Shared::new(target, t.body, login_rx, go_rx);
     let specs = (0..t.clients)
         .map(|idx| {
-            let room: Rc<str> = if workload == "fanout" {
+            let room: Rc<str> = if workload != "rooms" {
                 "general".into()
             } else {
                 format!("r{}", idx / t.room_size).into()
@@ -697,6 +752,7 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
                 login: Login::Room(room),
                 room_size: t.room_size.min(t.clients - idx / t.room_size * t.room_size),
                 pace: (idx < t.senders).then_some(pace),
+                slot: Some(idx as f64 / t.senders.max(1) as f64),
             }
         })
         .collect();
@@ -760,6 +816,7 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     out.errors = shared.errors.get() - errors0;
     out.secs = wall.as_secs_f64();
     out.deliveries_per_s = out.received as f64 / out.secs.max(1e-9);
+    out.acked_per_s = shared.acks.get() as f64 / out.secs.max(1e-9);
     out.server_cpu_s = server_cpu;
     out.server_util = server_util;
     out.tool_util = tool_util;
@@ -797,6 +854,7 @@ async fn idle(target: &Target, clients: usize, hold: f64) -> Outcome {
             login: login.clone(),
             room_size: 1,
             pace: None,
+            slot: None,
         })
         .collect();
     let pid = pid_str(target);
@@ -856,6 +914,7 @@ async fn join(target: &Target, clients: usize) -> Outcome {
             login: Login::Room("general".into()),
             room_size: clients,
             pace: None,
+            slot: None,
         })
         .collect();
     spawn_clients(&shared, specs, target.concurrency);

@@ -112,6 +112,14 @@ pub fn markdown(all: &[Outcome]) -> String {
                 );
                 rows.push((label, Box::new(matches), p99_cell));
             }
+            "durable" => rows.push((
+                format!(
+                    "durable (SQLite): acknowledged sends/s, {} clients in one room",
+                    o.clients
+                ),
+                Box::new(matches),
+                acked_cell,
+            )),
             "rooms" => {
                 rows.push((
                     format!("rooms ({}): server CPU-µs per delivery", o.params),
@@ -197,6 +205,17 @@ fn p99_cell(o: &Outcome) -> String {
     })
 }
 
+fn acked_cell(o: &Outcome) -> String {
+    failed(o).unwrap_or_else(|| {
+        format!(
+            "{:.0} ({:.2} CPU-µs per delivery){}",
+            o.acked_per_s,
+            o.server_cpu_us_per_unit.unwrap_or(0.0),
+            lost_suffix(o)
+        )
+    })
+}
+
 fn rss_cell(o: &Outcome) -> String {
     let mut s = format!("{} KiB", opt(o.rss_per_conn_kib, 1));
     if o.ready < o.clients {
@@ -223,7 +242,7 @@ fn join_cell(o: &Outcome) -> String {
 fn detail(md: &mut String, all: &[Outcome]) {
     let talk: Vec<&Outcome> = all
         .iter()
-        .filter(|o| o.workload == "fanout" || o.workload == "rooms")
+        .filter(|o| matches!(o.workload.as_str(), "fanout" | "rooms" | "durable"))
         .collect();
     if !talk.is_empty() {
         let _ = writeln!(md, "### Message runs\n");

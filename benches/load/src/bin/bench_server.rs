@@ -1,6 +1,7 @@
 //! The chat server as the load benchmark runs it: the same `chat_axum::serve_hub` stack as
 //! the example server, with the per-session flood limits lifted (a load generator sends
-//! far faster than a person may), any Origin, no page, no metrics exporter, no store.
+//! far faster than a person may), any Origin, no page, no metrics exporter, and no store
+//! unless `--db` is given (then the SQLite store, as the example server has by default).
 //!
 //! ```text
 //! bench-server --addr 127.0.0.1:0
@@ -14,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_axum::{OriginPolicy, RouterOptions};
 use chat_core::Rate;
-use chat_core::runtime::{Hub, HubConfig};
+use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -36,6 +37,13 @@ struct Args {
     /// written at the end of every batch).
     #[arg(long, default_value_t = RouterOptions::default().write_buffer_bytes)]
     write_buffer: usize,
+    /// SQLite database for a durable store (`:memory:` for an in-memory one); none by
+    /// default: history in the core's memory window only.
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
+    /// `full` (fsync per commit group) or `normal` (fsync at checkpoints).
+    #[arg(long, default_value = "full")]
+    durability: String,
 }
 
 #[tokio::main]
@@ -54,6 +62,16 @@ async fn main() -> anyhow::Result<()> {
     config.core.frame_rate = unlimited;
     config.core.max_rooms = 1_000_000;
     config.outbound_queue = args.outbound_queue;
+    if let Some(db) = &args.db {
+        let durability = match args.durability.as_str() {
+            "full" => Durability::Full,
+            "normal" => Durability::Normal,
+            other => anyhow::bail!("--durability {other}: expected full or normal"),
+        };
+        let store = SqliteStore::open(db, durability)
+            .with_context(|| format!("opening {}", db.display()))?;
+        config.store = Some(std::sync::Arc::new(store));
+    }
     let hub = Hub::spawn(config).await.context("starting the chat hub")?;
     let options = RouterOptions {
         origins: OriginPolicy::Any,
