@@ -1,13 +1,19 @@
 // A lively conversation, saved as docs/screenshot.png for the README. Runs last, on its
 // own server so that only this conversation is on it.
+//
+// Every run writes e2e/test-results/screenshot.png; docs/screenshot.png is written when it
+// is missing or with UPDATE_SCREENSHOT=1 (so a test run does not dirty the work tree).
 
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { expectTexts, openBot, openUser, poll, startServer, useBrowser } from '../lib/harness.mjs';
 
 const browserOf = useBrowser();
-const OUT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs/screenshot.png');
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const OUT = path.resolve(HERE, '../test-results/screenshot.png');
+const DOCS = path.resolve(HERE, '../../docs/screenshot.png');
 
 describe('screenshot', () => {
   test('a lively conversation → docs/screenshot.png', async () => {
@@ -43,7 +49,9 @@ describe('screenshot', () => {
     await poll(() => alice.page.locator('[data-testid="unread"]').count(), (n) => n === 2, { message: 'unread badges' });
     await alice.id('composer').fill('Sounds good, ');
     await alice.page.mouse.move(0, 0);
+    mkdirSync(path.dirname(OUT), { recursive: true });
     await alice.page.screenshot({ path: OUT });
+    if (process.env.UPDATE_SCREENSHOT === '1' || !existsSync(DOCS)) copyFileSync(OUT, DOCS);
     await alice.check();
     for (const b of [...Object.values(bots), dave]) await b.close();
     await alice.close();
