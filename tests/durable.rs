@@ -524,3 +524,99 @@ async fn a_database_locked_by_another_process_fails_sends_until_released() {
     );
     hub.shutdown().await;
 }
+
+/// Unmounts a test filesystem when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` at `at`, or `None` where this process may not mount (not root).
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Mount(at.to_owned()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_sends_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real full disk: a 1 MiB filesystem. Needs root (CI runs as root); elsewhere the
+    // failure paths are covered by the injected and the locked-database tests above.
+    let Some(_mount) = Mount::tmpfs(dir.path(), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let path = dir.path().join("chat.db");
+    let hub = hub(open(&path)).await;
+    let (mut alice, _) = Client::join(&hub, "alice", &["general"]).await;
+    alice.post_acked("general", "first", Some("m-0")).await;
+
+    // Fill what is left of the disk.
+    let filler = dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        while f.write_all(&chunk).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    // Send until the store refuses (the WAL may still have room for a few commits).
+    let body = "x".repeat(4000);
+    let mut acked = vec!["m-0".to_owned()];
+    let mut refused = None;
+    for n in 1..=500 {
+        let cid = format!("m-{n}");
+        let id = alice.post("general", &body, Some(&cid)).await;
+        match alice.answer(id).await {
+            ServerFrame::Ack { duplicate, .. } => {
+                assert!(!duplicate);
+                acked.push(cid);
+            }
+            ServerFrame::Error {
+                code: ErrorCode::StorageUnavailable,
+                message,
+                ..
+            } => {
+                assert!(message.contains("full"), "{message}");
+                eprintln!("{} acked, then refused: {message}", acked.len());
+                refused = Some(cid);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let refused = refused.expect("a full disk refuses a send");
+    // The server is up and still reads history while the disk is full.
+    let (mut bob, _) = Client::join(&hub, "bob", &["general"]).await;
+    assert_eq!(bob.full_history("general").await.len(), acked.len());
+
+    // Space again: the refused message goes through when resent.
+    std::fs::remove_file(&filler).unwrap();
+    let (_, dup) = alice.post_acked("general", &body, Some(&refused)).await;
+    assert!(!dup);
+    acked.push(refused);
+    let history = bob.full_history("general").await;
+    assert!(strictly_increasing(&history));
+    let ids: Vec<String> = history
+        .iter()
+        .map(|m| m.client_id.as_deref().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, acked);
+    hub.shutdown().await;
+    // And the file holds exactly that.
+    let store = open(&path);
+    let (stored, _) = store
+        .page(&RoomName::parse("general", 64, 32).unwrap(), None, 1000)
+        .unwrap();
+    assert_eq!(stored.len(), acked.len());
+    drop(store);
+}
