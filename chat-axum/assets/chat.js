@@ -204,7 +204,7 @@ const ui = {
 // ---------------------------------------------------------------------------------------
 // Formatting times
 
-const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
+const timeFmt = new Intl.DateTimeFormat(undefined, { timeStyle: 'short' });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'long' });
 const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric', year: 'numeric' });
 
@@ -1419,10 +1419,15 @@ function selectRoom(name, { focus = false } = {}) {
 function showNoRoom() {
   ui.host.replaceChildren();
   ui.roomTitle.textContent = 'No room';
+  ui.roomKind.textContent = '';
   ui.composer.disabled = true;
+  ui.composer.placeholder = 'Join a room to write';
   ui.chat.classList.add('no-room');
+  ui.typing.replaceChildren();
   renderMembers();
   updateHistoryControls();
+  ui.historyStatus.textContent = 'You are not in any room. Join or create one from the room list.';
+  renderRoomList();
 }
 
 function markRead(room) {

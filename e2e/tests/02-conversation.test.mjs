@@ -52,7 +52,7 @@ describe('conversation', () => {
     const ts = Date.parse(iso);
     assert.ok(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/.test(iso), `timestamp ${iso}`);
     assert.ok(ts >= before - 2000 && ts <= afterSend + 2000, `timestamp ${iso} is about now`);
-    const shown = new Intl.DateTimeFormat('en-GB', { hour: 'numeric', minute: '2-digit', timeZone: 'UTC' }).format(new Date(ts));
+    const shown = new Intl.DateTimeFormat('en-GB', { timeStyle: 'short', timeZone: 'UTC' }).format(new Date(ts));
     await expectTexts(time, [shown]);
     const title = await time.getAttribute('title');
     assert.ok(title.includes(String(new Date(ts).getUTCFullYear())) && title.includes(shown), `full time in title: ${title}`);
