@@ -207,7 +207,7 @@ impl SqliteStore {
                     | OpenFlags::SQLITE_OPEN_CREATE
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?
+            .map_err(|e| StoreError(e.to_string()))?
         };
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("setting busy_timeout"))?;
