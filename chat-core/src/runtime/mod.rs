@@ -54,6 +54,8 @@ pub struct HubConfig {
     /// the runtime from `store`.
     pub core: Config,
     /// Durable store. `None` keeps history in the in-memory window only (fastest).
+    /// With a store, a message is delivered and acked only after it is committed; the
+    /// embedded choice is `SqliteStore` (feature `sqlite`).
     pub store: Option<Arc<dyn Store>>,
     /// Frames queued per connection before the core's slow-consumer policy applies.
     pub outbound_queue: usize,
