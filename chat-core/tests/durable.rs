@@ -463,3 +463,36 @@ fn without_durable_mode_nothing_waits_for_a_store() {
     ));
     assert!(sim.loads.is_empty());
 }
+
+#[test]
+fn typing_that_starts_again_while_a_message_is_stored_is_shown_after_it() {
+    let mut sim = pair();
+    sim.say(1, json!({"type":"typing","room":"general","active":true}));
+    sim.expect_kinds(2, &["typing"]);
+    sim.say(
+        1,
+        json!({"type":"send","id":1,"room":"general","body":"first"}),
+    );
+    let msg = sim.persists.remove(0);
+    // alice types the next message before the store has confirmed the first.
+    sim.say(1, json!({"type":"typing","room":"general","active":true}));
+    let frames = sim.expect_kinds(2, &["typing"]);
+    assert!(matches!(
+        &frames[0],
+        ServerFrame::Typing { active: true, .. }
+    ));
+    commit(&mut sim, &msg);
+    // bob's page clears alice's typing on her message, then learns she is typing again.
+    let frames = sim.expect_kinds(2, &["message", "typing"]);
+    assert!(
+        matches!(&frames[1], ServerFrame::Typing { active: true, user, .. } if user.as_str() == "alice")
+    );
+    // Without new typing, a stored message is not followed by a typing frame.
+    sim.say(
+        1,
+        json!({"type":"send","id":2,"room":"general","body":"second"}),
+    );
+    let msg = sim.persists.remove(0);
+    commit(&mut sim, &msg);
+    sim.expect_kinds(2, &["message"]);
+}

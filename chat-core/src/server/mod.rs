@@ -1402,6 +1402,10 @@ impl Server {
             }
         }
         let (seq, ts) = room.stamp(now.utc);
+        // Sending ends the author's typing (clients clear it when the message arrives).
+        // Cleared now, at acceptance, so typing that starts again while a durable
+        // message waits for the store is kept and re-announced after the message.
+        room.typing.remove(&key);
         let msg = Arc::new(Message {
             room: room_name.clone(),
             seq,
@@ -1441,9 +1445,18 @@ impl Server {
             }
             let p = room.pending.pop_front().expect("front exists");
             room.push_history(p.posted.clone(), window);
-            // Posting ends the author's typing; clients clear it on the message itself.
-            room.typing.remove(&p.author);
+            let typing_again = room.typing.contains_key(&p.author);
             self.fan_out(room_name, &p.posted.frame, None, None);
+            if typing_again {
+                // Clients cleared the author's typing on the message; it started again
+                // while the message waited for the store.
+                let frame = Encoded::new(&ServerFrame::Typing {
+                    room: room_name.clone(),
+                    user: p.posted.msg.user.clone(),
+                    active: true,
+                });
+                self.fan_out(room_name, &frame, None, Some(&p.author));
+            }
             // The first acker posted it; any later one resent the same client id.
             for (i, acker) in p.ackers.iter().enumerate() {
                 self.ack(acker, &p.posted.msg, i > 0);
