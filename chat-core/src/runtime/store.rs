@@ -66,13 +66,19 @@ impl MemoryStore {
     /// An empty store with this epoch.
     #[must_use]
     pub fn new(epoch: impl Into<String>) -> MemoryStore {
-        MemoryStore { rooms: Mutex::default(), epoch: epoch.into() }
+        MemoryStore {
+            rooms: Mutex::default(),
+            epoch: epoch.into(),
+        }
     }
 }
 
 impl Store for MemoryStore {
     fn load(&self, window: usize) -> Result<Restored, StoreError> {
-        let rooms = self.rooms.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let rooms = self
+            .rooms
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
         let rooms = rooms
             .iter()
             .map(|(room, msgs)| {
@@ -85,13 +91,22 @@ impl Store for MemoryStore {
                 }
             })
             .collect();
-        Ok(Restored { epoch: self.epoch.clone(), rooms })
+        Ok(Restored {
+            epoch: self.epoch.clone(),
+            rooms,
+        })
     }
 
     fn append(&self, batch: &[Arc<Message>]) -> Result<(), StoreError> {
-        let mut rooms = self.rooms.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let mut rooms = self
+            .rooms
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
         for m in batch {
-            rooms.entry(m.room.clone()).or_default().push(Message::clone(m));
+            rooms
+                .entry(m.room.clone())
+                .or_default()
+                .push(Message::clone(m));
         }
         Ok(())
     }
@@ -102,8 +117,13 @@ impl Store for MemoryStore {
         before: Option<Seq>,
         limit: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let rooms = self.rooms.lock().map_err(|_| StoreError("poisoned".into()))?;
-        let Some(msgs) = rooms.get(room) else { return Ok((vec![], false)) };
+        let rooms = self
+            .rooms
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        let Some(msgs) = rooms.get(room) else {
+            return Ok((vec![], false));
+        };
         let end = before.map_or(msgs.len(), |b| msgs.partition_point(|m| m.seq < b));
         let start = end.saturating_sub(limit);
         Ok((msgs[start..end].to_vec(), start > 0))
