@@ -8,16 +8,17 @@
 //!
 //! Repeated over several seeds (a seeded xorshift picks the kill points).
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chat_core::ServerFrame;
 use chat_core::protocol::ErrorCode;
+use common::ServerProcess;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -60,106 +61,22 @@ impl Xorshift {
     }
 }
 
-fn server_binary() -> PathBuf {
-    // target/debug/deps/crash-… → target/debug/examples/server (built by `cargo test`).
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir
-        .join("examples")
-        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} missing: build the examples",
-        bin.display()
-    );
-    bin
+/// The example server on a database file, with flood control lifted.
+fn start_server(db: &Path) -> ServerProcess {
+    let mut args: Vec<std::ffi::OsString> = ["--durability", "full", "--db"]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    args.push(db.into());
+    args.extend(["--send-burst", "100000", "--send-rate", "100000"].map(Into::into));
+    ServerProcess::start(args)
 }
 
-/// The example server as a child process; killed when dropped.
-struct Server {
-    child: Option<Child>,
-    addr: String,
-}
-
-impl Server {
-    fn start(db: &Path) -> Server {
-        let mut child = Command::new(server_binary())
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--durability",
-                "full",
-                "--log",
-                "warn",
-            ])
-            .arg("--db")
-            .arg(db)
-            .args(["--send-burst", "100000", "--send-rate", "100000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the example server");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Reads the port, then keeps draining the pipe so the server never blocks on it.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("the server prints its address");
-        Server {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    /// Sends a signal with `kill`.
-    fn signal(&self, signal: &str) {
-        let child = self.child.as_ref().expect("running");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal}");
-    }
-
-    /// `kill -9` (also of a stopped process).
-    fn crash(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn stop(mut self) {
-        self.signal("-TERM");
-        let mut child = self.child.take().expect("running");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = rx
-            .recv_timeout(WAIT)
-            .expect("the server exits after SIGTERM")
-            .expect("wait");
-        assert!(status.success(), "graceful exit, got {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// SIGTERM, then a clean exit.
+fn stop_server(server: ServerProcess) {
+    server.signal("-TERM");
+    let status = server.wait();
+    assert!(status.success(), "graceful exit, got {status}");
 }
 
 /// Copies a crashed database (the file and its WAL) aside.
@@ -477,7 +394,7 @@ async fn run_seed(seed: u64) {
         .collect();
     let mut crashes = 0;
     loop {
-        let mut server = Server::start(&db);
+        let mut server = start_server(&db);
         let addr: Arc<str> = server.addr.clone().into();
         let already: usize = states.iter().map(|s| s.acked.len()).sum();
         let (acks, mut acks_rx) = watch::channel(already);
@@ -563,7 +480,7 @@ async fn run_seed(seed: u64) {
         }
         assert_eq!(finished, CLIENTS, "every client finished without a crash");
         verify(seed, &states, &server.addr).await;
-        server.stop();
+        stop_server(server);
         break;
     }
     assert_eq!(crashes, KILLS);

@@ -2,99 +2,18 @@
 //! `goodbye`, closes each with 1012 (service restart), waits for its connections and
 //! exits with status 0.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use chat_core::protocol::PROTOCOL_VERSION;
 use chat_core::{ClientFrame, ServerFrame};
+use common::ServerProcess;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Upper bound for any one wait (not a speed assertion).
 const WAIT: Duration = Duration::from_secs(30);
-
-fn server_binary() -> PathBuf {
-    // target/debug/deps/sigterm-… → target/debug/examples/server (built by `cargo test`).
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir
-        .join("examples")
-        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} missing: `cargo test -p chat` builds the examples (a `--test` filter alone does not)",
-        bin.display()
-    );
-    bin
-}
-
-/// The example server on an ephemeral port and an in-memory store; killed if dropped.
-struct Server {
-    child: Option<Child>,
-    addr: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = Command::new(server_binary())
-            .args(["--addr", "127.0.0.1:0", "--db", ":memory:", "--log", "warn"])
-            .args(["--drain-secs", "10"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the example server");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("the server prints its address");
-        Server {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status.
-    fn wait(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        rx.recv_timeout(WAIT)
-            .expect("the server exits after SIGTERM")
-            .expect("wait")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -164,7 +83,7 @@ async fn read_to_close(mut ws: Ws) -> (Vec<ServerFrame>, u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1012_and_exits_0() {
-    let server = Server::start();
+    let server = ServerProcess::start(["--db", ":memory:", "--drain-secs", "10"]);
     let url = format!("ws://{}/ws", server.addr);
     let mut alice = user(&url, "alice").await;
     let bob = user(&url, "bob").await;
@@ -194,7 +113,7 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
         .into_iter()
         .map(|ws| tokio::spawn(read_to_close(ws)))
         .collect();
-    server.sigterm();
+    server.signal("-TERM");
     for reader in readers {
         let (frames, code, reason) = reader.await.expect("reader task");
         assert!(

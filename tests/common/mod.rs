@@ -1,0 +1,108 @@
+//! The real example server as a child process, for the root package's tests.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// Upper bound for starting and stopping the server (not a speed assertion).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `target/<profile>/examples/server`, which `cargo test` builds for this package.
+fn server_binary() -> PathBuf {
+    // target/debug/deps/<test>-… → target/debug/examples/server
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir
+        .join("examples")
+        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} missing: `cargo test -p chat` builds the examples (a `--test` filter alone does not)",
+        bin.display()
+    );
+    bin
+}
+
+/// The example server on `127.0.0.1:0`; killed if dropped.
+pub struct ServerProcess {
+    child: Option<Child>,
+    /// `host:port` it listens on, read from its `listening on` line.
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the server with `--addr 127.0.0.1:0 --log warn` and these arguments.
+    pub fn start<I, S>(args: I) -> ServerProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(server_binary())
+            .args(["--addr", "127.0.0.1:0", "--log", "warn"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the example server");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Reads the port, then keeps draining the pipe so the server never blocks on it.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .expect("the server prints its address");
+        ServerProcess {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// Sends a signal with `kill` (e.g. `-TERM`, `-STOP`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// `kill -9` (also of a stopped process).
+    #[allow(dead_code)] // not every test crashes the server
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status.
+    pub fn wait(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        rx.recv_timeout(WAIT)
+            .expect("the server exits")
+            .expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
