@@ -169,8 +169,10 @@ struct Target {
     /// Bound on connecting and joining, in seconds.
     #[arg(long, default_value_t = 60.0)]
     setup_secs: f64,
-    /// Connection attempts in flight at once.
-    #[arg(long, default_value_t = 200)]
+    /// Connection attempts in flight at once. Keep it below every server's listen
+    /// backlog (128 is common): an overflowing accept queue drops the SYN and the client
+    /// retries after 1 s, which measures the backlog, not the server.
+    #[arg(long, default_value_t = 100)]
     concurrency: usize,
 }
 

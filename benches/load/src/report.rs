@@ -55,8 +55,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 fn short(note: &str) -> String {
-    let mut n: String = note.chars().take(90).collect();
-    if note.chars().count() > 90 {
+    let mut n: String = note.chars().take(70).collect();
+    if note.chars().count() > 70 {
         n.push('…');
     }
     n.replace('|', "/")
