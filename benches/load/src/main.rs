@@ -761,11 +761,24 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     let setup = Instant::now();
     spawn_clients(&shared, specs, target.concurrency);
     let limit = Duration::from_secs_f64(target.setup_secs);
+    // Everyone joined and heard of everyone; or everyone joined and the join notices
+    // stopped for 2 s (a server that dropped some: noted, and the run goes on).
+    let mut notices = (shared.notices.get(), Instant::now());
     let all_in = wait_until(limit, || {
-        shared.complete.get() == t.clients || shared.failed.get() > 0 || shared.errors.get() > 0
+        let n = shared.notices.get();
+        if n != notices.0 {
+            notices = (n, Instant::now());
+        }
+        let settled =
+            shared.joined.get() == t.clients && notices.1.elapsed() > Duration::from_secs(2);
+        shared.complete.get() == t.clients
+            || settled
+            || shared.failed.get() > 0
+            || shared.errors.get() > 0
     })
     .await;
     out.ready = shared.joined.get();
+    let missing_notices = shared.complete.get() < t.clients;
     if !all_in || shared.joined.get() < t.clients {
         out.note = format!(
             "setup incomplete after {:.1} s: {} connected, {} failed, {} joined, {} heard of everyone; {}",
@@ -835,6 +848,14 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     }
     if let Some(e) = shared.first_error.borrow().as_ref() {
         out.note = e.clone();
+    }
+    if missing_notices {
+        out.note = format!(
+            "join notices lost in setup: only {} of {} clients heard of everyone. {}",
+            shared.complete.get(),
+            t.clients,
+            out.note
+        );
     }
     out
 }

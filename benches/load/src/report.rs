@@ -197,8 +197,14 @@ fn cpu_cell(o: &Outcome) -> String {
 
 fn p99_cell(o: &Outcome) -> String {
     failed(o).unwrap_or_else(|| {
+        let wanted = (o.rate * o.clients as u64) as f64;
+        let short_of_rate = if o.workload == "fanout" && o.deliveries_per_s < 0.9 * wanted {
+            format!(" (only {:.0} deliveries/s)", o.deliveries_per_s)
+        } else {
+            String::new()
+        };
         format!(
-            "{} ms{}",
+            "{} ms{}{short_of_rate}",
             opt(o.p99_us.map(|v| v / 1000.0), 2),
             lost_suffix(o)
         )
