@@ -249,8 +249,14 @@ async fn writer<W>(
                             fed += 1;
                         }
                         Some(Outbound::Close(reason)) => break Some((reason.ws_code(), reason.as_str())),
-                        // The core dropped this session's queue: it was too slow to read.
-                        None => break Some((1013, "slow consumer")),
+                        // The queue was dropped: by the core for a slow consumer, or
+                        // because the reader ended the session (a local close it asked
+                        // for, or the peer left) while this batch was being written.
+                        None => break match local.try_recv() {
+                            Ok(c) => Some((c.code, c.reason)),
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                            Err(mpsc::error::TryRecvError::Empty) => Some((1013, "slow consumer")),
+                        },
                     }
                     if fed >= opts.write_batch {
                         break None;
