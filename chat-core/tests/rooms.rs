@@ -494,3 +494,30 @@ fn joining_a_direct_room_nobody_wrote_to_yet_shows_it_empty() {
     sim.say(1, json!({"type":"send","room":"@alice,bob","body":"hi"}));
     assert_eq!(sim.take_messages(2).len(), 1);
 }
+
+#[test]
+fn a_note_to_self_lists_its_one_user_once_before_and_after_the_first_message() {
+    let mut sim = Sim::new();
+    sim.hello(1, "alice");
+    sim.clear();
+    let members_of = |sim: &mut Sim| {
+        sim.say(1, json!({"type":"members","id":7,"room":"@alice,alice"}));
+        match sim.take_one(1) {
+            ServerFrame::Members { members, .. } => names(&members),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(members_of(&mut sim), ["alice"]);
+    sim.say(
+        1,
+        json!({"type":"send","to":"alice","body":"remember the milk"}),
+    );
+    let delivered = sim
+        .take(1)
+        .into_iter()
+        .filter(|f| matches!(f, ServerFrame::Message(_)))
+        .count();
+    assert_eq!(delivered, 1, "delivered once, not once per side");
+    sim.clear();
+    assert_eq!(members_of(&mut sim), ["alice"]);
+}

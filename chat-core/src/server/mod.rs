@@ -1735,9 +1735,9 @@ impl Server {
         };
         let members = match self.rooms.get(&room_name) {
             Some(room) => self.member_names(room),
+            // A direct room nobody has written to yet: its users, as `join` lists them.
             None if room_name.direct_users().is_some() => {
-                let (a, b) = room_name.direct_users().expect("direct");
-                vec![self.display_name(&a), self.display_name(&b)]
+                self.member_names(&Room::new(room_name.clone()))
             }
             None => {
                 self.reject(
