@@ -8,6 +8,10 @@
 //! - `fanout/per_extra_recipient`: the marginal cost of one more recipient, measured
 //!   directly as (time of a send into 10,000 members − time of a send into 100) / 9,900,
 //!   alternating the two rooms within each sample.
+//! - `join/storm_1000`: 1,000 sessions that said `hello` without rooms all `join` one new
+//!   room, one after the other; one sample is the whole join phase with every output
+//!   drained: 1,000 `joined` frames (each listing everyone who joined before) and 499,500
+//!   `user_joined` notices. Setting up the sessions is not timed.
 //!
 //! Flood control is configured out of the way (huge send and frame rates).
 //!
@@ -16,6 +20,7 @@
 //! ```text
 //! cargo bench --bench core
 //! cargo bench --bench core -- --warm-up-time 1 --measurement-time 3
+//! cargo bench --bench core -- join
 //! ```
 //!
 //! On a shared, noisy machine criterion's means mostly measure the neighbours. With
@@ -137,6 +142,104 @@ impl Fixture {
     }
 }
 
+/// `clients` sessions that said `hello` (no rooms), about to all join `general`.
+struct Storm {
+    server: Server,
+    now: Now,
+    joins: Vec<(SessionId, ClientFrame)>,
+}
+
+impl Storm {
+    fn new(clients: u64) -> Storm {
+        let config = Config {
+            default_rooms: Vec::new(),
+            ..Config::default()
+        };
+        let mut server = Server::new(config);
+        let now = Now::new(Instant::now(), chrono::Utc::now());
+        let mut joins = Vec::new();
+        for i in 0..clients {
+            let session = SessionId(i + 1);
+            let hello = ClientFrame::Hello {
+                id: None,
+                version: PROTOCOL_VERSION,
+                // Names as the load tool picks them (`u<pid>x<index>`).
+                name: format!("u4242x{i}"),
+                token: None,
+                rooms: None,
+            };
+            server
+                .handle_input(now, Input::Connected { session })
+                .expect("fresh session");
+            server
+                .handle_input(
+                    now,
+                    Input::Received {
+                        session,
+                        frame: Ok(hello),
+                    },
+                )
+                .expect("valid input");
+            while server.poll_output().is_some() {}
+            let join = ClientFrame::Join {
+                id: Some(1),
+                room: "general".into(),
+                since: None,
+            };
+            joins.push((session, join));
+        }
+        Storm { server, now, joins }
+    }
+
+    /// Every session joins, each join's outputs drained before the next. Returns the
+    /// number of frames queued. Not inlined, so that a profiler can count exactly this:
+    /// `valgrind --tool=callgrind --toggle-collect='core::Storm::run' <bench binary>
+    /// --bench join --profile-time 1`.
+    #[inline(never)]
+    fn run(&mut self) -> usize {
+        let mut frames = 0;
+        for (session, join) in self.joins.drain(..) {
+            self.server
+                .handle_input(
+                    self.now,
+                    Input::Received {
+                        session,
+                        frame: Ok(join),
+                    },
+                )
+                .expect("valid input");
+            while let Some(output) = self.server.poll_output() {
+                if matches!(output, Output::Send { .. }) {
+                    frames += 1;
+                }
+                black_box(output);
+            }
+        }
+        frames
+    }
+}
+
+/// The join phase of a storm of `clients`, timed alone (setup and teardown are not).
+fn storm_once(clients: u64) -> Duration {
+    let mut storm = Storm::new(clients);
+    let start = Instant::now();
+    let frames = black_box(storm.run());
+    let took = start.elapsed();
+    assert_eq!(frames as u64, clients + clients * (clients - 1) / 2);
+    took
+}
+
+fn join_storm(c: &mut Criterion) {
+    let clients = 1000;
+    let mut group = c.benchmark_group("join");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(clients));
+    group.bench_function(format!("storm_{clients}"), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| storm_once(clients)).sum());
+    });
+    group.finish();
+}
+
 fn sends(c: &mut Criterion) {
     let mut group = c.benchmark_group("send");
     group.throughput(Throughput::Elements(1));
@@ -202,20 +305,23 @@ fn min_of_batches() {
         f10k.send_one();
     }
     for round in 1..=5 {
+        let storm = (0..10).map(|_| storm_once(1000)).min().expect("runs");
         let t10 = fastest(&mut f10, 200, 300);
         let t100 = fastest(&mut f100, 50, 300);
         let t10k = fastest(&mut f10k, 2, 150);
         println!(
             "round {round}: room_10 {t10:.0} ns/send = {:.0}k sends/s | room_100 {t100:.0} ns/send | \
-             room_10000 {:.1} us/send | per extra recipient (room_10000 - room_100) / 9900 = {:.1} ns",
+             room_10000 {:.1} us/send | per extra recipient (room_10000 - room_100) / 9900 = {:.1} ns | \
+             join storm of 1000 {:.1} ms",
             1e6 / t10,
             t10k / 1e3,
-            (t10k - t100) / 9900.0
+            (t10k - t100) / 9900.0,
+            storm.as_secs_f64() * 1e3
         );
     }
 }
 
-criterion_group!(benches, sends, per_recipient);
+criterion_group!(benches, sends, per_recipient, join_storm);
 
 fn main() {
     if std::env::var_os("CORE_BENCH_MIN_OF").is_some() {

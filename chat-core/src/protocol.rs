@@ -457,6 +457,61 @@ impl Encoded {
         }
     }
 
+    /// A `joined` frame assembled from parts already in JSON, byte for byte what
+    /// [`Encoded::new`] writes for the same [`ServerFrame::Joined`]: `members_json` is
+    /// the member list as a JSON array, and each message comes with its encoded
+    /// `message` frame, whose fields are copied rather than serialized again. A join
+    /// then costs a copy of the member list instead of serializing every name.
+    pub(crate) fn joined<'a>(
+        id: Option<RequestId>,
+        room: &RoomName,
+        members_json: &[u8],
+        messages: impl Iterator<Item = (&'a Arc<Message>, &'a Encoded)> + Clone,
+        gap: bool,
+        last_seq: Seq,
+    ) -> Encoded {
+        // A `message` frame is the message's object with the tag in front.
+        const MESSAGE_TAG: &[u8] = br#"{"type":"message","#;
+        let messages_len: usize = messages.clone().map(|(_, f)| f.bytes.len()).sum();
+        let mut out =
+            Vec::with_capacity(96 + 2 * room.as_str().len() + members_json.len() + messages_len);
+        out.extend_from_slice(br#"{"type":"joined""#);
+        if let Some(id) = id {
+            out.extend_from_slice(br#","id":"#);
+            out.extend_from_slice(itoa(id, &mut [0; 20]));
+        }
+        out.extend_from_slice(br#","room":"#);
+        serde_json::to_writer(&mut out, room.as_str()).expect("a string always serializes");
+        out.extend_from_slice(br#","members":"#);
+        out.extend_from_slice(members_json);
+        out.extend_from_slice(br#","messages":["#);
+        for (i, (msg, frame)) in messages.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match frame.bytes.strip_prefix(MESSAGE_TAG) {
+                Some(fields) => {
+                    out.push(b'{');
+                    out.extend_from_slice(fields);
+                }
+                None => {
+                    serde_json::to_writer(&mut out, &**msg).expect("server frames always serialize")
+                }
+            }
+        }
+        out.extend_from_slice(if gap {
+            br#"],"gap":true,"last_seq":"#
+        } else {
+            br#"],"gap":false,"last_seq":"#
+        });
+        out.extend_from_slice(itoa(last_seq.0, &mut [0; 20]));
+        out.push(b'}');
+        Encoded {
+            bytes: Bytes::from(out),
+            ephemeral: false,
+        }
+    }
+
     /// The JSON text, as bytes (always valid UTF-8).
     #[must_use]
     pub fn bytes(&self) -> &Bytes {
@@ -478,6 +533,19 @@ impl Encoded {
     /// Decodes the frame back (for clients and tests).
     pub fn decode(&self) -> Result<ServerFrame, serde_json::Error> {
         serde_json::from_slice(&self.bytes)
+    }
+}
+
+/// The decimal digits of `n`, as serde_json writes an integer.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
     }
 }
 

@@ -521,3 +521,70 @@ fn a_note_to_self_lists_its_one_user_once_before_and_after_the_first_message() {
     sim.clear();
     assert_eq!(members_of(&mut sim), ["alice"]);
 }
+
+/// `joined` is assembled from the room's member list and its messages' frames, already in
+/// JSON; it must be exactly what serializing the whole frame gives, whatever the names
+/// (escapes, non-ASCII, display case against key order) and however the list changed.
+#[test]
+fn joined_frames_are_byte_identical_to_the_serialized_frame_as_members_come_and_go() {
+    let mut sim = Sim::new();
+    // Key order: alice, back\slash, bob, carol, q"uote, zoë, émile, ünï.
+    let people = [
+        "Zoë",
+        r#"q"uote"#,
+        r"back\slash",
+        "alice",
+        "Émile",
+        "bob",
+        "Carol",
+        "ünï",
+    ];
+    let mut zoe_token = String::new();
+    for (i, name) in (1..).zip(people) {
+        let token = sim.hello(i, name);
+        if i == 1 {
+            zoe_token = token;
+        }
+        sim.send(i, 1, "general", &format!("hi \"{name}\" \\ \u{1F600}\n"));
+    }
+    // A second tab of Zoë (not a new member), resuming after seq 3.
+    sim.hello_with_token(20, "ZOË", &zoe_token);
+    sim.say(20, json!({"type":"join","room":"general","since":3}));
+    sim.say(3, json!({"type":"leave","id":7,"room":"general"})); // a middle name
+    sim.say(4, json!({"type":"leave","room":"general"})); // the first name
+    sim.say(4, json!({"type":"join","id":8,"room":"general","since":0}));
+    sim.say(8, json!({"type":"leave","room":"general"})); // the last name
+    sim.say(5, json!({"type":"leave","room":"general"}));
+    sim.say(5, json!({"type":"join","room":"general","since":99})); // a gap
+    sim.disconnect(6); // bob lingers: still listed
+    sim.hello(9, "dave");
+    // A room that empties and fills again.
+    for s in [7, 2, 7] {
+        sim.join(s, "tiny");
+        sim.say(s, json!({"type":"leave","room":"tiny"}));
+    }
+    sim.join(2, "tiny");
+    sim.join(7, "tiny");
+
+    let mut joined = 0;
+    for (sid, frames) in &sim.raw {
+        for text in frames
+            .iter()
+            .filter(|t| t.starts_with(r#"{"type":"joined""#))
+        {
+            let frame: ServerFrame = serde_json::from_str(text).expect("valid frame");
+            let again = serde_json::to_string(&frame).expect("serializes");
+            assert_eq!(*text, again, "to {sid}");
+            joined += 1;
+        }
+    }
+    assert_eq!(joined, 8 + 2 + 1 + 1 + 1 + 3 + 2);
+    assert_eq!(
+        names(&sim.server.members(&room("general")).unwrap()),
+        ["alice", "bob", "Carol", "dave", r#"q"uote"#, "Zoë", "Émile"]
+    );
+    assert_eq!(
+        names(&sim.server.members(&room("tiny")).unwrap()),
+        ["Carol", r#"q"uote"#]
+    );
+}

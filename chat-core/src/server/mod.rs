@@ -20,7 +20,7 @@ use crate::protocol::{
 };
 pub use limits::Rate;
 use limits::TokenBucket;
-use rooms::{Acker, Member, Page, Pending, Posted, Room};
+use rooms::{Acker, Page, Pending, Posted, Room};
 
 /// The current time, passed in: the core never reads a clock.
 ///
@@ -701,14 +701,14 @@ impl Server {
             let Some(room) = self.rooms.get_mut(room_name) else {
                 continue;
             };
-            room.sessions.remove(&sid);
-            let Some(member) = room.members.get_mut(&key) else {
+            room.remove_session(sid);
+            let Some(member) = room.member_mut(&key) else {
                 continue;
             };
             member.sessions.remove(&sid);
             if member.sessions.is_empty() {
                 if self.shutting_down {
-                    room.members.remove(&key);
+                    room.remove_member(&key);
                 } else {
                     let until = now.mono + grace;
                     member.linger_until = Some(until);
@@ -753,13 +753,12 @@ impl Server {
             return;
         };
         let expired = room
-            .members
-            .get(key)
+            .member(key)
             .is_some_and(|m| m.sessions.is_empty() && m.linger_until == Some(at));
         if !expired {
             return;
         }
-        room.members.remove(key);
+        room.remove_member(key);
         let user = self.display_name(key);
         self.announce_left(now, room_name, user);
     }
@@ -1089,11 +1088,10 @@ impl Server {
         let room = self.rooms.get_mut(&room_name).expect("exists now");
         let mut announce = false;
         if room.direct.is_none() && !already {
-            room.sessions.insert(sid);
-            let member = room.members.entry(key.clone()).or_insert_with(|| {
-                announce = true;
-                Member::default()
-            });
+            room.add_session(sid);
+            let users = &self.users;
+            let (member, added) = room.add_member(key, || display_name(users, key));
+            announce = added;
             member.sessions.insert(sid);
             member.linger_until = None;
             self.sessions
@@ -1102,22 +1100,7 @@ impl Server {
                 .rooms
                 .insert(room_name.clone());
         }
-        let room = self.rooms.get(&room_name).expect("exists");
-        let (messages, gap) = match since {
-            None => (room.latest(self.config.history_on_join), false),
-            Some(since) => match room.after(since) {
-                Some(messages) => (messages, false),
-                None => (room.latest(self.config.history_on_join), true),
-            },
-        };
-        let frame = ServerFrame::Joined {
-            id,
-            room: room_name.clone(),
-            members: self.member_names(room),
-            messages,
-            gap,
-            last_seq: room.last_delivered,
-        };
+        let frame = self.joined_frame(id, &room_name, since);
         if announce {
             let user = self.display_name(key);
             let notice = Encoded::new(&ServerFrame::UserJoined {
@@ -1131,8 +1114,52 @@ impl Server {
                 user,
             });
         }
-        self.send_to(sid, &frame);
+        self.outputs.push_back(Output::Send { to: sid, frame });
         self.accepted(sid);
+    }
+
+    /// The `joined` frame for an existing room: its members and the messages for `since`.
+    /// Built from the room's member list in JSON and its messages' encoded frames, so
+    /// each join copies bytes instead of serializing every member's name again.
+    fn joined_frame(
+        &self,
+        id: Option<RequestId>,
+        room_name: &RoomName,
+        since: Option<Seq>,
+    ) -> Encoded {
+        let room = &self.rooms[room_name];
+        // A direct room's two users are listed by their current names, as `members` does.
+        let direct_members = room
+            .direct
+            .is_some()
+            .then(|| serde_json::to_vec(&self.member_names(room)).expect("names always serialize"));
+        let members_json = match &direct_members {
+            Some(json) => json,
+            None => room.members_json(),
+        };
+        let on_join = self.config.history_on_join;
+        let (messages, gap) = match since {
+            None => (room.latest(on_join), false),
+            Some(since) => match room.after(since) {
+                Some(messages) => (messages, false),
+                None => (room.latest(on_join), true),
+            },
+        };
+        let messages = messages.map(|p| (&p.msg, &p.frame));
+        let last_seq = room.last_delivered;
+        let frame = Encoded::joined(id, room_name, members_json, messages.clone(), gap, last_seq);
+        debug_assert_eq!(
+            frame,
+            Encoded::new(&ServerFrame::Joined {
+                id,
+                room: room_name.clone(),
+                members: self.member_names(room),
+                messages: messages.map(|(m, _)| m.clone()).collect(),
+                gap,
+                last_seq,
+            })
+        );
+        frame
     }
 
     /// Creates a room, or rejects when the server holds as many as allowed.
@@ -1194,8 +1221,8 @@ impl Server {
             return;
         }
         let room = self.rooms.get_mut(&room_name).expect("session rooms exist");
-        room.sessions.remove(&sid);
-        let member = room.members.get_mut(key).expect("session is a member");
+        room.remove_session(sid);
+        let member = room.member_mut(key).expect("session is a member");
         member.sessions.remove(&sid);
         let last = member.sessions.is_empty() && member.linger_until.is_none();
         self.send_to(
@@ -1207,7 +1234,7 @@ impl Server {
         );
         if last {
             let room = self.rooms.get_mut(&room_name).expect("exists");
-            room.members.remove(key);
+            room.remove_member(key);
             if room.typing.contains_key(key) {
                 self.stop_typing(&room_name, key);
             }
@@ -1894,17 +1921,22 @@ impl Server {
         match &room.direct {
             Some((a, b)) if a == b => vec![self.display_name(a)],
             Some((a, b)) => vec![self.display_name(a), self.display_name(b)],
-            None => room.members.keys().map(|k| self.display_name(k)).collect(),
+            None => {
+                let names: Vec<UserName> = room.member_names().cloned().collect();
+                debug_assert!(
+                    room.member_names()
+                        .all(|n| self.display_name(&n.key()) == *n),
+                    "a member's name is its user's display name"
+                );
+                names
+            }
         }
     }
 
     /// A user's display name; for a user no longer known (a direct-room peer who left),
     /// the key itself.
     fn display_name(&self, key: &UserKey) -> UserName {
-        match self.users.get(key) {
-            Some(u) => u.name.clone(),
-            None => UserName::parse(key.as_str(), usize::MAX).expect("keys are valid names"),
-        }
+        display_name(&self.users, key)
     }
 
     /// Sends one frame to every session in a room: the same bytes to each. `except_session`
@@ -1920,8 +1952,8 @@ impl Server {
             return;
         };
         let direct_sessions: Vec<SessionId>;
-        let recipients: Box<dyn Iterator<Item = &SessionId>> = match &room.direct {
-            None => Box::new(room.sessions.iter()),
+        let recipients: &[SessionId] = match &room.direct {
+            None => room.sessions(),
             Some((a, b)) => {
                 // A note to self (`@a,a`) has one user: list their sessions once.
                 direct_sessions = [Some(a), (a != b).then_some(b)]
@@ -1930,15 +1962,16 @@ impl Server {
                     .filter_map(|k| self.users.get(k))
                     .flat_map(|u| u.sessions.iter().copied())
                     .collect();
-                Box::new(direct_sessions.iter())
+                &direct_sessions
             }
         };
         let skip_user: Option<&BTreeSet<SessionId>> =
             except_user.and_then(|k| match &room.direct {
-                None => room.members.get(k).map(|m| &m.sessions),
+                None => room.member(k).map(|m| &m.sessions),
                 Some(_) => self.users.get(k).map(|u| &u.sessions),
             });
         let ephemeral = frame.is_ephemeral();
+        self.outputs.reserve(recipients.len());
         for &to in recipients {
             if Some(to) == except_session || skip_user.is_some_and(|s| s.contains(&to)) {
                 continue;
@@ -2008,6 +2041,15 @@ impl Server {
         if s.strikes >= self.config.max_strikes {
             self.drop_session(now, sid, Some(CloseReason::Flood));
         }
+    }
+}
+
+/// A user's display name; for a user no longer known (a direct-room peer who left), the
+/// key itself.
+fn display_name(users: &BTreeMap<UserKey, User>, key: &UserKey) -> UserName {
+    match users.get(key) {
+        Some(u) => u.name.clone(),
+        None => UserName::parse(key.as_str(), usize::MAX).expect("keys are valid names"),
     }
 }
 

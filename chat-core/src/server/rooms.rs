@@ -6,17 +6,21 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserKey};
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, Message};
 
 /// A user's presence in a public room.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Member {
     /// This user's sessions that are in the room.
     pub sessions: BTreeSet<SessionId>,
     /// Set when the last session disconnected: the user stays listed until then, so a
     /// page refresh does not announce a leave and a join.
     pub linger_until: Option<Instant>,
+    /// The user's display name, taken when the member was added. It cannot change while
+    /// the member exists: a member lingers no longer than its user's grace period (the
+    /// linger timer fires first at the same instant), and a user keeps its name.
+    pub name: UserName,
 }
 
 /// A message as kept in the window: the shared message and its frame, encoded once.
@@ -57,9 +61,17 @@ pub(crate) struct Room {
     /// The two users of a direct-message room; `None` for a public room.
     pub direct: Option<(UserKey, UserKey)>,
     /// Users in a public room.
-    pub members: BTreeMap<UserKey, Member>,
-    /// Every session in a public room: the recipients of its events.
-    pub sessions: BTreeSet<SessionId>,
+    members: BTreeMap<UserKey, Member>,
+    /// The members' names as a JSON array in key order, as serde writes them in `joined`,
+    /// kept current as members come and go: a join copies it instead of serializing
+    /// every name again.
+    members_json: Vec<u8>,
+    /// The members' keys in order, each with the length of its name in `members_json`,
+    /// to find where a name sits there.
+    listed: Vec<(UserKey, usize)>,
+    /// Every session in a public room, in order: the recipients of its events. A sorted
+    /// vector rather than a set: every event walks it, and it changes far less often.
+    sessions: Vec<SessionId>,
     /// Who is typing, until when.
     pub typing: BTreeMap<UserKey, Instant>,
     history: VecDeque<Posted>,
@@ -74,6 +86,12 @@ pub(crate) struct Room {
     pub pending: VecDeque<Pending>,
 }
 
+/// Where the `i`-th listed name starts in the member list's JSON: after `[` and each
+/// earlier name with its comma.
+fn json_offset(listed: &[(UserKey, usize)], i: usize) -> usize {
+    1 + listed[..i].iter().map(|(_, len)| len + 1).sum::<usize>()
+}
+
 impl Room {
     pub fn new(name: RoomName) -> Room {
         let direct = name.direct_users();
@@ -81,7 +99,9 @@ impl Room {
             name,
             direct,
             members: BTreeMap::new(),
-            sessions: BTreeSet::new(),
+            members_json: b"[]".to_vec(),
+            listed: Vec::new(),
+            sessions: Vec::new(),
             typing: BTreeMap::new(),
             history: VecDeque::new(),
             floor: Seq(0),
@@ -99,6 +119,111 @@ impl Room {
             if a == b { 1 } else { 2 }
         } else {
             self.members.len()
+        }
+    }
+
+    /// A user's membership of this public room.
+    pub fn member(&self, key: &UserKey) -> Option<&Member> {
+        self.members.get(key)
+    }
+
+    /// A user's membership, to change its sessions or linger time (not its name).
+    pub fn member_mut(&mut self, key: &UserKey) -> Option<&mut Member> {
+        self.members.get_mut(key)
+    }
+
+    /// The user's membership, added with the display name from `name` if the user is
+    /// not a member yet; the flag says whether it was added.
+    pub fn add_member(
+        &mut self,
+        key: &UserKey,
+        name: impl FnOnce() -> UserName,
+    ) -> (&mut Member, bool) {
+        use std::collections::btree_map::Entry;
+        match self.members.entry(key.clone()) {
+            Entry::Occupied(e) => (e.into_mut(), false),
+            Entry::Vacant(e) => {
+                let name = name();
+                let mut json = Vec::with_capacity(name.as_str().len() + 3);
+                serde_json::to_writer(&mut json, name.as_str())
+                    .expect("a string always serializes");
+                let i = self
+                    .listed
+                    .binary_search_by(|(k, _)| k.cmp(key))
+                    .expect_err("not listed yet");
+                let len = json.len();
+                let at = if i < self.listed.len() {
+                    json.push(b','); // before the next name
+                    json_offset(&self.listed, i)
+                } else {
+                    if i > 0 {
+                        json.insert(0, b','); // after the last name
+                    }
+                    self.members_json.len() - 1 // before `]`
+                };
+                self.members_json.splice(at..at, json);
+                self.listed.insert(i, (key.clone(), len));
+                let member = e.insert(Member {
+                    sessions: BTreeSet::new(),
+                    linger_until: None,
+                    name,
+                });
+                (member, true)
+            }
+        }
+    }
+
+    /// Removes a user from the member list.
+    pub fn remove_member(&mut self, key: &UserKey) -> Option<Member> {
+        let member = self.members.remove(key)?;
+        let i = self
+            .listed
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .expect("members are listed");
+        let at = json_offset(&self.listed, i);
+        let (_, len) = self.listed.remove(i);
+        let range = if self.listed.is_empty() {
+            at..at + len
+        } else if i < self.listed.len() {
+            at..at + len + 1 // with the comma after it
+        } else {
+            at - 1..at + len // with the comma before it
+        };
+        self.members_json.drain(range);
+        Some(member)
+    }
+
+    /// The display names of a public room's members, in key order.
+    pub fn member_names(&self) -> impl Iterator<Item = &UserName> {
+        self.members.values().map(|m| &m.name)
+    }
+
+    /// The names of a public room's members as a JSON array, byte for byte as serde
+    /// writes the `Vec<UserName>` of [`member_names`](Self::member_names).
+    pub fn members_json(&self) -> &[u8] {
+        debug_assert_eq!(
+            self.members_json,
+            serde_json::to_vec(&self.member_names().collect::<Vec<_>>()).expect("serializes"),
+        );
+        &self.members_json
+    }
+
+    /// The sessions in a public room, in order.
+    pub fn sessions(&self) -> &[SessionId] {
+        &self.sessions
+    }
+
+    /// Adds a session to the room's recipients.
+    pub fn add_session(&mut self, sid: SessionId) {
+        if let Err(i) = self.sessions.binary_search(&sid) {
+            self.sessions.insert(i, sid);
+        }
+    }
+
+    /// Removes a session from the room's recipients.
+    pub fn remove_session(&mut self, sid: SessionId) {
+        if let Ok(i) = self.sessions.binary_search(&sid) {
+            self.sessions.remove(i);
         }
     }
 
@@ -187,18 +312,18 @@ impl Room {
     }
 
     /// The latest `n` messages, oldest first.
-    pub fn latest(&self, n: usize) -> Vec<Arc<Message>> {
+    pub fn latest(&self, n: usize) -> std::collections::vec_deque::Iter<'_, Posted> {
         let start = self.history.len().saturating_sub(n);
-        self.history.range(start..).map(|p| p.msg.clone()).collect()
+        self.history.range(start..)
     }
 
     /// Exactly the messages after `since`, or `None` when the window no longer holds them all.
-    pub fn after(&self, since: Seq) -> Option<Vec<Arc<Message>>> {
+    pub fn after(&self, since: Seq) -> Option<std::collections::vec_deque::Iter<'_, Posted>> {
         if since > self.last_delivered || since < self.floor {
             return None;
         }
         let i = self.history.partition_point(|p| p.msg.seq <= since);
-        Some(self.history.range(i..).map(|p| p.msg.clone()).collect())
+        Some(self.history.range(i..))
     }
 
     /// The newest `limit` messages before `before`, oldest first, from memory if it can.
