@@ -24,13 +24,14 @@
 mod origin;
 mod page;
 mod socket;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -145,7 +146,7 @@ async fn ws_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    ws: WebSocketUpgrade,
+    upgrade: ws::Upgrade,
 ) -> Response {
     if let Err(refused) = state.options.origins.check(&headers) {
         tracing::info!(origin = %refused, "refused WebSocket from another origin");
@@ -155,30 +156,35 @@ async fn ws_handler(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let peer = connect.map(|Extension(ConnectInfo(addr))| addr);
-    let token = state.options.tracker.token();
-    let opts = state.options.clone();
-    configure(ws, &opts).on_upgrade(move |socket| async move {
-        socket::run(socket, state.hub, opts, peer, socket::Mode::Chat).await;
-        drop(token);
-    })
+    spawn_connection(upgrade, state, peer, socket::Mode::Chat)
 }
 
 #[cfg(feature = "autobahn")]
-async fn echo_handler(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    let token = state.options.tracker.token();
-    let opts = state.options.clone();
-    configure(ws, &opts).on_upgrade(move |socket| async move {
-        socket::run(socket, state.hub, opts, None, socket::Mode::Echo).await;
-        drop(token);
-    })
+async fn echo_handler(State(state): State<AppState>, upgrade: ws::Upgrade) -> Response {
+    spawn_connection(upgrade, state, None, socket::Mode::Echo)
 }
 
-fn configure(ws: WebSocketUpgrade, opts: &RouterOptions) -> WebSocketUpgrade {
-    ws.read_buffer_size(opts.read_buffer_bytes)
-        .write_buffer_size(opts.write_buffer_bytes)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(opts.max_frame_bytes)
-        .max_frame_size(opts.max_frame_bytes)
+/// Answers `101 Switching Protocols`; the connection's task starts once hyper has
+/// handed over the socket.
+fn spawn_connection(
+    upgrade: ws::Upgrade,
+    state: AppState,
+    peer: Option<SocketAddr>,
+    mode: socket::Mode,
+) -> Response {
+    let (response, on_upgrade) = upgrade.accept();
+    let token = state.options.tracker.token();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                socket::run(io, state.hub, state.options, peer, mode).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+        drop(token);
+    });
+    response
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -1,17 +1,20 @@
-//! One WebSocket connection: a reader (this task) and a writer (a tracked task), generic
-//! over `Stream`/`Sink` so the same code serves chat and the Autobahn echo endpoint.
+//! One WebSocket connection, one task: it reads frames and hands them to the hub, and
+//! frames what the hub queued for the session into one write buffer, written with one
+//! syscall per batch. The same loop serves the Autobahn echo endpoint.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chat_core::runtime::{Hub, Inbound, Outbound};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tracing::Instrument;
+use tokio::time::{Instant, Sleep};
 
 use crate::RouterOptions;
+use crate::ws::{self, Fail, Incoming, Reader};
 
 /// What the connection does with incoming frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,344 +26,394 @@ pub(crate) enum Mode {
     Echo,
 }
 
-/// A close the connection itself decides on (as opposed to the core's).
-#[derive(Debug, Clone, Copy)]
-struct LocalClose {
-    code: u16,
-    reason: &'static str,
-}
-
-const TOO_BIG: LocalClose = LocalClose {
-    code: 1009,
-    reason: "message too big",
-};
-const IDLE: LocalClose = LocalClose {
+const IDLE: Fail = Fail {
     code: 1001,
     reason: "idle timeout",
 };
-const BAD_UTF8: LocalClose = LocalClose {
-    code: 1007,
-    reason: "invalid UTF-8",
-};
-const PROTOCOL: LocalClose = LocalClose {
-    code: 1002,
-    reason: "protocol error",
+const SLOW: Fail = Fail {
+    code: 1013,
+    reason: "slow consumer",
 };
 
-pub(crate) async fn run(
-    socket: WebSocket,
+/// Bytes read per syscall at most (a stack buffer: nothing is kept between reads).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Serves one upgraded connection until it is closed.
+pub(crate) async fn run<IO>(
+    io: IO,
     hub: Hub,
     opts: Arc<RouterOptions>,
     peer: Option<SocketAddr>,
     mode: Mode,
-) {
-    let (sink, stream) = socket.split();
-    match mode {
-        Mode::Chat => {
-            let Ok(conn) = hub.connect().await else {
-                return;
-            };
-            let span = tracing::info_span!("ws", session = %conn.session, peer = ?peer);
-            let (inbound, outbound) = conn.split();
-            connection(stream, sink, Some(inbound), outbound, opts)
-                .instrument(span)
-                .await;
-        }
-        Mode::Echo => {
-            let (tx, outbound) = mpsc::channel(opts.write_batch.max(1) * 4);
-            echo(stream, sink, tx, outbound, opts).await;
-        }
-    }
-}
-
-/// Runs a chat connection: the writer drains the session's queue; this task reads.
-async fn connection<R, W>(
-    stream: R,
-    sink: W,
-    inbound: Option<Inbound>,
-    outbound: mpsc::Receiver<Outbound>,
-    opts: Arc<RouterOptions>,
 ) where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
-    W: Sink<Message, Error = axum::Error> + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (local_tx, local_rx) = mpsc::channel::<LocalClose>(1);
-    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let writer =
-        tokio::spawn(writer(sink, outbound, local_rx, closing_tx, opts.clone()).in_current_span());
-    reader(stream, inbound.as_ref(), &local_tx, closing_rx, &opts, None).await;
-    if let Some(inbound) = inbound {
+    let (inbound, outbound) = match mode {
+        Mode::Chat => match hub.connect().await {
+            Ok(conn) => {
+                let (inbound, outbound) = conn.split();
+                (Some(inbound), Some(outbound))
+            }
+            Err(_) => return,
+        },
+        Mode::Echo => (None, None),
+    };
+    let session = inbound.as_ref().map(Inbound::session);
+    let now = Instant::now();
+    let mut conn = Conn {
+        io,
+        reader: Reader::new(opts.max_frame_bytes),
+        out: Vec::new(),
+        written: 0,
+        batch: Vec::new(),
+        outbound,
+        inbound,
+        read_failed: false,
+        close_sent: false,
+        close_received: false,
+        fin_sent: false,
+        deadline: None,
+        last_read: now,
+        last_write: now,
+        stalled: false,
+        opts,
+    };
+    let sleep = tokio::time::sleep_until(conn.next_check());
+    tokio::pin!(sleep);
+    let end = conn.serve(sleep).await;
+    if let Some(inbound) = conn.inbound.take() {
         inbound.disconnect().await;
     }
-    drop(local_tx);
-    let _ = writer.await;
-    tracing::debug!("connection closed");
+    // A FIN after our last bytes, when the socket still takes one; bounded for a peer
+    // that reads nothing.
+    let stuck = end == End::TimedOut && conn.written < conn.out.len();
+    if end != End::Broken && !stuck && !conn.fin_sent {
+        let close_timeout = conn.opts.close_timeout;
+        let _ = tokio::time::timeout(close_timeout, poll_fn(|cx| conn.poll_shutdown(cx))).await;
+    }
+    tracing::debug!(?session, ?peer, ?end, "connection closed");
 }
 
-async fn echo<R, W>(
-    stream: R,
-    sink: W,
-    tx: mpsc::Sender<Outbound>,
-    outbound: mpsc::Receiver<Outbound>,
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both close frames were exchanged.
+    Closed,
+    /// We closed and the peer did not answer in time, or never read our close.
+    TimedOut,
+    /// The peer hung up without a close handshake.
+    Gone,
+    /// The socket failed.
+    Broken,
+}
+
+/// What woke the connection.
+enum Wake {
+    /// Bytes were read into the reader.
+    Read,
+    /// The session's queue ended without a close: the core dropped it (slow consumer).
+    QueueEnded,
+    /// The core closed the session: the close frame is queued.
+    SessionClosed,
+    Timer,
+    End(End),
+}
+
+struct Conn<IO> {
+    io: IO,
+    reader: Reader,
+    /// Bytes to write; `out[written..]` is still pending.
+    out: Vec<u8>,
+    written: usize,
+    /// Frames taken from the session's queue, framed into `out` right away.
+    batch: Vec<Outbound>,
+    /// The session's queue; `None` once it ended (or for the echo endpoint).
+    outbound: Option<mpsc::Receiver<Outbound>>,
+    /// The session; `None` once this side ended it (or for the echo endpoint).
+    inbound: Option<Inbound>,
+    /// A bad frame was read: the rest of the input is discarded.
+    read_failed: bool,
+    close_sent: bool,
+    close_received: bool,
+    /// Our side of the TCP connection is shut down (after a failure).
+    fin_sent: bool,
+    /// After our close: when to stop waiting for the peer's.
+    deadline: Option<Instant>,
+    last_read: Instant,
+    last_write: Instant,
+    /// The last write could not take everything (the peer reads slowly or not at all).
+    stalled: bool,
     opts: Arc<RouterOptions>,
-) where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
-    W: Sink<Message, Error = axum::Error> + Unpin + Send + 'static,
-{
-    let (local_tx, local_rx) = mpsc::channel::<LocalClose>(1);
-    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let (raw_tx, raw_rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(echo_writer(
-        sink,
-        raw_rx,
-        local_rx,
-        closing_tx,
-        opts.clone(),
-    ));
-    drop(tx);
-    drop(outbound);
-    reader(stream, None, &local_tx, closing_rx, &opts, Some(&raw_tx)).await;
-    drop(local_tx);
-    drop(raw_tx);
-    let _ = writer.await;
 }
 
-/// Reads frames until the peer's close completes, the connection breaks, or it idles out.
-async fn reader<R>(
-    mut stream: R,
-    inbound: Option<&Inbound>,
-    local: &mpsc::Sender<LocalClose>,
-    mut closing: tokio::sync::watch::Receiver<bool>,
-    opts: &RouterOptions,
-    echo: Option<&mpsc::Sender<Message>>,
-) where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
-    let mut deadline = Instant::now() + opts.idle_timeout;
-    let mut close_sent = false;
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            () = tokio::time::sleep_until(deadline) => {
-                if close_sent {
-                    return; // the peer never answered our close
-                }
-                let _ = local.try_send(IDLE);
-                close_sent = true;
-                deadline = Instant::now() + opts.close_timeout;
-                continue;
-            }
-            changed = closing.changed(), if !close_sent => {
-                // The writer sent a close frame: wait a bounded time for the peer's.
-                if changed.is_ok() {
-                    close_sent = true;
-                    deadline = Instant::now() + opts.close_timeout;
-                }
-                continue;
-            }
-        };
-        let message = match next {
-            None => return,
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                let close = classify(&e);
-                tracing::debug!(error = %e, "read error");
-                if let Some(close) = close {
-                    if !close_sent && local.try_send(close).is_ok() {
-                        close_sent = true;
-                        deadline = Instant::now() + opts.close_timeout;
-                        continue;
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    async fn serve(&mut self, mut sleep: Pin<&mut Sleep>) -> End {
+        loop {
+            let wake = poll_fn(|cx| self.poll_wake(cx, sleep.as_mut())).await;
+            match wake {
+                Wake::Read => {
+                    self.last_read = Instant::now();
+                    if let Err(end) = self.dispatch().await {
+                        return end;
                     }
                 }
-                return;
-            }
-        };
-        if !close_sent {
-            deadline = Instant::now() + opts.idle_timeout;
-        }
-        let delivered = match (message, inbound, echo) {
-            (Message::Text(text), Some(inbound), _) => inbound.frame(text.as_bytes()).await.is_ok(),
-            (Message::Binary(_), Some(inbound), _) => inbound
-                .bad_frame("binary frames are not supported; send JSON text")
-                .await
-                .is_ok(),
-            (m @ (Message::Text(_) | Message::Binary(_)), None, Some(echo)) => {
-                echo.send(m).await.is_ok()
-            }
-            // tungstenite answers pings and close frames itself; keep reading until the
-            // stream ends so the close handshake completes.
-            _ => true,
-        };
-        if !delivered {
-            return;
-        }
-    }
-}
-
-/// Maps a read error to the close we should send, if the socket can still take one.
-fn classify(e: &axum::Error) -> Option<LocalClose> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = std::error::Error::source(e)?;
-    match inner.downcast_ref::<WsError>()? {
-        WsError::Capacity(_) => Some(TOO_BIG),
-        WsError::Utf8(_) => Some(BAD_UTF8),
-        WsError::Protocol(_) => Some(PROTOCOL),
-        _ => None,
-    }
-}
-
-/// Drains the session's queue into the socket, several frames per flush; pings when quiet.
-async fn writer<W>(
-    mut sink: W,
-    mut outbound: mpsc::Receiver<Outbound>,
-    mut local: mpsc::Receiver<LocalClose>,
-    closing: tokio::sync::watch::Sender<bool>,
-    opts: Arc<RouterOptions>,
-) where
-    W: Sink<Message, Error = axum::Error> + Unpin,
-{
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + opts.ping_interval, opts.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let close = loop {
-        tokio::select! {
-            biased;
-            local_close = local.recv() => match local_close {
-                Some(c) => break Some((c.code, c.reason)),
-                None => break None, // the reader is done: the peer closed or vanished
-            },
-            item = outbound.recv() => {
-                if outbound.is_empty() {
-                    // Let the hub, and whatever else is ready, run first: under load it
-                    // queues more frames meanwhile, and this write carries them all (one
-                    // syscall for many frames). Idle, it costs one scheduler round.
-                    tokio::task::yield_now().await;
-                }
-                let mut item = item;
-                let mut fed = 0;
-                let close = loop {
-                    match item {
-                        Some(Outbound::Frame(frame)) => {
-                            let text = Utf8Bytes::try_from(frame.bytes().clone()).expect("frames are UTF-8 JSON");
-                            if !write(sink.feed(Message::Text(text)), &outbound, &opts).await {
-                                let _ = closing.send(true);
-                                return;
-                            }
-                            fed += 1;
-                        }
-                        Some(Outbound::Close(reason)) => break Some((reason.ws_code(), reason.as_str())),
-                        // The queue was dropped: by the core for a slow consumer, or
-                        // because the reader ended the session (a local close it asked
-                        // for, or the peer left) while this batch was being written.
-                        None => break match local.try_recv() {
-                            Ok(c) => Some((c.code, c.reason)),
-                            Err(mpsc::error::TryRecvError::Disconnected) => None,
-                            Err(mpsc::error::TryRecvError::Empty) => Some((1013, "slow consumer")),
-                        },
+                Wake::QueueEnded => {
+                    self.outbound = None;
+                    if self.inbound.is_some() {
+                        // Not ended by us: the core closed a slow consumer (or stopped).
+                        self.close(SLOW);
                     }
-                    if fed >= opts.write_batch {
-                        break None;
+                }
+                Wake::SessionClosed => {}
+                Wake::Timer => {
+                    if let Err(end) = self.on_timer() {
+                        return end;
                     }
-                    item = match outbound.try_recv() {
-                        Ok(next) => Some(next),
-                        Err(mpsc::error::TryRecvError::Empty) => break None,
-                        Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    };
-                };
-                if !write(sink.flush(), &outbound, &opts).await {
-                    let _ = closing.send(true);
-                    return;
+                    sleep.as_mut().reset(self.next_check());
                 }
-                ping.reset();
-                if close.is_some() {
-                    break close;
-                }
+                Wake::End(end) => return end,
             }
-            _ = ping.tick() => {
-                if !write(sink.send(Message::Ping(Default::default())), &outbound, &opts).await {
-                    let _ = closing.send(true);
-                    return;
-                }
+            if self.close_sent && self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + self.opts.close_timeout);
+                sleep.as_mut().reset(self.next_check());
             }
         }
-    };
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = closing.send(true);
-        // A peer that reads nothing cannot take the close frame either.
-        let close = sink.send(Message::Close(Some(frame)));
-        let _ = tokio::time::timeout(opts.close_timeout, close).await;
     }
-    // Let the reader finish the handshake; it owns the other half of the socket.
-}
 
-/// Waits for a socket write; false when it failed or was given up.
-///
-/// A write to a peer that does not read blocks for as long as the peer wants. That is
-/// backpressure while the session lives (its queue fills and the core decides), but once
-/// the core has closed the session (the queue's sender is gone: a slow consumer, or the
-/// hub stopped) the writer gives the peer `close_timeout` more and then lets go, so a
-/// stuck peer holds no task. The reader is then told to finish too.
-async fn write<F>(write: F, outbound: &mpsc::Receiver<Outbound>, opts: &RouterOptions) -> bool
-where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
-{
-    tokio::pin!(write);
-    // Most writes complete at once (into the write buffer): only one that blocks needs a
-    // timer, and so a clock read.
-    if let std::task::Poll::Ready(result) = futures::poll!(&mut write) {
-        return result.is_ok();
-    }
-    let mut session_closed = false;
-    loop {
-        match tokio::time::timeout(opts.close_timeout, &mut write).await {
-            Ok(result) => return result.is_ok(),
-            Err(_) if session_closed => {
-                tracing::debug!("gave up writing to a peer that does not read");
-                return false;
-            }
-            Err(_) => session_closed = outbound.is_closed(),
-        }
-    }
-}
-
-async fn echo_writer<W>(
-    mut sink: W,
-    mut frames: mpsc::Receiver<Message>,
-    mut local: mpsc::Receiver<LocalClose>,
-    closing: tokio::sync::watch::Sender<bool>,
-    _opts: Arc<RouterOptions>,
-) where
-    W: Sink<Message, Error = axum::Error> + Unpin,
-{
-    loop {
-        tokio::select! {
-            biased;
-            c = local.recv() => {
-                if let Some(c) = c {
-                    // Echo what was read before the bad frame, then close.
-                    while let Ok(m) = frames.try_recv() {
-                        if sink.send(m).await.is_err() {
-                            return;
+    /// Writes what is pending, frames what the session's queue holds, reads, and waits.
+    fn poll_wake(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>) -> Poll<Wake> {
+        loop {
+            match self.poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    if self.close_sent && self.close_received {
+                        return Poll::Ready(Wake::End(End::Closed));
+                    }
+                    if self.read_failed && self.close_sent && !self.fin_sent {
+                        // A failed connection (RFC 6455 §7.1.7): our close is out, so end
+                        // our side now (FIN), and read on until the peer hangs up, so
+                        // that unread input does not turn our close into a reset.
+                        if Pin::new(&mut self.io).poll_shutdown(cx).is_ready() {
+                            self.fin_sent = true;
                         }
                     }
-                    let _ = closing.send(true);
-                    let frame = CloseFrame { code: c.code, reason: Utf8Bytes::from_static(c.reason) };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
                 }
-                return;
-            }
-            m = frames.recv() => match m {
-                Some(m) => {
-                    if sink.send(m).await.is_err() {
-                        return;
+                Poll::Ready(Err(())) => return Poll::Ready(Wake::End(End::Broken)),
+                Poll::Pending => {
+                    if !std::mem::replace(&mut self.stalled, true) {
+                        // Stuck from now: look again after `close_timeout` whether the
+                        // core has given up on the session meanwhile.
+                        let check = Instant::now() + self.opts.close_timeout;
+                        if check < sleep.deadline() {
+                            sleep.as_mut().reset(check);
+                        }
                     }
                 }
-                None => return,
-            },
+            }
+            // Take more only while the socket keeps up: otherwise the session's queue
+            // fills and the core applies its slow-consumer policy.
+            let room = self.out.len() - self.written < self.opts.write_buffer_bytes.max(1);
+            let Some(outbound) = self.outbound.as_mut().filter(|_| room && !self.close_sent) else {
+                break;
+            };
+            match outbound.poll_recv_many(cx, &mut self.batch, self.opts.write_batch.max(1)) {
+                Poll::Ready(0) => return Poll::Ready(Wake::QueueEnded),
+                Poll::Ready(_) => {
+                    if self.frame_batch() {
+                        return Poll::Ready(Wake::SessionClosed);
+                    }
+                }
+                Poll::Pending => break,
+            }
         }
+        if !self.close_received {
+            let mut chunk = [0u8; READ_CHUNK];
+            let len = self.opts.read_buffer_bytes.clamp(256, READ_CHUNK);
+            let mut buf = ReadBuf::new(&mut chunk[..len]);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Poll::Ready(Wake::End(End::Gone));
+                }
+                Poll::Ready(Ok(())) => {
+                    if !self.read_failed {
+                        self.reader.extend(buf.filled());
+                        return Poll::Ready(Wake::Read);
+                    }
+                    // After a bad frame the rest is noise: drop it, wait for EOF or the
+                    // deadline. Poll again (this read consumed the wake-up).
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Wake::End(End::Gone)),
+                Poll::Pending => {}
+            }
+        }
+        ready!(sleep.poll(cx));
+        Poll::Ready(Wake::Timer)
+    }
+
+    /// Frames the taken batch into `out`. True when it ended with the core's close.
+    fn frame_batch(&mut self) -> bool {
+        self.last_write = Instant::now();
+        let mut closed = false;
+        for item in self.batch.drain(..) {
+            match item {
+                Outbound::Frame(frame) => ws::write_frame(&mut self.out, ws::TEXT, frame.bytes()),
+                Outbound::Close(reason) => {
+                    ws::write_close(&mut self.out, Some(reason.ws_code()), reason.as_str());
+                    closed = true;
+                    break; // nothing follows a close
+                }
+            }
+        }
+        if closed {
+            self.close_sent = true;
+            self.outbound = None;
+        }
+        closed
+    }
+
+    /// Writes `out[written..]`: ready when all is written, `Err` when the socket failed.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        while self.written < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.stalled = false;
+        self.out.clear();
+        self.written = 0;
+        if self.out.capacity() > 4 * self.opts.write_buffer_bytes.max(4096) {
+            self.out = Vec::new(); // a burst is over: give the memory back
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if ready!(self.poll_flush(cx)).is_err() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    /// Handles every complete frame read so far.
+    async fn dispatch(&mut self) -> Result<(), End> {
+        loop {
+            let incoming = match self.reader.next() {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => break,
+                Err(fail) => {
+                    tracing::debug!(code = fail.code, reason = fail.reason, "bad frame");
+                    self.read_failed = true;
+                    self.close(fail);
+                    break;
+                }
+            };
+            match incoming {
+                Incoming::Text(p) | Incoming::Binary(p) if self.close_sent => {
+                    let _ = p; // the session is over: what still arrives is dropped
+                }
+                Incoming::Text(p) => match &self.inbound {
+                    Some(inbound) => {
+                        if inbound.frame(self.reader.payload(&p)).await.is_err() {
+                            return Err(End::Gone); // the hub is gone
+                        }
+                    }
+                    None => ws::write_frame(&mut self.out, ws::TEXT, self.reader.payload(&p)),
+                },
+                Incoming::Binary(p) => match &self.inbound {
+                    Some(inbound) => {
+                        let what = "binary frames are not supported; send JSON text";
+                        if inbound.bad_frame(what).await.is_err() {
+                            return Err(End::Gone);
+                        }
+                    }
+                    None => ws::write_frame(&mut self.out, ws::BINARY, self.reader.payload(&p)),
+                },
+                Incoming::Ping(p) => {
+                    if !self.close_sent {
+                        ws::write_frame(&mut self.out, ws::PONG, self.reader.payload(&p));
+                    }
+                }
+                Incoming::Pong => {}
+                Incoming::Close(code, p) => {
+                    self.close_received = true;
+                    if !self.close_sent {
+                        // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
+                        let reason = std::str::from_utf8(self.reader.payload(&p)).unwrap_or("");
+                        let reason = reason.to_owned();
+                        ws::write_close(&mut self.out, code, &reason);
+                        self.close_sent = true;
+                    }
+                    self.end_session().await;
+                    break;
+                }
+            }
+        }
+        self.reader.compact();
+        Ok(())
+    }
+
+    /// Queues our close frame after what is already framed, and ends the session.
+    fn close(&mut self, fail: Fail) {
+        if !self.close_sent {
+            ws::write_close(&mut self.out, Some(fail.code), fail.reason);
+            self.close_sent = true;
+        }
+        // The session ends now (the hub forgets it and drops its queue); the socket
+        // lives until the peer answers our close or `close_timeout` passes.
+        if let Some(inbound) = self.inbound.take() {
+            drop(inbound); // disconnects through the hub's unbounded control channel
+        }
+        self.outbound = None;
+    }
+
+    async fn end_session(&mut self) {
+        if let Some(inbound) = self.inbound.take() {
+            inbound.disconnect().await;
+        }
+        self.outbound = None;
+    }
+
+    fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if let Some(deadline) = self.deadline {
+            if now >= deadline {
+                return Err(End::TimedOut);
+            }
+            return Ok(());
+        }
+        if self.stalled
+            && self
+                .outbound
+                .as_ref()
+                .is_some_and(mpsc::Receiver::is_closed)
+        {
+            // The core closed the session (a slow consumer) while the socket was full.
+            self.outbound = None;
+            self.close(SLOW);
+            return Ok(());
+        }
+        if now >= self.last_read + self.opts.idle_timeout {
+            self.close(IDLE);
+        } else if now >= self.last_write + self.opts.ping_interval {
+            ws::write_frame(&mut self.out, ws::PING, b"");
+            self.last_write = now;
+        }
+        Ok(())
+    }
+
+    /// When the timer must next look: the idle limit, the next ping, the close deadline,
+    /// and while a write is stuck, whether the core has given up on the session.
+    fn next_check(&self) -> Instant {
+        if let Some(deadline) = self.deadline {
+            return deadline;
+        }
+        let mut at = (self.last_read + self.opts.idle_timeout)
+            .min(self.last_write + self.opts.ping_interval);
+        if self.stalled {
+            at = at.min(Instant::now() + self.opts.close_timeout);
+        }
+        at
     }
 }
