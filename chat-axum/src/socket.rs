@@ -8,9 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use chat_core::runtime::{Hub, Inbound, Outbound};
+use chat_core::runtime::{Hub, Inbound, Outbound, Outbox};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 use crate::RouterOptions;
@@ -128,7 +127,7 @@ struct Conn<IO> {
     /// Frames taken from the session's queue, framed into `out` right away.
     batch: Vec<Outbound>,
     /// The session's queue; `None` once it ended (or for the echo endpoint).
-    outbound: Option<mpsc::Receiver<Outbound>>,
+    outbound: Option<Outbox>,
     /// The session; `None` once this side ended it (or for the echo endpoint).
     inbound: Option<Inbound>,
     /// A bad frame was read: the rest of the input is discarded.
@@ -387,7 +386,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             && self
                 .outbound
                 .as_ref()
-                .is_some_and(mpsc::Receiver::is_closed)
+                .is_some_and(Outbox::is_closed)
         {
             // The core closed the session (a slow consumer) while the socket was full.
             self.outbound = None;

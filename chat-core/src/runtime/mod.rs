@@ -21,6 +21,7 @@
 
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod outbox;
 mod store;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFram
 use crate::server::{CloseReason, Config, Event, Input, Now, Output, Server, StoreError};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
+pub use outbox::Outbox;
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
@@ -135,7 +137,7 @@ pub struct Stats {
 enum Cmd {
     Connect {
         session: SessionId,
-        tx: mpsc::Sender<Outbound>,
+        tx: outbox::OutboxTx,
     },
     Input(Input),
     /// The writer's answer for a whole group: one command, not one per message.
@@ -248,7 +250,7 @@ impl Hub {
     /// Opens a session, as a WebSocket connection does. Send `hello` first.
     pub async fn connect(&self) -> Result<Connection, HubClosed> {
         let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
+        let (tx, rx) = outbox::outbox(self.inner.outbound_queue);
         self.inner
             .tx
             .send(Cmd::Connect { session, tx })
@@ -353,7 +355,7 @@ pub struct Connection {
     /// The half that feeds the hub.
     pub inbound: Inbound,
     /// Frames for this session, ending with a close (or `None` once the hub is gone).
-    pub outbound: mpsc::Receiver<Outbound>,
+    pub outbound: Outbox,
 }
 
 impl Connection {
@@ -372,7 +374,7 @@ impl Connection {
 
     /// Splits into the two halves (for a reader and a writer task).
     #[must_use]
-    pub fn split(self) -> (Inbound, mpsc::Receiver<Outbound>) {
+    pub fn split(self) -> (Inbound, Outbox) {
         (self.inbound, self.outbound)
     }
 }
@@ -452,7 +454,7 @@ impl Drop for Inbound {
 }
 
 struct SessionTx {
-    tx: mpsc::Sender<Outbound>,
+    tx: outbox::OutboxTx,
 }
 
 struct Driver {
@@ -604,13 +606,13 @@ impl Driver {
                         let ephemeral = frame.is_ephemeral();
                         match s.tx.try_send(Outbound::Frame(frame)) {
                             Ok(()) => out += 1,
-                            Err(mpsc::error::TrySendError::Full(_)) => {
+                            Err(outbox::Refused::Full) => {
                                 self.deferred.push(Input::QueueFull {
                                     session: to,
                                     ephemeral,
                                 });
                             }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                            Err(outbox::Refused::Closed) => {}
                         }
                     }
                     Output::Close { session, reason } => {
