@@ -382,12 +382,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             return Ok(());
         }
-        if self.stalled
-            && self
-                .outbound
-                .as_ref()
-                .is_some_and(Outbox::is_closed)
-        {
+        if self.stalled && self.outbound.as_ref().is_some_and(Outbox::is_closed) {
             // The core closed the session (a slow consumer) while the socket was full.
             self.outbound = None;
             self.close(SLOW);

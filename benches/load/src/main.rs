@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -591,47 +591,37 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
         // Unbiased: a sender whose socket always has frames to read must still send.
         tokio::select! {
             next = ws.next() => {
-                let text = match next {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => {
-                        inc(&shared.dropped);
-                        return Ok(());
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        inc(&shared.dropped);
-                        return Err(e.into());
-                    }
-                };
-                match shared.proto.classify(&text) {
-                    In::Message(ts) => {
-                        shared.received.set(shared.received.get() + 1);
-                        if let Some(ts) = ts {
-                            let now = shared.nanos();
-                            shared.hist.borrow_mut().saturating_record(now.saturating_sub(ts).max(1));
+                // Take every frame already read (one clock read for them all: they
+                // arrived together), not one select round per frame.
+                let at = Instant::now();
+                let now = u64::try_from((at - shared.epoch).as_nanos()).unwrap_or(u64::MAX);
+                let mut next = next;
+                let mut got = false;
+                loop {
+                    match next {
+                        Some(Ok(Message::Text(text))) => {
+                            got |= receive(shared, &mut ws, &text, now, &mut known, &mut has_joined).await?;
                         }
-                        shared.last_rx.set(Instant::now());
-                        if shared.waiting.get() > 0 && shared.may_send() {
-                            shared.progress.notify_waiters();
+                        Some(Ok(Message::Close(_))) | None => {
+                            inc(&shared.dropped);
+                            return Ok(());
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            inc(&shared.dropped);
+                            return Err(e.into());
                         }
                     }
-                    In::Joined(members) => {
-                        inc(&shared.joined);
-                        has_joined = true;
-                        known += members.saturating_sub(1);
+                    match ws.next().now_or_never() {
+                        Some(more) => next = more,
+                        None => break,
                     }
-                    In::UserJoined => {
-                        shared.notices.set(shared.notices.get() + 1);
-                        known += 1;
+                }
+                if got {
+                    shared.last_rx.set(at);
+                    if shared.waiting.get() > 0 && shared.may_send() {
+                        shared.progress.notify_waiters();
                     }
-                    In::Welcome => inc(&shared.welcomed),
-                    In::Ping => ws.send(Message::text("3")).await?,
-                    In::Error => {
-                        shared.errors.set(shared.errors.get() + 1);
-                        shared.note_error(format!("error frame: {text}"));
-                    }
-                    In::Ack => shared.acks.set(shared.acks.get() + 1),
-                    In::Open | In::Other => {}
                 }
                 if !complete && has_joined && known >= wants {
                     complete = true;
@@ -652,6 +642,48 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
             }
         }
     }
+}
+
+/// Counts one incoming text frame received at `now` (ns since the epoch). True for a
+/// room message.
+async fn receive(
+    shared: &Shared,
+    ws: &mut Ws,
+    text: &str,
+    now: u64,
+    known: &mut usize,
+    has_joined: &mut bool,
+) -> anyhow::Result<bool> {
+    match shared.proto.classify(text) {
+        In::Message(ts) => {
+            shared.received.set(shared.received.get() + 1);
+            if let Some(ts) = ts {
+                shared
+                    .hist
+                    .borrow_mut()
+                    .saturating_record(now.saturating_sub(ts).max(1));
+            }
+            return Ok(true);
+        }
+        In::Joined(members) => {
+            inc(&shared.joined);
+            *has_joined = true;
+            *known += members.saturating_sub(1);
+        }
+        In::UserJoined => {
+            shared.notices.set(shared.notices.get() + 1);
+            *known += 1;
+        }
+        In::Welcome => inc(&shared.welcomed),
+        In::Ping => ws.send(Message::text("3")).await?,
+        In::Error => {
+            shared.errors.set(shared.errors.get() + 1);
+            shared.note_error(format!("error frame: {text}"));
+        }
+        In::Ack => shared.acks.set(shared.acks.get() + 1),
+        In::Open | In::Other => {}
+    }
+    Ok(false)
 }
 
 /// Polls `done` every few ms until it holds or `limit` passes. True when it held.

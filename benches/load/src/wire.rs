@@ -136,7 +136,11 @@ fn classify_sio(text: &str) -> In {
 
 /// The send time at the start of the body (`"body":"<ns> …"`).
 fn body_time(text: &str) -> Option<u64> {
-    let at = text.find(r#""body":""#)? + 8;
+    // A prebuilt searcher: building one per frame (what `str::find` does) cost the tool a
+    // fifth of its time at a million frames per second.
+    static BODY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""body":""#));
+    let at = BODY.find(text.as_bytes())? + 8;
     let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
     text[at..at + digits].parse().ok()
 }

@@ -19,9 +19,9 @@
 
 #![allow(clippy::disallowed_methods)] // the driver is where the clock is read
 
+mod outbox;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod outbox;
 mod store;
 
 use std::collections::HashMap;
@@ -37,9 +37,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::ids::{ClientMsgId, RoomName, SessionId};
 use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
 use crate::server::{CloseReason, Config, Event, Input, Now, Output, Server, StoreError};
+pub use outbox::Outbox;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
-pub use outbox::Outbox;
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.

@@ -40,7 +40,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding it; recover the data regardless.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -238,7 +240,10 @@ mod tests {
         assert!(!rx.is_closed());
         drop(tx);
         assert!(rx.is_closed());
-        assert!(matches!(rx.try_recv(), Ok(Some(_))), "what was queued is still read");
+        assert!(
+            matches!(rx.try_recv(), Ok(Some(_))),
+            "what was queued is still read"
+        );
         assert!(matches!(rx.try_recv(), Ok(Some(_))));
         assert_eq!(rx.try_recv().map(|o| o.is_some()), Err(()));
 
@@ -253,9 +258,15 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut Vec::new(), 1), Poll::Pending);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut Vec::new(), 1),
+            Poll::Pending
+        );
         drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut Vec::new(), 1), Poll::Ready(0));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut Vec::new(), 1),
+            Poll::Ready(0)
+        );
     }
 }
