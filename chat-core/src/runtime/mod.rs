@@ -218,7 +218,7 @@ impl Hub {
             rx,
             control_rx,
             control: control.clone(),
-            sessions: HashMap::new(),
+            sessions: SessionMap::default(),
             publishes: HashMap::new(),
             next_ticket: 0,
             store,
@@ -453,6 +453,29 @@ impl Drop for Inbound {
     }
 }
 
+/// The driver looks a session up once per delivered frame: session ids are small
+/// sequential numbers, so a multiplicative hash does (SipHash was a visible part of the
+/// fan-out profile, and nothing here is keyed by client input).
+type SessionMap = HashMap<SessionId, SessionTx, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of one `u64`.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 struct SessionTx {
     tx: outbox::OutboxTx,
 }
@@ -462,7 +485,7 @@ struct Driver {
     rx: mpsc::Receiver<Cmd>,
     control_rx: mpsc::UnboundedReceiver<Cmd>,
     control: mpsc::UnboundedSender<Cmd>,
-    sessions: HashMap<SessionId, SessionTx>,
+    sessions: SessionMap,
     publishes: HashMap<u64, oneshot::Sender<Result<Arc<Message>, ErrorCode>>>,
     next_ticket: u64,
     store: Option<Arc<dyn Store>>,
