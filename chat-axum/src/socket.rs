@@ -64,7 +64,6 @@ pub(crate) async fn run<IO>(
         reader: Reader::new(opts.max_frame_bytes),
         out: Vec::new(),
         written: 0,
-        batch: Vec::new(),
         outbound,
         inbound,
         read_failed: false,
@@ -106,6 +105,36 @@ enum End {
     Broken,
 }
 
+/// What [`Conn::take`] did.
+enum Took {
+    /// The queue is empty.
+    Nothing,
+    /// Frames were written (or queued behind a full socket).
+    Wrote,
+    /// ... ending with the core's close.
+    Closed,
+    /// The queue ended without a close.
+    Ended,
+    /// The socket failed.
+    Broken,
+}
+
+/// Frames taken from a session's queue and their bytes, per worker thread: a busy
+/// server frames every batch into one hot buffer instead of one buffer per connection
+/// (with a thousand connections those alone outgrew the CPU caches).
+#[derive(Default)]
+struct Scratch {
+    items: Vec<Outbound>,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Scratch bytes kept between batches at most.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
 /// What woke the connection.
 enum Wake {
     /// Bytes were read into the reader.
@@ -124,8 +153,6 @@ struct Conn<IO> {
     /// Bytes to write; `out[written..]` is still pending.
     out: Vec<u8>,
     written: usize,
-    /// Frames taken from the session's queue, framed into `out` right away.
-    batch: Vec<Outbound>,
     /// The session's queue; `None` once it ended (or for the echo endpoint).
     outbound: Option<Outbox>,
     /// The session; `None` once this side ended it (or for the echo endpoint).
@@ -211,17 +238,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             // Take more only while the socket keeps up: otherwise the session's queue
             // fills and the core applies its slow-consumer policy.
             let room = self.out.len() - self.written < self.opts.write_buffer_bytes.max(1);
-            let Some(outbound) = self.outbound.as_mut().filter(|_| room && !self.close_sent) else {
+            if !room || self.close_sent {
                 break;
-            };
-            match outbound.poll_recv_many(cx, &mut self.batch, self.opts.write_batch.max(1)) {
-                Poll::Ready(0) => return Poll::Ready(Wake::QueueEnded),
-                Poll::Ready(_) => {
-                    if self.frame_batch() {
-                        return Poll::Ready(Wake::SessionClosed);
-                    }
+            }
+            match self.take(cx) {
+                Took::Nothing => break,
+                Took::Wrote => self.last_write = Instant::now(),
+                Took::Closed => {
+                    self.last_write = Instant::now();
+                    self.close_sent = true;
+                    self.outbound = None;
+                    return Poll::Ready(Wake::SessionClosed);
                 }
-                Poll::Pending => break,
+                Took::Ended => return Poll::Ready(Wake::QueueEnded),
+                Took::Broken => return Poll::Ready(Wake::End(End::Broken)),
             }
         }
         if !self.close_received {
@@ -249,25 +279,48 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Poll::Ready(Wake::Timer)
     }
 
-    /// Frames the taken batch into `out`. True when it ended with the core's close.
-    fn frame_batch(&mut self) -> bool {
-        self.last_write = Instant::now();
-        let mut closed = false;
-        for item in self.batch.drain(..) {
-            match item {
-                Outbound::Frame(frame) => ws::write_frame(&mut self.out, ws::TEXT, frame.bytes()),
-                Outbound::Close(reason) => {
-                    ws::write_close(&mut self.out, Some(reason.ws_code()), reason.as_str());
-                    closed = true;
-                    break; // nothing follows a close
+    /// Takes a batch from the session's queue, frames it into this thread's scratch
+    /// buffer and writes it from there; only what the socket does not take at once is
+    /// kept in the connection's own buffer (after whatever is already pending there).
+    fn take(&mut self, cx: &mut Context<'_>) -> Took {
+        let Some(outbound) = self.outbound.as_mut() else {
+            return Took::Nothing;
+        };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch { items, bytes } = scratch;
+            match outbound.poll_recv_many(cx, items, self.opts.write_batch.max(1)) {
+                Poll::Ready(0) => return Took::Ended,
+                Poll::Ready(_) => {}
+                Poll::Pending => return Took::Nothing,
+            }
+            let mut took = Took::Wrote;
+            bytes.clear();
+            for item in items.drain(..) {
+                match item {
+                    Outbound::Frame(frame) => ws::write_frame(bytes, ws::TEXT, frame.bytes()),
+                    Outbound::Close(reason) => {
+                        ws::write_close(bytes, Some(reason.ws_code()), reason.as_str());
+                        took = Took::Closed;
+                        break; // nothing follows a close
+                    }
                 }
             }
-        }
-        if closed {
-            self.close_sent = true;
-            self.outbound = None;
-        }
-        closed
+            let mut at = 0;
+            if self.written == self.out.len() {
+                while at < bytes.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &bytes[at..]) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Took::Broken,
+                        Poll::Ready(Ok(n)) => at += n,
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            self.out.extend_from_slice(&bytes[at..]);
+            if bytes.capacity() > SCRATCH_KEEP {
+                *bytes = Vec::new();
+            }
+            took
+        })
     }
 
     /// Writes `out[written..]`: ready when all is written, `Err` when the socket failed.
