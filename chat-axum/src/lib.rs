@@ -26,7 +26,7 @@ mod page;
 mod socket;
 mod ws;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,7 +258,13 @@ pub async fn serve_hub(
     .with_graceful_shutdown(shutdown);
     // Returns once the listener is closed and plain HTTP requests are done; upgraded
     // WebSockets are not waited for by axum (tokio-rs/axum#3003), hence the tracker.
-    let result = server.await;
+    // The accept loop runs as a task of its own: awaited in place it would run on the
+    // caller's thread (the main thread under `#[tokio::main]`), and every accepted
+    // connection would be handed from that thread to a worker.
+    let result = match tokio::spawn(server.into_future()).await {
+        Ok(result) => result,
+        Err(e) => Err(std::io::Error::other(e)),
+    };
     tracing::info!("shutting down: closing chat sessions");
     // Tells every session goodbye and closes it (1012), after pending stores settle.
     hub.shutdown().await;
