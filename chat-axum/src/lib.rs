@@ -53,11 +53,12 @@ pub struct RouterOptions {
     pub origins: OriginPolicy,
     /// Largest incoming WebSocket message; a larger one is closed with 1009.
     pub max_frame_bytes: usize,
-    /// Read buffer per connection (small, so idle connections cost little memory).
+    /// Bytes read per syscall at most (into a stack buffer: an idle connection keeps no
+    /// read buffer). Clamped to 256..=8192.
     pub read_buffer_bytes: usize,
-    /// Bytes buffered before a socket write is forced; the writer also flushes at the end
-    /// of every batch. 0 writes every frame with its own syscall (several times the CPU
-    /// per delivered message under load).
+    /// Unwritten bytes a connection may hold (its peer reads slower than frames come):
+    /// past this it stops taking frames from its session's queue, the queue fills and
+    /// the core's slow-consumer policy decides.
     pub write_buffer_bytes: usize,
     /// A ping is sent after this much quiet from the server's side.
     pub ping_interval: Duration,
@@ -67,7 +68,7 @@ pub struct RouterOptions {
     /// that reads nothing still gets once its session was closed (a slow consumer)
     /// before its connection is dropped without a close frame.
     pub close_timeout: Duration,
-    /// Frames written per flush at most.
+    /// Frames taken from the session's queue per socket write at most.
     pub write_batch: usize,
     /// Tracks every WebSocket task, so a shutdown can wait for them
     /// (axum's graceful shutdown does not wait for upgraded connections).
