@@ -132,6 +132,10 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// Frame bytes taken per write at most (besides `write_batch` frames), so what a slow
+/// peer leaves in the connection's buffer stays bounded whatever the frame sizes.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Scratch bytes kept between batches at most.
 const SCRATCH_KEEP: usize = 256 * 1024;
 
@@ -288,7 +292,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         };
         SCRATCH.with_borrow_mut(|scratch| {
             let Scratch { items, bytes } = scratch;
-            match outbound.poll_recv_many(cx, items, self.opts.write_batch.max(1)) {
+            let (limit, max_bytes) = (self.opts.write_batch.max(1), BATCH_BYTES);
+            match outbound.poll_recv_batch(cx, items, limit, max_bytes) {
                 Poll::Ready(0) => return Took::Ended,
                 Poll::Ready(_) => {}
                 Poll::Pending => return Took::Nothing,

@@ -139,6 +139,19 @@ impl Outbox {
         into: &mut Vec<Outbound>,
         limit: usize,
     ) -> Poll<usize> {
+        self.poll_recv_batch(cx, into, limit, usize::MAX)
+    }
+
+    /// As [`Outbox::poll_recv_many`], also stopping once the frames taken hold
+    /// `max_bytes` (at least one item is taken): a writer's batch stays bounded in bytes
+    /// whatever the frame sizes.
+    pub fn poll_recv_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut Vec<Outbound>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Poll<usize> {
         let mut state = self.shared.lock();
         if state.frames.is_empty() {
             if state.sender_gone {
@@ -150,7 +163,19 @@ impl Outbox {
             }
             return Poll::Pending;
         }
-        let n = state.frames.len().min(limit.max(1));
+        let mut n = 0;
+        let mut bytes = 0usize;
+        for item in state.frames.iter().take(limit.max(1)) {
+            if n > 0 && bytes >= max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(match item {
+                Outbound::Frame(frame) => frame.bytes().len(),
+                Outbound::Close(_) => 0,
+            });
+            n += 1;
+        }
+        into.reserve(n);
         into.extend(state.frames.drain(..n));
         if state.frames.is_empty() && state.frames.capacity() > 1024 {
             state.frames = VecDeque::new(); // a backlog is over: give the memory back
@@ -229,6 +254,38 @@ mod tests {
         assert_eq!(rx.poll_recv_many(&mut cx, &mut got, 3), Poll::Ready(3));
         assert_eq!(rx.poll_recv_many(&mut cx, &mut got, 64), Poll::Ready(2));
         assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_budget_but_always_takes_one() {
+        use crate::protocol::{Encoded, ErrorCode, ServerFrame};
+        let (tx, mut rx) = outbox(8);
+        let frame = |len: usize| {
+            Encoded::new(&ServerFrame::Error {
+                id: None,
+                code: ErrorCode::BadFrame,
+                message: "x".repeat(len),
+            })
+        };
+        let (small, big) = (frame(10), frame(1000));
+        for f in [&small, &small, &small, &big] {
+            tx.try_send(Outbound::Frame(f.clone())).unwrap();
+        }
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut got = Vec::new();
+        let two = 2 * small.bytes().len();
+        assert_eq!(
+            rx.poll_recv_batch(&mut cx, &mut got, 64, two),
+            Poll::Ready(2)
+        );
+        assert_eq!(rx.poll_recv_batch(&mut cx, &mut got, 64, 5), Poll::Ready(1));
+        assert_eq!(
+            rx.poll_recv_batch(&mut cx, &mut got, 64, 5),
+            Poll::Ready(1),
+            "one over"
+        );
+        assert_eq!(got.len(), 4);
     }
 
     #[test]

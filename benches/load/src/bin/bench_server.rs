@@ -30,13 +30,15 @@ struct Args {
     /// Frames queued per connection before the slow-consumer policy applies.
     #[arg(long, default_value_t = 1024)]
     outbound_queue: usize,
-    /// Read buffer per connection, in bytes.
+    /// Bytes read per syscall at most.
     #[arg(long, default_value_t = RouterOptions::default().read_buffer_bytes)]
     read_buffer: usize,
-    /// Bytes a connection buffers before a socket write is forced (frames are also
-    /// written at the end of every batch).
+    /// Unwritten bytes a connection may hold before it stops taking frames.
     #[arg(long, default_value_t = RouterOptions::default().write_buffer_bytes)]
     write_buffer: usize,
+    /// Frames taken from a session's queue per socket write at most.
+    #[arg(long, default_value_t = RouterOptions::default().write_batch)]
+    write_batch: usize,
     /// SQLite database for a durable store (`:memory:` for an in-memory one); none by
     /// default: history in the core's memory window only.
     #[arg(long)]
@@ -78,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         page: false,
         read_buffer_bytes: args.read_buffer,
         write_buffer_bytes: args.write_buffer,
+        write_batch: args.write_batch,
         idle_timeout: Duration::from_secs(600),
         ..RouterOptions::default()
     };
