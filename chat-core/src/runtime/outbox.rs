@@ -32,6 +32,16 @@ struct State {
     receiver_gone: bool,
 }
 
+impl State {
+    /// Leaves the consumer's waker for the next item (or the end of the queue).
+    fn park(&mut self, cx: &Context<'_>) {
+        match &mut self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
@@ -111,11 +121,18 @@ pub struct Outbox {
 impl Outbox {
     /// The next item; `None` once the queue has ended and is empty.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let mut one = Vec::with_capacity(1);
-        match poll_fn(|cx| self.poll_recv_many(cx, &mut one, 1)).await {
-            0 => None,
-            _ => one.pop(),
-        }
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some(item) = state.frames.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if state.sender_gone {
+                return Poll::Ready(None);
+            }
+            state.park(cx);
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next item if one is queued: `Ok(None)` when none is, `Err(())` once the queue
@@ -157,10 +174,7 @@ impl Outbox {
             if state.sender_gone {
                 return Poll::Ready(0);
             }
-            match &mut state.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
+            state.park(cx);
             return Poll::Pending;
         }
         let mut n = 0;
