@@ -29,7 +29,14 @@ pub(crate) struct NotUpgrade(&'static str, StatusCode);
 
 impl IntoResponse for NotUpgrade {
     fn into_response(self) -> Response {
-        (self.1, format!("{}\n", self.0)).into_response()
+        let mut response = (self.1, format!("{}\n", self.0)).into_response();
+        if self.1 == StatusCode::UPGRADE_REQUIRED {
+            // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22).
+            let headers = response.headers_mut();
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        response
     }
 }
 
