@@ -372,7 +372,7 @@ impl Connection {
         }
     }
 
-    /// Splits into the two halves (for a reader and a writer task).
+    /// Splits into the two halves (for a reader and a writer, or one task doing both).
     #[must_use]
     pub fn split(self) -> (Inbound, Outbox) {
         (self.inbound, self.outbound)
