@@ -1,6 +1,7 @@
 //! One WebSocket connection, one task: it reads frames and hands them to the hub, and
-//! frames what the hub queued for the session into one write buffer, written with one
-//! syscall per batch. The same loop serves the Autobahn echo endpoint.
+//! frames what the hub queued for the session in batches (up to `write_batch` frames,
+//! 64 KiB), each written with one syscall from a per-thread scratch buffer. The same
+//! loop serves the Autobahn echo endpoint.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
