@@ -389,7 +389,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     None => ws::write_frame(&mut self.out, ws::BINARY, self.reader.payload(&p)),
                 },
                 Incoming::Ping(p) => {
-                    if !self.close_sent {
+                    // A peer that pings but does not read would otherwise grow our buffer
+                    // without bound (pings pass no flood control): with a backlog, only
+                    // pings that find room are answered (RFC 6455 §5.5.3 allows answering
+                    // just the most recent one).
+                    let backlog = self.out.len() - self.written;
+                    if !self.close_sent && backlog < self.opts.write_buffer_bytes.max(1) {
                         ws::write_frame(&mut self.out, ws::PONG, self.reader.payload(&p));
                     }
                 }

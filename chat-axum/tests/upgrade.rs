@@ -136,13 +136,8 @@ async fn server_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     (head[0] & 0x0f, payload)
 }
 
-/// Hand-built frames over a raw socket (a WebSocket client library would not send a
-/// ping between the fragments of a message): the chat endpoint reassembles a fragmented
-/// `hello`, answers a ping sent between its fragments with the same payload, and
-/// welcomes the user.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fragmented_hello_is_read_whole_and_a_ping_is_answered_with_its_payload() {
-    let server = TestServer::start().await;
+/// A WebSocket upgrade over a raw socket; returns the socket after the `101`.
+async fn raw_upgrade(server: &TestServer) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -164,6 +159,17 @@ async fn a_fragmented_hello_is_read_whole_and_a_ping_is_answered_with_its_payloa
         "{}",
         String::from_utf8_lossy(&head)
     );
+    s
+}
+
+/// Hand-built frames over a raw socket (a WebSocket client library would not send a
+/// ping between the fragments of a message): the chat endpoint reassembles a fragmented
+/// `hello`, answers a ping sent between its fragments with the same payload, and
+/// welcomes the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_hello_is_read_whole_and_a_ping_is_answered_with_its_payload() {
+    let server = TestServer::start().await;
+    let mut s = raw_upgrade(&server).await;
 
     let hello = r#"{"type":"hello","version":1,"name":"alice","rooms":[]}"#.as_bytes();
     let (a, b) = hello.split_at(20);
@@ -195,5 +201,54 @@ async fn a_fragmented_hello_is_read_whole_and_a_ping_is_answered_with_its_payloa
         .expect("the server hangs up after the close handshake")
         .unwrap();
     assert!(rest.is_empty());
+    server.stop().await.expect("clean stop");
+}
+
+/// A peer that sends pings but reads nothing cannot make the server buffer a pong for
+/// each: pings pass no flood control, so with a backlog only those that find room are
+/// answered. 200,000 pings (26 MB of pongs, more than the kernel's socket buffers hold)
+/// get far fewer pongs, and the connection still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_from_a_peer_that_does_not_read_gets_bounded_pongs() {
+    const PINGS: usize = 200_000;
+    let server = TestServer::start().await;
+    let mut s = raw_upgrade(&server).await;
+    let ping = client_frame(true, 0x9, &[b'p'; 125]);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    for _ in 0..PINGS / 1000 {
+        tokio::time::timeout(WAIT, s.write_all(&burst))
+            .await
+            .expect("the server keeps reading")
+            .unwrap();
+    }
+    let hello = r#"{"type":"hello","version":1,"name":"pinger","rooms":[]}"#.as_bytes();
+    s.write_all(&client_frame(true, 0x1, hello)).await.unwrap();
+    let mut pongs = 0;
+    let welcome = loop {
+        match server_frame(&mut s).await {
+            (0xa, payload) => {
+                assert_eq!(payload.len(), 125);
+                pongs += 1;
+            }
+            (0x1, text) => break text,
+            (opcode, _) => panic!("unexpected opcode {opcode:#x}"),
+        }
+    };
+    assert!(
+        serde_json::from_slice::<ServerFrame>(&welcome)
+            .is_ok_and(|f| matches!(f, ServerFrame::Welcome { .. })),
+        "{}",
+        String::from_utf8_lossy(&welcome)
+    );
+    assert!(pongs > 0, "pings are answered");
+    assert!(
+        pongs < PINGS / 2,
+        "{pongs} pongs for {PINGS} unread pings: not bounded"
+    );
     server.stop().await.expect("clean stop");
 }
