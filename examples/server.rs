@@ -110,18 +110,8 @@ async fn main() -> anyhow::Result<()> {
         metrics: Some(Arc::new(move || prometheus.render())),
         ..RouterOptions::default()
     };
-    // A deep accept queue: after a restart every client reconnects at once, and a SYN
-    // dropped by a full queue is retried only a second later (the kernel caps this at
-    // net.core.somaxconn).
-    let socket = match args.addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(args.addr)
-        .with_context(|| format!("binding {}", args.addr))?;
-    let listener = socket.listen(4096)?;
+    // A deep accept queue: after a restart every client reconnects at once.
+    let listener = chat_axum::bind(args.addr).with_context(|| format!("binding {}", args.addr))?;
     let local = listener.local_addr()?;
     tracing::info!("chat server listening on http://{local}");
     // Tests start the server on port 0 and read the port from this line.

@@ -221,6 +221,19 @@ mod metrics {
     }
 }
 
+/// Binds a TCP listener with a deep accept queue (4096, capped by the kernel's
+/// `net.core.somaxconn`): after a restart every client reconnects at once, and a SYN
+/// dropped by a full queue is retried only a second later.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Serves the chat on `listener` until `shutdown` resolves, then shuts down gracefully:
 /// stops accepting, tells every client to reconnect (`goodbye`, close 1012), waits up to
 /// `drain` for every WebSocket task, and returns.

@@ -86,15 +86,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // A deep accept queue: a burst of connections must not overflow it (a dropped SYN
     // is retried after a second).
-    let socket = match args.addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(args.addr)
-        .with_context(|| format!("binding {}", args.addr))?;
-    let listener = socket.listen(4096)?;
+    let listener = chat_axum::bind(args.addr).with_context(|| format!("binding {}", args.addr))?;
     println!("listening on http://{}", listener.local_addr()?);
     chat_axum::serve_hub(listener, hub, options, Duration::from_secs(5), shutdown())
         .await
