@@ -24,6 +24,9 @@
 #   BENCH_IDLE             [1000 5000]    idle connection counts
 #   BENCH_JOIN             [1000]         join storm sizes
 #   BENCH_DURABLE_CLIENTS  [100]          ours with the SQLite store: acked sends/s ("" = skip)
+#   BENCH_FLOOR            [1]            the machine's floor for the latency run (`load floor`:
+#                                         one thread writes each message to every socket,
+#                                         no server; "" = skip)
 #   BENCH_SETUP_SECS       [60]           bound on connecting and joining per run
 #   BENCH_SERVER_CPU / BENCH_LOAD_CPU [0 / 1]
 #   BENCH_PRIORITY         [1]            run in an own session with autogroup nice -10,
@@ -55,6 +58,7 @@ fi
 : "${BENCH_IDLE:=1000 5000}"
 : "${BENCH_JOIN:=1000}"
 : "${BENCH_DURABLE_CLIENTS=100}"
+: "${BENCH_FLOOR=1}"
 SERVER_EXTRA=()
 : "${BENCH_SETUP_SECS:=60}"
 : "${BENCH_SERVER_CPU:=0}"
@@ -184,6 +188,12 @@ for name in $BENCH_SERVERS; do
     rm -f "$OUT"/durable.db*
   fi
 done
+if [ -n "$BENCH_FLOOR" ]; then
+  log "the machine's floor for the latency run (no server)"
+  "$LOAD" floor --clients "$BENCH_LATENCY_CLIENTS" --rate "$BENCH_LATENCY_RATE" --secs "$BENCH_SECS" \
+    --server-cpu "$BENCH_SERVER_CPU" --load-cpu "$BENCH_LOAD_CPU" --out "$RESULTS" > /dev/null ||
+    log "floor: the load tool failed (exit $?)"
+fi
 ELAPSED=$((SECONDS - T0))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -194,6 +204,10 @@ TABLE="$OUT/table.md"
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), Linux $(uname -r);"
   echo "load average $LOAD_BEFORE before, $LOAD_AFTER after (other work was running)."
   echo "Each server on core $BENCH_SERVER_CPU, the load tool on core $BENCH_LOAD_CPU (taskset); $PRIORITY_NOTE."
+  if [ -n "$BENCH_FLOOR" ]; then
+    echo "The \`floor\` column is no server: one thread on core $BENCH_SERVER_CPU writes each message to every"
+    echo "recipient's socket with plain write(2) (\`load floor\`), the lowest latency any server can reach here."
+  fi
   echo "Peers: node $(node --version 2> /dev/null || echo '?'), socket.io $(sed -n 's/.*"version": "\(.*\)".*/\1/p' benches/peers/node/node_modules/socket.io/package.json 2> /dev/null | head -1),"
   echo "$("$VENV/bin/pip" freeze 2> /dev/null | grep -iE '^(flask-socketio|python-socketio|python-engineio|gevent|gevent-websocket)==' | tr '\n' ' ')"
   echo "socketioxide $(grep -A1 'name = "socketioxide"' benches/peers/rust/Cargo.lock 2> /dev/null | sed -n 's/version = "\(.*\)"/\1/p')."

@@ -12,6 +12,7 @@
 //! load idle   --label ours --addr 127.0.0.1:5000 --clients 5000
 //! load join   --label ours --addr 127.0.0.1:5000 --clients 1000
 //! load durable --label ours --addr 127.0.0.1:5000 --clients 100   (a server with a store)
+//! load floor  --clients 100 --rate 200   (the machine's floor: no server, see floor.rs)
 //! load report results.jsonl > table.md
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! receiver records the end-to-end latency in an HDR histogram. The server's CPU time
 //! (utime + stime of `/proc/PID/stat`) is read before and after the measured phase.
 
+mod floor;
 mod procfs;
 mod report;
 mod wire;
@@ -139,6 +141,31 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
     },
+    /// The machine's floor for the fixed-rate fanout: one thread on the server's core
+    /// writes each message to every recipient socket, no server involved.
+    Floor {
+        /// Name in the results.
+        #[arg(long, default_value = "floor")]
+        label: String,
+        /// Recipient sockets.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Core of the writing thread.
+        #[arg(long, default_value_t = 0)]
+        server_cpu: usize,
+        /// Core of the receiving thread.
+        #[arg(long, default_value_t = 1)]
+        load_cpu: usize,
+        /// Appends the result (a JSON line) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Renders JSON-line results as the markdown tables of docs/BENCHMARKS.md.
     Report {
         /// Result files (JSON lines).
@@ -254,6 +281,26 @@ fn main() -> anyhow::Result<()> {
         print!("{}", report::markdown(&outcomes));
         return Ok(());
     }
+    if let Command::Floor {
+        label,
+        clients,
+        rate,
+        secs,
+        server_cpu,
+        load_cpu,
+        out,
+    } = &cli.command
+    {
+        let spec = floor::Floor {
+            clients: *clients,
+            rate: *rate,
+            secs: *secs,
+            server_cpu: *server_cpu,
+            load_cpu: *load_cpu,
+        };
+        let outcome = floor::run(label, &spec)?;
+        return emit(&outcome, out.as_deref());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -336,12 +383,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let o = join(&target, clients).await;
             (target, o)
         }
-        Command::Report { .. } => unreachable!("handled in main"),
+        Command::Report { .. } | Command::Floor { .. } => unreachable!("handled in main"),
     };
-    let line = serde_json::to_string(&outcome)?;
+    emit(&outcome, target.out.as_deref())
+}
+
+/// Prints the result (a JSON line on stdout, a summary on stderr) and appends it to `out`.
+fn emit(outcome: &Outcome, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let line = serde_json::to_string(outcome)?;
     println!("{line}");
-    eprintln!("{}", report::one_line(&outcome));
-    if let Some(out) = &target.out {
+    eprintln!("{}", report::one_line(outcome));
+    if let Some(out) = out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -490,7 +542,12 @@ async fn open(shared: &Shared) -> anyhow::Result<Ws> {
     let tcp = TcpStream::connect(&shared.addr).await?;
     tcp.set_nodelay(true)?;
     let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(
+            std::env::var("RB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16 * 1024),
+        )
         .write_buffer_size(0)
         .max_message_size(Some(16 << 20));
     let (mut ws, _) =
