@@ -202,7 +202,8 @@ TABLE="$OUT/table.md"
   echo "Produced by \`scripts/bench.sh\` on $START in ${ELAPSED} s."
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), Linux $(uname -r);"
-  echo "load average $LOAD_BEFORE before, $LOAD_AFTER after (other work was running)."
+  echo "load average $LOAD_BEFORE before, $LOAD_AFTER after (it counts other work on the machine and the servers'"
+  echo "own threads: the Flask threading peer runs one per client)."
   echo "Each server on core $BENCH_SERVER_CPU, the load tool on core $BENCH_LOAD_CPU (taskset); $PRIORITY_NOTE."
   if [ -n "$BENCH_FLOOR" ]; then
     echo "The \`floor\` column is no server: one thread on core $BENCH_SERVER_CPU writes each message to every"
