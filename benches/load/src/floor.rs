@@ -55,7 +55,7 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
         far.set_nodelay(true)?;
         Ok((near, far))
     };
-    let (mut trigger, mut trigger_far) = pair()?;
+    let (trigger, mut trigger_far) = pair()?;
     let mut recipients = Vec::with_capacity(clients);
     let mut writers = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -65,19 +65,17 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
         writers.push(far);
     }
 
-    // The "server": read one message, write it to every recipient, until end of input.
+    // The "server": read one message, write it to every recipient, until end of input
+    // (or until the receiving side hangs up after its deadline).
     let server_cpu = f.server_cpu;
     let writer = std::thread::spawn(move || -> anyhow::Result<Duration> {
         pin(server_cpu);
         let mut msg = [0u8; FRAME];
-        loop {
-            match trigger_far.read_exact(&mut msg) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e.into()),
-            }
+        'messages: while trigger_far.read_exact(&mut msg).is_ok() {
             for w in &mut writers {
-                w.write_all(&msg)?;
+                if w.write_all(&msg).is_err() {
+                    break 'messages;
+                }
             }
         }
         procfs::cpu_time("thread-self").context("reading the writer's CPU time")
@@ -88,6 +86,15 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
     for (i, r) in recipients.iter_mut().enumerate() {
         poll.registry().register(r, Token(i), Interest::READABLE)?;
     }
+    // Never block on sending: a writer that falls behind must not stop this thread from
+    // reading, or both would wait for each other. Messages wait in `outgoing` instead
+    // (stamped when they were due, so the wait counts in their latency).
+    trigger.set_nonblocking(true)?;
+    let mut trigger = mio::net::TcpStream::from_std(trigger);
+    let trigger_token = Token(clients);
+    poll.registry()
+        .register(&mut trigger, trigger_token, Interest::WRITABLE)?;
+    let mut outgoing: Vec<u8> = Vec::new();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)?;
     let mut pending: Vec<Vec<u8>> = vec![Vec::new(); clients];
     let mut events = Events::with_capacity(1024);
@@ -111,10 +118,11 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
             let mut msg = [b' '; FRAME];
             let ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
             msg[..8].copy_from_slice(&ns.to_le_bytes());
-            trigger.write_all(&msg)?;
+            outgoing.extend_from_slice(&msg);
             sent += 1;
             next_due += period;
         }
+        flush(&mut trigger, &mut outgoing)?;
         let wait = if sent < total {
             next_due.saturating_duration_since(Instant::now())
         } else {
@@ -122,6 +130,10 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
         };
         poll.poll(&mut events, Some(wait))?;
         for event in &events {
+            if event.token() == trigger_token {
+                flush(&mut trigger, &mut outgoing)?;
+                continue;
+            }
             let i = event.token().0;
             loop {
                 match recipients[i].read(&mut buf) {
@@ -149,7 +161,9 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
     let tool_cpu = procfs::cpu_time("thread-self")
         .unwrap_or_default()
         .saturating_sub(tool_cpu0);
+    // Hang up on both ends the writer uses: it stops even if it was blocked on a full socket.
     drop(trigger);
+    drop(recipients);
     let writer_cpu = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
@@ -186,4 +200,19 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
         note: "machine floor: one thread writes each message to every socket".to_owned(),
         ..Outcome::default()
     })
+}
+
+/// Writes what `outgoing` holds until the socket would block; keeps the rest.
+fn flush(socket: &mut mio::net::TcpStream, outgoing: &mut Vec<u8>) -> std::io::Result<()> {
+    while !outgoing.is_empty() {
+        match socket.write(outgoing) {
+            Ok(n) => {
+                outgoing.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
