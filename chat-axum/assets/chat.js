@@ -492,21 +492,32 @@ function scrollToBottom() {
   ui.jump.hidden = true;
 }
 
+/** What a reader who scrolled up is looking at: the first item whose bottom is below the
+ *  top of the viewport, and where it is. Null while the reader follows the bottom. */
+function viewAnchor(room) {
+  if (stuck || isAtBottom()) return null;
+  const top = ui.scroller.getBoundingClientRect().top;
+  const item = room.items.find((it) => it.node.getBoundingClientRect().bottom > top);
+  return item ? { node: item.node, y: item.node.getBoundingClientRect().top } : null;
+}
+
+/** Puts the anchor's item back where it was (after things above it changed size). */
+function restoreView(anchor) {
+  if (anchor && anchor.node.isConnected) {
+    ui.scroller.scrollTop += anchor.node.getBoundingClientRect().top - anchor.y;
+  }
+}
+
 /** Runs `change` on a room's timeline; if it is on screen, keeps the view steady. */
 function changeTimeline(room, change, { live = false, mine = false } = {}) {
   if (room !== currentRoom()) return change();
   const atBottom = stuck || isAtBottom();
-  // Anchor: the first item whose bottom is below the top of the viewport.
-  const top = ui.scroller.getBoundingClientRect().top;
-  const anchor = atBottom ? null : room.items.find((it) => it.node.getBoundingClientRect().bottom > top);
-  const before = anchor ? anchor.node.getBoundingClientRect().top : 0;
+  const anchor = atBottom ? null : viewAnchor(room);
   const result = change();
   if (atBottom || mine) {
     scrollToBottom();
   } else {
-    if (anchor && anchor.node.isConnected) {
-      ui.scroller.scrollTop += anchor.node.getBoundingClientRect().top - before;
-    }
+    restoreView(anchor);
     if (live && result) {
       room.newBelow += typeof result === 'number' ? result : 1;
       ui.jump.hidden = false;
@@ -1374,12 +1385,16 @@ function updateHistoryControls(errorText = '') {
     ui.historyStatus.textContent = '';
     return;
   }
+  // The controls sit above the messages: when they change height (a page starts or
+  // finishes loading), a reader who scrolled up must not see the messages move.
+  const anchor = viewAnchor(room);
   ui.loadOlder.hidden = !room.hasMore || room.loadingOlder;
   if (errorText) ui.historyStatus.textContent = errorText;
   else if (room.loadingOlder) ui.historyStatus.textContent = 'Loading older messages…';
   else if (!room.hasMore && room.pageFrom !== null) ui.historyStatus.textContent = room.direct ? `This is the beginning of your conversation with ${room.peer}.` : `This is the beginning of #${room.name}.`;
   else if (!room.hasMore) ui.historyStatus.textContent = room.direct ? `Say hello to ${room.peer}.` : `No messages in #${room.name} yet. Say hello!`;
   else ui.historyStatus.textContent = '';
+  restoreView(anchor);
 }
 
 function selectRoom(name, { focus = false } = {}) {
@@ -1686,8 +1701,10 @@ ui.scroller.addEventListener(
   () => {
     const room = currentRoom();
     if (!room) return;
-    if (ui.scroller.scrollTop < 400) loadOlder(room);
+    // First whether the reader left the bottom: loading older messages keeps the view of
+    // a reader who did.
     stuck = isAtBottom();
+    if (ui.scroller.scrollTop < 400) loadOlder(room);
     if (stuck) {
       room.newBelow = 0;
       ui.jump.hidden = true;

@@ -85,21 +85,27 @@ describe('history', () => {
     await u.waitForBody('history 60');
     await poll(() => scrollInfo(u), (s) => s.height - s.top - s.client < 2, { message: 'at the bottom' });
 
-    // Read something older: scroll up a bit (not to the very top, which would page).
-    await u.id('scroller').evaluate((s) => {
-      s.scrollTop = s.scrollHeight - s.clientHeight - 500;
-    });
-    // What the reader sees: the first message in view and where it is. (Older pages may
-    // load above meanwhile: that must not move it either.)
-    const view = () =>
-      u.page.evaluate(() => {
+    // What the reader sees: the first message in view and where it is; with `scrollTo`,
+    // measured right after scrolling there, before the page has reacted to the scroll.
+    const view = (scrollTo = null) =>
+      u.page.evaluate((scrollTo) => {
         const s = document.querySelector('[data-testid="scroller"]');
+        if (scrollTo !== null) s.scrollTop = scrollTo;
         const top = s.getBoundingClientRect().top;
         const first = [...s.querySelectorAll('[data-testid="message"]')].find((m) => m.getBoundingClientRect().bottom > top);
         return { body: first.querySelector('[data-testid="body"]').textContent, y: Math.round(first.getBoundingClientRect().top - top) };
-      });
-    await poll(() => u.id('history-status').textContent(), (t) => !t.startsWith('Loading'), { message: 'not loading' });
-    const before = await view();
+      }, scrollTo);
+
+    // Read something older: scroll up, near enough to the top that the older page (the
+    // first 10 of the 60) loads above. The messages in view must not move meanwhile, also
+    // not when the controls above them change ("Loading…", then the beginning).
+    const before = await view(200);
+    await expectTexts(u.id('history-status'), [`This is the beginning of #${room}.`]);
+    await expectTexts(u.bodies(), Array.from({ length: 60 }, (_, i) => `history ${i + 1}`));
+    const loaded = await view();
+    assert.equal(loaded.body, before.body, 'the same message in view after the older page');
+    assert.ok(Math.abs(loaded.y - before.y) <= 1, `not moved by the older page (${before.y} → ${loaded.y})`);
+
     await bots[0].send(room, 'news while reading');
     await u.waitForBody('news while reading');
     const after = await view();
