@@ -545,12 +545,7 @@ async fn open(shared: &Shared) -> anyhow::Result<Ws> {
     let tcp = TcpStream::connect(&shared.addr).await?;
     tcp.set_nodelay(true)?;
     let config = WebSocketConfig::default()
-        .read_buffer_size(
-            std::env::var("RB")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(16 * 1024),
-        )
+        .read_buffer_size(shared.read_buffer.get())
         .write_buffer_size(0)
         .max_message_size(Some(16 << 20));
     let (mut ws, _) =
