@@ -88,7 +88,7 @@ pub fn run(label: &str, f: &Floor) -> anyhow::Result<Outcome> {
     }
     // Never block on sending: a writer that falls behind must not stop this thread from
     // reading, or both would wait for each other. Messages wait in `outgoing` instead
-    // (stamped when they were due, so the wait counts in their latency).
+    // (stamped when queued, so the wait there counts in their latency).
     trigger.set_nonblocking(true)?;
     let mut trigger = mio::net::TcpStream::from_std(trigger);
     let trigger_token = Token(clients);
