@@ -54,6 +54,22 @@ struct Fixture {
     send: ClientFrame,
 }
 
+/// Connects `session` and hands the server its `hello` (outputs left to the caller).
+fn connect(server: &mut Server, now: Now, session: SessionId, hello: ClientFrame) {
+    server
+        .handle_input(now, Input::Connected { session })
+        .expect("fresh session");
+    server
+        .handle_input(
+            now,
+            Input::Received {
+                session,
+                frame: Ok(hello),
+            },
+        )
+        .expect("valid input");
+}
+
 impl Fixture {
     fn new(members: u64) -> Fixture {
         let unlimited = Rate {
@@ -83,18 +99,7 @@ impl Fixture {
                     since: None,
                 }]),
             };
-            server
-                .handle_input(now, Input::Connected { session })
-                .expect("fresh session");
-            server
-                .handle_input(
-                    now,
-                    Input::Received {
-                        session,
-                        frame: Ok(hello),
-                    },
-                )
-                .expect("valid input");
+            connect(&mut server, now, session, hello);
             while let Some(output) = server.poll_output() {
                 if let Output::Send { to, frame } = output
                     && to == session
@@ -168,18 +173,7 @@ impl Storm {
                 token: None,
                 rooms: None,
             };
-            server
-                .handle_input(now, Input::Connected { session })
-                .expect("fresh session");
-            server
-                .handle_input(
-                    now,
-                    Input::Received {
-                        session,
-                        frame: Ok(hello),
-                    },
-                )
-                .expect("valid input");
+            connect(&mut server, now, session, hello);
             while server.poll_output().is_some() {}
             let join = ClientFrame::Join {
                 id: Some(1),

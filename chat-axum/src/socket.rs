@@ -407,8 +407,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     if !self.close_sent {
                         // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
                         let reason = std::str::from_utf8(self.reader.payload(&p)).unwrap_or("");
-                        let reason = reason.to_owned();
-                        ws::write_close(&mut self.out, code, &reason);
+                        ws::write_close(&mut self.out, code, reason);
                         self.close_sent = true;
                     }
                     self.end_session().await;
