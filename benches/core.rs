@@ -32,6 +32,7 @@
 //! CORE_BENCH_MIN_OF=1 cargo bench --bench core
 //! ```
 
+use chat_core::protocol::{HelloRequest, JoinRequest, SendRequest};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,7 @@ impl Fixture {
         for i in 0..members {
             let session = SessionId(i + 1);
             let user = (i % users) as usize;
-            let hello = ClientFrame::Hello {
+            let hello = ClientFrame::Hello(HelloRequest {
                 id: None,
                 version: PROTOCOL_VERSION,
                 name: format!("user{user}"),
@@ -98,7 +99,7 @@ impl Fixture {
                     room: "bench".into(),
                     since: None,
                 }]),
-            };
+            });
             connect(&mut server, now, session, hello);
             while let Some(output) = server.poll_output() {
                 if let Output::Send { to, frame } = output
@@ -110,13 +111,13 @@ impl Fixture {
             }
         }
         assert_eq!(server.session_count() as u64, members);
-        let send = ClientFrame::Send {
+        let send = ClientFrame::Send(SendRequest {
             id: Some(1),
             room: Some("bench".into()),
             to: None,
             body: BODY.into(),
             client_id: None,
-        };
+        });
         Fixture {
             server,
             now,
@@ -165,21 +166,21 @@ impl Storm {
         let mut joins = Vec::new();
         for i in 0..clients {
             let session = SessionId(i + 1);
-            let hello = ClientFrame::Hello {
+            let hello = ClientFrame::Hello(HelloRequest {
                 id: None,
                 version: PROTOCOL_VERSION,
                 // Names as the load tool picks them (`u<pid>x<index>`).
                 name: format!("u4242x{i}"),
                 token: None,
                 rooms: None,
-            };
+            });
             connect(&mut server, now, session, hello);
             while server.poll_output().is_some() {}
-            let join = ClientFrame::Join {
+            let join = ClientFrame::Join(JoinRequest {
                 id: Some(1),
                 room: "general".into(),
                 since: None,
-            };
+            });
             joins.push((session, join));
         }
         Storm { server, now, joins }

@@ -17,6 +17,7 @@
 //! with the best throughput (the least disturbed by other load on the machine) and the
 //! median throughput. Not a timed test: it prints a markdown table.
 
+use chat_core::protocol::{HelloRequest, SendRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,7 @@ async fn sender(
     let (inbound, mut outbound) = conn.split();
     let room = format!("room{}", i % p.rooms);
     inbound
-        .send(ClientFrame::Hello {
+        .send(ClientFrame::Hello(HelloRequest {
             id: None,
             version: 1,
             name: format!("sender{i}"),
@@ -72,7 +73,7 @@ async fn sender(
                 room: room.clone(),
                 since: None,
             }]),
-        })
+        }))
         .await
         .expect("hub runs");
     // Wait for our own `joined`.
@@ -91,13 +92,13 @@ async fn sender(
         while sent < p.messages && sent - acked < p.in_flight {
             sent_at[sent] = Instant::now();
             inbound
-                .send(ClientFrame::Send {
+                .send(ClientFrame::Send(SendRequest {
                     id: Some(sent as u64),
                     room: Some(room.clone()),
                     to: None,
                     body: format!("message {sent} from sender {i}"),
                     client_id: Some(format!("{i}-{sent}").into()),
-                })
+                }))
                 .await
                 .expect("hub runs");
             sent += 1;

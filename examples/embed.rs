@@ -10,6 +10,7 @@
 //! cargo run --example embed
 //! ```
 
+use chat_core::protocol::{HelloRequest, SendRequest};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -163,23 +164,23 @@ impl InProcess {
 }
 
 fn hello(name: &str) -> ClientFrame {
-    ClientFrame::Hello {
+    ClientFrame::Hello(HelloRequest {
         id: None,
         version: chat_core::protocol::PROTOCOL_VERSION,
         name: name.into(),
         token: None,
         rooms: None,
-    }
+    })
 }
 
 fn send(id: u64, room: Option<&str>, to: Option<&str>, body: &str) -> ClientFrame {
-    ClientFrame::Send {
+    ClientFrame::Send(SendRequest {
         id: Some(id),
         room: room.map(Into::into),
         to: to.map(Into::into),
         body: body.into(),
         client_id: None,
-    }
+    })
 }
 
 fn typing(room: &str, active: bool) -> ClientFrame {

@@ -2,6 +2,7 @@
 //! history, seqs and idempotent sends; a failing store gives `storage_unavailable`, never
 //! an ack, while the server stays up, and sends succeed again once the store recovers.
 
+use chat_core::protocol::{HelloRequest, HistoryRequest, SendRequest};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,13 +69,13 @@ impl Client {
             })
             .collect::<Vec<_>>();
         let n = rooms.len();
-        c.send(ClientFrame::Hello {
+        c.send(ClientFrame::Hello(HelloRequest {
             id: Some(1),
             version: 1,
             name: name.into(),
             token: None,
             rooms: Some(rooms),
-        })
+        }))
         .await;
         let epoch = c
             .until(|f| match f {
@@ -97,13 +98,13 @@ impl Client {
     async fn post(&mut self, room: &str, body: &str, client_id: Option<&str>) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.send(ClientFrame::Send {
+        self.send(ClientFrame::Send(SendRequest {
             id: Some(id),
             room: Some(room.into()),
             to: None,
             body: body.into(),
             client_id: client_id.map(Arc::from),
-        })
+        }))
         .await;
         id
     }
@@ -157,12 +158,12 @@ impl Client {
         loop {
             self.next_id += 1;
             let id = self.next_id;
-            self.send(ClientFrame::History {
+            self.send(ClientFrame::History(HistoryRequest {
                 id: Some(id),
                 room: room.into(),
                 before,
                 limit: Some(7),
-            })
+            }))
             .await;
             let (messages, has_more) = self
                 .until(|f| match f {

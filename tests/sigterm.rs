@@ -4,6 +4,7 @@
 
 mod common;
 
+use chat_core::protocol::{HelloRequest, SendRequest};
 use std::time::Duration;
 
 use chat_core::protocol::PROTOCOL_VERSION;
@@ -50,13 +51,13 @@ async fn user(url: &str, name: &str) -> Ws {
         .expect("upgrade");
     send(
         &mut ws,
-        &ClientFrame::Hello {
+        &ClientFrame::Hello(HelloRequest {
             id: None,
             version: PROTOCOL_VERSION,
             name: name.into(),
             token: None,
             rooms: None,
-        },
+        }),
     )
     .await;
     assert!(matches!(recv(&mut ws).await, ServerFrame::Welcome { .. }));
@@ -93,13 +94,13 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
         .expect("upgrade");
     send(
         &mut alice,
-        &ClientFrame::Send {
+        &ClientFrame::Send(SendRequest {
             id: Some(1),
             room: Some("general".into()),
             to: None,
             body: "before the restart".into(),
             client_id: None,
-        },
+        }),
     )
     .await;
     // The message is acknowledged before the signal: nothing is in flight.

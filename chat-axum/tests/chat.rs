@@ -4,6 +4,7 @@
 
 mod common;
 
+use chat_core::protocol::SendRequest;
 use std::time::Duration;
 
 use chat_axum::RouterOptions;
@@ -215,13 +216,13 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
 
     // A direct message: both sides get it in the `@alice,bob` room, carol does not.
     alice
-        .send(&ClientFrame::Send {
+        .send(&ClientFrame::Send(SendRequest {
             id: Some(20),
             room: None,
             to: Some("bob".into()),
             body: "psst".into(),
             client_id: None,
-        })
+        }))
         .await;
     let dm = as_message(&bob.recv().await).clone();
     assert_eq!(dm.room.as_str(), "@alice,bob");
@@ -238,13 +239,13 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     }
     // A direct message to nobody online is an error with the request id.
     alice
-        .send(&ClientFrame::Send {
+        .send(&ClientFrame::Send(SendRequest {
             id: Some(21),
             room: None,
             to: Some("nobody".into()),
             body: "hello?".into(),
             client_id: None,
-        })
+        }))
         .await;
     assert!(matches!(
         alice.recv().await,
@@ -279,13 +280,13 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     assert_eq!(&*as_message(&alice.recv().await).body, "after carol left");
     // Fence: the next thing carol receives is a DM sent after that room message, so
     // neither the earlier DM between alice and bob nor the room message reached her.
-    bob.send(&ClientFrame::Send {
+    bob.send(&ClientFrame::Send(SendRequest {
         id: Some(8),
         room: None,
         to: Some("carol".into()),
         body: "fence".into(),
         client_id: None,
-    })
+    }))
     .await;
     let fence = as_message(&carol.recv().await).clone();
     assert_eq!((fence.room.as_str(), &*fence.body), ("@bob,carol", "fence"));

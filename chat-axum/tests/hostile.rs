@@ -6,6 +6,7 @@
 mod common;
 
 use chat_axum::RouterOptions;
+use chat_core::protocol::SendRequest;
 use chat_core::runtime::HubConfig;
 use chat_core::{ClientFrame, ErrorCode, Rate, Seq, ServerFrame};
 use common::{Client, Closed, TestServer};
@@ -154,13 +155,13 @@ async fn a_frame_at_the_limit_is_read_and_one_byte_more_is_closed_with_1009() {
     let mut mallory = server.user("mallory").await;
     // Exactly the limit: read and judged by the core (the body is over its own limit).
     let body_len = MAX_FRAME - r#"{"type":"send","id":3,"room":"general","body":""}"#.len();
-    let send = ClientFrame::Send {
+    let send = ClientFrame::Send(SendRequest {
         id: Some(3),
         room: Some("general".into()),
         to: None,
         body: "b".repeat(body_len),
         client_id: None,
-    };
+    });
     let text = serde_json::to_string(&send).unwrap();
     assert_eq!(text.len(), MAX_FRAME);
     mallory.send_raw(Message::text(text)).await;

@@ -26,11 +26,13 @@ async fn shutdown_says_goodbye_closes_with_1012_and_waits_for_every_task() {
         matches!(f, ServerFrame::Left { .. }).then_some(())
     })
     .await;
-    dave.send(&chat_core::ClientFrame::Join {
-        id: Some(3),
-        room: "elsewhere".into(),
-        since: None,
-    })
+    dave.send(&chat_core::ClientFrame::Join(
+        chat_core::protocol::JoinRequest {
+            id: Some(3),
+            room: "elsewhere".into(),
+            since: None,
+        },
+    ))
     .await;
     dave.expect_joined("elsewhere").await;
     clients.push(dave);

@@ -28,11 +28,11 @@
 //!
 //! ```
 //! use chat_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
-//! use chat_core::protocol::ClientFrame;
+//! use chat_core::protocol::{ClientFrame, HelloRequest};
 //!
 //! let mut client = Client::new(ClientConfig::new("alice", "c1"));
 //! client.connected();
-//! let Some(ClientOutput::Transmit(ClientFrame::Hello { name, .. })) = client.poll_output() else {
+//! let Some(ClientOutput::Transmit(ClientFrame::Hello(HelloRequest { name, .. }))) = client.poll_output() else {
 //!     panic!("a hello first");
 //! };
 //! assert_eq!(name, "alice");
@@ -43,6 +43,7 @@
 //! # let _ = id;
 //! ```
 
+use crate::protocol::{HelloRequest, HistoryRequest, JoinRequest, SendRequest};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -626,11 +627,11 @@ impl Client {
         );
         let since = self.cursor_of(room);
         if self.phase == Phase::Ready {
-            self.transmit(ClientFrame::Join {
+            self.transmit(ClientFrame::Join(JoinRequest {
                 id: Some(id),
                 room: room.to_owned(),
                 since,
-            });
+            }));
         }
         id
     }
@@ -699,12 +700,12 @@ impl Client {
             },
         );
         if self.phase == Phase::Ready {
-            self.transmit(ClientFrame::History {
+            self.transmit(ClientFrame::History(HistoryRequest {
                 id: Some(id),
                 room: room.to_owned(),
                 before,
                 limit,
-            });
+            }));
         }
         id
     }
@@ -804,13 +805,13 @@ impl Client {
                     .collect()
             })
         };
-        self.transmit(ClientFrame::Hello {
+        self.transmit(ClientFrame::Hello(HelloRequest {
             id: Some(id),
             version: PROTOCOL_VERSION,
             name: self.config.name.clone(),
             token: self.token.clone(),
             rooms,
-        });
+        }));
     }
 
     fn transmit_pending(&mut self, key: u64) {
@@ -823,13 +824,13 @@ impl Client {
             Target::Room(room) => (Some(room.clone()), None),
             Target::User(user) => (None, Some(user.clone())),
         };
-        let frame = ClientFrame::Send {
+        let frame = ClientFrame::Send(SendRequest {
             id: Some(id),
             room,
             to,
             body: p.body.clone(),
             client_id: Some(p.client_id.clone()),
-        };
+        });
         self.requests.insert(
             id,
             Command::Send {
@@ -891,11 +892,11 @@ impl Client {
             self.requests
                 .insert(id, Command::Join { room: room.clone() });
             let since = self.cursor_of(&room);
-            self.transmit(ClientFrame::Join {
+            self.transmit(ClientFrame::Join(JoinRequest {
                 id: Some(id),
                 room,
                 since,
-            });
+            }));
         }
         // Sends not acknowledged (made while offline, or lost with the last connection).
         let keys: Vec<u64> = self.pending.keys().copied().collect();
@@ -1134,7 +1135,7 @@ mod tests {
         c.connected();
         let (frames, _) = drain(&mut c);
         assert!(
-            matches!(&frames[..], [ClientFrame::Hello { rooms: None, token: None, name, .. }] if name == "alice")
+            matches!(&frames[..], [ClientFrame::Hello(HelloRequest { rooms: None, token: None, name, .. })] if name == "alice")
         );
 
         let mut config = ClientConfig::new("bob", "p");
@@ -1143,7 +1144,7 @@ mod tests {
         let mut c = Client::new(config);
         c.connected();
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Hello { rooms, token, .. } = &frames[0] else {
+        let ClientFrame::Hello(HelloRequest { rooms, token, .. }) = &frames[0] else {
             panic!("{frames:?}")
         };
         assert_eq!(token.as_deref(), Some("t0"));
@@ -1178,7 +1179,7 @@ mod tests {
         assert_eq!(c.phase(), Phase::Offline);
         c.connected();
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Hello { token, rooms, .. } = &frames[0] else {
+        let ClientFrame::Hello(HelloRequest { token, rooms, .. }) = &frames[0] else {
             panic!("{frames:?}")
         };
         assert_eq!(token.as_deref(), Some("tok"));
@@ -1287,9 +1288,9 @@ mod tests {
         let mut c = ready(0);
         let cid = c.send_to_room("general", "hello");
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Send {
+        let ClientFrame::Send(SendRequest {
             client_id, body, ..
-        } = &frames[0]
+        }) = &frames[0]
         else {
             panic!("{frames:?}")
         };
@@ -1304,7 +1305,9 @@ mod tests {
         let resent: Vec<_> = frames
             .iter()
             .filter_map(|f| match f {
-                ClientFrame::Send { id, client_id, .. } => Some((*id, client_id.clone())),
+                ClientFrame::Send(SendRequest { id, client_id, .. }) => {
+                    Some((*id, client_id.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -1333,7 +1336,11 @@ mod tests {
         c.connected();
         c.handle_frame(welcome("e1"));
         let (frames, _) = drain(&mut c);
-        assert!(!frames.iter().any(|f| matches!(f, ClientFrame::Send { .. })));
+        assert!(
+            !frames
+                .iter()
+                .any(|f| matches!(f, ClientFrame::Send(SendRequest { .. })))
+        );
     }
 
     #[test]
@@ -1350,7 +1357,7 @@ mod tests {
         let sends: Vec<_> = frames
             .iter()
             .filter_map(|f| match f {
-                ClientFrame::Send { room, to, body, .. } => {
+                ClientFrame::Send(SendRequest { room, to, body, .. }) => {
                     Some((room.clone(), to.clone(), body.clone()))
                 }
                 _ => None,
@@ -1370,7 +1377,7 @@ mod tests {
         let mut c = ready(0);
         let cid = c.send_to_room("general", "   ");
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Send { id, .. } = frames[0] else {
+        let ClientFrame::Send(SendRequest { id, .. }) = frames[0] else {
             panic!()
         };
         c.handle_frame(ServerFrame::Error {
@@ -1397,7 +1404,7 @@ mod tests {
         let mut c = ready(0);
         c.send_to_room("general", "hi");
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Send { id, .. } = frames[0] else {
+        let ClientFrame::Send(SendRequest { id, .. }) = frames[0] else {
             panic!()
         };
         c.handle_frame(ServerFrame::Error {
@@ -1414,7 +1421,7 @@ mod tests {
         let mut c = Client::new(ClientConfig::new("two words", "p"));
         c.connected();
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Hello { id, .. } = frames[0] else {
+        let ClientFrame::Hello(HelloRequest { id, .. }) = frames[0] else {
             panic!()
         };
         c.handle_frame(ServerFrame::Error {
@@ -1432,7 +1439,9 @@ mod tests {
         ));
         c.retry_hello_as("alice");
         let (frames, _) = drain(&mut c);
-        assert!(matches!(&frames[0], ClientFrame::Hello { name, .. } if name == "alice"));
+        assert!(
+            matches!(&frames[0], ClientFrame::Hello(HelloRequest { name, .. }) if name == "alice")
+        );
 
         let mut c = ready(0);
         let id = c.join("two words");
@@ -1451,7 +1460,7 @@ mod tests {
         c.disconnected();
         c.connected();
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Hello { rooms, .. } = &frames[0] else {
+        let ClientFrame::Hello(HelloRequest { rooms, .. }) = &frames[0] else {
             panic!()
         };
         assert_eq!(rooms.as_ref().unwrap().len(), 1);
@@ -1469,7 +1478,7 @@ mod tests {
         c.disconnected();
         c.connected();
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Hello { rooms, .. } = &frames[0] else {
+        let ClientFrame::Hello(HelloRequest { rooms, .. }) = &frames[0] else {
             panic!()
         };
         assert_eq!(rooms.as_deref(), Some(&[][..]));
@@ -1484,13 +1493,13 @@ mod tests {
         c.handle_frame(welcome("e1"));
         let (frames, _) = drain(&mut c);
         assert!(frames.iter().any(
-            |f| matches!(f, ClientFrame::Join { id: Some(i), room, since: None } if *i == early && room == "rust")
+            |f| matches!(f, ClientFrame::Join(JoinRequest { id: Some(i), room, since: None }) if *i == early && room == "rust")
         ));
         // In flight when the connection drops: asked for again in the next hello.
         c.disconnected();
         c.connected();
         let (frames, _) = drain(&mut c);
-        let ClientFrame::Hello { rooms, .. } = &frames[0] else {
+        let ClientFrame::Hello(HelloRequest { rooms, .. }) = &frames[0] else {
             panic!()
         };
         assert_eq!(rooms.as_ref().unwrap()[0].room, "rust");
@@ -1579,12 +1588,12 @@ mod tests {
                     room: "general".into(),
                     active: true
                 },
-                ClientFrame::History {
+                ClientFrame::History(HistoryRequest {
                     id: Some(h),
                     room: "general".into(),
                     before: Some(Seq(7)),
                     limit: Some(5)
-                },
+                }),
                 ClientFrame::Rooms { id: Some(r) },
                 ClientFrame::Members {
                     id: Some(m),

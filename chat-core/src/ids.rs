@@ -104,6 +104,13 @@ impl UserKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key shown as a name, for a user the server no longer knows (a direct-room
+    /// peer who left). Keys are folds of valid names ([`UserName::key`], or the two
+    /// halves of a validated direct room name), so the key is a valid name too.
+    pub(crate) fn as_name(&self) -> UserName {
+        UserName(self.0.clone())
+    }
 }
 
 impl fmt::Display for UserName {

@@ -20,34 +20,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[non_exhaustive]
 pub enum ClientFrame {
     /// First frame of every connection: protocol version and the name to use.
-    Hello {
-        /// Request id echoed in the `welcome` or `error`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<RequestId>,
-        /// Must be [`PROTOCOL_VERSION`].
-        version: u32,
-        /// The user name (anonymous mode) or the name to authenticate as (host mode).
-        name: String,
-        /// Anonymous mode: the token from an earlier `welcome`, proving this is the same
-        /// user (another tab, a reconnect). Host mode: the credentials for the identity hook.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        token: Option<String>,
-        /// Rooms to join right away, with resume cursors. When absent, the server's default
-        /// rooms are joined.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rooms: Option<Vec<JoinSpec>>,
-    },
+    Hello(HelloRequest),
     /// Join a room (created on first join), or resume it from `since`.
-    Join {
-        /// Request id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<RequestId>,
-        /// Room name, or `@a,b` for a direct-message room.
-        room: String,
-        /// Last seq this client has seen; the reply then holds exactly the later messages.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        since: Option<Seq>,
-    },
+    Join(JoinRequest),
     /// Leave a room.
     Leave {
         /// Request id.
@@ -57,37 +32,9 @@ pub enum ClientFrame {
         room: String,
     },
     /// Post a message to a room (`room`) or to a user (`to`, a direct message).
-    Send {
-        /// Request id, echoed in the `ack`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<RequestId>,
-        /// Target room. Exactly one of `room` and `to` is given.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room: Option<String>,
-        /// Target user for a direct message.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        to: Option<String>,
-        /// Message text.
-        body: String,
-        /// Client-chosen id making the send idempotent: a resend is acked with the
-        /// original seq and not posted twice.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        client_id: Option<ClientMsgId>,
-    },
+    Send(SendRequest),
     /// Ask for a page of history, newest `limit` messages before `before`, oldest first.
-    History {
-        /// Request id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<RequestId>,
-        /// Room name.
-        room: String,
-        /// Only messages with a smaller seq; the latest when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        before: Option<Seq>,
-        /// Page size (default 50, at most the server's `history_page_max`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        limit: Option<u32>,
-    },
+    History(HistoryRequest),
     /// List rooms with member counts.
     Rooms {
         /// Request id.
@@ -110,6 +57,96 @@ pub enum ClientFrame {
         /// Whether the user is typing.
         active: bool,
     },
+}
+
+impl ClientFrame {
+    /// The frame's request id, echoed in its answer or in the error rejecting it.
+    #[must_use]
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            ClientFrame::Hello(HelloRequest { id, .. })
+            | ClientFrame::Join(JoinRequest { id, .. })
+            | ClientFrame::Send(SendRequest { id, .. })
+            | ClientFrame::History(HistoryRequest { id, .. })
+            | ClientFrame::Leave { id, .. }
+            | ClientFrame::Rooms { id }
+            | ClientFrame::Members { id, .. } => *id,
+            ClientFrame::Typing { .. } => None,
+        }
+    }
+}
+
+/// The `hello` frame: first frame of every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloRequest {
+    /// Request id echoed in the `welcome` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Must be [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The user name (anonymous mode) or the name to authenticate as (host mode).
+    pub name: String,
+    /// Anonymous mode: the token from an earlier `welcome`, proving this is the same
+    /// user (another tab, a reconnect). Host mode: the credentials for the identity hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Rooms to join right away, with resume cursors. When absent, the server's default
+    /// rooms are joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<JoinSpec>>,
+}
+
+/// The `join` frame: join a room (created on first join), or resume it from `since`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// Request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Room name, or `@a,b` for a direct-message room.
+    pub room: String,
+    /// Last seq this client has seen; the reply then holds exactly the later messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Seq>,
+}
+
+/// The `send` frame: post a message to a room (`room`) or to a user (`to`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Request id, echoed in the `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Target room. Exactly one of `room` and `to` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Target user for a direct message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Message text.
+    pub body: String,
+    /// Client-chosen id making the send idempotent: a resend is acked with the
+    /// original seq and not posted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientMsgId>,
+}
+
+/// The `history` frame: a page of history, newest `limit` messages before `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRequest {
+    /// Request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Room name.
+    pub room: String,
+    /// Only messages with a smaller seq; the latest when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Seq>,
+    /// Page size (default 50, at most the server's `history_page_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// A room to join in `hello`, optionally resuming from a seq.

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use chat_core::protocol::{HelloRequest, SendRequest};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -344,13 +345,13 @@ impl Client {
 
     pub async fn hello_with(&mut self, name: &str, rooms: Option<Vec<JoinSpec>>) {
         let token = self.token.clone();
-        self.send(&ClientFrame::Hello {
+        self.send(&ClientFrame::Hello(HelloRequest {
             id: Some(1),
             version: PROTOCOL_VERSION,
             name: name.into(),
             token,
             rooms,
-        })
+        }))
         .await;
         match self.recv().await {
             ServerFrame::Welcome {
@@ -398,13 +399,13 @@ impl Client {
 
     /// Sends a message to a room.
     pub async fn say(&mut self, id: u64, room: &str, body: &str, client_id: Option<&str>) {
-        self.send(&ClientFrame::Send {
+        self.send(&ClientFrame::Send(SendRequest {
             id: Some(id),
             room: Some(room.into()),
             to: None,
             body: body.into(),
             client_id: client_id.map(Into::into),
-        })
+        }))
         .await;
     }
 

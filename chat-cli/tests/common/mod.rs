@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use chat_core::protocol::{HelloRequest, SendRequest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -303,7 +304,7 @@ impl Peer {
             .expect("connect in time")
             .expect("connect");
         let mut peer = Peer { ws, next_id: 1 };
-        peer.send_frame(&ClientFrame::Hello {
+        peer.send_frame(&ClientFrame::Hello(HelloRequest {
             id: None,
             version: PROTOCOL_VERSION,
             name: name.into(),
@@ -317,7 +318,7 @@ impl Peer {
                     })
                     .collect(),
             ),
-        })
+        }))
         .await;
         peer.expect(|f| matches!(f, ServerFrame::Welcome { .. }), "welcome")
             .await;
@@ -337,13 +338,13 @@ impl Peer {
     pub async fn say(&mut self, room: &str, body: &str) -> Seq {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_frame(&ClientFrame::Send {
+        self.send_frame(&ClientFrame::Send(SendRequest {
             id: Some(id),
             room: Some(room.into()),
             to: None,
             body: body.into(),
             client_id: None,
-        })
+        }))
         .await;
         match self
             .expect(

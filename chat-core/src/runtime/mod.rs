@@ -6,9 +6,9 @@
 //! use chat_core::runtime::{Hub, HubConfig};
 //! let hub = Hub::spawn(HubConfig::default()).await.expect("store loads");
 //! let mut alice = hub.connect().await?;
-//! alice.send(&chat_core::ClientFrame::Hello {
+//! alice.send(&chat_core::ClientFrame::Hello(chat_core::protocol::HelloRequest {
 //!     id: None, version: 1, name: "alice".into(), token: None, rooms: None,
-//! }).await?;
+//! })).await?;
 //! while let Some(frame) = alice.recv().await {
 //!     println!("{frame:?}");
 //! }

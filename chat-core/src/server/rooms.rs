@@ -4,8 +4,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 
+use super::kind::RoomKind;
+use super::users::Users;
 use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, Message};
 
@@ -21,6 +25,8 @@ pub(crate) struct Member {
     /// the member exists: a member lingers no longer than its user's grace period (the
     /// linger timer fires first at the same instant), and a user keeps its name.
     pub name: UserName,
+    /// The length of the name as JSON in the room's member list.
+    json_len: usize,
 }
 
 /// A message as kept in the window: the shared message and its frame, encoded once.
@@ -58,17 +64,13 @@ pub(crate) enum Page {
 #[derive(Debug)]
 pub(crate) struct Room {
     pub name: RoomName,
-    /// The two users of a direct-message room; `None` for a public room.
-    pub direct: Option<(UserKey, UserKey)>,
+    pub kind: RoomKind,
     /// Users in a public room.
     members: BTreeMap<UserKey, Member>,
     /// The members' names as a JSON array in key order, as serde writes them in `joined`,
     /// kept current as members come and go: a join copies it instead of serializing
     /// every name again.
     members_json: Vec<u8>,
-    /// The members' keys in order, each with the length of its name in `members_json`,
-    /// to find where a name sits there.
-    listed: Vec<(UserKey, usize)>,
     /// Every session in a public room, in order: the recipients of its events. A sorted
     /// vector rather than a set: every event walks it, and it changes far less often.
     sessions: Vec<SessionId>,
@@ -86,21 +88,19 @@ pub(crate) struct Room {
     pub pending: VecDeque<Pending>,
 }
 
-/// Where the `i`-th listed name starts in the member list's JSON: after `[` and each
-/// earlier name with its comma.
-fn json_offset(listed: &[(UserKey, usize)], i: usize) -> usize {
-    1 + listed[..i].iter().map(|(_, len)| len + 1).sum::<usize>()
+/// Where the name of the member after `before` starts in the member list's JSON: after
+/// `[` and each earlier name with its comma.
+fn json_offset<'a>(before: impl Iterator<Item = &'a Member>) -> usize {
+    1 + before.map(|m| m.json_len + 1).sum::<usize>()
 }
 
 impl Room {
     pub fn new(name: RoomName) -> Room {
-        let direct = name.direct_users();
         Room {
+            kind: RoomKind::of(&name),
             name,
-            direct,
             members: BTreeMap::new(),
             members_json: b"[]".to_vec(),
-            listed: Vec::new(),
             sessions: Vec::new(),
             typing: BTreeMap::new(),
             history: VecDeque::new(),
@@ -115,11 +115,35 @@ impl Room {
 
     /// Number of users in the room (both users for a direct room).
     pub fn user_count(&self) -> usize {
-        if let Some((a, b)) = &self.direct {
-            if a == b { 1 } else { 2 }
-        } else {
-            self.members.len()
-        }
+        self.kind.direct_user_count().unwrap_or(self.members.len())
+    }
+
+    /// The room's members by display name: the public room's list, or a direct room's
+    /// two users by their current names.
+    pub fn member_list(&self, users: &Users) -> Vec<UserName> {
+        debug_assert!(
+            self.member_names()
+                .all(|n| users.display_name(&n.key()) == *n),
+            "a member's name is its user's display name"
+        );
+        self.kind
+            .direct_members(users)
+            .unwrap_or_else(|| self.member_names().cloned().collect())
+    }
+
+    /// The sessions that receive the room's events.
+    pub fn recipients(&self, users: &Users) -> Cow<'_, [SessionId]> {
+        self.kind.recipients(&self.sessions, users)
+    }
+
+    /// The sessions of one user among the room's recipients.
+    pub fn sessions_of<'a>(
+        &'a self,
+        key: &UserKey,
+        users: &'a Users,
+    ) -> Option<&'a BTreeSet<SessionId>> {
+        self.kind
+            .user_sessions(key, self.member(key).map(|m| &m.sessions), users)
     }
 
     /// A user's membership of this public room.
@@ -132,59 +156,54 @@ impl Room {
         self.members.get_mut(key)
     }
 
-    /// The user's membership, added with the display name from `name` if the user is
-    /// not a member yet; the flag says whether it was added.
-    pub fn add_member(
+    /// Adds a session of a user to the members (and the user, with the display name
+    /// from `name`, if not a member yet); says whether the user was added. The user no
+    /// longer lingers.
+    pub fn add_member_session(
         &mut self,
         key: &UserKey,
+        sid: SessionId,
         name: impl FnOnce() -> UserName,
-    ) -> (&mut Member, bool) {
-        use std::collections::btree_map::Entry;
-        match self.members.entry(key.clone()) {
-            Entry::Occupied(e) => (e.into_mut(), false),
-            Entry::Vacant(e) => {
-                let name = name();
-                let mut json = Vec::with_capacity(name.as_str().len() + 3);
-                serde_json::to_writer(&mut json, name.as_str())
-                    .expect("a string always serializes");
-                let i = self
-                    .listed
-                    .binary_search_by(|(k, _)| k.cmp(key))
-                    .expect_err("not listed yet");
-                let len = json.len();
-                let at = if i < self.listed.len() {
-                    json.push(b','); // before the next name
-                    json_offset(&self.listed, i)
-                } else {
-                    if i > 0 {
-                        json.insert(0, b','); // after the last name
-                    }
-                    self.members_json.len() - 1 // before `]`
-                };
-                self.members_json.splice(at..at, json);
-                self.listed.insert(i, (key.clone(), len));
-                let member = e.insert(Member {
-                    sessions: BTreeSet::new(),
-                    linger_until: None,
-                    name,
-                });
-                (member, true)
-            }
+    ) -> bool {
+        let added = !self.members.contains_key(key);
+        if added {
+            let name = name();
+            let mut json = Vec::with_capacity(name.as_str().len() + 3);
+            serde_json::to_writer(&mut json, name.as_str()).expect("a string always serializes");
+            let json_len = json.len();
+            let at = if self.members.range(key..).next().is_some() {
+                json.push(b','); // before the next name
+                json_offset(self.members.range(..key).map(|(_, m)| m))
+            } else {
+                if !self.members.is_empty() {
+                    json.insert(0, b','); // after the last name
+                }
+                self.members_json.len() - 1 // before `]`
+            };
+            self.members_json.splice(at..at, json);
+            let member = Member {
+                sessions: BTreeSet::new(),
+                linger_until: None,
+                name,
+                json_len,
+            };
+            self.members.insert(key.clone(), member);
         }
+        self.members.entry(key.clone()).and_modify(|m| {
+            m.sessions.insert(sid);
+            m.linger_until = None;
+        });
+        added
     }
 
     /// Removes a user from the member list.
     pub fn remove_member(&mut self, key: &UserKey) -> Option<Member> {
         let member = self.members.remove(key)?;
-        let i = self
-            .listed
-            .binary_search_by(|(k, _)| k.cmp(key))
-            .expect("members are listed");
-        let at = json_offset(&self.listed, i);
-        let (_, len) = self.listed.remove(i);
-        let range = if self.listed.is_empty() {
+        let at = json_offset(self.members.range(..key).map(|(_, m)| m));
+        let len = member.json_len;
+        let range = if self.members.is_empty() {
             at..at + len
-        } else if i < self.listed.len() {
+        } else if self.members.range(key..).next().is_some() {
             at..at + len + 1 // with the comma after it
         } else {
             at - 1..at + len // with the comma before it
@@ -206,11 +225,6 @@ impl Room {
             serde_json::to_vec(&self.member_names().collect::<Vec<_>>()).expect("serializes"),
         );
         &self.members_json
-    }
-
-    /// The sessions in a public room, in order.
-    pub fn sessions(&self) -> &[SessionId] {
-        &self.sessions
     }
 
     /// Adds a session to the room's recipients.
@@ -264,13 +278,7 @@ impl Room {
     pub fn push_history(&mut self, posted: Posted, window: usize) {
         self.last_delivered = posted.msg.seq;
         self.history.push_back(posted);
-        while self.history.len() > window {
-            let old = self.history.pop_front().expect("len > window >= 0");
-            self.floor = old.msg.seq;
-            if let Some(id) = &old.msg.client_id {
-                self.forget_client_id(&old.msg.user.key(), id, old.msg.seq);
-            }
-        }
+        self.evict(window);
     }
 
     /// Loads the window after a restart: `recent` are the newest stored messages, oldest
@@ -293,8 +301,15 @@ impl Room {
             let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
             self.history.push_back(Posted { msg, frame });
         }
+        self.evict(window);
+    }
+
+    /// Drops the oldest messages beyond `window` from memory.
+    fn evict(&mut self, window: usize) {
         while self.history.len() > window {
-            let old = self.history.pop_front().expect("len > window");
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
             self.floor = old.msg.seq;
             if let Some(id) = &old.msg.client_id {
                 self.forget_client_id(&old.msg.user.key(), id, old.msg.seq);

@@ -1,0 +1,165 @@
+//! `hello`: the protocol version, the name (anonymous mode) or the host's identity
+//! check (host mode), then `welcome` and the first rooms.
+
+use super::{Caller, Reject};
+use crate::ids::UserName;
+use crate::ids::{RequestId, SessionId};
+use crate::protocol::{
+    ErrorCode, HelloRequest, JoinRequest, JoinSpec, PROTOCOL_VERSION, ServerFrame,
+};
+use crate::server::config::AuthMode;
+use crate::server::outputs::{CloseReason, Event, Output};
+use crate::server::sessions::Phase;
+use crate::server::{ApiMisuse, Now, Server, State};
+
+impl State {
+    pub(super) fn hello(
+        &mut self,
+        caller: &mut Caller<'_>,
+        req: HelloRequest,
+    ) -> Result<(), Reject> {
+        let HelloRequest {
+            id,
+            version,
+            name,
+            token,
+            rooms,
+        } = req;
+        if self.shutting_down {
+            return Err(Reject::closing(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+                CloseReason::Shutdown,
+            ));
+        }
+        if version != PROTOCOL_VERSION {
+            return Err(Reject::closing(
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+                CloseReason::UnsupportedVersion,
+            ));
+        }
+        if self.config.auth == AuthMode::Host {
+            caller.session.phase = Phase::Authenticating { id, rooms };
+            self.out.push(Output::Authenticate {
+                session: caller.sid,
+                name,
+                credentials: token,
+            });
+            return Ok(());
+        }
+        let name = UserName::parse(&name, self.config.max_name_chars)
+            .map_err(|e| Reject::new(ErrorCode::InvalidName, format!("name {e}")))?;
+        if let Some(user) = self.users.get(&name.key()) {
+            let proven = token.is_some() && token == user.token;
+            if !proven {
+                let msg = format!("the name {} is in use", user.name);
+                return Err(Reject::new(ErrorCode::NameTaken, msg));
+            }
+        }
+        self.welcome(caller, id, &name, rooms, true);
+        Ok(())
+    }
+
+    /// Welcomes the session as `name`, then joins the rooms it asked for (or the
+    /// default rooms), each answered as its own `join`.
+    fn welcome(
+        &mut self,
+        caller: &mut Caller<'_>,
+        id: Option<RequestId>,
+        name: &UserName,
+        rooms: Option<Vec<JoinSpec>>,
+        anonymous: bool,
+    ) {
+        let key = name.key();
+        let user = self.users.claim(name, anonymous, &self.config.secret);
+        user.sessions.insert(caller.sid);
+        user.grace_until = None;
+        let (user_name, token) = (user.name.clone(), user.token.clone());
+        caller.session.phase = Phase::Ready(key.clone());
+        self.out.send_to(
+            caller.sid,
+            &ServerFrame::Welcome {
+                id,
+                version: PROTOCOL_VERSION,
+                session: caller.sid,
+                user: user_name.clone(),
+                token,
+                epoch: self.config.epoch.clone(),
+                limits: self.config.limits(),
+            },
+        );
+        self.out.event(Event::SessionOpened {
+            session: caller.sid,
+            user: user_name,
+        });
+        let specs = rooms.unwrap_or_else(|| {
+            self.config
+                .default_rooms
+                .iter()
+                .map(|r| JoinSpec {
+                    room: r.clone(),
+                    since: None,
+                })
+                .collect()
+        });
+        for spec in specs.into_iter().take(self.config.max_rooms_per_session) {
+            let join = JoinRequest {
+                id: None,
+                room: spec.room,
+                since: spec.since,
+            };
+            let result = self.join(caller, &key, join);
+            let max = self.config.max_strikes;
+            if caller
+                .settle(&mut self.out, max, None, true, result)
+                .is_some()
+            {
+                break;
+            }
+        }
+    }
+}
+
+impl Server {
+    /// The host's answer about a session's identity: welcome it, or refuse and close.
+    pub(crate) fn on_authenticated(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        result: Result<String, String>,
+    ) -> Result<(), ApiMisuse> {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Ok(());
+        };
+        let (id, rooms) = match std::mem::replace(&mut session.phase, Phase::New) {
+            Phase::Authenticating { id, rooms } => (id, rooms),
+            // A stray answer must not reset a welcomed session.
+            other => {
+                session.phase = other;
+                return Err(ApiMisuse::NotAuthenticating(sid));
+            }
+        };
+        let st = &mut self.st;
+        let name = result.and_then(|n| {
+            UserName::parse(&n, st.config.max_name_chars).map_err(|e| format!("identity name {e}"))
+        });
+        let mut caller = Caller { now, sid, session };
+        let result = match name {
+            Ok(name) => {
+                st.welcome(&mut caller, id, &name, rooms, false);
+                Ok(())
+            }
+            Err(reason) => Err(Reject::closing(
+                ErrorCode::AuthFailed,
+                reason,
+                CloseReason::AuthFailed,
+            )),
+        };
+        let close = caller.settle(&mut st.out, st.config.max_strikes, id, false, result);
+        if let Some(reason) = close {
+            self.drop_session(now, sid, Some(reason));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! `history`: a page of older messages, from the window or from the store.
+
+use std::sync::Arc;
+
+use super::{Caller, Reject};
+use crate::ids::UserKey;
+use crate::protocol::{ErrorCode, HistoryRequest, Message, ServerFrame};
+use crate::server::outputs::Output;
+use crate::server::rooms::Page;
+use crate::server::{ApiMisuse, HistoryTicket, State, StoreError};
+
+impl State {
+    pub(super) fn history(
+        &mut self,
+        caller: &mut Caller<'_>,
+        user: &UserKey,
+        req: HistoryRequest,
+    ) -> Result<(), Reject> {
+        let HistoryRequest {
+            id,
+            room,
+            before,
+            limit,
+        } = req;
+        let (room_name, kind) = self.room_for(user, &room)?;
+        let max = self.config.history_page_max;
+        let limit = limit.map_or(self.config.history_page_default, |l| l as usize);
+        if limit == 0 || limit > max {
+            let msg = format!("limit must be 1..={max}");
+            return Err(Reject::new(ErrorCode::InvalidRequest, msg));
+        }
+        if !kind.reachable(&caller.session.rooms, &room_name) {
+            return Err(Reject::not_member(&room_name));
+        }
+        let page = match self.rooms.get(&room_name) {
+            Some(room) => room.page(before, limit, self.config.durable),
+            // A direct room nobody has written to yet.
+            None => Page::Memory {
+                messages: vec![],
+                has_more: false,
+            },
+        };
+        match page {
+            Page::Memory { messages, has_more } => {
+                let frame = ServerFrame::History {
+                    id,
+                    room: room_name,
+                    messages,
+                    has_more,
+                };
+                self.out.send_to(caller.sid, &frame);
+            }
+            Page::Store => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.history_tickets.insert(
+                    ticket,
+                    HistoryTicket {
+                        session: caller.sid,
+                        id,
+                        room: room_name.clone(),
+                    },
+                );
+                self.out.push(Output::LoadHistory {
+                    ticket,
+                    room: room_name,
+                    before,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's answer to a history page.
+    pub(crate) fn on_history_loaded(
+        &mut self,
+        ticket: u64,
+        result: Result<(Vec<Message>, bool), StoreError>,
+    ) -> Result<(), ApiMisuse> {
+        let t = self
+            .history_tickets
+            .remove(&ticket)
+            .ok_or(ApiMisuse::UnknownTicket(ticket))?;
+        match result {
+            Ok((messages, has_more)) => {
+                if !self.out.is_open(t.session) {
+                    return Ok(());
+                }
+                let messages = messages.into_iter().map(Arc::new).collect();
+                let frame = ServerFrame::History {
+                    id: t.id,
+                    room: t.room,
+                    messages,
+                    has_more,
+                };
+                self.out.send_to(t.session, &frame);
+            }
+            Err(e) => {
+                let message = format!("history unavailable ({})", e.0);
+                self.out
+                    .error(t.session, t.id, ErrorCode::StorageUnavailable, message);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! `join`: enter a room (created on first join) or resume it from a seq.
+
+use super::{Caller, Reject, room_unavailable};
+use crate::ids::{RequestId, RoomName, Seq, UserKey};
+use crate::protocol::{Encoded, ErrorCode, JoinRequest, ServerFrame};
+use crate::server::State;
+use crate::server::rooms::Room;
+use crate::server::users::Users;
+
+impl State {
+    pub(super) fn join(
+        &mut self,
+        caller: &mut Caller<'_>,
+        user: &UserKey,
+        req: JoinRequest,
+    ) -> Result<(), Reject> {
+        let JoinRequest { id, room, since } = req;
+        let (room_name, kind) = self.room_for(user, &room)?;
+        let already = caller.session.rooms.contains(&room_name);
+        let max_rooms = self.config.max_rooms_per_session;
+        if !already && kind.has_membership() && caller.session.rooms.len() >= max_rooms {
+            let msg = format!("a session can be in at most {max_rooms} rooms");
+            return Err(Reject::new(ErrorCode::TooManyRooms, msg));
+        }
+        if !kind.created_by_join() && !self.rooms.contains_key(&room_name) {
+            // Nobody has written here yet: show it empty without creating it.
+            let members = kind.direct_members(&self.users).unwrap_or_default();
+            let frame = ServerFrame::Joined {
+                id,
+                room: room_name,
+                members,
+                messages: vec![],
+                gap: since.is_some_and(|s| s > Seq(0)),
+                last_seq: Seq(0),
+            };
+            self.out.send_to(caller.sid, &frame);
+            return Ok(());
+        }
+        let (room, env) = self
+            .open_room(&room_name, |_, create_on_join| create_on_join)
+            .map_err(|code| room_unavailable(code, &room_name))?;
+        let mut announce = false;
+        if kind.has_membership() && !already {
+            room.add_session(caller.sid);
+            announce = room.add_member_session(user, caller.sid, || env.users.display_name(user));
+            caller.session.rooms.insert(room_name.clone());
+        }
+        let frame = joined_frame(room, env.users, env.config.history_on_join, id, since);
+        if announce {
+            self.announce_joined(caller.now, &room_name, user, caller.sid);
+        }
+        self.out.send_encoded(caller.sid, frame);
+        Ok(())
+    }
+}
+
+/// The `joined` frame for an existing room: its members and the messages for `since`.
+/// Built from the room's member list in JSON and its messages' encoded frames, so
+/// each join copies bytes instead of serializing every member's name again.
+fn joined_frame(
+    room: &Room,
+    users: &Users,
+    on_join: usize,
+    id: Option<RequestId>,
+    since: Option<Seq>,
+) -> Encoded {
+    // A direct room's two users are listed by their current names, as `members` does.
+    let direct_members = room
+        .kind
+        .direct_members(users)
+        .map(|names| serde_json::to_vec(&names).expect("names always serialize"));
+    let members_json = match &direct_members {
+        Some(json) => json,
+        None => room.members_json(),
+    };
+    let (messages, gap) = match since {
+        None => (room.latest(on_join), false),
+        Some(since) => match room.after(since) {
+            Some(messages) => (messages, false),
+            None => (room.latest(on_join), true),
+        },
+    };
+    let messages = messages.map(|p| (&p.msg, &p.frame));
+    let last_seq = room.last_delivered;
+    let room_name: &RoomName = &room.name;
+    let frame = Encoded::joined(id, room_name, members_json, messages.clone(), gap, last_seq);
+    debug_assert_eq!(
+        frame,
+        Encoded::new(&ServerFrame::Joined {
+            id,
+            room: room_name.clone(),
+            members: room.member_list(users),
+            messages: messages.map(|(m, _)| m.clone()).collect(),
+            gap,
+            last_seq,
+        })
+    );
+    frame
+}

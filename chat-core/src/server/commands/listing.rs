@@ -1,0 +1,56 @@
+//! `rooms` and `members`: what exists and who is there.
+
+use super::{Caller, Reject};
+use crate::ids::{RequestId, UserKey};
+use crate::protocol::{ErrorCode, RoomInfo, ServerFrame};
+use crate::server::State;
+
+impl State {
+    /// Every public room, and the direct rooms of this user.
+    pub(super) fn list_rooms(
+        &mut self,
+        caller: &mut Caller<'_>,
+        user: &UserKey,
+        id: Option<RequestId>,
+    ) -> Result<(), Reject> {
+        let rooms = self
+            .rooms
+            .values()
+            .filter(|r| r.kind.admits(user))
+            .map(|r| RoomInfo {
+                name: r.name.clone(),
+                members: r.user_count(),
+                direct: !r.kind.has_membership(),
+                last_seq: r.last_delivered,
+            })
+            .collect();
+        self.out
+            .send_to(caller.sid, &ServerFrame::Rooms { id, rooms });
+        Ok(())
+    }
+
+    /// The users in a room.
+    pub(super) fn list_members(
+        &mut self,
+        caller: &mut Caller<'_>,
+        user: &UserKey,
+        id: Option<RequestId>,
+        raw_room: &str,
+    ) -> Result<(), Reject> {
+        let (room_name, kind) = self.room_for(user, raw_room)?;
+        let members = match self.rooms.get(&room_name) {
+            Some(room) => room.member_list(&self.users),
+            // A direct room nobody has written to yet: its users, as `join` lists them.
+            None => kind.direct_members(&self.users).ok_or_else(|| {
+                Reject::new(ErrorCode::RoomNotFound, format!("no room {room_name}"))
+            })?,
+        };
+        let frame = ServerFrame::Members {
+            id,
+            room: room_name,
+            members,
+        };
+        self.out.send_to(caller.sid, &frame);
+        Ok(())
+    }
+}

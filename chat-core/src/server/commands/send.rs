@@ -1,0 +1,92 @@
+//! `send`: post a message to a room, or to a user (a direct message).
+
+use super::{Caller, Reject, room_unavailable};
+use crate::ids::{RoomName, UserKey, UserName};
+use crate::protocol::{ErrorCode, SendRequest};
+use crate::server::State;
+use crate::server::config::AuthMode;
+use crate::server::kind::RoomKind;
+use crate::server::messages::check_body;
+use crate::server::rooms::Acker;
+
+impl State {
+    pub(super) fn send(
+        &mut self,
+        caller: &mut Caller<'_>,
+        user: &UserKey,
+        req: SendRequest,
+    ) -> Result<(), Reject> {
+        let SendRequest {
+            id,
+            room,
+            to,
+            body,
+            client_id,
+        } = req;
+        if self.shutting_down {
+            return Err(Reject::blameless(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        let (room_name, kind) = match (room, to) {
+            (Some(room), None) => self.room_for(user, &room)?,
+            (None, Some(to)) => self.direct_room_to(user, &to)?,
+            _ => {
+                return Err(Reject::new(
+                    ErrorCode::InvalidRequest,
+                    "give exactly one of room and to",
+                ));
+            }
+        };
+        check_body(&body, self.config.max_body_bytes)
+            .map_err(|(code, msg)| Reject::new(code, msg))?;
+        if !kind.reachable(&caller.session.rooms, &room_name) {
+            return Err(Reject::not_member(&room_name));
+        }
+        if let Err(wait) = caller
+            .session
+            .sends
+            .take(self.config.send_rate, caller.now.mono)
+        {
+            let msg = format!("too many messages; retry in {} ms", wait.as_millis().max(1));
+            return Err(Reject::new(ErrorCode::RateLimited, msg));
+        }
+        if !self.rooms.contains_key(&room_name) {
+            // A direct room comes into being with its first message: only with a user
+            // who exists (in anonymous mode, as for `to`).
+            if let Some(peer) = kind.peer(user) {
+                self.require_known(peer, &peer.as_name())?;
+            }
+        }
+        let (room, mut env) = self
+            .open_room(&room_name, |kind, _| !kind.created_by_join())
+            .map_err(|code| room_unavailable(code, &room_name))?;
+        let author = env.users.display_name(user);
+        let acker = Acker::Session(caller.sid, id);
+        room.post(&mut env, caller.now, author, body.into(), client_id, acker);
+        Ok(())
+    }
+
+    /// Resolves `to` into the direct room of the sender and that user.
+    fn direct_room_to(&self, user: &UserKey, to: &str) -> Result<(RoomName, RoomKind), Reject> {
+        let name = UserName::parse(to, self.config.max_name_chars).map_err(|_| {
+            Reject::new(ErrorCode::InvalidName, format!("no valid user name {to:?}"))
+        })?;
+        let other = name.key();
+        self.require_known(&other, &name)?;
+        let room = RoomName::direct(user, &other);
+        let kind = RoomKind::of(&room);
+        Ok((room, kind))
+    }
+
+    /// In anonymous mode a name means nothing once its holder is gone, so only known
+    /// users can be written to; with host identities a name is stable.
+    fn require_known(&self, key: &UserKey, name: &UserName) -> Result<(), Reject> {
+        if self.config.auth == AuthMode::Anonymous && !self.users.contains(key) {
+            let msg = format!("{name} is not online");
+            return Err(Reject::new(ErrorCode::UserNotFound, msg));
+        }
+        Ok(())
+    }
+}

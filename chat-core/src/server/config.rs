@@ -1,0 +1,133 @@
+//! Server configuration: who may connect, and every limit (the defaults of docs/ARCHITECTURE.md).
+
+use std::time::Duration;
+
+use super::limits::Rate;
+use crate::protocol::Limits;
+
+/// How users prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthMode {
+    /// Anyone may take a free name, as in the original app. A name belongs to whoever took
+    /// it while one of its sessions is online or in its grace period; further sessions of
+    /// that user prove it with the token from `welcome`.
+    #[default]
+    Anonymous,
+    /// The host app decides: every `hello` becomes [`Output::Authenticate`](super::Output::Authenticate) and waits for
+    /// [`Input::Authenticated`](super::Input::Authenticated).
+    Host,
+}
+
+/// Server configuration. [`Config::default`] has the defaults listed in docs/PROTOCOL.md (limits).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How users are identified.
+    pub auth: AuthMode,
+    /// Rooms joined on `hello` when the client names none.
+    pub default_rooms: Vec<String>,
+    /// Whether `join` creates a room that does not exist.
+    pub create_rooms_on_join: bool,
+    /// Most rooms that may exist at once.
+    pub max_rooms: usize,
+    /// Longest user name, in characters.
+    pub max_name_chars: usize,
+    /// Longest room name, in characters.
+    pub max_room_chars: usize,
+    /// Largest body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket frame (enforced by the adapter; announced in `welcome`).
+    pub max_frame_bytes: usize,
+    /// Most rooms per session.
+    pub max_rooms_per_session: usize,
+    /// Messages kept in memory per room.
+    pub history_window: usize,
+    /// Messages sent with `joined`.
+    pub history_on_join: usize,
+    /// Default history page.
+    pub history_page_default: usize,
+    /// Largest history page.
+    pub history_page_max: usize,
+    /// How long a disconnected user stays present (and keeps the name) before "left".
+    pub presence_grace: Duration,
+    /// How long a typing indicator lasts unless renewed.
+    pub typing_expiry: Duration,
+    /// Typing frames accepted per session (excess is dropped silently).
+    pub typing_rate: Rate,
+    /// Message sends per session.
+    pub send_rate: Rate,
+    /// All frames per session; beyond it the connection is closed as a flood.
+    pub frame_rate: Rate,
+    /// Rejections (rate limited ×1, bad frame ×2, each accepted command −1) before the
+    /// connection is closed.
+    pub max_strikes: u32,
+    /// How long a congested session gets no ephemeral events.
+    pub congestion_backoff: Duration,
+    /// When true every message goes through [`Output::Persist`](super::Output::Persist) and is delivered and
+    /// acked only after [`Input::Persisted`](super::Input::Persisted).
+    pub durable: bool,
+    /// History epoch announced in `welcome`; a new epoch tells clients seqs restarted.
+    pub epoch: String,
+    /// Secret for anonymous-mode tokens. The runtime fills it with random bytes.
+    pub secret: [u8; 32],
+    /// Reconnect delay suggested in `goodbye` on shutdown.
+    pub shutdown_retry_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            auth: AuthMode::Anonymous,
+            default_rooms: vec!["general".to_owned()],
+            create_rooms_on_join: true,
+            max_rooms: 10_000,
+            max_name_chars: 32,
+            max_room_chars: 64,
+            max_body_bytes: 4096,
+            max_frame_bytes: 64 * 1024,
+            max_rooms_per_session: 100,
+            history_window: 1000,
+            history_on_join: 50,
+            history_page_default: 50,
+            history_page_max: 1000,
+            presence_grace: Duration::from_secs(5),
+            typing_expiry: Duration::from_secs(6),
+            typing_rate: Rate {
+                burst: 4,
+                per_second: 1,
+            },
+            send_rate: Rate {
+                burst: 10,
+                per_second: 5,
+            },
+            frame_rate: Rate {
+                burst: 200,
+                per_second: 50,
+            },
+            max_strikes: 20,
+            congestion_backoff: Duration::from_secs(10),
+            durable: false,
+            epoch: "0".to_owned(),
+            secret: [0; 32],
+            shutdown_retry_after: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// The limits as announced to clients.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_name_chars: self.max_name_chars,
+            max_room_chars: self.max_room_chars,
+            max_body_bytes: self.max_body_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_rooms_per_session: self.max_rooms_per_session,
+            history_page_max: self.history_page_max,
+            send_burst: self.send_rate.burst,
+            sends_per_second: self.send_rate.per_second,
+            typing_expiry_ms: u64::try_from(self.typing_expiry.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}

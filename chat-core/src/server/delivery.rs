@@ -1,0 +1,112 @@
+//! Delivery: the output queue, and who can be sent what (open sessions, and sessions too
+//! congested for ephemeral frames).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use super::outputs::{Event, Output};
+use crate::ids::{RequestId, SessionId};
+use crate::protocol::{Encoded, ErrorCode, ServerFrame};
+
+/// The queue of outputs and the open sessions it may address.
+#[derive(Debug, Default)]
+pub(crate) struct Delivery {
+    outputs: VecDeque<Output>,
+    /// Every open session, with the time until which it gets no ephemeral frames (its
+    /// queue overflowed with one recently).
+    open: BTreeMap<SessionId, Option<Instant>>,
+    /// The time of the latest input.
+    now: Option<Instant>,
+}
+
+impl Delivery {
+    /// Notes the time of the input being handled.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    pub fn open(&mut self, sid: SessionId) {
+        self.open.insert(sid, None);
+    }
+
+    pub fn close(&mut self, sid: SessionId) {
+        self.open.remove(&sid);
+    }
+
+    pub fn is_open(&self, sid: SessionId) -> bool {
+        self.open.contains_key(&sid)
+    }
+
+    /// No ephemeral frames for this session until `until`.
+    pub fn congest(&mut self, sid: SessionId, until: Instant) {
+        if let Some(c) = self.open.get_mut(&sid) {
+            *c = Some(until);
+        }
+    }
+
+    fn congested(&self, sid: SessionId) -> bool {
+        self.open
+            .get(&sid)
+            .copied()
+            .flatten()
+            .is_some_and(|t| Some(t) > self.now)
+    }
+
+    pub fn push(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
+    pub fn pop(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Encodes `frame` for one session.
+    pub fn send_to(&mut self, to: SessionId, frame: &ServerFrame) {
+        self.send_encoded(to, Encoded::new(frame));
+    }
+
+    pub fn send_encoded(&mut self, to: SessionId, frame: Encoded) {
+        self.outputs.push_back(Output::Send { to, frame });
+    }
+
+    /// The same bytes to each recipient but those `skip` names; ephemeral frames skip
+    /// congested sessions too.
+    pub fn fan_out(
+        &mut self,
+        recipients: &[SessionId],
+        frame: &Encoded,
+        skip: impl Fn(SessionId) -> bool,
+    ) {
+        let ephemeral = frame.is_ephemeral();
+        self.outputs.reserve(recipients.len());
+        for &to in recipients {
+            if skip(to) || (ephemeral && self.congested(to)) {
+                continue;
+            }
+            self.outputs.push_back(Output::Send {
+                to,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    pub fn event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    /// An error frame for a rejected command and its event, if the session is still
+    /// open: nothing is ever sent to a closed session.
+    pub fn error(
+        &mut self,
+        to: SessionId,
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: String,
+    ) {
+        if !self.is_open(to) {
+            return;
+        }
+        self.send_to(to, &ServerFrame::Error { id, code, message });
+        self.event(Event::Rejected { session: to, code });
+    }
+}

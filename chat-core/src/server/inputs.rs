@@ -1,0 +1,135 @@
+//! What the driver feeds in: the time, inputs, and the errors an input can carry or cause.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::ids::{ClientMsgId, RoomName, Seq, SessionId};
+use crate::protocol::{ClientFrame, DecodeError, Message};
+
+/// The current time, passed in: the core never reads a clock.
+///
+/// `mono` drives timers; `utc` stamps messages. A driver builds it from
+/// `Instant::now()` and `Utc::now()`; tests build it once and [`Now::advance`] it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for timers and rate limits.
+    pub mono: Instant,
+    /// Wall-clock time, for message timestamps.
+    pub utc: DateTime<Utc>,
+}
+
+impl Now {
+    /// Builds a time from its two clocks.
+    #[must_use]
+    pub fn new(mono: Instant, utc: DateTime<Utc>) -> Now {
+        Now { mono, utc }
+    }
+
+    /// The same time `d` later on both clocks.
+    #[must_use]
+    pub fn advance(self, d: Duration) -> Now {
+        let utc = self.utc + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+        Now {
+            mono: self.mono + d,
+            utc,
+        }
+    }
+}
+
+/// Something that happened outside the state machine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// A connection opened. The driver picks a fresh id.
+    Connected {
+        /// The new session.
+        session: SessionId,
+    },
+    /// A text frame arrived, decoded with [`crate::protocol::decode`] (in the driver's
+    /// reader task, so decoding runs in parallel with the core).
+    Received {
+        /// From whom.
+        session: SessionId,
+        /// The frame, or why it could not be decoded.
+        frame: Result<ClientFrame, DecodeError>,
+    },
+    /// The connection closed (by the peer, by the network, or after [`Output::Close`](super::Output::Close)).
+    Disconnected {
+        /// Which.
+        session: SessionId,
+    },
+    /// The driver could not queue a [`Output::Send`](super::Output::Send) for this session: its outbound
+    /// queue is full. The frame was dropped.
+    QueueFull {
+        /// Which session.
+        session: SessionId,
+        /// Whether the dropped frame was ephemeral ([`Encoded::is_ephemeral`](crate::protocol::Encoded::is_ephemeral)).
+        ephemeral: bool,
+    },
+    /// The host's answer to [`Output::Authenticate`](super::Output::Authenticate): the user name, or why not.
+    Authenticated {
+        /// The session that said hello.
+        session: SessionId,
+        /// The authenticated user's name, or a reason for the refusal.
+        result: Result<String, String>,
+    },
+    /// The store's answer to [`Output::Persist`](super::Output::Persist).
+    Persisted {
+        /// The message's room.
+        room: RoomName,
+        /// The message's seq.
+        seq: Seq,
+        /// Whether it was committed.
+        result: Result<(), StoreError>,
+    },
+    /// The store's answer to [`Output::LoadHistory`](super::Output::LoadHistory).
+    HistoryLoaded {
+        /// The request's ticket.
+        ticket: u64,
+        /// The page (oldest first) and whether older messages exist.
+        result: Result<(Vec<Message>, bool), StoreError>,
+    },
+    /// The host posts a message (a bot, a system notice) without a connection.
+    /// Answered by [`Output::Published`](super::Output::Published).
+    Publish {
+        /// Echoed in [`Output::Published`](super::Output::Published).
+        ticket: u64,
+        /// Target room (created if rooms are created on join).
+        room: String,
+        /// Author name shown to users.
+        user: String,
+        /// Text.
+        body: String,
+        /// Optional idempotency key, as in `send`.
+        client_id: Option<ClientMsgId>,
+    },
+}
+
+/// A storage failure reported by the driver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("storage unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// The driver used the API wrongly (a bug in the driver, not in a client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiMisuse {
+    /// [`Input::Connected`] with an id that is still connected.
+    #[error("session {0} is already connected")]
+    DuplicateSession(SessionId),
+    /// [`Input::Persisted`] for a message that is not pending.
+    #[error("message {room}#{seq} is not waiting for the store")]
+    NotPending {
+        /// Room.
+        room: RoomName,
+        /// Seq.
+        seq: Seq,
+    },
+    /// An answer with a ticket nobody asked for.
+    #[error("unknown ticket {0}")]
+    UnknownTicket(u64),
+    /// [`Input::Authenticated`] for a session that is not waiting for it.
+    #[error("session {0} is not authenticating")]
+    NotAuthenticating(SessionId),
+}

@@ -1,0 +1,239 @@
+//! The path of a message: a seq and a time, the store (durable mode), delivery in seq
+//! order, and the acks, for clients' `send` and the host's `publish` alike.
+
+use std::sync::Arc;
+
+use super::inputs::StoreError;
+use super::outputs::{Event, Output};
+use super::rooms::{Acker, Pending, Posted, Room};
+use super::{ApiMisuse, Env, Now, State};
+use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
+use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
+
+impl Room {
+    /// Posts a message: assigns seq and time, then delivers (or, durable, persists
+    /// first). A repeated client id is acked with the original instead of posted again.
+    pub(super) fn post(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Now,
+        author: UserName,
+        body: Arc<str>,
+        client_id: Option<ClientMsgId>,
+        acker: Acker,
+    ) {
+        let durable = env.config.durable;
+        let key = author.key();
+        if let Some(cid) = &client_id {
+            if let Some(seq) = self.lookup_client_id(&key, cid) {
+                if let Some(p) = self.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
+                    p.ackers.push(acker);
+                    return;
+                }
+                if let Some(msg) = self.find(seq).cloned() {
+                    env.ack(&acker, &msg, true);
+                    return;
+                }
+                // No longer held in memory: post it anew rather than leave the sender
+                // without any answer.
+            }
+        }
+        let (seq, ts) = self.stamp(now.utc);
+        // Sending ends the author's typing (clients clear it when the message arrives).
+        // Cleared now, at acceptance, so typing that starts again while a durable
+        // message waits for the store is kept and re-announced after the message.
+        self.typing.remove(&key);
+        let msg = Arc::new(Message {
+            room: self.name.clone(),
+            seq,
+            ts,
+            user: author,
+            body,
+            client_id: client_id.clone(),
+        });
+        if let Some(cid) = client_id {
+            self.remember_client_id(key.clone(), cid, seq);
+        }
+        let frame = Encoded::new(&ServerFrame::Message(msg.clone()));
+        self.pending.push_back(Pending {
+            posted: Posted {
+                msg: msg.clone(),
+                frame,
+            },
+            author: key,
+            committed: !durable,
+            ackers: vec![acker],
+        });
+        if durable {
+            env.out.push(Output::Persist(msg));
+        } else {
+            self.release(env);
+        }
+    }
+
+    /// Delivers the committed messages at the front of the pending queue, in seq order.
+    fn release(&mut self, env: &mut Env<'_>) {
+        let window = env.config.history_window;
+        while self.pending.front().is_some_and(|p| p.committed) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            self.push_history(p.posted.clone(), window);
+            let typing_again = self.typing.contains_key(&p.author);
+            env.fan_out(self, &p.posted.frame, None, None);
+            if typing_again {
+                // Clients cleared the author's typing on the message; it started again
+                // while the message waited for the store.
+                let frame = Encoded::new(&ServerFrame::Typing {
+                    room: self.name.clone(),
+                    user: p.posted.msg.user.clone(),
+                    active: true,
+                });
+                env.fan_out(self, &frame, None, Some(&p.author));
+            }
+            // The first acker posted it; any later one resent the same client id.
+            for (i, acker) in p.ackers.iter().enumerate() {
+                env.ack(acker, &p.posted.msg, i > 0);
+            }
+            env.out.event(Event::MessagePosted(p.posted.msg));
+        }
+    }
+}
+
+impl Env<'_> {
+    /// Tells whoever sent a message that it is posted.
+    fn ack(&mut self, acker: &Acker, msg: &Arc<Message>, duplicate: bool) {
+        match acker {
+            Acker::Session(sid, id) => {
+                if self.out.is_open(*sid) {
+                    let frame = ServerFrame::Ack {
+                        id: *id,
+                        room: msg.room.clone(),
+                        seq: msg.seq,
+                        ts: msg.ts,
+                        client_id: msg.client_id.clone(),
+                        duplicate,
+                    };
+                    self.out.send_to(*sid, &frame);
+                }
+            }
+            Acker::Host(ticket) => {
+                self.out.push(Output::Published {
+                    ticket: *ticket,
+                    result: Ok(msg.clone()),
+                });
+            }
+        }
+    }
+}
+
+impl State {
+    /// The store's answer for one message: deliver it (and any committed ones after it),
+    /// or refuse it to everyone waiting for its ack.
+    pub(super) fn on_persisted(
+        &mut self,
+        room_name: &RoomName,
+        seq: Seq,
+        result: Result<(), StoreError>,
+    ) -> Result<(), ApiMisuse> {
+        let not_pending = || ApiMisuse::NotPending {
+            room: room_name.clone(),
+            seq,
+        };
+        let (room, mut env) = self.room_env(room_name).ok_or_else(not_pending)?;
+        let pos = room
+            .pending
+            .iter()
+            .position(|p| p.posted.msg.seq == seq && !p.committed)
+            .ok_or_else(not_pending)?;
+        match result {
+            Ok(()) => room.pending[pos].committed = true,
+            Err(e) => {
+                let Some(p) = room.pending.remove(pos) else {
+                    return Err(not_pending());
+                };
+                if let Some(cid) = &p.posted.msg.client_id {
+                    room.forget_client_id(&p.author, cid, seq);
+                }
+                for acker in p.ackers {
+                    match acker {
+                        Acker::Session(sid, id) => {
+                            let msg = format!("message not stored, retry later ({})", e.0);
+                            env.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
+                        }
+                        Acker::Host(ticket) => env.out.push(Output::Published {
+                            ticket,
+                            result: Err(ErrorCode::StorageUnavailable),
+                        }),
+                    }
+                }
+            }
+        }
+        // Later messages may already be committed and now at the front.
+        room.release(&mut env);
+        Ok(())
+    }
+
+    /// The host posts a message without a connection.
+    pub(super) fn on_publish(
+        &mut self,
+        now: Now,
+        ticket: u64,
+        room: &str,
+        user: &str,
+        body: String,
+        client_id: Option<ClientMsgId>,
+    ) {
+        let posted = self
+            .publish_checked(room, user, &body)
+            .and_then(|(name, author)| {
+                let (room, mut env) = self.open_room(&name, |kind, c| kind.publish_creates(c))?;
+                room.post(
+                    &mut env,
+                    now,
+                    author,
+                    body.into(),
+                    client_id,
+                    Acker::Host(ticket),
+                );
+                Ok(())
+            });
+        if let Err(code) = posted {
+            self.out.push(Output::Published {
+                ticket,
+                result: Err(code),
+            });
+        }
+    }
+
+    fn publish_checked(
+        &self,
+        room: &str,
+        user: &str,
+        body: &str,
+    ) -> Result<(RoomName, UserName), ErrorCode> {
+        let c = &self.config;
+        if self.shutting_down {
+            return Err(ErrorCode::ShuttingDown);
+        }
+        let room = RoomName::parse(room, c.max_room_chars, c.max_name_chars)
+            .map_err(|_| ErrorCode::InvalidRoom)?;
+        let author = UserName::parse(user, c.max_name_chars).map_err(|_| ErrorCode::InvalidName)?;
+        check_body(body, c.max_body_bytes).map_err(|(code, _)| code)?;
+        Ok((room, author))
+    }
+}
+
+/// A body must be non-blank and within the size limit.
+pub(super) fn check_body(body: &str, max: usize) -> Result<(), (ErrorCode, String)> {
+    if body.len() > max {
+        return Err((
+            ErrorCode::BodyTooLarge,
+            format!("body is {} bytes; the limit is {max}", body.len()),
+        ));
+    }
+    if body.trim().is_empty() {
+        return Err((ErrorCode::InvalidBody, "body must not be empty".to_owned()));
+    }
+    Ok(())
+}

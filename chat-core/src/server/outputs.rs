@@ -1,0 +1,152 @@
+//! What the core asks of its driver, and the events it reports to the host.
+
+use std::sync::Arc;
+
+use crate::ids::{RoomName, Seq, SessionId, UserName};
+use crate::protocol::{Encoded, ErrorCode, Message};
+
+/// Something for the driver to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Queue this frame on this session's connection. The same [`Encoded`] (one
+    /// allocation) goes to every recipient of a room event.
+    Send {
+        /// Recipient.
+        to: SessionId,
+        /// The frame.
+        frame: Encoded,
+    },
+    /// Close this session's connection after the frames already queued for it.
+    /// The core has already forgotten the session.
+    Close {
+        /// Which.
+        session: SessionId,
+        /// Why (a WebSocket close code and reason).
+        reason: CloseReason,
+    },
+    /// Durable mode: store this message, then answer with [`Input::Persisted`](super::Input::Persisted).
+    /// Messages come in seq order per room; answer in the same order.
+    Persist(Arc<Message>),
+    /// Durable mode: read a history page the window does not hold, then answer with
+    /// [`Input::HistoryLoaded`](super::Input::HistoryLoaded).
+    LoadHistory {
+        /// Echo in the answer.
+        ticket: u64,
+        /// Room.
+        room: RoomName,
+        /// Only seqs below this (none: the latest).
+        before: Option<Seq>,
+        /// Page size.
+        limit: usize,
+    },
+    /// Host auth mode: check these credentials, then answer with [`Input::Authenticated`](super::Input::Authenticated).
+    Authenticate {
+        /// The session saying hello.
+        session: SessionId,
+        /// The name it asked for.
+        name: String,
+        /// The `token` field of its hello.
+        credentials: Option<String>,
+    },
+    /// The outcome of [`Input::Publish`](super::Input::Publish).
+    Published {
+        /// The publish's ticket.
+        ticket: u64,
+        /// The posted message (or the earlier one, for a repeated client id), or why not.
+        result: Result<Arc<Message>, ErrorCode>,
+    },
+    /// Something the host app may want to observe.
+    Event(Event),
+    /// After [`Server::shutdown`](super::Server::shutdown): every pending message is settled and every session
+    /// has been told to go. The driver can stop once the closes are flushed.
+    Drained,
+}
+
+/// Observable events for the host app (metrics, logs, integrations).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A session completed `hello`.
+    SessionOpened {
+        /// Session.
+        session: SessionId,
+        /// Its user.
+        user: UserName,
+    },
+    /// A session ended.
+    SessionClosed {
+        /// Session.
+        session: SessionId,
+        /// Its user, if it had said hello.
+        user: Option<UserName>,
+        /// Set when the server closed it.
+        reason: Option<CloseReason>,
+    },
+    /// A user appeared in a room.
+    UserJoined {
+        /// Room.
+        room: RoomName,
+        /// User.
+        user: UserName,
+    },
+    /// A user left a room.
+    UserLeft {
+        /// Room.
+        room: RoomName,
+        /// User.
+        user: UserName,
+    },
+    /// A room was created.
+    RoomCreated(RoomName),
+    /// A message was posted (delivered to the room's members).
+    MessagePosted(Arc<Message>),
+    /// A command was rejected with an error frame.
+    Rejected {
+        /// Session.
+        session: SessionId,
+        /// The error code sent.
+        code: ErrorCode,
+    },
+}
+
+/// Why the server closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Its outbound queue was full of messages it did not read.
+    SlowConsumer,
+    /// It sent frames faster than allowed, or kept sending rejected commands.
+    Flood,
+    /// Its hello named a protocol version the server does not speak.
+    UnsupportedVersion,
+    /// The identity hook refused it.
+    AuthFailed,
+    /// The server is shutting down; reconnect later.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The WebSocket close code for this reason.
+    #[must_use]
+    pub fn ws_code(self) -> u16 {
+        match self {
+            CloseReason::SlowConsumer => 1013,
+            CloseReason::Flood | CloseReason::AuthFailed => 1008,
+            CloseReason::UnsupportedVersion => 1002,
+            CloseReason::Shutdown => 1012,
+        }
+    }
+
+    /// The close reason text.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Flood => "flood",
+            CloseReason::UnsupportedVersion => "unsupported protocol version",
+            CloseReason::AuthFailed => "authentication failed",
+            CloseReason::Shutdown => "server shutting down",
+        }
+    }
+}

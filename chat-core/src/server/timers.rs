@@ -1,0 +1,44 @@
+//! The core's timers: presence grace periods and typing expiry, kept in firing order.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use crate::ids::{RoomName, UserKey};
+
+/// What a timer is for. A timer only acts if the state it was armed for still holds
+/// at its instant (a later arm or a cancel makes it stale), so timers are never removed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// A user's last session in a public room went away: still listed until then.
+    Linger(RoomName, UserKey),
+    /// A user's last session went away: the name is held until then.
+    Grace(UserKey),
+    /// A typing indicator expires.
+    Typing(RoomName, UserKey),
+}
+
+/// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    armed: BTreeSet<(Instant, Timer)>,
+}
+
+impl Timers {
+    /// Arms `timer` at `at`.
+    pub fn arm(&mut self, at: Instant, timer: Timer) {
+        self.armed.insert((at, timer));
+    }
+
+    /// The earliest timer due at `now`, taken out.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, Timer)> {
+        if self.armed.first()?.0 > now {
+            return None;
+        }
+        self.armed.pop_first()
+    }
+
+    /// When the earliest timer fires.
+    pub fn next(&self) -> Option<Instant> {
+        self.armed.first().map(|(at, _)| *at)
+    }
+}

@@ -1,0 +1,76 @@
+//! Users: a name (or host identity) with its sessions, its anonymous-mode token and the
+//! grace period that holds the name after the last session goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::ids::{SessionId, UserKey, UserName};
+
+/// A user known to the server: online, or in its grace period.
+#[derive(Debug)]
+pub(crate) struct User {
+    pub name: UserName,
+    pub sessions: BTreeSet<SessionId>,
+    /// Anonymous mode: proves a later session is the same user.
+    pub token: Option<String>,
+    /// Set when the last session went away: the name stays held until then.
+    pub grace_until: Option<Instant>,
+}
+
+/// Every known user, by key, and the counter that makes each anonymous claim's token new.
+#[derive(Debug, Default)]
+pub(crate) struct Users {
+    by_key: BTreeMap<UserKey, User>,
+    claims: u64,
+}
+
+impl Users {
+    pub fn get(&self, key: &UserKey) -> Option<&User> {
+        self.by_key.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &UserKey) -> Option<&mut User> {
+        self.by_key.get_mut(key)
+    }
+
+    pub fn contains(&self, key: &UserKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    pub fn remove(&mut self, key: &UserKey) {
+        self.by_key.remove(key);
+    }
+
+    /// The user for `name`, created if new (with a fresh token in anonymous mode).
+    pub fn claim(&mut self, name: &UserName, anonymous: bool, secret: &[u8; 32]) -> &mut User {
+        let claims = &mut self.claims;
+        self.by_key.entry(name.key()).or_insert_with_key(|key| {
+            *claims += 1;
+            User {
+                name: name.clone(),
+                sessions: BTreeSet::new(),
+                token: anonymous.then(|| token(secret, *claims, key)),
+                grace_until: None,
+            }
+        })
+    }
+
+    /// A user's display name; for a user no longer known (a direct-room peer who left),
+    /// the key itself, which is always a valid name.
+    pub fn display_name(&self, key: &UserKey) -> UserName {
+        match self.by_key.get(key) {
+            Some(u) => u.name.clone(),
+            None => key.as_name(),
+        }
+    }
+}
+
+/// An anonymous-mode token: a keyed hash of the claim counter and the name, so a name
+/// freed and taken again gets a different token.
+fn token(secret: &[u8; 32], claim: u64, key: &UserKey) -> String {
+    let mut input = Vec::with_capacity(key.as_str().len() + 8);
+    input.extend_from_slice(&claim.to_le_bytes());
+    input.extend_from_slice(key.as_str().as_bytes());
+    let hash = blake3::keyed_hash(secret, &input);
+    hash.to_hex()[..32].to_owned()
+}
