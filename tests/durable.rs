@@ -365,7 +365,9 @@ impl Store for Flaky {
 
     fn append(&self, batch: &[Arc<Message>]) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError("database or disk is full (injected)".into()));
+            return Err(StoreError::Full(
+                "database or disk is full (injected)".into(),
+            ));
         }
         self.inner.append(batch)
     }

@@ -23,13 +23,12 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:9001".to_owned())
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let hub = Hub::spawn(HubConfig::default())
-        .await
-        .map_err(std::io::Error::other)?;
+    let mut config = HubConfig::default();
+    // Section 9 sends messages of up to 16 MiB.
+    config.core.max_frame_bytes = 16 * 1024 * 1024;
+    let hub = Hub::spawn(config).await.map_err(std::io::Error::other)?;
     let options = RouterOptions {
         origins: OriginPolicy::Any,
-        // Section 9 sends messages of up to 16 MiB.
-        max_frame_bytes: 16 * 1024 * 1024,
         page: false,
         ..RouterOptions::default()
     };

@@ -51,8 +51,6 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct RouterOptions {
     /// Which page origins may open a WebSocket. Default: same origin only.
     pub origins: OriginPolicy,
-    /// Largest incoming WebSocket message; a larger one is closed with 1009.
-    pub max_frame_bytes: usize,
     /// Bytes read per syscall at most (into a stack buffer: an idle connection keeps no
     /// read buffer). Clamped to 256..=8192.
     pub read_buffer_bytes: usize,
@@ -85,7 +83,6 @@ impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
             origins: OriginPolicy::SameOrigin,
-            max_frame_bytes: 64 * 1024,
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 16 * 1024,
             ping_interval: Duration::from_secs(25),
@@ -103,7 +100,6 @@ impl std::fmt::Debug for RouterOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouterOptions")
             .field("origins", &self.origins)
-            .field("max_frame_bytes", &self.max_frame_bytes)
             .field("read_buffer_bytes", &self.read_buffer_bytes)
             .field("ping_interval", &self.ping_interval)
             .field("idle_timeout", &self.idle_timeout)
@@ -203,11 +199,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         return (StatusCode::NOT_FOUND, "metrics are not exported\n").into_response();
     };
     let stats = state.hub.stats();
-    let load =
-        |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    metrics::gauge_set("chat_connections", load(&stats.connections));
-    metrics::gauge_set("chat_rooms", load(&stats.rooms));
-    metrics::gauge_set("chat_inbox_depth", load(&stats.inbox_depth));
+    metrics::gauge_set("chat_connections", stats.connections as f64);
+    metrics::gauge_set("chat_rooms", stats.rooms as f64);
+    metrics::gauge_set("chat_inbox_depth", stats.inbox_depth as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(),

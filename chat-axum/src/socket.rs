@@ -63,7 +63,7 @@ pub(crate) async fn run<IO>(
     let now = Instant::now();
     let mut conn = Conn {
         io,
-        reader: Reader::new(opts.max_frame_bytes),
+        reader: Reader::new(hub.limits().max_frame_bytes),
         out: Vec::new(),
         written: 0,
         outbound,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chat_axum::RouterOptions;
@@ -108,7 +107,6 @@ async fn a_slow_consumer_is_closed_and_fifty_readers_get_every_message() {
         ..RouterOptions::default()
     };
     let server = TestServer::with(config(), options).await;
-    let stats = server.hub.stats();
 
     // The slow consumer joins first and then never reads.
     let mut slow = tiny_buffer_client(&server).await;
@@ -133,7 +131,7 @@ async fn a_slow_consumer_is_closed_and_fifty_readers_get_every_message() {
     // never more than WINDOW ahead of any normal reader.
     let body = "x".repeat(BODY);
     let mut seq = 0;
-    while stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+    while server.hub.stats().slow_consumers == 0 {
         assert!(seq < 20_000, "the slow consumer was never closed");
         wait_all(&progress, "the window", |_, p| p.seq + WINDOW > seq).await;
         seq = publish(&server.hub, &body).await.0;
@@ -157,7 +155,7 @@ async fn a_slow_consumer_is_closed_and_fifty_readers_get_every_message() {
         readers.push(c);
     }
     assert_eq!(
-        stats.slow_consumers.load(Ordering::Relaxed),
+        server.hub.stats().slow_consumers,
         1,
         "only the one that never read was closed"
     );
@@ -233,9 +231,8 @@ async fn a_consumer_that_never_reads_does_not_keep_its_task_alive() {
     let session = slow.session();
 
     let body = "x".repeat(60 * 1024);
-    let stats = server.hub.stats();
     let mut n = 0;
-    while stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+    while server.hub.stats().slow_consumers == 0 {
         assert!(n < 20_000, "the slow consumer was never closed");
         n = publish(&server.hub, &body).await.0;
     }

@@ -12,13 +12,7 @@ use common::{Client, TestServer, upgrade};
 /// Upgrades with these headers must all be refused with 403, with no session and no
 /// connection task added.
 async fn assert_refused(server: &TestServer, cases: &[Vec<(&str, String)>]) {
-    let connections = || {
-        server
-            .hub
-            .stats()
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let connections = || server.hub.stats().connections;
     let (before, tasks) = (connections(), server.tracker.len());
     for headers in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -60,14 +54,7 @@ async fn assert_no_side_effects(server: &TestServer, first: &Client, allowed: u6
         SessionId(1),
         "refused upgrades must not create sessions"
     );
-    assert_eq!(
-        server
-            .hub
-            .stats()
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed),
-        allowed
-    );
+    assert_eq!(server.hub.stats().connections, allowed);
     assert_eq!(server.tracker.len(), allowed as usize);
 }
 

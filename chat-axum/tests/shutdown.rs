@@ -56,12 +56,7 @@ async fn shutdown_says_goodbye_closes_with_1012_and_waits_for_every_task() {
         tracker.len()
     );
     assert!(!hub.is_running());
-    assert_eq!(
-        hub.stats()
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(hub.stats().connections, 0);
 
     for reader in readers {
         let (frames, end) = reader.await.expect("reader task");

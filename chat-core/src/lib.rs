@@ -88,5 +88,6 @@ mod server;
 pub use ids::{ClientMsgId, NameError, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 pub use protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
 pub use server::{
-    ApiMisuse, AuthMode, CloseReason, Config, Event, Input, Now, Output, Rate, Server, StoreError,
+    ApiMisuse, AuthMode, AuthRefused, CloseReason, Config, Event, Input, Now, Output, Rate, Server,
+    StoreError,
 };

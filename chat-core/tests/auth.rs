@@ -66,7 +66,7 @@ fn a_refusal_is_an_auth_failed_error_and_a_close() {
     sim.say(1, json!({"type":"hello","id":4,"version":1,"name":"eve"}));
     sim.input(Input::Authenticated {
         session: SessionId(1),
-        result: Err("bad password".into()),
+        result: Err(chat_core::AuthRefused::new("bad password")),
     });
     let msg = sim.expect_error(1, ErrorCode::AuthFailed, Some(4));
     assert!(msg.contains("bad password"));

@@ -360,7 +360,7 @@ impl Replay<'_> {
                 let rest = words.collect::<Vec<_>>().join(" ");
                 let result = match verdict {
                     Some("ok") => Ok(rest),
-                    Some("fail") => Err(rest),
+                    Some("fail") => Err(chat_core::AuthRefused::new(rest)),
                     _ => return Err("@auth LABEL ok NAME | @auth LABEL fail REASON".into()),
                 };
                 self.input(Input::Authenticated {
@@ -382,7 +382,9 @@ impl Replay<'_> {
                 let (room, seq) = self.persisting.remove(pos);
                 let result = match words.next() {
                     Some("ok") => Ok(()),
-                    Some("fail") => Err(StoreError(words.collect::<Vec<_>>().join(" "))),
+                    Some("fail") => {
+                        Err(StoreError::Unavailable(words.collect::<Vec<_>>().join(" ")))
+                    }
                     _ => return Err("@persist ROOM SEQ ok | @persist ROOM SEQ fail REASON".into()),
                 };
                 self.input(Input::Persisted { room, seq, result })

@@ -38,7 +38,7 @@ fn fail(sim: &mut Sim, msg: &Arc<Message>) {
     sim.input(Input::Persisted {
         room: msg.room.clone(),
         seq: msg.seq,
-        result: Err(StoreError("disk full".into())),
+        result: Err(StoreError::Full("disk full".into())),
     });
 }
 
@@ -348,7 +348,7 @@ fn history_older_than_the_window_is_loaded_from_the_store() {
     let (ticket, ..) = sim.loads.remove(0);
     sim.input(Input::HistoryLoaded {
         ticket,
-        result: Err(StoreError("offline".into())),
+        result: Err(StoreError::Unavailable("offline".into())),
     });
     sim.expect_error(1, ErrorCode::StorageUnavailable, Some(11));
 

@@ -176,7 +176,7 @@ fn durable_shutdown_with_a_failed_store_still_drains_and_tells_the_sender() {
     sim.input(Input::Persisted {
         room: pending.room.clone(),
         seq: pending.seq,
-        result: Err(chat_core::StoreError("disk full".into())),
+        result: Err(chat_core::StoreError::Full("disk full".into())),
     });
     let alice = sim.take(1);
     assert_eq!(

@@ -36,7 +36,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::ids::{ClientMsgId, RoomName, SessionId};
 use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
-use crate::server::{CloseReason, Config, Event, Input, Now, Output, Server, StoreError};
+use crate::server::{
+    AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
+};
 pub use outbox::Outbox;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
@@ -44,7 +46,10 @@ pub use store::{MemoryStore, Restored, RestoredRoom, Store};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
 pub type Authenticator = Arc<
-    dyn Fn(String, Option<String>) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+    dyn Fn(
+            String,
+            Option<String>,
+        ) -> Pin<Box<dyn Future<Output = Result<String, AuthRefused>> + Send>>
         + Send
         + Sync,
 >;
@@ -52,8 +57,12 @@ pub type Authenticator = Arc<
 /// Runtime configuration.
 #[derive(Clone)]
 pub struct HubConfig {
-    /// The state machine's configuration. `durable`, `epoch` and `secret` are set by
-    /// the runtime from `store`.
+    /// The state machine's configuration. The runtime owns two of its fields and
+    /// refuses to start ([`SpawnError::RuntimeOwned`]) when they were set: `durable`
+    /// (true exactly when `store` is given) and `epoch` (the store's, or a new random
+    /// one without a store). `secret` is used as given, and drawn at random when it is
+    /// all zeros (the default); give every process of one deployment the same secret
+    /// for their tokens to agree.
     pub core: Config,
     /// Durable store. `None` keeps history in the in-memory window only (fastest).
     /// With a store, a message is delivered and acked only after it is committed; the
@@ -90,6 +99,26 @@ impl std::fmt::Debug for HubConfig {
     }
 }
 
+/// Why [`Hub::spawn`] could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The store could not be loaded.
+    #[error("loading the store: {0}")]
+    Store(#[from] StoreError),
+    /// `HubConfig.core` sets a field the runtime owns.
+    #[error("HubConfig.core.{field} is set by the runtime: {why}")]
+    RuntimeOwned {
+        /// The field.
+        field: &'static str,
+        /// Where its value comes from.
+        why: &'static str,
+    },
+    /// The operating system gave no randomness for the token secret or the epoch.
+    #[error("no randomness: {0}")]
+    NoRandomness(String),
+}
+
 /// The hub has shut down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the chat hub has shut down")]
@@ -115,23 +144,51 @@ pub enum Outbound {
     Close(CloseReason),
 }
 
-/// Counters the runtime keeps (also exported through the `metrics` facade).
-#[derive(Debug, Default)]
+/// The runtime's counters at one moment ([`Hub::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Open connections.
-    pub connections: AtomicU64,
+    pub connections: u64,
     /// Rooms.
-    pub rooms: AtomicU64,
+    pub rooms: u64,
     /// Frames received from clients.
-    pub frames_in: AtomicU64,
+    pub frames_in: u64,
     /// Frames queued to clients (one per recipient).
-    pub frames_out: AtomicU64,
+    pub frames_out: u64,
     /// Messages posted.
-    pub messages: AtomicU64,
+    pub messages: u64,
     /// Connections closed as slow consumers.
-    pub slow_consumers: AtomicU64,
+    pub slow_consumers: u64,
     /// Inputs waiting for the driver.
-    pub inbox_depth: AtomicU64,
+    pub inbox_depth: u64,
+}
+
+/// The live counters behind [`Stats`], updated by the driver.
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicU64,
+    rooms: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    messages: AtomicU64,
+    slow_consumers: AtomicU64,
+    inbox_depth: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            connections: load(&self.connections),
+            rooms: load(&self.rooms),
+            frames_in: load(&self.frames_in),
+            frames_out: load(&self.frames_out),
+            messages: load(&self.messages),
+            slow_consumers: load(&self.slow_consumers),
+            inbox_depth: load(&self.inbox_depth),
+        }
+    }
 }
 
 enum Cmd {
@@ -167,14 +224,14 @@ struct HubInner {
     next_session: AtomicU64,
     outbound_queue: usize,
     events: broadcast::Sender<Event>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     done: watch::Receiver<bool>,
     limits: crate::protocol::Limits,
 }
 
 impl Hub {
     /// Loads the store (if any) and starts the driver task on the current tokio runtime.
-    pub async fn spawn(config: HubConfig) -> Result<Hub, StoreError> {
+    pub async fn spawn(config: HubConfig) -> Result<Hub, SpawnError> {
         let HubConfig {
             mut core,
             store,
@@ -182,9 +239,23 @@ impl Hub {
             inbox,
             authenticator,
         } = config;
+        if core.durable && store.is_none() {
+            return Err(SpawnError::RuntimeOwned {
+                field: "durable",
+                why: "it is true exactly when HubConfig.store is given",
+            });
+        }
+        if core.epoch != Config::default().epoch {
+            return Err(SpawnError::RuntimeOwned {
+                field: "epoch",
+                why: "it comes from the store, or is drawn at random without one",
+            });
+        }
         let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| StoreError(format!("no randomness: {e}")))?;
-        core.secret = random;
+        getrandom::fill(&mut random).map_err(|e| SpawnError::NoRandomness(e.to_string()))?;
+        if core.secret == [0; 32] {
+            core.secret = random;
+        }
         core.durable = store.is_some();
         let restored = match &store {
             Some(store) => {
@@ -192,10 +263,16 @@ impl Hub {
                 let window = core.history_window;
                 tokio::task::spawn_blocking(move || store.load(window))
                     .await
-                    .map_err(|e| StoreError(e.to_string()))??
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))??
             }
             None => Restored {
-                epoch: hex(&random[..8]),
+                epoch: {
+                    // Drawn apart from the secret: the epoch is told to every client.
+                    let mut epoch = [0u8; 8];
+                    getrandom::fill(&mut epoch)
+                        .map_err(|e| SpawnError::NoRandomness(e.to_string()))?;
+                    hex(&epoch)
+                },
                 rooms: vec![],
             },
         };
@@ -209,7 +286,7 @@ impl Hub {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(1024);
         let (done_tx, done) = watch::channel(false);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Counters::default());
         let writer = store
             .as_ref()
             .map(|s| Writer::start(s.clone(), control.clone()));
@@ -308,10 +385,10 @@ impl Hub {
         self.inner.events.subscribe()
     }
 
-    /// Live counters.
+    /// The counters as they are now.
     #[must_use]
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
     }
 
     /// The limits clients are told about.
@@ -492,7 +569,7 @@ struct Driver {
     writer: Option<Writer>,
     authenticator: Option<Authenticator>,
     events: broadcast::Sender<Event>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     /// Inputs produced while draining outputs (queue-full reports), fed after the drain.
     deferred: Vec<Input>,
     shutting_down: bool,
@@ -652,7 +729,7 @@ impl Driver {
                         None => self.deferred.push(Input::Persisted {
                             room: msg.room.clone(),
                             seq: msg.seq,
-                            result: Err(StoreError("no store".into())),
+                            result: Err(StoreError::Unavailable("no store".into())),
                         }),
                     },
                     Output::LoadHistory {
@@ -722,7 +799,7 @@ impl Driver {
     ) {
         let control = self.control.clone();
         let Some(store) = self.store.clone() else {
-            let result = Err(StoreError("no store".into()));
+            let result = Err(StoreError::Unavailable("no store".into()));
             self.deferred.push(Input::HistoryLoaded { ticket, result });
             return;
         };
@@ -735,7 +812,7 @@ impl Driver {
     fn authenticate(&mut self, session: SessionId, name: String, credentials: Option<String>) {
         let control = self.control.clone();
         let Some(auth) = self.authenticator.clone() else {
-            let result = Err("no identity hook configured".to_owned());
+            let result = Err(AuthRefused::new("no identity hook configured"));
             self.deferred.push(Input::Authenticated { session, result });
             return;
         };
@@ -823,7 +900,7 @@ impl Writer {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         store.append(&batch)
                     }))
-                    .unwrap_or_else(|_| Err(StoreError("the store panicked".into())));
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the store panicked".into())));
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, messages = batch.len(), "store append failed");
                         metrics::counter!("chat_store_errors_total").increment(1);

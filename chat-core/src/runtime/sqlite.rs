@@ -91,7 +91,7 @@ const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room
 /// example server.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), chat_core::StoreError> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
 /// let store = SqliteStore::open("chat.db", Durability::Full)?;
@@ -185,11 +185,22 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |e| StoreError(format!("{context}: {e}"))
+    move |e| classify(&e, format!("{context}: {e}"))
+}
+
+/// The kind of a SQLite failure: full and busy are worth telling apart from the rest.
+fn classify(e: &rusqlite::Error, detail: String) -> StoreError {
+    use rusqlite::ErrorCode as Code;
+    match e.sqlite_error_code() {
+        Some(Code::DiskFull) => StoreError::Full(detail),
+        Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreError::Busy(detail),
+        Some(Code::DatabaseCorrupt | Code::NotADatabase) => StoreError::Corrupt(detail),
+        _ => StoreError::Unavailable(detail),
+    }
 }
 
 fn poisoned<T>(_: T) -> StoreError {
-    StoreError("store lock poisoned".into())
+    StoreError::Unavailable("store lock poisoned".into())
 }
 
 impl SqliteStore {
@@ -207,7 +218,7 @@ impl SqliteStore {
                     | OpenFlags::SQLITE_OPEN_CREATE
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .map_err(|e| StoreError(e.to_string()))?
+            .map_err(|e| classify(&e, e.to_string()))?
         };
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("setting busy_timeout"))?;
@@ -216,7 +227,7 @@ impl SqliteStore {
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
                 .map_err(err("enabling WAL"))?;
             if !mode.eq_ignore_ascii_case("wal") {
-                return Err(StoreError(format!(
+                return Err(StoreError::Unavailable(format!(
                     "{} cannot use WAL (journal_mode is {mode})",
                     path.display()
                 )));
@@ -308,7 +319,7 @@ fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreE
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| StoreError(format!("opening {} to read: {e}", path.display())))?;
+    .map_err(|e| classify(&e, format!("opening {} to read: {e}", path.display())))?;
     conn.busy_timeout(busy_timeout)
         .map_err(err("setting busy_timeout"))?;
     conn.execute_batch("PRAGMA query_only = ON;")
@@ -326,17 +337,18 @@ fn migrate(conn: &Connection) -> Result<String, StoreError> {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err("reading user_version"))?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError(format!(
+            return Err(StoreError::Corrupt(format!(
                 "the database has schema version {version}; this build knows up to {SCHEMA_VERSION}"
             )));
         }
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             conn.execute_batch(sql)
-                .map_err(|e| StoreError(format!("migrating from version {from}: {e}")))?;
+                .map_err(|e| classify(&e, format!("migrating from version {from}: {e}")))?;
             if from == 0 {
                 let mut random = [0u8; 8];
-                getrandom::fill(&mut random)
-                    .map_err(|e| StoreError(format!("no randomness for the epoch: {e}")))?;
+                getrandom::fill(&mut random).map_err(|e| {
+                    StoreError::Unavailable(format!("no randomness for the epoch: {e}"))
+                })?;
                 let epoch: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
@@ -354,7 +366,7 @@ fn migrate(conn: &Connection) -> Result<String, StoreError> {
         })
         .optional()
         .map_err(err("reading the epoch"))?
-        .ok_or_else(|| StoreError("the database has no epoch".into()))
+        .ok_or_else(|| StoreError::Corrupt("the database has no epoch".into()))
     })();
     match result {
         Ok(epoch) => {
@@ -376,7 +388,7 @@ fn to_sql_seq(seq: Seq) -> i64 {
 fn from_sql_seq(seq: i64) -> Result<Seq, StoreError> {
     u64::try_from(seq)
         .map(Seq)
-        .map_err(|_| StoreError(format!("corrupt seq {seq}")))
+        .map_err(|_| StoreError::Corrupt(format!("corrupt seq {seq}")))
 }
 
 /// Reads the newest `limit` messages of `room` below `before`, oldest first, and whether
@@ -416,24 +428,24 @@ fn row_to_message(room: &RoomName, row: &rusqlite::Row<'_>) -> Result<Message, S
     let seq = from_sql_seq(row.get(0).map_err(&get)?)?;
     let ms: i64 = row.get(1).map_err(&get)?;
     let ts = DateTime::<Utc>::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError(format!("corrupt timestamp {ms} in {room}#{seq}")))?;
+        .ok_or_else(|| StoreError::Corrupt(format!("corrupt timestamp {ms} in {room}#{seq}")))?;
     let user = row
         .get_ref(2)
         .map_err(&get)?
         .as_str()
-        .map_err(|e| StoreError(format!("corrupt user in {room}#{seq}: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("corrupt user in {room}#{seq}: {e}")))?;
     let user = UserName::parse(user, usize::MAX)
-        .map_err(|e| StoreError(format!("corrupt user {user:?} in {room}#{seq}: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("corrupt user {user:?} in {room}#{seq}: {e}")))?;
     let body = row
         .get_ref(3)
         .map_err(&get)?
         .as_str()
-        .map_err(|e| StoreError(format!("corrupt body in {room}#{seq}: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("corrupt body in {room}#{seq}: {e}")))?;
     let client_id = row
         .get_ref(4)
         .map_err(&get)?
         .as_str_or_null()
-        .map_err(|e| StoreError(format!("corrupt client id in {room}#{seq}: {e}")))?
+        .map_err(|e| StoreError::Corrupt(format!("corrupt client id in {room}#{seq}: {e}")))?
         .map(Arc::from);
     Ok(Message {
         room: room.clone(),
@@ -463,8 +475,9 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(err("listing rooms"))?
                 {
-                    let room = RoomName::parse(&name, usize::MAX, usize::MAX)
-                        .map_err(|e| StoreError(format!("corrupt room name {name:?}: {e}")))?;
+                    let room = RoomName::parse(&name, usize::MAX, usize::MAX).map_err(|e| {
+                        StoreError::Corrupt(format!("corrupt room name {name:?}: {e}"))
+                    })?;
                     let (recent, has_more) = page(conn, &room, None, window)?;
                     let last_seq = match recent.last() {
                         Some(m) => m.seq,
@@ -516,7 +529,7 @@ impl Store for SqliteStore {
                         &*m.body,
                         m.client_id.as_deref(),
                     ])
-                    .map_err(|e| StoreError(format!("storing {}#{}: {e}", m.room, m.seq)))?;
+                    .map_err(|e| classify(&e, format!("storing {}#{}: {e}", m.room, m.seq)))?;
             }
             conn.execute_batch("COMMIT").map_err(err("committing"))
         })();
@@ -555,7 +568,7 @@ impl Store for SqliteStore {
                 if busy == 0 {
                     Ok(())
                 } else {
-                    Err(StoreError(
+                    Err(StoreError::Busy(
                         "the WAL checkpoint was blocked by a reader".into(),
                     ))
                 }
@@ -748,7 +761,10 @@ mod tests {
             .execute_batch("PRAGMA user_version = 99")
             .unwrap();
         let e = SqliteStore::open(&path, Durability::Full).unwrap_err();
-        assert!(e.0.contains("schema version 99"), "{e}");
+        assert!(
+            matches!(&e, StoreError::Corrupt(d) if d.contains("schema version 99")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -762,7 +778,7 @@ mod tests {
                 msg("general", 10, "alice", "again", None),
             ])
             .unwrap_err();
-        assert!(e.0.contains("general#10"), "{e}");
+        assert!(e.detail().contains("general#10"), "{e}");
         assert_eq!(
             store.page(&room("general"), None, 1).unwrap().0[0].seq,
             Seq(10)
@@ -793,7 +809,10 @@ mod tests {
         let e = store
             .append(&[msg("general", 1, "alice", "hi", None)])
             .unwrap_err();
-        assert!(e.0.contains("locked"), "{e}");
+        assert!(
+            matches!(&e, StoreError::Busy(d) if d.contains("locked")),
+            "{e}"
+        );
         other.execute_batch("ROLLBACK").unwrap();
         store
             .append(&[msg("general", 1, "alice", "hi", None)])

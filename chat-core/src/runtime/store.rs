@@ -78,7 +78,7 @@ impl Store for MemoryStore {
         let rooms = self
             .rooms
             .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
         let rooms = rooms
             .iter()
             .map(|(room, msgs)| {
@@ -101,7 +101,7 @@ impl Store for MemoryStore {
         let mut rooms = self
             .rooms
             .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
         for m in batch {
             rooms
                 .entry(m.room.clone())
@@ -120,7 +120,7 @@ impl Store for MemoryStore {
         let rooms = self
             .rooms
             .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
         let Some(msgs) = rooms.get(room) else {
             return Ok((vec![], false));
         };

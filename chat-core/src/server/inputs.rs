@@ -71,8 +71,8 @@ pub enum Input {
     Authenticated {
         /// The session that said hello.
         session: SessionId,
-        /// The authenticated user's name, or a reason for the refusal.
-        result: Result<String, String>,
+        /// The authenticated user's name, or the refusal.
+        result: Result<String, AuthRefused>,
     },
     /// The store's answer to [`Output::Persist`](super::Output::Persist).
     Persisted {
@@ -106,10 +106,57 @@ pub enum Input {
     },
 }
 
-/// A storage failure reported by the driver.
+/// A storage failure reported by the driver. Clients see `storage_unavailable` either
+/// way; the kind tells the host what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("storage unavailable: {0}")]
-pub struct StoreError(pub String);
+#[non_exhaustive]
+pub enum StoreError {
+    /// The disk (or the database's size limit) is full: nothing is lost, and writes
+    /// succeed again once there is room.
+    #[error("storage full: {0}")]
+    Full(String),
+    /// Another process holds the store's lock beyond the wait allowed.
+    #[error("storage busy: {0}")]
+    Busy(String),
+    /// What the store holds cannot be read as chat data (a corrupt row, or a schema
+    /// from a newer release).
+    #[error("storage corrupt: {0}")]
+    Corrupt(String),
+    /// The store is not there or failed otherwise (I/O, a lost thread, no store).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// What happened, without the kind.
+    #[must_use]
+    pub fn detail(&self) -> &str {
+        match self {
+            StoreError::Full(d)
+            | StoreError::Busy(d)
+            | StoreError::Corrupt(d)
+            | StoreError::Unavailable(d) => d,
+        }
+    }
+}
+
+/// The host refused a session's credentials; the reason is shown to the client in its
+/// `auth_failed` error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct AuthRefused {
+    /// Why, in words for the user.
+    pub reason: String,
+}
+
+impl AuthRefused {
+    /// A refusal with this reason.
+    pub fn new(reason: impl Into<String>) -> AuthRefused {
+        AuthRefused {
+            reason: reason.into(),
+        }
+    }
+}
 
 /// The driver used the API wrongly (a bug in the driver, not in a client).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -158,7 +158,7 @@ impl State {
                 for acker in p.ackers {
                     match acker {
                         Acker::Session(sid, id) => {
-                            let msg = format!("message not stored, retry later ({})", e.0);
+                            let msg = format!("message not stored, retry later ({})", e.detail());
                             env.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
                         }
                         Acker::Host(ticket) => env.out.push(Output::Published {

@@ -41,7 +41,7 @@ use crate::ids::{RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
 pub use config::{AuthMode, Config};
-pub use inputs::{ApiMisuse, Input, Now, StoreError};
+pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
 pub use outputs::{CloseReason, Event, Output};
 

@@ -10,7 +10,7 @@ use crate::protocol::{
 use crate::server::config::AuthMode;
 use crate::server::outputs::{CloseReason, Event, Output};
 use crate::server::sessions::Phase;
-use crate::server::{ApiMisuse, Now, Server, State};
+use crate::server::{ApiMisuse, AuthRefused, Now, Server, State};
 
 impl State {
     pub(super) fn hello(
@@ -127,7 +127,7 @@ impl Server {
         &mut self,
         now: Now,
         sid: SessionId,
-        result: Result<String, String>,
+        result: Result<String, AuthRefused>,
     ) -> Result<(), ApiMisuse> {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return Ok(());
@@ -141,7 +141,7 @@ impl Server {
             }
         };
         let st = &mut self.st;
-        let name = result.and_then(|n| {
+        let name = result.map_err(|r| r.reason).and_then(|n| {
             UserName::parse(&n, st.config.max_name_chars).map_err(|e| format!("identity name {e}"))
         });
         let mut caller = Caller { now, sid, session };

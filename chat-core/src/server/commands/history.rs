@@ -97,7 +97,7 @@ impl State {
                 self.out.send_to(t.session, &frame);
             }
             Err(e) => {
-                let message = format!("history unavailable ({})", e.0);
+                let message = format!("history unavailable ({})", e.detail());
                 self.out
                     .error(t.session, t.id, ErrorCode::StorageUnavailable, message);
             }
