@@ -75,6 +75,7 @@ pub(crate) async fn run<IO>(
         deadline: None,
         last_read: now,
         last_write: now,
+        last_ping: now,
         stalled: false,
         opts,
     };
@@ -171,8 +172,10 @@ struct Conn<IO> {
     fin_sent: bool,
     /// After our close: when to stop waiting for the peer's.
     deadline: Option<Instant>,
+    /// When bytes last came from the peer: any frame is a sign of life, a pong too.
     last_read: Instant,
     last_write: Instant,
+    last_ping: Instant,
     /// The last write could not take everything (the peer reads slowly or not at all).
     stalled: bool,
     opts: Arc<RouterOptions>,
@@ -456,11 +459,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         if now >= self.last_read + self.opts.idle_timeout {
             self.close(IDLE);
-        } else if now >= self.last_write + self.opts.ping_interval {
+        } else if now >= self.next_ping() {
             ws::write_frame(&mut self.out, ws::PING, b"");
+            self.last_ping = now;
             self.last_write = now;
         }
         Ok(())
+    }
+
+    /// When to ping: once the peer has been silent for `ping_interval` (and again every
+    /// `ping_interval` while it stays silent), however much we write to it: only the
+    /// peer's answer shows it is alive. Also once we have written nothing for
+    /// `ping_interval`, so that the peer, and any proxy in between (nginx drops a
+    /// WebSocket its upstream has not written to for 60 s by default), hears from us at
+    /// least that often even when the peer talks and gets no answers.
+    fn next_ping(&self) -> Instant {
+        let every = self.opts.ping_interval;
+        (self.last_read.max(self.last_ping) + every).min(self.last_write + every)
     }
 
     /// When the timer must next look: the idle limit, the next ping, the close deadline,
@@ -469,8 +484,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if let Some(deadline) = self.deadline {
             return deadline;
         }
-        let mut at = (self.last_read + self.opts.idle_timeout)
-            .min(self.last_write + self.opts.ping_interval);
+        let mut at = (self.last_read + self.opts.idle_timeout).min(self.next_ping());
         if self.stalled {
             at = at.min(Instant::now() + self.opts.close_timeout);
         }
