@@ -288,10 +288,8 @@ async fn pump(
         }
     };
     let reason = tokio::select! {
-        written = write => match written {
-            Ok(()) => None, // the owner is gone
-            Err(e) => Some(e),
-        },
+        // Writing ends without an error only when the owner is gone.
+        written = write => written.err(),
         reason = read => reason,
     };
     (reason, hint)
