@@ -151,6 +151,8 @@ const conn = {
   welcomedOnce: false, // this page has been in the chat (reconnects go back to it)
   login: null, // { name, room } while the login form waits for welcome
   nameRetries: 0,
+  lastFrameAt: null, // when this connection last received a frame
+  probeAt: null, // when the page last asked a quiet server something (see PROBE_AFTER_MS)
 };
 
 // ---------------------------------------------------------------------------------------
@@ -578,6 +580,8 @@ function connect() {
     return;
   }
   conn.ws = ws;
+  conn.lastFrameAt = null;
+  conn.probeAt = null;
   ws.addEventListener('open', () => {
     if (conn.ws === ws) sendHello();
   });
@@ -693,21 +697,35 @@ document.addEventListener('visibilitychange', () => {
   if (!document.hidden && !conn.ws && conn.timer && conn.retryAfter === null) connect();
 });
 
-// A connection can die silently (sleep, a dropped network): browsers do not expose
-// WebSocket pings, so when the server has been quiet for a while, ask it something
-// cheap, and reconnect if even that gets no answer.
+// A connection can die silently (sleep, a dropped network). The browser answers the
+// server's pings, but a page cannot see them: so after PROBE_AFTER_MS without a frame the
+// page asks something cheap, and drops the connection only when that question has gone
+// unanswered for PROBE_TIMEOUT_MS. Judged by the unanswered question, not by the silence
+// alone, a tab whose timers the browser slows down (a hidden tab's fire about once a
+// minute) never drops a healthy connection in a quiet room. With timers on time, a dead
+// server is noticed within PROBE_AFTER_MS + PROBE_TIMEOUT_MS + 2 * CHECK_MS (45 s) of its
+// last frame.
+const PROBE_AFTER_MS = 20000;
+const PROBE_TIMEOUT_MS = 15000;
+const CHECK_MS = 5000;
 setInterval(() => {
   if (conn.status !== 'connected' || !conn.ws) return;
-  const quiet = Date.now() - (conn.lastFrameAt ?? Date.now());
-  if (quiet > 45000) {
+  const now = Date.now();
+  const heard = conn.lastFrameAt ?? now;
+  if (conn.probeAt !== null && heard < conn.probeAt) {
+    if (now - conn.probeAt < PROBE_TIMEOUT_MS) return;
     const ws = conn.ws;
     conn.ws = null;
     ws.close();
     onClosed({ code: 1006 });
-  } else if (quiet > 20000) {
+    return;
+  }
+  conn.probeAt = null;
+  if (now - heard >= PROBE_AFTER_MS) {
+    conn.probeAt = now;
     request({ type: 'rooms' }, { kind: 'rooms' });
   }
-}, 10000);
+}, CHECK_MS);
 
 // ---------------------------------------------------------------------------------------
 // Frames from the server

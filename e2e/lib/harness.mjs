@@ -209,12 +209,15 @@ function watchdog() {
 
 /**
  * A person with their own browser context (own storage, so own identity), on the chat
- * page. `problems` collects page errors, dialogs and CSP reports; `check()` asserts there
- * were none and that no injected payload ran.
+ * page; with `clock: true`, on a fake clock the test can pause and move. `problems`
+ * collects page errors, dialogs and CSP reports; `check()` asserts there were none and
+ * that no injected payload ran.
  */
-export async function openUser(browser, url, { viewport = { width: 1280, height: 800 }, ...ctxOptions } = {}) {
+export async function openUser(browser, url, { viewport = { width: 1280, height: 800 }, clock = false, ...ctxOptions } = {}) {
   const context = await browser.newContext({ viewport, locale: 'en-GB', timezoneId: 'UTC', ...ctxOptions });
   await context.addInitScript(watchdog);
+  // Fake timers and Date (Playwright's clock): time flows until the test pauses it.
+  if (clock) await context.clock.install();
   const page = await context.newPage();
   const user = makeUser(context, page, url);
   opened.add(user);
