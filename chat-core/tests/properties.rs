@@ -68,16 +68,19 @@ fn durable_and_tight() -> Config {
             per_second: 2,
         },
         frame_rate: Rate {
-            burst: 12,
-            per_second: 8,
+            burst: 20,
+            per_second: 10,
         },
         typing_rate: Rate {
             burst: 2,
             per_second: 1,
         },
-        max_strikes: 5,
+        max_strikes: 10,
         congestion_backoff: Duration::from_millis(3_000),
         epoch: "e1".to_owned(),
+        // Smaller still: pages beyond the window are read from the store.
+        history_window: 4,
+        history_on_join: 3,
         ..config()
     }
 }
@@ -245,4 +248,97 @@ fn the_model_sees_grace_resume_and_resend() {
             .any(|l| l.contains(r#""type":"joined","id":11"#) && l.contains(r#""seq":1"#)),
         "{log:#?}"
     );
+}
+
+/// A hand-written durable sequence through store failures, a restart with seqs
+/// continuing, flood refusals and closes, a full queue and a shutdown, so the model is
+/// known to see what the second property is about.
+#[test]
+fn the_model_sees_store_failures_restarts_floods_and_shutdown() {
+    use Op::*;
+    let hello = |slot, user| Hello {
+        slot,
+        user,
+        upper: false,
+        token: TokenChoice::None,
+        rooms: RoomsChoice::Default,
+    };
+    let send = |slot, client_id| Send {
+        slot,
+        room: Pick::Mine(0),
+        client_id,
+    };
+    let ops = vec![
+        hello(0, 0),
+        hello(1, 1),
+        send(0, Some(1)),
+        send(1, None),
+        // The first is stored, the second fails: storage_unavailable, never an ack.
+        Store { n: 2, fail: 0b10 },
+        // Four at once with a burst of three.
+        Burst {
+            slot: 1,
+            room: Pick::Mine(0),
+            n: 4,
+        },
+        Store { n: 3, fail: 0 },
+        // Unanswered when the process dies, but written: stored, never acked.
+        send(0, Some(2)),
+        Restart {
+            flushed: true,
+            wipe: false,
+        },
+        // The retry after the lost ack is acked as a duplicate, with the stored seq.
+        Resend { slot: 0 },
+        send(1, None),
+        Store { n: 1, fail: 0 },
+        QueueFull {
+            slot: 1,
+            ephemeral: false,
+        },
+        History {
+            slot: 0,
+            room: Pick::Mine(0),
+            before: Some(5),
+            limit: 2,
+        },
+        Garbage { slot: 1 },
+        Garbage { slot: 1 },
+        Garbage { slot: 1 },
+        Garbage { slot: 1 },
+        Garbage { slot: 1 },
+        send(0, None),
+        Shutdown,
+        Store { n: 1, fail: 0 },
+        Hello {
+            slot: 2,
+            user: 2,
+            upper: false,
+            token: TokenChoice::None,
+            rooms: RoomsChoice::Default,
+        },
+        Advance { ms: 1_000 },
+        Join {
+            slot: 2,
+            room: 0,
+            since: Some(Since::Back(0)),
+        },
+    ];
+    let log = Harness::new(durable_and_tight())
+        .run(&ops)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let count = |pat: &str| log.iter().filter(|l| l.contains(pat)).count();
+    assert_eq!(count("storage_unavailable"), 1, "{log:#?}");
+    // bob's failed send took a token too: two of the four are refused.
+    assert_eq!(count("rate_limited"), 2, "{log:#?}");
+    assert_eq!(count("restart"), 1, "{log:#?}");
+    assert_eq!(count(r#""duplicate":true"#), 1, "{log:#?}");
+    assert_eq!(count("close 4 SlowConsumer"), 1, "{log:#?}");
+    assert_eq!(count("close 5 Flood"), 1, "{log:#?}");
+    // After the restart seqs continue from the store (5 was written, never acked).
+    assert!(count(r#""seq":6,"ts""#) >= 2, "{log:#?}");
+    assert_eq!(count("drained"), 1, "{log:#?}");
+    assert!(count("goodbye") >= 1, "{log:#?}");
+    assert!(count("load ") >= 1, "{log:#?}");
+    assert_eq!(count("shutting_down"), 1, "{log:#?}");
 }

@@ -285,6 +285,10 @@ pub fn op(durable: bool) -> BoxedStrategy<Op> {
             8 => common,
             // About one answer in four fails; failures shrink away.
             3 => (1u8..5, any::<u8>()).prop_map(|(n, m)| Op::Store { n, fail: m & m.rotate_left(3) }),
+            // Pages beyond the window come from the store.
+            1 => (0..SLOTS, pick(), prop::option::of(0u64..12), 1u32..10).prop_map(
+                |(slot, room, before, limit)| Op::History { slot, room, before, limit }
+            ),
         ]
         .boxed()
     } else {
