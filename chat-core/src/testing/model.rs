@@ -693,7 +693,14 @@ impl Model {
 
     // ---- commands ----
 
-    pub(crate) fn join(&mut self, sid: u64, key: &str, id: Option<u64>, room: &str, since: Option<u64>) {
+    pub(crate) fn join(
+        &mut self,
+        sid: u64,
+        key: &str,
+        id: Option<u64>,
+        room: &str,
+        since: Option<u64>,
+    ) {
         self.accepted(sid);
         if room.starts_with('@') && !self.rooms.contains_key(room) {
             // Shown empty, not created: it comes into being with its first message.
@@ -1033,7 +1040,14 @@ impl Model {
         }
     }
 
-    pub(crate) fn history(&mut self, sid: u64, id: u64, room: &str, before: Option<u64>, limit: u32) {
+    pub(crate) fn history(
+        &mut self,
+        sid: u64,
+        id: u64,
+        room: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) {
         if !self.sessions[&sid].rooms.contains(room) {
             return self.reject(sid, Some(id), Rej::new(ErrorCode::NotMember));
         }

@@ -54,7 +54,10 @@ impl Harness {
     /// default room that is not a valid public room name).
     #[must_use]
     pub fn new(config: Config) -> Harness {
-        assert!(config.create_rooms_on_join, "the model creates rooms on join");
+        assert!(
+            config.create_rooms_on_join,
+            "the model creates rooms on join"
+        );
         assert!(config.max_rooms >= 64, "the model needs max_rooms >= 64");
         assert!(
             config.max_rooms_per_session >= ROOMS.len() + config.default_rooms.len(),
@@ -85,7 +88,7 @@ impl Harness {
     }
 
     /// Replaces the host-auth hook (used when the config's auth mode is
-    /// [`AuthMode::Host`]).
+    /// [`AuthMode::Host`](crate::AuthMode::Host)).
     #[must_use]
     pub fn with_auth(
         mut self,
@@ -110,7 +113,6 @@ impl Harness {
 
     /// A strategy for op sequences fit for this configuration: a few `hello`s, then any
     /// ops (with the store's answers in durable mode). Shrinks to short sequences.
-    #[must_use]
     pub fn ops(&self) -> BoxedStrategy<Vec<Op>> {
         ops(self.config.durable, self.len)
     }
@@ -438,7 +440,11 @@ impl<'h> Run<'h> {
                     let Some(&(ref room, seq)) = self.model.persists.front() else {
                         break;
                     };
-                    let waiting = self.sim.persists.first().map(|m| (m.room.to_string(), m.seq.0));
+                    let waiting = self
+                        .sim
+                        .persists
+                        .first()
+                        .map(|m| (m.room.to_string(), m.seq.0));
                     prop_assert_eq!(
                         waiting,
                         Some((room.clone(), seq)),
@@ -819,7 +825,11 @@ impl<'h> Run<'h> {
         // Shutdown: goodbye only once every pending message is settled; everyone told
         // goes with 1012; drained once, with no session left.
         if !goodbyes.is_empty() {
-            prop_assert!(self.sim.persists.is_empty(), "{}: goodbye before settling", ctx());
+            prop_assert!(
+                self.sim.persists.is_empty(),
+                "{}: goodbye before settling",
+                ctx()
+            );
             for sid in &goodbyes {
                 prop_assert_eq!(
                     closes.get(sid),

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-pub use chat_core::testing::{Say, Sim, base_now, check_timestamps, decode_server, kind};
+#[allow(unused_imports)] // each test file uses a different part
+pub use chat_core::testing::{
+    Say, Sim, base_now, check_timestamps, decode_server, is_rfc3339_millis, kind,
+};
 
 use chat_core::protocol::Message;
 use chat_core::{Config, RoomName};
