@@ -73,6 +73,13 @@
 //! session as a slow consumer, so it reconnects and resumes without a hole. Nobody else
 //! slows down.
 //!
+//! ## Testing your hooks
+//!
+//! With the feature `testing`, [`testing`] holds the harness the engine's own tests use: a
+//! [`Server`] on a simulated clock with a store stand-in, and a reference model with
+//! proptest strategies, so a host app can property-test its own [`Config`] (flood limits,
+//! durable mode) and host-auth decisions against the same semantics.
+//!
 //! ## Fan-out cost
 //!
 //! A room event is serialized once into an [`protocol::Encoded`] (reference-counted
@@ -84,6 +91,8 @@ pub mod protocol;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use ids::{ClientMsgId, NameError, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 pub use protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
