@@ -5,6 +5,7 @@
 
 mod common;
 
+use chat_core::protocol::{HelloRequest, SendRequest};
 use std::time::Duration;
 
 use chat_cli::net::{Net, NetEvent, NetOptions, Reconnect};
@@ -37,13 +38,13 @@ async fn a_healthy_connection_in_a_quiet_room_is_never_taken_for_dead() {
     };
     net.send(
         generation,
-        ClientFrame::Hello {
+        ClientFrame::Hello(HelloRequest {
             id: Some(1),
             version: PROTOCOL_VERSION,
             name: "quiet".into(),
             token: None,
             rooms: None,
-        },
+        }),
     );
     for _ in 0..2 {
         match next(&mut net, Duration::from_secs(10)).await {
@@ -116,13 +117,13 @@ async fn a_stuck_send_does_not_stop_reading_or_the_dead_server_check() {
     for i in 0..200 {
         net.send(
             generation,
-            ClientFrame::Send {
+            ClientFrame::Send(SendRequest {
                 id: Some(i),
                 room: Some("general".into()),
                 to: None,
                 body: body.clone(),
                 client_id: None,
-            },
+            }),
         );
     }
     let mut last = Instant::now();

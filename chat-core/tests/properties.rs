@@ -140,8 +140,8 @@ proptest! {
         // bob may come in as "Bob"; dee is never let in; the wrong credentials neither.
         let harness = Harness::new(host_auth()).with_auth(|name, credentials| {
             match (name.to_lowercase().as_str(), credentials) {
-                (_, Some(chat_core::testing::WRONG_TOKEN)) => Err("wrong password".into()),
-                ("dee", _) => Err("banned".into()),
+                (_, Some(chat_core::testing::WRONG_TOKEN)) => Err(chat_core::AuthRefused::new("wrong password")),
+                ("dee", _) => Err(chat_core::AuthRefused::new("banned")),
                 ("bob", _) => Ok("Bob".into()),
                 _ => Ok(name.to_owned()),
             }

@@ -1034,15 +1034,16 @@ pub async fn shutdown_within(hub: &Hub, limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{HelloRequest, SendRequest};
 
     fn send(id: u64, body: &str) -> Vec<u8> {
-        let frame = ClientFrame::Send {
+        let frame = ClientFrame::Send(SendRequest {
             id: Some(id),
             room: Some("general".into()),
             to: None,
             body: body.into(),
             client_id: None,
-        };
+        });
         serde_json::to_vec(&frame).expect("serialize")
     }
 
@@ -1063,13 +1064,13 @@ mod tests {
             outbound: mut out,
             ..
         } = hub.connect().await.expect("connect");
-        let hello = ClientFrame::Hello {
+        let hello = ClientFrame::Hello(HelloRequest {
             id: Some(1),
             version: protocol::PROTOCOL_VERSION,
             name: "alice".into(),
             token: None,
             rooms: None,
-        };
+        });
         // The driver does not run before this task waits (one thread), so the connect
         // still takes the inbox's one place: all three are held.
         alice

@@ -46,7 +46,7 @@
 //! let harness = Harness::new(config)
 //!     .with_auth(|name, _credentials| {
 //!         if name.eq_ignore_ascii_case("dee") {
-//!             Err("banned".to_owned())
+//!             Err(chat_core::AuthRefused::new("banned"))
 //!         } else {
 //!             Ok(name.to_owned())
 //!         }

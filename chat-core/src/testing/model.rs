@@ -1,6 +1,7 @@
 //! The reference model: what every session should receive, step by step, written from
 //! DESIGN.md §3 and docs/PROTOCOL.md without looking at how the server does it.
 
+use crate::AuthRefused;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::ops::{ROOMS, RoomsChoice, Since};
@@ -628,7 +629,7 @@ impl Model {
         sid: u64,
         id: u64,
         rooms: &RoomsChoice,
-        result: &Result<String, String>,
+        result: &Result<String, AuthRefused>,
     ) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;

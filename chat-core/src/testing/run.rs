@@ -1,5 +1,6 @@
 //! The runner: each op on the server (through a [`Sim`]) and on the model, then the check.
 
+use crate::AuthRefused;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::{Config, Event, Input, Now, RoomName, SessionId, StoreError};
 /// The host's identity check in host auth mode: the `hello`'s name and credentials in,
 /// the user's name (or why not) out, as the host would answer
 /// [`Output::Authenticate`](crate::Output::Authenticate).
-pub type AuthHook = Arc<dyn Fn(&str, Option<&str>) -> Result<String, String> + Send + Sync>;
+pub type AuthHook = Arc<dyn Fn(&str, Option<&str>) -> Result<String, AuthRefused> + Send + Sync>;
 
 /// A property test of the server with one [`Config`] (and, in host auth mode, one
 /// identity hook) against the reference model.
@@ -78,7 +79,7 @@ impl Harness {
             config,
             auth: Arc::new(|name, credentials| {
                 if credentials == Some(WRONG_TOKEN) {
-                    Err("wrong credentials".to_owned())
+                    Err(AuthRefused::new("wrong credentials"))
                 } else {
                     Ok(name.to_owned())
                 }
@@ -92,7 +93,7 @@ impl Harness {
     #[must_use]
     pub fn with_auth(
         mut self,
-        hook: impl Fn(&str, Option<&str>) -> Result<String, String> + Send + Sync + 'static,
+        hook: impl Fn(&str, Option<&str>) -> Result<String, AuthRefused> + Send + Sync + 'static,
     ) -> Harness {
         self.auth = Arc::new(hook);
         self
@@ -455,7 +456,7 @@ impl<'h> Run<'h> {
                     let result = if ok {
                         Ok(())
                     } else {
-                        Err(StoreError("disk full".to_owned()))
+                        Err(StoreError::Full("disk full".to_owned()))
                     };
                     self.sim.store_next(result);
                     self.model.persisted(ok);
