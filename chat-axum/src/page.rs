@@ -54,7 +54,10 @@ fn index_with(limits: &Limits) -> String {
         .replace('"', "&quot;")
         .replace('<', "&lt;")
         .replace('>', "&gt;");
-    assert!(INDEX.contains(LIMITS_META), "index.html has the limits meta tag");
+    assert!(
+        INDEX.contains(LIMITS_META),
+        "index.html has the limits meta tag"
+    );
     INDEX.replace(
         LIMITS_META,
         &format!(r#"<meta name="chat-limits" content="{attribute}">"#),

@@ -78,7 +78,10 @@ async fn the_name_rules_module_is_served_like_the_page_script() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("content-type: text/javascript"), "{head}");
-    assert!(head.contains("content-security-policy: default-src 'none'"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
     assert!(js.contains("export function parseUserName"), "{js}");
     server.stop().await.expect("stops");
 }

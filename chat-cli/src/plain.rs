@@ -135,7 +135,7 @@ fn command(
         commands::Line::Leave(name) => {
             let name = name.unwrap_or_else(|| target.as_str().to_owned());
             session.with(|c| c.leave(&name));
-            if room.as_ref().is_some_and(|r| r.as_str() == name) {
+            if room.is_some() && *room == RoomName::key_of(&name) {
                 // Later lines go to another room this client is in, if any.
                 *room = session
                     .client()

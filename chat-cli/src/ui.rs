@@ -509,10 +509,11 @@ impl App {
                 None => self.note = Some("join a room first: /join ROOM".into()),
             },
             commands::Line::Join(room) => {
+                let key = RoomName::key_of(&room);
                 let known = self
                     .rooms
                     .iter()
-                    .position(|r| r.name.as_str() == room.trim().to_lowercase());
+                    .position(|r| Some(&r.name) == key.as_ref());
                 match known {
                     Some(index) => self.switch_to(index),
                     None => {
@@ -1006,6 +1007,52 @@ fn draw_input(frame: &mut Frame, area: Rect, app: &App) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_core::ServerFrame;
+    use chat_core::client::{ClientConfig, ClientOutput};
+
+    /// A screen and a welcomed client in these rooms, the first one shown.
+    fn in_rooms(rooms: &[&str]) -> (App, Client) {
+        let mut client = Client::new(ClientConfig::new("alice", "t"));
+        let mut app = App::new(None);
+        client.connected();
+        client.handle_frame(ServerFrame::Welcome {
+            id: None,
+            version: 1,
+            session: chat_core::SessionId(1),
+            user: UserName::parse("alice", 32).unwrap(),
+            token: None,
+            epoch: "e".into(),
+            limits: chat_core::Config::default().limits(),
+        });
+        for room in rooms {
+            client.handle_frame(ServerFrame::Joined {
+                id: None,
+                room: RoomName::parse(room, 64, 32).unwrap(),
+                members: vec![],
+                messages: vec![],
+                gap: false,
+                last_seq: Seq(0),
+            });
+        }
+        while let Some(output) = client.poll_output() {
+            if let ClientOutput::Event(event) = output {
+                app.on_event(&SessionEvent::Client(event), &mut client);
+            }
+        }
+        (app, client)
+    }
+
+    #[test]
+    fn join_switches_to_a_room_it_is_in_however_the_name_is_typed() {
+        let (mut app, mut client) = in_rooms(&["general", "caf\u{e9}"]);
+        assert_eq!(app.current_room().unwrap().as_str(), "general");
+        app.submit_line("/join CAFE\u{301}", &mut client);
+        assert_eq!(app.current_room().unwrap().as_str(), "caf\u{e9}");
+        assert!(
+            client.poll_output().is_none(),
+            "no join for a room it is in"
+        );
+    }
 
     #[test]
     fn wrapping_keeps_width_and_indents() {

@@ -644,7 +644,9 @@ impl Client {
                 room: room.to_owned(),
             },
         );
-        self.joining.retain(|_, r| r != room);
+        let key = RoomName::key_of(room);
+        self.joining
+            .retain(|_, r| r != room && (key.is_none() || RoomName::key_of(r) != key));
         if let Some(name) = self.known_room(room) {
             self.rooms.remove(&name);
             self.leaving.insert(name);
@@ -785,7 +787,11 @@ impl Client {
                 .collect();
             // Joins that were in flight: asked for again (their replies carry no id now).
             for raw in std::mem::take(&mut self.joining).into_values() {
-                if !specs.iter().any(|s| s.room == raw) {
+                let key = RoomName::key_of(&raw);
+                if !specs
+                    .iter()
+                    .any(|s| s.room == raw || (key.is_some() && RoomName::key_of(&s.room) == key))
+                {
                     specs.push(JoinSpec {
                         room: raw,
                         since: None,
@@ -841,13 +847,9 @@ impl Client {
         self.transmit(frame);
     }
 
-    /// The normalized room this raw name refers to, if the client knows it.
+    /// The room this raw name refers to (by the server's rule), if the client knows it.
     fn known_room(&self, raw: &str) -> Option<RoomName> {
-        let raw = raw.trim();
-        self.rooms
-            .keys()
-            .find(|name| name.as_str() == raw || name.as_str() == raw.to_lowercase())
-            .cloned()
+        RoomName::key_of(raw).filter(|name| self.rooms.contains_key(name))
     }
 
     fn cursor_of(&self, raw: &str) -> Option<Seq> {
@@ -1494,6 +1496,32 @@ mod tests {
             panic!()
         };
         assert_eq!(rooms.as_ref().unwrap()[0].room, "rust");
+    }
+
+    #[test]
+    fn a_room_is_known_by_any_spelling_the_server_takes_for_it() {
+        let mut c = ready(0);
+        c.handle_frame(joined("caf\u{e9}", vec![], 7));
+        drain(&mut c);
+        // NFD and capitals: the same room to the server, so it is resumed from its cursor.
+        c.join("CAFE\u{301}");
+        let (frames, _) = drain(&mut c);
+        assert!(
+            matches!(
+                &frames[..],
+                [ClientFrame::Join {
+                    since: Some(Seq(7)),
+                    ..
+                }]
+            ),
+            "{frames:?}"
+        );
+        // Leaving by another spelling forgets the room and drops its late messages.
+        c.leave(" Caf\u{e9} ");
+        drain(&mut c);
+        assert!(c.room(&room("caf\u{e9}")).is_none());
+        c.handle_frame(ServerFrame::Message(msg("caf\u{e9}", 8, "bob", "late")));
+        assert!(bodies(&drain(&mut c).1).is_empty());
     }
 
     #[test]

@@ -29,7 +29,9 @@ fn error(e: &NameError) -> Value {
         NameError::TooLong { max } => json!({ "error": "too_long", "max": max }),
         NameError::BadChar(c) => json!({ "error": "bad_char", "char": c.to_string() }),
         NameError::BadDirect => json!({ "error": "bad_direct" }),
-        other => panic!("a new kind of name error: add it to the corpus and to names.js: {other:?}"),
+        other => {
+            panic!("a new kind of name error: add it to the corpus and to names.js: {other:?}")
+        }
     }
 }
 
@@ -65,8 +67,7 @@ fn the_corpus_gives_the_expected_names_keys_and_errors() {
                 Ok(name) => json!({ "name": name.as_str(), "key": name.key().as_str() }),
                 Err(e) => error(&e),
             };
-            let room = match RoomName::parse(input, limits.max_room_chars, limits.max_name_chars)
-            {
+            let room = match RoomName::parse(input, limits.max_room_chars, limits.max_name_chars) {
                 Ok(room) => json!({ "room": room.as_str() }),
                 Err(e) => error(&e),
             };
@@ -74,7 +75,10 @@ fn the_corpus_gives_the_expected_names_keys_and_errors() {
         })
         .collect();
     // One case a line: a rule change shows as the lines of the inputs it changes.
-    let lines: Vec<String> = cases.iter().map(|c| format!("    {}", ascii_json(c))).collect();
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|c| format!("    {}", ascii_json(c)))
+        .collect();
     let actual = format!(
         "{{\n  \"limits\": {},\n  \"cases\": [\n{}\n  ]\n}}\n",
         ascii_json(&json!({
@@ -91,7 +95,11 @@ fn the_corpus_gives_the_expected_names_keys_and_errors() {
     let expected = std::fs::read_to_string(&path).expect("names.expected.json exists");
     if expected != actual {
         let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
-        let first = e.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(e.len().min(a.len()));
+        let first = e
+            .iter()
+            .zip(&a)
+            .position(|(x, y)| x != y)
+            .unwrap_or(e.len().min(a.len()));
         panic!(
             "the name rules changed (first difference at line {}):\n  expected: {}\n  actual:   {}\n\
              If this is deliberate, regenerate with UPDATE_EXPECTED=1, review the diff, and \
