@@ -1133,8 +1133,9 @@ function resend(p) {
     p.item.node.classList.remove('failed');
     setPendingStatus(p, 'sending…');
   }
-  request(frame, { kind: 'send', clientId: p.clientId });
-  // Not connected: it stays pending and goes out again after the next welcome.
+  // Not welcomed on this connection (offline, or the hello not answered yet): it stays
+  // pending and goes out after the next welcome, as the server refuses commands before it.
+  if (conn.status === 'connected') request(frame, { kind: 'send', clientId: p.clientId });
 }
 
 function setPendingStatus(p, text, actions = false) {
