@@ -146,7 +146,10 @@ fn run(name: &str, steps: &[Value]) {
             "expect_hello" => {
                 let mut expected: Vec<(String, Option<u64>)> =
                     serde_json::from_value(arg.clone()).expect("[room, since] pairs");
-                let mut actual = run.hello.clone().unwrap_or_else(|| panic!("{at}: no hello"));
+                let mut actual = run
+                    .hello
+                    .clone()
+                    .unwrap_or_else(|| panic!("{at}: no hello"));
                 expected.sort();
                 actual.sort();
                 assert_eq!(actual, expected, "{at}");

@@ -1,6 +1,6 @@
 //! How a client starts, and where it is in a connection's life.
 
-/// How a [`Client`] starts.
+/// How a [`Client`](super::Client) starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// The user name to ask for in `hello`.
