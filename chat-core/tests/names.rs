@@ -129,3 +129,50 @@ fn the_key_and_room_lookup_agree_with_parse() {
         }
     }
 }
+
+/// Every code point (surrogates excepted) through the character rules: which ones a
+/// name refuses on their own (controls, whitespace, invisible and bidi characters, `@`,
+/// `,`), as ranges, and what `fold` makes of each one it changes. Written to
+/// `tests/data/names.chars.expected.json`, which `e2e/tests/11-names.test.mjs` checks
+/// the page against code point by code point: the whole invisible list and the whole
+/// case mapping, not only the samples of the corpus.
+#[test]
+fn every_code_point_is_refused_and_folded_as_expected() {
+    let hex = |c: char| format!("{:x}", u32::from(c));
+    let mut refused: Vec<(char, char)> = Vec::new();
+    let mut folded: Vec<String> = Vec::new();
+    for c in (0..=0x10_FFFF).filter_map(char::from_u32) {
+        let s = c.to_string();
+        if UserName::parse(&s, 32).is_err() {
+            match refused.last_mut() {
+                Some((_, end)) if u32::from(*end) + 1 == u32::from(c) => *end = c,
+                _ => refused.push((c, c)),
+            }
+        }
+        let f = fold(&s);
+        if f != s {
+            let to: Vec<String> = f.chars().map(hex).collect();
+            folded.push(format!("{}:{}", hex(c), to.join(" ")));
+        }
+    }
+    let refused: Vec<String> = refused
+        .iter()
+        .map(|(a, b)| format!("{}-{}", hex(*a), hex(*b)))
+        .collect();
+    let actual = format!(
+        "{{\n  \"refused\": {},\n  \"folded\": {}\n}}\n",
+        serde_json::to_string(&refused).expect("JSON"),
+        serde_json::to_string(&folded).expect("JSON"),
+    );
+    let path = data("names.chars.expected.json");
+    if std::env::var_os("UPDATE_EXPECTED").is_some() {
+        std::fs::write(&path, &actual).expect("writes the expected file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).expect("names.chars.expected.json exists");
+    assert!(
+        expected == actual,
+        "the character rules changed: regenerate with UPDATE_EXPECTED=1, review the diff, \
+         and make chat-axum/assets/names.js agree"
+    );
+}

@@ -16,6 +16,13 @@ const browserOf = useBrowser();
 const DATA = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../chat-core/tests/data');
 const corpus = JSON.parse(readFileSync(path.join(DATA, 'names.json'), 'utf8'));
 const expected = JSON.parse(readFileSync(path.join(DATA, 'names.expected.json'), 'utf8'));
+const chars = JSON.parse(readFileSync(path.join(DATA, 'names.chars.expected.json'), 'utf8'));
+
+/** What is in `a` and not in `b`, at most a few. */
+const missing = (a, b) => {
+  const set = new Set(b);
+  return a.filter((x) => !set.has(x)).slice(0, 10);
+};
 
 describe('names', () => {
   test('the page folds and validates every name of the corpus exactly as the server does', async () => {
@@ -51,6 +58,35 @@ describe('names', () => {
       }
     });
     assert.equal(differences.length, 0, `names.js disagrees with chat-core on:\n${differences.join('\n')}`);
+    await u.check();
+    await u.close();
+  });
+
+  test('the page refuses and folds every code point as the server does', async () => {
+    const u = await openUser(browserOf(), URL);
+    const actual = await u.page.evaluate(async () => {
+      const names = await import(new URL('names.js', document.baseURI).href);
+      const refused = [];
+      const folded = [];
+      for (let c = 0; c <= 0x10ffff; c++) {
+        if (c >= 0xd800 && c <= 0xdfff) continue; // not characters (Rust has no such char)
+        const s = String.fromCodePoint(c);
+        if (names.parseUserName(s, 32).error) {
+          const last = refused.at(-1);
+          if (last && last[1] + 1 === c) last[1] = c;
+          else refused.push([c, c]);
+        }
+        const f = names.fold(s);
+        if (f !== s) folded.push(`${c.toString(16)}:${[...f].map((x) => x.codePointAt(0).toString(16)).join(' ')}`);
+      }
+      return { refused: refused.map(([a, b]) => `${a.toString(16)}-${b.toString(16)}`), folded };
+    });
+    assert.deepEqual(actual.refused, chars.refused, 'the refused characters (hex ranges) differ from chat-core');
+    assert.deepEqual(
+      { onlyInBrowser: missing(actual.folded, chars.folded), onlyInRust: missing(chars.folded, actual.folded) },
+      { onlyInBrowser: [], onlyInRust: [] },
+      'fold (code point: result) differs from chat-core',
+    );
     await u.check();
     await u.close();
   });
