@@ -161,7 +161,7 @@ fn command(
             asked.insert(id, "who");
         }
         commands::Line::History(n) => {
-            let id = session.with(|c| c.history(target.as_str(), None, Some(n.unwrap_or(50))));
+            let id = session.with(|c| c.history(target.as_str(), None, n));
             asked.insert(id, "history");
         }
         commands::Line::Help => {

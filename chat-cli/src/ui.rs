@@ -544,7 +544,7 @@ impl App {
             commands::Line::History(n) => match current {
                 Some(room) => {
                     let before = self.rooms[self.current].oldest_seq();
-                    let id = client.history(room.as_str(), before, Some(n.unwrap_or(50)));
+                    let id = client.history(room.as_str(), before, n);
                     self.asked.insert(id, Request::History);
                 }
                 None => self.note = Some("not in any room".into()),
