@@ -8,9 +8,10 @@
 // setters on elements we created, never through innerHTML; names are wrapped in <bdi>
 // and bodies get dir="auto" so right-to-left text cannot reorder the line around it.
 
+import { directRoom, fold, nameErrorText, parseRoomName, parseUserName, trim } from './names.js';
+
 const PROTOCOL_VERSION = 1;
 const HISTORY_PAGE = 50;
-const TYPING_REPEAT_MS = 3000;
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 const BOTTOM_SLACK_PX = 48;
 
@@ -24,22 +25,6 @@ function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
-}
-
-/** The server's case folding (lowercase, then NFC). */
-function fold(s) {
-  return s.toLowerCase().normalize('NFC');
-}
-
-/** Compares by code point, like Rust's `str` ordering (JS compares UTF-16 units). */
-function cmpCodePoints(a, b) {
-  const x = [...a];
-  const y = [...b];
-  for (let i = 0; i < Math.min(x.length, y.length); i++) {
-    const d = x[i].codePointAt(0) - y[i].codePointAt(0);
-    if (d !== 0) return d;
-  }
-  return x.length - y.length;
 }
 
 function utf8Length(s) {
@@ -71,32 +56,34 @@ function colorClass(name) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Names: the server's rules (docs/PROTOCOL.md, "Frames"), checked before sending so the
-// user gets an immediate, specific message. The server checks again and has the last word.
+// Names: the server's rules (names.js), checked before sending so the user gets an
+// immediate, specific message. The server checks again and has the last word.
 
-const INVISIBLE =
-  /[\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u202A-\u202E\u2060-\u206F\u2800\u3164\uFEFF\uFFA0\uFFF0-\uFFFB\u{1D173}-\u{1D17A}\u{E0000}-\u{E0FFF}]/u;
-const WHITESPACE = /\p{White_Space}/u;
-const CONTROL = /\p{Cc}/u;
-
-function describeChar(ch) {
-  const cp = ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
-  return INVISIBLE.test(ch) || CONTROL.test(ch) ? `an invisible character (U+${cp})` : `“${ch}”`;
+/**
+ * A name or room typed into a form: `{ value }` (what to send) or `{ error }` (what to
+ * say). Direct rooms (`@a,b`) are not typed: they are opened from a member's name.
+ */
+function checkName(raw, what) {
+  const { max_name_chars: maxName, max_room_chars: maxRoom } = state.limits;
+  if (what === 'name') {
+    const n = parseUserName(raw, maxName);
+    return n.error ? { error: nameErrorText(n.error, 'name', raw) } : { value: n.name };
+  }
+  if (trim(raw).startsWith('@')) return { error: nameErrorText({ error: 'bad_direct' }, 'room', raw) };
+  const r = parseRoomName(raw, maxRoom, maxName);
+  return r.error ? { error: nameErrorText(r.error, 'room', raw) } : { value: r.room };
 }
 
-/** Returns `{ value }` (normalized) or `{ error }`. `what` is "name" or "room". */
-function checkName(raw, what, max) {
-  const value = raw.trim().normalize('NFC');
-  const label = what === 'room' ? 'A room name' : 'A name';
-  if (!value) return { error: what === 'room' ? 'Enter a room name.' : 'Enter a username.' };
-  for (const ch of value) {
-    if (WHITESPACE.test(ch)) return { error: `${label} cannot contain spaces.` };
-    if (ch === '@' || ch === ',') return { error: `${label} cannot contain ${describeChar(ch)}.` };
-    if (CONTROL.test(ch) || INVISIBLE.test(ch)) return { error: `${label} cannot contain ${describeChar(ch)}.` };
+/**
+ * The server's limits (docs/PROTOCOL.md, `welcome`): served in the page (for the login
+ * form) and sent again in every `welcome`. The page has no limits of its own.
+ */
+function pageLimits() {
+  try {
+    return JSON.parse(document.querySelector('meta[name="chat-limits"]').content);
+  } catch {
+    return {}; // not served by chat-axum: the server's replies still explain refusals
   }
-  const count = [...value].length;
-  if (count > max) return { error: `${label} can be at most ${max} characters (this one has ${count}).` };
-  return { value: what === 'room' ? fold(value) : value };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -128,7 +115,7 @@ const store = {
 const state = {
   me: null, // display name from welcome
   meKey: null,
-  limits: { max_name_chars: 32, max_room_chars: 64, max_body_bytes: 4096, typing_expiry_ms: 6000, history_page_max: 1000 },
+  limits: pageLimits(),
   epoch: null, // epoch of the current server history (from welcome)
   ep: 0, // index of that epoch on this page: seqs are compared only within one
   rooms: new Map(), // name -> Room
@@ -1164,8 +1151,9 @@ function resend(p) {
     p.item.node.classList.remove('failed');
     setPendingStatus(p, 'sending…');
   }
-  request(frame, { kind: 'send', clientId: p.clientId });
-  // Not connected: it stays pending and goes out again after the next welcome.
+  // Not welcomed on this connection (offline, or the hello not answered yet): it stays
+  // pending and goes out after the next welcome, as the server refuses commands before it.
+  if (conn.status === 'connected') request(frame, { kind: 'send', clientId: p.clientId });
 }
 
 function setPendingStatus(p, text, actions = false) {
@@ -1249,7 +1237,7 @@ function typingInput() {
   const has = ui.composer.value.trim() !== '';
   const now = Date.now();
   if (has) {
-    if (state.typingSent.room !== room.name || now - state.typingSent.at >= TYPING_REPEAT_MS) {
+    if (state.typingSent.room !== room.name || now - state.typingSent.at >= typingRenewMs()) {
       if (state.typingSent.room && state.typingSent.room !== room.name) stopTyping();
       send({ type: 'typing', room: room.name, active: true });
       state.typingSent = { room: room.name, at: now };
@@ -1257,6 +1245,11 @@ function typingInput() {
   } else {
     stopTyping();
   }
+}
+
+/** Our indicator is renewed at half the server's expiry, so it never lapses mid-draft. */
+function typingRenewMs() {
+  return state.limits.typing_expiry_ms / 2;
 }
 
 function stopTyping() {
@@ -1525,7 +1518,7 @@ function forgetDm(name) {
 }
 
 function joinRoom(raw) {
-  const checked = checkName(raw.startsWith('#') ? raw.slice(1) : raw, 'room', state.limits.max_room_chars);
+  const checked = checkName(raw.startsWith('#') ? raw.slice(1) : raw, 'room');
   if (checked.error) {
     ui.joinError.textContent = checked.error;
     ui.joinRoom.setAttribute('aria-invalid', 'true');
@@ -1546,8 +1539,7 @@ function joinRoom(raw) {
 }
 
 function dmRoomName(peer) {
-  const keys = [state.meKey, fold(peer)].sort(cmpCodePoints);
-  return `@${keys[0]},${keys[1]}`;
+  return directRoom(state.meKey, fold(peer));
 }
 
 function openDm(peer) {
@@ -1640,8 +1632,8 @@ function toggleDrawer(which) {
 
 ui.loginForm.addEventListener('submit', (e) => {
   e.preventDefault();
-  const name = checkName(ui.loginName.value, 'name', state.limits.max_name_chars);
-  const room = checkName(ui.loginRoom.value.replace(/^#/, ''), 'room', state.limits.max_room_chars);
+  const name = checkName(ui.loginName.value, 'name');
+  const room = checkName(ui.loginRoom.value.replace(/^#/, ''), 'room');
   setInvalid(ui.loginName, Boolean(name.error));
   setInvalid(ui.loginRoom, Boolean(room.error));
   if (name.error || room.error) {

@@ -127,7 +127,7 @@ pub fn router(hub: Hub, mut options: RouterOptions) -> Router {
             "chat WebSocket accepts every Origin: any web page can connect as its visitor"
         );
     }
-    let page = options.page;
+    let page = options.page.then(|| page::routes(hub.limits()));
     let state = AppState {
         hub,
         options: Arc::new(options),
@@ -141,8 +141,8 @@ pub fn router(hub: Hub, mut options: RouterOptions) -> Router {
     {
         router = router.route("/echo", get(echo_handler));
     }
-    if page {
-        router = router.merge(page::routes());
+    if let Some(page) = page {
+        router = router.merge(page);
     }
     router.with_state(state)
 }

@@ -1,27 +1,45 @@
 //! The browser chat page, served from the binary with strict security headers.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use chat_core::protocol::Limits;
 
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/chat.js");
+const NAMES: &str = include_str!("../assets/names.js");
 const STYLE: &str = include_str!("../assets/style.css");
 
 /// No inline script or style, no framing, connections only to this origin's WebSocket.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// Where the page takes the server's limits from before its first `welcome` (the login
+/// form checks names against them).
+const LIMITS_META: &str = r#"<meta name="chat-limits" content="">"#;
+
+/// The page's routes. `limits` are the server's (the core `Config`'s): the page carries
+/// them, so it has no limits of its own.
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(limits: &Limits) -> Router<S> {
+    let index: Arc<str> = index_with(limits).into();
     Router::new()
         .route(
             "/",
-            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+            get(move || {
+                let index = index.clone();
+                async move { asset(index.to_string(), "text/html; charset=utf-8") }
+            }),
         )
         .route(
             "/chat.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/names.js",
+            get(|| async { asset(NAMES, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/style.css",
@@ -29,7 +47,24 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
+fn index_with(limits: &Limits) -> String {
+    let json = serde_json::to_string(limits).expect("limits serialize");
+    let attribute = json
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert!(
+        INDEX.contains(LIMITS_META),
+        "index.html has the limits meta tag"
+    );
+    INDEX.replace(
+        LIMITS_META,
+        &format!(r#"<meta name="chat-limits" content="{attribute}">"#),
+    )
+}
+
+fn asset(body: impl IntoResponse, content_type: &'static str) -> Response {
     let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -37,7 +37,7 @@ pub const HELP: &[&str] = &[
     "/rooms            list the rooms on the server",
     "/who              list who is in the current room",
     "/msg USER TEXT    send a direct message",
-    "/history [N]      show N earlier messages of this room (default 50)",
+    "/history [N]      show N earlier messages of this room (default: the server's page)",
     "/help             this help",
     "/quit             leave the chat (also Ctrl-C, or Ctrl-D on an empty line)",
     "Start a message with // to send text that begins with /.",

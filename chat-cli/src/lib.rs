@@ -22,6 +22,7 @@ pub mod net;
 pub mod oneshot;
 pub mod output;
 pub mod plain;
+pub mod requests;
 pub mod sanitize;
 pub mod session;
 pub mod tokens;

@@ -235,7 +235,8 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
     // History pages being fetched (newest first), and live messages held back meanwhile.
     let mut fetching: Option<Fetch> = None;
     let mut held: Vec<Arc<Message>> = Vec::new();
-    let mut page_max = 1000u32;
+    // The server's largest page, from `welcome.limits` (which comes before any request).
+    let mut page_max = u32::MAX;
     if args.count == Some(0) {
         return exit::OK;
     }

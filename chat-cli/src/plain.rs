@@ -9,18 +9,19 @@
 //!
 //! At the end of input it waits until every message is acknowledged, then exits.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use chat_core::client::{ClientEvent, Command, Delivery};
-use chat_core::{ErrorCode, RequestId, RoomName};
+use chat_core::client::{ClientEvent, Command, Delivery, Pacer};
+use chat_core::{ErrorCode, RoomName};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::commands::{self, HELP};
 use crate::exit;
 use crate::output::{clock, plain_in_room};
+use crate::requests::Asked;
 use crate::sanitize::escape;
 use crate::session::{Session, SessionEvent};
 
@@ -35,8 +36,10 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
     let mut out = std::io::stdout().lock();
     let mut room: Option<RoomName> = None;
     let mut queue: VecDeque<String> = VecDeque::new();
-    let mut pacer = Pacer::default();
-    let mut asked: BTreeMap<RequestId, &'static str> = BTreeMap::new();
+    // Paced to the flood control the server announced, so a piped file is not refused.
+    let mut pacer = Pacer::new();
+    let mut paced_until: Option<Instant> = None;
+    let mut asked: Asked<&'static str> = Asked::default();
     let mut eof = false;
     let mut eof_deadline = None;
     let mut code = exit::OK;
@@ -44,9 +47,12 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
         // Send what is queued, as fast as the server's flood control allows.
         while room.is_some() && session.client().limits().is_some() && !queue.is_empty() {
             let limits = session.client().limits().cloned().expect("checked");
-            if !pacer.take(&limits) {
+            if let Err(wait) = pacer.take(&limits, Instant::now().into_std()) {
+                // A server that allows no sends at all: check again now and then.
+                paced_until = Some(Instant::now() + wait.min(Duration::from_secs(60)));
                 break;
             }
+            paced_until = None;
             let line = queue.pop_front().expect("not empty");
             let target = room.clone().expect("checked");
             if command(&mut session, &line, &target, &mut room, &mut asked) == Some(true) {
@@ -87,7 +93,9 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
                     _ => {}
                 }
             }
-            () = pacer.wait(), if !queue.is_empty() && room.is_some() => {}
+            () = sleep_until(paced_until.unwrap_or_else(Instant::now)), if paced_until.is_some() => {
+                paced_until = None;
+            }
             () = sleep_until(eof_deadline.unwrap_or_else(Instant::now)), if eof_deadline.is_some() => {
                 eprintln!(
                     "chat-cli: {} message(s) not acknowledged",
@@ -111,7 +119,7 @@ fn command(
     line: &str,
     target: &RoomName,
     room: &mut Option<RoomName>,
-    asked: &mut BTreeMap<RequestId, &'static str>,
+    asked: &mut Asked<&'static str>,
 ) -> Option<bool> {
     let parsed = match commands::parse(line) {
         Ok(parsed) => parsed,
@@ -135,7 +143,7 @@ fn command(
         commands::Line::Leave(name) => {
             let name = name.unwrap_or_else(|| target.as_str().to_owned());
             session.with(|c| c.leave(&name));
-            if room.as_ref().is_some_and(|r| r.as_str() == name) {
+            if room.is_some() && *room == RoomName::key_of(&name) {
                 // Later lines go to another room this client is in, if any.
                 *room = session
                     .client()
@@ -153,7 +161,7 @@ fn command(
             asked.insert(id, "who");
         }
         commands::Line::History(n) => {
-            let id = session.with(|c| c.history(target.as_str(), None, Some(n.unwrap_or(50))));
+            let id = session.with(|c| c.history(target.as_str(), None, n));
             asked.insert(id, "history");
         }
         commands::Line::Help => {
@@ -171,19 +179,15 @@ fn print_event(
     out: &mut impl Write,
     event: &ClientEvent,
     room: &mut Option<RoomName>,
-    asked: &mut BTreeMap<RequestId, &'static str>,
+    asked: &mut Asked<&'static str>,
     session: &mut Session,
     fallback_name: Option<&str>,
 ) -> Option<i32> {
-    let forget = |asked: &mut BTreeMap<RequestId, &'static str>, id: &Option<RequestId>| {
-        id.and_then(|id| asked.remove(&id))
-    };
+    let answers = asked.answer(event);
     match event {
-        ClientEvent::Joined { id, room: name, .. } => {
-            let asked_for = forget(asked, id).is_some();
-            if room.is_none() || asked_for {
-                *room = Some(name.clone());
-            }
+        // Later lines go to the room joined first, then to each room the user joins.
+        ClientEvent::Joined { room: name, .. } if room.is_none() || answers.is_some() => {
+            *room = Some(name.clone());
         }
         ClientEvent::Message {
             message, delivery, ..
@@ -208,20 +212,17 @@ fn print_event(
                 escape(user.as_str())
             );
         }
-        ClientEvent::History { id, messages, .. } => {
-            forget(asked, id);
+        ClientEvent::History { messages, .. } => {
             for m in messages {
                 let _ = writeln!(out, "{}", plain_in_room(m));
             }
         }
-        ClientEvent::Rooms { id, rooms } => {
-            forget(asked, id);
+        ClientEvent::Rooms { rooms, .. } => {
             for r in rooms {
                 let _ = writeln!(out, "* room {} ({})", escape(r.name.as_str()), r.members);
             }
         }
-        ClientEvent::Members { id, room, members } => {
-            forget(asked, id);
+        ClientEvent::Members { room, members, .. } => {
             let names: Vec<String> = members
                 .iter()
                 .map(|m| escape(m.as_str()).into_owned())
@@ -229,12 +230,11 @@ fn print_event(
             let _ = writeln!(out, "* in {}: {}", escape(room.as_str()), names.join(", "));
         }
         ClientEvent::Rejected {
-            id,
             command,
             code,
             message,
+            ..
         } => {
-            forget(asked, id);
             if *code == ErrorCode::NameTaken
                 && matches!(command, Some(Command::Hello))
                 && let Some(base) = fallback_name
@@ -271,43 +271,4 @@ fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
         }
     });
     rx
-}
-
-/// Paces sends to the server's announced flood control (a token bucket of
-/// `send_burst`, refilled at `sends_per_second`), so a piped file is not refused.
-#[derive(Debug, Default)]
-struct Pacer {
-    tokens: f64,
-    at: Option<Instant>,
-    rate: f64,
-}
-
-impl Pacer {
-    fn take(&mut self, limits: &chat_core::protocol::Limits) -> bool {
-        let now = Instant::now();
-        let burst = f64::from(limits.send_burst.max(1));
-        self.rate = f64::from(limits.sends_per_second.max(1));
-        let tokens = match self.at {
-            None => burst,
-            Some(at) => (self.tokens + now.duration_since(at).as_secs_f64() * self.rate).min(burst),
-        };
-        self.at = Some(now);
-        if tokens >= 1.0 {
-            self.tokens = tokens - 1.0;
-            true
-        } else {
-            self.tokens = tokens;
-            false
-        }
-    }
-
-    async fn wait(&self) {
-        let missing = (1.0 - self.tokens).max(0.0);
-        let delay = if self.rate > 0.0 {
-            Duration::from_secs_f64(missing / self.rate)
-        } else {
-            Duration::from_millis(200)
-        };
-        tokio::time::sleep(delay.max(Duration::from_millis(1))).await;
-    }
 }

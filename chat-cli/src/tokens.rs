@@ -59,7 +59,8 @@ impl TokenCache {
 
     /// The file of a key, and the header (URL and name) that proves it is that key's.
     fn entry(&self, url: &str, name: &str) -> (PathBuf, String) {
-        let header = format!("{url}\t{}\t", fold(name));
+        let key = chat_core::ids::fold(name).replace(['\t', '\n', '\r'], " ");
+        let header = format!("{url}\t{key}\t");
         // FNV-1a: stable across runs and platforms, unlike the std hasher.
         let hash = header.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -82,11 +83,6 @@ impl TokenCache {
     }
 }
 
-/// Names are unique case-insensitively; so are the cache keys.
-fn fold(name: &str) -> String {
-    name.trim().to_lowercase().replace(['\t', '\n', '\r'], " ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +100,27 @@ mod tests {
         assert_eq!(cache.get("ws://a/ws", "alice").as_deref(), Some("t3"));
         assert_eq!(cache.get("ws://b/ws", "alice").as_deref(), Some("t2"));
         assert_eq!(cache.get("ws://a/ws", "bob"), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_name_is_one_key_however_the_server_would_take_it() {
+        // The server's rule (chat_core::ids::fold): NFD and NFC accents, any case.
+        let dir = std::env::temp_dir().join(format!("chat-cli-tokens-nfc-{}", std::process::id()));
+        let cache = TokenCache::at(dir.clone());
+        cache.put("ws://a/ws", "Ale\u{301}x", "t1");
+        assert_eq!(cache.get("ws://a/ws", "AL\u{c9}X").as_deref(), Some("t1"));
+        assert_eq!(cache.get("ws://a/ws", " al\u{e9}x ").as_deref(), Some("t1"));
+        // Different names to the server are different keys.
+        cache.put("ws://a/ws", "STRASSE", "t2");
+        assert_eq!(cache.get("ws://a/ws", "stra\u{df}e"), None);
+        assert_eq!(
+            cache.get(
+                "ws://a/ws",
+                "\u{ff33}\u{ff34}\u{ff32}\u{ff21}\u{ff33}\u{ff33}\u{ff25}"
+            ),
+            None
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -11,13 +11,12 @@
 //! > hello_
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, ClientEvent, Command, Delivery, Phase};
 use chat_core::protocol::Message;
-use chat_core::{ClientMsgId, ErrorCode, RequestId, RoomName, Seq, UserName};
+use chat_core::{ClientMsgId, ErrorCode, RoomName, Seq, UserName};
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::Frame;
@@ -30,13 +29,12 @@ use unicode_width::UnicodeWidthChar;
 use crate::commands::{self, HELP};
 use crate::input::LineEditor;
 use crate::output::clock;
+use crate::requests::Asked;
 use crate::sanitize::{escape, escape_lines};
 use crate::session::SessionEvent;
 
 /// Lines kept per room; older ones are dropped from the screen (`/history` pages back).
 const SCROLLBACK: usize = 5000;
-/// How often a `typing` indicator is renewed while the user keeps typing.
-const TYPING_RENEW: Duration = Duration::from_secs(3);
 /// Below this width the room and member panes are hidden.
 const NARROW: u16 = 60;
 
@@ -100,11 +98,13 @@ enum Conn {
 }
 
 /// What was asked, to place the answer.
-#[derive(Debug, Clone)]
-enum Asked {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
     History,
     Rooms,
     Who,
+    /// A join the user asked for: switch to the room when joined.
+    Join,
 }
 
 /// The state of the interactive screen.
@@ -118,9 +118,7 @@ pub struct App {
     conn: Conn,
     note: Option<String>,
     quit: bool,
-    asked: BTreeMap<RequestId, Asked>,
-    /// Joins the user asked for: switch to the room when joined.
-    switch_on_join: BTreeSet<RequestId>,
+    asked: Asked<Request>,
     /// A direct message the user sent: switch to its room when acked.
     switch_on_ack: Option<ClientMsgId>,
     /// The name to fall back on when the server says it is taken (`None` when the user
@@ -151,8 +149,7 @@ impl App {
             conn: Conn::Connecting(1),
             note: None,
             quit: false,
-            asked: BTreeMap::new(),
-            switch_on_join: BTreeSet::new(),
+            asked: Asked::default(),
             switch_on_ack: None,
             fallback_name,
             typing: None,
@@ -215,6 +212,7 @@ impl App {
     }
 
     fn on_client_event(&mut self, event: &ClientEvent, client: &mut Client) {
+        let answers = self.asked.answer(event);
         match event {
             ClientEvent::Welcome {
                 user,
@@ -234,9 +232,9 @@ impl App {
                     );
                 }
             }
-            ClientEvent::Joined { id, room, gap, .. } => {
+            ClientEvent::Joined { room, gap, .. } => {
                 let index = self.room_index_or_insert(room);
-                if id.is_some_and(|id| self.switch_on_join.remove(&id)) {
+                if answers == Some(Request::Join) {
                     self.switch_to(index);
                 }
                 if *gap {
@@ -279,15 +277,12 @@ impl App {
                 self.switch_to(index);
             }
             ClientEvent::History {
-                id,
                 room,
                 messages,
                 has_more,
+                ..
             } => {
-                if !matches!(
-                    id.and_then(|id| self.asked.remove(&id)),
-                    Some(Asked::History)
-                ) {
+                if answers != Some(Request::History) {
                     return;
                 }
                 let Some(view) = self.rooms.iter_mut().find(|r| &r.name == room) else {
@@ -315,8 +310,8 @@ impl App {
                 view.entries = entries;
                 self.note = Some(format!("{count} earlier messages"));
             }
-            ClientEvent::Rooms { id, rooms } => {
-                if !matches!(id.and_then(|id| self.asked.remove(&id)), Some(Asked::Rooms)) {
+            ClientEvent::Rooms { rooms, .. } => {
+                if answers != Some(Request::Rooms) {
                     return;
                 }
                 let list: Vec<String> = rooms
@@ -325,8 +320,8 @@ impl App {
                     .collect();
                 self.notice(None, format!("rooms: {}", list.join(", ")));
             }
-            ClientEvent::Members { id, room, members } => {
-                if !matches!(id.and_then(|id| self.asked.remove(&id)), Some(Asked::Who)) {
+            ClientEvent::Members { room, members, .. } => {
+                if answers != Some(Request::Who) {
                     return;
                 }
                 let names: Vec<String> = members
@@ -469,7 +464,7 @@ impl App {
     /// second).
     pub fn on_tick(&mut self, client: &mut Client) {
         if let Some((room, since)) = &self.typing
-            && since.elapsed() >= TYPING_RENEW
+            && since.elapsed() >= typing_renew(client)
         {
             let room = room.clone();
             self.typing = Some((room.clone(), Instant::now()));
@@ -509,15 +504,16 @@ impl App {
                 None => self.note = Some("join a room first: /join ROOM".into()),
             },
             commands::Line::Join(room) => {
+                let key = RoomName::key_of(&room);
                 let known = self
                     .rooms
                     .iter()
-                    .position(|r| r.name.as_str() == room.trim().to_lowercase());
+                    .position(|r| Some(&r.name) == key.as_ref());
                 match known {
                     Some(index) => self.switch_to(index),
                     None => {
                         let id = client.join(&room);
-                        self.switch_on_join.insert(id);
+                        self.asked.insert(id, Request::Join);
                     }
                 }
             }
@@ -532,12 +528,12 @@ impl App {
             }
             commands::Line::Rooms => {
                 let id = client.list_rooms();
-                self.asked.insert(id, Asked::Rooms);
+                self.asked.insert(id, Request::Rooms);
             }
             commands::Line::Who => match current {
                 Some(room) => {
                     let id = client.members(room.as_str());
-                    self.asked.insert(id, Asked::Who);
+                    self.asked.insert(id, Request::Who);
                 }
                 None => self.note = Some("not in any room".into()),
             },
@@ -548,8 +544,8 @@ impl App {
             commands::Line::History(n) => match current {
                 Some(room) => {
                     let before = self.rooms[self.current].oldest_seq();
-                    let id = client.history(room.as_str(), before, Some(n.unwrap_or(50)));
-                    self.asked.insert(id, Asked::History);
+                    let id = client.history(room.as_str(), before, n);
+                    self.asked.insert(id, Request::History);
                 }
                 None => self.note = Some("not in any room".into()),
             },
@@ -573,7 +569,7 @@ impl App {
             return;
         }
         let fresh = match &self.typing {
-            Some((r, since)) => *r != room || since.elapsed() >= TYPING_RENEW,
+            Some((r, since)) => *r != room || since.elapsed() >= typing_renew(client),
             None => true,
         };
         if fresh {
@@ -665,6 +661,15 @@ impl App {
             });
         }
     }
+}
+
+/// How often a `typing` indicator is renewed while the user keeps typing: at half the
+/// expiry the server announced, so it never lapses mid-draft. (Before a welcome nothing
+/// is sent.)
+fn typing_renew(client: &Client) -> Duration {
+    client.limits().map_or(Duration::MAX, |l| {
+        Duration::from_millis(l.typing_expiry_ms / 2)
+    })
 }
 
 // --- drawing ---
@@ -1006,6 +1011,52 @@ fn draw_input(frame: &mut Frame, area: Rect, app: &App) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_core::ServerFrame;
+    use chat_core::client::{ClientConfig, ClientOutput};
+
+    /// A screen and a welcomed client in these rooms, the first one shown.
+    fn in_rooms(rooms: &[&str]) -> (App, Client) {
+        let mut client = Client::new(ClientConfig::new("alice", "t"));
+        let mut app = App::new(None);
+        client.connected();
+        client.handle_frame(ServerFrame::Welcome {
+            id: None,
+            version: 1,
+            session: chat_core::SessionId(1),
+            user: UserName::parse("alice", 32).unwrap(),
+            token: None,
+            epoch: "e".into(),
+            limits: chat_core::Config::default().limits(),
+        });
+        for room in rooms {
+            client.handle_frame(ServerFrame::Joined {
+                id: None,
+                room: RoomName::parse(room, 64, 32).unwrap(),
+                members: vec![],
+                messages: vec![],
+                gap: false,
+                last_seq: Seq(0),
+            });
+        }
+        while let Some(output) = client.poll_output() {
+            if let ClientOutput::Event(event) = output {
+                app.on_event(&SessionEvent::Client(event), &mut client);
+            }
+        }
+        (app, client)
+    }
+
+    #[test]
+    fn join_switches_to_a_room_it_is_in_however_the_name_is_typed() {
+        let (mut app, mut client) = in_rooms(&["general", "caf\u{e9}"]);
+        assert_eq!(app.current_room().unwrap().as_str(), "general");
+        app.submit_line("/join CAFE\u{301}", &mut client);
+        assert_eq!(app.current_room().unwrap().as_str(), "caf\u{e9}");
+        assert!(
+            client.poll_output().is_none(),
+            "no join for a room it is in"
+        );
+    }
 
     #[test]
     fn wrapping_keeps_width_and_indents() {

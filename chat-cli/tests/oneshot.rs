@@ -338,6 +338,52 @@ async fn piped_stdin_sends_each_line_and_prints_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_lines_are_paced_to_the_flood_control_the_server_announced() {
+    // A tight flood control (not the client's guess: it comes in `welcome`): 3 at once,
+    // then 20 a second. Piped lines beyond the burst wait instead of being refused.
+    let mut config = common::test_config();
+    config.core.send_rate = chat_core::Rate {
+        burst: 3,
+        per_second: 20,
+    };
+    let server = TestServer::start_with(config).await;
+    let url = server.url();
+    let mut peer = Peer::join(&url, "olga", &["paced"]).await;
+    let mut cmd = cli(&url, "pete");
+    cmd.args(["--room", "paced"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let bodies: Vec<String> = (1..=12).map(|n| format!("line {n}")).collect();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{}\n", bodies.join("\n")).as_bytes())
+            .await
+            .unwrap();
+    }
+    for body in &bodies {
+        let frame = peer
+            .expect(
+                |f| matches!(f, chat_core::ServerFrame::Message(_)),
+                "a message",
+            )
+            .await;
+        let chat_core::ServerFrame::Message(m) = frame else {
+            unreachable!()
+        };
+        assert_eq!(&*m.body, body);
+    }
+    let out = tokio::time::timeout(common::WAIT, child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("rate_limited"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_stops_when_its_reader_goes_away() {
     let server = TestServer::start().await;
     let url = server.url();

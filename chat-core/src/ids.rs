@@ -144,6 +144,15 @@ impl RoomName {
         Ok(RoomName(fold(&name).into()))
     }
 
+    /// The room `raw` names, by the rule of [`RoomName::parse`] without its length limits:
+    /// for matching what a user typed (`"#Café"` less the `#`, `"CAFE\u{301}"`,
+    /// `"@Bob,alice"`) against the rooms the server named. `None` when no room can have
+    /// that name.
+    #[must_use]
+    pub fn key_of(raw: &str) -> Option<RoomName> {
+        RoomName::parse(raw, usize::MAX, usize::MAX).ok()
+    }
+
     /// The direct-message room of two users (order does not matter).
     #[must_use]
     pub fn direct(a: &UserKey, b: &UserKey) -> RoomName {
@@ -172,13 +181,23 @@ impl fmt::Display for RoomName {
     }
 }
 
-fn fold(s: &str) -> String {
+/// The case-insensitive key of a user or room name: trimmed, NFC-normalized, lowercased
+/// (full Unicode lowercase, no locale), then NFC again. Two names are the same user, or the
+/// same public room, exactly when their keys are equal: [`UserName::key`] and the name of
+/// a public [`RoomName`] are this of the validated name. Clients use it to compare what a
+/// user typed with names the server sent, so that they agree with the server on every
+/// name, ASCII or not (`"ÉCOLE"`, `"E\u{301}cole"` and `"école"` are one key;
+/// `"STRASSE"` and `"straße"`, `"ıstanbul"` and `"istanbul"`, fullwidth and ASCII
+/// letters are not). Total: it does not validate (see [`UserName::parse`]).
+#[must_use]
+pub fn fold(raw: &str) -> String {
+    let s = raw.trim();
     // ASCII is already NFC and lowercases to ASCII: the common case, on every command.
     if s.is_ascii() {
         return s.to_ascii_lowercase();
     }
     // Lowercasing can denormalize (e.g. U+0130), so renormalize after folding.
-    s.to_lowercase().nfc().collect()
+    s.nfc().collect::<String>().to_lowercase().nfc().collect()
 }
 
 fn normalize(raw: &str, max_chars: usize, is_room: bool) -> Result<String, NameError> {

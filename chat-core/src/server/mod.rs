@@ -43,6 +43,7 @@ use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
+pub(crate) use limits::TokenBucket;
 pub use outputs::{CloseReason, Event, Output};
 
 use delivery::Delivery;

@@ -1,0 +1,207 @@
+//! What the user asks for: each command gets a request id and goes out now when welcomed,
+//! or waits for the welcome (sends also wait for their ack, and are sent again after a
+//! reconnect until then).
+
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq};
+use crate::protocol::ClientFrame;
+use crate::protocol::{HistoryRequest, JoinRequest, SendRequest};
+
+use super::{Client, ClientEvent, ClientOutput, Command, PendingSend, Phase, Target};
+
+impl Client {
+    /// Joins a room (created on first join), resuming from its cursor when this client
+    /// has one. Returns the request id echoed in [`ClientEvent::Joined`].
+    pub fn join(&mut self, room: &str) -> RequestId {
+        let id = self.request_id();
+        self.joining.insert(id, room.to_owned());
+        self.requests.insert(
+            id,
+            Command::Join {
+                room: room.to_owned(),
+            },
+        );
+        let since = self.cursor_of(room);
+        if self.phase == Phase::Ready {
+            self.transmit(ClientFrame::Join(JoinRequest {
+                id: Some(id),
+                room: room.to_owned(),
+                since,
+            }));
+        }
+        id
+    }
+
+    /// Leaves a room. It is no longer resumed, and its late messages are dropped.
+    pub fn leave(&mut self, room: &str) -> RequestId {
+        let id = self.request_id();
+        self.requests.insert(
+            id,
+            Command::Leave {
+                room: room.to_owned(),
+            },
+        );
+        let key = RoomName::key_of(room);
+        self.joining
+            .retain(|_, r| r != room && (key.is_none() || RoomName::key_of(r) != key));
+        if let Some(name) = self.known_room(room) {
+            self.rooms.remove(&name);
+            self.leaving.insert(name);
+        }
+        if self.phase == Phase::Ready {
+            self.transmit(ClientFrame::Leave {
+                id: Some(id),
+                room: room.to_owned(),
+            });
+        }
+        id
+    }
+
+    /// Posts to a room. Returns the send's client id (echoed in [`ClientEvent::Acked`]).
+    pub fn send_to_room(&mut self, room: &str, body: &str) -> ClientMsgId {
+        self.send(Target::Room(room.to_owned()), body)
+    }
+
+    /// Sends a direct message to a user.
+    pub fn send_to_user(&mut self, user: &str, body: &str) -> ClientMsgId {
+        self.send(Target::User(user.to_owned()), body)
+    }
+
+    /// Posts a message. It is sent now when welcomed, otherwise after the next welcome,
+    /// and again after every reconnect until it is acknowledged or rejected.
+    pub fn send(&mut self, target: Target, body: &str) -> ClientMsgId {
+        let n = self.next_send;
+        self.next_send += 1;
+        let client_id: ClientMsgId = format!("{}-{n}", self.config.client_id_prefix).into();
+        self.pending.insert(
+            n,
+            PendingSend {
+                client_id: client_id.clone(),
+                target,
+                body: body.to_owned(),
+                request: None,
+            },
+        );
+        if self.phase == Phase::Ready {
+            self.transmit_pending(n);
+        }
+        client_id
+    }
+
+    /// Asks for a page of history: the newest `limit` messages before `before`.
+    pub fn history(&mut self, room: &str, before: Option<Seq>, limit: Option<u32>) -> RequestId {
+        let id = self.request_id();
+        self.requests.insert(
+            id,
+            Command::History {
+                room: room.to_owned(),
+            },
+        );
+        if self.phase == Phase::Ready {
+            self.transmit(ClientFrame::History(HistoryRequest {
+                id: Some(id),
+                room: room.to_owned(),
+                before,
+                limit,
+            }));
+        }
+        id
+    }
+
+    /// Asks for the room list.
+    pub fn list_rooms(&mut self) -> RequestId {
+        let id = self.request_id();
+        self.requests.insert(id, Command::Rooms);
+        if self.phase == Phase::Ready {
+            self.transmit(ClientFrame::Rooms { id: Some(id) });
+        }
+        id
+    }
+
+    /// Asks who is in a room.
+    pub fn members(&mut self, room: &str) -> RequestId {
+        let id = self.request_id();
+        self.requests.insert(
+            id,
+            Command::Members {
+                room: room.to_owned(),
+            },
+        );
+        if self.phase == Phase::Ready {
+            self.transmit(ClientFrame::Members {
+                id: Some(id),
+                room: room.to_owned(),
+            });
+        }
+        id
+    }
+
+    /// Says this user is (or stopped) typing in a room. Dropped when not connected:
+    /// typing is ephemeral.
+    pub fn typing(&mut self, room: &str, active: bool) {
+        if self.phase == Phase::Ready {
+            self.transmit(ClientFrame::Typing {
+                room: room.to_owned(),
+                active,
+            });
+        }
+    }
+
+    /// The next thing for the driver to do, in order.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub(super) fn request_id(&mut self) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    pub(super) fn transmit(&mut self, frame: ClientFrame) {
+        self.outputs.push_back(ClientOutput::Transmit(frame));
+    }
+
+    pub(super) fn event(&mut self, event: ClientEvent) {
+        self.outputs.push_back(ClientOutput::Event(event));
+    }
+
+    pub(super) fn transmit_pending(&mut self, key: u64) {
+        let id = self.request_id();
+        let Some(p) = self.pending.get_mut(&key) else {
+            return;
+        };
+        p.request = Some(id);
+        let (room, to) = match &p.target {
+            Target::Room(room) => (Some(room.clone()), None),
+            Target::User(user) => (None, Some(user.clone())),
+        };
+        let frame = ClientFrame::Send(SendRequest {
+            id: Some(id),
+            room,
+            to,
+            body: p.body.clone(),
+            client_id: Some(p.client_id.clone()),
+        });
+        self.requests.insert(
+            id,
+            Command::Send {
+                client_id: p.client_id.clone(),
+                target: p.target.clone(),
+                body: p.body.clone(),
+            },
+        );
+        self.transmit(frame);
+    }
+
+    /// The room this raw name refers to (by the server's rule), if the client knows it.
+    pub(super) fn known_room(&self, raw: &str) -> Option<RoomName> {
+        RoomName::key_of(raw).filter(|name| self.rooms.contains_key(name))
+    }
+
+    pub(super) fn cursor_of(&self, raw: &str) -> Option<Seq> {
+        self.known_room(raw)
+            .and_then(|name| self.rooms.get(&name))
+            .and_then(|s| s.cursor)
+    }
+}

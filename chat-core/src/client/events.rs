@@ -1,0 +1,237 @@
+//! What a [`Client`](super::Client) gives its driver: frames to write and events to act on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, UserName};
+use crate::protocol::{ClientFrame, ErrorCode, Limits, Message, RoomInfo};
+
+/// Something for the driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOutput {
+    /// Write this frame to the current connection.
+    Transmit(ClientFrame),
+    /// Tell the user (or the script) about this.
+    Event(ClientEvent),
+}
+
+/// How a message reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Posted while this client was in the room.
+    Live,
+    /// Missed while disconnected, delivered by a resume (`join` with `since`).
+    CatchUp,
+    /// Recent history sent with a first join: posted before this client came.
+    Backlog,
+}
+
+/// The command an error frame refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// The `hello`.
+    Hello,
+    /// A `join` of this room (as the user typed it).
+    Join {
+        /// The room name as given.
+        room: String,
+    },
+    /// A `leave`.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// A `send`; it is no longer pending.
+    Send {
+        /// Its client id.
+        client_id: ClientMsgId,
+        /// Where it went.
+        target: Target,
+        /// Its text.
+        body: String,
+    },
+    /// A `history` request.
+    History {
+        /// The room.
+        room: String,
+    },
+    /// A `rooms` request.
+    Rooms,
+    /// A `members` request.
+    Members {
+        /// The room.
+        room: String,
+    },
+}
+
+/// Where a send goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A room (as given; the server normalizes it).
+    Room(String),
+    /// A user: a direct message.
+    User(String),
+}
+
+/// What happened, in the order the server said it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server accepted the `hello`.
+    Welcome {
+        /// This client's user name, as the server normalized it.
+        user: UserName,
+        /// True when this is not the first welcome (a reconnect).
+        resumed: bool,
+        /// True when the server's history epoch changed since the last welcome: seqs
+        /// restarted, cursors were dropped and earlier messages may be missing.
+        epoch_changed: bool,
+        /// The server's limits.
+        limits: Limits,
+    },
+    /// This client is in a room (a reply to `join`, or to `hello`). The room's new
+    /// messages follow as [`ClientEvent::Message`].
+    Joined {
+        /// The join's request id (`None` for rooms joined by `hello`).
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomName,
+        /// Who is in it.
+        members: Vec<UserName>,
+        /// True when the server could not send everything after this client's cursor:
+        /// some messages are missing before the ones that follow.
+        gap: bool,
+        /// The room's latest seq when it was joined: later messages are live; a
+        /// `history` page `before` the next seq holds the earlier ones.
+        last_seq: Seq,
+    },
+    /// This client left a room.
+    Left {
+        /// The leave's request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomName,
+    },
+    /// A room message this client has not seen before.
+    Message {
+        /// The message.
+        message: Arc<Message>,
+        /// How it arrived.
+        delivery: Delivery,
+        /// Whether this client's user wrote it.
+        own: bool,
+    },
+    /// The server stored a send of this client.
+    Acked {
+        /// The send's request id.
+        id: Option<RequestId>,
+        /// The room (for a direct message, `@a,b`).
+        room: RoomName,
+        /// The message's seq.
+        seq: Seq,
+        /// The send's client id.
+        client_id: Option<ClientMsgId>,
+        /// True when it had been posted already (a resend).
+        duplicate: bool,
+    },
+    /// A page of history (not deduplicated: the caller asked for it).
+    History {
+        /// The request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomName,
+        /// Messages, oldest first.
+        messages: Vec<Arc<Message>>,
+        /// Whether older messages exist.
+        has_more: bool,
+    },
+    /// The room list.
+    Rooms {
+        /// The request id.
+        id: Option<RequestId>,
+        /// The rooms.
+        rooms: Vec<RoomInfo>,
+    },
+    /// A room's member list.
+    Members {
+        /// The request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomName,
+        /// Its users.
+        members: Vec<UserName>,
+    },
+    /// Someone came into a room.
+    UserJoined {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// When.
+        ts: DateTime<Utc>,
+    },
+    /// Someone left a room.
+    UserLeft {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// When.
+        ts: DateTime<Utc>,
+    },
+    /// Someone started or stopped typing.
+    Typing {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// Whether they type.
+        active: bool,
+    },
+    /// The server refused a command.
+    Rejected {
+        /// The command's request id, when it had one.
+        id: Option<RequestId>,
+        /// The command, when the client knows which.
+        command: Option<Command>,
+        /// The stable error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server is going away; reconnect after about `retry_after`.
+    Goodbye {
+        /// Why.
+        reason: String,
+        /// Suggested delay.
+        retry_after: Duration,
+    },
+}
+
+impl ClientEvent {
+    /// The request this event answers: the id the command method returned (`join`,
+    /// `leave`, a send, `history`, `list_rooms`, `members`, or the hello), when the event
+    /// is a reply to one. Drivers match their requests with it.
+    #[must_use]
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            ClientEvent::Joined { id, .. }
+            | ClientEvent::Left { id, .. }
+            | ClientEvent::Acked { id, .. }
+            | ClientEvent::History { id, .. }
+            | ClientEvent::Rooms { id, .. }
+            | ClientEvent::Members { id, .. }
+            | ClientEvent::Rejected { id, .. } => *id,
+            ClientEvent::Welcome { .. }
+            | ClientEvent::Message { .. }
+            | ClientEvent::UserJoined { .. }
+            | ClientEvent::UserLeft { .. }
+            | ClientEvent::Typing { .. }
+            | ClientEvent::Goodbye { .. } => None,
+        }
+    }
+}
