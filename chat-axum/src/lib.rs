@@ -21,6 +21,8 @@
 //!
 //! For a complete server with graceful shutdown use [`serve`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod origin;
 mod page;
 mod socket;
