@@ -295,3 +295,8 @@ pub async fn serve_hub(
     }
     result
 }
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -101,3 +101,8 @@ pub use protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
 pub use server::{
     ApiMisuse, AuthMode, CloseReason, Config, Event, Input, Now, Output, Rate, Server, StoreError,
 };
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(all(doctest, feature = "runtime"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,7 +1,8 @@
 //! Property tests: random interleavings of hello, join, leave, send, resend, direct
 //! messages, typing, history, resume, disconnect, reconnect and time jumps over 4 users,
 //! 8 connection slots and 3 public rooms (plus direct rooms), checked step by step
-//! against a small reference model of DESIGN.md §3.
+//! against a small reference model of the room rules listed below (their reasons are in
+//! docs/ARCHITECTURE.md, "Messages, seq and durability" and "Presence").
 //!
 //! After every step:
 //! - every session received exactly the frames the model predicts, in order: so every
