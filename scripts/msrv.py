@@ -39,7 +39,7 @@ def main():
     verbose = "-v" in sys.argv[1:]
     metadata = json.loads(
         subprocess.run(
-            ["cargo", "metadata", "--format-version", "1", "--all-features", "--locked"],
+            ["cargo", "metadata", "--format-version", "1", "--all-features"],
             check=True,
             stdout=subprocess.PIPE,
         ).stdout

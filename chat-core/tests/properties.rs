@@ -732,24 +732,24 @@ impl Model {
     ) {
         let author = self.display(key);
         let r = self.rooms.get_mut(room).expect("ensured");
-        if let Some(cid) = &client_id {
-            if let Some(seq) = r.client_ids.get(&(key.to_owned(), cid.clone())) {
-                let seq = *seq;
-                assert!(
-                    r.window.iter().any(|m| m.seq == seq),
-                    "model: remembered client ids are in the window"
-                );
-                return self.emit(
-                    sid,
-                    Obs::Ack {
-                        id: Some(id),
-                        room: room.to_owned(),
-                        seq,
-                        client_id: client_id.clone(),
-                        duplicate: true,
-                    },
-                );
-            }
+        if let Some(cid) = &client_id
+            && let Some(seq) = r.client_ids.get(&(key.to_owned(), cid.clone()))
+        {
+            let seq = *seq;
+            assert!(
+                r.window.iter().any(|m| m.seq == seq),
+                "model: remembered client ids are in the window"
+            );
+            return self.emit(
+                sid,
+                Obs::Ack {
+                    id: Some(id),
+                    room: room.to_owned(),
+                    seq,
+                    client_id: client_id.clone(),
+                    duplicate: true,
+                },
+            );
         }
         r.last_seq += 1;
         let seq = r.last_seq;
@@ -1109,10 +1109,10 @@ impl Run {
                 }
             }
             Op::Resend { slot } => {
-                if let Some((slot, sid)) = self.active(*slot) {
-                    if let Some(send) = self.last_send[slot].clone() {
-                        self.send(slot, sid, id, send);
-                    }
+                if let Some((slot, sid)) = self.active(*slot)
+                    && let Some(send) = self.last_send[slot].clone()
+                {
+                    self.send(slot, sid, id, send);
                 }
             }
             Op::Typing { slot, room, active } => {

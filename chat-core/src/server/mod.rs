@@ -1414,19 +1414,19 @@ impl Server {
             .rooms
             .get_mut(room_name)
             .expect("caller ensured the room exists");
-        if let Some(cid) = &client_id {
-            if let Some(seq) = room.lookup_client_id(&key, cid) {
-                if let Some(p) = room.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
-                    p.ackers.push(acker);
-                    return;
-                }
-                if let Some(msg) = room.find(seq).cloned() {
-                    self.ack(&acker, &msg, true);
-                    return;
-                }
-                // No longer held in memory: post it anew rather than leave the sender
-                // without any answer.
+        if let Some(cid) = &client_id
+            && let Some(seq) = room.lookup_client_id(&key, cid)
+        {
+            if let Some(p) = room.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
+                p.ackers.push(acker);
+                return;
             }
+            if let Some(msg) = room.find(seq).cloned() {
+                self.ack(&acker, &msg, true);
+                return;
+            }
+            // No longer held in memory: post it anew rather than leave the sender
+            // without any answer.
         }
         let (seq, ts) = room.stamp(now.utc);
         // Sending ends the author's typing (clients clear it when the message arrives).
