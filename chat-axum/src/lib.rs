@@ -21,6 +21,8 @@
 //!
 //! For a complete server with graceful shutdown use [`serve`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod origin;
 mod page;
 mod socket;
@@ -307,3 +309,8 @@ pub async fn serve_hub(
     }
     result
 }
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

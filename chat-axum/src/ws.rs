@@ -73,8 +73,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 impl Upgrade {
     /// The `101 Switching Protocols` answer, and the connection once hyper has sent it.
     pub(crate) fn accept(self) -> (Response, hyper::upgrade::OnUpgrade) {
-        let accept =
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let accept = accept_key(self.key.as_bytes());
         let mut response = Response::new(axum::body::Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -86,6 +85,16 @@ impl Upgrade {
         );
         (response, self.on_upgrade)
     }
+}
+
+/// `Sec-WebSocket-Accept` for a client's key: base64 of the SHA-1 of the key and the
+/// protocol's GUID (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    use sha1::Digest;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    data_encoding::BASE64.encode(&sha1.finalize())
 }
 
 /// Whether a comma-separated header holds `token` (case-insensitive).

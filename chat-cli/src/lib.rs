@@ -16,6 +16,8 @@
 //! Everything received is shown through [`sanitize`]: other people's text can never
 //! control the terminal.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod commands;
 pub mod input;
 pub mod net;

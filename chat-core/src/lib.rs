@@ -84,6 +84,17 @@
 //!
 //! A room event is serialized once into an [`protocol::Encoded`] (reference-counted
 //! bytes); every recipient's [`Output::Send`] shares it.
+//!
+//! ## Features
+//!
+//! None is on by default: the state machine and the protocol types need no runtime.
+//!
+//! - `runtime`: the `runtime` module, a tokio driver task with the async `Hub` handle,
+//!   the `Store` trait and an in-memory store.
+//! - `sqlite`: `SqliteStore`, a durable store on SQLite (bundled, WAL, group commit);
+//!   implies `runtime`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod client;
 pub mod ids;
@@ -100,3 +111,8 @@ pub use server::{
     ApiMisuse, AuthMode, AuthRefused, CloseReason, Config, Event, Input, Now, Output, Rate, Server,
     StoreError,
 };
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(all(doctest, feature = "runtime"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

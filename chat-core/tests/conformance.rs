@@ -514,10 +514,10 @@ impl Replay<'_> {
     fn cover(&mut self, frame: &Value) {
         if let Some(tag) = frame.get("type").and_then(Value::as_str) {
             self.coverage.server.insert(tag.to_owned());
-            if tag == "error" {
-                if let Some(code) = frame.get("code").and_then(Value::as_str) {
-                    self.coverage.codes.insert(code.to_owned());
-                }
+            if tag == "error"
+                && let Some(code) = frame.get("code").and_then(Value::as_str)
+            {
+                self.coverage.codes.insert(code.to_owned());
             }
         }
     }

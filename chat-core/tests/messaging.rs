@@ -94,10 +94,10 @@ fn a_message_is_encoded_once_and_every_recipient_shares_the_bytes() {
         .unwrap();
     let mut shared = Vec::new();
     while let Some(out) = sim.server.poll_output() {
-        if let chat_core::Output::Send { to, frame } = out {
-            if frame.text().contains(r#""type":"message""#) {
-                shared.push((to, frame));
-            }
+        if let chat_core::Output::Send { to, frame } = out
+            && frame.text().contains(r#""type":"message""#)
+        {
+            shared.push((to, frame));
         }
     }
     let to: Vec<u64> = shared.iter().map(|(to, _)| to.0).collect();

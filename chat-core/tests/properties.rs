@@ -1,7 +1,7 @@
 //! Property tests: random interleavings of hello, join, leave, send, resend, direct
 //! messages, typing, history, resume, disconnect, reconnect and time jumps over 4 users,
 //! 8 connection slots and 3 public rooms (plus direct rooms), checked step by step
-//! against a small reference model of DESIGN.md §3.
+//! against a small reference model of the room semantics (`chat_core::testing`).
 //!
 //! After every step:
 //! - every session received exactly the frames the model predicts, in order: so every

@@ -24,19 +24,19 @@ impl Room {
     ) {
         let durable = env.config.durable;
         let key = author.key();
-        if let Some(cid) = &client_id {
-            if let Some(seq) = self.lookup_client_id(&key, cid) {
-                if let Some(p) = self.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
-                    p.ackers.push(acker);
-                    return;
-                }
-                if let Some(msg) = self.find(seq).cloned() {
-                    env.ack(&acker, &msg, true);
-                    return;
-                }
-                // No longer held in memory: post it anew rather than leave the sender
-                // without any answer.
+        if let Some(cid) = &client_id
+            && let Some(seq) = self.lookup_client_id(&key, cid)
+        {
+            if let Some(p) = self.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
+                p.ackers.push(acker);
+                return;
             }
+            if let Some(msg) = self.find(seq).cloned() {
+                env.ack(&acker, &msg, true);
+                return;
+            }
+            // No longer held in memory: post it anew rather than leave the sender
+            // without any answer.
         }
         let (seq, ts) = self.stamp(now.utc);
         // Sending ends the author's typing (clients clear it when the message arrives).

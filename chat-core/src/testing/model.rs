@@ -1,5 +1,6 @@
 //! The reference model: what every session should receive, step by step, written from
-//! DESIGN.md §3 and docs/PROTOCOL.md without looking at how the server does it.
+//! the room semantics in docs/ARCHITECTURE.md and docs/PROTOCOL.md, without looking at how
+//! the server does it.
 
 use crate::AuthRefused;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -880,16 +881,16 @@ impl Model {
         let author = self.display(key);
         let durable = self.durable();
         let r = self.rooms.get_mut(room).expect("ensured");
-        if let Some(cid) = &client_id {
-            if let Some(seq) = r.client_ids.get(&(key.to_owned(), cid.clone())).copied() {
-                if let Some(p) = r.pending.iter_mut().find(|p| p.msg.seq == seq) {
-                    p.ackers.push((sid, id));
-                    return;
-                }
-                let msg = r.window.iter().find(|m| m.seq == seq).cloned();
-                let msg = msg.expect("model: remembered client ids are pending or in the window");
-                return self.ack(sid, id, room, &msg, true);
+        if let Some(cid) = &client_id
+            && let Some(seq) = r.client_ids.get(&(key.to_owned(), cid.clone())).copied()
+        {
+            if let Some(p) = r.pending.iter_mut().find(|p| p.msg.seq == seq) {
+                p.ackers.push((sid, id));
+                return;
             }
+            let msg = r.window.iter().find(|m| m.seq == seq).cloned();
+            let msg = msg.expect("model: remembered client ids are pending or in the window");
+            return self.ack(sid, id, room, &msg, true);
         }
         r.stamped += 1;
         let seq = r.stamped;

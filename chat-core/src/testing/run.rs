@@ -353,10 +353,10 @@ impl<'h> Run<'h> {
                 }
             }
             Op::Resend { slot } => {
-                if let Some((slot, sid)) = self.active(*slot) {
-                    if let Some(send) = self.last_send[slot].clone() {
-                        self.send(slot, sid, id, send);
-                    }
+                if let Some((slot, sid)) = self.active(*slot)
+                    && let Some(send) = self.last_send[slot].clone()
+                {
+                    self.send(slot, sid, id, send);
                 }
             }
             Op::Burst { slot, room, n } => {

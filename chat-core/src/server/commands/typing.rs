@@ -49,10 +49,10 @@ impl State {
 
     /// A typing indicator's time is up, unless it was renewed since.
     pub(crate) fn on_typing_expired(&mut self, at: Instant, room_name: &RoomName, key: &UserKey) {
-        if let Some((room, mut env)) = self.room_env(room_name) {
-            if room.typing.get(key) == Some(&at) {
-                room.stop_typing(&mut env, key);
-            }
+        if let Some((room, mut env)) = self.room_env(room_name)
+            && room.typing.get(key) == Some(&at)
+        {
+            room.stop_typing(&mut env, key);
         }
     }
 
