@@ -403,7 +403,10 @@ fn a_message_posted_by_the_host_reaches_members() {
 fn direct_rooms_are_listed_to_their_users_with_their_user_counts() {
     let mut sim = four_sessions();
     sim.say(3, json!({"type":"send","id":1,"to":"alice","body":"hi"}));
-    sim.say(1, json!({"type":"send","id":2,"to":"alice","body":"a note"}));
+    sim.say(
+        1,
+        json!({"type":"send","id":2,"to":"alice","body":"a note"}),
+    );
     sim.clear();
 
     sim.say(1, json!({"type":"rooms","id":3}));
@@ -449,7 +452,10 @@ fn direct_rooms_are_listed_to_their_users_with_their_user_counts() {
 #[test]
 fn a_note_to_self_reaches_each_of_the_users_sessions_once() {
     let mut sim = four_sessions();
-    sim.say(1, json!({"type":"send","id":1,"room":"@alice,alice","body":"todo"}));
+    sim.say(
+        1,
+        json!({"type":"send","id":1,"room":"@alice,alice","body":"todo"}),
+    );
     sim.expect_kinds(1, &["message", "ack"]);
     assert_eq!(bodies(&sim.take_messages(2)), ["todo"]);
     sim.expect_nothing(3);
@@ -503,7 +509,10 @@ fn the_host_publish_creates_rooms_only_as_joins_would_except_direct_rooms() {
     sim.hello(2, "bob");
     sim.clear();
     let rooms = sim.server.room_count();
-    assert_eq!(publish(&mut sim, 2, "news", "first"), Err(ErrorCode::RoomNotFound));
+    assert_eq!(
+        publish(&mut sim, 2, "news", "first"),
+        Err(ErrorCode::RoomNotFound)
+    );
     assert_eq!(sim.server.room_count(), rooms);
     assert_eq!(publish(&mut sim, 3, "@alice,bob", "hello you two"), Ok(1));
     assert_eq!(bodies(&sim.take_messages(1)), ["hello you two"]);
