@@ -398,3 +398,123 @@ fn a_message_posted_by_the_host_reaches_members() {
     assert_eq!(again.unwrap().seq, msg.seq);
     sim.expect_nothing(1);
 }
+
+#[test]
+fn direct_rooms_are_listed_to_their_users_with_their_user_counts() {
+    let mut sim = four_sessions();
+    sim.say(3, json!({"type":"send","id":1,"to":"alice","body":"hi"}));
+    sim.say(
+        1,
+        json!({"type":"send","id":2,"to":"alice","body":"a note"}),
+    );
+    sim.clear();
+
+    sim.say(1, json!({"type":"rooms","id":3}));
+    let ServerFrame::Rooms { id, rooms } = sim.take_one(1) else {
+        panic!("a rooms reply");
+    };
+    assert_eq!(id, Some(3));
+    let listed: Vec<(String, usize, bool)> = rooms
+        .iter()
+        .map(|r| (r.name.to_string(), r.members, r.direct))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("@alice,alice".to_owned(), 1, true),
+            ("@alice,bob".to_owned(), 2, true),
+            ("general".to_owned(), 2, false),
+            ("other".to_owned(), 1, false),
+        ]
+    );
+
+    // Carol sees the public rooms only.
+    sim.say(4, json!({"type":"rooms","id":4}));
+    let ServerFrame::Rooms { rooms, .. } = sim.take_one(4) else {
+        panic!("a rooms reply");
+    };
+    let names: Vec<String> = rooms.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, ["general", "other"]);
+
+    // The members of a direct room are its users; of a note to self, the one user.
+    sim.say(1, json!({"type":"members","id":5,"room":"@bob,alice"}));
+    let ServerFrame::Members { members, .. } = sim.take_one(1) else {
+        panic!("a members reply");
+    };
+    assert_eq!(common::names(&members), ["alice", "bob"]);
+    sim.say(1, json!({"type":"members","id":6,"room":"@alice,alice"}));
+    let ServerFrame::Members { members, .. } = sim.take_one(1) else {
+        panic!("a members reply");
+    };
+    assert_eq!(common::names(&members), ["alice"]);
+}
+
+#[test]
+fn a_note_to_self_reaches_each_of_the_users_sessions_once() {
+    let mut sim = four_sessions();
+    sim.say(
+        1,
+        json!({"type":"send","id":1,"room":"@alice,alice","body":"todo"}),
+    );
+    sim.expect_kinds(1, &["message", "ack"]);
+    assert_eq!(bodies(&sim.take_messages(2)), ["todo"]);
+    sim.expect_nothing(3);
+    sim.expect_nothing(4);
+}
+
+#[test]
+fn a_direct_room_named_with_someone_not_online_is_not_created() {
+    let mut sim = four_sessions();
+    sim.say(
+        1,
+        json!({"type":"send","id":3,"room":"@alice,nobody","body":"hello?"}),
+    );
+    sim.expect_error(1, ErrorCode::UserNotFound, Some(3));
+    sim.expect_nothing(2);
+    sim.say(1, json!({"type":"rooms","id":4}));
+    let ServerFrame::Rooms { rooms, .. } = sim.take_one(1) else {
+        panic!("a rooms reply");
+    };
+    assert!(rooms.iter().all(|r| !r.direct), "{rooms:?}");
+}
+
+fn publish(sim: &mut Sim, ticket: u64, room: &str, body: &str) -> Result<u64, ErrorCode> {
+    sim.input(chat_core::Input::Publish {
+        ticket,
+        room: room.into(),
+        user: "bot".into(),
+        body: body.into(),
+        client_id: None,
+    });
+    let (got, result) = sim.published.pop().expect("a publish result");
+    assert_eq!(got, ticket);
+    result.map(|m| m.seq.0)
+}
+
+#[test]
+fn the_host_publish_creates_rooms_only_as_joins_would_except_direct_rooms() {
+    // By default a publish creates a public room, as a join would.
+    let mut sim = four_sessions();
+    let rooms = sim.server.room_count();
+    assert_eq!(publish(&mut sim, 1, "news", "first"), Ok(1));
+    assert_eq!(sim.server.room_count(), rooms + 1);
+
+    // When joins create no rooms, neither does a publish; but the host may start a
+    // direct room, which its users then receive.
+    let mut sim = Sim::with(chat_core::Config {
+        create_rooms_on_join: false,
+        ..chat_core::Config::default()
+    });
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.clear();
+    let rooms = sim.server.room_count();
+    assert_eq!(
+        publish(&mut sim, 2, "news", "first"),
+        Err(ErrorCode::RoomNotFound)
+    );
+    assert_eq!(sim.server.room_count(), rooms);
+    assert_eq!(publish(&mut sim, 3, "@alice,bob", "hello you two"), Ok(1));
+    assert_eq!(bodies(&sim.take_messages(1)), ["hello you two"]);
+    assert_eq!(bodies(&sim.take_messages(2)), ["hello you two"]);
+}

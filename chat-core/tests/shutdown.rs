@@ -229,3 +229,37 @@ fn a_session_that_disconnects_during_the_drain_gets_nothing_more() {
     // Only bob was closed by the drain.
     assert!(sim.log.iter().all(|l| !l.starts_with("close 1 ")));
 }
+
+#[test]
+fn sends_refused_during_the_drain_cost_no_strikes() {
+    // Refusing a send because the server is going away is not the client's fault: a
+    // client that keeps trying (more times than the strike limit) is not closed as a flood.
+    let mut sim = Sim::with(Config {
+        durable: true,
+        max_strikes: 3,
+        ..Config::default()
+    });
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.clear();
+    sim.send(1, 7, "general", "pending");
+    let pending = sim.persists.pop().unwrap();
+    let now = sim.now;
+    sim.server.shutdown(now);
+    sim.drain();
+    for id in 10..15 {
+        sim.send(2, id, "general", "still here?");
+        sim.expect_error(2, ErrorCode::ShuttingDown, Some(id));
+    }
+    assert_eq!(sim.close_reason(2), None, "not closed as a flood");
+    sim.input(Input::Persisted {
+        room: pending.room.clone(),
+        seq: pending.seq,
+        result: Ok(()),
+    });
+    assert_eq!(
+        sim.take(2).iter().map(kind).collect::<Vec<_>>(),
+        ["message", "goodbye"]
+    );
+    assert_eq!(sim.close_reason(2), Some(CloseReason::Shutdown));
+}
