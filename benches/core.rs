@@ -32,6 +32,7 @@
 //! CORE_BENCH_MIN_OF=1 cargo bench --bench core
 //! ```
 
+use chat_core::RequestId;
 use chat_core::protocol::{HelloRequest, JoinRequest, SendRequest};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -112,7 +113,7 @@ impl Fixture {
         }
         assert_eq!(server.session_count() as u64, members);
         let send = ClientFrame::Send(SendRequest {
-            id: Some(1),
+            id: Some(RequestId(1)),
             room: Some("bench".into()),
             to: None,
             body: BODY.into(),
@@ -177,7 +178,7 @@ impl Storm {
             connect(&mut server, now, session, hello);
             while server.poll_output().is_some() {}
             let join = ClientFrame::Join(JoinRequest {
-                id: Some(1),
+                id: Some(RequestId(1)),
                 room: "general".into(),
                 since: None,
             });

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use chat_core::protocol::JoinSpec;
 use chat_core::runtime::{Durability, Hub, HubConfig, MemoryStore, Outbound, SqliteStore, Store};
-use chat_core::{ClientFrame, Config, Rate, ServerFrame};
+use chat_core::{
+    Config, Rate,
+    protocol::{ClientFrame, ServerFrame},
+};
 use hdrhistogram::Histogram;
 
 fn env(name: &str, default: usize) -> usize {
@@ -93,7 +96,7 @@ async fn sender(
             sent_at[sent] = Instant::now();
             inbound
                 .send(ClientFrame::Send(SendRequest {
-                    id: Some(sent as u64),
+                    id: Some(chat_core::RequestId(sent as u64)),
                     room: Some(room.clone()),
                     to: None,
                     body: format!("message {sent} from sender {i}"),
@@ -110,7 +113,7 @@ async fn sender(
                     // The request id, without decoding the whole frame: the harness
                     // should cost little next to the hub it measures.
                     let id = ack_id(bytes).unwrap_or_else(|| match f.decode() {
-                        Ok(ServerFrame::Ack { id: Some(id), .. }) => id,
+                        Ok(ServerFrame::Ack { id: Some(id), .. }) => id.0,
                         other => panic!("unexpected {other:?}"),
                     });
                     assert!(!bytes.windows(16).any(|w| w == br#""duplicate":true"#));

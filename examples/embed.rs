@@ -58,7 +58,7 @@ fn main() {
     chat.say(
         bob,
         ClientFrame::Leave {
-            id: Some(3),
+            id: Some(chat_core::RequestId(3)),
             room: "general".into(),
         },
     );
@@ -175,7 +175,7 @@ fn hello(name: &str) -> ClientFrame {
 
 fn send(id: u64, room: Option<&str>, to: Option<&str>, body: &str) -> ClientFrame {
     ClientFrame::Send(SendRequest {
-        id: Some(id),
+        id: Some(chat_core::RequestId(id)),
         room: room.map(Into::into),
         to: to.map(Into::into),
         body: body.into(),

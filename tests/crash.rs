@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chat_core::ServerFrame;
 use chat_core::protocol::ErrorCode;
+use chat_core::protocol::ServerFrame;
 use common::ServerProcess;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -283,7 +283,7 @@ async fn session(state: &mut ClientState, addr: &str, acks: &watch::Sender<usize
                 duplicate,
                 ..
             } => {
-                if let Some(expected) = dup_checks.remove(cid.as_ref()) {
+                if let Some(expected) = dup_checks.remove(cid.as_str()) {
                     assert!(duplicate, "resent acked {cid} was posted again");
                     assert_eq!(seq.0, expected, "resent acked {cid} got another seq");
                     state.duplicates_checked += 1;
@@ -337,12 +337,12 @@ async fn full_history(addr: &str) -> HashMap<String, Vec<(u64, String, String)>>
                         messages,
                         has_more,
                         ..
-                    } if i == id => break (messages, has_more),
+                    } if i == chat_core::RequestId(id) => break (messages, has_more),
                     ServerFrame::Error {
                         id: Some(i),
                         code,
                         message,
-                    } if i == id => panic!("history: {code:?} {message}"),
+                    } if i == chat_core::RequestId(id) => panic!("history: {code:?} {message}"),
                     _ => {}
                 }
             };

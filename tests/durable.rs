@@ -2,6 +2,7 @@
 //! history, seqs and idempotent sends; a failing store gives `storage_unavailable`, never
 //! an ack, while the server stays up, and sends succeed again once the store recovers.
 
+use chat_core::RequestId;
 use chat_core::protocol::{HelloRequest, HistoryRequest, SendRequest};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
 use chat_core::runtime::{Connection, Durability, Hub, HubConfig, Restored, SqliteStore, Store};
-use chat_core::{ClientFrame, Config, Rate, RoomName, Seq, StoreError};
+use chat_core::{Config, Rate, RoomName, Seq, StoreError, protocol::ClientFrame};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -70,7 +71,7 @@ impl Client {
             .collect::<Vec<_>>();
         let n = rooms.len();
         c.send(ClientFrame::Hello(HelloRequest {
-            id: Some(1),
+            id: Some(RequestId(1)),
             version: 1,
             name: name.into(),
             token: None,
@@ -99,11 +100,11 @@ impl Client {
         self.next_id += 1;
         let id = self.next_id;
         self.send(ClientFrame::Send(SendRequest {
-            id: Some(id),
+            id: Some(chat_core::RequestId(id)),
             room: Some(room.into()),
             to: None,
             body: body.into(),
-            client_id: client_id.map(Arc::from),
+            client_id: client_id.map(chat_core::ClientMsgId::from),
         }))
         .await;
         id
@@ -133,7 +134,7 @@ impl Client {
     async fn answer(&mut self, id: u64) -> ServerFrame {
         self.until(|f| match f {
             ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. }
-                if *i == id =>
+                if *i == chat_core::RequestId(id) =>
             {
                 Some(f.clone())
             }
@@ -159,7 +160,7 @@ impl Client {
             self.next_id += 1;
             let id = self.next_id;
             self.send(ClientFrame::History(HistoryRequest {
-                id: Some(id),
+                id: Some(chat_core::RequestId(id)),
                 room: room.into(),
                 before,
                 limit: Some(7),
@@ -172,8 +173,8 @@ impl Client {
                         messages,
                         has_more,
                         ..
-                    } if *i == id => Some((messages.clone(), *has_more)),
-                    ServerFrame::Error { id: Some(i), .. } if *i == id => {
+                    } if *i == chat_core::RequestId(id) => Some((messages.clone(), *has_more)),
+                    ServerFrame::Error { id: Some(i), .. } if *i == chat_core::RequestId(id) => {
                         panic!("history failed: {f:?}")
                     }
                     _ => None,
@@ -467,7 +468,7 @@ async fn a_failing_store_refuses_sends_keeps_the_server_up_and_recovers() {
         !alice
             .log
             .iter()
-            .any(|f| matches!(f, ServerFrame::Ack { id: Some(i), .. } if refused.contains(i)))
+            .any(|f| matches!(f, ServerFrame::Ack { id: Some(i), .. } if refused.contains(&i.0)))
     );
     let history = carol.full_history("general").await;
     assert_eq!(

@@ -4,11 +4,12 @@
 
 mod common;
 
+use chat_core::RequestId;
 use chat_core::protocol::{HelloRequest, SendRequest};
 use std::time::Duration;
 
 use chat_core::protocol::PROTOCOL_VERSION;
-use chat_core::{ClientFrame, ServerFrame};
+use chat_core::protocol::{ClientFrame, ServerFrame};
 use common::ServerProcess;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -95,7 +96,7 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
     send(
         &mut alice,
         &ClientFrame::Send(SendRequest {
-            id: Some(1),
+            id: Some(RequestId(1)),
             room: Some("general".into()),
             to: None,
             body: "before the restart".into(),
@@ -105,7 +106,11 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
     .await;
     // The message is acknowledged before the signal: nothing is in flight.
     loop {
-        if let ServerFrame::Ack { id: Some(1), .. } = recv(&mut alice).await {
+        if let ServerFrame::Ack {
+            id: Some(RequestId(1)),
+            ..
+        } = recv(&mut alice).await
+        {
             break;
         }
     }

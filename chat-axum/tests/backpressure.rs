@@ -10,7 +10,7 @@ use std::time::Duration;
 use chat_axum::RouterOptions;
 use chat_core::protocol::JoinSpec;
 use chat_core::runtime::{Hub, HubConfig};
-use chat_core::{CloseReason, Seq, ServerFrame};
+use chat_core::{CloseReason, Seq, protocol::ServerFrame};
 use common::{Client, End, TestServer, WAIT, wait_session_closed};
 use tokio::sync::watch;
 use tokio_tungstenite::MaybeTlsStream;

@@ -10,7 +10,10 @@ use std::time::Duration;
 use chat_axum::RouterOptions;
 use chat_core::protocol::JoinSpec;
 use chat_core::runtime::HubConfig;
-use chat_core::{ClientFrame, ErrorCode, Seq, ServerFrame};
+use chat_core::{
+    Seq,
+    protocol::{ClientFrame, ErrorCode, ServerFrame},
+};
 use chrono::{SecondsFormat, Utc};
 use common::{TestServer, as_message, wait_session_closed};
 
@@ -84,7 +87,7 @@ async fn two_users_hello_join_fan_out_ack_and_resend() {
             client_id,
             duplicate,
         } => {
-            assert_eq!(id, Some(10));
+            assert_eq!(id, Some(chat_core::RequestId(10)));
             assert_eq!(room.as_str(), "general");
             assert_eq!(seq, Seq(1));
             assert_eq!(ts, m.ts);
@@ -104,7 +107,7 @@ async fn two_users_hello_join_fan_out_ack_and_resend() {
             ts,
             ..
         } => {
-            assert_eq!(id, Some(11));
+            assert_eq!(id, Some(chat_core::RequestId(11)));
             assert_eq!(seq, Seq(1));
             assert_eq!(ts, m.ts);
             assert!(duplicate, "a resend is marked duplicate");
@@ -172,13 +175,13 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     // The presence list on request.
     carol
         .send(&ClientFrame::Members {
-            id: Some(5),
+            id: Some(chat_core::RequestId(5)),
             room: "general".into(),
         })
         .await;
     match carol.recv().await {
         ServerFrame::Members { id, room, members } => {
-            assert_eq!(id, Some(5));
+            assert_eq!(id, Some(chat_core::RequestId(5)));
             assert_eq!(room.as_str(), "general");
             assert_eq!(names(&members), ["alice", "bob", "carol"]);
         }
@@ -217,7 +220,7 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     // A direct message: both sides get it in the `@alice,bob` room, carol does not.
     alice
         .send(&ClientFrame::Send(SendRequest {
-            id: Some(20),
+            id: Some(chat_core::RequestId(20)),
             room: None,
             to: Some("bob".into()),
             body: "psst".into(),
@@ -233,14 +236,17 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     assert_eq!(*as_message(&alice.recv().await), dm);
     match alice.recv().await {
         ServerFrame::Ack { id, room, seq, .. } => {
-            assert_eq!((id, room.as_str(), seq), (Some(20), "@alice,bob", Seq(1)));
+            assert_eq!(
+                (id, room.as_str(), seq),
+                (Some(chat_core::RequestId(20)), "@alice,bob", Seq(1))
+            );
         }
         other => panic!("expected the DM ack, got {other:?}"),
     }
     // A direct message to nobody online is an error with the request id.
     alice
         .send(&ClientFrame::Send(SendRequest {
-            id: Some(21),
+            id: Some(chat_core::RequestId(21)),
             room: None,
             to: Some("nobody".into()),
             body: "hello?".into(),
@@ -250,7 +256,7 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     assert!(matches!(
         alice.recv().await,
         ServerFrame::Error {
-            id: Some(21),
+            id: Some(chat_core::RequestId(21)),
             code: ErrorCode::UserNotFound,
             ..
         }
@@ -260,12 +266,15 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     // message in general; she gets none (checked through the DM fence below).
     carol
         .send(&ClientFrame::Leave {
-            id: Some(6),
+            id: Some(chat_core::RequestId(6)),
             room: "general".into(),
         })
         .await;
     match carol.recv().await {
-        ServerFrame::Left { id, room } => assert_eq!((id, room.as_str()), (Some(6), "general")),
+        ServerFrame::Left { id, room } => assert_eq!(
+            (id, room.as_str()),
+            (Some(chat_core::RequestId(6)), "general")
+        ),
         other => panic!("expected left, got {other:?}"),
     }
     for c in [&mut alice, &mut bob] {
@@ -281,7 +290,7 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
     // Fence: the next thing carol receives is a DM sent after that room message, so
     // neither the earlier DM between alice and bob nor the room message reached her.
     bob.send(&ClientFrame::Send(SendRequest {
-        id: Some(8),
+        id: Some(chat_core::RequestId(8)),
         room: None,
         to: Some("carol".into()),
         body: "fence".into(),
@@ -383,7 +392,14 @@ async fn resume_after_a_dropped_connection_delivers_the_missed_messages_exactly_
     // Within the grace period the drop was not announced to alice as leave + join.
     let (_, skipped) = alice
         .recv_until("ack of 7", |f| {
-            matches!(f, ServerFrame::Ack { id: Some(7), .. }).then_some(())
+            matches!(
+                f,
+                ServerFrame::Ack {
+                    id: Some(chat_core::RequestId(7)),
+                    ..
+                }
+            )
+            .then_some(())
         })
         .await;
     assert!(

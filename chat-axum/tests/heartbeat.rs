@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use chat_axum::RouterOptions;
 use chat_core::runtime::HubConfig;
-use chat_core::{ClientFrame, Event, ServerFrame};
+use chat_core::{
+    Event,
+    protocol::{ClientFrame, ServerFrame},
+};
 use common::{End, TestServer, WAIT, wait_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,10 +40,17 @@ async fn a_client_that_answers_pings_stays_connected() {
             other => panic!("expected only pings on a quiet connection, got {other:?}"),
         }
     }
-    alice.send(&ClientFrame::Rooms { id: Some(9) }).await;
+    alice
+        .send(&ClientFrame::Rooms {
+            id: Some(chat_core::RequestId(9)),
+        })
+        .await;
     assert!(matches!(
         alice.recv().await,
-        ServerFrame::Rooms { id: Some(9), .. }
+        ServerFrame::Rooms {
+            id: Some(chat_core::RequestId(9)),
+            ..
+        }
     ));
     server.stop_with(vec![alice]).await;
 }

@@ -6,9 +6,13 @@
 mod common;
 
 use chat_axum::RouterOptions;
+use chat_core::RequestId;
 use chat_core::protocol::SendRequest;
 use chat_core::runtime::HubConfig;
-use chat_core::{ClientFrame, ErrorCode, Rate, Seq, ServerFrame};
+use chat_core::{
+    Rate, Seq,
+    protocol::{ClientFrame, ErrorCode, ServerFrame},
+};
 use common::{Client, Closed, TestServer};
 use futures::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +29,7 @@ fn bad_frame(frame: &ServerFrame) -> Option<Option<u64>> {
             message,
         } => {
             assert!(!message.is_empty(), "errors explain themselves");
-            Some(*id)
+            Some(id.map(|i| i.0))
         }
         _ => None,
     }
@@ -69,10 +73,17 @@ async fn malformed_then_still_works(mallory: &mut Client) {
         .await;
     assert_eq!(bad_frame(&reply(mallory).await), Some(None));
     // Still a working session.
-    mallory.send(&ClientFrame::Rooms { id: Some(7) }).await;
+    mallory
+        .send(&ClientFrame::Rooms {
+            id: Some(RequestId(7)),
+        })
+        .await;
     assert!(matches!(
         reply(mallory).await,
-        ServerFrame::Rooms { id: Some(7), .. }
+        ServerFrame::Rooms {
+            id: Some(RequestId(7)),
+            ..
+        }
     ));
 }
 
@@ -103,7 +114,10 @@ async fn flood_until_closed(mallory: &mut Client) -> Closed {
         if mallory
             .ws
             .feed(Message::text(
-                serde_json::to_string(&ClientFrame::Rooms { id: Some(i) }).unwrap(),
+                serde_json::to_string(&ClientFrame::Rooms {
+                    id: Some(chat_core::RequestId(i)),
+                })
+                .unwrap(),
             ))
             .await
             .is_err()
@@ -156,7 +170,7 @@ async fn a_frame_at_the_limit_is_read_and_one_byte_more_is_closed_with_1009() {
     // Exactly the limit: read and judged by the core (the body is over its own limit).
     let body_len = MAX_FRAME - r#"{"type":"send","id":3,"room":"general","body":""}"#.len();
     let send = ClientFrame::Send(SendRequest {
-        id: Some(3),
+        id: Some(RequestId(3)),
         room: Some("general".into()),
         to: None,
         body: "b".repeat(body_len),
@@ -168,7 +182,7 @@ async fn a_frame_at_the_limit_is_read_and_one_byte_more_is_closed_with_1009() {
     assert!(matches!(
         mallory.recv().await,
         ServerFrame::Error {
-            id: Some(3),
+            id: Some(RequestId(3)),
             code: ErrorCode::BodyTooLarge,
             ..
         }

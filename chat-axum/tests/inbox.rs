@@ -8,7 +8,10 @@ mod common;
 use chat_axum::RouterOptions;
 use chat_core::protocol::SendRequest;
 use chat_core::runtime::HubConfig;
-use chat_core::{ClientFrame, Config, Rate, ServerFrame};
+use chat_core::{
+    Config, Rate,
+    protocol::{ClientFrame, ServerFrame},
+};
 use common::{TestServer, WAIT};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -55,7 +58,7 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
             match serde_json::from_str(&text).expect("a server frame") {
                 ServerFrame::Ack { id, .. } => {
                     acks += 1;
-                    assert_eq!(id, Some(acks), "acks in order");
+                    assert_eq!(id, Some(chat_core::RequestId(acks)), "acks in order");
                 }
                 ServerFrame::Message(m) => {
                     messages += 1;
@@ -70,7 +73,7 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
     for burst in 0..SENDS / BURST {
         for i in burst * BURST + 1..=(burst + 1) * BURST {
             let frame = ClientFrame::Send(SendRequest {
-                id: Some(i),
+                id: Some(chat_core::RequestId(i)),
                 room: Some("general".into()),
                 to: None,
                 body: format!("m{i}"),

@@ -9,11 +9,15 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::time::Duration;
 
 use chat_axum::RouterOptions;
 use chat_core::runtime::HubConfig;
-use chat_core::{ClientFrame, Config, Event, Rate, ServerFrame};
+use chat_core::{
+    Config, Event, Rate,
+    protocol::{ClientFrame, ServerFrame},
+};
 use common::{Client, TestServer, as_message};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -47,7 +51,8 @@ fn poster(mut c: Client) -> JoinHandle<Client> {
             tick.tick().await;
             c.say(i, "general", &format!("m{i}"), None).await;
             c.recv_until("ack", |f| {
-                matches!(f, ServerFrame::Ack { id: Some(id), .. } if *id == i).then_some(())
+                matches!(f, ServerFrame::Ack { id: Some(id), .. } if *id == chat_core::RequestId(i))
+                    .then_some(())
             })
             .await;
         }
@@ -244,10 +249,17 @@ async fn a_ping_interval_longer_than_the_idle_timeout_is_capped() {
     }
     assert_pinged_every(&pings, Duration::from_secs(5), start.elapsed());
     // Still served.
-    quiet.send(&ClientFrame::Rooms { id: Some(7) }).await;
+    quiet
+        .send(&ClientFrame::Rooms {
+            id: Some(RequestId(7)),
+        })
+        .await;
     assert!(matches!(
         quiet.recv().await,
-        ServerFrame::Rooms { id: Some(7), .. }
+        ServerFrame::Rooms {
+            id: Some(RequestId(7)),
+            ..
+        }
     ));
     server.stop_with(vec![quiet]).await;
 }

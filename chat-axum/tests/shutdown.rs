@@ -4,7 +4,8 @@
 mod common;
 
 use chat_axum::RouterOptions;
-use chat_core::ServerFrame;
+use chat_core::RequestId;
+use chat_core::protocol::ServerFrame;
 use chat_core::runtime::HubConfig;
 use common::{End, TestServer};
 
@@ -17,8 +18,8 @@ async fn shutdown_says_goodbye_closes_with_1012_and_waits_for_every_task() {
     }
     // One in another room, one that never said hello.
     let mut dave = server.user("dave").await;
-    dave.send(&chat_core::ClientFrame::Leave {
-        id: Some(2),
+    dave.send(&chat_core::protocol::ClientFrame::Leave {
+        id: Some(RequestId(2)),
         room: "general".into(),
     })
     .await;
@@ -26,9 +27,9 @@ async fn shutdown_says_goodbye_closes_with_1012_and_waits_for_every_task() {
         matches!(f, ServerFrame::Left { .. }).then_some(())
     })
     .await;
-    dave.send(&chat_core::ClientFrame::Join(
+    dave.send(&chat_core::protocol::ClientFrame::Join(
         chat_core::protocol::JoinRequest {
-            id: Some(3),
+            id: Some(RequestId(3)),
             room: "elsewhere".into(),
             since: None,
         },

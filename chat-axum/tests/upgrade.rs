@@ -4,7 +4,7 @@
 
 mod common;
 
-use chat_core::ServerFrame;
+use chat_core::protocol::ServerFrame;
 use common::{TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

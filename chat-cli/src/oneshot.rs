@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chat_core::client::{ClientEvent, Command, Delivery};
 use chat_core::protocol::Message;
-use chat_core::{ClientMsgId, ErrorCode, RequestId, RoomName, Seq};
+use chat_core::{ClientMsgId, RequestId, RoomName, Seq, protocol::ErrorCode};
 use tokio::time::{Instant, sleep_until};
 
 use crate::exit;

@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use chat_core::client::{ClientEvent, Command, Delivery, Pacer};
-use chat_core::{ErrorCode, RoomName};
+use chat_core::client::{ClientEvent, Command, Delivery, Pacer, Target};
+use chat_core::{RoomName, protocol::ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
@@ -39,20 +39,33 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
     // Paced to the flood control the server announced, so a piped file is not refused.
     let mut pacer = Pacer::new();
     let mut paced_until: Option<Instant> = None;
+    // A send the server still refused as rate limited (its clock and ours never agree
+    // to the millisecond): sent again before anything else, so lines keep their order.
+    let mut retry: Option<(Target, String)> = None;
     let mut asked: Asked<&'static str> = Asked::default();
     let mut eof = false;
     let mut eof_deadline = None;
     let mut code = exit::OK;
     loop {
-        // Send what is queued, as fast as the server's flood control allows.
-        while room.is_some() && session.client().limits().is_some() && !queue.is_empty() {
+        // Send what is queued, as fast as the server's flood control allows, one line
+        // at a time: the next goes once the last is acknowledged, so a refusal can be
+        // retried in order.
+        while room.is_some()
+            && session.client().limits().is_some()
+            && (retry.is_some() || !queue.is_empty())
+            && session.client().pending_sends() == 0
+            && paced_until.is_none()
+        {
             let limits = session.client().limits().cloned().expect("checked");
             if let Err(wait) = pacer.take(&limits, Instant::now().into_std()) {
                 // A server that allows no sends at all: check again now and then.
                 paced_until = Some(Instant::now() + wait.min(Duration::from_secs(60)));
                 break;
             }
-            paced_until = None;
+            if let Some((target, body)) = retry.take() {
+                session.with(|c| c.send(target, &body));
+                continue;
+            }
             let line = queue.pop_front().expect("not empty");
             let target = room.clone().expect("checked");
             if command(&mut session, &line, &target, &mut room, &mut asked) == Some(true) {
@@ -60,7 +73,12 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
                 eof = true;
             }
         }
-        if eof && queue.is_empty() && session.client().pending_sends() == 0 && asked.is_empty() {
+        if eof
+            && queue.is_empty()
+            && retry.is_none()
+            && session.client().pending_sends() == 0
+            && asked.is_empty()
+        {
             break;
         }
         if eof && eof_deadline.is_none() {
@@ -84,6 +102,20 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
                             escape(&reason),
                             retry_in.as_secs_f32()
                         );
+                    }
+                    SessionEvent::Client(ClientEvent::Rejected {
+                        code: ErrorCode::RateLimited,
+                        command: Some(Command::Send { target, body, .. }),
+                        ..
+                    }) => {
+                        // Not posted: send it again once the server's bucket has a token.
+                        let per_second = session
+                            .client()
+                            .limits()
+                            .map_or(1, |l| l.sends_per_second.max(1));
+                        let wait = Duration::from_millis(1000 / u64::from(per_second) + 1);
+                        paced_until = Some(Instant::now() + wait);
+                        retry = Some((target, body));
                     }
                     SessionEvent::Client(event) => {
                         if let Some(c) = print_event(&mut out, &event, &mut room, &mut asked, &mut session, fallback_name.as_deref()) {

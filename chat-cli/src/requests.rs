@@ -43,7 +43,7 @@ impl<T> Asked<T> {
 mod tests {
     use super::*;
     use chat_core::client::{Client, ClientConfig, ClientOutput};
-    use chat_core::{ErrorCode, ServerFrame};
+    use chat_core::protocol::{ErrorCode, ServerFrame};
 
     #[test]
     fn replies_and_refusals_answer_their_request_once() {

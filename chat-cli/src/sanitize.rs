@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 #[must_use]
 pub fn is_unsafe(c: char) -> bool {
     c.is_control()
-        || chat_core::ids::is_invisible(c)
+        || chat_core::is_invisible(c)
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FFF9}'..='\u{FFFB}')
 }
 

@@ -59,7 +59,7 @@ impl TokenCache {
 
     /// The file of a key, and the header (URL and name) that proves it is that key's.
     fn entry(&self, url: &str, name: &str) -> (PathBuf, String) {
-        let key = chat_core::ids::fold(name).replace(['\t', '\n', '\r'], " ");
+        let key = chat_core::fold(name).replace(['\t', '\n', '\r'], " ");
         let header = format!("{url}\t{key}\t");
         // FNV-1a: stable across runs and platforms, unlike the std hasher.
         let hash = header.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_name_is_one_key_however_the_server_would_take_it() {
-        // The server's rule (chat_core::ids::fold): NFD and NFC accents, any case.
+        // The server's rule (chat_core::fold): NFD and NFC accents, any case.
         let dir = std::env::temp_dir().join(format!("chat-cli-tokens-nfc-{}", std::process::id()));
         let cache = TokenCache::at(dir.clone());
         cache.put("ws://a/ws", "Ale\u{301}x", "t1");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, ClientEvent, Command, Delivery, Phase};
 use chat_core::protocol::Message;
-use chat_core::{ClientMsgId, ErrorCode, RoomName, Seq, UserName};
+use chat_core::{ClientMsgId, RoomName, Seq, UserName, protocol::ErrorCode};
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::Frame;
@@ -1011,8 +1011,8 @@ fn draw_input(frame: &mut Frame, area: Rect, app: &App) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_core::ServerFrame;
     use chat_core::client::{ClientConfig, ClientOutput};
+    use chat_core::protocol::ServerFrame;
 
     /// A screen and a welcomed client in these rooms, the first one shown.
     fn in_rooms(rooms: &[&str]) -> (App, Client) {

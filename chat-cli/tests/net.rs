@@ -5,12 +5,13 @@
 
 mod common;
 
+use chat_core::RequestId;
 use chat_core::protocol::{HelloRequest, SendRequest};
 use std::time::Duration;
 
 use chat_cli::net::{Net, NetEvent, NetOptions, Reconnect};
 use chat_core::protocol::PROTOCOL_VERSION;
-use chat_core::{ClientFrame, ServerFrame};
+use chat_core::protocol::{ClientFrame, ServerFrame};
 use common::TestServer;
 use futures::SinkExt;
 use tokio::time::{Instant, timeout};
@@ -39,7 +40,7 @@ async fn a_healthy_connection_in_a_quiet_room_is_never_taken_for_dead() {
     net.send(
         generation,
         ClientFrame::Hello(HelloRequest {
-            id: Some(1),
+            id: Some(RequestId(1)),
             version: PROTOCOL_VERSION,
             name: "quiet".into(),
             token: None,
@@ -60,10 +61,19 @@ async fn a_healthy_connection_in_a_quiet_room_is_never_taken_for_dead() {
         panic!("{event:?} after {:?} of quiet", start.elapsed());
     }
     // Still connected: a request is answered.
-    net.send(generation, ClientFrame::Rooms { id: Some(2) });
+    net.send(
+        generation,
+        ClientFrame::Rooms {
+            id: Some(RequestId(2)),
+        },
+    );
     match next(&mut net, Duration::from_secs(10)).await {
         Some(NetEvent::Frame {
-            frame: ServerFrame::Rooms { id: Some(2), .. },
+            frame:
+                ServerFrame::Rooms {
+                    id: Some(RequestId(2)),
+                    ..
+                },
             ..
         }) => {}
         other => panic!("expected the rooms answer, got {other:?}"),
@@ -94,7 +104,7 @@ async fn a_stuck_send_does_not_stop_reading_or_the_dead_server_check() {
         for i in 0..FRAMES {
             tick.tick().await;
             let frame = ServerFrame::Rooms {
-                id: Some(i as u64),
+                id: Some(chat_core::RequestId(i as u64)),
                 rooms: vec![],
             };
             let text = serde_json::to_string(&frame).unwrap();
@@ -118,7 +128,7 @@ async fn a_stuck_send_does_not_stop_reading_or_the_dead_server_check() {
         net.send(
             generation,
             ClientFrame::Send(SendRequest {
-                id: Some(i),
+                id: Some(RequestId(i)),
                 room: Some("general".into()),
                 to: None,
                 body: body.clone(),
@@ -132,7 +142,7 @@ async fn a_stuck_send_does_not_stop_reading_or_the_dead_server_check() {
             Some(NetEvent::Frame {
                 frame: ServerFrame::Rooms { id, .. },
                 ..
-            }) => assert_eq!(id, Some(i as u64)),
+            }) => assert_eq!(id, Some(chat_core::RequestId(i as u64))),
             other => panic!("expected frame {i} while the sends are stuck, got {other:?}"),
         }
         last = Instant::now();

@@ -66,7 +66,7 @@ async fn tail_prints_plain_lines_with_time_and_author() {
     let mut tail = Running::spawn(tail);
     // Wait until tail is in the room before posting (its join is announced to carol).
     peer.expect(
-        |f| matches!(f, chat_core::ServerFrame::UserJoined { user, .. } if user.as_str() == "dave"),
+        |f| matches!(f, chat_core::protocol::ServerFrame::UserJoined { user, .. } if user.as_str() == "dave"),
         "dave joins",
     )
     .await;
@@ -318,11 +318,11 @@ async fn piped_stdin_sends_each_line_and_prints_events() {
     for body in ["first line", "second line"] {
         let frame = peer
             .expect(
-                |f| matches!(f, chat_core::ServerFrame::Message(_)),
+                |f| matches!(f, chat_core::protocol::ServerFrame::Message(_)),
                 "a message",
             )
             .await;
-        let chat_core::ServerFrame::Message(m) = frame else {
+        let chat_core::protocol::ServerFrame::Message(m) = frame else {
             unreachable!()
         };
         assert_eq!((m.user.as_str(), &*m.body), ("nick", body));
@@ -365,11 +365,11 @@ async fn piped_lines_are_paced_to_the_flood_control_the_server_announced() {
     for body in &bodies {
         let frame = peer
             .expect(
-                |f| matches!(f, chat_core::ServerFrame::Message(_)),
+                |f| matches!(f, chat_core::protocol::ServerFrame::Message(_)),
                 "a message",
             )
             .await;
-        let chat_core::ServerFrame::Message(m) = frame else {
+        let chat_core::protocol::ServerFrame::Message(m) = frame else {
             unreachable!()
         };
         assert_eq!(&*m.body, body);
@@ -393,7 +393,7 @@ async fn tail_stops_when_its_reader_goes_away() {
     let mut child = tail.spawn().expect("spawn");
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
     peer.expect(
-        |f| matches!(f, chat_core::ServerFrame::UserJoined { user, .. } if user.as_str() == "pete"),
+        |f| matches!(f, chat_core::protocol::ServerFrame::UserJoined { user, .. } if user.as_str() == "pete"),
         "pete joins",
     )
     .await;

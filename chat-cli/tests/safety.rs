@@ -21,20 +21,20 @@ async fn tail_and_history_show_escape_sequences_escaped() {
 
     let mut mallory = Peer::join(&url, "mallory", &["general"]).await;
     // Both tails are in the room once mallory has seen them arrive (or they were first).
-    let members = |f: &chat_core::ServerFrame| match f {
-        chat_core::ServerFrame::Members { members, .. } => members.len() == 3,
+    let members = |f: &chat_core::protocol::ServerFrame| match f {
+        chat_core::protocol::ServerFrame::Members { members, .. } => members.len() == 3,
         _ => false,
     };
     loop {
         mallory
-            .send_frame(&chat_core::ClientFrame::Members {
+            .send_frame(&chat_core::protocol::ClientFrame::Members {
                 id: None,
                 room: "general".into(),
             })
             .await;
         let frame = mallory
             .expect(
-                |f| matches!(f, chat_core::ServerFrame::Members { .. }),
+                |f| matches!(f, chat_core::protocol::ServerFrame::Members { .. }),
                 "members",
             )
             .await;
@@ -43,7 +43,7 @@ async fn tail_and_history_show_escape_sequences_escaped() {
         }
         mallory
             .expect(
-                |f| matches!(f, chat_core::ServerFrame::UserJoined { .. }),
+                |f| matches!(f, chat_core::protocol::ServerFrame::UserJoined { .. }),
                 "a tail joining",
             )
             .await;

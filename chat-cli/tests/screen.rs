@@ -6,8 +6,9 @@ mod common;
 use chat_cli::net::{NetOptions, Reconnect};
 use chat_cli::session::Session;
 use chat_cli::ui::{self, App};
+use chat_core::RequestId;
 use chat_core::client::ClientConfig;
-use chat_core::{ClientFrame, ServerFrame};
+use chat_core::protocol::{ClientFrame, ServerFrame};
 use common::{HOSTILE, Peer, TestServer, WAIT, has_raw_controls, hub_with_store};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
@@ -175,7 +176,7 @@ async fn a_conversation_with_members_typing_and_the_input_line() {
         .await;
     alice
         .send_frame(&ClientFrame::Leave {
-            id: Some(99),
+            id: Some(RequestId(99)),
             room: "general".into(),
         })
         .await;

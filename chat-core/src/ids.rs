@@ -39,11 +39,69 @@ impl fmt::Display for Seq {
     }
 }
 
-/// A client's own id for a message it sends, making the send idempotent.
-pub type ClientMsgId = Arc<str>;
+/// A client's own id for a message it sends, making the send idempotent: a resend with
+/// the same id is acked with the original seq instead of posted again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientMsgId(Arc<str>);
+
+impl ClientMsgId {
+    /// The id as a string.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ClientMsgId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ClientMsgId {
+    fn from(s: &str) -> ClientMsgId {
+        ClientMsgId(s.into())
+    }
+}
+
+impl From<String> for ClientMsgId {
+    fn from(s: String) -> ClientMsgId {
+        ClientMsgId(s.into())
+    }
+}
+
+impl fmt::Display for ClientMsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A request id chosen by the client; echoed in the reply or error for that request.
-pub type RequestId = u64;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    /// The id after this one, for clients numbering their requests.
+    #[must_use]
+    pub fn next(self) -> RequestId {
+        RequestId(self.0.wrapping_add(1))
+    }
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> RequestId {
+        RequestId(n)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Why a name or room name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -97,7 +97,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod client;
-pub mod ids;
+mod ids;
 pub mod protocol;
 #[cfg(feature = "runtime")]
 pub mod runtime;
@@ -105,8 +105,10 @@ mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use ids::{ClientMsgId, NameError, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
-pub use protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
+pub use ids::{
+    ClientMsgId, NameError, RequestId, RoomName, Seq, SessionId, UserKey, UserName, fold,
+    is_invisible,
+};
 pub use server::{
     ApiMisuse, AuthMode, AuthRefused, CloseReason, Config, Event, Input, Now, Output, Rate, Server,
     StoreError,

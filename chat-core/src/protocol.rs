@@ -515,7 +515,7 @@ impl Encoded {
         out.extend_from_slice(br#"{"type":"joined""#);
         if let Some(id) = id {
             out.extend_from_slice(br#","id":"#);
-            out.extend_from_slice(itoa(id, &mut [0; 20]));
+            out.extend_from_slice(itoa(id.0, &mut [0; 20]));
         }
         out.extend_from_slice(br#","room":"#);
         serde_json::to_writer(&mut out, room.as_str()).expect("a string always serializes");

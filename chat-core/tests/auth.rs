@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, ServerFrame};
@@ -43,7 +44,7 @@ fn the_host_decides_who_a_session_is() {
         ServerFrame::Welcome {
             id, user, token, ..
         } => {
-            assert_eq!(*id, Some(1));
+            assert_eq!(*id, Some(RequestId(1)));
             assert_eq!(user.as_str(), "alice");
             assert_eq!(*token, None, "no anonymous token in host mode");
         }

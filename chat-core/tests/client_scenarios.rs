@@ -20,7 +20,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chat_core::client::{Client, ClientConfig, ClientOutput};
-use chat_core::{ClientFrame, ClientMsgId, Config, RequestId, ServerFrame};
+use chat_core::{
+    ClientMsgId, Config, RequestId,
+    protocol::{ClientFrame, ServerFrame},
+};
 use serde_json::{Value, json};
 
 const TS: &str = "2026-01-02T03:04:05Z";

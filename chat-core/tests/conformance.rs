@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use chat_core::protocol::{self, ClientFrame, ServerFrame};
 use chat_core::{
-    AuthMode, Config, ErrorCode, Input, Now, Output, Rate, RoomName, Seq, Server, SessionId,
-    StoreError,
+    AuthMode, Config, Input, Now, Output, Rate, RoomName, Seq, Server, SessionId, StoreError,
+    protocol::ErrorCode,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use chat_core::protocol::{self, ErrorCode, ServerFrame};
 use chat_core::{Config, SessionId};
 use common::{Sim, names, room};
@@ -29,7 +30,10 @@ fn bob_unaffected(sim: &mut Sim) {
             &frames[..],
             [
                 ServerFrame::Message(_),
-                ServerFrame::Ack { id: Some(77), .. }
+                ServerFrame::Ack {
+                    id: Some(RequestId(77)),
+                    ..
+                }
             ]
         ),
         "{frames:?}"
@@ -326,7 +330,7 @@ proptest! {
         sim.send(1, 77, "general", "still here");
         let got = sim.take(1);
         prop_assert!(
-            got.iter().any(|f| matches!(f, ServerFrame::Ack { id: Some(77), .. })),
+            got.iter().any(|f| matches!(f, ServerFrame::Ack { id: Some(RequestId(77)), .. })),
             "{:?}", got
         );
         let members = sim.server.members(&room("general")).unwrap();

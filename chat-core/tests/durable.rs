@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::sync::Arc;
 
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
@@ -65,7 +66,7 @@ fn nothing_is_delivered_or_acked_until_the_store_confirms() {
     assert!(matches!(
         &frames[1],
         ServerFrame::Ack {
-            id: Some(3),
+            id: Some(RequestId(3)),
             seq: Seq(1),
             duplicate: false,
             ..
@@ -117,7 +118,7 @@ fn a_store_failure_is_reported_nothing_is_delivered_and_a_resend_works() {
         &frames[1],
         ServerFrame::Ack {
             duplicate: false,
-            id: Some(4),
+            id: Some(RequestId(4)),
             ..
         }
     ));
@@ -138,7 +139,7 @@ fn a_failure_does_not_hold_back_later_committed_messages() {
         &alice[0],
         ServerFrame::Error {
             code: ErrorCode::StorageUnavailable,
-            id: Some(1),
+            id: Some(RequestId(1)),
             ..
         }
     ));
@@ -165,13 +166,13 @@ fn a_resend_while_pending_is_acked_once_committed_and_posted_once() {
     assert!(matches!(
         &frames[1],
         ServerFrame::Ack {
-            id: Some(1),
+            id: Some(RequestId(1)),
             duplicate: false,
             ..
         }
     ));
     assert!(
-        matches!(&frames[2], ServerFrame::Ack { id: Some(2), duplicate: true, seq, .. } if *seq == msg.seq),
+        matches!(&frames[2], ServerFrame::Ack { id: Some(RequestId(2)), duplicate: true, seq, .. } if *seq == msg.seq),
         "the resend learns nothing new was posted: {:?}",
         frames[2]
     );
@@ -316,7 +317,7 @@ fn history_older_than_the_window_is_loaded_from_the_store() {
             messages,
             has_more,
         } => {
-            assert_eq!(id, Some(9));
+            assert_eq!(id, Some(RequestId(9)));
             assert_eq!(r, room("general"));
             assert_eq!(seqs(&messages), (431..=450).collect::<Vec<_>>());
             assert!(has_more);
@@ -405,7 +406,7 @@ fn client_ids_survive_a_restart() {
     assert!(matches!(
         sim.take_one(1),
         ServerFrame::Ack {
-            id: Some(5),
+            id: Some(RequestId(5)),
             seq: Seq(1),
             duplicate: true,
             ..

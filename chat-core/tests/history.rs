@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::sync::Arc;
 
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
@@ -41,7 +42,7 @@ fn page(frame: ServerFrame) -> (Option<u64>, Vec<u64>, bool) {
             messages,
             has_more,
             ..
-        } => (id, seqs(&messages), has_more),
+        } => (id.map(|i| i.0), seqs(&messages), has_more),
         other => panic!("expected history, got {other:?}"),
     }
 }
@@ -173,7 +174,13 @@ fn resume_with_since_gives_exactly_the_missed_messages() {
     // Up to date: nothing, and no gap.
     sim.say(4, json!({"type":"join","id":7,"room":"general","since":25}));
     let frame = sim.take_one(4);
-    assert!(matches!(&frame, ServerFrame::Joined { id: Some(7), .. }));
+    assert!(matches!(
+        &frame,
+        ServerFrame::Joined {
+            id: Some(RequestId(7)),
+            ..
+        }
+    ));
     let (messages, gap, _) = joined(frame);
     assert!(messages.is_empty() && !gap);
 

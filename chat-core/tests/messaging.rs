@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, ServerFrame};
@@ -51,7 +52,7 @@ fn a_message_reaches_every_member_session_exactly_once_and_the_sender_gets_an_ac
             client_id,
             duplicate,
         } => {
-            assert_eq!(*id, Some(42));
+            assert_eq!(*id, Some(RequestId(42)));
             assert_eq!(*r, room("general"));
             assert_eq!(*seq, msg.seq);
             assert_eq!(*ts, msg.ts);
@@ -190,7 +191,7 @@ fn a_resent_client_id_is_acked_again_with_the_original_seq_and_not_posted_twice(
             duplicate,
             ..
         } => {
-            assert_eq!(id, Some(2));
+            assert_eq!(id, Some(RequestId(2)));
             assert_eq!(seq, original.seq);
             assert_eq!(ts, original.ts);
             assert_eq!(client_id.as_deref(), Some("c-1"));
@@ -251,7 +252,7 @@ fn a_direct_message_reaches_only_the_two_users_sessions() {
     assert_eq!(msg.seq.0, 1);
     assert!(matches!(
         &frames[1],
-        ServerFrame::Ack { id: Some(7), room: r, .. } if r.as_str() == "@alice,bob"
+        ServerFrame::Ack { id: Some(RequestId(7)), room: r, .. } if r.as_str() == "@alice,bob"
     ));
     // Both of alice's tabs, not carol.
     assert_eq!(sim.take_messages(1), vec![msg.clone()]);

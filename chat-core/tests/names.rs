@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use chat_core::ids::fold;
+use chat_core::fold;
 use chat_core::{Config, NameError, RoomName, UserName};
 use serde_json::{Value, json};
 

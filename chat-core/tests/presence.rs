@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, ServerFrame};
@@ -197,7 +198,10 @@ fn an_impostor_cannot_take_a_name_that_is_online_or_in_its_grace_period() {
     );
     assert!(matches!(
         sim.take(2)[0],
-        ServerFrame::Welcome { id: Some(6), .. }
+        ServerFrame::Welcome {
+            id: Some(RequestId(6)),
+            ..
+        }
     ));
     assert_eq!(
         names(&sim.server.members(&room("general")).unwrap()),

@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use chat_core::protocol::{ErrorCode, ServerFrame};
 use chat_core::{Config, Event, SessionId};
 use common::{Sim, names, room};
@@ -83,7 +84,10 @@ fn hello_with_an_explicit_room_list_joins_exactly_those() {
     assert_eq!(joined, ["lobby", "dev"]);
     assert!(matches!(
         frames[0],
-        ServerFrame::Welcome { id: Some(9), .. }
+        ServerFrame::Welcome {
+            id: Some(RequestId(9)),
+            ..
+        }
     ));
     assert_eq!(
         sim.server.session_rooms(SessionId(1)).unwrap(),
@@ -119,7 +123,7 @@ fn join_creates_the_room_and_announces_the_newcomer_to_members() {
     else {
         panic!("{frame:?}")
     };
-    assert_eq!(id, Some(4));
+    assert_eq!(id, Some(RequestId(4)));
     assert_eq!(r, room("rust-lang"));
     assert_eq!(names(&members), ["alice"]);
     assert_eq!(last_seq.0, 0);
@@ -175,7 +179,7 @@ fn leave_answers_left_and_tells_the_others() {
     sim.say(2, json!({"type":"leave","id":11,"room":"General"}));
     match sim.take_one(2) {
         ServerFrame::Left { id, room: r } => {
-            assert_eq!(id, Some(11));
+            assert_eq!(id, Some(RequestId(11)));
             assert_eq!(r, room("general"));
         }
         other => panic!("{other:?}"),
@@ -224,7 +228,7 @@ fn an_empty_room_without_history_disappears_but_one_with_messages_stays() {
     let ServerFrame::Rooms { id, rooms } = sim.take_one(1) else {
         panic!()
     };
-    assert_eq!(id, Some(3));
+    assert_eq!(id, Some(RequestId(3)));
     let listed: Vec<(String, usize, u64)> = rooms
         .iter()
         .map(|r| (r.name.to_string(), r.members, r.last_seq.0))
@@ -291,7 +295,7 @@ fn members_lists_users_once_however_many_tabs_they_have() {
             room: r,
             members,
         } => {
-            assert_eq!(id, Some(8));
+            assert_eq!(id, Some(RequestId(8)));
             assert_eq!(r, room("general"));
             assert_eq!(names(&members), ["alice", "bob"]);
         }
@@ -328,7 +332,10 @@ fn a_session_can_be_in_at_most_max_rooms_per_session() {
     sim.say(1, json!({"type":"join","id":22,"room":"@bob,alice"}));
     assert!(matches!(
         sim.take_one(1),
-        ServerFrame::Joined { id: Some(22), .. }
+        ServerFrame::Joined {
+            id: Some(RequestId(22)),
+            ..
+        }
     ));
 }
 
@@ -431,7 +438,7 @@ fn leaving_a_direct_room_is_answered_without_changing_anything() {
     sim.say(1, json!({"type":"leave","id":3,"room":"@bob,alice"}));
     match sim.take_one(1) {
         ServerFrame::Left { id, room: r } => {
-            assert_eq!(id, Some(3));
+            assert_eq!(id, Some(RequestId(3)));
             assert_eq!(r.as_str(), "@alice,bob");
         }
         other => panic!("{other:?}"),
@@ -461,7 +468,13 @@ fn one_client_cannot_use_up_the_server_room_limit_with_direct_rooms() {
     sim.say(2, json!({"type":"join","id":1,"room":"books"}));
     let frames = sim.take(2);
     assert!(
-        matches!(frames.last(), Some(ServerFrame::Joined { id: Some(1), .. })),
+        matches!(
+            frames.last(),
+            Some(ServerFrame::Joined {
+                id: Some(RequestId(1)),
+                ..
+            })
+        ),
         "{frames:?}"
     );
 }
@@ -482,7 +495,7 @@ fn joining_a_direct_room_nobody_wrote_to_yet_shows_it_empty() {
             gap,
             last_seq,
         } => {
-            assert_eq!(id, Some(4));
+            assert_eq!(id, Some(RequestId(4)));
             assert_eq!(r.as_str(), "@alice,bob");
             assert_eq!(names(&members), ["alice", "bob"]);
             assert!(messages.is_empty() && !gap);

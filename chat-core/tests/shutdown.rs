@@ -3,6 +3,7 @@
 
 mod common;
 
+use chat_core::RequestId;
 use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, ServerFrame};
@@ -187,7 +188,7 @@ fn durable_shutdown_with_a_failed_store_still_drains_and_tells_the_sender() {
         alice[0],
         ServerFrame::Error {
             code: ErrorCode::StorageUnavailable,
-            id: Some(7),
+            id: Some(RequestId(7)),
             ..
         }
     ));

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use chat_core::RequestId;
 use chat_core::protocol::{HelloRequest, SendRequest};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +13,10 @@ use std::time::Duration;
 use chat_axum::RouterOptions;
 use chat_core::protocol::{JoinSpec, PROTOCOL_VERSION};
 use chat_core::runtime::{Hub, HubConfig};
-use chat_core::{ClientFrame, CloseReason, Event, RoomName, Seq, ServerFrame, SessionId};
+use chat_core::{
+    CloseReason, Event, RoomName, Seq, SessionId,
+    protocol::{ClientFrame, ServerFrame},
+};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, oneshot};
@@ -350,7 +354,7 @@ impl Client {
     pub async fn hello_with(&mut self, name: &str, rooms: Option<Vec<JoinSpec>>) {
         let token = self.token.clone();
         self.send(&ClientFrame::Hello(HelloRequest {
-            id: Some(1),
+            id: Some(RequestId(1)),
             version: PROTOCOL_VERSION,
             name: name.into(),
             token,
@@ -366,7 +370,7 @@ impl Client {
                 token,
                 ..
             } => {
-                assert_eq!(id, Some(1));
+                assert_eq!(id, Some(RequestId(1)));
                 assert_eq!(version, PROTOCOL_VERSION);
                 assert_eq!(user.as_str(), name);
                 assert!(token.is_some(), "anonymous mode hands out a token");
@@ -404,7 +408,7 @@ impl Client {
     /// Sends a message to a room.
     pub async fn say(&mut self, id: u64, room: &str, body: &str, client_id: Option<&str>) {
         self.send(&ClientFrame::Send(SendRequest {
-            id: Some(id),
+            id: Some(chat_core::RequestId(id)),
             room: Some(room.into()),
             to: None,
             body: body.into(),
@@ -430,13 +434,13 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct Joined {
     pub members: Vec<String>,
-    pub messages: Vec<chat_core::Message>,
+    pub messages: Vec<chat_core::protocol::Message>,
     pub gap: bool,
     pub last_seq: Seq,
 }
 
 /// A `message` frame's fields, or a panic naming what came instead.
-pub fn as_message(frame: &ServerFrame) -> &chat_core::Message {
+pub fn as_message(frame: &ServerFrame) -> &chat_core::protocol::Message {
     match frame {
         ServerFrame::Message(m) => m,
         other => panic!("expected a message, got {other:?}"),

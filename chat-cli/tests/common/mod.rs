@@ -15,7 +15,10 @@ use std::time::Duration;
 use chat_axum::RouterOptions;
 use chat_core::protocol::PROTOCOL_VERSION;
 use chat_core::runtime::{Hub, HubConfig, Store};
-use chat_core::{ClientFrame, Config, Event, Rate, Seq, ServerFrame};
+use chat_core::{
+    Config, Event, Rate, Seq,
+    protocol::{ClientFrame, ServerFrame},
+};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
@@ -339,7 +342,7 @@ impl Peer {
         let id = self.next_id;
         self.next_id += 1;
         self.send_frame(&ClientFrame::Send(SendRequest {
-            id: Some(id),
+            id: Some(chat_core::RequestId(id)),
             room: Some(room.into()),
             to: None,
             body: body.into(),
@@ -348,7 +351,7 @@ impl Peer {
         .await;
         match self
             .expect(
-                |f| matches!(f, ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. } if *i == id),
+                |f| matches!(f, ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. } if *i == chat_core::RequestId(id)),
                 "ack",
             )
             .await
@@ -427,6 +430,6 @@ pub fn has_raw_controls(text: &str) -> bool {
         c == '\x1b'
             || ('\u{80}'..='\u{9f}').contains(&c)
             || (c.is_control() && c != '\n')
-            || chat_core::ids::is_invisible(c)
+            || chat_core::is_invisible(c)
     })
 }

@@ -154,7 +154,7 @@ impl Client {
 
     pub(super) fn request_id(&mut self) -> RequestId {
         let id = self.next_request;
-        self.next_request += 1;
+        self.next_request = self.next_request.next();
         id
     }
 

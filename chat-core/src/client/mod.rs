@@ -116,7 +116,7 @@ impl Client {
             pending: BTreeMap::new(),
             requests: BTreeMap::new(),
             hello_id: None,
-            next_request: 1,
+            next_request: RequestId(1),
             next_send: 1,
             outputs: VecDeque::new(),
         }

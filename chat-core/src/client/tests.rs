@@ -128,7 +128,7 @@ fn reconnect_hello_resumes_every_room_from_its_cursor_with_the_token() {
     c.handle_frame(ServerFrame::Message(msg("general", 4, "bob", "x")));
     c.join("rust");
     c.handle_frame(ServerFrame::Joined {
-        id: Some(2),
+        id: Some(RequestId(2)),
         room: room("rust"),
         members: vec![],
         messages: vec![],

@@ -6,7 +6,7 @@
 //! use chat_core::runtime::{Hub, HubConfig};
 //! let hub = Hub::spawn(HubConfig::default()).await.expect("store loads");
 //! let mut alice = hub.connect().await?;
-//! alice.send(&chat_core::ClientFrame::Hello(chat_core::protocol::HelloRequest {
+//! alice.send(&chat_core::protocol::ClientFrame::Hello(chat_core::protocol::HelloRequest {
 //!     id: None, version: 1, name: "alice".into(), token: None, rooms: None,
 //! })).await?;
 //! while let Some(frame) = alice.recv().await {
@@ -1034,11 +1034,12 @@ pub async fn shutdown_within(hub: &Hub, limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::RequestId;
     use crate::protocol::{HelloRequest, SendRequest};
 
     fn send(id: u64, body: &str) -> Vec<u8> {
         let frame = ClientFrame::Send(SendRequest {
-            id: Some(id),
+            id: Some(RequestId(id)),
             room: Some("general".into()),
             to: None,
             body: body.into(),
@@ -1065,7 +1066,7 @@ mod tests {
             ..
         } = hub.connect().await.expect("connect");
         let hello = ClientFrame::Hello(HelloRequest {
-            id: Some(1),
+            id: Some(RequestId(1)),
             version: protocol::PROTOCOL_VERSION,
             name: "alice".into(),
             token: None,
@@ -1093,7 +1094,7 @@ mod tests {
                 acks.push(id);
             }
         }
-        assert_eq!(acks, [Some(2), Some(3)]);
+        assert_eq!(acks, [Some(RequestId(2)), Some(RequestId(3))]);
         let mut bodies = Vec::new();
         loop {
             match events.recv().await.expect("events") {

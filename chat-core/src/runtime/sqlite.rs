@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::store::{Restored, RestoredRoom, Store};
-use crate::ids::{RoomName, Seq, UserName};
+use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
 use crate::protocol::Message;
 use crate::server::StoreError;
 
@@ -446,7 +446,7 @@ fn row_to_message(room: &RoomName, row: &rusqlite::Row<'_>) -> Result<Message, S
         .map_err(&get)?
         .as_str_or_null()
         .map_err(|e| StoreError::Corrupt(format!("corrupt client id in {room}#{seq}: {e}")))?
-        .map(Arc::from);
+        .map(ClientMsgId::from);
     Ok(Message {
         room: room.clone(),
         seq,
@@ -589,7 +589,7 @@ mod tests {
             ts: DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + seq as i64).unwrap(),
             user: UserName::parse(user, 32).unwrap(),
             body: body.into(),
-            client_id: client_id.map(Arc::from),
+            client_id: client_id.map(ClientMsgId::from),
         })
     }
 

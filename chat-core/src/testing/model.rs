@@ -83,7 +83,7 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             token,
             ..
         } => Obs::Welcome {
-            id: *id,
+            id: id.map(|i| i.0),
             user: user.to_string(),
             epoch: epoch.clone(),
             token: token.is_some(),
@@ -96,7 +96,7 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             gap,
             last_seq,
         } => Obs::Joined {
-            id: *id,
+            id: id.map(|i| i.0),
             room: room.to_string(),
             members: members.iter().map(ToString::to_string).collect(),
             messages: messages
@@ -107,7 +107,7 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             last_seq: last_seq.0,
         },
         ServerFrame::Left { id, room } => Obs::Left {
-            id: *id,
+            id: id.map(|i| i.0),
             room: room.to_string(),
         },
         ServerFrame::Message(m) => Obs::Msg {
@@ -125,7 +125,7 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             duplicate,
             ..
         } => Obs::Ack {
-            id: *id,
+            id: id.map(|i| i.0),
             room: room.to_string(),
             seq: seq.0,
             client_id: client_id.as_deref().map(str::to_owned),
@@ -150,13 +150,13 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             messages,
             has_more,
         } => Obs::History {
-            id: *id,
+            id: id.map(|i| i.0),
             room: room.to_string(),
             seqs: messages.iter().map(|m| m.seq.0).collect(),
             has_more: *has_more,
         },
         ServerFrame::Error { id, code, .. } => Obs::Error {
-            id: *id,
+            id: id.map(|i| i.0),
             code: *code,
         },
         ServerFrame::Goodbye { retry_after_ms, .. } => Obs::Goodbye {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{self, DecodeError, Encoded, ErrorCode, Message, ServerFrame};
 use crate::{
-    ClientFrame, CloseReason, Config, Event, Input, Now, Output, RoomName, Seq, Server, SessionId,
-    StoreError,
+    CloseReason, Config, Event, Input, Now, Output, RoomName, Seq, Server, SessionId, StoreError,
+    protocol::ClientFrame,
 };
 use serde_json::{Value, json};
 
@@ -450,7 +450,11 @@ impl Sim {
                 message,
             } => {
                 assert_eq!(got, code, "session {s}: {message}");
-                assert_eq!(got_id, id, "session {s}: request id of the error");
+                assert_eq!(
+                    got_id.map(|i| i.0),
+                    id,
+                    "session {s}: request id of the error"
+                );
                 assert!(!message.is_empty(), "error frames carry a human message");
                 message
             }
