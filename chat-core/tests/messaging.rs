@@ -414,7 +414,7 @@ fn direct_rooms_are_listed_to_their_users_with_their_user_counts() {
     let ServerFrame::Rooms { id, rooms } = sim.take_one(1) else {
         panic!("a rooms reply");
     };
-    assert_eq!(id, Some(3));
+    assert_eq!(id, Some(chat_core::RequestId(3)));
     let listed: Vec<(String, usize, bool)> = rooms
         .iter()
         .map(|r| (r.name.to_string(), r.members, r.direct))
