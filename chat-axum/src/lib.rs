@@ -60,9 +60,14 @@ pub struct RouterOptions {
     /// past this it stops taking frames from its session's queue, the queue fills and
     /// the core's slow-consumer policy decides.
     pub write_buffer_bytes: usize,
-    /// A ping is sent after this much quiet from the server's side.
+    /// A peer we have heard nothing from for this long is pinged, and again each
+    /// interval while it stays silent, whatever we write to it; so is one we have
+    /// written nothing to for this long. Capped at half of `idle_timeout` (a zero
+    /// interval is taken as that cap), so that a silent peer is always pinged, and has
+    /// time to answer, before it is closed.
     pub ping_interval: Duration,
-    /// A connection that sends nothing (not even a pong) for this long is closed.
+    /// A connection we hear nothing from (no frame at all: a pong counts) for this long
+    /// is closed with 1001 "idle timeout".
     pub idle_timeout: Duration,
     /// How long to wait for the peer's half of a close handshake; also how long a peer
     /// that reads nothing still gets once its session was closed (a slow consumer)
@@ -119,7 +124,8 @@ struct AppState {
 
 /// The chat routes, mountable in any axum app under any path: `/` (the page, if enabled),
 /// `/ws`, `/healthz`, `/readyz` and `/metrics`.
-pub fn router(hub: Hub, options: RouterOptions) -> Router {
+pub fn router(hub: Hub, mut options: RouterOptions) -> Router {
+    cap_ping_interval(&mut options);
     if options.origins == OriginPolicy::Any {
         tracing::warn!(
             "chat WebSocket accepts every Origin: any web page can connect as its visitor"
@@ -143,6 +149,20 @@ pub fn router(hub: Hub, options: RouterOptions) -> Router {
         router = router.merge(page::routes());
     }
     router.with_state(state)
+}
+
+/// A ping interval of at least the idle timeout would close every quiet peer before
+/// (or just as) it is pinged: cap it at half, and say so.
+fn cap_ping_interval(options: &mut RouterOptions) {
+    let cap = options.idle_timeout / 2;
+    if options.ping_interval > cap || options.ping_interval.is_zero() {
+        tracing::warn!(
+            ping_interval = ?options.ping_interval,
+            idle_timeout = ?options.idle_timeout,
+            "ping_interval capped at half the idle_timeout ({cap:?})"
+        );
+        options.ping_interval = cap;
+    }
 }
 
 async fn ws_handler(

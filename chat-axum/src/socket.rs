@@ -2,6 +2,10 @@
 //! frames what the hub queued for the session in batches (up to `write_batch` frames,
 //! 64 KiB), each written with one syscall from a per-thread scratch buffer. The same
 //! loop serves the Autobahn echo endpoint.
+//!
+//! The task never waits for the hub: when the hub's inbox is full it stops reading the
+//! socket (the peer's TCP window closes: that is the backpressure) and keeps writing, so
+//! a busy engine never makes its own senders slow consumers.
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -68,6 +72,7 @@ pub(crate) async fn run<IO>(
         written: 0,
         outbound,
         inbound,
+        hub_full: false,
         read_failed: false,
         close_sent: false,
         close_received: false,
@@ -75,12 +80,14 @@ pub(crate) async fn run<IO>(
         deadline: None,
         last_read: now,
         last_write: now,
+        last_ping: now,
         stalled: false,
         opts,
     };
     let sleep = tokio::time::sleep_until(conn.next_check());
     tokio::pin!(sleep);
     let end = conn.serve(sleep).await;
+    conn.outbound = None; // what is still queued is not written now
     if let Some(inbound) = conn.inbound.take() {
         inbound.disconnect().await;
     }
@@ -145,6 +152,8 @@ const SCRATCH_KEEP: usize = 256 * 1024;
 enum Wake {
     /// Bytes were read into the reader.
     Read,
+    /// The hub's inbox took what waited for room: read on.
+    HubReady,
     /// The session's queue ended without a close: the core dropped it (slow consumer).
     QueueEnded,
     /// The core closed the session: the close frame is queued.
@@ -163,6 +172,9 @@ struct Conn<IO> {
     outbound: Option<Outbox>,
     /// The session; `None` once this side ended it (or for the echo endpoint).
     inbound: Option<Inbound>,
+    /// The hub's inbox was full: an input waits in `inbound` and the socket is not read
+    /// until the hub takes it.
+    hub_full: bool,
     /// A bad frame was read: the rest of the input is discarded.
     read_failed: bool,
     close_sent: bool,
@@ -171,8 +183,10 @@ struct Conn<IO> {
     fin_sent: bool,
     /// After our close: when to stop waiting for the peer's.
     deadline: Option<Instant>,
+    /// When bytes last came from the peer: any frame is a sign of life, a pong too.
     last_read: Instant,
     last_write: Instant,
+    last_ping: Instant,
     /// The last write could not take everything (the peer reads slowly or not at all).
     stalled: bool,
     opts: Arc<RouterOptions>,
@@ -184,6 +198,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             let wake = poll_fn(|cx| self.poll_wake(cx, sleep.as_mut())).await;
             match wake {
                 Wake::Read => {
+                    self.last_read = Instant::now();
+                    if let Err(end) = self.dispatch().await {
+                        return end;
+                    }
+                }
+                Wake::HubReady => {
+                    // What waited was heard only now, and the socket is read again now.
                     self.last_read = Instant::now();
                     if let Err(end) = self.dispatch().await {
                         return end;
@@ -260,7 +281,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Took::Broken => return Poll::Ready(Wake::End(End::Broken)),
             }
         }
-        if !self.close_received {
+        if self.hub_full {
+            match self.inbound.as_mut().map(|inbound| inbound.poll_ready(cx)) {
+                Some(Poll::Pending) => {}
+                _ => {
+                    self.hub_full = false;
+                    return Poll::Ready(Wake::HubReady);
+                }
+            }
+        }
+        if !self.close_received && !self.hub_full {
             // Uninitialised: this runs on every wake-up, also those for writing only,
             // and zeroing 8 KiB each time showed up in the profile.
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -357,9 +387,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
-    /// Handles every complete frame read so far.
+    /// Handles every complete frame read so far, or those the hub's inbox has room for.
     async fn dispatch(&mut self) -> Result<(), End> {
         loop {
+            if let Some(inbound) = self.inbound.as_mut() {
+                // Hand nothing more over while an input waits for room in the inbox.
+                match poll_fn(|cx| Poll::Ready(inbound.poll_ready(cx))).await {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Err(End::Gone), // the hub is gone
+                    Poll::Pending => {
+                        self.hub_full = true;
+                        break;
+                    }
+                }
+            }
             let incoming = match self.reader.next() {
                 Ok(Some(incoming)) => incoming,
                 Ok(None) => break,
@@ -374,18 +415,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Incoming::Text(p) | Incoming::Binary(p) if self.close_sent => {
                     let _ = p; // the session is over: what still arrives is dropped
                 }
-                Incoming::Text(p) => match &self.inbound {
+                Incoming::Text(p) => match &mut self.inbound {
                     Some(inbound) => {
-                        if inbound.frame(self.reader.payload(&p)).await.is_err() {
+                        if inbound.start_frame(self.reader.payload(&p)).is_err() {
                             return Err(End::Gone); // the hub is gone
                         }
                     }
                     None => ws::write_frame(&mut self.out, ws::TEXT, self.reader.payload(&p)),
                 },
-                Incoming::Binary(p) => match &self.inbound {
+                Incoming::Binary(p) => match &mut self.inbound {
                     Some(inbound) => {
                         let what = "binary frames are not supported; send JSON text";
-                        if inbound.bad_frame(what).await.is_err() {
+                        if inbound.start_bad_frame(what).is_err() {
                             return Err(End::Gone);
                         }
                     }
@@ -434,10 +475,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 
     async fn end_session(&mut self) {
+        // The queue goes first: while the disconnect waits for room in the hub's inbox,
+        // a queue nobody drains must not make this a slow consumer.
+        self.outbound = None;
         if let Some(inbound) = self.inbound.take() {
             inbound.disconnect().await;
         }
-        self.outbound = None;
     }
 
     fn on_timer(&mut self) -> Result<(), End> {
@@ -454,13 +497,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             self.close(SLOW);
             return Ok(());
         }
-        if now >= self.last_read + self.opts.idle_timeout {
+        if now >= self.idle_at() {
             self.close(IDLE);
-        } else if now >= self.last_write + self.opts.ping_interval {
+        } else if now >= self.next_ping() {
             ws::write_frame(&mut self.out, ws::PING, b"");
+            self.last_ping = now;
             self.last_write = now;
         }
         Ok(())
+    }
+
+    /// When to ping: once the peer has been silent for `ping_interval` (and again every
+    /// `ping_interval` while it stays silent), however much we write to it: only the
+    /// peer's answer shows it is alive. Also once we have written nothing for
+    /// `ping_interval`, so that the peer, and any proxy in between (nginx drops a
+    /// WebSocket its upstream has not written to for 60 s by default), hears from us at
+    /// least that often even when the peer talks and gets no answers.
+    fn next_ping(&self) -> Instant {
+        let every = self.opts.ping_interval;
+        (self.last_read.max(self.last_ping) + every).min(self.last_write + every)
+    }
+
+    /// When the peer will have been silent too long: never while its frames wait for
+    /// room in the hub (the socket is not read meanwhile).
+    fn idle_at(&self) -> Instant {
+        if self.hub_full {
+            return Instant::now() + self.opts.idle_timeout;
+        }
+        self.last_read + self.opts.idle_timeout
     }
 
     /// When the timer must next look: the idle limit, the next ping, the close deadline,
@@ -469,8 +533,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if let Some(deadline) = self.deadline {
             return deadline;
         }
-        let mut at = (self.last_read + self.opts.idle_timeout)
-            .min(self.last_write + self.opts.ping_interval);
+        let mut at = self.idle_at().min(self.next_ping());
         if self.stalled {
             at = at.min(Instant::now() + self.opts.close_timeout);
         }

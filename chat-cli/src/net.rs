@@ -12,7 +12,7 @@ use chat_core::client::Backoff;
 use chat_core::protocol::{ClientFrame, ServerFrame};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// When to connect again.
@@ -78,7 +78,9 @@ pub struct NetOptions {
     /// Longest wait for one connection attempt (TCP + WebSocket handshake).
     pub connect_timeout: Duration,
     /// A connection that receives nothing (not even a ping) for this long is considered
-    /// dead. The reference server pings every 25 s.
+    /// dead. A server that follows the protocol's keepalive rule sends something at
+    /// least every ping interval (25 s for the reference server), so the default
+    /// leaves room for two lost or late pings.
     pub idle_timeout: Duration,
     /// First reconnect delay.
     pub backoff_initial: Duration,
@@ -154,7 +156,10 @@ async fn run(
         if events.send(NetEvent::Connecting { attempt }).is_err() {
             return;
         }
-        let connect = tokio_tungstenite::connect_async(options.url.as_str());
+        // No Nagle: a message typed, or a pong, leaves at once rather than waiting for
+        // the server to acknowledge the previous frame.
+        let connect =
+            tokio_tungstenite::connect_async_with_config(options.url.as_str(), None, true);
         let error = match timeout(options.connect_timeout, connect).await {
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(e)) => Err(describe(&e)),
@@ -221,6 +226,11 @@ type Ws =
 
 /// Moves frames until the connection ends. Returns why it ended (`None` when the owner
 /// is gone) and the server's suggested reconnect delay, if it said goodbye.
+///
+/// Reading never waits for writing: a send held up by a server that is not reading
+/// just now (its inbox is full, or it hangs) must not stop this client from reading,
+/// which is also when tungstenite answers the server's pings, nor from noticing, after
+/// `idle_timeout` without a frame, that the server is gone.
 async fn pump(
     options: &NetOptions,
     ws: Ws,
@@ -230,55 +240,59 @@ async fn pump(
 ) -> (Option<String>, Option<Duration>) {
     let (mut sink, mut stream) = ws.split();
     let mut hint = None;
-    let mut deadline = Instant::now() + options.idle_timeout;
-    loop {
-        tokio::select! {
-            out = outgoing.recv() => {
-                let Some((g, frame)) = out else {
-                    let _ = sink.close().await;
-                    return (None, hint);
-                };
-                if g != generation {
-                    continue;
-                }
-                let text = serde_json::to_string(&frame).expect("client frames serialize");
-                if let Err(e) = sink.send(WsMessage::text(text)).await {
-                    return (Some(describe(&e)), hint);
-                }
+    let write = async {
+        while let Some((g, frame)) = outgoing.recv().await {
+            if g != generation {
+                continue;
             }
-            incoming = stream.next() => {
-                deadline = Instant::now() + options.idle_timeout;
-                match incoming {
-                    Some(Ok(WsMessage::Text(text))) => {
-                        // Frames this client does not understand (a newer server) are skipped.
-                        let Ok(frame) = serde_json::from_str::<ServerFrame>(text.as_str()) else {
-                            continue;
-                        };
-                        if let ServerFrame::Goodbye { retry_after_ms, .. } = &frame {
-                            hint = Some(Duration::from_millis(*retry_after_ms));
-                        }
-                        if events.send(NetEvent::Frame { generation, frame }).is_err() {
-                            return (None, hint);
-                        }
+            let text = serde_json::to_string(&frame).expect("client frames serialize");
+            sink.send(WsMessage::text(text))
+                .await
+                .map_err(|e| describe(&e))?;
+        }
+        let _ = sink.close().await;
+        Ok::<(), String>(())
+    };
+    let read = async {
+        loop {
+            let Ok(incoming) = timeout(options.idle_timeout, stream.next()).await else {
+                return Some("no sign of life from the server".to_owned());
+            };
+            match incoming {
+                Some(Ok(WsMessage::Text(text))) => {
+                    // Frames this client does not understand (a newer server) are skipped.
+                    let Ok(frame) = serde_json::from_str::<ServerFrame>(text.as_str()) else {
+                        continue;
+                    };
+                    if let ServerFrame::Goodbye { retry_after_ms, .. } = &frame {
+                        hint = Some(Duration::from_millis(*retry_after_ms));
                     }
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        let reason = match frame {
-                            Some(f) if !f.reason.is_empty() => {
-                                format!("closed by the server ({}: {})", u16::from(f.code), f.reason)
-                            }
-                            Some(f) => format!("closed by the server ({})", u16::from(f.code)),
-                            None => "closed by the server".to_owned(),
-                        };
-                        return (Some(reason), hint);
+                    if events.send(NetEvent::Frame { generation, frame }).is_err() {
+                        return None;
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return (Some(describe(&e)), hint),
-                    None => return (Some("connection closed".to_owned()), hint),
                 }
-            }
-            () = sleep_until(deadline) => {
-                return (Some("no sign of life from the server".to_owned()), hint);
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Some(match frame {
+                        Some(f) if !f.reason.is_empty() => {
+                            format!("closed by the server ({}: {})", u16::from(f.code), f.reason)
+                        }
+                        Some(f) => format!("closed by the server ({})", u16::from(f.code)),
+                        None => "closed by the server".to_owned(),
+                    });
+                }
+                // Pings (answered by tungstenite as it reads) and pongs: signs of life.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(describe(&e)),
+                None => return Some("connection closed".to_owned()),
             }
         }
-    }
+    };
+    let reason = tokio::select! {
+        written = write => match written {
+            Ok(()) => None, // the owner is gone
+            Err(e) => Some(e),
+        },
+        reason = read => reason,
+    };
+    (reason, hint)
 }

@@ -204,8 +204,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects without Nagle, as the server does: a small frame (a pong) then leaves at
+    /// once instead of after the server's delayed ACK (up to 40 real ms, during which
+    /// paused tokio time can run on by minutes).
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+        let (ws, _) = tokio::time::timeout(WAIT, connect)
             .await
             .expect("connect in time")
             .expect("WebSocket upgrade succeeds");

@@ -24,15 +24,17 @@ mod outbox;
 mod sqlite;
 mod store;
 
-use std::collections::HashMap;
-use std::future::Future;
+use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::PollSender;
 
 use crate::ids::{ClientMsgId, RoomName, SessionId};
 use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
@@ -262,6 +264,8 @@ impl Hub {
                 session,
                 tx: self.inner.tx.clone(),
                 control: self.inner.control.clone(),
+                held: VecDeque::new(),
+                waiting: None,
                 open: true,
             },
             outbound: rx,
@@ -380,12 +384,30 @@ impl Connection {
 }
 
 /// The sending half of a session. Dropping it disconnects the session.
-#[derive(Debug)]
+///
+/// Two ways to send: the `async` methods wait for room in the hub's inbox; the
+/// `start_*` methods never wait, and leave an input the inbox has no room for here, to
+/// be handed over by [`Inbound::poll_ready`]. A connection task uses the latter, so
+/// that while the hub is busy it can keep writing its session's frames (and stop
+/// reading its socket instead).
 pub struct Inbound {
     session: SessionId,
     tx: mpsc::Sender<Cmd>,
     control: mpsc::UnboundedSender<Cmd>,
+    /// Inputs the inbox had no room for, oldest first (one, used as documented).
+    held: VecDeque<Cmd>,
+    /// Waits for room for `held`: created the first time the inbox is full.
+    waiting: Option<PollSender<Cmd>>,
     open: bool,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("session", &self.session)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inbound {
@@ -431,8 +453,75 @@ impl Inbound {
         self.tx.send(Cmd::Input(input)).await.map_err(|_| HubClosed)
     }
 
-    /// Ends the session, after the frames sent before.
+    /// Hands a raw text frame to the hub without waiting (decoding it here). When the
+    /// hub's inbox is full the frame is held here instead: send nothing more before
+    /// [`Inbound::poll_ready`] is ready, and do not mix in the `async` senders before
+    /// then (they would overtake it).
+    pub fn start_frame(&mut self, bytes: &[u8]) -> Result<(), HubClosed> {
+        let frame = protocol::decode(bytes);
+        self.start(Input::Received {
+            session: self.session,
+            frame,
+        })
+    }
+
+    /// As [`Inbound::bad_frame`], without waiting, as [`Inbound::start_frame`].
+    pub fn start_bad_frame(&mut self, what: &str) -> Result<(), HubClosed> {
+        let frame = Err(protocol::DecodeError {
+            message: what.to_owned(),
+            id: None,
+        });
+        self.start(Input::Received {
+            session: self.session,
+            frame,
+        })
+    }
+
+    fn start(&mut self, input: Input) -> Result<(), HubClosed> {
+        let cmd = Cmd::Input(input);
+        if !self.held.is_empty() {
+            self.held.push_back(cmd); // behind what is held: inputs stay in order
+            return Ok(());
+        }
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                self.held.push_back(cmd);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(HubClosed),
+        }
+    }
+
+    /// Ready once nothing is held back: every input given to the `start_*` methods is
+    /// in the hub's inbox. Pending while the inbox is full; the task is woken when it
+    /// has room (waiters get room in turn, before senders that do not wait).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HubClosed>> {
+        while let Some(cmd) = self.held.pop_front() {
+            let sender = self
+                .waiting
+                .get_or_insert_with(|| PollSender::new(self.tx.clone()));
+            match sender.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {
+                    if sender.send_item(cmd).is_err() {
+                        return Poll::Ready(Err(HubClosed));
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(HubClosed)),
+                Poll::Pending => {
+                    self.held.push_front(cmd);
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the session, after the frames sent before (held ones too).
     pub async fn disconnect(mut self) {
+        if poll_fn(|cx| self.poll_ready(cx)).await.is_err() {
+            return;
+        }
         self.open = false;
         let _ = self
             .tx
@@ -863,4 +952,79 @@ pub fn system_now() -> Now {
 /// Waits a bounded time for the hub to stop.
 pub async fn shutdown_within(hub: &Hub, limit: Duration) -> bool {
     tokio::time::timeout(limit, hub.shutdown()).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(id: u64, body: &str) -> Vec<u8> {
+        let frame = ClientFrame::Send {
+            id: Some(id),
+            room: Some("general".into()),
+            to: None,
+            body: body.into(),
+            client_id: None,
+        };
+        serde_json::to_vec(&frame).expect("serialize")
+    }
+
+    /// With room for one input in the hub's inbox, inputs that find it full are held in
+    /// order, `poll_ready` is pending until the hub has taken them, and the disconnect
+    /// comes after them.
+    #[tokio::test]
+    async fn inputs_the_inbox_has_no_room_for_are_held_in_order() {
+        let hub = Hub::spawn(HubConfig {
+            inbox: 1,
+            ..HubConfig::default()
+        })
+        .await
+        .expect("hub");
+        let mut events = hub.events();
+        let Connection {
+            inbound: mut alice,
+            outbound: mut out,
+            ..
+        } = hub.connect().await.expect("connect");
+        let hello = ClientFrame::Hello {
+            id: Some(1),
+            version: protocol::PROTOCOL_VERSION,
+            name: "alice".into(),
+            token: None,
+            rooms: None,
+        };
+        // The driver does not run before this task waits (one thread), so the connect
+        // still takes the inbox's one place: all three are held.
+        alice
+            .start_frame(&serde_json::to_vec(&hello).unwrap())
+            .unwrap();
+        alice.start_frame(&send(2, "first")).unwrap();
+        alice.start_frame(&send(3, "second")).unwrap();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(alice.poll_ready(&mut cx).is_pending());
+        assert_eq!(alice.held.len(), 3);
+
+        poll_fn(|cx| alice.poll_ready(cx)).await.expect("hub runs");
+        alice.disconnect().await;
+        let mut acks = Vec::new();
+        while let Some(item) = out.recv().await {
+            if let Outbound::Frame(f) = item
+                && let Ok(ServerFrame::Ack { id, .. }) = f.decode()
+            {
+                acks.push(id);
+            }
+        }
+        assert_eq!(acks, [Some(2), Some(3)]);
+        let mut bodies = Vec::new();
+        loop {
+            match events.recv().await.expect("events") {
+                Event::MessagePosted(m) => bodies.push(m.body.to_string()),
+                Event::SessionClosed { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(bodies, ["first", "second"], "posted, then disconnected");
+        hub.shutdown().await;
+    }
 }
