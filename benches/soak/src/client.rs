@@ -661,12 +661,16 @@ impl Client {
                 }
             }
             if self.role == Role::Slow {
+                // Draining: read everything, like a reader who came back to the tab.
+                if !running {
+                    paused_until = None;
+                }
                 match paused_until {
                     Some(t) if now >= t => {
                         paused_until = None;
                         next_pause = now + Duration::from_secs(1);
                     }
-                    None if now >= next_pause => {
+                    None if running && now >= next_pause => {
                         paused_until = Some(now + Duration::from_secs(3));
                     }
                     _ => {}
