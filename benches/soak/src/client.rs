@@ -613,12 +613,12 @@ impl Client {
                 if now >= next_post {
                     typing_sent = false;
                     next_post = now + self.post_interval();
-                    if let Some(frame) = self.post() {
-                        if !self.send(&mut ws, frame).await {
-                            self.shared
-                                .close("lost while writing".into(), self.explained());
-                            return End::Lost;
-                        }
+                    if let Some(frame) = self.post()
+                        && !self.send(&mut ws, frame).await
+                    {
+                        self.shared
+                            .close("lost while writing".into(), self.explained());
+                        return End::Lost;
                     }
                 }
             }

@@ -431,7 +431,7 @@ async fn monitor(run: Arc<Run>) {
                 }
             }
         }
-        if k % run.cli.interval != 0 {
+        if !k.is_multiple_of(run.cli.interval) {
             continue;
         }
         let c = &s.counters;
