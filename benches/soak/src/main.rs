@@ -157,6 +157,10 @@ pub struct Fault {
 
 struct Run {
     cli: Cli,
+    /// Mean members present per room, room posts/s, DM deliveries/s per room.
+    present: f64,
+    per_room: f64,
+    dm_deliveries: f64,
     shared: Arc<Shared>,
     phase: watch::Sender<Phase>,
     spec: server::Spec,
@@ -226,9 +230,18 @@ async fn soak(cli: Cli) -> anyhow::Result<i32> {
     let ping = readers / 3;
     let slow = readers - page - ping;
     let human_interval = Duration::from_secs(4);
-    let per_room = f64::from(cli.rate) / (cli.rooms * m) as f64;
-    let human_rate = (humans + vanishers) as f64 / human_interval.as_secs_f64();
-    let bot_rate = (per_room - human_rate) / bots.max(1) as f64;
+    // Deliveries/s offered = rooms × (members present × room posts/s + 2 × DMs/s). Of a
+    // room's members, joiners/leavers are away 12.5 s of every 52.5 s on average and
+    // vanishers 1.75 s of every 51.75 s; a human's interval is exponential around 4 s
+    // but at least 1.2 s (typing first), 4.16 s on average; one human post in ten is a
+    // direct message (2 deliveries). Bots make up the rest.
+    let present = m as f64 - churn as f64 * (12.5 / 52.5) - vanishers as f64 * (1.75 / 51.75);
+    let human_mean = 1.2 + 4.0 * (-1.2f64 / 4.0).exp();
+    let human_room = (humans as f64 * 0.9 + vanishers as f64) / human_mean;
+    let dm_deliveries = 2.0 * humans as f64 * 0.1 / human_mean;
+    let per_room_deliveries = f64::from(cli.rate) / cli.rooms as f64;
+    let per_room = (per_room_deliveries - dm_deliveries) / present;
+    let bot_rate = (per_room - human_room) / bots.max(1) as f64;
     if bots == 0 || bot_rate <= 0.05 || bot_rate > 4.0 {
         bail!(
             "--rate {} with {} rooms of {m} needs {bot_rate:.2} posts/s per bot; keep it within 0.05..4 (the server allows 5/s) by changing --rooms or --members",
@@ -355,6 +368,9 @@ async fn soak(cli: Cli) -> anyhow::Result<i32> {
     });
     let run = Arc::new(Run {
         cli,
+        present,
+        per_room,
+        dm_deliveries,
         shared: shared.clone(),
         phase: phase_tx,
         spec,
@@ -369,6 +385,27 @@ async fn soak(cli: Cli) -> anyhow::Result<i32> {
     });
     for (i, name) in names.into_iter().enumerate() {
         tokio::spawn(client::run(shared.clone(), i, name, run.cli.seed));
+    }
+    // Interrupted (Ctrl-C, SIGTERM, a CI timeout): take the server and the tmpfs down too.
+    {
+        let run = run.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("soak: interrupted; stopping the server");
+            if let Some(srv) = run.server.lock().await.take() {
+                let _ = srv.kill9().await;
+            }
+            if let Some(t) = &run.tmpfs {
+                t.unmount();
+            }
+            std::process::exit(130);
+        });
     }
     let monitor = tokio::spawn(monitor(run.clone()));
     let faults = tokio::spawn(inject(run.clone(), kinds));
@@ -393,9 +430,12 @@ async fn soak(cli: Cli) -> anyhow::Result<i32> {
         None => "not running".into(),
     };
     let load_end = loadavg();
-    let code = report(&run, drained, &exit, &load_start, &load_end)?;
-    drop(run);
-    Ok(code)
+    let code = report(&run, drained, &exit, &load_start, &load_end);
+    // `main` ends with `process::exit`, which runs no destructors.
+    if let Some(t) = &run.tmpfs {
+        t.unmount();
+    }
+    code
 }
 
 /// Samples the server every second and closes a report row every `--interval`.
@@ -994,7 +1034,7 @@ fn report(
     let count = |role: Role| roles.iter().filter(|(r, _)| *r == role).count();
     writeln!(
         md,
-        "Mix: {} clients in {} rooms of {}: {} bots posting every {:.0} ms, {} humans (typing 1 s, then a post every ~{} s; one in ten a direct message), {} humans who vanish without a close every 20–80 s and resume 0.5–3 s later, {} page readers, {} ping-only readers, {} slow readers (1 s reading, 3 s not), {} joiners/leavers (stay 20–60 s, away 5–20 s). Offered: {} deliveries/s = {} rooms × {} members × {:.1} posts/s. Duration {:.0} s, warm-up {warm:.0} s, seed {}, faults of {} s.",
+        "Mix: {} clients in {} rooms of {}: {} bots posting every {:.0} ms, {} humans (typing 1 s, then a post every ~{} s; one in ten a direct message), {} humans who vanish without a close every 20–80 s and resume 0.5–3 s later, {} page readers, {} ping-only readers, {} slow readers (1 s reading, 3 s not), {} joiners/leavers (stay 20–60 s, away 5–20 s). Offered: {} deliveries/s = {} rooms × ({:.1} members present on average × {:.1} room posts/s + {:.2} deliveries/s of direct messages). Duration {:.0} s, warm-up {warm:.0} s, seed {}, faults of {} s.",
         roles.len(),
         cli.rooms,
         cli.members,
@@ -1009,8 +1049,9 @@ fn report(
         count(Role::Churn),
         cli.rate,
         cli.rooms,
-        cli.members,
-        f64::from(cli.rate) / (cli.rooms * cli.members) as f64,
+        run.present,
+        run.per_room,
+        run.dm_deliveries,
         dur,
         cli.seed,
         cli.fault_secs
@@ -1204,6 +1245,5 @@ fn report(
     for f in &failed {
         eprintln!("soak: FAILED: {}: {}", f.name, f.value);
     }
-    let _ = &run.tmpfs;
     Ok(if failed.is_empty() { 0 } else { 1 })
 }

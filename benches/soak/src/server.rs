@@ -181,6 +181,7 @@ pub fn writer_tid(pid: u32) -> Option<u32> {
 pub struct Tmpfs {
     /// The mount point.
     pub dir: PathBuf,
+    mounted: std::sync::atomic::AtomicBool,
 }
 
 impl Tmpfs {
@@ -200,6 +201,7 @@ impl Tmpfs {
         )?;
         Ok(Tmpfs {
             dir: dir.to_path_buf(),
+            mounted: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -224,13 +226,26 @@ impl Tmpfs {
     }
 }
 
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
+impl Tmpfs {
+    /// Unmounts it (once; the server must have stopped).
+    pub fn unmount(&self) {
+        if !self
+            .mounted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         if let Some(dir) = self.dir.to_str()
             && let Err(e) = run("umount", &[dir])
         {
             eprintln!("soak: could not unmount the tmpfs at {dir}: {e:#}");
         }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        self.unmount();
     }
 }
 
