@@ -52,10 +52,12 @@ impl Delivery {
             .is_some_and(|t| Some(t) > self.now)
     }
 
+    #[inline]
     pub fn push(&mut self, output: Output) {
         self.outputs.push_back(output);
     }
 
+    #[inline]
     pub fn pop(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
@@ -65,12 +67,14 @@ impl Delivery {
         self.send_encoded(to, Encoded::new(frame));
     }
 
+    #[inline]
     pub fn send_encoded(&mut self, to: SessionId, frame: Encoded) {
         self.outputs.push_back(Output::Send { to, frame });
     }
 
     /// The same bytes to each recipient but those `skip` names; ephemeral frames skip
     /// congested sessions too.
+    #[inline]
     pub fn fan_out(
         &mut self,
         recipients: &[SessionId],

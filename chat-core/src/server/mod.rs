@@ -230,6 +230,7 @@ impl Server {
 
     /// The next thing to do, if any. Drain until `None` after every input.
     #[must_use]
+    #[inline]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.st.out.pop()
     }
