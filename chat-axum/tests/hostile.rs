@@ -349,29 +349,8 @@ async fn attackers_are_closed_while_a_bystander_loses_nothing() {
     carol.hello("carol").await;
     let joined = carol.expect_joined("general").await;
     assert_eq!(joined.last_seq, Seq(MESSAGES));
-    let health = reqwest_free_get(&server, "/healthz").await;
+    let health = common::http_get(&server, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     survivors.push(carol);
     server.stop_with(survivors).await;
-}
-
-/// A plain HTTP GET over a TCP socket (no HTTP client dependency needed).
-async fn reqwest_free_get(server: &TestServer, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.addr
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(common::WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("HTTP answer in time")
-        .unwrap();
-    out
 }

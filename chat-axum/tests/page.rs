@@ -8,24 +8,9 @@ use chat_core::protocol::Limits;
 use chat_core::runtime::HubConfig;
 use common::TestServer;
 
-/// A plain HTTP GET over a TCP socket: (head, body).
+/// A plain HTTP GET: (head, body).
 async fn get(server: &TestServer, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.addr
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(common::WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("HTTP answer in time")
-        .unwrap();
+    let out = common::http_get(server, path).await;
     let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
     (head.to_owned(), body.to_owned())
 }

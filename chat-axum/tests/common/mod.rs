@@ -471,3 +471,25 @@ pub async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (StatusCode, Option
 pub fn room(name: &str) -> RoomName {
     RoomName::parse(name, 64, 32).expect("valid room name")
 }
+
+/// A plain HTTP/1.1 GET over a TCP socket (no HTTP client dependency): the whole answer,
+/// head and body, as text.
+pub async fn http_get(server: &TestServer, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    out
+}
