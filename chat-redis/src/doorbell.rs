@@ -1,0 +1,137 @@
+//! What arrives on a room's channel: the doorbells our scripts publish, checked field by
+//! field. Anything else (another program's payload, garbage, a huge blob) is [`Foreign`]:
+//! to be counted and skipped, never delivered.
+
+use crate::{Entry, Epoch};
+
+/// The largest doorbell accepted: a message of the largest body (64 KiB frames) with
+/// room to spare. Larger payloads are not ours.
+const MAX_DOORBELL_BYTES: usize = 256 * 1024;
+
+/// A doorbell published by `commit` or by a presence change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doorbell {
+    /// A message was committed.
+    Message {
+        /// The epoch it was committed under.
+        epoch: Epoch,
+        /// The message.
+        entry: Entry,
+    },
+    /// A presence announcement.
+    Presence {
+        /// The room's presence version this announcement made.
+        pv: u64,
+        /// `true`: `user_joined`; `false`: `user_left`.
+        joined: bool,
+        /// When, milliseconds since 1970.
+        ts_ms: i64,
+        /// Who.
+        user: String,
+    },
+}
+
+/// Why a payload on our channel is not one of our doorbells.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Foreign {
+    /// Larger than any doorbell we publish.
+    #[error("payload of {0} bytes is larger than any doorbell")]
+    TooLarge(usize),
+    /// Not of our format.
+    #[error("not a doorbell: {0}")]
+    Malformed(&'static str),
+}
+
+impl Doorbell {
+    /// Parses a payload from a room's channel.
+    ///
+    /// # Errors
+    /// [`Foreign`] for anything our scripts do not publish.
+    pub fn parse(payload: &[u8]) -> Result<Doorbell, Foreign> {
+        if payload.len() > MAX_DOORBELL_BYTES {
+            return Err(Foreign::TooLarge(payload.len()));
+        }
+        let s = std::str::from_utf8(payload).map_err(|_| Foreign::Malformed("not UTF-8"))?;
+        match s.as_bytes().first() {
+            Some(b'm') => message(s),
+            Some(b'p') => presence(s),
+            _ => Err(Foreign::Malformed("unknown kind")),
+        }
+    }
+}
+
+/// `m|<epoch>|<seq>|<ts>|<user len>|<client id len>|<user><client id><body>`
+fn message(s: &str) -> Result<Doorbell, Foreign> {
+    let mut parts = s.splitn(7, '|');
+    let kind = parts.next();
+    let (Some("m"), Some(epoch), Some(seq), Some(ts), Some(ulen), Some(clen), Some(rest)) = (
+        kind,
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(Foreign::Malformed("message fields"));
+    };
+    let epoch = Epoch::parse(epoch.to_owned()).map_err(|_| Foreign::Malformed("epoch"))?;
+    let seq: u64 = number(seq)?;
+    let ts_ms: i64 = number(ts)?;
+    let ulen: usize = number(ulen)?;
+    let clen: usize = number(clen)?;
+    let user = rest.get(..ulen).ok_or(Foreign::Malformed("user"))?;
+    let cid = rest
+        .get(ulen..ulen.saturating_add(clen))
+        .ok_or(Foreign::Malformed("client id"))?;
+    let body = &rest[ulen + clen..];
+    if user.is_empty() || seq == 0 {
+        return Err(Foreign::Malformed("empty user or seq 0"));
+    }
+    Ok(Doorbell::Message {
+        epoch,
+        entry: Entry {
+            seq,
+            ts_ms,
+            user: user.to_owned(),
+            body: body.to_owned(),
+            client_id: (!cid.is_empty()).then(|| cid.to_owned()),
+        },
+    })
+}
+
+/// `p|<pv>|<+ or ->|<ts>|<user>`
+fn presence(s: &str) -> Result<Doorbell, Foreign> {
+    let mut parts = s.splitn(5, '|');
+    let (Some("p"), Some(pv), Some(sign), Some(ts), Some(user)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(Foreign::Malformed("presence fields"));
+    };
+    let joined = match sign {
+        "+" => true,
+        "-" => false,
+        _ => return Err(Foreign::Malformed("presence sign")),
+    };
+    if user.is_empty() {
+        return Err(Foreign::Malformed("empty user"));
+    }
+    Ok(Doorbell::Presence {
+        pv: number(pv)?,
+        joined,
+        ts_ms: number(ts)?,
+        user: user.to_owned(),
+    })
+}
+
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, Foreign> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Foreign::Malformed("number"));
+    }
+    s.parse().map_err(|_| Foreign::Malformed("number"))
+}

@@ -1,0 +1,108 @@
+//! Key and channel names. Every key of one room carries the room's hash tag `{R}`, so a
+//! script over a room's keys touches one slot (Redis Cluster, Valkey).
+
+/// The names of everything this crate keeps in Redis, under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix` (`chat` by default).
+    #[must_use]
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The room's hash tag: `{R}` with `{`, `}`, `%`, and every byte outside printable
+    /// ASCII percent-escaped, so that no room name can end the tag early or make two
+    /// rooms share keys.
+    #[must_use]
+    pub fn tag(room: &str) -> String {
+        let mut out = String::with_capacity(room.len() + 2);
+        out.push('{');
+        for &b in room.as_bytes() {
+            if (0x21..=0x7e).contains(&b) && !matches!(b, b'{' | b'}' | b'%') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    /// The room's meta hash: `epoch`, `top`, `ts`, `pv`.
+    #[must_use]
+    pub fn meta(&self, room: &str) -> String {
+        format!("{}:{}:meta", self.prefix, Self::tag(room))
+    }
+
+    /// The room's message stream.
+    #[must_use]
+    pub fn log(&self, room: &str) -> String {
+        format!("{}:{}:log", self.prefix, Self::tag(room))
+    }
+
+    /// The idempotency key of one client message id of one user in the room. The user
+    /// and id are length-prefixed, so no pair of them can name another pair's key.
+    #[must_use]
+    pub fn idempotency(&self, room: &str, user: &str, client_id: &str) -> String {
+        format!(
+            "{}:{}:idem:{}:{user}:{client_id}",
+            self.prefix,
+            Self::tag(room),
+            user.len()
+        )
+    }
+
+    /// The room's users hash: user → sessions over all nodes.
+    #[must_use]
+    pub fn users(&self, room: &str) -> String {
+        format!("{}:{}:users", self.prefix, Self::tag(room))
+    }
+
+    /// One node's share of the room's presence: user → its sessions there.
+    #[must_use]
+    pub fn on_node(&self, room: &str, node: &str) -> String {
+        format!("{}:{}:on:{node}", self.prefix, Self::tag(room))
+    }
+
+    /// The room's doorbell channel.
+    #[must_use]
+    pub fn channel(&self, room: &str) -> String {
+        format!("{}:{}", self.prefix, Self::tag(room))
+    }
+
+    /// The rooms where a node has presence.
+    #[must_use]
+    pub fn node_rooms(&self, node: &str) -> String {
+        format!("{}:node:{node}:rooms", self.prefix)
+    }
+
+    /// Node → the deadline of its heartbeat (ms since 1970).
+    #[must_use]
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// The cluster epoch.
+    #[must_use]
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// An anonymous name's holder.
+    #[must_use]
+    pub fn name(&self, name: &str) -> String {
+        format!("{}:name:{}", self.prefix, Self::tag(name))
+    }
+
+    /// The token secret every node shares.
+    #[must_use]
+    pub fn secret(&self) -> String {
+        format!("{}:secret", self.prefix)
+    }
+}

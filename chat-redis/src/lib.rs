@@ -1,0 +1,742 @@
+//! # chat-redis
+//!
+//! The Redis layer of the chat engine's cluster mode (`docs/CLUSTER.md`): what several
+//! chat servers share through one Redis, each operation one atomic Lua script or one
+//! command, every key of a room under the room's hash tag (so one script touches one
+//! slot, and the layout works on Redis Cluster and Valkey unchanged).
+//!
+//! - [`RedisLog::commit`]: one message into a room's log: idempotency check, epoch check,
+//!   the next seq (no holes: a seq exists only with its entry), the entry appended to the
+//!   room's stream under that seq, the doorbell published, all in one script.
+//! - [`RedisLog::read_after`] / [`RedisLog::read_latest`]: the exact suffix after a seq
+//!   (gap repair), or the latest window with the room's presence (loading a room).
+//! - [`RedisLog::presence`] / [`RedisLog::reap`]: a user's sessions counted over nodes,
+//!   announced once when the count leaves or reaches zero; a dead node's share undone.
+//! - [`RedisLog::heartbeat`] / [`RedisLog::dead_nodes`]: node liveness.
+//! - [`RedisLog::cluster_epoch`] / [`RedisLog::replace_epoch`]: the epoch that tells
+//!   clients when seqs are no longer comparable.
+//! - [`RedisLog::claim_name`], [`RedisLog::shared_secret`]: anonymous names held
+//!   cluster-wide, one token secret for every node.
+//! - [`Doorbell::parse`]: what arrives on a room's channel, checked; anything else is a
+//!   [`Foreign`] payload to count and skip.
+//!
+//! Every call has a deadline ([`Options::deadline`]); the connection reconnects by itself
+//! (redis' `ConnectionManager`). This crate holds no chat rules and no state of its own.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod doorbell;
+mod keys;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+pub use doorbell::{Doorbell, Foreign};
+pub use keys::Keys;
+
+/// How a [`RedisLog`] talks to Redis.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Prefix of every key and channel (`chat`): several apps can share one Redis.
+    pub prefix: String,
+    /// Entries a room's stream keeps at least (`XADD MAXLEN ~`); older ones are trimmed.
+    pub window: usize,
+    /// How long a client message id is remembered for idempotent resends.
+    pub idempotency_ttl: Duration,
+    /// Every call fails with a timeout after this long without an answer.
+    pub deadline: Duration,
+    /// Connecting (and reconnecting) gives up after this long.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            prefix: "chat".into(),
+            window: 1000,
+            idempotency_ttl: Duration::from_secs(3600),
+            deadline: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What went wrong with a call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis did not answer in time, the connection is down, or it refused the call.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The room's log belongs to a newer epoch than the caller's: the caller missed an
+    /// epoch change and must refresh before posting.
+    #[error("the room's log is at a newer epoch ({0})")]
+    StaleEpoch(Epoch),
+    /// Redis answered something our scripts never return (another program on our keys).
+    #[error("unexpected reply from redis: {0}")]
+    Malformed(String),
+}
+
+impl Error {
+    /// Whether trying again later may succeed (the connection, a deadline, a busy or
+    /// loading Redis), as opposed to an answer that will not change.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Redis(e) => {
+                e.is_timeout()
+                    || e.is_io_error()
+                    || e.is_connection_dropped()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading
+                                | redis::ServerErrorKind::TryAgain
+                                | redis::ServerErrorKind::ClusterDown
+                                | redis::ServerErrorKind::MasterDown
+                        )
+                    )
+            }
+            Error::StaleEpoch(_) | Error::Malformed(_) => false,
+        }
+    }
+}
+
+/// A cluster epoch: `<13-digit milliseconds since 1970>-<16 hex digits>`. Later epochs
+/// compare greater (as strings too, which is how the scripts compare them).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(String);
+
+impl Epoch {
+    /// A new epoch, later than any made before it on a clock that does not go back.
+    ///
+    /// # Panics
+    /// If the system has no randomness (getrandom fails), which no supported OS does.
+    #[must_use]
+    pub fn new() -> Epoch {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).expect("the OS provides randomness");
+        Epoch(format!("{ms:013}-{:016x}", u64::from_le_bytes(r)))
+    }
+
+    /// The epoch's text, as clients see it in `welcome`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn parse(s: String) -> Result<Epoch, Error> {
+        let ok = s.len() == 30
+            && s.as_bytes()[13] == b'-'
+            && s[..13].bytes().all(|b| b.is_ascii_digit())
+            && s[14..].bytes().all(|b| b.is_ascii_hexdigit());
+        if ok {
+            Ok(Epoch(s))
+        } else {
+            Err(Error::Malformed(format!("not an epoch: {s:.40?}")))
+        }
+    }
+}
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch::new()
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message to commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Post<'a> {
+    /// Its author.
+    pub user: &'a str,
+    /// Its text.
+    pub body: &'a str,
+    /// The client's message id, for idempotent resends (`None`: every commit posts).
+    pub client_id: Option<&'a str>,
+}
+
+/// What [`RedisLog::commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The message's seq in its room.
+    pub seq: u64,
+    /// Its time, milliseconds since 1970 (Redis' clock; never below the room's previous).
+    pub ts_ms: i64,
+    /// True when the client id was already committed: nothing new was posted and `seq`
+    /// and `ts_ms` are the original's.
+    pub duplicate: bool,
+    /// The epoch of the room's log.
+    pub epoch: Epoch,
+}
+
+/// One message of a room's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its seq.
+    pub seq: u64,
+    /// Its time, milliseconds since 1970.
+    pub ts_ms: i64,
+    /// Its author.
+    pub user: String,
+    /// Its text.
+    pub body: String,
+    /// The author's message id, if it sent one.
+    pub client_id: Option<String>,
+}
+
+/// A read of a room's log and meta, taken at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogRead {
+    /// The epoch of the room's log (`None`: the room has no log).
+    pub epoch: Option<Epoch>,
+    /// The room's last seq.
+    pub top: u64,
+    /// The room's presence version (how many presence announcements so far).
+    pub pv: u64,
+    /// Entries, in seq order.
+    pub entries: Vec<Entry>,
+    /// Who is present and with how many sessions over all nodes (only when asked for).
+    pub users: Vec<(String, u64)>,
+}
+
+/// A presence announcement: a user's first session anywhere entered the room, or the
+/// last one left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// `user_joined`.
+    Joined(String),
+    /// `user_left`.
+    Left(String),
+}
+
+/// What a presence change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// Announcements made (each also published on the room's channel), in order.
+    pub announced: Vec<Announcement>,
+    /// The room's presence version afterwards.
+    pub pv: u64,
+}
+
+/// A session entering or leaving a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// One more session of the user in the room on this node.
+    Enter,
+    /// One fewer.
+    Leave,
+}
+
+/// The scripts, hashed once (EVALSHA, with a load on NOSCRIPT after a Redis restart).
+#[derive(Debug)]
+struct Scripts {
+    commit: Script,
+    read: Script,
+    presence: Script,
+    claim: Script,
+    epoch: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            commit: Script::new(include_str!("lua/commit.lua")),
+            read: Script::new(include_str!("lua/read.lua")),
+            presence: Script::new(include_str!("lua/presence.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            epoch: Script::new(include_str!("lua/epoch.lua")),
+        }
+    }
+}
+
+/// A connection to the Redis a cluster shares, with the operations of `docs/CLUSTER.md`.
+/// Cheap to clone: clones share one multiplexed, reconnecting connection.
+#[derive(Clone)]
+pub struct RedisLog {
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    keys: Keys,
+    options: Options,
+}
+
+impl std::fmt::Debug for RedisLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLog")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLog {
+    /// Connects (`redis://host:port/db`); an unreachable Redis is an error after
+    /// [`Options::connect_timeout`].
+    ///
+    /// # Errors
+    /// A bad URL, or Redis not reachable in time.
+    pub async fn connect(url: &str, options: Options) -> Result<RedisLog, Error> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.deadline))
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(RedisLog {
+            conn,
+            scripts: std::sync::Arc::new(Scripts::new()),
+            keys: Keys::new(&options.prefix),
+            options,
+        })
+    }
+
+    /// The key and channel names in use.
+    #[must_use]
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Commits one message to `room`'s log under `epoch` (see the crate docs). A retry
+    /// after an error is safe when the post has a client id: if the first attempt ran,
+    /// the retry returns its seq with `duplicate: true`.
+    ///
+    /// # Errors
+    /// [`Error::StaleEpoch`] when the log is at a newer epoch; Redis errors otherwise
+    /// (then nothing was acked; with a client id a retry is safe).
+    pub async fn commit(
+        &mut self,
+        room: &str,
+        epoch: &Epoch,
+        post: Post<'_>,
+    ) -> Result<Committed, Error> {
+        let cid = post.client_id.unwrap_or("");
+        let reply: Result<Value, _> = self
+            .scripts
+            .commit
+            .key(self.keys.meta(room))
+            .key(self.keys.log(room))
+            .key(self.keys.idempotency(room, post.user, cid))
+            .arg(epoch.as_str())
+            .arg(post.user)
+            .arg(post.body)
+            .arg(cid)
+            .arg(self.options.window)
+            .arg(self.options.idempotency_ttl.as_secs().max(1))
+            .arg(self.keys.channel(room))
+            .invoke_async(&mut self.conn)
+            .await;
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("STALE_EPOCH") => {
+                let newer = e.detail().unwrap_or_default().trim().to_owned();
+                return Err(Error::StaleEpoch(Epoch::parse(newer)?));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let items = array(reply, 4)?;
+        let mut it = items.into_iter();
+        let seq = uint(it.next())?;
+        let ts_ms = int(it.next())?;
+        let duplicate = int(it.next())? == 1;
+        let epoch = Epoch::parse(text(it.next())?)?;
+        Ok(Committed {
+            seq,
+            ts_ms,
+            duplicate,
+            epoch,
+        })
+    }
+
+    /// At most `max` entries after seq `after`, in order, with the room's meta. Entries
+    /// trimmed from the stream are missing at the front: the first entry's seq is then
+    /// above `after + 1`, which the caller reports as a gap.
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Malformed`] for a reply our script does not make.
+    pub async fn read_after(
+        &mut self,
+        room: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<LogRead, Error> {
+        self.read(room, "after", after, max, false).await
+    }
+
+    /// The latest `max` entries (in seq order), the room's meta and who is present: what
+    /// a node needs to load a room.
+    ///
+    /// # Errors
+    /// As [`RedisLog::read_after`].
+    pub async fn read_latest(&mut self, room: &str, max: usize) -> Result<LogRead, Error> {
+        let mut read = self.read(room, "latest", 0, max, true).await?;
+        read.entries.reverse();
+        Ok(read)
+    }
+
+    async fn read(
+        &mut self,
+        room: &str,
+        mode: &str,
+        after: u64,
+        max: usize,
+        users: bool,
+    ) -> Result<LogRead, Error> {
+        let reply: Value = self
+            .scripts
+            .read
+            .key(self.keys.meta(room))
+            .key(self.keys.log(room))
+            .key(self.keys.users(room))
+            .arg(mode)
+            .arg(after)
+            .arg(max.max(1))
+            .arg(if users { "1" } else { "0" })
+            .invoke_async(&mut self.conn)
+            .await?;
+        let mut it = array(reply, 5)?.into_iter();
+        let epoch = text(it.next())?;
+        let epoch = if epoch.is_empty() {
+            None
+        } else {
+            Some(Epoch::parse(epoch)?)
+        };
+        let top = uint(it.next())?;
+        let pv = uint(it.next())?;
+        let entries = match it.next() {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(entry)
+                .collect::<Result<Vec<_>, _>>()?,
+            other => return Err(Error::Malformed(format!("entries: {other:?}"))),
+        };
+        let users = match it.next() {
+            Some(Value::Array(flat)) => pairs(flat)?,
+            other => return Err(Error::Malformed(format!("users: {other:?}"))),
+        };
+        Ok(LogRead {
+            epoch,
+            top,
+            pv,
+            entries,
+            users,
+        })
+    }
+
+    /// One session of `user` entering or leaving `room` on `node`; announces the user
+    /// when their first session anywhere enters or their last one leaves. Also records
+    /// the room in the node's room set, for [`RedisLog::reap`].
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn presence(
+        &mut self,
+        room: &str,
+        node: &str,
+        user: &str,
+        change: Presence,
+    ) -> Result<PresenceChange, Error> {
+        if change == Presence::Enter {
+            // Before the count, so that a reaper always finds a count it must undo.
+            redis::cmd("SADD")
+                .arg(self.keys.node_rooms(node))
+                .arg(room)
+                .exec_async(&mut self.conn)
+                .await?;
+        }
+        let delta = if change == Presence::Enter { "1" } else { "-1" };
+        self.presence_script(room, node, user, delta).await
+    }
+
+    /// Undoes a dead `node`'s presence in every room it had any, announcing the users it
+    /// takes to zero; then forgets the node. Idempotent: two reapers racing, or a reaper
+    /// that dies half-way and another that starts over, announce each departure once.
+    ///
+    /// # Errors
+    /// Redis errors (then part of the node may be reaped; call again).
+    pub async fn reap(&mut self, node: &str) -> Result<Vec<(String, PresenceChange)>, Error> {
+        let rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_rooms(node))
+            .query_async(&mut self.conn)
+            .await?;
+        let mut out = Vec::new();
+        for room in rooms {
+            let change = self.presence_script(&room, node, "", "reap").await?;
+            redis::cmd("SREM")
+                .arg(self.keys.node_rooms(node))
+                .arg(&room)
+                .exec_async(&mut self.conn)
+                .await?;
+            if !change.announced.is_empty() {
+                out.push((room, change));
+            }
+        }
+        redis::cmd("ZREM")
+            .arg(self.keys.nodes())
+            .arg(node)
+            .exec_async(&mut self.conn)
+            .await?;
+        Ok(out)
+    }
+
+    async fn presence_script(
+        &mut self,
+        room: &str,
+        node: &str,
+        user: &str,
+        delta: &str,
+    ) -> Result<PresenceChange, Error> {
+        let reply: Value = self
+            .scripts
+            .presence
+            .key(self.keys.meta(room))
+            .key(self.keys.users(room))
+            .key(self.keys.on_node(room, node))
+            .arg(user)
+            .arg(delta)
+            .arg(self.keys.channel(room))
+            .invoke_async(&mut self.conn)
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(Error::Malformed(format!("presence: {reply:?}")));
+        };
+        let mut items = items.into_iter();
+        let pv = uint(items.next_back())?;
+        let announced = items
+            .map(|v| {
+                let s = text(Some(v))?;
+                match s.split_at_checked(1) {
+                    Some(("+", u)) => Ok(Announcement::Joined(u.to_owned())),
+                    Some(("-", u)) => Ok(Announcement::Left(u.to_owned())),
+                    _ => Err(Error::Malformed(format!("announcement {s:?}"))),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PresenceChange { announced, pv })
+    }
+
+    /// Says `node` is alive for `lease` more (from Redis' clock's point of view, the
+    /// deadline is the caller's clock: nodes' clocks must agree within the lease).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn heartbeat(&mut self, node: &str, lease: Duration) -> Result<(), Error> {
+        let deadline = now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        redis::cmd("ZADD")
+            .arg(self.keys.nodes())
+            .arg(deadline)
+            .arg(node)
+            .exec_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Nodes whose lease ran out, to [`reap`](RedisLog::reap).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dead_nodes(&mut self) -> Result<Vec<String>, Error> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.nodes())
+            .arg("-inf")
+            .arg(now_ms())
+            .query_async(&mut self.conn)
+            .await?)
+    }
+
+    /// The cluster epoch; the first caller after a flush (or ever) makes a new one.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn cluster_epoch(&mut self) -> Result<Epoch, Error> {
+        let fresh = Epoch::new();
+        let old: Option<String> = redis::cmd("SET")
+            .arg(self.keys.epoch())
+            .arg(fresh.as_str())
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn)
+            .await?;
+        match old {
+            Some(s) => Epoch::parse(s),
+            None => Ok(fresh),
+        }
+    }
+
+    /// Replaces the cluster epoch after a loss was seen under `seen`; when another node
+    /// already replaced it, that one is returned (one loss makes one new epoch).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn replace_epoch(&mut self, seen: &Epoch) -> Result<Epoch, Error> {
+        let mut fresh = Epoch::new();
+        if fresh <= *seen {
+            // A clock behind the one that made `seen`: still order after it.
+            fresh = Epoch(format!("{}{}", &seen.0[..14], &fresh.0[14..]));
+            if fresh <= *seen {
+                let ms: u64 = seen.0[..13].parse().unwrap_or(0) + 1;
+                fresh = Epoch(format!("{ms:013}{}", &fresh.0[13..]));
+            }
+        }
+        let cur: String = self
+            .scripts
+            .epoch
+            .key(self.keys.epoch())
+            .arg(seen.as_str())
+            .arg(fresh.as_str())
+            .invoke_async(&mut self.conn)
+            .await?;
+        Epoch::parse(cur)
+    }
+
+    /// Holds `name` (an anonymous user's folded name) for `holder` for `lifetime`: true
+    /// when the holder has it (it was free, or already theirs: extended), false when
+    /// someone else holds it.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn claim_name(
+        &mut self,
+        name: &str,
+        holder: &str,
+        lifetime: Duration,
+    ) -> Result<bool, Error> {
+        let got: i64 = self
+            .scripts
+            .claim
+            .key(self.keys.name(name))
+            .arg(holder)
+            .arg(
+                u64::try_from(lifetime.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(got == 1)
+    }
+
+    /// The token secret every node of the cluster uses (made by the first node to ask).
+    ///
+    /// # Errors
+    /// Redis errors, or a stored secret that is not 64 hex digits.
+    pub async fn shared_secret(&mut self) -> Result<[u8; 32], Error> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| Error::Malformed(e.to_string()))?;
+        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        let old: Option<String> = redis::cmd("SET")
+            .arg(self.keys.secret())
+            .arg(&hex)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn)
+            .await?;
+        let Some(old) = old else {
+            return Ok(fresh);
+        };
+        let mut out = [0u8; 32];
+        if old.len() != 64 {
+            return Err(Error::Malformed(
+                "the shared secret is not 64 hex digits".into(),
+            ));
+        }
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&old[2 * i..2 * i + 2], 16)
+                .map_err(|_| Error::Malformed("the shared secret is not hex".into()))?;
+        }
+        Ok(out)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn array(v: Value, len: usize) -> Result<Vec<Value>, Error> {
+    match v {
+        Value::Array(items) if items.len() == len => Ok(items),
+        other => Err(Error::Malformed(format!("expected {len} items: {other:?}"))),
+    }
+}
+
+fn int(v: Option<Value>) -> Result<i64, Error> {
+    match v {
+        Some(Value::Int(n)) => Ok(n),
+        Some(Value::BulkString(b)) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Malformed("not a number".into())),
+        other => Err(Error::Malformed(format!("expected a number: {other:?}"))),
+    }
+}
+
+fn uint(v: Option<Value>) -> Result<u64, Error> {
+    u64::try_from(int(v)?).map_err(|_| Error::Malformed("negative".into()))
+}
+
+fn text(v: Option<Value>) -> Result<String, Error> {
+    match v {
+        Some(Value::BulkString(b)) => {
+            String::from_utf8(b).map_err(|_| Error::Malformed("not UTF-8".into()))
+        }
+        Some(Value::SimpleString(s)) => Ok(s),
+        Some(Value::Okay) => Ok("OK".into()),
+        other => Err(Error::Malformed(format!("expected text: {other:?}"))),
+    }
+}
+
+fn pairs(flat: Vec<Value>) -> Result<Vec<(String, u64)>, Error> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let Some(k) = it.next() {
+        out.push((text(Some(k))?, uint(it.next())?));
+    }
+    Ok(out)
+}
+
+/// One stream entry as XRANGE returns it: `[id, [field, value, ...]]`.
+fn entry(v: Value) -> Result<Entry, Error> {
+    let mut it = array(v, 2)?.into_iter();
+    let id = text(it.next())?;
+    let seq = id
+        .strip_suffix("-0")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Malformed(format!("entry id {id:?}")))?;
+    let Some(Value::Array(fields)) = it.next() else {
+        return Err(Error::Malformed("entry fields".into()));
+    };
+    let (mut user, mut body, mut ts_ms, mut cid) = (None, None, None, None);
+    let mut f = fields.into_iter();
+    while let Some(k) = f.next() {
+        let k = text(Some(k))?;
+        let v = text(f.next())?;
+        match k.as_str() {
+            "u" => user = Some(v),
+            "b" => body = Some(v),
+            "t" => ts_ms = v.parse().ok(),
+            "c" => cid = Some(v),
+            _ => {}
+        }
+    }
+    match (user, body, ts_ms) {
+        (Some(user), Some(body), Some(ts_ms)) => Ok(Entry {
+            seq,
+            ts_ms,
+            user,
+            body,
+            client_id: cid.filter(|c| !c.is_empty()),
+        }),
+        _ => Err(Error::Malformed(format!("entry {seq} lacks a field"))),
+    }
+}
