@@ -76,6 +76,12 @@ impl Keys {
         format!("{}:{}", self.prefix, Self::tag(room))
     }
 
+    /// A node's own probe channel (its subscription's liveness check).
+    #[must_use]
+    pub fn probe(&self, node: &str) -> String {
+        format!("{}:probe:{node}", self.prefix)
+    }
+
     /// The rooms where a node has presence.
     #[must_use]
     pub fn node_rooms(&self, node: &str) -> String {

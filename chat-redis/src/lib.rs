@@ -17,6 +17,9 @@
 //!   clients when seqs are no longer comparable.
 //! - [`RedisLog::claim_name`], [`RedisLog::shared_secret`]: anonymous names held
 //!   cluster-wide, one token secret for every node.
+//! - [`Subscriber`]: the node's doorbell listener, which re-subscribes after every
+//!   reconnect and proves with a probe through its own channel that its subscriptions
+//!   deliver; a full queue marks a room behind instead of dropping silently.
 //! - [`Doorbell::parse`]: what arrives on a room's channel, checked; anything else is a
 //!   [`Foreign`] payload to count and skip.
 //!
@@ -27,6 +30,7 @@
 
 mod doorbell;
 mod keys;
+mod subscriber;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +39,7 @@ use redis::{Script, Value};
 
 pub use doorbell::{Doorbell, Foreign};
 pub use keys::Keys;
+pub use subscriber::{Bell, Subscriber, SubscriberOptions};
 
 /// How a [`RedisLog`] talks to Redis.
 #[derive(Debug, Clone)]
@@ -654,6 +659,18 @@ impl RedisLog {
                 .map_err(|_| Error::Malformed("the shared secret is not hex".into()))?;
         }
         Ok(out)
+    }
+}
+
+impl RedisLog {
+    /// Publishes a liveness probe on a node's own channel (see [`Subscriber`]).
+    pub(crate) async fn publish_probe(&mut self, channel: &str, nonce: u64) -> Result<(), Error> {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(nonce)
+            .exec_async(&mut self.conn)
+            .await?;
+        Ok(())
     }
 }
 
