@@ -247,6 +247,12 @@ impl Hub {
                 why: "it is true exactly when HubConfig.store is given",
             });
         }
+        if core.cluster {
+            return Err(SpawnError::RuntimeOwned {
+                field: "cluster",
+                why: "the runtime has no cluster broker yet (docs/CLUSTER.md): a Hub runs single-node",
+            });
+        }
         if core.epoch != Config::default().epoch {
             return Err(SpawnError::RuntimeOwned {
                 field: "epoch",
@@ -836,6 +842,10 @@ impl Driver {
                         if let Some(reply) = self.publishes.remove(&ticket) {
                             let _ = reply.send(result);
                         }
+                    }
+                    // Hub::spawn refuses cluster mode, so the core never asks these.
+                    Output::Append { .. } | Output::FetchLog { .. } => {
+                        tracing::error!("cluster output without a cluster broker");
                     }
                     Output::Event(event) => self.on_event(event),
                     Output::Drained => drained = true,

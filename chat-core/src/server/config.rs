@@ -66,6 +66,13 @@ pub struct Config {
     /// When true every message goes through [`Output::Persist`](super::Output::Persist) and is delivered and
     /// acked only after [`Input::Persisted`](super::Input::Persisted).
     pub durable: bool,
+    /// Cluster mode (docs/CLUSTER.md): a room's seqs come from a log several servers
+    /// share. A post becomes [`Output::Append`](super::Output::Append) and is delivered
+    /// and acked once the log's entries arrive in seq order
+    /// ([`Input::Appended`](super::Input::Appended), [`Input::RoomLog`](super::Input::RoomLog)).
+    /// History older than the window is read from the log
+    /// ([`Output::LoadHistory`](super::Output::LoadHistory)). Not with `durable`.
+    pub cluster: bool,
     /// History epoch announced in `welcome`; a new epoch tells clients seqs restarted.
     pub epoch: String,
     /// Secret for anonymous-mode tokens. The runtime fills it with random bytes.
@@ -107,6 +114,7 @@ impl Default for Config {
             max_strikes: 20,
             congestion_backoff: Duration::from_secs(10),
             durable: false,
+            cluster: false,
             epoch: "0".to_owned(),
             secret: [0; 32],
             shutdown_retry_after: Duration::from_secs(2),

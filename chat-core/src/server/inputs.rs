@@ -90,6 +90,37 @@ pub enum Input {
         /// The page (oldest first) and whether older messages exist.
         result: Result<(Vec<Message>, bool), StoreError>,
     },
+    /// Cluster mode: the log's answer to [`Output::Append`](super::Output::Append).
+    Appended {
+        /// The room.
+        room: RoomName,
+        /// The append's ticket.
+        ticket: u64,
+        /// The seq and time the log gave the message, or why it could not append it
+        /// (the sender gets `storage_unavailable`; nothing was acked).
+        result: Result<super::cluster::Appended, StoreError>,
+    },
+    /// Cluster mode: entries of a room's log, in any order, possibly already seen:
+    /// doorbells of other servers' (and this server's) appends, or the answer to
+    /// [`Output::FetchLog`](super::Output::FetchLog).
+    RoomLog {
+        /// The room.
+        room: RoomName,
+        /// The entries.
+        messages: Vec<Message>,
+        /// The log holds nothing below this seq any more (trimmed): what this server has
+        /// not delivered below it is lost, and its members are told so.
+        gap_before: Option<Seq>,
+        /// This answers an [`Output::FetchLog`](super::Output::FetchLog).
+        fetched: bool,
+    },
+    /// Cluster mode: doorbells may have been missed (the broker's subscription was
+    /// remade, or a periodic check found the log ahead): every room named (all rooms for
+    /// `None`) reads the log after its last delivered seq ([`Output::FetchLog`](super::Output::FetchLog)).
+    CatchUp {
+        /// One room, or every room.
+        room: Option<RoomName>,
+    },
     /// The host posts a message (a bot, a system notice) without a connection.
     /// Answered by [`Output::Published`](super::Output::Published).
     Publish {

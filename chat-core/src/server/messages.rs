@@ -38,6 +38,11 @@ impl Room {
             // No longer held in memory: post it anew rather than leave the sender
             // without any answer.
         }
+        if env.config.cluster {
+            self.typing.remove(&key);
+            self.append(env, author, body, client_id, acker);
+            return;
+        }
         let (seq, ts) = self.stamp(now.utc);
         // Sending ends the author's typing (clients clear it when the message arrives).
         // Cleared now, at acceptance, so typing that starts again while a durable
@@ -72,7 +77,7 @@ impl Room {
     }
 
     /// Delivers the committed messages at the front of the pending queue, in seq order.
-    fn release(&mut self, env: &mut Env<'_>) {
+    pub(super) fn release(&mut self, env: &mut Env<'_>) {
         let window = env.config.history_window;
         while self.pending.front().is_some_and(|p| p.committed) {
             let Some(p) = self.pending.pop_front() else {
@@ -102,7 +107,7 @@ impl Room {
 
 impl Env<'_> {
     /// Tells whoever sent a message that it is posted.
-    fn ack(&mut self, acker: &Acker, msg: &Arc<Message>, duplicate: bool) {
+    pub(super) fn ack(&mut self, acker: &Acker, msg: &Arc<Message>, duplicate: bool) {
         match acker {
             Acker::Session(sid, id) => {
                 if self.out.is_open(*sid) {

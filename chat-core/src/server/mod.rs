@@ -19,6 +19,7 @@
 //! | `messages` | the path of a message: seq, store, release in order, acks |
 //! | `commands/` | the dispatcher and one module per client command |
 
+mod cluster;
 mod commands;
 mod config;
 mod delivery;
@@ -40,6 +41,7 @@ use std::time::Instant;
 use crate::ids::{RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
+pub use cluster::Appended;
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
@@ -174,6 +176,24 @@ impl Server {
                 self.st.on_persisted(&room, seq, result)?;
                 self.maybe_finish_shutdown(now);
             }
+            Input::Appended {
+                room,
+                ticket,
+                result,
+            } => {
+                self.st.on_appended(&room, ticket, result)?;
+                self.maybe_finish_shutdown(now);
+            }
+            Input::RoomLog {
+                room,
+                messages,
+                gap_before,
+                fetched,
+            } => {
+                self.st.on_room_log(&room, messages, gap_before, fetched);
+                self.maybe_finish_shutdown(now);
+            }
+            Input::CatchUp { room } => self.st.on_catch_up(room.as_ref()),
             Input::HistoryLoaded { ticket, result } => {
                 return self.st.on_history_loaded(ticket, result);
             }
@@ -267,7 +287,8 @@ impl Server {
     /// to every session, then [`Output::Drained`].
     fn maybe_finish_shutdown(&mut self, now: Now) {
         let st = &self.st;
-        if !st.shutting_down || st.drained || st.rooms.values().any(|r| !r.pending.is_empty()) {
+        let unsettled = |r: &Room| !r.pending.is_empty() || !r.cluster.is_settled();
+        if !st.shutting_down || st.drained || st.rooms.values().any(unsettled) {
             return;
         }
         let retry = u64::try_from(st.config.shutdown_retry_after.as_millis()).unwrap_or(u64::MAX);

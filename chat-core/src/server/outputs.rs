@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::ids::{RoomName, Seq, SessionId, UserName};
+use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message};
 
 /// Something for the driver to do.
@@ -55,6 +55,28 @@ pub enum Output {
         ticket: u64,
         /// The posted message (or the earlier one, for a repeated client id), or why not.
         result: Result<Arc<Message>, ErrorCode>,
+    },
+    /// Cluster mode: append this message to the room's shared log, then answer with
+    /// [`Input::Appended`](super::Input::Appended) (the room and the ticket).
+    Append {
+        /// The room.
+        room: RoomName,
+        /// Echo in the answer (unique per room).
+        ticket: u64,
+        /// The author.
+        user: UserName,
+        /// The text.
+        body: Arc<str>,
+        /// The author's message id, for the log's idempotency check.
+        client_id: Option<ClientMsgId>,
+    },
+    /// Cluster mode: an entry of the room's log is missing here; read the log after
+    /// `after` and answer with [`Input::RoomLog`](super::Input::RoomLog) with `fetched`.
+    FetchLog {
+        /// The room.
+        room: RoomName,
+        /// The last seq delivered here.
+        after: Seq,
     },
     /// Something the host app may want to observe.
     Event(Event),

@@ -86,6 +86,8 @@ pub(crate) struct Room {
     last_ts: DateTime<Utc>,
     client_ids: HashMap<(UserKey, ClientMsgId), Seq>,
     pub pending: VecDeque<Pending>,
+    /// Cluster mode: posts waiting for the shared log, entries ahead of a gap.
+    pub cluster: super::cluster::Follower,
 }
 
 /// Where the name of the member after `before` starts in the member list's JSON: after
@@ -110,6 +112,7 @@ impl Room {
             last_ts: DateTime::<Utc>::MIN_UTC,
             client_ids: HashMap::new(),
             pending: VecDeque::new(),
+            cluster: super::cluster::Follower::default(),
         }
     }
 
@@ -246,6 +249,7 @@ impl Room {
         self.members.is_empty()
             && self.history.is_empty()
             && self.pending.is_empty()
+            && self.cluster.is_settled()
             && self.last_seq == Seq(0)
     }
 
@@ -302,6 +306,17 @@ impl Room {
             self.history.push_back(Posted { msg, frame });
         }
         self.evict(window);
+    }
+
+    /// Cluster mode: the messages up to `lost` that are not delivered are gone from the
+    /// log. The window is emptied (a resume from before `lost` must get `gap`, and pages
+    /// come from the log) and delivery goes on after `lost`.
+    pub fn cut(&mut self, lost: Seq) {
+        self.history.clear();
+        self.client_ids.clear();
+        self.floor = lost;
+        self.last_delivered = self.last_delivered.max(lost);
+        self.last_seq = self.last_seq.max(lost);
     }
 
     /// Drops the oldest messages beyond `window` from memory.

@@ -69,4 +69,6 @@ mod sim;
 pub use ops::{Op, Pick, ROOMS, RoomsChoice, SLOTS, Since, TokenChoice, USERS, WRONG_TOKEN};
 pub use ops::{hello, op, ops};
 pub use run::{AuthHook, Harness};
-pub use sim::{Say, Sim, base_now, check_timestamps, decode_server, is_rfc3339_millis, kind};
+pub use sim::{
+    AppendAsked, Say, Sim, base_now, check_timestamps, decode_server, is_rfc3339_millis, kind,
+};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{self, DecodeError, Encoded, ErrorCode, Message, ServerFrame};
 use crate::{
-    CloseReason, Config, Event, Input, Now, Output, RoomName, Seq, Server, SessionId, StoreError,
-    protocol::ClientFrame,
+    ClientMsgId, CloseReason, Config, Event, Input, Now, Output, RoomName, Seq, Server, SessionId,
+    StoreError, UserName, protocol::ClientFrame,
 };
 use serde_json::{Value, json};
 
@@ -62,6 +62,9 @@ impl From<Vec<u8>> for Say {
     }
 }
 
+/// An `Output::Append` as the Sim records it: (room, ticket, user, body, client id).
+pub type AppendAsked = (RoomName, u64, UserName, Arc<str>, Option<ClientMsgId>);
+
 /// A server, its simulated clock, and everything it has said so far.
 ///
 /// The fields are public so a test can look at (and take from) everything the server
@@ -93,6 +96,10 @@ pub struct Sim {
     pub store: BTreeMap<RoomName, Vec<Arc<Message>>>,
     /// Durable mode: `Output::LoadHistory` requests: (ticket, room, before, limit).
     pub loads: Vec<(u64, RoomName, Option<Seq>, usize)>,
+    /// Cluster mode: `Output::Append` requests: (room, ticket, user, body, client id).
+    pub appends: Vec<AppendAsked>,
+    /// Cluster mode: `Output::FetchLog` requests: (room, after).
+    pub fetches: Vec<(RoomName, Seq)>,
     /// `Output::Published` results: (ticket, result).
     pub published: Vec<(u64, Result<Arc<Message>, ErrorCode>)>,
     /// Host auth mode: (session, name, credentials).
@@ -132,6 +139,8 @@ impl Sim {
             persists: Vec::new(),
             store: BTreeMap::new(),
             loads: Vec::new(),
+            appends: Vec::new(),
+            fetches: Vec::new(),
             published: Vec::new(),
             authenticate: Vec::new(),
             drained: 0,
@@ -301,6 +310,22 @@ impl Sim {
                 self.log
                     .push(format!("load {ticket} {room} {before:?} {limit}"));
                 self.loads.push((ticket, room, before, limit));
+            }
+            Output::Append {
+                room,
+                ticket,
+                user,
+                body,
+                client_id,
+            } => {
+                self.log.push(format!(
+                    "append {room} {ticket} {user} {body:?} {client_id:?}"
+                ));
+                self.appends.push((room, ticket, user, body, client_id));
+            }
+            Output::FetchLog { room, after } => {
+                self.log.push(format!("fetch {room} {after:?}"));
+                self.fetches.push((room, after));
             }
             Output::Authenticate {
                 session,

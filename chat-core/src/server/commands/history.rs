@@ -33,7 +33,7 @@ impl State {
             return Err(Reject::not_member(&room_name));
         }
         let page = match self.rooms.get(&room_name) {
-            Some(room) => room.page(before, limit, self.config.durable),
+            Some(room) => room.page(before, limit, self.config.durable || self.config.cluster),
             // A direct room nobody has written to yet.
             None => Page::Memory {
                 messages: vec![],

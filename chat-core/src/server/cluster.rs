@@ -1,0 +1,273 @@
+//! Cluster mode (`Config::cluster`, docs/CLUSTER.md): a room's seqs come from a log that
+//! several servers share. A post becomes [`Output::Append`]; the log's answer
+//! ([`Input::Appended`]) and the entries other servers appended ([`Input::RoomLog`])
+//! arrive in any order, possibly twice; each room delivers them to its local members
+//! strictly in seq order, once, asking for what it lacks ([`Output::FetchLog`]), and acks
+//! a post only after delivering it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::outputs::Output;
+use super::rooms::{Acker, Pending, Posted, Room};
+use super::{ApiMisuse, Env, State, StoreError};
+use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
+use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
+
+/// What the shared log answered to an [`Output::Append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's seq in its room.
+    pub seq: Seq,
+    /// Its time, as the log stamped it.
+    pub ts: DateTime<Utc>,
+    /// The log already had this client id from this author: nothing new was appended,
+    /// and `seq` and `ts` are the original's.
+    pub duplicate: bool,
+}
+
+/// A room's cluster-mode state: posts waiting for the log, entries that arrived ahead
+/// of a gap, and acks waiting for their message's delivery.
+#[derive(Debug, Default)]
+pub(crate) struct Follower {
+    next_ticket: u64,
+    appending: BTreeMap<u64, Appending>,
+    held: BTreeMap<Seq, Arc<Message>>,
+    acks: BTreeMap<Seq, Vec<(Acker, bool)>>,
+    fetching: bool,
+}
+
+#[derive(Debug)]
+struct Appending {
+    author: UserName,
+    body: Arc<str>,
+    client_id: Option<ClientMsgId>,
+    ackers: Vec<Acker>,
+}
+
+impl Follower {
+    /// Whether anything waits for the log (shutdown waits for it).
+    pub fn is_settled(&self) -> bool {
+        self.appending.is_empty() && self.acks.is_empty()
+    }
+}
+
+impl Room {
+    /// Cluster mode's post: the log hands out the seq. A resend of a client id still
+    /// waiting for the log waits with it.
+    pub(super) fn append(
+        &mut self,
+        env: &mut Env<'_>,
+        author: UserName,
+        body: Arc<str>,
+        client_id: Option<ClientMsgId>,
+        acker: Acker,
+    ) {
+        if let Some(cid) = &client_id
+            && let Some(waiting) = self
+                .cluster
+                .appending
+                .values_mut()
+                .find(|a| a.client_id.as_ref() == Some(cid) && a.author.key() == author.key())
+        {
+            waiting.ackers.push(acker);
+            return;
+        }
+        let ticket = self.cluster.next_ticket;
+        self.cluster.next_ticket += 1;
+        env.out.push(Output::Append {
+            room: self.name.clone(),
+            ticket,
+            user: author.clone(),
+            body: body.clone(),
+            client_id: client_id.clone(),
+        });
+        self.cluster.appending.insert(
+            ticket,
+            Appending {
+                author,
+                body,
+                client_id,
+                ackers: vec![acker],
+            },
+        );
+    }
+
+    /// Takes entries of the log in any order and delivers, in seq order, every one that
+    /// follows the last delivered; asks for the log after it when an entry is missing
+    /// (once: the answer to a fetch asks again if something is still missing).
+    fn accept(&mut self, env: &mut Env<'_>, entries: impl IntoIterator<Item = Arc<Message>>) {
+        for msg in entries {
+            if msg.seq > self.last_delivered {
+                self.cluster.held.entry(msg.seq).or_insert(msg);
+            }
+        }
+        while let Some(entry) = self.cluster.held.first_entry() {
+            if *entry.key() != self.last_delivered.next() {
+                break;
+            }
+            let msg = entry.remove();
+            self.deliver_entry(env, msg);
+        }
+        if !self.cluster.held.is_empty() && !self.cluster.fetching {
+            self.cluster.fetching = true;
+            env.out.push(Output::FetchLog {
+                room: self.name.clone(),
+                after: self.last_delivered,
+            });
+        }
+    }
+
+    /// Delivers one entry (the next in seq order, or the next this server has after a
+    /// cut) and its acks.
+    fn deliver_entry(&mut self, env: &mut Env<'_>, msg: Arc<Message>) {
+        let key = msg.user.key();
+        if let Some(cid) = &msg.client_id {
+            self.remember_client_id(key.clone(), cid.clone(), msg.seq);
+        }
+        self.last_seq = self.last_seq.max(msg.seq);
+        let ackers: Vec<Acker> = self
+            .cluster
+            .acks
+            .remove(&msg.seq)
+            .into_iter()
+            .flatten()
+            .map(|(acker, _)| acker)
+            .collect();
+        let frame = Encoded::new(&ServerFrame::Message(msg.clone()));
+        self.pending.push_back(Pending {
+            posted: Posted { msg, frame },
+            author: key,
+            committed: true,
+            ackers,
+        });
+        self.release(env);
+    }
+
+    /// The log holds nothing below `seq` any more (trimmed while this server was
+    /// behind). What this server holds below it is delivered; the rest is lost, and its
+    /// local members are told with a `joined` marked `gap` (no messages: they keep what
+    /// they have) whose `last_seq` is the last lost seq. Delivery goes on after it.
+    fn skip_to(&mut self, env: &mut Env<'_>, seq: Seq) {
+        let lost = Seq(seq.0.saturating_sub(1));
+        if lost <= self.last_delivered {
+            return;
+        }
+        while let Some(entry) = self.cluster.held.first_entry() {
+            if *entry.key() > lost {
+                break;
+            }
+            let msg = entry.remove();
+            self.deliver_entry(env, msg);
+        }
+        self.cut(lost);
+        let frame = Encoded::new(&ServerFrame::Joined {
+            id: None,
+            room: self.name.clone(),
+            members: self.member_list(env.users),
+            messages: Vec::new(),
+            gap: true,
+            last_seq: lost,
+        });
+        env.fan_out(self, &frame, None, None);
+    }
+}
+
+impl State {
+    /// The log's answer to one [`Output::Append`].
+    pub(super) fn on_appended(
+        &mut self,
+        room_name: &RoomName,
+        ticket: u64,
+        result: Result<Appended, StoreError>,
+    ) -> Result<(), ApiMisuse> {
+        let (room, mut env) = self
+            .room_env(room_name)
+            .ok_or(ApiMisuse::UnknownTicket(ticket))?;
+        let waiting = room
+            .cluster
+            .appending
+            .remove(&ticket)
+            .ok_or(ApiMisuse::UnknownTicket(ticket))?;
+        let appended = match result {
+            Ok(a) => a,
+            Err(e) => {
+                for acker in waiting.ackers {
+                    match acker {
+                        Acker::Session(sid, id) => {
+                            let msg = format!("message not stored, retry later ({})", e.detail());
+                            env.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
+                        }
+                        Acker::Host(ticket) => env.out.push(Output::Published {
+                            ticket,
+                            result: Err(ErrorCode::StorageUnavailable),
+                        }),
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let msg = Arc::new(Message {
+            room: room_name.clone(),
+            seq: appended.seq,
+            ts: appended.ts,
+            user: waiting.author,
+            body: waiting.body,
+            client_id: waiting.client_id,
+        });
+        if appended.seq <= room.last_delivered {
+            // Delivered already (its doorbell came first, or it is an old duplicate).
+            let known = room.find(appended.seq).cloned();
+            for acker in waiting.ackers {
+                match &known {
+                    Some(m) => env.ack(&acker, m, appended.duplicate),
+                    None => env.ack(&acker, &msg, appended.duplicate),
+                }
+            }
+            return Ok(());
+        }
+        let acks = room.cluster.acks.entry(appended.seq).or_default();
+        acks.extend(waiting.ackers.into_iter().map(|a| (a, appended.duplicate)));
+        room.accept(&mut env, [msg]);
+        Ok(())
+    }
+
+    /// Doorbells may have been missed: read the log after what each room delivered.
+    pub(super) fn on_catch_up(&mut self, only: Option<&RoomName>) {
+        for room in self.rooms.values_mut() {
+            if only.is_some_and(|r| *r != room.name) || room.cluster.fetching {
+                continue;
+            }
+            room.cluster.fetching = true;
+            self.out.push(Output::FetchLog {
+                room: room.name.clone(),
+                after: room.last_delivered,
+            });
+        }
+    }
+
+    /// Entries of a room's log from the log itself: doorbells, or (`fetched`) the answer
+    /// to [`Output::FetchLog`]. `gap_before`: the log holds nothing below this seq any
+    /// more (trimmed), so what this server lacks below it is lost.
+    pub(super) fn on_room_log(
+        &mut self,
+        room_name: &RoomName,
+        messages: Vec<Message>,
+        gap_before: Option<Seq>,
+        fetched: bool,
+    ) {
+        // A room nobody here is in: nothing to deliver to (it is loaded on first join).
+        let Some((room, mut env)) = self.room_env(room_name) else {
+            return;
+        };
+        if fetched {
+            room.cluster.fetching = false;
+        }
+        if let Some(seq) = gap_before {
+            room.skip_to(&mut env, seq);
+        }
+        room.accept(&mut env, messages.into_iter().map(Arc::new));
+    }
+}

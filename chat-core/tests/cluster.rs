@@ -1,0 +1,507 @@
+//! Cluster mode in the engine (`Config::cluster`, docs/CLUSTER.md), deterministically: several
+//! `Server`s on simulated clocks share an in-memory log that does what the Redis script
+//! does (one seq per append, no holes, idempotent client ids), and its doorbells reach each
+//! server late, out of order, twice, or never. Every member session on every server must
+//! get every message of the log exactly once, in seq order; every sender exactly one ack,
+//! after its own message.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use chat_core::protocol::{ErrorCode, Message, ServerFrame};
+use chat_core::testing::Sim;
+use chat_core::{Appended, Config, Input, RoomName, Seq, StoreError};
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// The shared log: what `commit.lua` keeps in Redis.
+#[derive(Default)]
+struct Log {
+    rooms: BTreeMap<RoomName, Vec<Message>>,
+    ids: HashMap<(RoomName, String, String), Seq>,
+    /// Entries below this seq are trimmed away, per room.
+    trimmed_below: BTreeMap<RoomName, Seq>,
+}
+
+impl Log {
+    fn append(
+        &mut self,
+        room: &RoomName,
+        user: &chat_core::UserName,
+        body: &str,
+        cid: Option<&str>,
+    ) -> (Message, bool) {
+        if let Some(cid) = cid
+            && let Some(seq) = self.ids.get(&(
+                room.clone(),
+                user.key().as_str().to_owned(),
+                cid.to_string(),
+            ))
+        {
+            let m = self.rooms[room][usize::try_from(seq.0 - 1).unwrap()].clone();
+            return (m, true);
+        }
+        let entries = self.rooms.entry(room.clone()).or_default();
+        let seq = Seq(entries.len() as u64 + 1);
+        let ts = DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000 + seq.0 as i64).unwrap();
+        let m = Message {
+            room: room.clone(),
+            seq,
+            ts,
+            user: user.clone(),
+            body: body.into(),
+            client_id: cid.map(Into::into),
+        };
+        entries.push(m.clone());
+        if let Some(cid) = cid {
+            self.ids.insert(
+                (
+                    room.clone(),
+                    user.key().as_str().to_owned(),
+                    cid.to_string(),
+                ),
+                seq,
+            );
+        }
+        (m, false)
+    }
+
+    fn after(&self, room: &RoomName, after: Seq) -> (Vec<Message>, Option<Seq>) {
+        let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
+        let entries: Vec<Message> = self
+            .rooms
+            .get(room)
+            .map(|e| {
+                e.iter()
+                    .filter(|m| m.seq > after && m.seq >= floor)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let gap = (after.next() < floor).then_some(floor);
+        (entries, gap)
+    }
+}
+
+/// Several servers, one log, and the doorbells on their way to each server.
+struct Cluster {
+    nodes: Vec<Sim>,
+    log: Log,
+    bells: Vec<VecDeque<Message>>,
+    /// Servers that lost a doorbell: in the real broker that only happens with a lost
+    /// subscription, and a remade subscription is followed by a catch-up.
+    lost: Vec<bool>,
+}
+
+fn config() -> Config {
+    // Flood control out of the way: the scenarios send fast.
+    let fast = chat_core::Rate {
+        burst: 10_000,
+        per_second: 10_000,
+    };
+    Config {
+        cluster: true,
+        send_rate: fast,
+        frame_rate: fast,
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        Cluster {
+            nodes: (0..n).map(|_| Sim::with(config())).collect(),
+            log: Log::default(),
+            bells: vec![VecDeque::new(); n],
+            lost: vec![false; n],
+        }
+    }
+
+    /// Commits every append the servers asked for, in the order asked, answers each
+    /// server, and queues the doorbell for every server (the author's too).
+    fn commit_all(&mut self) {
+        for n in 0..self.nodes.len() {
+            let asked = std::mem::take(&mut self.nodes[n].appends);
+            for (room, ticket, user, body, cid) in asked {
+                let (m, duplicate) = self.log.append(&room, &user, &body, cid.as_deref());
+                if !duplicate {
+                    for b in &mut self.bells {
+                        b.push_back(m.clone());
+                    }
+                }
+                self.nodes[n].input(Input::Appended {
+                    room,
+                    ticket,
+                    result: Ok(Appended {
+                        seq: m.seq,
+                        ts: m.ts,
+                        duplicate,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// Rings up to `k` queued doorbells at server `n`.
+    fn ring(&mut self, n: usize, k: usize) {
+        for _ in 0..k {
+            let Some(m) = self.bells[n].pop_front() else {
+                return;
+            };
+            self.nodes[n].input(Input::RoomLog {
+                room: m.room.clone(),
+                messages: vec![m],
+                gap_before: None,
+                fetched: false,
+            });
+        }
+    }
+
+    /// Answers every fetch from the log.
+    fn answer_fetches(&mut self) {
+        for n in 0..self.nodes.len() {
+            while !self.nodes[n].fetches.is_empty() {
+                let (room, after) = self.nodes[n].fetches.remove(0);
+                let (messages, gap_before) = self.log.after(&room, after);
+                self.nodes[n].input(Input::RoomLog {
+                    room,
+                    messages,
+                    gap_before,
+                    fetched: true,
+                });
+            }
+        }
+    }
+
+    /// Loses the next doorbell on its way to server `n`.
+    fn lose(&mut self, n: usize) {
+        if self.bells[n].pop_front().is_some() {
+            self.lost[n] = true;
+        }
+    }
+
+    /// Everything settles: appends committed, doorbells rung, servers that lost one
+    /// caught up (their subscription was remade), fetches answered.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            self.commit_all();
+            for n in 0..self.nodes.len() {
+                self.ring(n, usize::MAX);
+                if std::mem::take(&mut self.lost[n]) {
+                    self.nodes[n].input(Input::CatchUp { room: None });
+                }
+            }
+            self.answer_fetches();
+            if self
+                .nodes
+                .iter()
+                .all(|s| s.appends.is_empty() && s.fetches.is_empty())
+                && self.bells.iter().all(VecDeque::is_empty)
+            {
+                return;
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+}
+
+fn send(sim: &mut Sim, s: u64, id: u64, body: &str, cid: Option<&str>) {
+    let mut f = json!({"type": "send", "id": id, "room": "general", "body": body});
+    if let Some(cid) = cid {
+        f["client_id"] = json!(cid);
+    }
+    sim.say(s, f);
+}
+
+/// Frames a session got after its welcome and joined, as compact strings.
+fn seen(sim: &mut Sim, s: u64) -> Vec<String> {
+    sim.take(s)
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message(m) => Some(format!("m{}:{}", m.seq.0, m.body)),
+            ServerFrame::Ack {
+                seq, duplicate, id, ..
+            } => Some(format!(
+                "ack{}#{}{}",
+                seq.0,
+                id.map_or(0, |i| i.0),
+                if duplicate { " dup" } else { "" }
+            )),
+            ServerFrame::Joined {
+                gap: true,
+                last_seq,
+                ..
+            } => Some(format!("gap..{}", last_seq.0)),
+            ServerFrame::Error { code, .. } => Some(format!("error {code:?}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two servers, one user on each, sending in turn: both see one history.
+#[test]
+fn two_servers_deliver_one_history_in_seq_order_and_ack_after_the_message() {
+    let mut c = Cluster::new(2);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[1].hello(2, "bob");
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    send(&mut c.nodes[0], 1, 1, "hi from a", None);
+    send(&mut c.nodes[1], 2, 1, "hi from b", None);
+    send(&mut c.nodes[0], 1, 2, "again a", None);
+    // Nothing is delivered before the log answered.
+    assert!(seen(&mut c.nodes[0], 1).is_empty());
+    c.settle();
+    assert_eq!(
+        seen(&mut c.nodes[0], 1),
+        [
+            "m1:hi from a",
+            "ack1#1",
+            "m2:again a",
+            "ack2#2",
+            "m3:hi from b"
+        ]
+    );
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:hi from a", "m2:again a", "m3:hi from b", "ack3#1"]
+    );
+    for n in &c.nodes {
+        n.assert_no_violations();
+    }
+}
+
+/// A server whose doorbell for seq 2 never came fetches it when seq 3 arrives.
+#[test]
+fn a_missed_doorbell_is_fetched_from_the_log() {
+    let mut c = Cluster::new(2);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[1].hello(2, "bob");
+    c.nodes[1].clear();
+    for i in 1..=3 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.commit_all();
+    c.ring(1, 1);
+    c.lose(1);
+    c.ring(1, 1);
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:m1"],
+        "3 is held until 2 is there"
+    );
+    assert_eq!(
+        c.nodes[1].fetches,
+        [(RoomName::parse("general", 64, 32).unwrap(), Seq(1))]
+    );
+    c.answer_fetches();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m2:m2", "m3:m3"]);
+    // A late duplicate of a doorbell changes nothing.
+    let dup = c.log.rooms.values().next().unwrap()[1].clone();
+    c.nodes[1].input(Input::RoomLog {
+        room: dup.room.clone(),
+        messages: vec![dup],
+        gap_before: None,
+        fetched: false,
+    });
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+}
+
+/// The last doorbell lost with nothing after it: nothing in the stream shows the gap,
+/// so the broker's remade subscription asks for a catch-up, which reads the log.
+#[test]
+fn a_lost_last_doorbell_is_caught_up_after_resubscribing() {
+    let mut c = Cluster::new(2);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[1].hello(2, "bob");
+    c.nodes[1].clear();
+    send(&mut c.nodes[0], 1, 1, "anyone?", None);
+    c.commit_all();
+    c.lose(1);
+    c.ring(1, usize::MAX);
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+    c.nodes[1].input(Input::CatchUp { room: None });
+    c.answer_fetches();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:anyone?"]);
+    // A catch-up with nothing missing delivers nothing.
+    c.nodes[1].input(Input::CatchUp { room: None });
+    c.answer_fetches();
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+}
+
+/// The author's own doorbell can beat the log's reply: the message is delivered once,
+/// and the ack still comes after it.
+#[test]
+fn the_authors_doorbell_before_the_reply_delivers_once() {
+    let mut c = Cluster::new(1);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[0].clear();
+    send(&mut c.nodes[0], 1, 7, "quick", None);
+    let (room, ticket, user, body, _) = c.nodes[0].appends.remove(0);
+    let (m, _) = c.log.append(&room, &user, &body, None);
+    c.nodes[0].input(Input::RoomLog {
+        room: room.clone(),
+        messages: vec![m.clone()],
+        gap_before: None,
+        fetched: false,
+    });
+    c.nodes[0].input(Input::Appended {
+        room,
+        ticket,
+        result: Ok(Appended {
+            seq: m.seq,
+            ts: m.ts,
+            duplicate: false,
+        }),
+    });
+    assert_eq!(seen(&mut c.nodes[0], 1), ["m1:quick", "ack1#7"]);
+}
+
+/// A client whose server died after the append resends through another server: the log
+/// knows the client id, the message is not posted twice, the ack says duplicate.
+#[test]
+fn a_resend_through_another_server_is_acked_as_a_duplicate() {
+    let mut c = Cluster::new(2);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[1].hello(2, "bob");
+    send(&mut c.nodes[0], 1, 1, "only once", Some("m-77"));
+    // The append reached the log; server 0 dies before alice saw anything. Server 1 got
+    // the doorbell.
+    let (room, _, user, body, cid) = c.nodes[0].appends.remove(0);
+    let (m, _) = c.log.append(&room, &user, &body, cid.as_deref());
+    c.bells[1].push_back(m);
+    c.ring(1, usize::MAX);
+    // alice reconnects to server 1 (no cluster-wide name claim in this harness) and
+    // resends with the same client id.
+    c.nodes[1].hello(3, "alice");
+    c.nodes[1].clear();
+    send(&mut c.nodes[1], 3, 9, "only once", Some("m-77"));
+    c.settle();
+    assert_eq!(seen(&mut c.nodes[1], 3), ["ack1#9 dup"]);
+    assert!(
+        seen(&mut c.nodes[1], 2).is_empty(),
+        "bob saw it once, before"
+    );
+    assert_eq!(c.log.rooms.values().next().unwrap().len(), 1);
+}
+
+/// The log refused (Redis down): the sender is told to retry, nothing is delivered.
+#[test]
+fn a_failed_append_is_an_error_and_never_an_ack() {
+    let mut c = Cluster::new(1);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[0].clear();
+    send(&mut c.nodes[0], 1, 4, "lost?", None);
+    let (room, ticket, ..) = c.nodes[0].appends.remove(0);
+    c.nodes[0].input(Input::Appended {
+        room,
+        ticket,
+        result: Err(StoreError::Unavailable("redis: connection refused".into())),
+    });
+    assert_eq!(
+        seen(&mut c.nodes[0], 1),
+        [format!("error {:?}", ErrorCode::StorageUnavailable)]
+    );
+}
+
+/// A server so far behind that the log trimmed what it lacks tells its members so,
+/// then goes on.
+#[test]
+fn a_trimmed_log_is_an_explicit_gap() {
+    let mut c = Cluster::new(2);
+    c.nodes[0].hello(1, "alice");
+    c.nodes[1].hello(2, "bob");
+    c.nodes[1].clear();
+    for i in 1..=5 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.commit_all();
+    c.ring(1, 1); // server 1 gets seq 1 only
+    c.bells[1].clear(); // then loses its subscription
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.trimmed_below.insert(room, Seq(4));
+    send(&mut c.nodes[0], 1, 6, "m6", None);
+    c.settle();
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:m1", "gap..3", "m4:m4", "m5:m5", "m6:m6"]
+    );
+}
+
+/// Shutdown waits for appends the log has not answered.
+#[test]
+fn shutdown_waits_for_the_log() {
+    let mut c = Cluster::new(1);
+    c.nodes[0].hello(1, "alice");
+    send(&mut c.nodes[0], 1, 1, "last words", None);
+    let now = c.nodes[0].now;
+    c.nodes[0].server.shutdown(now);
+    c.nodes[0].drain();
+    assert_eq!(c.nodes[0].drained, 0, "drained with an append outstanding");
+    c.settle();
+    assert_eq!(c.nodes[0].drained, 1);
+    c.nodes[0].advance(Duration::from_secs(1));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random sends on three servers, doorbells rung in random order, some lost, some
+    /// twice: at the end every session has the log, once, in order, and every send one ack.
+    #[test]
+    fn three_servers_converge_on_the_log(
+        steps in proptest::collection::vec((0usize..3, 0u8..4, 0u8..3), 1..60),
+    ) {
+        let mut c = Cluster::new(3);
+        let names = ["ann", "ben", "cat"];
+        for (n, name) in names.iter().enumerate() {
+            c.nodes[n].hello(n as u64 + 1, name);
+            c.nodes[n].clear();
+        }
+        let mut sent = [0u64; 3];
+        for (n, action, k) in steps {
+            match action {
+                0 | 1 => {
+                    sent[n] += 1;
+                    let body = format!("{}-{}", names[n], sent[n]);
+                    send(&mut c.nodes[n], n as u64 + 1, sent[n], &body, None);
+                }
+                2 => c.commit_all(),
+                _ => {
+                    // Ring some; lose one now and then; repeat one now and then.
+                    if k == 0 {
+                        c.lose(n);
+                    } else if k == 1 && let Some(m) = c.bells[n].front().cloned() {
+                        c.bells[n].push_back(m);
+                    }
+                    c.ring(n, 2);
+                    c.answer_fetches();
+                }
+            }
+        }
+        c.settle();
+        let log: Vec<String> = c.log.rooms.values().flatten()
+            .map(|m| format!("m{}:{}", m.seq.0, m.body)).collect();
+        prop_assert_eq!(log.len() as u64, sent.iter().sum::<u64>());
+        for (n, &sent_here) in sent.iter().enumerate() {
+            let frames = seen(&mut c.nodes[n], n as u64 + 1);
+            let messages: Vec<&String> = frames.iter().filter(|f| f.starts_with('m')).collect();
+            prop_assert_eq!(messages.len(), log.len(), "server {}: {:?}", n, frames);
+            for (got, want) in messages.iter().zip(&log) {
+                prop_assert_eq!(*got, want);
+            }
+            let acks = frames.iter().filter(|f| f.starts_with("ack")).count() as u64;
+            prop_assert_eq!(acks, sent_here);
+            // Each ack follows its message.
+            for (i, f) in frames.iter().enumerate() {
+                if let Some(rest) = f.strip_prefix("ack") {
+                    let seq = rest.split('#').next().unwrap();
+                    let pos = frames.iter().position(|g| g.starts_with(&format!("m{seq}:"))).unwrap();
+                    prop_assert!(pos < i, "ack before its message: {:?}", frames);
+                }
+            }
+            c.nodes[n].assert_no_violations();
+        }
+    }
+}
