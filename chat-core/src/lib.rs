@@ -110,8 +110,8 @@ pub use ids::{
     is_invisible,
 };
 pub use server::{
-    ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Input, Now, Output,
-    Rate, Server, StoreError,
+    ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Input, LoadedRoom, Now,
+    Output, Rate, Server, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
 use chat_core::testing::Sim;
-use chat_core::{Appended, Config, Input, RoomName, Seq, StoreError};
+use chat_core::{Appended, Config, Input, LoadedRoom, RoomName, Seq, StoreError};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::json;
@@ -65,6 +65,17 @@ impl Log {
             );
         }
         (m, false)
+    }
+
+    /// What `read_latest` gives a server loading the room.
+    fn load(&self, room: &RoomName) -> LoadedRoom {
+        let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
+        let all = self.rooms.get(room).cloned().unwrap_or_default();
+        LoadedRoom {
+            last_seq: Seq(all.len() as u64),
+            recent: all.into_iter().filter(|m| m.seq >= floor).collect(),
+            complete: floor <= Seq(1),
+        }
     }
 
     fn after(&self, room: &RoomName, after: Seq) -> (Vec<Message>, Option<Seq>) {
@@ -158,6 +169,26 @@ impl Cluster {
         }
     }
 
+    /// Answers every room load from the log.
+    fn answer_loads(&mut self) {
+        for n in 0..self.nodes.len() {
+            while !self.nodes[n].room_loads.is_empty() {
+                let room = self.nodes[n].room_loads.remove(0);
+                let loaded = self.log.load(&room);
+                self.nodes[n].input(Input::RoomLoaded {
+                    room,
+                    result: Ok(loaded),
+                });
+            }
+        }
+    }
+
+    /// Says hello on server `n` (its default room is loaded from the log).
+    fn hello(&mut self, n: usize, s: u64, name: &str) {
+        self.nodes[n].hello(s, name);
+        self.answer_loads();
+    }
+
     /// Answers every fetch from the log.
     fn answer_fetches(&mut self) {
         for n in 0..self.nodes.len() {
@@ -193,10 +224,11 @@ impl Cluster {
                 }
             }
             self.answer_fetches();
+            self.answer_loads();
             if self
                 .nodes
                 .iter()
-                .all(|s| s.appends.is_empty() && s.fetches.is_empty())
+                .all(|s| s.appends.is_empty() && s.fetches.is_empty() && s.room_loads.is_empty())
                 && self.bells.iter().all(VecDeque::is_empty)
             {
                 return;
@@ -243,8 +275,8 @@ fn seen(sim: &mut Sim, s: u64) -> Vec<String> {
 #[test]
 fn two_servers_deliver_one_history_in_seq_order_and_ack_after_the_message() {
     let mut c = Cluster::new(2);
-    c.nodes[0].hello(1, "alice");
-    c.nodes[1].hello(2, "bob");
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
     c.nodes[0].clear();
     c.nodes[1].clear();
     send(&mut c.nodes[0], 1, 1, "hi from a", None);
@@ -276,8 +308,8 @@ fn two_servers_deliver_one_history_in_seq_order_and_ack_after_the_message() {
 #[test]
 fn a_missed_doorbell_is_fetched_from_the_log() {
     let mut c = Cluster::new(2);
-    c.nodes[0].hello(1, "alice");
-    c.nodes[1].hello(2, "bob");
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
     c.nodes[1].clear();
     for i in 1..=3 {
         send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
@@ -313,8 +345,8 @@ fn a_missed_doorbell_is_fetched_from_the_log() {
 #[test]
 fn a_lost_last_doorbell_is_caught_up_after_resubscribing() {
     let mut c = Cluster::new(2);
-    c.nodes[0].hello(1, "alice");
-    c.nodes[1].hello(2, "bob");
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
     c.nodes[1].clear();
     send(&mut c.nodes[0], 1, 1, "anyone?", None);
     c.commit_all();
@@ -335,7 +367,7 @@ fn a_lost_last_doorbell_is_caught_up_after_resubscribing() {
 #[test]
 fn the_authors_doorbell_before_the_reply_delivers_once() {
     let mut c = Cluster::new(1);
-    c.nodes[0].hello(1, "alice");
+    c.hello(0, 1, "alice");
     c.nodes[0].clear();
     send(&mut c.nodes[0], 1, 7, "quick", None);
     let (room, ticket, user, body, _) = c.nodes[0].appends.remove(0);
@@ -363,8 +395,8 @@ fn the_authors_doorbell_before_the_reply_delivers_once() {
 #[test]
 fn a_resend_through_another_server_is_acked_as_a_duplicate() {
     let mut c = Cluster::new(2);
-    c.nodes[0].hello(1, "alice");
-    c.nodes[1].hello(2, "bob");
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
     send(&mut c.nodes[0], 1, 1, "only once", Some("m-77"));
     // The append reached the log; server 0 dies before alice saw anything. Server 1 got
     // the doorbell.
@@ -374,7 +406,7 @@ fn a_resend_through_another_server_is_acked_as_a_duplicate() {
     c.ring(1, usize::MAX);
     // alice reconnects to server 1 (no cluster-wide name claim in this harness) and
     // resends with the same client id.
-    c.nodes[1].hello(3, "alice");
+    c.hello(1, 3, "alice");
     c.nodes[1].clear();
     send(&mut c.nodes[1], 3, 9, "only once", Some("m-77"));
     c.settle();
@@ -390,7 +422,7 @@ fn a_resend_through_another_server_is_acked_as_a_duplicate() {
 #[test]
 fn a_failed_append_is_an_error_and_never_an_ack() {
     let mut c = Cluster::new(1);
-    c.nodes[0].hello(1, "alice");
+    c.hello(0, 1, "alice");
     c.nodes[0].clear();
     send(&mut c.nodes[0], 1, 4, "lost?", None);
     let (room, ticket, ..) = c.nodes[0].appends.remove(0);
@@ -410,8 +442,8 @@ fn a_failed_append_is_an_error_and_never_an_ack() {
 #[test]
 fn a_trimmed_log_is_an_explicit_gap() {
     let mut c = Cluster::new(2);
-    c.nodes[0].hello(1, "alice");
-    c.nodes[1].hello(2, "bob");
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
     c.nodes[1].clear();
     for i in 1..=5 {
         send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
@@ -433,7 +465,7 @@ fn a_trimmed_log_is_an_explicit_gap() {
 #[test]
 fn shutdown_waits_for_the_log() {
     let mut c = Cluster::new(1);
-    c.nodes[0].hello(1, "alice");
+    c.hello(0, 1, "alice");
     send(&mut c.nodes[0], 1, 1, "last words", None);
     let now = c.nodes[0].now;
     c.nodes[0].server.shutdown(now);
@@ -456,7 +488,7 @@ proptest! {
         let mut c = Cluster::new(3);
         let names = ["ann", "ben", "cat"];
         for (n, name) in names.iter().enumerate() {
-            c.nodes[n].hello(n as u64 + 1, name);
+            c.hello(n, n as u64 + 1, name);
             c.nodes[n].clear();
         }
         let mut sent = [0u64; 3];
@@ -504,4 +536,107 @@ proptest! {
             c.nodes[n].assert_no_violations();
         }
     }
+}
+
+/// A server that does not hold a room loads it from the log before the join is
+/// answered: a client resuming there gets the exact suffix after its cursor.
+#[test]
+fn a_resume_on_another_server_gets_the_exact_suffix() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    for i in 1..=5 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.settle();
+    // bob's first server is gone; he resumes on server 1, which never had the room.
+    c.nodes[1].connect(2);
+    c.nodes[1].say(
+        2,
+        json!({"type": "hello", "version": 1, "name": "bob", "rooms": [{"room": "general", "since": 3}]}),
+    );
+    assert_eq!(
+        c.nodes[1].room_loads.len(),
+        1,
+        "the join waits for the room"
+    );
+    assert!(
+        !c.nodes[1]
+            .peek(2)
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Joined { .. })),
+        "no joined before the room is loaded"
+    );
+    c.answer_loads();
+    let joined = c.nodes[1]
+        .take(2)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::Joined {
+                messages,
+                gap,
+                last_seq,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                gap,
+                last_seq,
+            )),
+            _ => None,
+        })
+        .expect("joined");
+    assert_eq!(joined, (vec![4, 5], false, Seq(5)));
+    // And from then on it follows the room live.
+    send(&mut c.nodes[0], 1, 6, "m6", None);
+    c.settle();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m6:m6"]);
+}
+
+/// The log could not be read: the join is refused with a retryable error, nothing else.
+#[test]
+fn a_room_the_log_cannot_give_is_a_retryable_error() {
+    let mut c = Cluster::new(1);
+    c.nodes[0].connect(1);
+    c.nodes[0].say(
+        1,
+        json!({"type": "hello", "version": 1, "name": "alice", "rooms": []}),
+    );
+    c.nodes[0].clear();
+    c.nodes[0].say(1, json!({"type": "join", "id": 3, "room": "general"}));
+    let room = c.nodes[0].room_loads.remove(0);
+    c.nodes[0].input(Input::RoomLoaded {
+        room,
+        result: Err(StoreError::Unavailable("redis: timed out".into())),
+    });
+    c.nodes[0].expect_error(1, ErrorCode::StorageUnavailable, Some(3));
+    c.nodes[0].expect_nothing(1);
+    // Asked again, it loads and joins.
+    c.nodes[0].say(1, json!({"type": "join", "id": 4, "room": "general"}));
+    c.answer_loads();
+    assert!(matches!(c.nodes[0].take_one(1), ServerFrame::Joined { .. }));
+}
+
+/// Frames for a room that is loading wait with it, in order.
+#[test]
+fn frames_for_a_loading_room_keep_their_order() {
+    let mut c = Cluster::new(1);
+    c.nodes[0].connect(1);
+    c.nodes[0].say(
+        1,
+        json!({"type": "hello", "version": 1, "name": "alice", "rooms": []}),
+    );
+    c.nodes[0].clear();
+    c.nodes[0].say(1, json!({"type": "join", "id": 1, "room": "slow"}));
+    c.nodes[0].say(
+        1,
+        json!({"type": "send", "id": 2, "room": "slow", "body": "first"}),
+    );
+    assert_eq!(c.nodes[0].room_loads.len(), 1, "one load for both");
+    c.answer_loads();
+    c.settle();
+    let kinds: Vec<&str> = c.nodes[0]
+        .take(1)
+        .iter()
+        .map(chat_core::testing::kind)
+        .collect();
+    assert_eq!(kinds, ["joined", "message", "ack"]);
 }

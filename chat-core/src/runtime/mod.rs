@@ -844,7 +844,10 @@ impl Driver {
                         }
                     }
                     // Hub::spawn refuses cluster mode, so the core never asks these.
-                    Output::Append { .. } | Output::FetchLog { .. } => {
+                    Output::Append { .. }
+                    | Output::FetchLog { .. }
+                    | Output::LoadRoom { .. }
+                    | Output::UnloadRoom { .. } => {
                         tracing::error!("cluster output without a cluster broker");
                     }
                     Output::Event(event) => self.on_event(event),

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 
 use super::outputs::Output;
 use super::rooms::{Acker, Pending, Posted, Room};
-use super::{ApiMisuse, Env, State, StoreError};
-use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
-use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
+use super::{ApiMisuse, Env, Now, Server, State, StoreError};
+use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserKey, UserName};
+use crate::protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
 
 /// What the shared log answered to an [`Output::Append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,42 @@ pub struct Appended {
     /// The log already had this client id from this author: nothing new was appended,
     /// and `seq` and `ts` are the original's.
     pub duplicate: bool,
+}
+
+/// A room as the shared log holds it, for [`Input::RoomLoaded`](super::Input::RoomLoaded).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadedRoom {
+    /// The room's last seq in the log (0: nothing was ever posted).
+    pub last_seq: Seq,
+    /// The newest messages, oldest first (up to the history window).
+    pub recent: Vec<Message>,
+    /// The log holds nothing older than `recent`.
+    pub complete: bool,
+}
+
+/// Rooms being loaded from the log, and what waits for them.
+#[derive(Debug, Default)]
+pub(crate) struct Loading {
+    /// Room → what waits for it, in arrival order.
+    waiting: BTreeMap<RoomName, Vec<Parked>>,
+    /// Rooms the log holds nothing of, while the frames that waited for them run: they
+    /// are created (or not) by those frames as single-node rooms are.
+    empty: std::collections::BTreeSet<RoomName>,
+}
+
+/// Something that needs a room this server does not hold yet.
+#[derive(Debug)]
+pub(crate) enum Parked {
+    /// A client's frame, run again once the room is there.
+    Frame(SessionId, ClientFrame),
+    /// A host's publish.
+    Publish {
+        ticket: u64,
+        room: String,
+        user: String,
+        body: String,
+        client_id: Option<ClientMsgId>,
+    },
 }
 
 /// A room's cluster-mode state: posts waiting for the log, entries that arrived ahead
@@ -269,5 +305,113 @@ impl State {
             room.skip_to(&mut env, seq);
         }
         room.accept(&mut env, messages.into_iter().map(Arc::new));
+    }
+}
+
+impl State {
+    /// Cluster mode: the room a frame needs that this server does not hold yet (it must
+    /// be loaded from the log first), if any. Frames whose room does not parse go on to
+    /// their command, which refuses them.
+    pub(super) fn unloaded_room(&self, user: &UserKey, frame: &ClientFrame) -> Option<RoomName> {
+        if !self.config.cluster {
+            return None;
+        }
+        let room = match frame {
+            ClientFrame::Join(req) => self.room_for(user, &req.room).ok()?.0,
+            ClientFrame::History(req) => self.room_for(user, &req.room).ok()?.0,
+            ClientFrame::Members { room, .. } | ClientFrame::Typing { room, .. } => {
+                self.room_for(user, room).ok()?.0
+            }
+            ClientFrame::Send(req) => match (&req.room, &req.to) {
+                (Some(room), None) => self.room_for(user, room).ok()?.0,
+                (None, Some(to)) => self.direct_room_to(user, to).ok()?.0,
+                _ => return None,
+            },
+            ClientFrame::Hello(_) | ClientFrame::Leave { .. } | ClientFrame::Rooms { .. } => {
+                return None;
+            }
+        };
+        self.needs_load(&room).then_some(room)
+    }
+
+    /// Whether `room` must be loaded from the log before it is used here.
+    pub(super) fn needs_load(&self, room: &RoomName) -> bool {
+        self.config.cluster && !self.rooms.contains_key(room) && !self.loading.empty.contains(room)
+    }
+
+    /// Waits for `room` to be loaded (asking the log for it, once).
+    pub(super) fn park(&mut self, room: RoomName, parked: Parked) {
+        let waiting = self.loading.waiting.entry(room.clone()).or_default();
+        if waiting.is_empty() {
+            self.out.push(Output::LoadRoom { room });
+        }
+        waiting.push(parked);
+    }
+}
+
+impl Server {
+    /// The log's answer to [`Output::LoadRoom`]: the room is set up from it and what
+    /// waited for it runs, in order; or, if the log could not be read, each waiting
+    /// frame gets `storage_unavailable`.
+    pub(super) fn on_room_loaded(
+        &mut self,
+        now: Now,
+        room: RoomName,
+        result: Result<LoadedRoom, StoreError>,
+    ) -> Result<(), ApiMisuse> {
+        let waiting = self
+            .st
+            .loading
+            .waiting
+            .remove(&room)
+            .ok_or_else(|| ApiMisuse::NotLoading(room.clone()))?;
+        match result {
+            Ok(loaded) => {
+                let empty = loaded.last_seq == Seq(0) && loaded.recent.is_empty();
+                if empty {
+                    self.st.loading.empty.insert(room.clone());
+                } else if !self.st.rooms.contains_key(&room) {
+                    self.restore_room(
+                        room.clone(),
+                        loaded.last_seq,
+                        loaded.recent,
+                        loaded.complete,
+                    );
+                }
+                for parked in waiting {
+                    match parked {
+                        Parked::Frame(sid, frame) => self.run_frame(now, sid, frame),
+                        Parked::Publish {
+                            ticket,
+                            room,
+                            user,
+                            body,
+                            client_id,
+                        } => self
+                            .st
+                            .on_publish(now, ticket, &room, &user, body, client_id),
+                    }
+                }
+                self.st.loading.empty.remove(&room);
+            }
+            Err(e) => {
+                for parked in waiting {
+                    match parked {
+                        Parked::Frame(sid, frame) => {
+                            let msg = format!("room not available, retry later ({})", e.detail());
+                            let id = frame.request_id();
+                            self.st
+                                .out
+                                .error(sid, id, ErrorCode::StorageUnavailable, msg);
+                        }
+                        Parked::Publish { ticket, .. } => self.st.out.push(Output::Published {
+                            ticket,
+                            result: Err(ErrorCode::StorageUnavailable),
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -114,6 +114,14 @@ pub enum Input {
         /// This answers an [`Output::FetchLog`](super::Output::FetchLog).
         fetched: bool,
     },
+    /// Cluster mode: the log's answer to [`Output::LoadRoom`](super::Output::LoadRoom).
+    RoomLoaded {
+        /// The room.
+        room: RoomName,
+        /// The room as the log holds it, or why it could not be read (what waited for
+        /// the room gets `storage_unavailable`).
+        result: Result<super::cluster::LoadedRoom, StoreError>,
+    },
     /// Cluster mode: doorbells may have been missed (the broker's subscription was
     /// remade, or a periodic check found the log ahead): every room named (all rooms for
     /// `None`) reads the log after its last delivered seq ([`Output::FetchLog`](super::Output::FetchLog)).
@@ -207,6 +215,9 @@ pub enum ApiMisuse {
     /// An answer with a ticket nobody asked for.
     #[error("unknown ticket {0}")]
     UnknownTicket(u64),
+    /// [`Input::RoomLoaded`] for a room nobody asked to load.
+    #[error("room {0} is not being loaded")]
+    NotLoading(RoomName),
     /// [`Input::Authenticated`] for a session that is not waiting for it.
     #[error("session {0} is not authenticating")]
     NotAuthenticating(SessionId),

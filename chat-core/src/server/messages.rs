@@ -189,6 +189,19 @@ impl State {
         body: String,
         client_id: Option<ClientMsgId>,
     ) {
+        if let Ok((name, _)) = self.publish_checked(room, user, &body)
+            && self.needs_load(&name)
+        {
+            let parked = super::cluster::Parked::Publish {
+                ticket,
+                room: room.to_owned(),
+                user: user.to_owned(),
+                body,
+                client_id,
+            };
+            self.park(name, parked);
+            return;
+        }
         let posted = self
             .publish_checked(room, user, &body)
             .and_then(|(name, author)| {

@@ -41,7 +41,7 @@ use std::time::Instant;
 use crate::ids::{RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
-pub use cluster::Appended;
+pub use cluster::{Appended, LoadedRoom};
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
@@ -74,6 +74,8 @@ struct State {
     out: Delivery,
     history_tickets: BTreeMap<u64, HistoryTicket>,
     next_ticket: u64,
+    /// Cluster mode: rooms being loaded from the log, and what waits for them.
+    loading: cluster::Loading,
     shutting_down: bool,
     drained: bool,
 }
@@ -107,6 +109,7 @@ impl Server {
                 out: Delivery::default(),
                 history_tickets: BTreeMap::new(),
                 next_ticket: 0,
+                loading: cluster::Loading::default(),
                 shutting_down: false,
                 drained: false,
             },
@@ -194,6 +197,10 @@ impl Server {
                 self.maybe_finish_shutdown(now);
             }
             Input::CatchUp { room } => self.st.on_catch_up(room.as_ref()),
+            Input::RoomLoaded { room, result } => {
+                self.on_room_loaded(now, room, result)?;
+                self.maybe_finish_shutdown(now);
+            }
             Input::HistoryLoaded { ticket, result } => {
                 return self.st.on_history_loaded(ticket, result);
             }

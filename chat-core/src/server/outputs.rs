@@ -70,6 +70,19 @@ pub enum Output {
         /// The author's message id, for the log's idempotency check.
         client_id: Option<ClientMsgId>,
     },
+    /// Cluster mode: this server needs a room it does not hold (a join, a send, a
+    /// history page): listen to its doorbells, then read it from the log and answer with
+    /// [`Input::RoomLoaded`](super::Input::RoomLoaded). What needs the room waits.
+    LoadRoom {
+        /// The room.
+        room: RoomName,
+    },
+    /// Cluster mode: this server dropped the room (nobody here is in it any more): stop
+    /// listening to its doorbells.
+    UnloadRoom {
+        /// The room.
+        room: RoomName,
+    },
     /// Cluster mode: an entry of the room's log is missing here; read the log after
     /// `after` and answer with [`Input::RoomLog`](super::Input::RoomLog) with `fetched`.
     FetchLog {

@@ -155,6 +155,11 @@ impl State {
         });
         if self.rooms.get(room_name).is_some_and(|r| r.is_disposable()) {
             self.rooms.remove(room_name);
+            if self.config.cluster {
+                self.out.push(Output::UnloadRoom {
+                    room: room_name.clone(),
+                });
+            }
         }
     }
 }

@@ -98,6 +98,10 @@ pub struct Sim {
     pub loads: Vec<(u64, RoomName, Option<Seq>, usize)>,
     /// Cluster mode: `Output::Append` requests: (room, ticket, user, body, client id).
     pub appends: Vec<AppendAsked>,
+    /// Cluster mode: `Output::LoadRoom` requests.
+    pub room_loads: Vec<RoomName>,
+    /// Cluster mode: `Output::UnloadRoom`s.
+    pub room_unloads: Vec<RoomName>,
     /// Cluster mode: `Output::FetchLog` requests: (room, after).
     pub fetches: Vec<(RoomName, Seq)>,
     /// `Output::Published` results: (ticket, result).
@@ -140,6 +144,8 @@ impl Sim {
             store: BTreeMap::new(),
             loads: Vec::new(),
             appends: Vec::new(),
+            room_loads: Vec::new(),
+            room_unloads: Vec::new(),
             fetches: Vec::new(),
             published: Vec::new(),
             authenticate: Vec::new(),
@@ -322,6 +328,14 @@ impl Sim {
                     "append {room} {ticket} {user} {body:?} {client_id:?}"
                 ));
                 self.appends.push((room, ticket, user, body, client_id));
+            }
+            Output::LoadRoom { room } => {
+                self.log.push(format!("load-room {room}"));
+                self.room_loads.push(room);
+            }
+            Output::UnloadRoom { room } => {
+                self.log.push(format!("unload-room {room}"));
+                self.room_unloads.push(room);
             }
             Output::FetchLog { room, after } => {
                 self.log.push(format!("fetch {room} {after:?}"));

@@ -14,8 +14,17 @@ impl State {
         user: &UserKey,
         req: JoinRequest,
     ) -> Result<(), Reject> {
-        let JoinRequest { id, room, since } = req;
-        let (room_name, kind) = self.room_for(user, &room)?;
+        let (room_name, kind) = self.room_for(user, &req.room)?;
+        if self.needs_load(&room_name) {
+            // A join of hello's: it runs again once the log has given the room.
+            let frame = crate::protocol::ClientFrame::Join(req);
+            self.park(
+                room_name,
+                crate::server::cluster::Parked::Frame(caller.sid, frame),
+            );
+            return Ok(());
+        }
+        let JoinRequest { id, room: _, since } = req;
         let already = caller.session.rooms.contains(&room_name);
         let max_rooms = self.config.max_rooms_per_session;
         if !already && kind.has_membership() && caller.session.rooms.len() >= max_rooms {

@@ -12,6 +12,7 @@ mod listing;
 mod send;
 mod typing;
 
+use super::cluster::Parked;
 use super::delivery::Delivery;
 use super::kind::RoomKind;
 use super::outputs::CloseReason;
@@ -68,22 +69,57 @@ impl Server {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let st = &mut self.st;
-        if session.frames.take(st.config.frame_rate, now.mono).is_err() {
+        if session
+            .frames
+            .take(self.st.config.frame_rate, now.mono)
+            .is_err()
+        {
             self.drop_session(now, sid, Some(CloseReason::Flood));
             return;
         }
-        let mut caller = Caller { now, sid, session };
-        let (id, counts, result) = match frame {
-            Ok(frame) => {
-                // Hello is answered by its joins; typing is never answered.
-                let counts = !matches!(frame, ClientFrame::Hello(_) | ClientFrame::Typing { .. });
-                (frame.request_id(), counts, st.dispatch(&mut caller, frame))
-            }
+        match frame {
+            Ok(frame) => self.run_frame(now, sid, frame),
             // The decoder's message may quote the offending input (an unknown field
             // name, a string value): never echo a whole hostile frame back.
-            Err(e) => (e.id, false, Err(Reject::bad_frame(clip(e.message, 200)))),
+            Err(e) => {
+                let result = Err(Reject::bad_frame(clip(e.message, 200)));
+                self.settle(now, sid, e.id, false, result);
+            }
+        }
+    }
+
+    /// Runs a decoded frame's command (now, or again once its room is loaded) and
+    /// applies its outcome.
+    pub(super) fn run_frame(&mut self, now: Now, sid: SessionId, frame: ClientFrame) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
         };
+        let st = &mut self.st;
+        let mut caller = Caller { now, sid, session };
+        // Hello is answered by its joins; typing is never answered.
+        let counts = !matches!(frame, ClientFrame::Hello(_) | ClientFrame::Typing { .. });
+        let id = frame.request_id();
+        let result = st.dispatch(&mut caller, frame);
+        let close = caller.settle(&mut st.out, st.config.max_strikes, id, counts, result);
+        if let Some(reason) = close {
+            self.drop_session(now, sid, Some(reason));
+        }
+    }
+
+    /// Applies a refusal that no command produced (a frame that did not decode).
+    fn settle(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        id: Option<RequestId>,
+        counts: bool,
+        result: Result<(), Reject>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let st = &mut self.st;
+        let mut caller = Caller { now, sid, session };
         let close = caller.settle(&mut st.out, st.config.max_strikes, id, counts, result);
         if let Some(reason) = close {
             self.drop_session(now, sid, Some(reason));
@@ -114,6 +150,11 @@ impl State {
         user: &UserKey,
         frame: ClientFrame,
     ) -> Result<(), Reject> {
+        if let Some(room) = self.unloaded_room(user, &frame) {
+            // Runs again, with its outcome, once the log has given the room.
+            self.park(room, Parked::Frame(caller.sid, frame));
+            return Ok(());
+        }
         match frame {
             ClientFrame::Join(req) => self.join(caller, user, req),
             ClientFrame::Leave { id, room } => self.leave(caller, user, id, &room),
@@ -128,7 +169,11 @@ impl State {
 
     /// Parses a room name from a command, with its kind, checking that the user may use
     /// it (a direct room must be the user's own).
-    fn room_for(&self, user: &UserKey, raw: &str) -> Result<(RoomName, RoomKind), Reject> {
+    pub(in crate::server) fn room_for(
+        &self,
+        user: &UserKey,
+        raw: &str,
+    ) -> Result<(RoomName, RoomKind), Reject> {
         let c = &self.config;
         let room = RoomName::parse(raw, c.max_room_chars, c.max_name_chars)
             .map_err(|e| Reject::new(ErrorCode::InvalidRoom, format!("room name {e}")))?;

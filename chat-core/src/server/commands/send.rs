@@ -69,7 +69,11 @@ impl State {
     }
 
     /// Resolves `to` into the direct room of the sender and that user.
-    fn direct_room_to(&self, user: &UserKey, to: &str) -> Result<(RoomName, RoomKind), Reject> {
+    pub(in crate::server) fn direct_room_to(
+        &self,
+        user: &UserKey,
+        to: &str,
+    ) -> Result<(RoomName, RoomKind), Reject> {
         let name = UserName::parse(to, self.config.max_name_chars).map_err(|_| {
             Reject::new(ErrorCode::InvalidName, format!("no valid user name {to:?}"))
         })?;
