@@ -110,8 +110,8 @@ pub use ids::{
     is_invisible,
 };
 pub use server::{
-    ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Input, LoadedRoom, Now,
-    Output, Rate, Server, StoreError,
+    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Input,
+    LoadedRoom, Now, Output, Rate, Server, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
 use chat_core::testing::Sim;
-use chat_core::{Appended, Config, Input, LoadedRoom, RoomName, Seq, StoreError};
+use chat_core::{
+    Announced, Appended, Config, Input, LoadedRoom, RoomName, Seq, StoreError, UserKey, UserName,
+};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::json;
@@ -22,7 +24,13 @@ struct Log {
     ids: HashMap<(RoomName, String, String), Seq>,
     /// Entries below this seq are trimmed away, per room.
     trimmed_below: BTreeMap<RoomName, Seq>,
+    /// Presence, as `presence.lua` keeps it: per room, the version and each user's
+    /// sessions per server.
+    presence: BTreeMap<RoomName, (u64, BTreeMap<UserKey, UserSessions>)>,
 }
+
+/// A user's name and sessions per server.
+type UserSessions = (UserName, BTreeMap<usize, u64>);
 
 impl Log {
     fn append(
@@ -67,14 +75,60 @@ impl Log {
         (m, false)
     }
 
+    /// One server's user entering or leaving; the announcement, if the count over all
+    /// servers left or reached zero.
+    fn presence(
+        &mut self,
+        room: &RoomName,
+        node: usize,
+        user: &UserName,
+        entered: bool,
+    ) -> Option<Announced> {
+        let (pv, users) = self.presence.entry(room.clone()).or_default();
+        let entry = users
+            .entry(user.key())
+            .or_insert_with(|| (user.clone(), BTreeMap::new()));
+        let before: u64 = entry.1.values().sum();
+        let mine = entry.1.entry(node).or_default();
+        if entered {
+            *mine += 1;
+        } else if *mine > 0 {
+            *mine -= 1;
+        } else {
+            return None;
+        }
+        let after: u64 = entry.1.values().sum();
+        if after == 0 {
+            users.remove(&user.key());
+        }
+        ((before == 0) != (after == 0)).then(|| {
+            *pv += 1;
+            Announced {
+                pv: *pv,
+                user: user.clone(),
+                joined: after > 0,
+                ts: DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000).unwrap(),
+            }
+        })
+    }
+
+    fn present(&self, room: &RoomName) -> (u64, Vec<UserName>) {
+        self.presence.get(room).map_or((0, vec![]), |(pv, users)| {
+            (*pv, users.values().map(|(u, _)| u.clone()).collect())
+        })
+    }
+
     /// What `read_latest` gives a server loading the room.
     fn load(&self, room: &RoomName) -> LoadedRoom {
         let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
         let all = self.rooms.get(room).cloned().unwrap_or_default();
+        let (pv, present) = self.present(room);
         LoadedRoom {
             last_seq: Seq(all.len() as u64),
             recent: all.into_iter().filter(|m| m.seq >= floor).collect(),
             complete: floor <= Seq(1),
+            present,
+            pv,
         }
     }
 
@@ -100,6 +154,8 @@ struct Cluster {
     nodes: Vec<Sim>,
     log: Log,
     bells: Vec<VecDeque<Message>>,
+    /// Presence announcements on their way to each server.
+    pbells: Vec<VecDeque<(RoomName, Announced)>>,
     /// Servers that lost a doorbell: in the real broker that only happens with a lost
     /// subscription, and a remade subscription is followed by a catch-up.
     lost: Vec<bool>,
@@ -125,6 +181,7 @@ impl Cluster {
             nodes: (0..n).map(|_| Sim::with(config())).collect(),
             log: Log::default(),
             bells: vec![VecDeque::new(); n],
+            pbells: vec![VecDeque::new(); n],
             lost: vec![false; n],
         }
     }
@@ -152,6 +209,55 @@ impl Cluster {
                 });
             }
         }
+    }
+
+    /// Counts every presence change the servers asked for and queues the announcements.
+    fn presence_all(&mut self) {
+        for n in 0..self.nodes.len() {
+            let asked = std::mem::take(&mut self.nodes[n].presence);
+            for (room, user, entered) in asked {
+                if let Some(a) = self.log.presence(&room, n, &user, entered) {
+                    for b in &mut self.pbells {
+                        b.push_back((room.clone(), a.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rings every queued presence announcement at server `n`, but drops `lose` of them.
+    fn ring_presence(&mut self, n: usize, lose: usize) {
+        let mut lost = 0;
+        while let Some((room, announced)) = self.pbells[n].pop_front() {
+            if lost < lose {
+                lost += 1;
+                continue;
+            }
+            self.nodes[n].input(Input::Presence { room, announced });
+        }
+    }
+
+    /// Answers presence snapshot requests.
+    fn answer_presence_fetches(&mut self) {
+        for n in 0..self.nodes.len() {
+            while !self.nodes[n].presence_fetches.is_empty() {
+                let room = self.nodes[n].presence_fetches.remove(0);
+                let (pv, users) = self.log.present(&room);
+                self.nodes[n].input(Input::PresenceSnapshot { room, pv, users });
+            }
+        }
+    }
+
+    /// The member list server `n` shows for a room.
+    fn members(&self, n: usize, room: &str) -> Vec<String> {
+        let room = RoomName::parse(room, 64, 32).unwrap();
+        self.nodes[n]
+            .server
+            .members(&room)
+            .unwrap_or_default()
+            .iter()
+            .map(|u| u.as_str().to_owned())
+            .collect()
     }
 
     /// Rings up to `k` queued doorbells at server `n`.
@@ -183,10 +289,15 @@ impl Cluster {
         }
     }
 
-    /// Says hello on server `n` (its default room is loaded from the log).
+    /// Says hello on server `n` (its default room is loaded from the log) and lets
+    /// the presence it causes settle.
     fn hello(&mut self, n: usize, s: u64, name: &str) {
         self.nodes[n].hello(s, name);
         self.answer_loads();
+        self.presence_all();
+        for m in 0..self.nodes.len() {
+            self.ring_presence(m, 0);
+        }
     }
 
     /// Answers every fetch from the log.
@@ -225,11 +336,21 @@ impl Cluster {
             }
             self.answer_fetches();
             self.answer_loads();
+            self.presence_all();
+            for n in 0..self.nodes.len() {
+                self.ring_presence(n, 0);
+            }
+            self.answer_presence_fetches();
             if self
                 .nodes
                 .iter()
                 .all(|s| s.appends.is_empty() && s.fetches.is_empty() && s.room_loads.is_empty())
                 && self.bells.iter().all(VecDeque::is_empty)
+                && self.pbells.iter().all(VecDeque::is_empty)
+                && self
+                    .nodes
+                    .iter()
+                    .all(|s| s.presence.is_empty() && s.presence_fetches.is_empty())
             {
                 return;
             }
@@ -639,4 +760,149 @@ fn frames_for_a_loading_room_keep_their_order() {
         .map(chat_core::testing::kind)
         .collect();
     assert_eq!(kinds, ["joined", "message", "ack"]);
+}
+
+/// Presence over servers: a user on another server is listed and announced once; a user
+/// with sessions on two servers stays present until the last one leaves.
+#[test]
+fn presence_is_one_list_over_servers() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    assert_eq!(c.members(0, "general"), ["alice", "bob"]);
+    assert_eq!(c.members(1, "general"), ["alice", "bob"]);
+    let kinds = |c: &mut Cluster, n: usize, s: u64| -> Vec<String> {
+        c.nodes[n]
+            .take(s)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::UserJoined { user, .. } => Some(format!("+{user}")),
+                ServerFrame::UserLeft { user, .. } => Some(format!("-{user}")),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(kinds(&mut c, 0, 1), ["+bob"], "alice hears of bob once");
+    assert!(kinds(&mut c, 1, 2).is_empty(), "bob's joined listed alice");
+    // bob opens a second tab on server 0: nobody is told.
+    c.nodes[0].hello(3, "bob");
+    c.settle();
+    assert!(kinds(&mut c, 0, 1).is_empty());
+    // bob's tab on server 1 leaves: he is still in through server 0.
+    c.nodes[1].say(2, json!({"type": "leave", "room": "general"}));
+    c.settle();
+    assert!(kinds(&mut c, 0, 1).is_empty(), "bob is still present");
+    assert_eq!(c.members(0, "general"), ["alice", "bob"]);
+    // And the other one: now he has left, once.
+    c.nodes[0].say(3, json!({"type": "leave", "room": "general"}));
+    c.settle();
+    assert_eq!(kinds(&mut c, 0, 1), ["-bob"]);
+    assert_eq!(c.members(0, "general"), ["alice"]);
+    // Server 1 has nobody in the room any more (and no messages): it drops it and
+    // stops listening to it.
+    assert_eq!(c.nodes[1].room_unloads.len(), 1);
+    assert!(c.members(1, "general").is_empty());
+}
+
+/// A missed announcement (a version skipped) is healed from a snapshot of the log.
+#[test]
+fn a_missed_presence_announcement_is_healed_from_a_snapshot() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.nodes[1].hello(2, "bob");
+    c.answer_loads();
+    c.nodes[1].hello(3, "carol");
+    c.presence_all();
+    c.ring_presence(0, 1); // server 0 misses bob's announcement, gets carol's
+    c.ring_presence(1, 0);
+    assert_eq!(
+        c.nodes[0].presence_fetches.len(),
+        1,
+        "version 3 after 1 asks for a snapshot"
+    );
+    c.answer_presence_fetches();
+    assert_eq!(c.members(0, "general"), ["alice", "bob", "carol"]);
+    let told: Vec<String> = c.nodes[0]
+        .take(1)
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::UserJoined { user, .. } => Some(user.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, ["bob", "carol"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Users coming and going on three servers, announcements lost now and then: every
+    /// server that holds the room ends up listing exactly who is in it somewhere.
+    #[test]
+    fn presence_converges_over_servers(
+        steps in proptest::collection::vec((0usize..3, 0usize..2, 0u8..4), 1..40),
+    ) {
+        let mut c = Cluster::new(3);
+        let names = ["ann", "ben"];
+        // (server, user) → (session, in the room)
+        let mut at: BTreeMap<(usize, usize), (u64, bool)> = BTreeMap::new();
+        let mut next_sid = 1;
+        for (n, u, op) in steps {
+            match op {
+                0 => match at.get(&(n, u)).copied() {
+                    None => {
+                        c.nodes[n].hello(next_sid, names[u]);
+                        c.answer_loads();
+                        at.insert((n, u), (next_sid, true));
+                        next_sid += 1;
+                    }
+                    Some((sid, false)) => {
+                        c.nodes[n].join(sid, "general");
+                        c.answer_loads();
+                        at.insert((n, u), (sid, true));
+                    }
+                    Some((_, true)) => {}
+                },
+                1 => {
+                    if let Some((sid, true)) = at.get(&(n, u)).copied() {
+                        c.nodes[n].say(sid, json!({"type": "leave", "room": "general"}));
+                        at.insert((n, u), (sid, false));
+                    }
+                }
+                2 => {
+                    c.presence_all();
+                    c.ring_presence(n, 1);
+                }
+                _ => {
+                    c.presence_all();
+                    c.ring_presence(n, 0);
+                    c.answer_presence_fetches();
+                }
+            }
+        }
+        c.settle();
+        // A lost last announcement shows no gap by itself: the broker's catch-up after
+        // a remade subscription reads a snapshot of every room it holds.
+        for n in 0..3 {
+            if let Some(room) = RoomName::parse("general", 64, 32).ok()
+                && c.nodes[n].server.members(&room).is_some()
+            {
+                let (pv, users) = c.log.present(&room);
+                c.nodes[n].input(Input::PresenceSnapshot { room, pv, users });
+            }
+        }
+        let truth: Vec<String> = names
+            .iter()
+            .enumerate()
+            .filter(|(u, _)| at.iter().any(|((_, uu), (_, inside))| uu == u && *inside))
+            .map(|(_, name)| name.to_string())
+            .collect();
+        for n in 0..3 {
+            let room = RoomName::parse("general", 64, 32).unwrap();
+            if c.nodes[n].server.members(&room).is_some() {
+                prop_assert_eq!(c.members(n, "general"), truth.clone(), "server {}", n);
+            }
+            c.nodes[n].assert_no_violations();
+        }
+    }
 }

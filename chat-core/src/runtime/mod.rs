@@ -847,7 +847,9 @@ impl Driver {
                     Output::Append { .. }
                     | Output::FetchLog { .. }
                     | Output::LoadRoom { .. }
-                    | Output::UnloadRoom { .. } => {
+                    | Output::UnloadRoom { .. }
+                    | Output::Presence { .. }
+                    | Output::FetchPresence { .. } => {
                         tracing::error!("cluster output without a cluster broker");
                     }
                     Output::Event(event) => self.on_event(event),

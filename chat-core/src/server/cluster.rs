@@ -37,6 +37,24 @@ pub struct LoadedRoom {
     pub recent: Vec<Message>,
     /// The log holds nothing older than `recent`.
     pub complete: bool,
+    /// Who is present in the room over all servers.
+    pub present: Vec<UserName>,
+    /// The room's presence version (how many announcements so far).
+    pub pv: u64,
+}
+
+/// A presence announcement of the shared log: a user's first session on any server
+/// entered the room, or the last one left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// The room's presence version this announcement made.
+    pub pv: u64,
+    /// Who.
+    pub user: UserName,
+    /// Entered (`user_joined`) or left (`user_left`).
+    pub joined: bool,
+    /// When.
+    pub ts: DateTime<Utc>,
 }
 
 /// Rooms being loaded from the log, and what waits for them.
@@ -73,6 +91,11 @@ pub(crate) struct Follower {
     held: BTreeMap<Seq, Arc<Message>>,
     acks: BTreeMap<Seq, Vec<(Acker, bool)>>,
     fetching: bool,
+    /// Who the log says is present (over all servers), as of presence version `pv`.
+    pub present: BTreeMap<UserKey, UserName>,
+    pv: u64,
+    /// A presence snapshot was asked for (a version was skipped).
+    presence_fetching: bool,
 }
 
 #[derive(Debug)]
@@ -367,16 +390,24 @@ impl Server {
             .ok_or_else(|| ApiMisuse::NotLoading(room.clone()))?;
         match result {
             Ok(loaded) => {
-                let empty = loaded.last_seq == Seq(0) && loaded.recent.is_empty();
+                let empty = loaded.last_seq == Seq(0)
+                    && loaded.recent.is_empty()
+                    && loaded.present.is_empty();
                 if empty {
                     self.st.loading.empty.insert(room.clone());
                 } else if !self.st.rooms.contains_key(&room) {
-                    self.restore_room(
-                        room.clone(),
-                        loaded.last_seq,
-                        loaded.recent,
-                        loaded.complete,
-                    );
+                    let LoadedRoom {
+                        last_seq,
+                        recent,
+                        complete,
+                        present,
+                        pv,
+                    } = loaded;
+                    self.restore_room(room.clone(), last_seq, recent, complete);
+                    if let Some(r) = self.st.rooms.get_mut(&room) {
+                        r.cluster.present = present.into_iter().map(|u| (u.key(), u)).collect();
+                        r.cluster.pv = pv;
+                    }
                 }
                 for parked in waiting {
                     match parked {
@@ -413,5 +444,118 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+impl State {
+    /// Cluster mode: a user's first session here entered a room, or the last one here
+    /// left it (after the grace period for a disconnect). The log counts it with the
+    /// other servers' and announces the user when the count leaves or reaches zero; the
+    /// announcement comes back as [`Input::Presence`](super::Input::Presence).
+    pub(super) fn cluster_presence(&mut self, room: &RoomName, user: UserName, entered: bool) {
+        self.out.push(Output::Presence {
+            room: room.clone(),
+            user,
+            entered,
+        });
+    }
+
+    /// An announcement of the log: applied in presence-version order (a skipped version
+    /// asks for a snapshot), and told to the room's sessions here.
+    pub(super) fn on_presence(&mut self, room_name: &RoomName, a: Announced) {
+        let Some((room, mut env)) = self.room_env(room_name) else {
+            return;
+        };
+        let f = &mut room.cluster;
+        if a.pv <= f.pv || f.presence_fetching {
+            return;
+        }
+        if a.pv > f.pv + 1 {
+            f.presence_fetching = true;
+            env.out.push(Output::FetchPresence {
+                room: room_name.clone(),
+            });
+            return;
+        }
+        f.pv = a.pv;
+        room.apply_presence(&mut env, &a.user, a.joined, a.ts);
+    }
+
+    /// The log's whole presence of a room (after a skipped version, or a reconnect):
+    /// the difference from what this server showed is told as joins and leaves.
+    pub(super) fn on_presence_snapshot(
+        &mut self,
+        now: Now,
+        room_name: &RoomName,
+        pv: u64,
+        users: Vec<UserName>,
+    ) {
+        let Some((room, mut env)) = self.room_env(room_name) else {
+            return;
+        };
+        room.cluster.presence_fetching = false;
+        if pv < room.cluster.pv {
+            return;
+        }
+        room.cluster.pv = pv;
+        let now_present: BTreeMap<UserKey, UserName> =
+            users.into_iter().map(|u| (u.key(), u)).collect();
+        let gone: Vec<UserName> = room
+            .cluster
+            .present
+            .iter()
+            .filter(|(k, _)| !now_present.contains_key(*k))
+            .map(|(_, u)| u.clone())
+            .collect();
+        let came: Vec<UserName> = now_present
+            .iter()
+            .filter(|(k, _)| !room.cluster.present.contains_key(*k))
+            .map(|(_, u)| u.clone())
+            .collect();
+        for user in gone {
+            room.apply_presence(&mut env, &user, false, now.utc);
+        }
+        for user in came {
+            room.apply_presence(&mut env, &user, true, now.utc);
+        }
+    }
+}
+
+impl Room {
+    /// One user entered or left the room's cluster-wide presence: `user_joined` /
+    /// `user_left` to this server's sessions in the room but the user's own (as a
+    /// single server does), unless the member list they were shown already says so.
+    fn apply_presence(
+        &mut self,
+        env: &mut Env<'_>,
+        user: &UserName,
+        joined: bool,
+        ts: DateTime<Utc>,
+    ) {
+        let key = user.key();
+        let before = self.member_list(env.users).iter().any(|u| u.key() == key);
+        if joined {
+            self.cluster.present.insert(key.clone(), user.clone());
+        } else {
+            self.cluster.present.remove(&key);
+        }
+        let after = self.member_list(env.users).iter().any(|u| u.key() == key);
+        if before == after {
+            return;
+        }
+        let frame = if joined {
+            ServerFrame::UserJoined {
+                room: self.name.clone(),
+                user: user.clone(),
+                ts,
+            }
+        } else {
+            ServerFrame::UserLeft {
+                room: self.name.clone(),
+                user: user.clone(),
+                ts,
+            }
+        };
+        env.fan_out(self, &Encoded::new(&frame), None, Some(&key));
     }
 }

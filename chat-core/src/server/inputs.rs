@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::ids::{ClientMsgId, RoomName, Seq, SessionId};
+use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserName};
 use crate::protocol::{ClientFrame, DecodeError, Message};
 
 /// The current time, passed in: the core never reads a clock.
@@ -121,6 +121,23 @@ pub enum Input {
         /// The room as the log holds it, or why it could not be read (what waited for
         /// the room gets `storage_unavailable`).
         result: Result<super::cluster::LoadedRoom, StoreError>,
+    },
+    /// Cluster mode: a presence announcement of the log.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// The announcement.
+        announced: super::cluster::Announced,
+    },
+    /// Cluster mode: the room's whole presence, as the log holds it (the answer to
+    /// [`Output::FetchPresence`](super::Output::FetchPresence), or after a reconnect).
+    PresenceSnapshot {
+        /// The room.
+        room: RoomName,
+        /// The room's presence version.
+        pv: u64,
+        /// Everyone present.
+        users: Vec<UserName>,
     },
     /// Cluster mode: doorbells may have been missed (the broker's subscription was
     /// remade, or a periodic check found the log ahead): every room named (all rooms for

@@ -41,7 +41,7 @@ use std::time::Instant;
 use crate::ids::{RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
-pub use cluster::{Appended, LoadedRoom};
+pub use cluster::{Announced, Appended, LoadedRoom};
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
@@ -197,6 +197,10 @@ impl Server {
                 self.maybe_finish_shutdown(now);
             }
             Input::CatchUp { room } => self.st.on_catch_up(room.as_ref()),
+            Input::Presence { room, announced } => self.st.on_presence(&room, announced),
+            Input::PresenceSnapshot { room, pv, users } => {
+                self.st.on_presence_snapshot(now, &room, pv, users);
+            }
             Input::RoomLoaded { room, result } => {
                 self.on_room_loaded(now, room, result)?;
                 self.maybe_finish_shutdown(now);

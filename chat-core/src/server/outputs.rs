@@ -83,6 +83,24 @@ pub enum Output {
         /// The room.
         room: RoomName,
     },
+    /// Cluster mode: a user's first session on this server entered the room
+    /// (`entered`), or the last one left it. Count it in the log, which announces the
+    /// user to every server when the count over servers leaves or reaches zero
+    /// ([`Input::Presence`](super::Input::Presence)).
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserName,
+        /// Entered or left.
+        entered: bool,
+    },
+    /// Cluster mode: a presence announcement was skipped; read the room's whole
+    /// presence and answer with [`Input::PresenceSnapshot`](super::Input::PresenceSnapshot).
+    FetchPresence {
+        /// The room.
+        room: RoomName,
+    },
     /// Cluster mode: an entry of the room's log is missing here; read the log after
     /// `after` and answer with [`Input::RoomLog`](super::Input::RoomLog) with `fetched`.
     FetchLog {

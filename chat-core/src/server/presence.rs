@@ -134,7 +134,19 @@ impl State {
             user: user.clone(),
             ts: now.utc,
         });
-        self.fan_out(room_name, &notice, Some(joiner), None);
+        // Cluster mode: the log counts the user over servers; this server's sessions
+        // are told now unless the user was already shown as present elsewhere.
+        let shown = self.config.cluster
+            && self
+                .rooms
+                .get(room_name)
+                .is_some_and(|r| r.cluster.present.contains_key(key));
+        if self.config.cluster {
+            self.cluster_presence(room_name, user.clone(), true);
+        }
+        if !shown {
+            self.fan_out(room_name, &notice, Some(joiner), None);
+        }
         self.out.event(Event::UserJoined {
             room: room_name.clone(),
             user,
@@ -148,7 +160,19 @@ impl State {
             user: user.clone(),
             ts: now.utc,
         });
-        self.fan_out(room_name, &notice, None, None);
+        // Cluster mode: a user the log showed as present leaves when the log says so
+        // (their sessions on other servers may keep them in).
+        let shown = self.config.cluster
+            && self
+                .rooms
+                .get(room_name)
+                .is_some_and(|r| r.cluster.present.contains_key(&user.key()));
+        if self.config.cluster {
+            self.cluster_presence(room_name, user.clone(), false);
+        }
+        if !shown {
+            self.fan_out(room_name, &notice, None, None);
+        }
         self.out.event(Event::UserLeft {
             room: room_name.clone(),
             user,

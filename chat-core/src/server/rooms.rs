@@ -129,9 +129,23 @@ impl Room {
                 .all(|n| users.display_name(&n.key()) == *n),
             "a member's name is its user's display name"
         );
-        self.kind
-            .direct_members(users)
-            .unwrap_or_else(|| self.member_names().cloned().collect())
+        self.kind.direct_members(users).unwrap_or_else(|| {
+            if self.cluster.present.is_empty() {
+                self.member_names().cloned().collect()
+            } else {
+                self.cluster_members().into_values().collect()
+            }
+        })
+    }
+
+    /// Cluster mode: who the log says is present, with this server's members (a joiner
+    /// is listed before the log's announcement of it comes back), in key order.
+    fn cluster_members(&self) -> BTreeMap<UserKey, UserName> {
+        let mut all = self.cluster.present.clone();
+        for (key, m) in &self.members {
+            all.entry(key.clone()).or_insert_with(|| m.name.clone());
+        }
+        all
     }
 
     /// The sessions that receive the room's events.
@@ -222,12 +236,16 @@ impl Room {
 
     /// The names of a public room's members as a JSON array, byte for byte as serde
     /// writes the `Vec<UserName>` of [`member_names`](Self::member_names).
-    pub fn members_json(&self) -> &[u8] {
+    pub fn members_json(&self) -> Cow<'_, [u8]> {
+        if !self.cluster.present.is_empty() {
+            let names: Vec<UserName> = self.cluster_members().into_values().collect();
+            return Cow::Owned(serde_json::to_vec(&names).expect("names always serialize"));
+        }
         debug_assert_eq!(
             self.members_json,
             serde_json::to_vec(&self.member_names().collect::<Vec<_>>()).expect("serializes"),
         );
-        &self.members_json
+        Cow::Borrowed(&self.members_json)
     }
 
     /// Adds a session to the room's recipients.

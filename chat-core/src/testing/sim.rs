@@ -102,6 +102,10 @@ pub struct Sim {
     pub room_loads: Vec<RoomName>,
     /// Cluster mode: `Output::UnloadRoom`s.
     pub room_unloads: Vec<RoomName>,
+    /// Cluster mode: `Output::Presence` requests: (room, user, entered).
+    pub presence: Vec<(RoomName, UserName, bool)>,
+    /// Cluster mode: `Output::FetchPresence` requests.
+    pub presence_fetches: Vec<RoomName>,
     /// Cluster mode: `Output::FetchLog` requests: (room, after).
     pub fetches: Vec<(RoomName, Seq)>,
     /// `Output::Published` results: (ticket, result).
@@ -145,6 +149,8 @@ impl Sim {
             loads: Vec::new(),
             appends: Vec::new(),
             room_loads: Vec::new(),
+            presence: Vec::new(),
+            presence_fetches: Vec::new(),
             room_unloads: Vec::new(),
             fetches: Vec::new(),
             published: Vec::new(),
@@ -336,6 +342,18 @@ impl Sim {
             Output::UnloadRoom { room } => {
                 self.log.push(format!("unload-room {room}"));
                 self.room_unloads.push(room);
+            }
+            Output::Presence {
+                room,
+                user,
+                entered,
+            } => {
+                self.log.push(format!("presence {room} {user} {entered}"));
+                self.presence.push((room, user, entered));
+            }
+            Output::FetchPresence { room } => {
+                self.log.push(format!("fetch-presence {room}"));
+                self.presence_fetches.push(room);
             }
             Output::FetchLog { room, after } => {
                 self.log.push(format!("fetch {room} {after:?}"));

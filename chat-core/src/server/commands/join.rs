@@ -78,8 +78,8 @@ fn joined_frame(
         .kind
         .direct_members(users)
         .map(|names| serde_json::to_vec(&names).expect("names always serialize"));
-    let members_json = match &direct_members {
-        Some(json) => json,
+    let members_json = match direct_members {
+        Some(json) => std::borrow::Cow::Owned(json),
         None => room.members_json(),
     };
     let (messages, gap) = match since {
@@ -92,7 +92,14 @@ fn joined_frame(
     let messages = messages.map(|p| (&p.msg, &p.frame));
     let last_seq = room.last_delivered;
     let room_name: &RoomName = &room.name;
-    let frame = Encoded::joined(id, room_name, members_json, messages.clone(), gap, last_seq);
+    let frame = Encoded::joined(
+        id,
+        room_name,
+        &members_json,
+        messages.clone(),
+        gap,
+        last_seq,
+    );
     debug_assert_eq!(
         frame,
         Encoded::new(&ServerFrame::Joined {
