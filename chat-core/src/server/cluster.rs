@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::outputs::Output;
-use super::rooms::{Acker, Pending, Posted, Room};
+use super::rooms::{Acker, Appending, Pending, Posted, Room};
 use super::{ApiMisuse, Env, Now, Server, State, StoreError};
 use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
@@ -80,37 +80,6 @@ pub(crate) enum Parked {
         body: String,
         client_id: Option<ClientMsgId>,
     },
-}
-
-/// A room's cluster-mode state: posts waiting for the log, entries that arrived ahead
-/// of a gap, and acks waiting for their message's delivery.
-#[derive(Debug, Default)]
-pub(crate) struct Follower {
-    next_ticket: u64,
-    appending: BTreeMap<u64, Appending>,
-    held: BTreeMap<Seq, Arc<Message>>,
-    acks: BTreeMap<Seq, Vec<(Acker, bool)>>,
-    fetching: bool,
-    /// Who the log says is present (over all servers), as of presence version `pv`.
-    pub present: BTreeMap<UserKey, UserName>,
-    pv: u64,
-    /// A presence snapshot was asked for (a version was skipped).
-    presence_fetching: bool,
-}
-
-#[derive(Debug)]
-struct Appending {
-    author: UserName,
-    body: Arc<str>,
-    client_id: Option<ClientMsgId>,
-    ackers: Vec<Acker>,
-}
-
-impl Follower {
-    /// Whether anything waits for the log (shutdown waits for it).
-    pub fn is_settled(&self) -> bool {
-        self.appending.is_empty() && self.acks.is_empty()
-    }
 }
 
 impl Room {

@@ -61,6 +61,39 @@ pub(crate) enum Page {
     Store,
 }
 
+/// A room's cluster-mode state (its rules are in `cluster.rs`): posts waiting for the
+/// log, entries that arrived ahead of a gap, acks waiting for their message's delivery,
+/// and the log's presence.
+#[derive(Debug, Default)]
+pub(crate) struct Follower {
+    pub next_ticket: u64,
+    pub appending: BTreeMap<u64, Appending>,
+    pub held: BTreeMap<Seq, Arc<Message>>,
+    pub acks: BTreeMap<Seq, Vec<(Acker, bool)>>,
+    pub fetching: bool,
+    /// Who the log says is present (over all servers), as of presence version `pv`.
+    pub present: BTreeMap<UserKey, UserName>,
+    pub pv: u64,
+    /// A presence snapshot was asked for (a version was skipped).
+    pub presence_fetching: bool,
+}
+
+/// A post waiting for the shared log's answer.
+#[derive(Debug)]
+pub(crate) struct Appending {
+    pub author: UserName,
+    pub body: Arc<str>,
+    pub client_id: Option<ClientMsgId>,
+    pub ackers: Vec<Acker>,
+}
+
+impl Follower {
+    /// Whether anything waits for the log (shutdown waits for it).
+    pub fn is_settled(&self) -> bool {
+        self.appending.is_empty() && self.acks.is_empty()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Room {
     pub name: RoomName,
@@ -87,7 +120,7 @@ pub(crate) struct Room {
     client_ids: HashMap<(UserKey, ClientMsgId), Seq>,
     pub pending: VecDeque<Pending>,
     /// Cluster mode: posts waiting for the shared log, entries ahead of a gap.
-    pub cluster: super::cluster::Follower,
+    pub cluster: Follower,
 }
 
 /// Where the name of the member after `before` starts in the member list's JSON: after
@@ -112,7 +145,7 @@ impl Room {
             last_ts: DateTime::<Utc>::MIN_UTC,
             client_ids: HashMap::new(),
             pending: VecDeque::new(),
-            cluster: super::cluster::Follower::default(),
+            cluster: Follower::default(),
         }
     }
 
