@@ -423,7 +423,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 }
                 Incoming::Text(p) => match &mut self.inbound {
                     Some(inbound) => {
-                        if inbound.start(PeerFrame::Text(self.reader.payload(&p))).is_err() {
+                        if inbound
+                            .start(PeerFrame::Text(self.reader.payload(&p)))
+                            .is_err()
+                        {
                             return Err(End::Gone); // the hub is gone
                         }
                     }
@@ -431,7 +434,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 },
                 Incoming::Binary(p) => match &mut self.inbound {
                     Some(inbound) => {
-                        if inbound.start(PeerFrame::Binary(self.reader.payload(&p))).is_err() {
+                        if inbound
+                            .start(PeerFrame::Binary(self.reader.payload(&p)))
+                            .is_err()
+                        {
                             return Err(End::Gone);
                         }
                     }

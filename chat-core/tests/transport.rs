@@ -4,6 +4,7 @@
 //! chat, bad frames get `bad_frame`, a full hub inbox stops the reading and not the
 //! writing, and the engine's close reason reaches the client.
 #![cfg(feature = "runtime")]
+#![allow(clippy::disallowed_methods)] // an adapter spawns tasks and does I/O
 
 use std::time::Duration;
 
@@ -129,17 +130,15 @@ async fn send(ws: &mut Ws, frame: &ClientFrame) {
 
 /// The next message: a server frame, or the close frame's code and reason.
 async fn next(ws: &mut Ws) -> Result<ServerFrame, (u16, String)> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the stream is open")
-            .expect("a message");
-        match msg {
-            Message::Text(text) => return Ok(serde_json::from_str(&text).expect("a server frame")),
-            Message::Close(Some(close)) => return Err((close.code.into(), close.reason.to_string())),
-            other => panic!("unexpected {other:?}"),
-        }
+    let msg = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a frame in time")
+        .expect("the stream is open")
+        .expect("a message");
+    match msg {
+        Message::Text(text) => Ok(serde_json::from_str(&text).expect("a server frame")),
+        Message::Close(Some(close)) => Err((close.code.into(), close.reason.to_string())),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -181,7 +180,9 @@ async fn two_clients_chat_through_a_second_adapter() {
     let (hub, url) = start(HubConfig::default()).await;
     let mut alice = user(&url, "alice").await;
     let mut bob = user(&url, "bob").await;
-    assert!(matches!(recv(&mut alice).await, ServerFrame::UserJoined { user, .. } if user.as_str() == "bob"));
+    assert!(
+        matches!(recv(&mut alice).await, ServerFrame::UserJoined { user, .. } if user.as_str() == "bob")
+    );
 
     send(&mut alice, &say(7, "hello bob")).await;
     let mut got = Vec::new();
@@ -189,8 +190,13 @@ async fn two_clients_chat_through_a_second_adapter() {
         got.push(recv(&mut alice).await);
     }
     assert!(
-        got.iter()
-            .any(|f| matches!(f, ServerFrame::Ack { id: Some(RequestId(7)), .. })),
+        got.iter().any(|f| matches!(
+            f,
+            ServerFrame::Ack {
+                id: Some(RequestId(7)),
+                ..
+            }
+        )),
         "{got:?}"
     );
     match recv(&mut bob).await {
@@ -231,7 +237,10 @@ async fn malformed_and_binary_frames_get_bad_frame_errors() {
     send(&mut mallory, &say(9, "still here")).await;
     assert!(matches!(
         recv(&mut mallory).await,
-        ServerFrame::Ack { id: Some(RequestId(9)), .. } | ServerFrame::Message(_)
+        ServerFrame::Ack {
+            id: Some(RequestId(9)),
+            ..
+        } | ServerFrame::Message(_)
     ));
     hub.shutdown().await;
 }

@@ -41,10 +41,10 @@ use crate::protocol::{ErrorCode, Message};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
 };
-use transport::{Connection, Outbound};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
+use transport::{Connection, Outbound};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
 pub type Authenticator = Arc<

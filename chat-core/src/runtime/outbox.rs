@@ -94,7 +94,10 @@ pub(crate) struct OutboxTx {
 impl OutboxTx {
     /// Queues a frame unless the queue is full or its connection is gone.
     pub(crate) fn try_send(&self, item: Outbound) -> Result<(), Refused> {
-        debug_assert!(matches!(item, Outbound::Frame(_)), "closes go through close()");
+        debug_assert!(
+            matches!(item, Outbound::Frame(_)),
+            "closes go through close()"
+        );
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return Err(Refused::Closed);
@@ -172,12 +175,14 @@ impl Outbox {
                 state.frames = VecDeque::new(); // a backlog is over: give the memory back
             }
         }
-        if state.frames.is_empty() && n < max_frames && !state.close_taken {
-            if let Some(reason) = state.close {
-                state.close_taken = true;
-                into.push(Outbound::Close(reason));
-                n += 1;
-            }
+        if state.frames.is_empty()
+            && n < max_frames
+            && !state.close_taken
+            && let Some(reason) = state.close
+        {
+            state.close_taken = true;
+            into.push(Outbound::Close(reason));
+            n += 1;
         }
         if n > 0 {
             return Poll::Ready(n);
@@ -281,13 +286,22 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut got = Vec::new();
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(64)), Poll::Pending);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(64)),
+            Poll::Pending
+        );
         for _ in 0..5 {
             tx.try_send(frame(1)).unwrap();
         }
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for five items");
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(3)), Poll::Ready(3));
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(64)), Poll::Ready(2));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(3)),
+            Poll::Ready(3)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(64)),
+            Poll::Ready(2)
+        );
         assert_eq!(got.len(), 5);
     }
 
@@ -306,8 +320,14 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         let mut got = Vec::new();
         let limit = |bytes| BatchLimit { frames: 64, bytes };
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, limit(two)), Poll::Ready(2));
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, limit(5)), Poll::Ready(1));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, limit(two)),
+            Poll::Ready(2)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, limit(5)),
+            Poll::Ready(1)
+        );
         assert_eq!(
             rx.poll_recv_many(&mut cx, &mut got, limit(5)),
             Poll::Ready(1),
@@ -330,13 +350,22 @@ mod tests {
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut got = Vec::new();
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(2)), Poll::Ready(2));
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(2)), Poll::Ready(1));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(2)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(1)
+        );
         assert!(matches!(
             got.last(),
             Some(Outbound::Close(CloseReason::SlowConsumer))
         ));
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(2)), Poll::Ready(0));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(0)
+        );
         assert_eq!(kinds(&got), ["frame", "frame", "close"]);
 
         // With room, the close comes in the same batch as the frames before it.
@@ -344,7 +373,10 @@ mod tests {
         tx.try_send(frame(1)).unwrap();
         tx.close(CloseReason::Flood);
         let mut got = Vec::new();
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(8)), Poll::Ready(2));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(2)
+        );
         assert_eq!(kinds(&got), ["frame", "close"]);
 
         let (tx, rx) = outbox(2);
@@ -359,12 +391,21 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut got = Vec::new();
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(1)), Poll::Pending);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(1)),
+            Poll::Pending
+        );
         tx.try_send(frame(1)).unwrap();
         drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(8)), Poll::Ready(1));
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, frames(8)), Poll::Ready(0));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(1)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(0)
+        );
         assert_eq!(kinds(&got), ["frame"]);
         assert_eq!(rx.close_reason(), None);
     }

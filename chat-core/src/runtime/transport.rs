@@ -390,9 +390,9 @@ impl Drop for Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Event;
     use crate::ids::RequestId;
     use crate::protocol::{HelloRequest, SendRequest};
-    use crate::Event;
     use crate::runtime::{Hub, HubConfig};
 
     fn send(id: u64, body: &str) -> Vec<u8> {
