@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_core::protocol::JoinSpec;
-use chat_core::runtime::{Durability, Hub, HubConfig, MemoryStore, Outbound, SqliteStore, Store};
+use chat_core::runtime::transport::{BatchLimit, Outbound, PeerFrame};
+use chat_core::runtime::{Durability, Hub, HubConfig, MemoryStore, SqliteStore, Store};
 use chat_core::{
     Config, Rate,
     protocol::{ClientFrame, ServerFrame},
@@ -64,10 +65,12 @@ async fn sender(
     start: Arc<tokio::sync::Barrier>,
 ) -> Histogram<u64> {
     let conn = hub.connect().await.expect("hub runs");
-    let (inbound, mut outbound) = conn.split();
+    let (mut inbound, mut outbound) = conn.split();
     let room = format!("room{}", i % p.rooms);
+    // As a transport would: JSON text in, decoded in this task.
+    let json = |frame: ClientFrame| serde_json::to_vec(&frame).expect("serialize");
     inbound
-        .send(ClientFrame::Hello(HelloRequest {
+        .send(PeerFrame::Text(&json(ClientFrame::Hello(HelloRequest {
             id: None,
             version: 1,
             name: format!("sender{i}"),
@@ -76,15 +79,20 @@ async fn sender(
                 room: room.clone(),
                 since: None,
             }]),
-        }))
+        }))))
         .await
         .expect("hub runs");
     // Wait for our own `joined`.
-    loop {
-        match outbound.recv().await.expect("session open") {
-            Outbound::Frame(f) if f.bytes().starts_with(br#"{"type":"joined""#) => break,
-            Outbound::Frame(_) => {}
-            Outbound::Close(r) => panic!("closed: {r:?}"),
+    let mut batch = Vec::new();
+    let mut joined = false;
+    while !joined {
+        let n = outbound.recv_many(&mut batch, BatchLimit::default()).await;
+        assert!(n > 0, "session open");
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Frame(f) => joined |= f.bytes().starts_with(br#"{"type":"joined""#),
+                Outbound::Close(r) => panic!("closed: {r:?}"),
+            }
         }
     }
     start.wait().await;
@@ -95,36 +103,40 @@ async fn sender(
         while sent < p.messages && sent - acked < p.in_flight {
             sent_at[sent] = Instant::now();
             inbound
-                .send(ClientFrame::Send(SendRequest {
+                .send(PeerFrame::Text(&json(ClientFrame::Send(SendRequest {
                     id: Some(chat_core::RequestId(sent as u64)),
                     room: Some(room.clone()),
                     to: None,
                     body: format!("message {sent} from sender {i}"),
                     client_id: Some(format!("{i}-{sent}").into()),
-                }))
+                }))))
                 .await
                 .expect("hub runs");
             sent += 1;
         }
-        match outbound.recv().await.expect("session open") {
-            Outbound::Frame(f) => {
-                let bytes = f.bytes();
-                if bytes.starts_with(br#"{"type":"ack""#) {
-                    // The request id, without decoding the whole frame: the harness
-                    // should cost little next to the hub it measures.
-                    let id = ack_id(bytes).unwrap_or_else(|| match f.decode() {
-                        Ok(ServerFrame::Ack { id: Some(id), .. }) => id.0,
-                        other => panic!("unexpected {other:?}"),
-                    });
-                    assert!(!bytes.windows(16).any(|w| w == br#""duplicate":true"#));
-                    let us = sent_at[id as usize].elapsed().as_micros() as u64;
-                    latency.saturating_record(us.max(1));
-                    acked += 1;
-                } else if bytes.starts_with(br#"{"type":"error""#) {
-                    panic!("sender {i}: {}", f.text());
+        let n = outbound.recv_many(&mut batch, BatchLimit::default()).await;
+        assert!(n > 0, "session open");
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Frame(f) => {
+                    let bytes = f.bytes();
+                    if bytes.starts_with(br#"{"type":"ack""#) {
+                        // The request id, without decoding the whole frame: the harness
+                        // should cost little next to the hub it measures.
+                        let id = ack_id(bytes).unwrap_or_else(|| match f.decode() {
+                            Ok(ServerFrame::Ack { id: Some(id), .. }) => id.0,
+                            other => panic!("unexpected {other:?}"),
+                        });
+                        assert!(!bytes.windows(16).any(|w| w == br#""duplicate":true"#));
+                        let us = sent_at[id as usize].elapsed().as_micros() as u64;
+                        latency.saturating_record(us.max(1));
+                        acked += 1;
+                    } else if bytes.starts_with(br#"{"type":"error""#) {
+                        panic!("sender {i}: {}", f.text());
+                    }
                 }
+                Outbound::Close(r) => panic!("sender {i} closed: {r:?}"),
             }
-            Outbound::Close(r) => panic!("sender {i} closed: {r:?}"),
         }
     }
     latency

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
-use chat_core::runtime::{Connection, Durability, Hub, HubConfig, Restored, SqliteStore, Store};
+use chat_core::runtime::transport::Connection;
+use chat_core::runtime::{Durability, Hub, HubConfig, Restored, SqliteStore, Store};
 use chat_core::{Config, Rate, RoomName, Seq, StoreError, protocol::ClientFrame};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -91,8 +92,8 @@ impl Client {
         (c, epoch)
     }
 
-    async fn send(&self, frame: ClientFrame) {
-        self.conn.send(&frame).await.expect("hub runs");
+    async fn send(&mut self, frame: ClientFrame) {
+        self.conn.send(frame).await.expect("hub runs");
     }
 
     /// Sends a message; returns its request id.

@@ -14,7 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use chat_core::runtime::{Hub, Inbound, Outbound, Outbox};
+use chat_core::runtime::Hub;
+use chat_core::runtime::transport::{BatchLimit, Inbound, Outbound, Outbox, PeerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -35,9 +36,10 @@ const IDLE: Fail = Fail {
     code: 1001,
     reason: "idle timeout",
 };
-const SLOW: Fail = Fail {
-    code: 1013,
-    reason: "slow consumer",
+/// The session's queue ended without the engine's close: the hub's task is gone.
+const HUB_GONE: Fail = Fail {
+    code: 1011,
+    reason: "chat hub stopped",
 };
 
 /// Bytes read per syscall at most (a stack buffer: nothing is kept between reads).
@@ -154,7 +156,7 @@ enum Wake {
     Read,
     /// The hub's inbox took what waited for room: read on.
     HubReady,
-    /// The session's queue ended without a close: the core dropped it (slow consumer).
+    /// The session's queue ended without a close: the hub's task is gone.
     QueueEnded,
     /// The core closed the session: the close frame is queued.
     SessionClosed,
@@ -213,8 +215,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Wake::QueueEnded => {
                     self.outbound = None;
                     if self.inbound.is_some() {
-                        // Not ended by us: the core closed a slow consumer (or stopped).
-                        self.close(SLOW);
+                        // Not ended by us: the engine always closes with a reason, so
+                        // the hub's task is gone.
+                        self.close(HUB_GONE);
                     }
                 }
                 Wake::SessionClosed => {}
@@ -326,8 +329,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         };
         SCRATCH.with_borrow_mut(|scratch| {
             let Scratch { items, bytes } = scratch;
-            let (limit, max_bytes) = (self.opts.write_batch.max(1), BATCH_BYTES);
-            match outbound.poll_recv_batch(cx, items, limit, max_bytes) {
+            let limit = BatchLimit {
+                frames: self.opts.write_batch.max(1),
+                bytes: BATCH_BYTES,
+            };
+            match outbound.poll_recv_many(cx, items, limit) {
                 Poll::Ready(0) => return Took::Ended,
                 Poll::Ready(_) => {}
                 Poll::Pending => return Took::Nothing,
@@ -417,7 +423,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 }
                 Incoming::Text(p) => match &mut self.inbound {
                     Some(inbound) => {
-                        if inbound.start_frame(self.reader.payload(&p)).is_err() {
+                        if inbound
+                            .start(PeerFrame::Text(self.reader.payload(&p)))
+                            .is_err()
+                        {
                             return Err(End::Gone); // the hub is gone
                         }
                     }
@@ -425,8 +434,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 },
                 Incoming::Binary(p) => match &mut self.inbound {
                     Some(inbound) => {
-                        let what = "binary frames are not supported; send JSON text";
-                        if inbound.start_bad_frame(what).is_err() {
+                        if inbound
+                            .start(PeerFrame::Binary(self.reader.payload(&p)))
+                            .is_err()
+                        {
                             return Err(End::Gone);
                         }
                     }
@@ -491,10 +502,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             return Ok(());
         }
-        if self.stalled && self.outbound.as_ref().is_some_and(Outbox::is_closed) {
-            // The core closed the session (a slow consumer) while the socket was full.
+        if self.stalled
+            && let Some(reason) = self.outbound.as_ref().and_then(Outbox::close_reason)
+        {
+            // The core closed the session (a slow consumer) while the socket was full:
+            // what is still queued will not be read either.
             self.outbound = None;
-            self.close(SLOW);
+            self.close(Fail {
+                code: reason.ws_code(),
+                reason: reason.as_str(),
+            });
             return Ok(());
         }
         if now >= self.idle_at() {

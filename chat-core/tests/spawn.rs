@@ -45,7 +45,7 @@ async fn a_secret_set_by_the_caller_is_used() {
         let hub = Hub::spawn(config).await.unwrap();
         let mut alice = hub.connect().await.unwrap();
         alice
-            .send(&ClientFrame::Hello(HelloRequest {
+            .send(ClientFrame::Hello(HelloRequest {
                 id: None,
                 version: 1,
                 name: "alice".into(),

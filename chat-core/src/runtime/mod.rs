@@ -1,12 +1,13 @@
 //! The tokio runtime (feature `runtime`): one task owns the [`Server`]; connections and
-//! the host app talk to it over bounded channels.
+//! the host app talk to it over bounded channels. Transports connect their clients with
+//! [`Hub::connect`] and the API in [`transport`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use chat_core::runtime::{Hub, HubConfig};
 //! let hub = Hub::spawn(HubConfig::default()).await.expect("store loads");
 //! let mut alice = hub.connect().await?;
-//! alice.send(&chat_core::protocol::ClientFrame::Hello(chat_core::protocol::HelloRequest {
+//! alice.send(chat_core::protocol::ClientFrame::Hello(chat_core::protocol::HelloRequest {
 //!     id: None, version: 1, name: "alice".into(), token: None, rooms: None,
 //! })).await?;
 //! while let Some(frame) = alice.recv().await {
@@ -23,28 +24,27 @@ mod outbox;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
+pub mod transport;
 
-use std::collections::{HashMap, VecDeque};
-use std::future::{Future, poll_fn};
+use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio_util::sync::PollSender;
 
 use crate::ids::{ClientMsgId, RoomName, SessionId};
-use crate::protocol::{self, ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
+use crate::protocol::{ErrorCode, Message};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
 };
-pub use outbox::Outbox;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
+use transport::{Connection, Outbound};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
 pub type Authenticator = Arc<
@@ -135,15 +135,6 @@ pub enum PublishError {
     /// The hub has shut down.
     #[error(transparent)]
     Closed(#[from] HubClosed),
-}
-
-/// What a connection's writer gets: frames to write, then at most one close.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A frame to write.
-    Frame(Encoded),
-    /// Close the connection with this reason after the frames before it.
-    Close(CloseReason),
 }
 
 /// The runtime's counters at one moment ([`Hub::stats`]).
@@ -332,7 +323,8 @@ impl Hub {
         })
     }
 
-    /// Opens a session, as a WebSocket connection does. Send `hello` first.
+    /// Opens a session for one client, as a transport does for each connection (see
+    /// [`transport`]). Send `hello` first.
     pub async fn connect(&self) -> Result<Connection, HubClosed> {
         let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = outbox::outbox(self.inner.outbound_queue);
@@ -341,18 +333,12 @@ impl Hub {
             .send(Cmd::Connect { session, tx })
             .await
             .map_err(|_| HubClosed)?;
-        Ok(Connection {
+        Ok(Connection::new(
             session,
-            inbound: Inbound {
-                session,
-                tx: self.inner.tx.clone(),
-                control: self.inner.control.clone(),
-                held: VecDeque::new(),
-                waiting: None,
-                open: true,
-            },
-            outbound: rx,
-        })
+            self.inner.tx.clone(),
+            self.inner.control.clone(),
+            rx,
+        ))
     }
 
     /// Posts a message as `user` (a bot or a system notice) without a connection, and
@@ -430,198 +416,6 @@ impl Hub {
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub").finish_non_exhaustive()
-    }
-}
-
-/// One session: send frames in with [`Connection::send`] or its [`Inbound`] half, read
-/// what the server says from the `outbound` half.
-#[derive(Debug)]
-pub struct Connection {
-    /// The session id.
-    pub session: SessionId,
-    /// The half that feeds the hub.
-    pub inbound: Inbound,
-    /// Frames for this session, ending with a close (or `None` once the hub is gone).
-    pub outbound: Outbox,
-}
-
-impl Connection {
-    /// Sends a command.
-    pub async fn send(&self, frame: &ClientFrame) -> Result<(), HubClosed> {
-        self.inbound.send(frame.clone()).await
-    }
-
-    /// The next frame from the server, decoded; `None` when the session was closed.
-    pub async fn recv(&mut self) -> Option<ServerFrame> {
-        match self.outbound.recv().await? {
-            Outbound::Frame(f) => f.decode().ok(),
-            Outbound::Close(_) => None,
-        }
-    }
-
-    /// Splits into the two halves (for a reader and a writer, or one task doing both).
-    #[must_use]
-    pub fn split(self) -> (Inbound, Outbox) {
-        (self.inbound, self.outbound)
-    }
-}
-
-/// The sending half of a session. Dropping it disconnects the session.
-///
-/// Two ways to send: the `async` methods wait for room in the hub's inbox; the
-/// `start_*` methods never wait, and leave an input the inbox has no room for here, to
-/// be handed over by [`Inbound::poll_ready`]. A connection task uses the latter, so
-/// that while the hub is busy it can keep writing its session's frames (and stop
-/// reading its socket instead).
-pub struct Inbound {
-    session: SessionId,
-    tx: mpsc::Sender<Cmd>,
-    control: mpsc::UnboundedSender<Cmd>,
-    /// Inputs the inbox had no room for, oldest first (one, used as documented).
-    held: VecDeque<Cmd>,
-    /// Waits for room for `held`: created the first time the inbox is full.
-    waiting: Option<PollSender<Cmd>>,
-    open: bool,
-}
-
-impl std::fmt::Debug for Inbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbound")
-            .field("session", &self.session)
-            .field("held", &self.held.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Inbound {
-    /// The session id.
-    #[must_use]
-    pub fn session(&self) -> SessionId {
-        self.session
-    }
-
-    /// Forwards a raw text frame; decoding happens here, in the caller's task.
-    pub async fn frame(&self, bytes: &[u8]) -> Result<(), HubClosed> {
-        let frame = protocol::decode(bytes);
-        self.input(Input::Received {
-            session: self.session,
-            frame,
-        })
-        .await
-    }
-
-    /// Forwards a decoded command.
-    pub async fn send(&self, frame: ClientFrame) -> Result<(), HubClosed> {
-        self.input(Input::Received {
-            session: self.session,
-            frame: Ok(frame),
-        })
-        .await
-    }
-
-    /// Tells the core the connection sent something that is not a text frame.
-    pub async fn bad_frame(&self, what: &str) -> Result<(), HubClosed> {
-        let frame = Err(protocol::DecodeError {
-            message: what.to_owned(),
-            id: None,
-        });
-        self.input(Input::Received {
-            session: self.session,
-            frame,
-        })
-        .await
-    }
-
-    async fn input(&self, input: Input) -> Result<(), HubClosed> {
-        self.tx.send(Cmd::Input(input)).await.map_err(|_| HubClosed)
-    }
-
-    /// Hands a raw text frame to the hub without waiting (decoding it here). When the
-    /// hub's inbox is full the frame is held here instead: send nothing more before
-    /// [`Inbound::poll_ready`] is ready, and do not mix in the `async` senders before
-    /// then (they would overtake it).
-    pub fn start_frame(&mut self, bytes: &[u8]) -> Result<(), HubClosed> {
-        let frame = protocol::decode(bytes);
-        self.start(Input::Received {
-            session: self.session,
-            frame,
-        })
-    }
-
-    /// As [`Inbound::bad_frame`], without waiting, as [`Inbound::start_frame`].
-    pub fn start_bad_frame(&mut self, what: &str) -> Result<(), HubClosed> {
-        let frame = Err(protocol::DecodeError {
-            message: what.to_owned(),
-            id: None,
-        });
-        self.start(Input::Received {
-            session: self.session,
-            frame,
-        })
-    }
-
-    fn start(&mut self, input: Input) -> Result<(), HubClosed> {
-        let cmd = Cmd::Input(input);
-        if !self.held.is_empty() {
-            self.held.push_back(cmd); // behind what is held: inputs stay in order
-            return Ok(());
-        }
-        match self.tx.try_send(cmd) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(cmd)) => {
-                self.held.push_back(cmd);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(HubClosed),
-        }
-    }
-
-    /// Ready once nothing is held back: every input given to the `start_*` methods is
-    /// in the hub's inbox. Pending while the inbox is full; the task is woken when it
-    /// has room (waiters get room in turn, before senders that do not wait).
-    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HubClosed>> {
-        while let Some(cmd) = self.held.pop_front() {
-            let sender = self
-                .waiting
-                .get_or_insert_with(|| PollSender::new(self.tx.clone()));
-            match sender.poll_reserve(cx) {
-                Poll::Ready(Ok(())) => {
-                    if sender.send_item(cmd).is_err() {
-                        return Poll::Ready(Err(HubClosed));
-                    }
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(HubClosed)),
-                Poll::Pending => {
-                    self.held.push_front(cmd);
-                    return Poll::Pending;
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Ends the session, after the frames sent before (held ones too).
-    pub async fn disconnect(mut self) {
-        if poll_fn(|cx| self.poll_ready(cx)).await.is_err() {
-            return;
-        }
-        self.open = false;
-        let _ = self
-            .tx
-            .send(Cmd::Input(Input::Disconnected {
-                session: self.session,
-            }))
-            .await;
-    }
-}
-
-impl Drop for Inbound {
-    fn drop(&mut self) {
-        if self.open {
-            let _ = self.control.send(Cmd::Input(Input::Disconnected {
-                session: self.session,
-            }));
-        }
     }
 }
 
@@ -725,7 +519,7 @@ impl Driver {
         match cmd {
             Cmd::Connect { session, tx } => {
                 if self.shutting_down {
-                    let _ = tx.try_send(Outbound::Close(CloseReason::Shutdown));
+                    tx.close(CloseReason::Shutdown);
                     return false;
                 }
                 self.sessions.insert(session, SessionTx { tx });
@@ -948,15 +742,9 @@ impl Driver {
 }
 
 fn close_session(s: SessionTx, reason: CloseReason) {
-    if reason == CloseReason::SlowConsumer {
-        // The queue is full; the writer sees the sender dropped once it drains what is
-        // already queued, and treats that as a slow-consumer close.
-        drop(s);
-        return;
-    }
-    // After the frames already queued, when there is room; otherwise the dropped
-    // sender ends the writer's stream the same way.
-    let _ = s.tx.try_send(Outbound::Close(reason));
+    // After the frames already queued; the close needs no room (a slow consumer's
+    // queue is full).
+    s.tx.close(reason);
 }
 
 fn now() -> Now {
@@ -1035,90 +823,7 @@ impl Writer {
     }
 }
 
-/// A clock read for adapters that need the same [`Now`] the driver uses.
-#[must_use]
-pub fn system_now() -> Now {
-    now()
-}
-
 /// Waits a bounded time for the hub to stop.
 pub async fn shutdown_within(hub: &Hub, limit: Duration) -> bool {
     tokio::time::timeout(limit, hub.shutdown()).await.is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::RequestId;
-    use crate::protocol::{HelloRequest, SendRequest};
-
-    fn send(id: u64, body: &str) -> Vec<u8> {
-        let frame = ClientFrame::Send(SendRequest {
-            id: Some(RequestId(id)),
-            room: Some("general".into()),
-            to: None,
-            body: body.into(),
-            client_id: None,
-        });
-        serde_json::to_vec(&frame).expect("serialize")
-    }
-
-    /// With room for one input in the hub's inbox, inputs that find it full are held in
-    /// order, `poll_ready` is pending until the hub has taken them, and the disconnect
-    /// comes after them.
-    #[tokio::test]
-    async fn inputs_the_inbox_has_no_room_for_are_held_in_order() {
-        let hub = Hub::spawn(HubConfig {
-            inbox: 1,
-            ..HubConfig::default()
-        })
-        .await
-        .expect("hub");
-        let mut events = hub.events();
-        let Connection {
-            inbound: mut alice,
-            outbound: mut out,
-            ..
-        } = hub.connect().await.expect("connect");
-        let hello = ClientFrame::Hello(HelloRequest {
-            id: Some(RequestId(1)),
-            version: protocol::PROTOCOL_VERSION,
-            name: "alice".into(),
-            token: None,
-            rooms: None,
-        });
-        // The driver does not run before this task waits (one thread), so the connect
-        // still takes the inbox's one place: all three are held.
-        alice
-            .start_frame(&serde_json::to_vec(&hello).unwrap())
-            .unwrap();
-        alice.start_frame(&send(2, "first")).unwrap();
-        alice.start_frame(&send(3, "second")).unwrap();
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        assert!(alice.poll_ready(&mut cx).is_pending());
-        assert_eq!(alice.held.len(), 3);
-
-        poll_fn(|cx| alice.poll_ready(cx)).await.expect("hub runs");
-        alice.disconnect().await;
-        let mut acks = Vec::new();
-        while let Some(item) = out.recv().await {
-            if let Outbound::Frame(f) = item
-                && let Ok(ServerFrame::Ack { id, .. }) = f.decode()
-            {
-                acks.push(id);
-            }
-        }
-        assert_eq!(acks, [Some(RequestId(2)), Some(RequestId(3))]);
-        let mut bodies = Vec::new();
-        loop {
-            match events.recv().await.expect("events") {
-                Event::MessagePosted(m) => bodies.push(m.body.to_string()),
-                Event::SessionClosed { .. } => break,
-                _ => {}
-            }
-        }
-        assert_eq!(bodies, ["first", "second"], "posted, then disconnected");
-        hub.shutdown().await;
-    }
 }

@@ -7,13 +7,17 @@
 //! fan-out is the wake-up rule: the consumer leaves its waker only when it found the
 //! queue empty, so a burst of frames wakes the connection once, not once per frame,
 //! and the consumer takes a whole batch under one lock. An empty queue holds no memory.
+//!
+//! The close is kept beside the queue, not in it: it needs no room, so a session closed
+//! because its queue is full (a slow consumer) still learns why.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use super::Outbound;
+use super::transport::{BatchLimit, Outbound};
+use crate::server::CloseReason;
 
 /// Why [`OutboxTx::try_send`] did not queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +29,14 @@ pub(crate) enum Refused {
 }
 
 struct State {
+    /// Frames only: the close is `close`.
     frames: VecDeque<Outbound>,
     /// The consumer's waker, left when it found the queue empty.
     waker: Option<Waker>,
+    /// The engine's close, delivered after the frames.
+    close: Option<CloseReason>,
+    /// Whether the consumer has taken the close.
+    close_taken: bool,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -62,6 +71,8 @@ pub(crate) fn outbox(capacity: usize) -> (OutboxTx, Outbox) {
         state: Mutex::new(State {
             frames: VecDeque::new(),
             waker: None,
+            close: None,
+            close_taken: false,
             sender_gone: false,
             receiver_gone: false,
         }),
@@ -75,14 +86,18 @@ pub(crate) fn outbox(capacity: usize) -> (OutboxTx, Outbox) {
     )
 }
 
-/// The driver's end. Dropping it ends the queue after what it holds.
+/// The driver's end. Dropping it ends the queue after what it holds, without a close.
 pub(crate) struct OutboxTx {
     shared: Arc<Shared>,
 }
 
 impl OutboxTx {
-    /// Queues `item` unless the queue is full or its connection is gone.
+    /// Queues a frame unless the queue is full or its connection is gone.
     pub(crate) fn try_send(&self, item: Outbound) -> Result<(), Refused> {
+        debug_assert!(
+            matches!(item, Outbound::Frame(_)),
+            "closes go through close()"
+        );
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return Err(Refused::Closed);
@@ -100,6 +115,14 @@ impl OutboxTx {
     }
 }
 
+impl OutboxTx {
+    /// Ends the queue with `reason`, after the frames it holds, full or not.
+    pub(crate) fn close(self, reason: CloseReason) {
+        self.shared.lock().close = Some(reason);
+        // Dropping `self` wakes the consumer.
+    }
+}
+
 impl Drop for OutboxTx {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
@@ -112,75 +135,31 @@ impl Drop for OutboxTx {
     }
 }
 
-/// A session's outgoing frames, ending with a close from the core, or with `None` when
-/// the core dropped the session without one (a slow consumer) or the hub stopped.
+/// A session's outgoing frames, for its transport to write: [`Outbound::Frame`]s, then
+/// one [`Outbound::Close`] with the engine's reason. It ends without a close when this
+/// side disconnected or the hub's task is gone. Dropping it drops what is queued.
 pub struct Outbox {
     shared: Arc<Shared>,
 }
 
 impl Outbox {
-    /// The next item; `None` once the queue has ended and is empty.
-    pub async fn recv(&mut self) -> Option<Outbound> {
-        poll_fn(|cx| {
-            let mut state = self.shared.lock();
-            if let Some(item) = state.frames.pop_front() {
-                return Poll::Ready(Some(item));
-            }
-            if state.sender_gone {
-                return Poll::Ready(None);
-            }
-            state.park(cx);
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// The next item if one is queued: `Ok(None)` when none is, `Err(())` once the queue
-    /// has ended and is empty.
-    #[allow(clippy::result_unit_err)]
-    pub fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
-        let mut state = self.shared.lock();
-        match state.frames.pop_front() {
-            Some(item) => Ok(Some(item)),
-            None if state.sender_gone => Err(()),
-            None => Ok(None),
-        }
-    }
-
-    /// Moves up to `limit` queued items into `into` under one lock: ready with how many,
-    /// or with 0 once the queue has ended and is empty; pending (and woken by the next
-    /// item) when it is empty.
+    /// Moves the next batch into `into` under one lock, bounded by `limit`: ready with
+    /// how many items were added (the close comes after the last frame, in the same
+    /// batch when it has room), or with 0 once the queue has ended and everything was
+    /// taken; pending while it is empty (the task is woken by the next item, once per
+    /// burst).
     pub fn poll_recv_many(
         &mut self,
         cx: &mut Context<'_>,
         into: &mut Vec<Outbound>,
-        limit: usize,
+        limit: BatchLimit,
     ) -> Poll<usize> {
-        self.poll_recv_batch(cx, into, limit, usize::MAX)
-    }
-
-    /// As [`Outbox::poll_recv_many`], also stopping once the frames taken hold
-    /// `max_bytes` (at least one item is taken): a writer's batch stays bounded in bytes
-    /// whatever the frame sizes.
-    pub fn poll_recv_batch(
-        &mut self,
-        cx: &mut Context<'_>,
-        into: &mut Vec<Outbound>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Poll<usize> {
+        let max_frames = limit.frames.max(1);
         let mut state = self.shared.lock();
-        if state.frames.is_empty() {
-            if state.sender_gone {
-                return Poll::Ready(0);
-            }
-            state.park(cx);
-            return Poll::Pending;
-        }
         let mut n = 0;
         let mut bytes = 0usize;
-        for item in state.frames.iter().take(limit.max(1)) {
-            if n > 0 && bytes >= max_bytes {
+        for item in state.frames.iter().take(max_frames) {
+            if n > 0 && bytes >= limit.bytes {
                 break;
             }
             bytes = bytes.saturating_add(match item {
@@ -189,30 +168,57 @@ impl Outbox {
             });
             n += 1;
         }
-        into.reserve(n);
-        into.extend(state.frames.drain(..n));
-        if state.frames.is_empty() && state.frames.capacity() > 1024 {
-            state.frames = VecDeque::new(); // a backlog is over: give the memory back
+        if n > 0 {
+            into.reserve(n);
+            into.extend(state.frames.drain(..n));
+            if state.frames.is_empty() && state.frames.capacity() > 1024 {
+                state.frames = VecDeque::new(); // a backlog is over: give the memory back
+            }
         }
-        Poll::Ready(n)
+        if state.frames.is_empty()
+            && n < max_frames
+            && !state.close_taken
+            && let Some(reason) = state.close
+        {
+            state.close_taken = true;
+            into.push(Outbound::Close(reason));
+            n += 1;
+        }
+        if n > 0 {
+            return Poll::Ready(n);
+        }
+        if state.sender_gone {
+            return Poll::Ready(0);
+        }
+        state.park(cx);
+        Poll::Pending
     }
 
-    /// Items waiting.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.shared.lock().frames.len()
+    /// Waits for the next batch: [`Outbox::poll_recv_many`] as a future. Cancel-safe:
+    /// nothing is taken unless it completes.
+    pub async fn recv_many(&mut self, into: &mut Vec<Outbound>, limit: BatchLimit) -> usize {
+        poll_fn(|cx| self.poll_recv_many(cx, into, limit)).await
     }
 
-    /// Whether nothing is waiting.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// One item, for [`super::transport::Connection::recv`] and tests.
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
+        let mut one = Vec::with_capacity(1);
+        let limit = BatchLimit {
+            frames: 1,
+            bytes: usize::MAX,
+        };
+        match self.recv_many(&mut one, limit).await {
+            0 => None,
+            _ => one.pop(),
+        }
     }
 
-    /// Whether the core has let go of the session (nothing more will be queued).
+    /// Why the engine closed the session, as soon as it has, even while frames before
+    /// the close still wait: a writer stuck behind a peer that reads nothing can stop
+    /// trying. `None` while the session is open or when it ended without a close.
     #[must_use]
-    pub fn is_closed(&self) -> bool {
-        self.shared.lock().sender_gone
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.lock().close
     }
 }
 
@@ -230,7 +236,8 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("Outbox")
             .field("queued", &state.frames.len())
             .field("capacity", &self.shared.capacity)
-            .field("closed", &state.sender_gone)
+            .field("close", &state.close)
+            .field("ended", &state.sender_gone)
             .finish()
     }
 }
@@ -238,7 +245,7 @@ impl std::fmt::Debug for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::CloseReason;
+    use crate::protocol::{Encoded, ErrorCode, ServerFrame};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
@@ -249,8 +256,27 @@ mod tests {
         }
     }
 
-    fn close() -> Outbound {
-        Outbound::Close(CloseReason::Shutdown)
+    fn frame(len: usize) -> Outbound {
+        Outbound::Frame(Encoded::new(&ServerFrame::Error {
+            id: None,
+            code: ErrorCode::BadFrame,
+            message: "x".repeat(len),
+        }))
+    }
+
+    fn frames(n: usize) -> BatchLimit {
+        BatchLimit {
+            frames: n,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn kinds(items: &[Outbound]) -> Vec<&'static str> {
+        let kind = |o: &Outbound| match o {
+            Outbound::Frame(_) => "frame",
+            Outbound::Close(_) => "close",
+        };
+        items.iter().map(kind).collect()
     }
 
     #[test]
@@ -260,84 +286,127 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut got = Vec::new();
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, 64), Poll::Pending);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(64)),
+            Poll::Pending
+        );
         for _ in 0..5 {
-            tx.try_send(close()).unwrap();
+            tx.try_send(frame(1)).unwrap();
         }
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for five items");
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, 3), Poll::Ready(3));
-        assert_eq!(rx.poll_recv_many(&mut cx, &mut got, 64), Poll::Ready(2));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(3)),
+            Poll::Ready(3)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(64)),
+            Poll::Ready(2)
+        );
         assert_eq!(got.len(), 5);
     }
 
     #[test]
     fn a_batch_stops_at_its_byte_budget_but_always_takes_one() {
-        use crate::protocol::{Encoded, ErrorCode, ServerFrame};
         let (tx, mut rx) = outbox(8);
-        let frame = |len: usize| {
-            Encoded::new(&ServerFrame::Error {
-                id: None,
-                code: ErrorCode::BadFrame,
-                message: "x".repeat(len),
-            })
-        };
         let (small, big) = (frame(10), frame(1000));
         for f in [&small, &small, &small, &big] {
-            tx.try_send(Outbound::Frame(f.clone())).unwrap();
+            tx.try_send(f.clone()).unwrap();
         }
+        let Outbound::Frame(f) = &small else {
+            unreachable!()
+        };
+        let two = 2 * f.bytes().len();
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut got = Vec::new();
-        let two = 2 * small.bytes().len();
+        let limit = |bytes| BatchLimit { frames: 64, bytes };
         assert_eq!(
-            rx.poll_recv_batch(&mut cx, &mut got, 64, two),
+            rx.poll_recv_many(&mut cx, &mut got, limit(two)),
             Poll::Ready(2)
         );
-        assert_eq!(rx.poll_recv_batch(&mut cx, &mut got, 64, 5), Poll::Ready(1));
         assert_eq!(
-            rx.poll_recv_batch(&mut cx, &mut got, 64, 5),
+            rx.poll_recv_many(&mut cx, &mut got, limit(5)),
+            Poll::Ready(1)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, limit(5)),
             Poll::Ready(1),
             "one over"
         );
         assert_eq!(got.len(), 4);
     }
 
+    /// The close needs no room: a session closed because its queue is full still gets
+    /// every frame, then the reason, then the end.
     #[test]
-    fn full_closed_and_ended() {
+    fn a_full_queue_still_ends_with_its_close() {
         let (tx, mut rx) = outbox(2);
-        tx.try_send(close()).unwrap();
-        tx.try_send(close()).unwrap();
-        assert_eq!(tx.try_send(close()), Err(Refused::Full));
-        assert!(!rx.is_closed());
-        drop(tx);
-        assert!(rx.is_closed());
-        assert!(
-            matches!(rx.try_recv(), Ok(Some(_))),
-            "what was queued is still read"
+        tx.try_send(frame(1)).unwrap();
+        tx.try_send(frame(1)).unwrap();
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
+        assert_eq!(rx.close_reason(), None);
+        tx.close(CloseReason::SlowConsumer);
+        assert_eq!(rx.close_reason(), Some(CloseReason::SlowConsumer));
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut got = Vec::new();
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(2)
         );
-        assert!(matches!(rx.try_recv(), Ok(Some(_))));
-        assert_eq!(rx.try_recv().map(|o| o.is_some()), Err(()));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(1)
+        );
+        assert!(matches!(
+            got.last(),
+            Some(Outbound::Close(CloseReason::SlowConsumer))
+        ));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(0)
+        );
+        assert_eq!(kinds(&got), ["frame", "frame", "close"]);
+
+        // With room, the close comes in the same batch as the frames before it.
+        let (tx, mut rx) = outbox(2);
+        tx.try_send(frame(1)).unwrap();
+        tx.close(CloseReason::Flood);
+        let mut got = Vec::new();
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(2)
+        );
+        assert_eq!(kinds(&got), ["frame", "close"]);
 
         let (tx, rx) = outbox(2);
         drop(rx);
-        assert_eq!(tx.try_send(close()), Err(Refused::Closed));
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Closed));
     }
 
     #[test]
-    fn dropping_the_sender_wakes_a_waiting_consumer() {
+    fn dropping_the_sender_ends_the_queue_without_a_close_and_wakes_the_consumer() {
         let (tx, mut rx) = outbox(2);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
         assert_eq!(
-            rx.poll_recv_many(&mut cx, &mut Vec::new(), 1),
+            rx.poll_recv_many(&mut cx, &mut got, frames(1)),
             Poll::Pending
         );
+        tx.try_send(frame(1)).unwrap();
         drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert_eq!(
-            rx.poll_recv_many(&mut cx, &mut Vec::new(), 1),
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(1)
+        );
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
             Poll::Ready(0)
         );
+        assert_eq!(kinds(&got), ["frame"]);
+        assert_eq!(rx.close_reason(), None);
     }
 }
