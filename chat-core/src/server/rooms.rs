@@ -4,8 +4,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, Utc};
 
 use super::kind::RoomKind;
@@ -29,7 +27,8 @@ pub(crate) struct Member {
     json_len: usize,
 }
 
-/// A message as kept in the window: the shared message and its frame, encoded once.
+/// A message as kept in the window: the shared message and its frame, encoded once (as
+/// everyone but its author's sessions gets it: without `client_id`).
 #[derive(Debug, Clone)]
 pub(crate) struct Posted {
     pub msg: Arc<Message>,
@@ -72,8 +71,10 @@ pub(crate) struct Room {
     /// every name again.
     members_json: Vec<u8>,
     /// Every session in a public room, in order: the recipients of its events. A sorted
-    /// vector rather than a set: every event walks it, and it changes far less often.
-    sessions: Vec<SessionId>,
+    /// vector rather than a set: every event's [`Output::Broadcast`](super::Output::Broadcast)
+    /// shares it, and it changes far less often (copied then only if an output still
+    /// holds it).
+    sessions: Arc<Vec<SessionId>>,
     /// Who is typing, until when.
     pub typing: BTreeMap<UserKey, Instant>,
     history: VecDeque<Posted>,
@@ -101,7 +102,7 @@ impl Room {
             name,
             members: BTreeMap::new(),
             members_json: b"[]".to_vec(),
-            sessions: Vec::new(),
+            sessions: Arc::default(),
             typing: BTreeMap::new(),
             history: VecDeque::new(),
             floor: Seq(0),
@@ -132,7 +133,7 @@ impl Room {
     }
 
     /// The sessions that receive the room's events.
-    pub fn recipients(&self, users: &Users) -> Cow<'_, [SessionId]> {
+    pub fn recipients(&self, users: &Users) -> Arc<Vec<SessionId>> {
         self.kind.recipients(&self.sessions, users)
     }
 
@@ -230,14 +231,14 @@ impl Room {
     /// Adds a session to the room's recipients.
     pub fn add_session(&mut self, sid: SessionId) {
         if let Err(i) = self.sessions.binary_search(&sid) {
-            self.sessions.insert(i, sid);
+            Arc::make_mut(&mut self.sessions).insert(i, sid);
         }
     }
 
     /// Removes a session from the room's recipients.
     pub fn remove_session(&mut self, sid: SessionId) {
         if let Ok(i) = self.sessions.binary_search(&sid) {
-            self.sessions.remove(i);
+            Arc::make_mut(&mut self.sessions).remove(i);
         }
     }
 
@@ -298,7 +299,7 @@ impl Room {
                     .insert((msg.user.key(), id.clone()), msg.seq);
             }
             let msg = Arc::new(msg);
-            let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
+            let frame = Encoded::message(&msg);
             self.history.push_back(Posted { msg, frame });
         }
         self.evict(window);

@@ -45,7 +45,8 @@ impl State {
             announce = room.add_member_session(user, caller.sid, || env.users.display_name(user));
             caller.session.rooms.insert(room_name.clone());
         }
-        let frame = joined_frame(room, env.users, env.config.history_on_join, id, since);
+        let on_join = env.config.history_on_join;
+        let frame = joined_frame(room, env.users, on_join, id, since, user);
         if announce {
             self.announce_joined(caller.now, &room_name, user, caller.sid);
         }
@@ -63,6 +64,7 @@ fn joined_frame(
     on_join: usize,
     id: Option<RequestId>,
     since: Option<Seq>,
+    reader: &UserKey,
 ) -> Encoded {
     // A direct room's two users are listed by their current names, as `members` does.
     let direct_members = room
@@ -83,14 +85,22 @@ fn joined_frame(
     let messages = messages.map(|p| (&p.msg, &p.frame));
     let last_seq = room.last_delivered;
     let room_name: &RoomName = &room.name;
-    let frame = Encoded::joined(id, room_name, members_json, messages.clone(), gap, last_seq);
+    let frame = Encoded::joined(
+        id,
+        room_name,
+        members_json,
+        messages.clone(),
+        gap,
+        last_seq,
+        reader,
+    );
     debug_assert_eq!(
         frame,
         Encoded::new(&ServerFrame::Joined {
             id,
             room: room_name.clone(),
             members: room.member_list(users),
-            messages: messages.map(|(m, _)| m.clone()).collect(),
+            messages: messages.map(|(m, _)| m.seen_by(reader)).collect(),
             gap,
             last_seq,
         })
