@@ -578,10 +578,7 @@ impl Encoded {
             if i > 0 {
                 out.push(b',');
             }
-            let author_id = msg
-                .client_id
-                .as_ref()
-                .filter(|_| msg.user.key() == *reader);
+            let author_id = msg.client_id.as_ref().filter(|_| msg.user.key() == *reader);
             match (frame.bytes.strip_prefix(MESSAGE_TAG), author_id) {
                 (Some(fields), None) => {
                     out.push(b'{');

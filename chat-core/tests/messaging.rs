@@ -124,7 +124,10 @@ fn a_room_message_is_one_output_whatever_the_room_size() {
     sim.server.handle_input(now, input).unwrap();
     let mut carrying = 0;
     while let Some(out) = sim.server.poll_output() {
-        if out.sends().any(|(_, f)| f.text().contains(r#""type":"message""#)) {
+        if out
+            .sends()
+            .any(|(_, f)| f.text().contains(r#""type":"message""#))
+        {
             carrying += 1;
             let chat_core::Output::Broadcast { to, .. } = &out else {
                 panic!("a room message goes out as one broadcast: {out:?}");
@@ -155,7 +158,11 @@ fn only_the_authors_sessions_get_its_client_id() {
         unreachable!()
     };
     assert_eq!(sent.client_id.as_deref(), Some("c-9"), "the sending tab");
-    assert_eq!(with_id(&mut sim, 2), [Some("c-9".to_owned())], "the author's other tab");
+    assert_eq!(
+        with_id(&mut sim, 2),
+        [Some("c-9".to_owned())],
+        "the author's other tab"
+    );
     assert_eq!(with_id(&mut sim, 3), [None], "bob");
     // The bytes too: no recipient but the author's sessions sees the field at all.
     let raw = |sim: &Sim, s: u64| sim.raw.get(&SessionId(s)).cloned().unwrap_or_default();

@@ -258,7 +258,10 @@ fn detail(md: &mut String, all: &[Outcome]) {
             md,
             "| server | workload | deliveries/s | p50 ms | p99 ms | p99.9 ms | sent | lost | server CPU-µs/delivery | load tool CPU-µs/delivery | server CPU | load tool CPU | saturated | note |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for o in talk {
             let _ = writeln!(
                 md,

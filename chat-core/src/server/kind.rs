@@ -105,11 +105,7 @@ impl RoomKind {
 
     /// The recipients of a room's events, ascending: a public room's joined sessions as
     /// given (shared, not copied), or every session of a direct room's users.
-    pub fn recipients(
-        &self,
-        joined: &Arc<Vec<SessionId>>,
-        users: &Users,
-    ) -> Arc<Vec<SessionId>> {
+    pub fn recipients(&self, joined: &Arc<Vec<SessionId>>, users: &Users) -> Arc<Vec<SessionId>> {
         match self {
             RoomKind::Public => joined.clone(),
             RoomKind::Direct(..) => {
