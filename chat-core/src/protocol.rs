@@ -515,18 +515,40 @@ impl Encoded {
     /// message with their own send). See [`Encoded::message_for_author`].
     #[must_use]
     pub fn message(msg: &Arc<Message>) -> Encoded {
-        let mut bytes = Vec::with_capacity(256);
-        serde_json::to_writer(&mut bytes, &ServerFrame::Message(msg.clone()))
-            .expect("server frames always serialize");
-        if let Some(cid) = &msg.client_id {
-            // `client_id` is the message's last field: cut it, keep the closing brace.
-            let cut = bytes.len() - 1 - CLIENT_ID_KEY.len() - json_string_len(cid.as_str());
-            debug_assert!(bytes[cut..].starts_with(CLIENT_ID_KEY));
-            bytes.truncate(cut);
-            bytes.push(b'}');
+        // Written field by field rather than through serde's tagged-enum machinery (this
+        // is every message's one encode); byte for byte what serde writes, less the
+        // `client_id` (checked below and by the tests).
+        let (room, user, body) = (msg.room.as_str(), msg.user.as_str(), &*msg.body);
+        let mut out = Vec::with_capacity(96 + room.len() + user.len() + body.len());
+        out.extend_from_slice(br#"{"type":"message","room":"#);
+        serde_json::to_writer(&mut out, room).expect("a string always serializes");
+        out.extend_from_slice(br#","seq":"#);
+        out.extend_from_slice(itoa(msg.seq.0, &mut [0; 20]));
+        out.extend_from_slice(br#","ts":"#);
+        match ts_millis::write_fast(&msg.ts, &mut [0; 24]) {
+            Some(ts) => {
+                out.push(b'"');
+                out.extend_from_slice(ts.as_bytes());
+                out.push(b'"');
+            }
+            None => serde_json::to_writer(&mut out, &format_ts(&msg.ts))
+                .expect("a string always serializes"),
         }
+        out.extend_from_slice(br#","user":"#);
+        serde_json::to_writer(&mut out, user).expect("a string always serializes");
+        out.extend_from_slice(br#","body":"#);
+        serde_json::to_writer(&mut out, body).expect("a string always serializes");
+        out.push(b'}');
+        debug_assert_eq!(
+            out,
+            serde_json::to_vec(&ServerFrame::Message(Arc::new(Message {
+                client_id: None,
+                ..(**msg).clone()
+            })))
+            .expect("serializes")
+        );
         Encoded {
-            bytes: Bytes::from(bytes),
+            bytes: Bytes::from(out),
             ephemeral: false,
         }
     }
@@ -641,23 +663,6 @@ fn push_with_client_id(out: &mut Vec<u8>, object: &[u8], client_id: &ClientMsgId
     out.push(b'}');
 }
 
-/// The length of `s` as a JSON string, quotes and escapes included.
-fn json_string_len(s: &str) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, s).expect("a string always serializes");
-    count.0
-}
-
 /// The decimal digits of `n`, as serde_json writes an integer.
 fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
@@ -740,6 +745,51 @@ pub fn format_ts(ts: &DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+    use std::sync::Arc;
+
+    /// The hand-written `message` frames are exactly what serde writes: without the
+    /// client id for everyone, with it for the author.
+    #[test]
+    fn message_frames_match_serde() {
+        for (body, cid, ts) in [
+            (
+                "hello world",
+                None,
+                Utc.timestamp_opt(1_767_323_045, 42_000_000).unwrap(),
+            ),
+            (
+                "quote \" and \\ and \u{1}",
+                Some("c-1"),
+                Utc.timestamp_opt(0, 0).unwrap(),
+            ),
+            (
+                "☕ ünïcode",
+                Some("ü\"x"),
+                Utc.with_ymd_and_hms(12_345, 1, 1, 0, 0, 0).unwrap(),
+            ),
+        ] {
+            let full = Arc::new(super::Message {
+                room: crate::RoomName::parse("général", 64, 32).unwrap(),
+                seq: crate::Seq(1234),
+                ts,
+                user: crate::UserName::parse("Zoë", 32).unwrap(),
+                body: body.into(),
+                client_id: cid.map(Into::into),
+            });
+            let lean = super::Encoded::message(&full);
+            let without = super::Message {
+                client_id: None,
+                ..(*full).clone()
+            };
+            let serde =
+                |m: super::Message| super::Encoded::new(&super::ServerFrame::Message(Arc::new(m)));
+            assert_eq!(lean, serde(without));
+            if let Some(cid) = &full.client_id {
+                let mine = super::Encoded::message_for_author(&lean, cid);
+                assert_eq!(mine, serde((*full).clone()));
+            }
+        }
+    }
 
     #[test]
     fn fast_timestamps_match_chrono() {

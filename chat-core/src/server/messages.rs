@@ -11,19 +11,19 @@ use crate::ids::{ClientMsgId, RoomName, Seq, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
 impl Room {
-    /// Posts a message: assigns seq and time, then delivers (or, durable, persists
-    /// first). A repeated client id is acked with the original instead of posted again.
+    /// Posts a message by `author` (with its key: the caller has it already): assigns
+    /// seq and time, then delivers (or, durable, persists first). A repeated client id
+    /// is acked with the original instead of posted again.
     pub(super) fn post(
         &mut self,
         env: &mut Env<'_>,
         now: Now,
-        author: UserName,
+        (author, key): (UserName, UserKey),
         body: Arc<str>,
         client_id: Option<ClientMsgId>,
         acker: Acker,
     ) {
         let durable = env.config.durable;
-        let key = author.key();
         if let Some(cid) = &client_id
             && let Some(seq) = self.lookup_client_id(&key, cid)
         {
@@ -212,10 +212,11 @@ impl State {
             .publish_checked(room, user, &body)
             .and_then(|(name, author)| {
                 let (room, mut env) = self.open_room(&name, |kind, c| kind.publish_creates(c))?;
+                let key = author.key();
                 room.post(
                     &mut env,
                     now,
-                    author,
+                    (author, key),
                     body.into(),
                     client_id,
                     Acker::Host(ticket),
