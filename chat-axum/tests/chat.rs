@@ -81,7 +81,11 @@ async fn two_users_hello_join_fan_out_ack_and_resend() {
     );
     let mine = alice.recv().await;
     let mine = as_message(&mine);
-    assert_eq!(mine.client_id.as_deref(), Some("c-1"), "the author's copy has it");
+    assert_eq!(
+        mine.client_id.as_deref(),
+        Some("c-1"),
+        "the author's copy has it"
+    );
     let without = chat_core::protocol::Message {
         client_id: None,
         ..mine.clone()
