@@ -1,7 +1,8 @@
 //! Micro benchmarks of the sans-IO core alone: no sockets, no runtime, no JSON decoding of
 //! client frames (a driver decodes in its reader tasks). Each iteration feeds one `send`
 //! into a `Server` and drains every output it produced (the fan-out to every member, the
-//! ack, the event), which is the work the driver's core task does per message.
+//! ack, the event), walking every (recipient, frame) pair of each output as a driver
+//! does, which is the work the driver's core task does per message apart from queueing.
 //!
 //! - `send/room_10`, `send/room_100`, `send/room_10000`: one send into a room of that
 //!   many member sessions; throughput is sends per second.
@@ -138,15 +139,24 @@ impl Fixture {
                 },
             )
             .expect("valid input");
-        let mut frames = 0;
-        while let Some(output) = self.server.poll_output() {
-            if matches!(output, Output::Send { .. }) {
-                frames += 1;
-            }
-            black_box(output);
-        }
-        frames
+        drain(&mut self.server)
     }
+}
+
+/// Drains every output, walking each (recipient, frame) pair as a driver does (one
+/// output per room event since `Output::Broadcast`: the walk is what is left per
+/// recipient). Returns the number of frames queued.
+#[inline]
+fn drain(server: &mut Server) -> usize {
+    let mut frames = 0;
+    while let Some(output) = server.poll_output() {
+        for pair in output.sends() {
+            black_box(pair);
+            frames += 1;
+        }
+        black_box(output);
+    }
+    frames
 }
 
 /// `clients` sessions that said `hello` (no rooms), about to all join `general`.
@@ -204,12 +214,7 @@ impl Storm {
                     },
                 )
                 .expect("valid input");
-            while let Some(output) = self.server.poll_output() {
-                if matches!(output, Output::Send { .. }) {
-                    frames += 1;
-                }
-                black_box(output);
-            }
+            frames += drain(&mut self.server);
         }
         frames
     }

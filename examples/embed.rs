@@ -141,11 +141,14 @@ impl InProcess {
     fn drain(&mut self) {
         while let Some(output) = self.server.poll_output() {
             match output {
-                Output::Send { to, frame } => {
-                    // `frame` is encoded once and shared by every recipient; a network
-                    // driver writes `frame.bytes()` to the socket as a text frame.
-                    let frame = frame.decode().expect("the server sends valid frames");
-                    println!("{:>5} < {}", self.names[&to], render(&frame));
+                Output::Send { .. } | Output::Broadcast { .. } => {
+                    // A room event is one output: `frame` is encoded once and shared by
+                    // every recipient; a network driver writes `frame.bytes()` to each
+                    // socket as a text frame.
+                    for (to, frame) in output.sends() {
+                        let frame = frame.decode().expect("the server sends valid frames");
+                        println!("{:>5} < {}", self.names[&to], render(&frame));
+                    }
                 }
                 Output::Close { session, reason } => {
                     println!(

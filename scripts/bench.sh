@@ -16,6 +16,10 @@
 #   BENCH_FANOUT_CLIENTS   [10 100 1000]  clients in one room, senders as fast as possible
 #   BENCH_SENDERS          [10]           senders in the fanout runs
 #   BENCH_SECS             [5]            seconds of sending per message run
+#   BENCH_SATURATED_CLIENTS [100]         the saturated run (issue 16's other tool): clients
+#                                         in one room, BENCH_SENDERS of them sending, each
+#                                         keeping BENCH_IN_FLIGHT [8] messages in flight
+#                                         ("" = skip)
 #   BENCH_LATENCY_CLIENTS  [100]          the fixed-rate latency run: clients ...
 #   BENCH_LATENCY_RATE     [200]          ... and messages/s (200 × 100 = 20k deliveries/s)
 #   BENCH_ROOMS            [200]          rooms workload: rooms ...
@@ -50,6 +54,8 @@ fi
 : "${BENCH_FANOUT_CLIENTS:=10 100 1000}"
 : "${BENCH_SENDERS:=10}"
 : "${BENCH_SECS:=5}"
+: "${BENCH_SATURATED_CLIENTS=100}"
+: "${BENCH_IN_FLIGHT:=8}"
 : "${BENCH_LATENCY_CLIENTS:=100}"
 : "${BENCH_LATENCY_RATE:=200}"
 : "${BENCH_ROOMS:=200}"
@@ -168,6 +174,10 @@ for name in $BENCH_SERVERS; do
   log "server: $name"
   for c in $BENCH_FANOUT_CLIENTS; do
     run "$name" fanout --clients "$c" --senders "$BENCH_SENDERS" --secs "$BENCH_SECS"
+  done
+  for c in $BENCH_SATURATED_CLIENTS; do
+    run "$name" fanout --clients "$c" --senders "$BENCH_SENDERS" --in-flight "$BENCH_IN_FLIGHT" \
+      --secs "$BENCH_SECS"
   done
   run "$name" fanout --clients "$BENCH_LATENCY_CLIENTS" --senders "$BENCH_SENDERS" \
     --rate "$BENCH_LATENCY_RATE" --secs "$BENCH_SECS"

@@ -56,7 +56,9 @@ async fn two_users_hello_join_fan_out_ack_and_resend() {
     assert_eq!(m.user.as_str(), "alice");
     assert_eq!(&*m.body, "hello bob");
     assert_eq!(m.seq, Seq(1));
-    assert_eq!(m.client_id.as_deref(), Some("c-1"));
+    // The client id is for the author's own sessions: bob's copy comes without it.
+    assert_eq!(m.client_id, None);
+    assert!(!raw.contains("client_id"), "{raw}");
     // The server stamps UTC with milliseconds, on the wire as RFC 3339 with `Z`.
     let wire_ts = m.ts.to_rfc3339_opts(SecondsFormat::Millis, true);
     assert!(
@@ -77,7 +79,18 @@ async fn two_users_hello_join_fan_out_ack_and_resend() {
         "server time {} long before the send at {before}",
         m.ts
     );
-    assert_eq!(*as_message(&alice.recv().await), *m);
+    let mine = alice.recv().await;
+    let mine = as_message(&mine);
+    assert_eq!(
+        mine.client_id.as_deref(),
+        Some("c-1"),
+        "the author's copy has it"
+    );
+    let without = chat_core::protocol::Message {
+        client_id: None,
+        ..mine.clone()
+    };
+    assert_eq!(without, *m);
     match alice.recv().await {
         ServerFrame::Ack {
             id,

@@ -36,7 +36,7 @@
 //! server.handle_input(now, Input::Received { session: alice, frame: protocol::decode(hello) }).unwrap();
 //! let mut frames = Vec::new();
 //! while let Some(output) = server.poll_output() {
-//!     if let Output::Send { to, frame } = output {
+//!     for (to, frame) in output.sends() {
 //!         assert_eq!(to, alice);
 //!         frames.push(frame.decode().unwrap());
 //!     }
@@ -83,7 +83,9 @@
 //! ## Fan-out cost
 //!
 //! A room event is serialized once into an [`protocol::Encoded`] (reference-counted
-//! bytes); every recipient's [`Output::Send`] shares it.
+//! bytes) and leaves the core as one [`Output::Broadcast`], whose [`Recipients`] is the
+//! room's recipient list, shared rather than copied: the core's work per event does not
+//! grow with the room. [`Output::sends`] walks the (recipient, frame) pairs of an output.
 //!
 //! ## Features
 //!
@@ -111,7 +113,7 @@ pub use ids::{
 };
 pub use server::{
     Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Input,
-    LoadedRoom, Now, Output, Rate, Server, StoreError,
+    LoadedRoom, Now, Output, Rate, Recipients, Server, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserName};
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 
 /// The protocol version this crate speaks. Sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -325,9 +325,25 @@ pub struct Message {
     pub user: UserName,
     /// Text.
     pub body: Arc<str>,
-    /// The author's client id for this message, if it sent one.
+    /// The author's client id for this message, if it sent one. On the wire only to the
+    /// author's own sessions (see [`Message::seen_by`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientMsgId>,
+}
+
+impl Message {
+    /// The message as the user `reader` is sent it: with its `client_id` only if
+    /// `reader` is its author (every other user gets it without).
+    #[must_use]
+    pub fn seen_by(self: &Arc<Message>, reader: &UserKey) -> Arc<Message> {
+        if self.client_id.is_none() || self.user.key() == *reader {
+            return self.clone();
+        }
+        Arc::new(Message {
+            client_id: None,
+            ..(**self).clone()
+        })
+    }
 }
 
 /// A room in the `rooms` reply.
@@ -494,11 +510,68 @@ impl Encoded {
         }
     }
 
+    /// The `message` frame of `msg` as every recipient but its author's own sessions
+    /// gets it: without `client_id`, which only the author's sessions use (to match the
+    /// message with their own send). See [`Encoded::message_for_author`].
+    #[must_use]
+    pub fn message(msg: &Arc<Message>) -> Encoded {
+        // Written field by field rather than through serde's tagged-enum machinery (this
+        // is every message's one encode); byte for byte what serde writes, less the
+        // `client_id` (checked below and by the tests).
+        let (room, user, body) = (msg.room.as_str(), msg.user.as_str(), &*msg.body);
+        let mut out = Vec::with_capacity(96 + room.len() + user.len() + body.len());
+        out.extend_from_slice(br#"{"type":"message","room":"#);
+        serde_json::to_writer(&mut out, room).expect("a string always serializes");
+        out.extend_from_slice(br#","seq":"#);
+        out.extend_from_slice(itoa(msg.seq.0, &mut [0; 20]));
+        out.extend_from_slice(br#","ts":"#);
+        match ts_millis::write_fast(&msg.ts, &mut [0; 24]) {
+            Some(ts) => {
+                out.push(b'"');
+                out.extend_from_slice(ts.as_bytes());
+                out.push(b'"');
+            }
+            None => serde_json::to_writer(&mut out, &format_ts(&msg.ts))
+                .expect("a string always serializes"),
+        }
+        out.extend_from_slice(br#","user":"#);
+        serde_json::to_writer(&mut out, user).expect("a string always serializes");
+        out.extend_from_slice(br#","body":"#);
+        serde_json::to_writer(&mut out, body).expect("a string always serializes");
+        out.push(b'}');
+        debug_assert_eq!(
+            out,
+            serde_json::to_vec(&ServerFrame::Message(Arc::new(Message {
+                client_id: None,
+                ..(**msg).clone()
+            })))
+            .expect("serializes")
+        );
+        Encoded {
+            bytes: Bytes::from(out),
+            ephemeral: false,
+        }
+    }
+
+    /// The `message` frame for the author's own sessions, from the frame of
+    /// [`Encoded::message`]: the same with the author's `client_id` as its last field.
+    /// Byte for byte what [`Encoded::new`] writes for the message.
+    #[must_use]
+    pub fn message_for_author(lean: &Encoded, client_id: &ClientMsgId) -> Encoded {
+        let mut out = Vec::with_capacity(lean.bytes.len() + 16 + client_id.as_str().len());
+        push_with_client_id(&mut out, &lean.bytes, client_id);
+        Encoded {
+            bytes: Bytes::from(out),
+            ephemeral: false,
+        }
+    }
+
     /// A `joined` frame assembled from parts already in JSON, byte for byte what
-    /// [`Encoded::new`] writes for the same [`ServerFrame::Joined`]: `members_json` is
-    /// the member list as a JSON array, and each message comes with its encoded
-    /// `message` frame, whose fields are copied rather than serialized again. A join
-    /// then costs a copy of the member list instead of serializing every name.
+    /// [`Encoded::new`] writes for the same [`ServerFrame::Joined`] with each message as
+    /// [`Message::seen_by`] the `reader`: `members_json` is the member list as a JSON
+    /// array, and each message comes with its frame from [`Encoded::message`], whose
+    /// fields are copied rather than serialized again. A join then costs a copy of the
+    /// member list instead of serializing every name.
     pub(crate) fn joined<'a>(
         id: Option<RequestId>,
         room: &RoomName,
@@ -506,6 +579,7 @@ impl Encoded {
         messages: impl Iterator<Item = (&'a Arc<Message>, &'a Encoded)> + Clone,
         gap: bool,
         last_seq: Seq,
+        reader: &UserKey,
     ) -> Encoded {
         // A `message` frame is the message's object with the tag in front.
         const MESSAGE_TAG: &[u8] = br#"{"type":"message","#;
@@ -526,14 +600,18 @@ impl Encoded {
             if i > 0 {
                 out.push(b',');
             }
-            match frame.bytes.strip_prefix(MESSAGE_TAG) {
-                Some(fields) => {
+            let author_id = msg.client_id.as_ref().filter(|_| msg.user.key() == *reader);
+            match (frame.bytes.strip_prefix(MESSAGE_TAG), author_id) {
+                (Some(fields), None) => {
                     out.push(b'{');
                     out.extend_from_slice(fields);
                 }
-                None => {
-                    serde_json::to_writer(&mut out, &**msg).expect("server frames always serialize")
+                (Some(fields), Some(cid)) => {
+                    out.push(b'{');
+                    push_with_client_id(&mut out, fields, cid);
                 }
+                (None, _) => serde_json::to_writer(&mut out, &*msg.seen_by(reader))
+                    .expect("server frames always serialize"),
             }
         }
         out.extend_from_slice(if gap {
@@ -571,6 +649,18 @@ impl Encoded {
     pub fn decode(&self) -> Result<ServerFrame, serde_json::Error> {
         serde_json::from_slice(&self.bytes)
     }
+}
+
+/// How `client_id` starts as a message's last field.
+const CLIENT_ID_KEY: &[u8] = br#","client_id":"#;
+
+/// Appends `object` (a JSON object's text) with `client_id` added as its last field.
+fn push_with_client_id(out: &mut Vec<u8>, object: &[u8], client_id: &ClientMsgId) {
+    let open = object.strip_suffix(b"}").expect("a JSON object");
+    out.extend_from_slice(open);
+    out.extend_from_slice(CLIENT_ID_KEY);
+    serde_json::to_writer(&mut *out, client_id.as_str()).expect("a string always serializes");
+    out.push(b'}');
 }
 
 /// The decimal digits of `n`, as serde_json writes an integer.
@@ -655,6 +745,51 @@ pub fn format_ts(ts: &DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+    use std::sync::Arc;
+
+    /// The hand-written `message` frames are exactly what serde writes: without the
+    /// client id for everyone, with it for the author.
+    #[test]
+    fn message_frames_match_serde() {
+        for (body, cid, ts) in [
+            (
+                "hello world",
+                None,
+                Utc.timestamp_opt(1_767_323_045, 42_000_000).unwrap(),
+            ),
+            (
+                "quote \" and \\ and \u{1}",
+                Some("c-1"),
+                Utc.timestamp_opt(0, 0).unwrap(),
+            ),
+            (
+                "☕ ünïcode",
+                Some("ü\"x"),
+                Utc.with_ymd_and_hms(12_345, 1, 1, 0, 0, 0).unwrap(),
+            ),
+        ] {
+            let full = Arc::new(super::Message {
+                room: crate::RoomName::parse("général", 64, 32).unwrap(),
+                seq: crate::Seq(1234),
+                ts,
+                user: crate::UserName::parse("Zoë", 32).unwrap(),
+                body: body.into(),
+                client_id: cid.map(Into::into),
+            });
+            let lean = super::Encoded::message(&full);
+            let without = super::Message {
+                client_id: None,
+                ..(*full).clone()
+            };
+            let serde =
+                |m: super::Message| super::Encoded::new(&super::ServerFrame::Message(Arc::new(m)));
+            assert_eq!(lean, serde(without));
+            if let Some(cid) = &full.client_id {
+                let mine = super::Encoded::message_for_author(&lean, cid);
+                assert_eq!(mine, serde((*full).clone()));
+            }
+        }
+    }
 
     #[test]
     fn fast_timestamps_match_chrono() {

@@ -906,3 +906,25 @@ proptest! {
         }
     }
 }
+
+/// Lean frames hold in cluster mode too: a message's client id goes to its author's
+/// sessions only, on every server.
+#[test]
+fn only_the_authors_sessions_get_the_client_id_on_every_server() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    send(&mut c.nodes[0], 1, 1, "mine", Some("c-1"));
+    c.settle();
+    let raw = |c: &Cluster, n: usize, s: u64| -> String {
+        c.nodes[n].raw[&chat_core::SessionId(s)]
+            .iter()
+            .find(|t| t.contains(r#""type":"message""#))
+            .cloned()
+            .expect("a message frame")
+    };
+    assert!(raw(&c, 0, 1).contains(r#""client_id":"c-1""#));
+    assert!(!raw(&c, 1, 2).contains("client_id"), "{}", raw(&c, 1, 2));
+}

@@ -579,19 +579,23 @@ impl Replay<'_> {
         let mut problems = Vec::new();
         while let Some(output) = self.server.poll_output() {
             match output {
-                Output::Send { to, frame } => {
-                    let Some(label) = self.labels.get(&to) else {
-                        problems.push(format!("a frame to closed session {to}: {}", frame.text()));
-                        continue;
-                    };
-                    if let Err(e) = frame.decode() {
-                        problems.push(format!("undecodable server frame {}: {e}", frame.text()));
+                Output::Send { .. } | Output::Broadcast { .. } => {
+                    for (to, frame) in output.sends() {
+                        let Some(label) = self.labels.get(&to) else {
+                            problems
+                                .push(format!("a frame to closed session {to}: {}", frame.text()));
+                            continue;
+                        };
+                        if let Err(e) = frame.decode() {
+                            problems
+                                .push(format!("undecodable server frame {}: {e}", frame.text()));
+                        }
+                        let value: Value = serde_json::from_str(frame.text()).expect("JSON text");
+                        self.inbox
+                            .entry(label.clone())
+                            .or_default()
+                            .push_back(Got::Frame(value, frame.text().to_owned()));
                     }
-                    let value: Value = serde_json::from_str(frame.text()).expect("JSON text");
-                    self.inbox
-                        .entry(label.clone())
-                        .or_default()
-                        .push_back(Got::Frame(value, frame.text().to_owned()));
                 }
                 Output::Close { session, reason } => {
                     let Some(label) = self.labels.get(&session).cloned() else {

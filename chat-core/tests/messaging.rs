@@ -95,10 +95,10 @@ fn a_message_is_encoded_once_and_every_recipient_shares_the_bytes() {
         .unwrap();
     let mut shared = Vec::new();
     while let Some(out) = sim.server.poll_output() {
-        if let chat_core::Output::Send { to, frame } = out
-            && frame.text().contains(r#""type":"message""#)
-        {
-            shared.push((to, frame));
+        for (to, frame) in out.sends() {
+            if frame.text().contains(r#""type":"message""#) {
+                shared.push((to, frame.clone()));
+            }
         }
     }
     let to: Vec<u64> = shared.iter().map(|(to, _)| to.0).collect();
@@ -107,6 +107,81 @@ fn a_message_is_encoded_once_and_every_recipient_shares_the_bytes() {
     for (to, frame) in &shared {
         assert_eq!(frame.bytes().as_ptr(), ptr, "session {to} got its own copy");
         assert!(!frame.is_ephemeral(), "messages are never dropped silently");
+    }
+}
+
+#[test]
+fn a_room_message_is_one_output_whatever_the_room_size() {
+    let mut sim = four_sessions();
+    let now = sim.now;
+    let frame = chat_core::protocol::decode(
+        br#"{"type":"send","id":1,"room":"general","body":"one output"}"#,
+    );
+    let input = chat_core::Input::Received {
+        session: SessionId(3),
+        frame,
+    };
+    sim.server.handle_input(now, input).unwrap();
+    let mut carrying = 0;
+    while let Some(out) = sim.server.poll_output() {
+        if out
+            .sends()
+            .any(|(_, f)| f.text().contains(r#""type":"message""#))
+        {
+            carrying += 1;
+            let chat_core::Output::Broadcast { to, .. } = &out else {
+                panic!("a room message goes out as one broadcast: {out:?}");
+            };
+            assert_eq!(to.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3]);
+        }
+    }
+    assert_eq!(carrying, 1, "one output for the three recipients");
+}
+
+/// The author's `client_id` goes to the author's own sessions only, live, in `joined`
+/// and in `history`; everyone else gets the same message without it.
+#[test]
+fn only_the_authors_sessions_get_its_client_id() {
+    let mut sim = four_sessions();
+    sim.say(
+        1,
+        json!({"type":"send","id":1,"room":"general","body":"mine","client_id":"c-9"}),
+    );
+    let with_id = |sim: &mut Sim, s: u64| -> Vec<Option<String>> {
+        sim.take_messages(s)
+            .iter()
+            .map(|m| m.client_id.as_deref().map(str::to_owned))
+            .collect()
+    };
+    let frames = sim.expect_kinds(1, &["message", "ack"]);
+    let ServerFrame::Message(sent) = &frames[0] else {
+        unreachable!()
+    };
+    assert_eq!(sent.client_id.as_deref(), Some("c-9"), "the sending tab");
+    assert_eq!(
+        with_id(&mut sim, 2),
+        [Some("c-9".to_owned())],
+        "the author's other tab"
+    );
+    assert_eq!(with_id(&mut sim, 3), [None], "bob");
+    // The bytes too: no recipient but the author's sessions sees the field at all.
+    let raw = |sim: &Sim, s: u64| sim.raw.get(&SessionId(s)).cloned().unwrap_or_default();
+    assert!(raw(&sim, 3).iter().any(|t| t.contains(r#""body":"mine""#)));
+    assert!(raw(&sim, 3).iter().all(|t| !t.contains("client_id")));
+    sim.clear();
+
+    for s in [1, 3] {
+        sim.say(s, json!({"type":"history","id":5,"room":"general"}));
+        let ServerFrame::History { messages, .. } = sim.take_one(s) else {
+            panic!("a history page");
+        };
+        let want = (s == 1).then(|| "c-9".to_owned());
+        assert_eq!(messages[0].client_id.as_deref().map(str::to_owned), want);
+        sim.say(s, json!({"type":"join","id":6,"room":"general","since":0}));
+        let ServerFrame::Joined { messages, .. } = sim.take_one(s) else {
+            panic!("joined");
+        };
+        assert_eq!(messages[0].client_id.as_deref().map(str::to_owned), want);
     }
 }
 
@@ -384,8 +459,15 @@ fn a_message_posted_by_the_host_reaches_members() {
     assert_eq!(ticket, 77);
     let msg = result.unwrap();
     assert_eq!(msg.user.as_str(), "bot");
+    assert_eq!(msg.client_id.as_deref(), Some("notice-1"));
+    // The client id is the host's, for idempotency: no member is the author, so no
+    // member's copy carries it.
+    let seen = std::sync::Arc::new(chat_core::protocol::Message {
+        client_id: None,
+        ..(*msg).clone()
+    });
     for s in [1, 2, 3] {
-        assert_eq!(sim.take_messages(s), vec![msg.clone()]);
+        assert_eq!(sim.take_messages(s), vec![seen.clone()]);
     }
     // Idempotent too: the same notice is not posted twice.
     sim.input(chat_core::Input::Publish {

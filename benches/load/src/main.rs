@@ -8,6 +8,7 @@
 //! ```text
 //! load fanout --label ours --addr 127.0.0.1:5000 --pid 1234 --clients 100 --senders 10
 //! load fanout --label node --proto sio --addr 127.0.0.1:5001 --clients 100 --rate 200
+//! load fanout --label ours --addr 127.0.0.1:5000 --pid 1234 --clients 100 --senders 10 --in-flight 8
 //! load rooms  --label ours --addr 127.0.0.1:5000 --rooms 200 --members 5 --rate 2000
 //! load idle   --label ours --addr 127.0.0.1:5000 --clients 5000
 //! load join   --label ours --addr 127.0.0.1:5000 --clients 1000
@@ -73,6 +74,11 @@ enum Command {
         /// messages plus acks, stays below the default 1,024 frames).
         #[arg(long)]
         window: Option<u64>,
+        /// The saturated workload: each sender keeps this many of its own messages in
+        /// flight, sending the next when one is answered (our `ack`; for Socket.IO, its
+        /// own copy of the message), instead of the shared `--window`. Needs `--rate 0`.
+        #[arg(long)]
+        in_flight: Option<usize>,
         /// Seconds of sending.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
@@ -253,6 +259,9 @@ pub struct Outcome {
     pub server_util: f64,
     /// This tool's CPU time over wall time.
     pub tool_util: f64,
+    /// This tool's CPU microseconds per delivery (message runs).
+    #[serde(default)]
+    pub tool_cpu_us_per_unit: Option<f64>,
     /// Server RSS growth per connection, KiB (idle).
     pub rss_per_conn_kib: Option<f64>,
     /// Server RSS before and after, KiB (idle).
@@ -316,15 +325,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             senders,
             rate,
             window,
+            in_flight,
             secs,
             body,
         } => {
+            anyhow::ensure!(
+                in_flight.is_none() || rate == 0,
+                "--in-flight is a closed loop: it needs --rate 0"
+            );
             let spec = Talk {
                 clients,
                 room_size: clients,
                 senders: senders.clamp(1, clients.max(1)),
                 rate,
                 window,
+                in_flight: in_flight.map(|n| n.max(1)),
                 secs,
                 body,
             };
@@ -345,6 +360,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 senders: senders.clamp(1, clients.max(1)),
                 rate: 0,
                 window,
+                in_flight: None,
                 secs,
                 body,
             };
@@ -365,6 +381,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 senders: rooms * members,
                 rate: rate.max(1),
                 window: None,
+                in_flight: None,
                 secs,
                 body,
             };
@@ -425,6 +442,8 @@ enum Pace {
     Every(Duration),
     /// As fast as the shared window of in-flight deliveries allows.
     Window,
+    /// Each sender keeps this many of its own messages unanswered, no more.
+    InFlight(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -607,6 +626,8 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
     let mut sending = false;
     let mut next_due = tokio::time::Instant::now();
     let mut known = 0usize;
+    // Send times of this client's messages not answered yet, oldest first.
+    let mut mine: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut complete = false;
     let mut has_joined = false;
     let wants = spec.room_size.saturating_sub(1);
@@ -628,8 +649,15 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
                 next_due += period.mul_f64(slot);
             }
         }
+        let room_for_more = match spec.pace {
+            Some(Pace::InFlight(n)) => mine.len() < n,
+            _ => true,
+        };
         let due = async {
             match spec.pace {
+                // Woken by the answer that makes room: it arrives on this socket.
+                Some(Pace::InFlight(_)) if !room_for_more => std::future::pending().await,
+                Some(Pace::InFlight(_)) => {}
                 Some(Pace::Every(period)) => {
                     tokio::time::sleep_until(next_due).await;
                     next_due += period;
@@ -655,7 +683,7 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
                 loop {
                     match next {
                         Some(Ok(Message::Text(text))) => {
-                            got |= receive(shared, &mut ws, &text, now, &mut known, &mut has_joined).await?;
+                            got |= receive(shared, &mut ws, &text, now, &mut known, &mut has_joined, &mut mine).await?;
                         }
                         Some(Ok(Message::Close(_))) | None => {
                             inc(&shared.dropped);
@@ -691,7 +719,11 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
                     sending = false;
                     continue;
                 }
-                let body = format!("{:020} {}", shared.nanos(), shared.body);
+                let at = shared.nanos();
+                let body = format!("{at:020} {}", shared.body);
+                if matches!(spec.pace, Some(Pace::InFlight(_))) {
+                    mine.push_back(at);
+                }
                 ws.send(Message::text(shared.proto.send(&room, &body))).await?;
                 shared.sent.set(shared.sent.get() + 1);
             }
@@ -708,10 +740,16 @@ async fn receive(
     now: u64,
     known: &mut usize,
     has_joined: &mut bool,
+    mine: &mut std::collections::VecDeque<u64>,
 ) -> anyhow::Result<bool> {
     match shared.proto.classify(text) {
         In::Message(ts) => {
             shared.received.set(shared.received.get() + 1);
+            // Socket.IO has no ack: a sender's own copy answers its message (each
+            // sender's messages come back in the order it sent them).
+            if shared.proto == Proto::Sio && ts.is_some() && mine.front() == ts.as_ref() {
+                mine.pop_front();
+            }
             if let Some(ts) = ts {
                 shared
                     .hist
@@ -735,7 +773,10 @@ async fn receive(
             shared.errors.set(shared.errors.get() + 1);
             shared.note_error(format!("error frame: {text}"));
         }
-        In::Ack => shared.acks.set(shared.acks.get() + 1),
+        In::Ack => {
+            shared.acks.set(shared.acks.get() + 1);
+            mine.pop_front();
+        }
         In::Open | In::Other => {}
     }
     Ok(false)
@@ -792,6 +833,7 @@ struct Talk {
     senders: usize,
     rate: u64,
     window: Option<u64>,
+    in_flight: Option<usize>,
     secs: f64,
     body: usize,
 }
@@ -800,7 +842,9 @@ struct Talk {
 async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     let mut out = base(target, workload, t.clients);
     out.rate = t.rate;
-    let pace = if t.rate == 0 {
+    let pace = if let Some(n) = t.in_flight {
+        Pace::InFlight(n)
+    } else if t.rate == 0 {
         Pace::Window
     } else {
         Pace::Every(Duration::from_secs_f64(t.senders as f64 / t.rate as f64))
@@ -813,7 +857,9 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
             "{} clients, {} senders, {}",
             t.clients,
             t.senders,
-            if t.rate == 0 {
+            if let Some(n) = t.in_flight {
+                format!("saturated ({n} in flight per sender)")
+            } else if t.rate == 0 {
                 format!("max (window {window_msgs} msgs)")
             } else {
                 format!("{} msg/s", t.rate)
@@ -924,6 +970,10 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     out.tool_util = tool_util;
     if target.pid.is_some() && out.received > 0 {
         out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.received as f64);
+    }
+    if out.received > 0 {
+        let tool_cpu = s1.tool.saturating_sub(s0.tool).as_secs_f64();
+        out.tool_cpu_us_per_unit = Some(tool_cpu * 1e6 / out.received as f64);
     }
     let h = shared.hist.borrow();
     if !h.is_empty() {

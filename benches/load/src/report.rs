@@ -29,15 +29,17 @@ pub fn one_line(o: &Outcome) -> String {
         _ => {
             let _ = write!(
                 s,
-                ": {:.0} deliveries/s, p50 {} p99 {} p99.9 {} ms, lost {}, server {} CPU-µs/delivery (server {:.0}% / tool {:.0}% of a core)",
+                ": {:.0} deliveries/s, p50 {} p99 {} p99.9 {} ms, lost {}, server {} / tool {} CPU-µs/delivery (server {:.0}% / tool {:.0}% of a core: {} saturated)",
                 o.deliveries_per_s,
                 opt(o.p50_us.map(|v| v / 1000.0), 2),
                 opt(o.p99_us.map(|v| v / 1000.0), 2),
                 opt(o.p999_us.map(|v| v / 1000.0), 2),
                 o.lost,
                 opt(o.server_cpu_us_per_unit, 3),
+                opt(o.tool_cpu_us_per_unit, 3),
                 o.server_util * 100.0,
-                o.tool_util * 100.0
+                o.tool_util * 100.0,
+                saturated(o)
             );
         }
     }
@@ -254,13 +256,16 @@ fn detail(md: &mut String, all: &[Outcome]) {
         let _ = writeln!(md, "### Message runs\n");
         let _ = writeln!(
             md,
-            "| server | workload | deliveries/s | p50 ms | p99 ms | p99.9 ms | sent | lost | server CPU-µs/delivery | server CPU | load tool CPU | saturated | note |"
+            "| server | workload | deliveries/s | p50 ms | p99 ms | p99.9 ms | sent | lost | server CPU-µs/delivery | load tool CPU-µs/delivery | server CPU | load tool CPU | saturated | note |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for o in talk {
             let _ = writeln!(
                 md,
-                "| {} | {} {} | {:.0} | {} | {} | {} | {} | {}{} | {} | {:.0}% | {:.0}% | {} | {} |",
+                "| {} | {} {} | {:.0} | {} | {} | {} | {} | {}{} | {} | {} | {:.0}% | {:.0}% | {} | {} |",
                 o.server,
                 o.workload,
                 o.params,
@@ -276,6 +281,7 @@ fn detail(md: &mut String, all: &[Outcome]) {
                     String::new()
                 },
                 opt(o.server_cpu_us_per_unit, 3),
+                opt(o.tool_cpu_us_per_unit, 3),
                 o.server_util * 100.0,
                 o.tool_util * 100.0,
                 saturated(o),

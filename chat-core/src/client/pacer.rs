@@ -57,12 +57,12 @@ impl Pacer {
 mod tests {
     use super::*;
     use crate::protocol::{self, ErrorCode, ServerFrame};
-    use crate::{Config, Input, Now, Output, Server, SessionId};
+    use crate::{Config, Input, Now, Server, SessionId};
 
     fn frames(server: &mut Server) -> Vec<ServerFrame> {
         let mut out = Vec::new();
         while let Some(output) = server.poll_output() {
-            if let Output::Send { frame, .. } = output {
+            for (_, frame) in output.sends() {
                 out.push(frame.decode().expect("server frames decode"));
             }
         }

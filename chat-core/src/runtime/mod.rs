@@ -26,7 +26,7 @@ mod sqlite;
 mod store;
 pub mod transport;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +37,7 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::ids::{ClientMsgId, RoomName, SessionId};
-use crate::protocol::{ErrorCode, Message};
+use crate::protocol::{Encoded, ErrorCode, Message};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
 };
@@ -294,7 +294,7 @@ impl Hub {
             rx,
             control_rx,
             control: control.clone(),
-            sessions: SessionMap::default(),
+            sessions: SessionTable::default(),
             publishes: HashMap::new(),
             next_ticket: 0,
             store,
@@ -419,26 +419,59 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// The driver looks a session up once per delivered frame: session ids are small
-/// sequential numbers, so a multiplicative hash does (SipHash was a visible part of the
-/// fan-out profile, and nothing here is keyed by client input).
-type SessionMap = HashMap<SessionId, SessionTx, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// Fibonacci hashing of one `u64`.
+/// The driver's open sessions, looked up once per delivered frame: a table indexed by
+/// the session id's distance from the oldest open one, as the hub hands ids out in
+/// order. A lookup is an index, no hashing and no probing. It holds 8 bytes per id from
+/// the oldest open session to the newest (closed ones in between included), and shrinks
+/// from either end as sessions close.
 #[derive(Default)]
-struct IdHasher(u64);
+struct SessionTable {
+    /// The id of `slots[0]`.
+    base: u64,
+    slots: VecDeque<Option<SessionTx>>,
+}
 
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl SessionTable {
+    #[inline]
+    fn get(&self, id: SessionId) -> Option<&SessionTx> {
+        let i = usize::try_from(id.0.checked_sub(self.base)?).ok()?;
+        self.slots.get(i)?.as_ref()
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+
+    fn insert(&mut self, id: SessionId, tx: SessionTx) {
+        if self.slots.is_empty() {
+            self.base = id.0;
         }
+        while id.0 < self.base {
+            // Ids reach the driver nearly in order; an earlier one widens the front.
+            self.slots.push_front(None);
+            self.base -= 1;
+        }
+        let i = usize::try_from(id.0 - self.base).expect("fits: the table holds every slot");
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some(tx);
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+
+    fn remove(&mut self, id: SessionId) -> Option<SessionTx> {
+        let i = usize::try_from(id.0.checked_sub(self.base)?).ok()?;
+        let tx = self.slots.get_mut(i)?.take()?;
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        while let Some(None) = self.slots.back() {
+            self.slots.pop_back();
+        }
+        if self.slots.capacity() > 64 && self.slots.capacity() > 4 * self.slots.len() {
+            self.slots.shrink_to(2 * self.slots.len());
+        }
+        Some(tx)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = SessionTx> + '_ {
+        self.slots.drain(..).flatten()
     }
 }
 
@@ -451,7 +484,7 @@ struct Driver {
     rx: mpsc::Receiver<Cmd>,
     control_rx: mpsc::UnboundedReceiver<Cmd>,
     control: mpsc::UnboundedSender<Cmd>,
-    sessions: SessionMap,
+    sessions: SessionTable,
     publishes: HashMap<u64, oneshot::Sender<Result<Arc<Message>, ErrorCode>>>,
     next_ticket: u64,
     store: Option<Arc<dyn Store>>,
@@ -531,7 +564,7 @@ impl Driver {
                     Input::Received { .. } => {
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                     }
-                    Input::Disconnected { session } if self.sessions.remove(session).is_some() => {
+                    Input::Disconnected { session } if self.sessions.remove(*session).is_some() => {
                         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
                     }
                     _ => {}
@@ -589,23 +622,15 @@ impl Driver {
             while let Some(output) = self.server.poll_output() {
                 match output {
                     Output::Send { to, frame } => {
-                        let Some(s) = self.sessions.get(&to) else {
-                            continue;
-                        };
-                        let ephemeral = frame.is_ephemeral();
-                        match s.tx.try_send(Outbound::Frame(frame)) {
-                            Ok(()) => out += 1,
-                            Err(outbox::Refused::Full) => {
-                                self.deferred.push(Input::QueueFull {
-                                    session: to,
-                                    ephemeral,
-                                });
-                            }
-                            Err(outbox::Refused::Closed) => {}
+                        out += u64::from(self.queue(to, frame));
+                    }
+                    Output::Broadcast { to, frame } => {
+                        for sid in to.iter() {
+                            out += u64::from(self.queue(sid, frame.clone()));
                         }
                     }
                     Output::Close { session, reason } => {
-                        if let Some(s) = self.sessions.remove(&session) {
+                        if let Some(s) = self.sessions.remove(session) {
                             self.stats.connections.fetch_sub(1, Ordering::Relaxed);
                             if reason == CloseReason::SlowConsumer {
                                 self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -665,6 +690,27 @@ impl Driver {
         drained
     }
 
+    /// Queues one frame on a session's connection; true if it was queued. A full queue
+    /// is reported to the core after the drain.
+    #[inline]
+    fn queue(&mut self, to: SessionId, frame: Encoded) -> bool {
+        let Some(s) = self.sessions.get(to) else {
+            return false;
+        };
+        let ephemeral = frame.is_ephemeral();
+        match s.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => true,
+            Err(outbox::Refused::Full) => {
+                self.deferred.push(Input::QueueFull {
+                    session: to,
+                    ephemeral,
+                });
+                false
+            }
+            Err(outbox::Refused::Closed) => false,
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         match &event {
             Event::MessagePosted(_) => {
@@ -722,7 +768,7 @@ impl Driver {
 
     async fn finish(mut self) {
         // Close whatever the core did not (it closes every session on shutdown).
-        for (_, s) in self.sessions.drain() {
+        for s in self.sessions.drain() {
             close_session(s, CloseReason::Shutdown);
         }
         if let Some(writer) = self.writer.take() {

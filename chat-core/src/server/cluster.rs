@@ -164,7 +164,7 @@ impl Room {
             .flatten()
             .map(|(acker, _)| acker)
             .collect();
-        let frame = Encoded::new(&ServerFrame::Message(msg.clone()));
+        let frame = Encoded::message(&msg);
         self.pending.push_back(Pending {
             posted: Posted { msg, frame },
             author: key,

@@ -2,9 +2,10 @@
 //! congested for ephemeral frames).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::outputs::{Event, Output};
+use super::outputs::{Event, Output, Recipients};
 use crate::ids::{RequestId, SessionId};
 use crate::protocol::{Encoded, ErrorCode, ServerFrame};
 
@@ -15,6 +16,9 @@ pub(crate) struct Delivery {
     /// Every open session, with the time until which it gets no ephemeral frames (its
     /// queue overflowed with one recently).
     open: BTreeMap<SessionId, Option<Instant>>,
+    /// The sessions with such a time, current or past (usually none): an ephemeral
+    /// fan-out looks here instead of at each recipient.
+    congested: BTreeMap<SessionId, Instant>,
     /// The time of the latest input.
     now: Option<Instant>,
 }
@@ -31,6 +35,7 @@ impl Delivery {
 
     pub fn close(&mut self, sid: SessionId) {
         self.open.remove(&sid);
+        self.congested.remove(&sid);
     }
 
     pub fn is_open(&self, sid: SessionId) -> bool {
@@ -41,15 +46,15 @@ impl Delivery {
     pub fn congest(&mut self, sid: SessionId, until: Instant) {
         if let Some(c) = self.open.get_mut(&sid) {
             *c = Some(until);
+            self.congested.insert(sid, until);
         }
     }
 
-    fn congested(&self, sid: SessionId) -> bool {
-        self.open
-            .get(&sid)
-            .copied()
-            .flatten()
-            .is_some_and(|t| Some(t) > self.now)
+    /// The sessions that get no ephemeral frames now; forgets the ones whose time is up.
+    fn congested_now(&mut self) -> impl Iterator<Item = SessionId> + '_ {
+        let now = self.now;
+        self.congested.retain(|_, until| Some(*until) > now);
+        self.congested.keys().copied()
     }
 
     #[inline]
@@ -72,26 +77,26 @@ impl Delivery {
         self.outputs.push_back(Output::Send { to, frame });
     }
 
-    /// The same bytes to each recipient but those `skip` names; ephemeral frames skip
-    /// congested sessions too.
+    /// The same bytes to each of `recipients` (ascending) but those in `except`, in one
+    /// output; ephemeral frames skip congested sessions too.
     #[inline]
     pub fn fan_out(
         &mut self,
-        recipients: &[SessionId],
+        recipients: Arc<Vec<SessionId>>,
         frame: &Encoded,
-        skip: impl Fn(SessionId) -> bool,
+        mut except: Vec<SessionId>,
     ) {
-        let ephemeral = frame.is_ephemeral();
-        self.outputs.reserve(recipients.len());
-        for &to in recipients {
-            if skip(to) || (ephemeral && self.congested(to)) {
-                continue;
-            }
-            self.outputs.push_back(Output::Send {
-                to,
-                frame: frame.clone(),
-            });
+        if frame.is_ephemeral() {
+            except.extend(self.congested_now());
         }
+        let to = Recipients::new(recipients, except);
+        if to.is_empty() {
+            return;
+        }
+        self.outputs.push_back(Output::Broadcast {
+            to,
+            frame: frame.clone(),
+        });
     }
 
     pub fn event(&mut self, event: Event) {

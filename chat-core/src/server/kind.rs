@@ -7,8 +7,8 @@
 //! with its first message rather than on a join, so that looking at made-up direct rooms
 //! cannot use up the server's room limit. Private rooms come next as a third kind.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::users::Users;
 use crate::ids::{RoomName, SessionId, UserKey, UserName};
@@ -103,17 +103,20 @@ impl RoomKind {
         }
     }
 
-    /// The recipients of a room's events: a public room's joined sessions as given, or
-    /// every session of a direct room's users.
-    pub fn recipients<'a>(&self, joined: &'a [SessionId], users: &Users) -> Cow<'a, [SessionId]> {
+    /// The recipients of a room's events, ascending: a public room's joined sessions as
+    /// given (shared, not copied), or every session of a direct room's users.
+    pub fn recipients(&self, joined: &Arc<Vec<SessionId>>, users: &Users) -> Arc<Vec<SessionId>> {
         match self {
-            RoomKind::Public => Cow::Borrowed(joined),
-            RoomKind::Direct(..) => Cow::Owned(
-                self.direct_users()
+            RoomKind::Public => joined.clone(),
+            RoomKind::Direct(..) => {
+                let mut all: Vec<SessionId> = self
+                    .direct_users()
                     .filter_map(|k| users.get(k))
                     .flat_map(|u| u.sessions.iter().copied())
-                    .collect(),
-            ),
+                    .collect();
+                all.sort_unstable();
+                Arc::new(all)
+            }
         }
     }
 

@@ -7,23 +7,23 @@ use super::inputs::StoreError;
 use super::outputs::{Event, Output};
 use super::rooms::{Acker, Pending, Posted, Room};
 use super::{ApiMisuse, Env, Now, State};
-use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
+use crate::ids::{ClientMsgId, RoomName, Seq, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
 impl Room {
-    /// Posts a message: assigns seq and time, then delivers (or, durable, persists
-    /// first). A repeated client id is acked with the original instead of posted again.
+    /// Posts a message by `author` (with its key: the caller has it already): assigns
+    /// seq and time, then delivers (or, durable, persists first). A repeated client id
+    /// is acked with the original instead of posted again.
     pub(super) fn post(
         &mut self,
         env: &mut Env<'_>,
         now: Now,
-        author: UserName,
+        (author, key): (UserName, UserKey),
         body: Arc<str>,
         client_id: Option<ClientMsgId>,
         acker: Acker,
     ) {
         let durable = env.config.durable;
-        let key = author.key();
         if let Some(cid) = &client_id
             && let Some(seq) = self.lookup_client_id(&key, cid)
         {
@@ -59,7 +59,7 @@ impl Room {
         if let Some(cid) = client_id {
             self.remember_client_id(key.clone(), cid, seq);
         }
-        let frame = Encoded::new(&ServerFrame::Message(msg.clone()));
+        let frame = Encoded::message(&msg);
         self.pending.push_back(Pending {
             posted: Posted {
                 msg: msg.clone(),
@@ -85,7 +85,7 @@ impl Room {
             };
             self.push_history(p.posted.clone(), window);
             let typing_again = self.typing.contains_key(&p.author);
-            env.fan_out(self, &p.posted.frame, None, None);
+            self.deliver(env, &p.posted, &p.author);
             if typing_again {
                 // Clients cleared the author's typing on the message; it started again
                 // while the message waited for the store.
@@ -101,6 +101,30 @@ impl Room {
                 env.ack(acker, &p.posted.msg, i > 0);
             }
             env.out.event(Event::MessagePosted(p.posted.msg));
+        }
+    }
+}
+
+impl Room {
+    /// A message to every recipient: one shared frame without `client_id` for everyone
+    /// but the author's own sessions, which get it with theirs (when it has one).
+    fn deliver(&self, env: &mut Env<'_>, posted: &Posted, author: &UserKey) {
+        let Some(cid) = &posted.msg.client_id else {
+            env.fan_out(self, &posted.frame, None, None);
+            return;
+        };
+        env.fan_out(self, &posted.frame, None, Some(author));
+        let Some(mine) = self.sessions_of(author, env.users) else {
+            return;
+        };
+        let recipients = self.recipients(env.users);
+        let mut frame = None;
+        for &sid in mine {
+            if recipients.binary_search(&sid).is_ok() {
+                let frame =
+                    frame.get_or_insert_with(|| Encoded::message_for_author(&posted.frame, cid));
+                env.out.send_encoded(sid, frame.clone());
+            }
         }
     }
 }
@@ -206,10 +230,11 @@ impl State {
             .publish_checked(room, user, &body)
             .and_then(|(name, author)| {
                 let (room, mut env) = self.open_room(&name, |kind, c| kind.publish_creates(c))?;
+                let key = author.key();
                 room.post(
                     &mut env,
                     now,
-                    author,
+                    (author, key),
                     body.into(),
                     client_id,
                     Acker::Host(ticket),

@@ -46,7 +46,7 @@ pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
 pub(crate) use limits::TokenBucket;
-pub use outputs::{CloseReason, Event, Output};
+pub use outputs::{CloseReason, Event, Output, Recipients};
 
 use delivery::Delivery;
 use kind::RoomKind;
@@ -93,6 +93,8 @@ struct HistoryTicket {
     session: SessionId,
     id: Option<RequestId>,
     room: RoomName,
+    /// The session's user: the page shows it the `client_id` of its own messages only.
+    reader: UserKey,
 }
 
 impl Server {
@@ -375,9 +377,9 @@ impl State {
 }
 
 impl Env<'_> {
-    /// Sends one frame to every recipient of a room: the same bytes to each.
-    /// `except_session` is skipped; `except_user`'s sessions too, and congested sessions
-    /// for ephemeral frames.
+    /// Sends one frame to every recipient of a room: the same bytes to each, in one
+    /// [`Output::Broadcast`]. `except_session` is skipped; `except_user`'s sessions too,
+    /// and congested sessions for ephemeral frames.
     fn fan_out(
         &mut self,
         room: &Room,
@@ -386,9 +388,10 @@ impl Env<'_> {
         except_user: Option<&UserKey>,
     ) {
         let recipients = room.recipients(self.users);
-        let skip_user = except_user.and_then(|k| room.sessions_of(k, self.users));
-        self.out.fan_out(&recipients, frame, |to| {
-            Some(to) == except_session || skip_user.is_some_and(|s| s.contains(&to))
-        });
+        let mut except: Vec<SessionId> = except_session.into_iter().collect();
+        if let Some(sessions) = except_user.and_then(|k| room.sessions_of(k, self.users)) {
+            except.extend(sessions.iter().copied());
+        }
+        self.out.fan_out(recipients, frame, except);
     }
 }

@@ -9,12 +9,20 @@ use crate::protocol::{Encoded, ErrorCode, Message};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Output {
-    /// Queue this frame on this session's connection. The same [`Encoded`] (one
-    /// allocation) goes to every recipient of a room event.
+    /// Queue this frame on this session's connection.
     Send {
         /// Recipient.
         to: SessionId,
         /// The frame.
+        frame: Encoded,
+    },
+    /// Queue this frame on the connection of every session in `to`, in its order: one
+    /// output per room event, whatever the room's size. The frame is encoded once and the
+    /// recipient list is the room's own, shared, so neither is copied per event.
+    Broadcast {
+        /// The recipients.
+        to: Recipients,
+        /// The frame, the same bytes for every recipient.
         frame: Encoded,
     },
     /// Close this session's connection after the frames already queued for it.
@@ -114,6 +122,71 @@ pub enum Output {
     /// After [`Server::shutdown`](super::Server::shutdown): every pending message is settled and every session
     /// has been told to go. The driver can stop once the closes are flushed.
     Drained,
+}
+
+impl Output {
+    /// Every (recipient, frame) pair of a [`Output::Send`] or [`Output::Broadcast`], in
+    /// order; nothing for the other outputs. For drivers and tests that handle each
+    /// recipient alike (a network driver walks [`Recipients`] itself).
+    pub fn sends(&self) -> impl Iterator<Item = (SessionId, &Encoded)> {
+        let (one, many) = match self {
+            Output::Send { to, frame } => (Some((*to, frame)), None),
+            Output::Broadcast { to, frame } => (None, Some(to.iter().map(move |s| (s, frame)))),
+            _ => (None, None),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+/// The sessions a [`Output::Broadcast`] goes to: a room's recipient list (shared with the
+/// room, ascending) less a few sessions (the author's own, say, or congested ones for a
+/// typing notice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipients {
+    all: Arc<Vec<SessionId>>,
+    /// Ascending, each also in `all`; usually empty (then nothing is allocated).
+    except: Box<[SessionId]>,
+}
+
+impl Recipients {
+    /// `all` (ascending) less `except` (any order; sessions not in `all` are ignored).
+    pub(crate) fn new(all: Arc<Vec<SessionId>>, mut except: Vec<SessionId>) -> Recipients {
+        debug_assert!(all.is_sorted(), "recipients are kept in order");
+        except.sort_unstable();
+        except.dedup();
+        except.retain(|s| all.binary_search(s).is_ok());
+        Recipients {
+            all,
+            except: except.into_boxed_slice(),
+        }
+    }
+
+    /// The recipients, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = SessionId> + '_ {
+        let except = &*self.except;
+        self.all
+            .iter()
+            .copied()
+            .filter(move |s| except.is_empty() || except.binary_search(s).is_err())
+    }
+
+    /// How many there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.all.len() - self.except.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `session` is one of them.
+    #[must_use]
+    pub fn contains(&self, session: SessionId) -> bool {
+        self.all.binary_search(&session).is_ok() && self.except.binary_search(&session).is_err()
+    }
 }
 
 /// Observable events for the host app (metrics, logs, integrations).

@@ -1,10 +1,9 @@
 //! A room: members, the recipients of its messages, its history window and its seq.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-
-use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
@@ -29,7 +28,8 @@ pub(crate) struct Member {
     json_len: usize,
 }
 
-/// A message as kept in the window: the shared message and its frame, encoded once.
+/// A message as kept in the window: the shared message and its frame, encoded once (as
+/// everyone but its author's sessions gets it: without `client_id`).
 #[derive(Debug, Clone)]
 pub(crate) struct Posted {
     pub msg: Arc<Message>,
@@ -105,8 +105,10 @@ pub(crate) struct Room {
     /// every name again.
     members_json: Vec<u8>,
     /// Every session in a public room, in order: the recipients of its events. A sorted
-    /// vector rather than a set: every event walks it, and it changes far less often.
-    sessions: Vec<SessionId>,
+    /// vector rather than a set: every event's [`Output::Broadcast`](super::Output::Broadcast)
+    /// shares it, and it changes far less often (copied then only if an output still
+    /// holds it).
+    sessions: Arc<Vec<SessionId>>,
     /// Who is typing, until when.
     pub typing: BTreeMap<UserKey, Instant>,
     history: VecDeque<Posted>,
@@ -136,7 +138,7 @@ impl Room {
             name,
             members: BTreeMap::new(),
             members_json: b"[]".to_vec(),
-            sessions: Vec::new(),
+            sessions: Arc::default(),
             typing: BTreeMap::new(),
             history: VecDeque::new(),
             floor: Seq(0),
@@ -182,7 +184,7 @@ impl Room {
     }
 
     /// The sessions that receive the room's events.
-    pub fn recipients(&self, users: &Users) -> Cow<'_, [SessionId]> {
+    pub fn recipients(&self, users: &Users) -> Arc<Vec<SessionId>> {
         self.kind.recipients(&self.sessions, users)
     }
 
@@ -284,14 +286,14 @@ impl Room {
     /// Adds a session to the room's recipients.
     pub fn add_session(&mut self, sid: SessionId) {
         if let Err(i) = self.sessions.binary_search(&sid) {
-            self.sessions.insert(i, sid);
+            Arc::make_mut(&mut self.sessions).insert(i, sid);
         }
     }
 
     /// Removes a session from the room's recipients.
     pub fn remove_session(&mut self, sid: SessionId) {
         if let Ok(i) = self.sessions.binary_search(&sid) {
-            self.sessions.remove(i);
+            Arc::make_mut(&mut self.sessions).remove(i);
         }
     }
 
@@ -353,7 +355,7 @@ impl Room {
                     .insert((msg.user.key(), id.clone()), msg.seq);
             }
             let msg = Arc::new(msg);
-            let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
+            let frame = Encoded::message(&msg);
             self.history.push_back(Posted { msg, frame });
         }
         self.evict(window);

@@ -928,14 +928,27 @@ impl Model {
             r.window.push(p.msg.clone());
             self.evict(room);
             let typing_again = self.rooms[room].typing.contains_key(&p.author);
-            let msg = Obs::Msg {
+            // The client id goes to the author's own sessions only.
+            let lean = Obs::Msg {
                 room: room.to_owned(),
                 seq: p.msg.seq,
                 user: p.msg.user.clone(),
                 body: p.msg.body.clone(),
-                client_id: p.msg.client_id.clone(),
+                client_id: None,
             };
-            self.fan_out(room, &msg, None, None);
+            let others: BTreeSet<u64> = self
+                .recipients(room, None, Some(&p.author))
+                .into_iter()
+                .collect();
+            for sid in self.recipients(room, None, None) {
+                let mut obs = lean.clone();
+                if !others.contains(&sid)
+                    && let Obs::Msg { client_id, .. } = &mut obs
+                {
+                    client_id.clone_from(&p.msg.client_id);
+                }
+                self.emit(sid, obs);
+            }
             if typing_again {
                 let obs = Obs::Typing {
                     room: room.to_owned(),

@@ -286,20 +286,29 @@ impl Sim {
         }
     }
 
+    /// One frame to one session, as a network driver would queue it.
+    fn record_send(&mut self, to: SessionId, frame: &Encoded) {
+        self.log.push(format!("send {} {}", to.0, frame.text()));
+        if self.closed.contains_key(&to) || self.disconnected.contains(&to) {
+            self.violations
+                .push(format!("frame to closed session {to}: {}", frame.text()));
+        }
+        let decoded = decode_server(frame);
+        self.raw
+            .entry(to)
+            .or_default()
+            .push(frame.text().to_owned());
+        self.inbox.entry(to).or_default().push(decoded);
+    }
+
     fn record(&mut self, out: Output) {
         match out {
-            Output::Send { to, frame } => {
-                self.log.push(format!("send {} {}", to.0, frame.text()));
-                if self.closed.contains_key(&to) || self.disconnected.contains(&to) {
-                    self.violations
-                        .push(format!("frame to closed session {to}: {}", frame.text()));
+            Output::Send { to, frame } => self.record_send(to, &frame),
+            // Each recipient in turn, as the runtime's driver does.
+            Output::Broadcast { to, frame } => {
+                for sid in to.iter() {
+                    self.record_send(sid, &frame);
                 }
-                let decoded = decode_server(&frame);
-                self.raw
-                    .entry(to)
-                    .or_default()
-                    .push(frame.text().to_owned());
-                self.inbox.entry(to).or_default().push(decoded);
             }
             Output::Close { session, reason } => {
                 self.log.push(format!("close {} {:?}", session.0, reason));

@@ -42,6 +42,7 @@ impl State {
         };
         match page {
             Page::Memory { messages, has_more } => {
+                let messages = messages.iter().map(|m| m.seen_by(user)).collect();
                 let frame = ServerFrame::History {
                     id,
                     room: room_name,
@@ -59,6 +60,7 @@ impl State {
                         session: caller.sid,
                         id,
                         room: room_name.clone(),
+                        reader: user.clone(),
                     },
                 );
                 self.out.push(Output::LoadHistory {
@@ -87,7 +89,15 @@ impl State {
                 if !self.out.is_open(t.session) {
                     return Ok(());
                 }
-                let messages = messages.into_iter().map(Arc::new).collect();
+                let messages = messages
+                    .into_iter()
+                    .map(|mut m| {
+                        if m.user.key() != t.reader {
+                            m.client_id = None; // as `Message::seen_by` shows it
+                        }
+                        Arc::new(m)
+                    })
+                    .collect();
                 let frame = ServerFrame::History {
                     id: t.id,
                     room: t.room,

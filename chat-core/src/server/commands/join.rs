@@ -54,7 +54,8 @@ impl State {
             announce = room.add_member_session(user, caller.sid, || env.users.display_name(user));
             caller.session.rooms.insert(room_name.clone());
         }
-        let frame = joined_frame(room, env.users, env.config.history_on_join, id, since);
+        let on_join = env.config.history_on_join;
+        let frame = joined_frame(room, env.users, on_join, id, since, user);
         if announce {
             self.announce_joined(caller.now, &room_name, user, caller.sid);
         }
@@ -72,6 +73,7 @@ fn joined_frame(
     on_join: usize,
     id: Option<RequestId>,
     since: Option<Seq>,
+    reader: &UserKey,
 ) -> Encoded {
     // A direct room's two users are listed by their current names, as `members` does.
     let direct_members = room
@@ -99,6 +101,7 @@ fn joined_frame(
         messages.clone(),
         gap,
         last_seq,
+        reader,
     );
     debug_assert_eq!(
         frame,
@@ -106,7 +109,7 @@ fn joined_frame(
             id,
             room: room_name.clone(),
             members: room.member_list(users),
-            messages: messages.map(|(m, _)| m.clone()).collect(),
+            messages: messages.map(|(m, _)| m.seen_by(reader)).collect(),
             gap,
             last_seq,
         })

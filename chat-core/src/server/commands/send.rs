@@ -64,6 +64,7 @@ impl State {
             .map_err(|code| room_unavailable(code, &room_name))?;
         let author = env.users.display_name(user);
         let acker = Acker::Session(caller.sid, id);
+        let author = (author, user.clone());
         room.post(&mut env, caller.now, author, body.into(), client_id, acker);
         Ok(())
     }
