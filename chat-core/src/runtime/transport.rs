@@ -50,9 +50,11 @@
 //! ) -> Result<(), HubClosed> {
 //!     let (mut inbound, mut outbox) = hub.connect().await?.split();
 //!     let mut batch = Vec::new();
+//!     let mut waiting = false; // a message waits for room in the hub's inbox
 //!     loop {
 //!         tokio::select! {
-//!             // Writes go on whatever the inbox does (rule 1).
+//!             biased;
+//!             // Writing first, and whatever the inbox does (rule 1).
 //!             n = outbox.recv_many(&mut batch, BatchLimit::default()) => {
 //!                 if n == 0 {
 //!                     return Ok(()); // the hub is gone
@@ -69,13 +71,18 @@
 //!                     }
 //!                 }
 //!             }
-//!             // The peer is read only once the hub has room for what it says.
-//!             text = async { inbound.ready().await.map(|()| from_peer.recv()) } => {
-//!                 match text?.await {
-//!                     Some(text) => inbound.start(PeerFrame::Text(text.as_bytes()))?,
-//!                     None => break,
-//!                 }
+//!             ready = inbound.ready(), if waiting => {
+//!                 ready?;
+//!                 waiting = false;
 //!             }
+//!             // The peer is read only while the hub has room for what it says.
+//!             text = from_peer.recv(), if !waiting => match text {
+//!                 Some(text) => {
+//!                     inbound.start(PeerFrame::Text(text.as_bytes()))?;
+//!                     waiting = true;
+//!                 }
+//!                 None => break,
+//!             },
 //!         }
 //!     }
 //!     inbound.disconnect().await; // the peer left
