@@ -450,6 +450,26 @@ fn direct_message_typing_reaches_only_the_peer() {
 }
 
 #[test]
+fn direct_message_typing_ends_with_the_typists_last_session() {
+    let mut sim = typing_room();
+    sim.say(2, json!({"type":"send","to":"bob","body":"hey"}));
+    sim.say(
+        2,
+        json!({"type":"typing","room":"@alice,bob","active":true}),
+    );
+    assert_eq!(typing(&sim.take(1)), ["alice@@alice,bob:on"]);
+    // One of alice's two tabs closing: she may still be typing in the other.
+    sim.disconnect(2);
+    assert_eq!(typing(&sim.take(1)), Vec::<String>::new());
+    // Her last one: bob's indicator goes now, not when it would have expired.
+    sim.disconnect(3);
+    assert_eq!(typing(&sim.take(1)), ["alice@@alice,bob:off"]);
+    sim.advance(Duration::from_secs(60));
+    assert_eq!(typing(&sim.take(1)), Vec::<String>::new());
+    sim.assert_no_violations();
+}
+
+#[test]
 fn grace_period_is_configurable() {
     let mut sim = Sim::with(Config {
         presence_grace: Duration::ZERO,
