@@ -373,6 +373,52 @@ fn history_older_than_the_window_is_loaded_from_the_store() {
     sim.assert_no_violations();
 }
 
+/// Two users page back into the store at once; the store answers the later request
+/// first. Each answer reaches the request it was for.
+#[test]
+fn history_loads_in_flight_together_each_reach_their_own_request() {
+    let mut sim = restored();
+    sim.hello(2, "carol");
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"history","id":21,"room":"general","before":451,"limit":5}),
+    );
+    sim.say(
+        2,
+        json!({"type":"history","id":22,"room":"general","before":101,"limit":3}),
+    );
+    assert_eq!(sim.loads.len(), 2);
+    let (bob_ticket, ..) = sim.loads[0];
+    let (carol_ticket, ..) = sim.loads[1];
+    assert_ne!(bob_ticket, carol_ticket, "each load has its own ticket");
+
+    let page = |from: u64, to: u64| -> Vec<Message> {
+        (from..=to)
+            .map(|s| stored("general", s, "old", None))
+            .collect()
+    };
+    sim.input(Input::HistoryLoaded {
+        ticket: carol_ticket,
+        result: Ok((page(98, 100), true)),
+    });
+    sim.input(Input::HistoryLoaded {
+        ticket: bob_ticket,
+        result: Ok((page(446, 450), true)),
+    });
+    for (s, id, want) in [(1, 21, 446..=450), (2, 22, 98..=100)] {
+        match sim.take_one(s) {
+            ServerFrame::History {
+                id: got, messages, ..
+            } => {
+                assert_eq!(got, Some(RequestId(id)), "session {s}");
+                assert_eq!(seqs(&messages), want.collect::<Vec<_>>(), "session {s}");
+            }
+            other => panic!("session {s}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn resume_across_a_restart_is_exact_inside_the_window_and_a_gap_outside() {
     let mut sim = restored();

@@ -92,7 +92,9 @@ fn sends_beyond_the_burst_are_rate_limited_until_tokens_refill() {
     // 5 per second: one token after 200 ms, not before.
     sim.advance(Duration::from_millis(199));
     sim.send(1, 11, "general", "too soon");
-    sim.expect_error(1, ErrorCode::RateLimited, Some(11));
+    let msg = sim.expect_error(1, ErrorCode::RateLimited, Some(11));
+    // 199 ms of refill leave 1 ms to wait, not a whole token's 200 ms or more.
+    assert!(msg.contains("retry in 1 ms"), "{msg}");
     sim.advance(Duration::from_millis(1));
     sim.send(1, 12, "general", "on time");
     sim.expect_kinds(1, &["message", "ack"]);

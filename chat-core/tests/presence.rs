@@ -166,6 +166,30 @@ fn after_the_grace_period_the_user_has_left_and_the_name_is_free() {
     sim.assert_no_violations();
 }
 
+/// alice leaves, comes back within the grace period, and leaves again: her name is held
+/// for a whole grace period after the second leave, not released when the first one's
+/// would have ended.
+#[test]
+fn a_name_is_held_for_a_full_grace_period_after_each_last_session() {
+    let mut sim = Sim::new();
+    let token = sim.hello(1, "alice");
+    sim.disconnect(1);
+    sim.advance(GRACE / 2);
+    sim.hello_with_token(2, "alice", &token);
+    sim.disconnect(2);
+    // The first grace period is over; the second one is not.
+    sim.advance(GRACE / 2 + Duration::from_millis(1));
+    sim.connect(3);
+    sim.say(3, json!({"type":"hello","id":1,"version":1,"name":"alice"}));
+    sim.expect_error(3, ErrorCode::NameTaken, Some(1));
+    // alice can still come back with her token.
+    sim.hello_with_token(4, "alice", &token);
+    sim.disconnect(4);
+    sim.advance(GRACE);
+    sim.say(3, json!({"type":"hello","id":2,"version":1,"name":"alice"}));
+    assert_eq!(kind(&sim.take(3)[0]), "welcome");
+}
+
 #[test]
 fn an_impostor_cannot_take_a_name_that_is_online_or_in_its_grace_period() {
     let mut sim = Sim::new();
@@ -447,6 +471,26 @@ fn direct_message_typing_reaches_only_the_peer() {
     assert_eq!(typing(&sim.take(3)), ["bob@@alice,bob:on"]);
     sim.expect_nothing(1);
     sim.expect_nothing(4);
+}
+
+#[test]
+fn direct_message_typing_ends_with_the_typists_last_session() {
+    let mut sim = typing_room();
+    sim.say(2, json!({"type":"send","to":"bob","body":"hey"}));
+    sim.say(
+        2,
+        json!({"type":"typing","room":"@alice,bob","active":true}),
+    );
+    assert_eq!(typing(&sim.take(1)), ["alice@@alice,bob:on"]);
+    // One of alice's two tabs closing: she may still be typing in the other.
+    sim.disconnect(2);
+    assert_eq!(typing(&sim.take(1)), Vec::<String>::new());
+    // Her last one: bob's indicator goes now, not when it would have expired.
+    sim.disconnect(3);
+    assert_eq!(typing(&sim.take(1)), ["alice@@alice,bob:off"]);
+    sim.advance(Duration::from_secs(60));
+    assert_eq!(typing(&sim.take(1)), Vec::<String>::new());
+    sim.assert_no_violations();
 }
 
 #[test]

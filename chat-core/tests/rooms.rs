@@ -349,7 +349,12 @@ fn the_server_refuses_to_create_more_than_max_rooms() {
     sim.join(1, "second");
     sim.clear();
     sim.say(1, json!({"type":"join","id":5,"room":"third"}));
-    sim.expect_error(1, ErrorCode::LimitReached, Some(5));
+    let msg = sim.expect_error(1, ErrorCode::LimitReached, Some(5));
+    // The message names the server's limit; it must not claim the room does not exist.
+    assert!(
+        msg.contains("as many rooms as it allows") && !msg.contains("third"),
+        "{msg}"
+    );
     assert_eq!(sim.server.room_count(), 2);
     // Existing rooms can still be joined.
     sim.hello(2, "bob");
