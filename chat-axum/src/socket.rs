@@ -39,6 +39,10 @@ const SLOW: Fail = Fail {
     code: 1013,
     reason: "slow consumer",
 };
+const NO_HELLO: Fail = Fail {
+    code: 1008,
+    reason: "no hello",
+};
 
 /// Bytes read per syscall at most (a stack buffer: nothing is kept between reads).
 const READ_CHUNK: usize = 8 * 1024;
@@ -82,6 +86,8 @@ pub(crate) async fn run<IO>(
         last_write: now,
         last_ping: now,
         stalled: false,
+        hello_by: (mode == Mode::Chat).then(|| now + opts.hello_timeout),
+        why: None,
         opts,
     };
     let sleep = tokio::time::sleep_until(conn.next_check());
@@ -98,7 +104,15 @@ pub(crate) async fn run<IO>(
         let close_timeout = conn.opts.close_timeout;
         let _ = tokio::time::timeout(close_timeout, poll_fn(|cx| conn.poll_shutdown(cx))).await;
     }
-    tracing::debug!(?session, ?peer, ?end, "connection closed");
+    let why = match (conn.why, end) {
+        (Some(why), _) => why,
+        (None, End::Closed) => "peer_closed",
+        (None, End::TimedOut) => "close_timeout",
+        (None, End::Gone) => "peer_gone",
+        (None, End::Broken) => "broken",
+    };
+    ::metrics::counter!("chat_ws_closes_total", "reason" => why).increment(1);
+    tracing::debug!(?session, ?peer, ?end, why, "connection closed");
 }
 
 /// How a connection ended.
@@ -189,6 +203,10 @@ struct Conn<IO> {
     last_ping: Instant,
     /// The last write could not take everything (the peer reads slowly or not at all).
     stalled: bool,
+    /// Until the peer's first message: when to give up waiting for it.
+    hello_by: Option<Instant>,
+    /// Why the connection ends, once known (the `reason` of `chat_ws_closes_total`).
+    why: Option<&'static str>,
     opts: Arc<RouterOptions>,
 }
 
@@ -214,6 +232,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     self.outbound = None;
                     if self.inbound.is_some() {
                         // Not ended by us: the core closed a slow consumer (or stopped).
+                        self.why.get_or_insert("slow_consumer");
                         self.close(SLOW);
                     }
                 }
@@ -272,6 +291,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Took::Nothing => break,
                 Took::Wrote => self.last_write = Instant::now(),
                 Took::Closed => {
+                    self.why.get_or_insert("server_closed");
                     self.last_write = Instant::now();
                     self.close_sent = true;
                     self.outbound = None;
@@ -406,11 +426,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Ok(None) => break,
                 Err(fail) => {
                     tracing::debug!(code = fail.code, reason = fail.reason, "bad frame");
+                    self.why.get_or_insert(match fail.code {
+                        1009 => "too_big",
+                        1007 => "bad_utf8",
+                        _ => "protocol_error",
+                    });
                     self.read_failed = true;
                     self.close(fail);
                     break;
                 }
             };
+            if matches!(incoming, Incoming::Text(_) | Incoming::Binary(_)) {
+                self.hello_by = None; // it spoke: the core judges what it said
+            }
             match incoming {
                 Incoming::Text(p) | Incoming::Binary(p) if self.close_sent => {
                     let _ = p; // the session is over: what still arrives is dropped
@@ -445,6 +473,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Incoming::Pong => {}
                 Incoming::Close(code, p) => {
                     self.close_received = true;
+                    self.why.get_or_insert("peer_closed");
                     if !self.close_sent {
                         // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
                         let reason = std::str::from_utf8(self.reader.payload(&p)).unwrap_or("");
@@ -494,10 +523,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if self.stalled && self.outbound.as_ref().is_some_and(Outbox::is_closed) {
             // The core closed the session (a slow consumer) while the socket was full.
             self.outbound = None;
+            self.why.get_or_insert("slow_consumer");
             self.close(SLOW);
             return Ok(());
         }
-        if now >= self.idle_at() {
+        if self.hello_by.is_some_and(|by| now >= by) {
+            self.why.get_or_insert("no_hello");
+            self.close(NO_HELLO);
+        } else if now >= self.idle_at() {
+            self.why.get_or_insert("idle");
             self.close(IDLE);
         } else if now >= self.next_ping() {
             ws::write_frame(&mut self.out, ws::PING, b"");
@@ -534,6 +568,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             return deadline;
         }
         let mut at = self.idle_at().min(self.next_ping());
+        if let Some(by) = self.hello_by {
+            at = at.min(by);
+        }
         if self.stalled {
             at = at.min(Instant::now() + self.opts.close_timeout);
         }
