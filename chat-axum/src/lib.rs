@@ -24,6 +24,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod caps;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod origin;
 mod page;
 mod socket;
