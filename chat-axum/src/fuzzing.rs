@@ -79,10 +79,52 @@ pub fn upgrade_request(data: &[u8]) {
     // Without hyper's upgrade handle the extractor stops after the header checks, just
     // before it would take the connection; the accept key is computed from any key.
     // The extractor awaits nothing: one poll finishes it.
-    let extract = std::pin::pin!(crate::ws::Upgrade::from_request_parts(&mut parts, &()));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    assert!(std::future::Future::poll(extract, &mut cx).is_ready());
+    {
+        let extract = std::pin::pin!(crate::ws::Upgrade::from_request_parts(&mut parts, &()));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(extract, &mut cx).is_ready());
+    }
     if let Some(key) = parts.headers.get(axum::http::header::SEC_WEBSOCKET_KEY) {
         let _ = crate::ws::accept_key(key.as_bytes());
+    }
+}
+
+/// Replays every input kept under `fuzz/regressions/` (crashes once found, and seeds) on
+/// stable, as a normal test: what the fuzzer once broke stays fixed.
+#[cfg(test)]
+mod replay {
+    use std::path::PathBuf;
+
+    fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions")
+            .join(target);
+        let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| {
+                let path = entry.expect("a directory entry").path();
+                let bytes = std::fs::read(&path).expect("readable");
+                (path, bytes)
+            })
+            .collect();
+        inputs.sort();
+        assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
+        inputs
+    }
+
+    #[test]
+    fn ws_reader_regressions() {
+        for (path, bytes) in inputs("ws_reader") {
+            eprintln!("{}", path.display());
+            super::ws_reader(&bytes);
+        }
+    }
+
+    #[test]
+    fn upgrade_request_regressions() {
+        for (path, bytes) in inputs("upgrade_request") {
+            eprintln!("{}", path.display());
+            super::upgrade_request(&bytes);
+        }
     }
 }
