@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_axum::{OriginPolicy, RouterOptions};
+use chat_axum::{ConnectionLimits, OriginPolicy, RouterOptions};
 use chat_core::Rate;
 use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
 use clap::Parser;
@@ -62,6 +62,33 @@ struct Args {
     /// send limits raises the limit on all frames to twice as much.
     #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 5)]
     send_rate: u32,
+    /// WebSocket connections open at once, all clients together (503 past it); 0: no limit.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// WebSocket connections open at once per client address (429 past it); 0: no limit.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    max_connections_per_ip: usize,
+    /// New WebSocket connections per client address in a burst (429 past it); 0: no limit.
+    #[arg(long, env = "CHAT_CONNECT_BURST_PER_IP", default_value_t = 50)]
+    connect_burst_per_ip: u32,
+    /// New WebSocket connections per client address per second, sustained.
+    #[arg(long, env = "CHAT_CONNECTS_PER_SECOND_PER_IP", default_value_t = 10)]
+    connects_per_second_per_ip: u32,
+    /// Apply the per-address limits to loopback clients too (by default they are exempt:
+    /// local tools, or a proxy on this host that is not trusted).
+    #[arg(long, env = "CHAT_LIMIT_LOOPBACK")]
+    limit_loopback: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (repeat or separate with
+    /// commas). None by default: the header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CHAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
+    /// Seconds a connection may take to send its request head (slow-header defence).
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 5)]
+    header_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -71,7 +98,17 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_target(false)
         .init();
+    // Latencies as Prometheus histograms (not summaries): from 10 µs to 10 s.
+    let buckets = [
+        1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 10.0,
+    ];
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &buckets,
+        )
+        .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
 
@@ -108,6 +145,16 @@ async fn main() -> anyhow::Result<()> {
     let options = RouterOptions {
         origins: OriginPolicy::from_list(&args.origins),
         metrics: Some(Arc::new(move || prometheus.render())),
+        limits: ConnectionLimits {
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
+            connect_burst_per_ip: args.connect_burst_per_ip,
+            connects_per_second_per_ip: args.connects_per_second_per_ip,
+            trusted_proxies: args.trusted_proxies,
+            limit_loopback: args.limit_loopback,
+            ..ConnectionLimits::default()
+        },
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs),
         ..RouterOptions::default()
     };
     // A deep accept queue: after a restart every client reconnects at once.

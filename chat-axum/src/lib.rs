@@ -23,12 +23,16 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod caps;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod origin;
 mod page;
 mod socket;
 mod ws;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +46,7 @@ use chat_core::runtime::{Hub, HubConfig};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+pub use caps::ConnectionLimits;
 pub use origin::OriginPolicy;
 
 /// Renders the `/metrics` body (Prometheus text format). The library only records
@@ -84,6 +89,17 @@ pub struct RouterOptions {
     pub metrics: Option<MetricsRenderer>,
     /// Whether to serve the browser chat page at `/`.
     pub page: bool,
+    /// Caps on WebSocket connections (in all, per client address, per second), checked
+    /// before the upgrade.
+    pub limits: ConnectionLimits,
+    /// An upgraded connection that sends no message at all for this long (a client
+    /// sends `hello` first) is closed with 1008 "no hello". Default 10 s.
+    pub hello_timeout: Duration,
+    /// [`serve`] only: a connection must have sent a complete request head this long
+    /// after it opened (or after its previous request): otherwise it is dropped, the
+    /// slow-header (slowloris) defence. Default 5 s. An app that mounts [`router`] in
+    /// its own server sets its own.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for RouterOptions {
@@ -99,6 +115,9 @@ impl Default for RouterOptions {
             tracker: TaskTracker::new(),
             metrics: None,
             page: true,
+            limits: ConnectionLimits::default(),
+            hello_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -110,6 +129,9 @@ impl std::fmt::Debug for RouterOptions {
             .field("read_buffer_bytes", &self.read_buffer_bytes)
             .field("ping_interval", &self.ping_interval)
             .field("idle_timeout", &self.idle_timeout)
+            .field("limits", &self.limits)
+            .field("hello_timeout", &self.hello_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +140,7 @@ impl std::fmt::Debug for RouterOptions {
 struct AppState {
     hub: Hub,
     options: Arc<RouterOptions>,
+    caps: Arc<caps::Caps>,
 }
 
 /// The chat routes, mountable in any axum app under any path: `/` (the page, if enabled),
@@ -132,6 +155,7 @@ pub fn router(hub: Hub, mut options: RouterOptions) -> Router {
     let page = options.page.then(|| page::routes(hub.limits()));
     let state = AppState {
         hub,
+        caps: caps::Caps::new(options.limits.clone()),
         options: Arc::new(options),
     };
     let mut router = Router::new()
@@ -171,18 +195,37 @@ async fn ws_handler(
 ) -> Response {
     if let Err(refused) = state.options.origins.check(&headers) {
         tracing::info!(origin = %refused, "refused WebSocket from another origin");
+        refusal("origin");
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     if !state.hub.is_running() {
+        refusal("shutting_down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let peer = connect.map(|Extension(ConnectInfo(addr))| addr);
-    spawn_connection(upgrade, state, peer, socket::Mode::Chat)
+    let client = peer.map(|p| state.caps.client_ip(p.ip(), &headers));
+    let admitted = match state.caps.admit(client) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::debug!(?client, why = refused.why.as_str(), "refused WebSocket");
+            refusal(refused.why.as_str());
+            return refused.into_response();
+        }
+    };
+    spawn_connection(upgrade, state, peer, socket::Mode::Chat, admitted)
+}
+
+/// Counts a refused upgrade by reason (`chat_refusals_total`).
+fn refusal(reason: &'static str) {
+    ::metrics::counter!("chat_refusals_total", "reason" => reason).increment(1);
 }
 
 #[cfg(feature = "autobahn")]
 async fn echo_handler(State(state): State<AppState>, upgrade: ws::Upgrade) -> Response {
-    spawn_connection(upgrade, state, None, socket::Mode::Echo)
+    let Ok(admitted) = state.caps.admit(None) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    };
+    spawn_connection(upgrade, state, None, socket::Mode::Echo, admitted)
 }
 
 /// Answers `101 Switching Protocols`; the connection's task starts once hyper has
@@ -192,6 +235,7 @@ fn spawn_connection(
     state: AppState,
     peer: Option<SocketAddr>,
     mode: socket::Mode,
+    admitted: caps::Admitted,
 ) -> Response {
     let (response, on_upgrade) = upgrade.accept();
     let token = state.options.tracker.token();
@@ -203,6 +247,8 @@ fn spawn_connection(
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
+        // Its place under the caps is free before the tracker counts the task as done.
+        drop(admitted);
         drop(token);
     });
     response
@@ -224,6 +270,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge_set("chat_connections", stats.connections as f64);
     metrics::gauge_set("chat_rooms", stats.rooms as f64);
     metrics::gauge_set("chat_inbox_depth", stats.inbox_depth as f64);
+    metrics::gauge_set("chat_websockets_open", state.caps.open() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(),
@@ -275,25 +322,15 @@ pub async fn serve_hub(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tracker = options.tracker.clone();
+    let header_read_timeout = options.header_read_timeout;
     let app = router(hub.clone(), options);
-    // No Nagle: the writer already batches frames per flush, and a flush must leave now,
-    // not after the peer's delayed ACK (tens of ms of added latency under load).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown);
     // Returns once the listener is closed and plain HTTP requests are done; upgraded
-    // WebSockets are not waited for by axum (tokio-rs/axum#3003), hence the tracker.
+    // WebSockets are not waited for there, hence the tracker.
     // The accept loop runs as a task of its own: awaited in place it would run on the
     // caller's thread (the main thread under `#[tokio::main]`), and every accepted
     // connection would be handed from that thread to a worker.
-    let result = match tokio::spawn(server.into_future()).await {
+    let result = match tokio::spawn(accept_loop(listener, app, header_read_timeout, shutdown)).await
+    {
         Ok(result) => result,
         Err(e) => Err(std::io::Error::other(e)),
     };
@@ -308,6 +345,111 @@ pub async fn serve_hub(
         );
     }
     result
+}
+
+/// Accepts connections until `shutdown`, serves each with hyper's HTTP/1 (upgrades on,
+/// the header-read timeout armed: axum::serve sets no timer, so a client trickling its
+/// request head would hold its socket for ever), then lets in-flight requests finish.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop = stop_rx.clone();
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        // No Nagle: the writer already batches frames per flush, and a flush must leave
+        // now, not after the peer's delayed ACK (tens of ms of added latency under load).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let service = ConnService {
+            app: app.clone(),
+            peer,
+        };
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    refusal("header_timeout");
+                }
+                tracing::trace!(error = %e, ?peer, "HTTP connection ended");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Resolves once the shutdown was signalled (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// A failed `accept`: a connection that was reset before we took it is nothing, but
+/// running out of file descriptors would spin, so wait a moment.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The app for one connection, with its peer address (as `ConnectInfo`, which
+/// `into_make_service_with_connect_info` would give).
+#[derive(Clone)]
+struct ConnService {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower_service::Service<axum::extract::Request>>::Future;
+
+    fn call(&self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let mut app = self.app.clone();
+        tower_service::Service::call(&mut app, req.map(axum::body::Body::new))
+    }
 }
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -41,10 +41,17 @@ impl OriginPolicy {
     }
 
     /// Ok when the request may upgrade; otherwise the refused origin.
+    ///
+    /// Several `Origin` headers are refused under every policy: a browser sends one, and
+    /// a check that read only the first would let a page add a second.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {
-        let Some(origin) = headers.get(header::ORIGIN) else {
+        let mut all = headers.get_all(header::ORIGIN).iter();
+        let Some(origin) = all.next() else {
             return Ok(());
         };
+        if all.next().is_some() {
+            return Err("<several Origin headers>".into());
+        }
         let Ok(origin) = origin.to_str() else {
             return Err("<not ASCII>".into());
         };
@@ -131,5 +138,19 @@ mod tests {
         let any = OriginPolicy::from_list(&["*".into()]);
         assert!(any.check(&headers(host, Some("null"))).is_ok());
         assert_eq!(OriginPolicy::from_list(&[]), OriginPolicy::SameOrigin);
+    }
+
+    #[test]
+    fn two_origin_headers_are_refused_whatever_the_first() {
+        let host = "127.0.0.1:5000";
+        for policy in [
+            OriginPolicy::SameOrigin,
+            OriginPolicy::from_list(&["https://evil.example".into()]),
+            OriginPolicy::Any,
+        ] {
+            let mut h = headers(host, Some("http://127.0.0.1:5000"));
+            h.append(header::ORIGIN, "https://evil.example".parse().unwrap());
+            assert!(policy.check(&h).is_err(), "{policy:?}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use chat_core::CloseReason;
 use chat_core::runtime::Hub;
 use chat_core::runtime::transport::{BatchLimit, Inbound, Outbound, Outbox, PeerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,6 +41,10 @@ const IDLE: Fail = Fail {
 const HUB_GONE: Fail = Fail {
     code: 1011,
     reason: "chat hub stopped",
+};
+const NO_HELLO: Fail = Fail {
+    code: 1008,
+    reason: "no hello",
 };
 
 /// Bytes read per syscall at most (a stack buffer: nothing is kept between reads).
@@ -84,6 +89,8 @@ pub(crate) async fn run<IO>(
         last_write: now,
         last_ping: now,
         stalled: false,
+        hello_by: (mode == Mode::Chat).then(|| now + opts.hello_timeout),
+        why: None,
         opts,
     };
     let sleep = tokio::time::sleep_until(conn.next_check());
@@ -100,7 +107,15 @@ pub(crate) async fn run<IO>(
         let close_timeout = conn.opts.close_timeout;
         let _ = tokio::time::timeout(close_timeout, poll_fn(|cx| conn.poll_shutdown(cx))).await;
     }
-    tracing::debug!(?session, ?peer, ?end, "connection closed");
+    let why = match (conn.why, end) {
+        (Some(why), _) => why,
+        (None, End::Closed) => "peer_closed",
+        (None, End::TimedOut) => "close_timeout",
+        (None, End::Gone) => "peer_gone",
+        (None, End::Broken) => "broken",
+    };
+    ::metrics::counter!("chat_ws_closes_total", "reason" => why).increment(1);
+    tracing::debug!(?session, ?peer, ?end, why, "connection closed");
 }
 
 /// How a connection ended.
@@ -191,6 +206,10 @@ struct Conn<IO> {
     last_ping: Instant,
     /// The last write could not take everything (the peer reads slowly or not at all).
     stalled: bool,
+    /// Until the peer's first message: when to give up waiting for it.
+    hello_by: Option<Instant>,
+    /// Why the connection ends, once known (the `reason` of `chat_ws_closes_total`).
+    why: Option<&'static str>,
     opts: Arc<RouterOptions>,
 }
 
@@ -217,6 +236,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     if self.inbound.is_some() {
                         // Not ended by us: the engine always closes with a reason, so
                         // the hub's task is gone.
+                        self.why.get_or_insert("hub_gone");
                         self.close(HUB_GONE);
                     }
                 }
@@ -275,6 +295,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Took::Nothing => break,
                 Took::Wrote => self.last_write = Instant::now(),
                 Took::Closed => {
+                    self.why.get_or_insert("server_closed");
                     self.last_write = Instant::now();
                     self.close_sent = true;
                     self.outbound = None;
@@ -412,11 +433,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Ok(None) => break,
                 Err(fail) => {
                     tracing::debug!(code = fail.code, reason = fail.reason, "bad frame");
+                    self.why.get_or_insert(match fail.code {
+                        1009 => "too_big",
+                        1007 => "bad_utf8",
+                        _ => "protocol_error",
+                    });
                     self.read_failed = true;
                     self.close(fail);
                     break;
                 }
             };
+            if matches!(incoming, Incoming::Text(_) | Incoming::Binary(_)) {
+                self.hello_by = None; // it spoke: the core judges what it said
+            }
             match incoming {
                 Incoming::Text(p) | Incoming::Binary(p) if self.close_sent => {
                     let _ = p; // the session is over: what still arrives is dropped
@@ -456,6 +485,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Incoming::Pong => {}
                 Incoming::Close(code, p) => {
                     self.close_received = true;
+                    self.why.get_or_insert("peer_closed");
                     if !self.close_sent {
                         // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
                         let reason = std::str::from_utf8(self.reader.payload(&p)).unwrap_or("");
@@ -508,13 +538,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             // The core closed the session (a slow consumer) while the socket was full:
             // what is still queued will not be read either.
             self.outbound = None;
+            self.why.get_or_insert(close_label(reason));
             self.close(Fail {
                 code: reason.ws_code(),
                 reason: reason.as_str(),
             });
             return Ok(());
         }
-        if now >= self.idle_at() {
+        if self.hello_by.is_some_and(|by| now >= by) {
+            self.why.get_or_insert("no_hello");
+            self.close(NO_HELLO);
+        } else if now >= self.idle_at() {
+            self.why.get_or_insert("idle");
             self.close(IDLE);
         } else if now >= self.next_ping() {
             ws::write_frame(&mut self.out, ws::PING, b"");
@@ -551,9 +586,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             return deadline;
         }
         let mut at = self.idle_at().min(self.next_ping());
+        if let Some(by) = self.hello_by {
+            at = at.min(by);
+        }
         if self.stalled {
             at = at.min(Instant::now() + self.opts.close_timeout);
         }
         at
+    }
+}
+
+/// The `/metrics` label of a close the engine asked for.
+fn close_label(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::SlowConsumer => "slow_consumer",
+        CloseReason::Flood => "flood",
+        CloseReason::Shutdown => "shutdown",
+        CloseReason::AuthFailed => "auth_failed",
+        CloseReason::UnsupportedVersion => "unsupported_version",
+        _ => "server_closed",
     }
 }

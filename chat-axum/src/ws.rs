@@ -89,7 +89,7 @@ impl Upgrade {
 
 /// `Sec-WebSocket-Accept` for a client's key: base64 of the SHA-1 of the key and the
 /// protocol's GUID (RFC 6455 §4.2.2).
-fn accept_key(key: &[u8]) -> String {
+pub(crate) fn accept_key(key: &[u8]) -> String {
     use sha1::Digest;
     let mut sha1 = sha1::Sha1::new();
     sha1.update(key);

@@ -84,6 +84,15 @@ async fn same_origin_policy_matrix() {
             origin(format!("http://{host}/")),
             origin(format!("http://user@{host}")),
             origin(""),
+            // Two Origin headers are ambiguous, even when the first one matches.
+            vec![
+                ("Origin", format!("http://{host}")),
+                ("Origin", "https://evil.example".into()),
+            ],
+            vec![
+                ("Origin", format!("http://{host}")),
+                ("Origin", format!("http://{host}")),
+            ],
         ],
     )
     .await;

@@ -338,3 +338,20 @@ proptest! {
         prop_assert_eq!(sim.server.session_rooms(SessionId(1)).unwrap(), vec![room("general")]);
     }
 }
+
+/// Every input kept under `fuzz/regressions/protocol_decode/` (crashes the fuzzer once
+/// found, and seeds) decodes to a frame or an error, on stable, as a normal test.
+#[test]
+fn fuzz_regressions_decode_without_panicking() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/protocol_decode");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        let bytes = std::fs::read(&path).expect("readable");
+        eprintln!("{}", path.display());
+        let _ = protocol::decode(&bytes);
+        n += 1;
+    }
+    assert!(n > 0, "no inputs in {}", dir.display());
+}

@@ -233,6 +233,64 @@ fn an_impostor_cannot_take_a_name_that_is_online_or_in_its_grace_period() {
     );
 }
 
+/// UTS #39 skeletons: a name that only looks like a known user's (another script's
+/// letters, fullwidth forms, digits for letters, `rn` for `m`) is refused in every room
+/// while that user is online or holds the name, and free again once the name is.
+#[test]
+fn a_lookalike_name_cannot_pass_for_a_known_user() {
+    let mut sim = Sim::new();
+    let alice = sim.hello(1, "alice");
+    sim.hello(3, "Mary");
+    sim.hello(4, "bob");
+    sim.clear();
+    sim.connect(2);
+    let impostors = [
+        "\u{430}lice",                              // Cyrillic а
+        "alic\u{435}",                              // Cyrillic е
+        "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", // fullwidth ａｌｉｃｅ
+        "\u{1d41a}lice",                            // mathematical bold 𝐚
+        "rnary",                                    // rn for m
+        "B0B",                                      // a zero for an o, and case
+    ];
+    for (i, impostor) in impostors.iter().enumerate() {
+        let id = i as u64 + 1;
+        sim.say(
+            2,
+            json!({"type":"hello","id":id,"version":1,"name":impostor}),
+        );
+        let msg = sim.expect_error(2, ErrorCode::NameTaken, Some(id));
+        assert!(msg.contains("looks like"), "{impostor}: {msg}");
+    }
+    // Alice's own token does not make a look-alike hers either: it would be a second user.
+    sim.say(
+        2,
+        json!({"type":"hello","id":20,"version":1,"name":"\u{430}lice","token":alice}),
+    );
+    sim.expect_error(2, ErrorCode::NameTaken, Some(20));
+    // Names that merely share letters are fine, and so is a name once its holder is gone.
+    sim.say(
+        2,
+        json!({"type":"hello","id":30,"version":1,"name":"alicia"}),
+    );
+    assert!(matches!(sim.take(2)[0], ServerFrame::Welcome { .. }));
+    sim.disconnect(1);
+    sim.advance(GRACE * 2);
+    sim.connect(5);
+    sim.say(
+        5,
+        json!({"type":"hello","id":40,"version":1,"name":"\u{430}lice"}),
+    );
+    assert!(matches!(sim.take(5)[0], ServerFrame::Welcome { .. }));
+    // ... and now the Latin spelling is the look-alike.
+    sim.connect(6);
+    sim.say(
+        6,
+        json!({"type":"hello","id":41,"version":1,"name":"alice"}),
+    );
+    sim.expect_error(6, ErrorCode::NameTaken, Some(41));
+    sim.assert_no_violations();
+}
+
 #[test]
 fn names_are_case_insensitive_and_keep_the_first_spelling() {
     let mut sim = Sim::new();

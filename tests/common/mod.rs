@@ -68,6 +68,7 @@ impl ServerProcess {
     }
 
     /// Sends a signal with `kill` (e.g. `-TERM`, `-STOP`).
+    #[allow(dead_code)] // not every test signals the server
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id();
         let status = Command::new("kill")
@@ -86,6 +87,7 @@ impl ServerProcess {
     }
 
     /// Waits (bounded) for the process to exit; returns its status.
+    #[allow(dead_code)] // not every test waits for the exit
     pub fn wait(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let (tx, rx) = std::sync::mpsc::channel();

@@ -448,14 +448,20 @@ pub fn as_message(frame: &ServerFrame) -> &chat_core::protocol::Message {
 }
 
 /// Tries a WebSocket upgrade with these headers; returns the HTTP status of the answer
-/// (101 on success) and the socket when it upgraded.
+/// (101 on success) and the socket when it upgraded. A header named here replaces the
+/// client's own; one named twice is sent twice.
 pub async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<Ws>) {
     let mut request = url.into_client_request().expect("valid URL");
+    let mut named = Vec::new();
     for (name, value) in headers {
-        request.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-            HeaderValue::from_str(value).expect("header value"),
-        );
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+        let value = HeaderValue::from_str(value).expect("header value");
+        if named.contains(&name) {
+            request.headers_mut().append(name, value);
+        } else {
+            request.headers_mut().insert(name.clone(), value);
+            named.push(name);
+        }
     }
     let result = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
         .await

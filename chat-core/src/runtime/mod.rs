@@ -560,16 +560,22 @@ impl Driver {
                 self.feed(now, Input::Connected { session });
             }
             Cmd::Input(input) => {
+                let mut frame = false;
                 match &input {
                     Input::Received { .. } => {
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                        frame = true;
                     }
                     Input::Disconnected { session } if self.sessions.remove(*session).is_some() => {
                         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
                     }
                     _ => {}
                 }
+                let started = frame.then(std::time::Instant::now);
                 self.feed(now, input);
+                if let Some(started) = started {
+                    metrics::histogram!("chat_frame_seconds").record(started.elapsed());
+                }
             }
             Cmd::Persisted { messages, result } => {
                 for (room, seq) in messages {
@@ -617,6 +623,8 @@ impl Driver {
     /// Carries out every output. True once the core has drained after shutdown.
     fn drain(&mut self, now: Now) -> bool {
         let mut drained = false;
+        let started = std::time::Instant::now();
+        let mut fanned_out = 0u64;
         loop {
             let mut out = 0u64;
             while let Some(output) = self.server.poll_output() {
@@ -677,12 +685,17 @@ impl Driver {
             }
             self.stats.frames_out.fetch_add(out, Ordering::Relaxed);
             metrics::counter!("chat_frames_out_total").increment(out);
+            fanned_out += out;
             if self.deferred.is_empty() {
                 break;
             }
             for input in std::mem::take(&mut self.deferred) {
                 self.feed(now, input);
             }
+        }
+        if fanned_out > 0 {
+            // Carrying out one batch of outputs: every frame into its session's queue.
+            metrics::histogram!("chat_fanout_seconds").record(started.elapsed());
         }
         self.stats
             .rooms
@@ -835,10 +848,12 @@ impl Writer {
                     // A panicking store fails the group instead of killing the thread,
                     // which would leave these and every later message pending forever
                     // (and a graceful shutdown waiting for them).
+                    let started = std::time::Instant::now();
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         store.append(&batch)
                     }))
                     .unwrap_or_else(|_| Err(StoreError::Unavailable("the store panicked".into())));
+                    metrics::histogram!("chat_commit_seconds").record(started.elapsed());
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, messages = batch.len(), "store append failed");
                         metrics::counter!("chat_store_errors_total").increment(1);

@@ -21,7 +21,19 @@ pub(crate) struct User {
 #[derive(Debug, Default)]
 pub(crate) struct Users {
     by_key: BTreeMap<UserKey, User>,
+    /// The first user known under each look-alike skeleton ([`lookalike`]).
+    by_skeleton: BTreeMap<String, UserKey>,
     claims: u64,
+}
+
+/// What a name looks like, for telling impersonations apart from new names: the UTS #39
+/// confusable skeleton (Cyrillic `а` and fullwidth `ａ` become `a`, `rn` and `m` meet) of
+/// the name's key, lowercased again since the skeleton maps some letters to capitals
+/// (`0` to `O`): case is no disguise (`B0B`, `bob`).
+pub(crate) fn lookalike(name: &UserName) -> String {
+    unicode_security::skeleton(name.key().as_str())
+        .collect::<String>()
+        .to_lowercase()
 }
 
 impl Users {
@@ -38,13 +50,32 @@ impl Users {
     }
 
     pub fn remove(&mut self, key: &UserKey) {
-        self.by_key.remove(key);
+        if let Some(user) = self.by_key.remove(key) {
+            let skeleton = lookalike(&user.name);
+            if self.by_skeleton.get(&skeleton) == Some(key) {
+                self.by_skeleton.remove(&skeleton);
+            }
+        }
+    }
+
+    /// A known user (online or holding its name) whose name looks like `name` but is
+    /// another user's.
+    pub fn lookalike_of(&self, name: &UserName) -> Option<&User> {
+        let key = self.by_skeleton.get(&lookalike(name))?;
+        if *key == name.key() {
+            return None;
+        }
+        self.by_key.get(key)
     }
 
     /// The user for `name`, created if new (with a fresh token in anonymous mode).
     pub fn claim(&mut self, name: &UserName, anonymous: bool, secret: &[u8; 32]) -> &mut User {
         let claims = &mut self.claims;
+        let by_skeleton = &mut self.by_skeleton;
         self.by_key.entry(name.key()).or_insert_with_key(|key| {
+            by_skeleton
+                .entry(lookalike(name))
+                .or_insert_with(|| key.clone());
             *claims += 1;
             User {
                 name: name.clone(),

@@ -56,6 +56,11 @@ impl State {
                 let msg = format!("the name {} is in use", user.name);
                 return Err(Reject::new(ErrorCode::NameTaken, msg));
             }
+        } else if let Some(user) = self.users.lookalike_of(&name) {
+            // Whatever the token: a name that only looks like another user's would let
+            // its holder pass for that user, in every room.
+            let msg = format!("the name {name} looks like {}, which is in use", user.name);
+            return Err(Reject::new(ErrorCode::NameTaken, msg));
         }
         self.welcome(caller, id, &name, rooms, true);
         Ok(())

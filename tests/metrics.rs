@@ -1,0 +1,192 @@
+//! `/metrics` of the real example server (its Prometheus exporter): the latency
+//! histograms (frame handling, fan-out, commit), the refusal counters by reason (origin,
+//! per-address cap, header timeout) and the close counters by reason move when a client
+//! does the thing they count.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_core::RequestId;
+use chat_core::protocol::{ClientFrame, HelloRequest, PROTOCOL_VERSION, SendRequest, ServerFrame};
+use common::ServerProcess;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Upper bound for any one wait (not a speed assertion).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// GET over a plain socket; the whole answer as text.
+async fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
+
+/// The value of one sample line (`name{labels} value`), 0 when absent.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Reads `/metrics` until `series` is at least `at_least` (the server counts some things
+/// just after the client sees them happen).
+async fn wait_for(addr: &str, series: &str, at_least: f64) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body = get(addr, "/metrics").await;
+        if sample(&body, series) >= at_least {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn recv(ws: &mut common_ws::Ws) -> ServerFrame {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("frame"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+mod common_ws {
+    pub type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_what_clients_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("chat.db");
+    let server = ServerProcess::start([
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--durability".as_ref(),
+        "normal".as_ref(),
+        "--limit-loopback".as_ref(),
+        "--max-connections-per-ip".as_ref(),
+        "1".as_ref(),
+        "--header-timeout-secs".as_ref(),
+        "1".as_ref(),
+    ]);
+    let addr = server.addr.clone();
+    let url = format!("ws://{addr}/ws");
+    let before = get(&addr, "/metrics").await;
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+    for series in [
+        "chat_frame_seconds_count",
+        "chat_commit_seconds_count",
+        "chat_fanout_seconds_count",
+        r#"chat_refusals_total{reason="origin"}"#,
+        r#"chat_refusals_total{reason="ip_cap"}"#,
+        r#"chat_refusals_total{reason="header_timeout"}"#,
+        r#"chat_ws_closes_total{reason="peer_closed"}"#,
+    ] {
+        assert_eq!(sample(&before, series), 0.0, "{series} before anything");
+    }
+
+    // A cross-site page: 403, counted by reason.
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+
+    // A client posts a message: a frame handled, committed, fanned out.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("upgrade");
+    let hello = ClientFrame::Hello(HelloRequest {
+        id: None,
+        version: PROTOCOL_VERSION,
+        name: "alice".into(),
+        token: None,
+        rooms: None,
+    });
+    ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
+        .await
+        .unwrap();
+    let post = ClientFrame::Send(SendRequest {
+        id: Some(RequestId(1)),
+        room: Some("general".into()),
+        to: None,
+        body: "counted".into(),
+        client_id: None,
+    });
+    ws.send(Message::text(serde_json::to_string(&post).unwrap()))
+        .await
+        .unwrap();
+    while !matches!(recv(&mut ws).await, ServerFrame::Ack { .. }) {}
+
+    // A second connection from the same address: over the per-address cap of 1.
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+
+    // A socket that sends no request head is dropped after the 1 s header timeout.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(WAIT, silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "dropped: {read:?}");
+
+    // The client leaves with a close handshake.
+    ws.send(Message::Close(None)).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+
+    let after = wait_for(&addr, r#"chat_ws_closes_total{reason="peer_closed"}"#, 1.0).await;
+    let after = if sample(&after, r#"chat_refusals_total{reason="header_timeout"}"#) < 1.0 {
+        wait_for(
+            &addr,
+            r#"chat_refusals_total{reason="header_timeout"}"#,
+            1.0,
+        )
+        .await
+    } else {
+        after
+    };
+    for series in [
+        r#"chat_refusals_total{reason="origin"}"#,
+        r#"chat_refusals_total{reason="ip_cap"}"#,
+        r#"chat_refusals_total{reason="header_timeout"}"#,
+    ] {
+        assert_eq!(sample(&after, series), 1.0, "{series}:\n{after}");
+    }
+    for series in [
+        "chat_frame_seconds_count",
+        "chat_commit_seconds_count",
+        "chat_fanout_seconds_count",
+    ] {
+        assert!(sample(&after, series) >= 1.0, "{series}:\n{after}");
+    }
+    // Histograms with buckets, not summaries: a frame's handling is under 10 s.
+    assert!(
+        sample(&after, r#"chat_frame_seconds_bucket{le="10"}"#) >= 1.0,
+        "{after}"
+    );
+    drop(server);
+}
