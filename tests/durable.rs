@@ -609,7 +609,8 @@ async fn a_full_disk_refuses_sends_until_space_is_freed() {
     let (_, dup) = alice.post_acked("general", &body, Some(&refused)).await;
     assert!(!dup);
     acked.push(refused);
-    let history = bob.full_history("general").await;
+    // Read as the author: client ids go only to their author's sessions (lean frames).
+    let history = alice.full_history("general").await;
     assert!(strictly_increasing(&history));
     let ids: Vec<String> = history
         .iter()
