@@ -32,7 +32,26 @@ struct State {
     receiver_gone: bool,
 }
 
+/// Slots an empty queue keeps: a queue drained after a backlog (a slow reader, a
+/// stalled server) gives the rest back, so what a connection holds between bursts is at
+/// most this many slots, not its largest backlog.
+const KEEP_SLOTS: usize = 64;
+
 impl State {
+    /// The next item; a queue that is then empty keeps at most [`KEEP_SLOTS`] slots.
+    fn pop(&mut self) -> Option<Outbound> {
+        let item = self.frames.pop_front();
+        self.give_back();
+        item
+    }
+
+    /// Frees an empty queue's slots beyond [`KEEP_SLOTS`].
+    fn give_back(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > KEEP_SLOTS {
+            self.frames = VecDeque::new();
+        }
+    }
+
     /// Leaves the consumer's waker for the next item (or the end of the queue).
     fn park(&mut self, cx: &Context<'_>) {
         match &mut self.waker {
@@ -123,7 +142,7 @@ impl Outbox {
     pub async fn recv(&mut self) -> Option<Outbound> {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
-            if let Some(item) = state.frames.pop_front() {
+            if let Some(item) = state.pop() {
                 return Poll::Ready(Some(item));
             }
             if state.sender_gone {
@@ -140,7 +159,7 @@ impl Outbox {
     #[allow(clippy::result_unit_err)]
     pub fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
         let mut state = self.shared.lock();
-        match state.frames.pop_front() {
+        match state.pop() {
             Some(item) => Ok(Some(item)),
             None if state.sender_gone => Err(()),
             None => Ok(None),
@@ -191,9 +210,7 @@ impl Outbox {
         }
         into.reserve(n);
         into.extend(state.frames.drain(..n));
-        if state.frames.is_empty() && state.frames.capacity() > 1024 {
-            state.frames = VecDeque::new(); // a backlog is over: give the memory back
-        }
+        state.give_back();
         Poll::Ready(n)
     }
 
@@ -300,6 +317,35 @@ mod tests {
             "one over"
         );
         assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_memory_back() {
+        // A slow reader's backlog fills the queue to its limit; once the reader has
+        // caught up the queue must not keep the backlog's slots (40 bytes each, for
+        // every connection that ever fell behind).
+        let (tx, mut rx) = outbox(1024);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for round in 0..2 {
+            for _ in 0..1024 {
+                tx.try_send(close()).unwrap();
+            }
+            assert!(rx.shared.lock().frames.capacity() >= 1024);
+            let mut got = Vec::new();
+            if round == 0 {
+                while let Poll::Ready(n) = rx.poll_recv_batch(&mut cx, &mut got, 100, usize::MAX) {
+                    assert!(n > 0);
+                }
+            } else {
+                while let Ok(Some(_)) = rx.try_recv() {}
+            }
+            let kept = rx.shared.lock().frames.capacity();
+            assert!(
+                kept <= KEEP_SLOTS,
+                "round {round}: {kept} slots kept after the backlog"
+            );
+        }
     }
 
     #[test]

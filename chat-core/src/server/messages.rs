@@ -1,6 +1,7 @@
 //! The path of a message: a seq and a time, the store (durable mode), delivery in seq
 //! order, and the acks, for clients' `send` and the host's `publish` alike.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::inputs::StoreError;
@@ -96,6 +97,12 @@ impl Room {
                 env.ack(acker, &p.posted.msg, i > 0);
             }
             env.out.event(Event::MessagePosted(p.posted.msg));
+        }
+        // Nothing waits: a direct room (most are quiet) holds no slots, and a public
+        // room no more than a few after a backlog of the store.
+        let keep = if self.kind.has_membership() { 64 } else { 0 };
+        if self.pending.is_empty() && self.pending.capacity() > keep {
+            self.pending = VecDeque::new();
         }
     }
 }
