@@ -50,11 +50,8 @@ impl Room {
             ts,
             user: author,
             body,
-            client_id: client_id.clone(),
+            client_id,
         });
-        if let Some(cid) = client_id {
-            self.remember_client_id(key.clone(), cid, seq);
-        }
         let frame = Encoded::new(&ServerFrame::Message(msg.clone()));
         self.pending.push_back(Pending {
             posted: Posted {
@@ -159,9 +156,6 @@ impl State {
                 let Some(p) = room.pending.remove(pos) else {
                     return Err(not_pending());
                 };
-                if let Some(cid) = &p.posted.msg.client_id {
-                    room.forget_client_id(&p.author, cid, seq);
-                }
                 for acker in p.ackers {
                     match acker {
                         Acker::Session(sid, id) => {

@@ -1,6 +1,6 @@
 //! A room: members, the recipients of its messages, its history window and its seq.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,7 +84,6 @@ pub(crate) struct Room {
     /// The last seq delivered to members.
     pub last_delivered: Seq,
     last_ts: DateTime<Utc>,
-    client_ids: HashMap<(UserKey, ClientMsgId), Seq>,
     pub pending: VecDeque<Pending>,
 }
 
@@ -108,7 +107,6 @@ impl Room {
             last_seq: Seq(0),
             last_delivered: Seq(0),
             last_ts: DateTime::<Utc>::MIN_UTC,
-            client_ids: HashMap::new(),
             pending: VecDeque::new(),
         }
     }
@@ -259,19 +257,24 @@ impl Room {
         (self.last_seq, self.last_ts)
     }
 
+    /// The seq of the message `author` sent with client id `id`, if it is still pending
+    /// or in the window. A scan, newest first, rather than a map beside the window: the
+    /// map cost every room (most are quiet direct rooms) hundreds of bytes, and a resend
+    /// is found among the newest messages.
     pub fn lookup_client_id(&self, author: &UserKey, id: &ClientMsgId) -> Option<Seq> {
-        self.client_ids.get(&(author.clone(), id.clone())).copied()
-    }
-
-    pub fn remember_client_id(&mut self, author: UserKey, id: ClientMsgId, seq: Seq) {
-        self.client_ids.insert((author, id), seq);
-    }
-
-    pub fn forget_client_id(&mut self, author: &UserKey, id: &ClientMsgId, seq: Seq) {
-        let key = (author.clone(), id.clone());
-        if self.client_ids.get(&key) == Some(&seq) {
-            self.client_ids.remove(&key);
-        }
+        let pending = self
+            .pending
+            .iter()
+            .rev()
+            .filter(|p| p.posted.msg.client_id.as_ref() == Some(id) && p.author == *author)
+            .map(|p| p.posted.msg.seq);
+        let delivered = self
+            .history
+            .iter()
+            .rev()
+            .filter(|p| p.msg.client_id.as_ref() == Some(id) && p.msg.user.key() == *author)
+            .map(|p| p.msg.seq);
+        pending.chain(delivered).next()
     }
 
     /// Appends a delivered message to the window, evicting the oldest beyond `window`.
@@ -293,10 +296,6 @@ impl Room {
         };
         for msg in recent {
             self.last_ts = self.last_ts.max(msg.ts);
-            if let Some(id) = &msg.client_id {
-                self.client_ids
-                    .insert((msg.user.key(), id.clone()), msg.seq);
-            }
             let msg = Arc::new(msg);
             let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
             self.history.push_back(Posted { msg, frame });
@@ -311,9 +310,6 @@ impl Room {
                 break;
             };
             self.floor = old.msg.seq;
-            if let Some(id) = &old.msg.client_id {
-                self.forget_client_id(&old.msg.user.key(), id, old.msg.seq);
-            }
         }
     }
 
