@@ -54,10 +54,7 @@ impl Room {
         });
         let frame = Encoded::new(&ServerFrame::Message(msg.clone()));
         self.pending.push_back(Pending {
-            posted: Posted {
-                msg: msg.clone(),
-                frame,
-            },
+            posted: Posted::new(msg.clone(), frame, &key),
             author: key,
             committed: !durable,
             ackers: vec![acker],

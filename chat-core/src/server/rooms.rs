@@ -34,6 +34,33 @@ pub(crate) struct Member {
 pub(crate) struct Posted {
     pub msg: Arc<Message>,
     pub frame: Encoded,
+    /// [`resend_key`] of its author and client id: a resend is looked for by comparing
+    /// these in place, without following each message's pointers.
+    resend_key: u32,
+}
+
+impl Posted {
+    /// A message by `author` and its frame.
+    pub fn new(msg: Arc<Message>, frame: Encoded, author: &UserKey) -> Posted {
+        let resend_key = msg
+            .client_id
+            .as_ref()
+            .map_or(0, |id| resend_key(author, id));
+        Posted {
+            msg,
+            frame,
+            resend_key,
+        }
+    }
+}
+
+/// A short hash of an author and a client id, never 0 (0 marks a message without one).
+fn resend_key(author: &UserKey, id: &ClientMsgId) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (author.as_str(), id.as_str()).hash(&mut h);
+    let h = h.finish();
+    (h ^ (h >> 32)) as u32 | 1
 }
 
 /// Who is waiting for a message's ack.
@@ -258,23 +285,22 @@ impl Room {
     }
 
     /// The seq of the message `author` sent with client id `id`, if it is still pending
-    /// or in the window. A scan, newest first, rather than a map beside the window: the
-    /// map cost every room (most are quiet direct rooms) hundreds of bytes, and a resend
-    /// is found among the newest messages.
+    /// or in the window. A scan of each message's 4-byte key, newest first, rather than a
+    /// map beside the window: the map cost every room (most are quiet direct rooms)
+    /// hundreds of bytes, the keys 4 bytes per message.
     pub fn lookup_client_id(&self, author: &UserKey, id: &ClientMsgId) -> Option<Seq> {
-        let pending = self
-            .pending
-            .iter()
-            .rev()
-            .filter(|p| p.posted.msg.client_id.as_ref() == Some(id) && p.author == *author)
-            .map(|p| p.posted.msg.seq);
-        let delivered = self
-            .history
-            .iter()
-            .rev()
-            .filter(|p| p.msg.client_id.as_ref() == Some(id) && p.msg.user.key() == *author)
-            .map(|p| p.msg.seq);
-        pending.chain(delivered).next()
+        let key = resend_key(author, id);
+        let same = |p: &Posted| {
+            p.resend_key == key
+                && p.msg.client_id.as_ref() == Some(id)
+                && p.msg.user.key() == *author
+        };
+        let pending = self.pending.iter().rev().map(|p| &p.posted);
+        let delivered = self.history.iter().rev();
+        pending
+            .chain(delivered)
+            .find(|p| same(p))
+            .map(|p| p.msg.seq)
     }
 
     /// Appends a delivered message to the window, evicting the oldest beyond `window`.
@@ -298,7 +324,8 @@ impl Room {
             self.last_ts = self.last_ts.max(msg.ts);
             let msg = Arc::new(msg);
             let frame = Encoded::new(&crate::protocol::ServerFrame::Message(msg.clone()));
-            self.history.push_back(Posted { msg, frame });
+            let author = msg.user.key();
+            self.history.push_back(Posted::new(msg, frame, &author));
         }
         self.evict(window);
     }
