@@ -41,7 +41,19 @@ struct State {
     receiver_gone: bool,
 }
 
+/// Slots an empty queue keeps: a queue drained after a backlog (a slow reader, a
+/// stalled server) gives the rest back, so what a connection holds between bursts is at
+/// most this many slots, not its largest backlog.
+const KEEP_SLOTS: usize = 64;
+
 impl State {
+    /// Frees an empty queue's slots beyond [`KEEP_SLOTS`].
+    fn give_back(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > KEEP_SLOTS {
+            self.frames = VecDeque::new();
+        }
+    }
+
     /// Leaves the consumer's waker for the next item (or the end of the queue).
     fn park(&mut self, cx: &Context<'_>) {
         match &mut self.waker {
@@ -171,9 +183,7 @@ impl Outbox {
         if n > 0 {
             into.reserve(n);
             into.extend(state.frames.drain(..n));
-            if state.frames.is_empty() && state.frames.capacity() > 1024 {
-                state.frames = VecDeque::new(); // a backlog is over: give the memory back
-            }
+            state.give_back();
         }
         if state.frames.is_empty()
             && n < max_frames
@@ -338,6 +348,33 @@ mod tests {
 
     /// The close needs no room: a session closed because its queue is full still gets
     /// every frame, then the reason, then the end.
+    #[test]
+    fn a_drained_backlog_gives_its_memory_back() {
+        // A slow reader's backlog fills the queue to its limit; once the reader has
+        // caught up the queue must not keep the backlog's slots (40 bytes each, for
+        // every connection that ever fell behind).
+        let (tx, mut rx) = outbox(1024);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for round in 0..2 {
+            for _ in 0..1024 {
+                tx.try_send(frame(1)).unwrap();
+            }
+            assert!(rx.shared.lock().frames.capacity() >= 1024);
+            let mut got = Vec::new();
+            let batch = if round == 0 { 100 } else { 1 };
+            while let Poll::Ready(n) = rx.poll_recv_many(&mut cx, &mut got, frames(batch)) {
+                assert!(n > 0);
+            }
+            assert_eq!(got.len(), 1024);
+            let kept = rx.shared.lock().frames.capacity();
+            assert!(
+                kept <= KEEP_SLOTS,
+                "round {round}: {kept} slots kept after the backlog"
+            );
+        }
+    }
+
     #[test]
     fn a_full_queue_still_ends_with_its_close() {
         let (tx, mut rx) = outbox(2);

@@ -152,9 +152,6 @@ impl Room {
     /// cut) and its acks.
     fn deliver_entry(&mut self, env: &mut Env<'_>, msg: Arc<Message>) {
         let key = msg.user.key();
-        if let Some(cid) = &msg.client_id {
-            self.remember_client_id(key.clone(), cid.clone(), msg.seq);
-        }
         self.last_seq = self.last_seq.max(msg.seq);
         let ackers: Vec<Acker> = self
             .cluster
@@ -166,7 +163,7 @@ impl Room {
             .collect();
         let frame = Encoded::message(&msg);
         self.pending.push_back(Pending {
-            posted: Posted { msg, frame },
+            posted: Posted::new(msg, frame, &key),
             author: key,
             committed: true,
             ackers,

@@ -9,6 +9,10 @@ use super::outputs::{Event, Output, Recipients};
 use crate::ids::{RequestId, SessionId};
 use crate::protocol::{Encoded, ErrorCode, ServerFrame};
 
+/// Output slots the drained queue keeps: well above one input's outputs (a message to
+/// a full room), far below a backlog's.
+const KEEP_OUTPUTS: usize = 4096;
+
 /// The queue of outputs and the open sessions it may address.
 #[derive(Debug, Default)]
 pub(crate) struct Delivery {
@@ -64,7 +68,13 @@ impl Delivery {
 
     #[inline]
     pub fn pop(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front();
+        if output.is_none() && self.outputs.capacity() > KEEP_OUTPUTS {
+            // A backlog (a stalled store, a stopped process) is drained: give its
+            // memory back instead of keeping the largest burst ever seen.
+            self.outputs = VecDeque::new();
+        }
+        output
     }
 
     /// Encodes `frame` for one session.
@@ -117,5 +127,38 @@ impl Delivery {
         }
         self.send_to(to, &ServerFrame::Error { id, code, message });
         self.event(Event::Rejected { session: to, code });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_backlog_gives_its_memory_back() {
+        let mut out = Delivery::default();
+        let frame = Encoded::new(&ServerFrame::Goodbye {
+            reason: "test".into(),
+            retry_after_ms: 0,
+        });
+        // A burst of single sends (a stalled store releasing its acks, a join storm's
+        // replies): 100,000 outputs queued at once.
+        for i in 0..100_000 {
+            out.send_encoded(SessionId(i % 100), frame.clone());
+        }
+        assert!(out.outputs.capacity() >= 100_000);
+        while out.pop().is_some() {}
+        assert!(
+            out.outputs.capacity() <= KEEP_OUTPUTS,
+            "{}",
+            out.outputs.capacity()
+        );
+        // An ordinary drain keeps its slots.
+        for i in 0..100 {
+            out.send_encoded(SessionId(i), frame.clone());
+        }
+        let slots = out.outputs.capacity();
+        while out.pop().is_some() {}
+        assert_eq!(out.outputs.capacity(), slots);
     }
 }

@@ -1,6 +1,7 @@
 //! The path of a message: a seq and a time, the store (durable mode), delivery in seq
 //! order, and the acks, for clients' `send` and the host's `publish` alike.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::inputs::StoreError;
@@ -54,17 +55,11 @@ impl Room {
             ts,
             user: author,
             body,
-            client_id: client_id.clone(),
+            client_id,
         });
-        if let Some(cid) = client_id {
-            self.remember_client_id(key.clone(), cid, seq);
-        }
         let frame = Encoded::message(&msg);
         self.pending.push_back(Pending {
-            posted: Posted {
-                msg: msg.clone(),
-                frame,
-            },
+            posted: Posted::new(msg.clone(), frame, &key),
             author: key,
             committed: !durable,
             ackers: vec![acker],
@@ -101,6 +96,12 @@ impl Room {
                 env.ack(acker, &p.posted.msg, i > 0);
             }
             env.out.event(Event::MessagePosted(p.posted.msg));
+        }
+        // Nothing waits: a direct room (most are quiet) holds no slots, and a public
+        // room no more than a few after a backlog of the store.
+        let keep = if self.kind.has_membership() { 64 } else { 0 };
+        if self.pending.is_empty() && self.pending.capacity() > keep {
+            self.pending = VecDeque::new();
         }
     }
 }
@@ -181,9 +182,6 @@ impl State {
                 let Some(p) = room.pending.remove(pos) else {
                     return Err(not_pending());
                 };
-                if let Some(cid) = &p.posted.msg.client_id {
-                    room.forget_client_id(&p.author, cid, seq);
-                }
                 for acker in p.ackers {
                     match acker {
                         Acker::Session(sid, id) => {

@@ -1,7 +1,7 @@
 //! A room: members, the recipients of its messages, its history window and its seq.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +34,33 @@ pub(crate) struct Member {
 pub(crate) struct Posted {
     pub msg: Arc<Message>,
     pub frame: Encoded,
+    /// [`resend_key`] of its author and client id: a resend is looked for by comparing
+    /// these in place, without following each message's pointers.
+    resend_key: u32,
+}
+
+impl Posted {
+    /// A message by `author` and its frame.
+    pub fn new(msg: Arc<Message>, frame: Encoded, author: &UserKey) -> Posted {
+        let resend_key = msg
+            .client_id
+            .as_ref()
+            .map_or(0, |id| resend_key(author, id));
+        Posted {
+            msg,
+            frame,
+            resend_key,
+        }
+    }
+}
+
+/// A short hash of an author and a client id, never 0 (0 marks a message without one).
+fn resend_key(author: &UserKey, id: &ClientMsgId) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (author.as_str(), id.as_str()).hash(&mut h);
+    let h = h.finish();
+    (h ^ (h >> 32)) as u32 | 1
 }
 
 /// Who is waiting for a message's ack.
@@ -119,7 +146,6 @@ pub(crate) struct Room {
     /// The last seq delivered to members.
     pub last_delivered: Seq,
     last_ts: DateTime<Utc>,
-    client_ids: HashMap<(UserKey, ClientMsgId), Seq>,
     pub pending: VecDeque<Pending>,
     /// Cluster mode: posts waiting for the shared log, entries ahead of a gap.
     pub cluster: Follower,
@@ -145,7 +171,6 @@ impl Room {
             last_seq: Seq(0),
             last_delivered: Seq(0),
             last_ts: DateTime::<Utc>::MIN_UTC,
-            client_ids: HashMap::new(),
             pending: VecDeque::new(),
             cluster: Follower::default(),
         }
@@ -316,19 +341,23 @@ impl Room {
         (self.last_seq, self.last_ts)
     }
 
+    /// The seq of the message `author` sent with client id `id`, if it is still pending
+    /// or in the window. A scan of each message's 4-byte key, newest first, rather than a
+    /// map beside the window: the map cost every room (most are quiet direct rooms)
+    /// hundreds of bytes, the keys 4 bytes per message.
     pub fn lookup_client_id(&self, author: &UserKey, id: &ClientMsgId) -> Option<Seq> {
-        self.client_ids.get(&(author.clone(), id.clone())).copied()
-    }
-
-    pub fn remember_client_id(&mut self, author: UserKey, id: ClientMsgId, seq: Seq) {
-        self.client_ids.insert((author, id), seq);
-    }
-
-    pub fn forget_client_id(&mut self, author: &UserKey, id: &ClientMsgId, seq: Seq) {
-        let key = (author.clone(), id.clone());
-        if self.client_ids.get(&key) == Some(&seq) {
-            self.client_ids.remove(&key);
-        }
+        let key = resend_key(author, id);
+        let same = |p: &Posted| {
+            p.resend_key == key
+                && p.msg.client_id.as_ref() == Some(id)
+                && p.msg.user.key() == *author
+        };
+        let pending = self.pending.iter().rev().map(|p| &p.posted);
+        let delivered = self.history.iter().rev();
+        pending
+            .chain(delivered)
+            .find(|p| same(p))
+            .map(|p| p.msg.seq)
     }
 
     /// Appends a delivered message to the window, evicting the oldest beyond `window`.
@@ -350,13 +379,10 @@ impl Room {
         };
         for msg in recent {
             self.last_ts = self.last_ts.max(msg.ts);
-            if let Some(id) = &msg.client_id {
-                self.client_ids
-                    .insert((msg.user.key(), id.clone()), msg.seq);
-            }
             let msg = Arc::new(msg);
             let frame = Encoded::message(&msg);
-            self.history.push_back(Posted { msg, frame });
+            let author = msg.user.key();
+            self.history.push_back(Posted::new(msg, frame, &author));
         }
         self.evict(window);
     }
@@ -366,7 +392,6 @@ impl Room {
     /// come from the log) and delivery goes on after `lost`.
     pub fn cut(&mut self, lost: Seq) {
         self.history.clear();
-        self.client_ids.clear();
         self.floor = lost;
         self.last_delivered = self.last_delivered.max(lost);
         self.last_seq = self.last_seq.max(lost);
@@ -379,9 +404,6 @@ impl Room {
                 break;
             };
             self.floor = old.msg.seq;
-            if let Some(id) = &old.msg.client_id {
-                self.forget_client_id(&old.msg.user.key(), id, old.msg.seq);
-            }
         }
     }
 
