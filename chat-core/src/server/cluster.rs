@@ -219,18 +219,7 @@ impl State {
         let appended = match result {
             Ok(a) => a,
             Err(e) => {
-                for acker in waiting.ackers {
-                    match acker {
-                        Acker::Session(sid, id) => {
-                            let msg = format!("message not stored, retry later ({})", e.detail());
-                            env.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
-                        }
-                        Acker::Host(ticket) => env.out.push(Output::Published {
-                            ticket,
-                            result: Err(ErrorCode::StorageUnavailable),
-                        }),
-                    }
-                }
+                env.refuse(waiting.ackers, &e);
                 return Ok(());
             }
         };

@@ -131,6 +131,22 @@ impl Room {
 }
 
 impl Env<'_> {
+    /// Tells everyone waiting for a message's ack that it was not stored (retryable).
+    pub(super) fn refuse(&mut self, ackers: Vec<Acker>, e: &StoreError) {
+        for acker in ackers {
+            match acker {
+                Acker::Session(sid, id) => {
+                    let msg = format!("message not stored, retry later ({})", e.detail());
+                    self.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
+                }
+                Acker::Host(ticket) => self.out.push(Output::Published {
+                    ticket,
+                    result: Err(ErrorCode::StorageUnavailable),
+                }),
+            }
+        }
+    }
+
     /// Tells whoever sent a message that it is posted.
     pub(super) fn ack(&mut self, acker: &Acker, msg: &Arc<Message>, duplicate: bool) {
         match acker {
@@ -182,18 +198,7 @@ impl State {
                 let Some(p) = room.pending.remove(pos) else {
                     return Err(not_pending());
                 };
-                for acker in p.ackers {
-                    match acker {
-                        Acker::Session(sid, id) => {
-                            let msg = format!("message not stored, retry later ({})", e.detail());
-                            env.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
-                        }
-                        Acker::Host(ticket) => env.out.push(Output::Published {
-                            ticket,
-                            result: Err(ErrorCode::StorageUnavailable),
-                        }),
-                    }
-                }
+                env.refuse(p.ackers, &e);
             }
         }
         // Later messages may already be committed and now at the front.
