@@ -232,6 +232,9 @@ pub struct Shared {
     pub anomalies: Mutex<(u64, u64, Vec<Anomaly>)>,
     /// While set, connections lost without a close are the harness's doing (kill -9).
     pub killed: AtomicBool,
+    /// How many kill -9s have begun: a connection opened before one was cut by it, even
+    /// when its client notices only later (a slow reader between its reads).
+    pub kills: AtomicU64,
     /// Closes the client did not cause, in detail.
     pub unexplained: Mutex<Vec<Unexplained>>,
     /// Final records.
@@ -343,6 +346,8 @@ struct Client {
     ids: HashMap<u64, String>,
     next_id: u64,
     posted: u64,
+    /// [`Shared::kills`] when the current connection was opened.
+    kills_at_connect: u64,
     /// Frames written in the current session.
     sent: u64,
 }
@@ -377,6 +382,7 @@ pub async fn run(shared: Arc<Shared>, idx: usize, name: String, seed: u64) {
         next_id: 1,
         posted: 0,
         sent: 0,
+        kills_at_connect: 0,
     };
     // Spread the initial connects over two seconds.
     tokio::time::sleep(Duration::from_millis(c.rng.below(2000))).await;
@@ -403,6 +409,7 @@ pub async fn run(shared: Arc<Shared>, idx: usize, name: String, seed: u64) {
             }
         };
         failures = 0;
+        c.kills_at_connect = c.shared.kills.load(Relaxed);
         let end = c.session(ws, join_fresh).await;
         c.status.connected.store(false, Relaxed);
         join_fresh = false;
@@ -711,7 +718,7 @@ impl Client {
     }
 
     fn explained(&self) -> bool {
-        self.shared.killed.load(Relaxed)
+        self.shared.killed.load(Relaxed) || self.kills_at_connect < self.shared.kills.load(Relaxed)
     }
 
     fn post_interval(&mut self) -> Duration {

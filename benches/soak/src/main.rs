@@ -358,6 +358,7 @@ async fn soak(cli: Cli) -> anyhow::Result<i32> {
         errors: Mutex::new(BTreeMap::new()),
         anomalies: Mutex::new((0, 0, Vec::new())),
         killed: Default::default(),
+        kills: Default::default(),
         unexplained: Mutex::new(Vec::new()),
         records: Mutex::new(Vec::new()),
         status: (0..n).map(|_| Arc::new(Status::default())).collect(),
@@ -659,6 +660,7 @@ async fn inject(run: Arc<Run>, kinds: Vec<String>) {
                 }
                 "kill" => {
                     s.killed.store(true, Relaxed);
+                    s.kills.fetch_add(1, Relaxed);
                     let mut guard = run.server.lock().await;
                     let srv = guard.take().context("no server")?;
                     let t = Instant::now();
