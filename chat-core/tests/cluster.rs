@@ -27,6 +27,8 @@ struct Log {
     /// Presence, as `presence.lua` keeps it: per room, the version and each user's
     /// sessions per server.
     presence: BTreeMap<RoomName, (u64, BTreeMap<UserKey, UserSessions>)>,
+    /// Reserved names, as `claim.lua` keeps them: key → holder.
+    names: BTreeMap<String, String>,
 }
 
 /// A user's name and sessions per server.
@@ -112,6 +114,15 @@ impl Log {
         })
     }
 
+    /// `claim.lua`: the name is the holder's if it was free or already theirs.
+    fn claim(&mut self, key: &str, holder: &str) -> bool {
+        let held = self
+            .names
+            .entry(key.to_owned())
+            .or_insert_with(|| holder.to_owned());
+        held == holder
+    }
+
     fn present(&self, room: &RoomName) -> (u64, Vec<UserName>) {
         self.presence.get(room).map_or((0, vec![]), |(pv, users)| {
             (*pv, users.values().map(|(u, _)| u.clone()).collect())
@@ -156,6 +167,9 @@ struct Cluster {
     bells: Vec<VecDeque<Message>>,
     /// Presence announcements on their way to each server.
     pbells: Vec<VecDeque<(RoomName, Announced)>>,
+    /// The token each user was first welcomed with, which its sessions on other
+    /// servers present (as a client with the token from `welcome` does).
+    tokens: BTreeMap<String, String>,
     /// Servers that lost a doorbell: in the real broker that only happens with a lost
     /// subscription, and a remade subscription is followed by a catch-up.
     lost: Vec<bool>,
@@ -178,10 +192,18 @@ fn config() -> Config {
 impl Cluster {
     fn new(n: usize) -> Cluster {
         Cluster {
-            nodes: (0..n).map(|_| Sim::with(config())).collect(),
+            nodes: (0..n)
+                .map(|i| {
+                    Sim::with(Config {
+                        node: i as u64 + 1,
+                        ..config()
+                    })
+                })
+                .collect(),
             log: Log::default(),
             bells: vec![VecDeque::new(); n],
             pbells: vec![VecDeque::new(); n],
+            tokens: BTreeMap::new(),
             lost: vec![false; n],
         }
     }
@@ -289,10 +311,33 @@ impl Cluster {
         }
     }
 
+    /// Answers every name reservation from the log.
+    fn answer_claims(&mut self) {
+        for n in 0..self.nodes.len() {
+            for (session, key, holder) in std::mem::take(&mut self.nodes[n].name_claims) {
+                let held = self.log.claim(&key, &holder);
+                self.nodes[n].input(Input::NameClaimed {
+                    session,
+                    result: Ok(held),
+                });
+            }
+        }
+    }
+
+    /// Says hello on server `n` as `name`, with the user's token if it was welcomed
+    /// before (the same user's session on another server), and has its name reserved.
+    fn hello_at(&mut self, n: usize, s: u64, name: &str) {
+        let token = self.tokens.get(name).cloned();
+        self.nodes[n].hello_as(s, name, token.as_deref());
+        self.answer_claims();
+        let token = self.nodes[n].token_of(s);
+        self.tokens.entry(name.to_owned()).or_insert(token);
+    }
+
     /// Says hello on server `n` (its default room is loaded from the log) and lets
     /// the presence it causes settle.
     fn hello(&mut self, n: usize, s: u64, name: &str) {
-        self.nodes[n].hello(s, name);
+        self.hello_at(n, s, name);
         self.answer_loads();
         self.presence_all();
         for m in 0..self.nodes.len() {
@@ -525,8 +570,7 @@ fn a_resend_through_another_server_is_acked_as_a_duplicate() {
     let (m, _) = c.log.append(&room, &user, &body, cid.as_deref());
     c.bells[1].push_back(m);
     c.ring(1, usize::MAX);
-    // alice reconnects to server 1 (no cluster-wide name claim in this harness) and
-    // resends with the same client id.
+    // alice reconnects to server 1 with her token and resends with the same client id.
     c.hello(1, 3, "alice");
     c.nodes[1].clear();
     send(&mut c.nodes[1], 3, 9, "only once", Some("m-77"));
@@ -675,6 +719,7 @@ fn a_resume_on_another_server_gets_the_exact_suffix() {
         2,
         json!({"type": "hello", "version": 1, "name": "bob", "rooms": [{"room": "general", "since": 3}]}),
     );
+    c.answer_claims();
     assert_eq!(
         c.nodes[1].room_loads.len(),
         1,
@@ -721,6 +766,7 @@ fn a_room_the_log_cannot_give_is_a_retryable_error() {
         1,
         json!({"type": "hello", "version": 1, "name": "alice", "rooms": []}),
     );
+    c.answer_claims();
     c.nodes[0].clear();
     c.nodes[0].say(1, json!({"type": "join", "id": 3, "room": "general"}));
     let room = c.nodes[0].room_loads.remove(0);
@@ -745,6 +791,7 @@ fn frames_for_a_loading_room_keep_their_order() {
         1,
         json!({"type": "hello", "version": 1, "name": "alice", "rooms": []}),
     );
+    c.answer_claims();
     c.nodes[0].clear();
     c.nodes[0].say(1, json!({"type": "join", "id": 1, "room": "slow"}));
     c.nodes[0].say(
@@ -785,7 +832,7 @@ fn presence_is_one_list_over_servers() {
     assert_eq!(kinds(&mut c, 0, 1), ["+bob"], "alice hears of bob once");
     assert!(kinds(&mut c, 1, 2).is_empty(), "bob's joined listed alice");
     // bob opens a second tab on server 0: nobody is told.
-    c.nodes[0].hello(3, "bob");
+    c.hello_at(0, 3, "bob");
     c.settle();
     assert!(kinds(&mut c, 0, 1).is_empty());
     // bob's tab on server 1 leaves: he is still in through server 0.
@@ -809,9 +856,9 @@ fn presence_is_one_list_over_servers() {
 fn a_missed_presence_announcement_is_healed_from_a_snapshot() {
     let mut c = Cluster::new(2);
     c.hello(0, 1, "alice");
-    c.nodes[1].hello(2, "bob");
+    c.hello_at(1, 2, "bob");
     c.answer_loads();
-    c.nodes[1].hello(3, "carol");
+    c.hello_at(1, 3, "carol");
     c.presence_all();
     c.ring_presence(0, 1); // server 0 misses bob's announcement, gets carol's
     c.ring_presence(1, 0);
@@ -851,7 +898,7 @@ proptest! {
             match op {
                 0 => match at.get(&(n, u)).copied() {
                     None => {
-                        c.nodes[n].hello(next_sid, names[u]);
+                        c.hello_at(n, next_sid, names[u]);
                         c.answer_loads();
                         at.insert((n, u), (next_sid, true));
                         next_sid += 1;
@@ -927,4 +974,136 @@ fn only_the_authors_sessions_get_the_client_id_on_every_server() {
     };
     assert!(raw(&c, 0, 1).contains(r#""client_id":"c-1""#));
     assert!(!raw(&c, 1, 2).contains("client_id"), "{}", raw(&c, 1, 2));
+}
+
+/// A name is one user's on every server: a stranger on another server is refused it, and
+/// the same user (its token) is welcomed there as itself.
+#[test]
+fn a_name_is_held_over_servers() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    let token = c.nodes[0].token_of(1);
+    // A stranger asks for alice on server 1, where nobody holds her.
+    c.nodes[1].hello_as(2, "alice", None);
+    assert_eq!(c.nodes[1].name_claims.len(), 1, "server 1 asks the log");
+    assert!(c.nodes[1].peek(2).is_empty(), "no answer before the log's");
+    c.answer_claims();
+    c.nodes[1].expect_error(2, ErrorCode::NameTaken, None);
+    // Nor may a look-alike of her name pass for her (Cyrillic а, and a zero for an o).
+    c.nodes[1].say(
+        2,
+        json!({"type": "hello", "version": 1, "name": "\u{430}lice"}),
+    );
+    c.answer_claims();
+    c.nodes[1].expect_error(2, ErrorCode::NameTaken, None);
+    // The stranger stays connected and takes another name.
+    c.nodes[1].say(2, json!({"type": "hello", "version": 1, "name": "mallory"}));
+    c.answer_claims();
+    assert_ne!(c.nodes[1].token_of(2), token);
+    // alice's second tab, on server 1, proves her with the token: the same user.
+    c.nodes[1].hello_as(3, "alice", Some(&token));
+    c.answer_claims();
+    assert_eq!(c.nodes[1].token_of(3), token);
+}
+
+/// Two servers never mint the same token: a token from one is no key to a name another
+/// server gave someone else later.
+#[test]
+fn servers_mint_different_tokens() {
+    let mut c = Cluster::new(2);
+    c.hello_at(0, 1, "alice");
+    let first = c.nodes[0].token_of(1);
+    // The same name, the first claim on server 1 as well (the log forgot alice's).
+    c.log.names.clear();
+    c.nodes[1].hello_as(2, "alice", None);
+    c.answer_claims();
+    assert_ne!(c.nodes[1].token_of(2), first);
+}
+
+/// The log could not be asked: the hello gets a retryable error, and a retry works.
+#[test]
+fn a_claim_the_log_cannot_answer_is_a_retryable_error() {
+    let mut c = Cluster::new(1);
+    c.nodes[0].hello_as(1, "alice", None);
+    let (session, _, _) = c.nodes[0].name_claims.remove(0);
+    c.nodes[0].input(Input::NameClaimed {
+        session,
+        result: Err(StoreError::Unavailable("redis: timed out".into())),
+    });
+    c.nodes[0].expect_error(1, ErrorCode::StorageUnavailable, None);
+    assert!(c.nodes[0].closed.is_empty(), "the session stays");
+    c.nodes[0].say(1, json!({"type": "hello", "version": 1, "name": "alice"}));
+    c.answer_claims();
+    c.nodes[0].token_of(1);
+}
+
+/// A user gone from a server for good (grace period over) is released there, once.
+#[test]
+fn a_user_gone_for_good_releases_the_name() {
+    let mut c = Cluster::new(1);
+    c.hello(0, 1, "alice");
+    c.nodes[0].disconnect(1);
+    assert!(
+        c.nodes[0].name_releases.is_empty(),
+        "held in the grace period"
+    );
+    c.nodes[0].advance(Duration::from_secs(60));
+    assert_eq!(c.nodes[0].name_releases, ["alice"]);
+}
+
+/// A new cluster epoch: every session is told to reconnect (1012), every room is
+/// dropped to be read again, and a new hello sees the new epoch.
+#[test]
+fn an_epoch_change_closes_every_session_and_forgets_the_rooms() {
+    let mut c = Cluster::new(1);
+    c.hello(0, 1, "alice");
+    c.hello(0, 2, "bob");
+    send(&mut c.nodes[0], 1, 1, "before", None);
+    c.settle();
+    c.nodes[0].input(Input::EpochChanged { epoch: "e2".into() });
+    let reasons: Vec<u16> = c.nodes[0].closed.values().map(|r| r.ws_code()).collect();
+    assert_eq!(reasons, [1012, 1012]);
+    assert_eq!(c.nodes[0].room_unloads.len(), 1);
+    assert!(c.members(0, "general").is_empty());
+    c.nodes[0].input(Input::EpochChanged { epoch: "e2".into() });
+    assert_eq!(
+        c.nodes[0].closed.len(),
+        2,
+        "the same epoch again changes nothing"
+    );
+    // alice comes back (with her token, within her grace period) under the new epoch,
+    // and the room is read from the log again.
+    c.hello(0, 3, "alice");
+    let epoch = c.nodes[0]
+        .peek(3)
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Welcome { epoch, .. } => Some(epoch.clone()),
+            _ => None,
+        })
+        .expect("welcome");
+    assert_eq!(epoch, "e2");
+    assert!(!c.members(0, "general").is_empty());
+}
+
+/// The log handed out a seq this server already delivered as another message (it lost
+/// entries): the server reports it, and the sender is refused, never acked at a seq its
+/// readers know as something else.
+#[test]
+fn a_seq_handed_out_twice_is_reported_and_never_acked() {
+    let mut c = Cluster::new(1);
+    c.hello(0, 1, "alice");
+    for i in 1..=3 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.settle();
+    c.nodes[0].clear();
+    // An async failover: the log lost seqs 2 and 3.
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.rooms.get_mut(&room).unwrap().truncate(1);
+    send(&mut c.nodes[0], 1, 4, "after the loss", None);
+    c.commit_all();
+    assert_eq!(c.nodes[0].regressions, [(room, Seq(2))]);
+    c.nodes[0].expect_error(1, ErrorCode::StorageUnavailable, Some(4));
+    assert!(seen(&mut c.nodes[0], 1).is_empty(), "no ack, no message");
 }

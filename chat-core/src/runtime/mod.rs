@@ -676,7 +676,10 @@ impl Driver {
                     | Output::LoadRoom { .. }
                     | Output::UnloadRoom { .. }
                     | Output::Presence { .. }
-                    | Output::FetchPresence { .. } => {
+                    | Output::FetchPresence { .. }
+                    | Output::ClaimName { .. }
+                    | Output::ReleaseName { .. }
+                    | Output::LogRegressed { .. } => {
                         tracing::error!("cluster output without a cluster broker");
                     }
                     Output::Event(event) => self.on_event(event),

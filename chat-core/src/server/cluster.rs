@@ -232,8 +232,20 @@ impl State {
             client_id: waiting.client_id,
         });
         if appended.seq <= room.last_delivered {
-            // Delivered already (its doorbell came first, or it is an old duplicate).
+            // Delivered already (its doorbell came first, or it is an old duplicate)...
             let known = room.find(appended.seq).cloned();
+            if !appended.duplicate && known.as_ref().is_some_and(|k| !same_post(k, &msg)) {
+                // ... or not: the log handed out a seq again, so it lost entries. Nothing
+                // is acked at a seq its readers know as another message: the senders
+                // retry (their client id finds the entry) after the epoch changes.
+                env.out.push(Output::LogRegressed {
+                    room: room_name.clone(),
+                    seq: appended.seq,
+                });
+                let lost = StoreError::Unavailable("the shared log lost messages".into());
+                env.refuse(waiting.ackers, &lost);
+                return Ok(());
+            }
             for acker in waiting.ackers {
                 match &known {
                     Some(m) => env.ack(&acker, m, appended.duplicate),
@@ -283,6 +295,27 @@ impl State {
             room.skip_to(&mut env, seq);
         }
         room.accept(&mut env, messages.into_iter().map(Arc::new));
+    }
+}
+
+impl Server {
+    /// The cluster's history epoch changed: seqs this server delivered may no longer be
+    /// in the log. Every session is closed (1012) to reconnect under the new epoch and
+    /// join without `since`; every room is read from the log again when next used.
+    pub(super) fn on_epoch_changed(&mut self, now: Now, epoch: String) {
+        if epoch == self.st.config.epoch {
+            return;
+        }
+        self.st.config.epoch = epoch;
+        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in sessions {
+            self.drop_session(now, sid, Some(super::CloseReason::EpochChanged));
+        }
+        let rooms = std::mem::take(&mut self.st.rooms);
+        for name in rooms.into_keys() {
+            self.st.out.push(Output::UnloadRoom { room: name });
+        }
+        self.st.loading.empty.clear();
     }
 }
 
@@ -513,4 +546,10 @@ impl Room {
         };
         env.fan_out(self, &Encoded::new(&frame), None, Some(&key));
     }
+}
+
+/// Whether two log entries are the same post (one author, one text, one client id):
+/// what a seq handed out twice tells apart.
+fn same_post(a: &Message, b: &Message) -> bool {
+    a.user.key() == b.user.key() && a.body == b.body && a.client_id == b.client_id
 }

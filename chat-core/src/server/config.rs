@@ -73,6 +73,10 @@ pub struct Config {
     /// History older than the window is read from the log
     /// ([`Output::LoadHistory`](super::Output::LoadHistory)). Not with `durable`.
     pub cluster: bool,
+    /// Cluster mode: this server's id among the servers (the runtime draws it at
+    /// random), mixed into anonymous-mode tokens so that two servers never hand out the
+    /// same token for the same name.
+    pub node: u64,
     /// History epoch announced in `welcome`; a new epoch tells clients seqs restarted.
     pub epoch: String,
     /// Secret for anonymous-mode tokens. The runtime fills it with random bytes.
@@ -115,6 +119,7 @@ impl Default for Config {
             congestion_backoff: Duration::from_secs(10),
             durable: false,
             cluster: false,
+            node: 0,
             epoch: "0".to_owned(),
             secret: [0; 32],
             shutdown_retry_after: Duration::from_secs(2),

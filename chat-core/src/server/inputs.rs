@@ -146,6 +146,24 @@ pub enum Input {
         /// One room, or every room.
         room: Option<RoomName>,
     },
+    /// Cluster mode: the answer to [`Output::ClaimName`](super::Output::ClaimName):
+    /// whether the holder has the name (`false`: another user holds it on some server),
+    /// or why the reservation could not be asked (the hello gets a retryable
+    /// `storage_unavailable`).
+    NameClaimed {
+        /// The session that said hello.
+        session: SessionId,
+        /// Held, taken by someone else, or unknown.
+        result: Result<bool, StoreError>,
+    },
+    /// Cluster mode: the cluster's history epoch is now `epoch` (the shared log may have
+    /// lost messages). Every session is closed with 1012 so that clients reconnect,
+    /// see the new epoch in `welcome` and join without `since`; every room is read from
+    /// the log again. The same epoch again changes nothing.
+    EpochChanged {
+        /// The new epoch.
+        epoch: String,
+    },
     /// The host posts a message (a bot, a system notice) without a connection.
     /// Answered by [`Output::Published`](super::Output::Published).
     Publish {
@@ -238,4 +256,7 @@ pub enum ApiMisuse {
     /// [`Input::Authenticated`] for a session that is not waiting for it.
     #[error("session {0} is not authenticating")]
     NotAuthenticating(SessionId),
+    /// [`Input::NameClaimed`] for a session that is not waiting for it.
+    #[error("session {0} is not claiming a name")]
+    NotClaiming(SessionId),
 }

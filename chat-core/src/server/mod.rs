@@ -27,6 +27,7 @@ mod inputs;
 mod kind;
 mod limits;
 mod messages;
+mod names;
 mod outputs;
 mod presence;
 mod reject;
@@ -104,8 +105,8 @@ impl Server {
         Server {
             sessions: BTreeMap::new(),
             st: State {
+                users: Users::new(config.node),
                 config,
-                users: Users::default(),
                 rooms: BTreeMap::new(),
                 timers: Timers::default(),
                 out: Delivery::default(),
@@ -199,6 +200,10 @@ impl Server {
                 self.maybe_finish_shutdown(now);
             }
             Input::CatchUp { room } => self.st.on_catch_up(room.as_ref()),
+            Input::NameClaimed { session, result } => {
+                return self.on_name_claimed(now, session, result);
+            }
+            Input::EpochChanged { epoch } => self.on_epoch_changed(now, epoch),
             Input::Presence { room, announced } => self.st.on_presence(&room, announced),
             Input::PresenceSnapshot { room, pv, users } => {
                 self.st.on_presence_snapshot(now, &room, pv, users);

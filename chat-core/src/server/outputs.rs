@@ -117,6 +117,41 @@ pub enum Output {
         /// The last seq delivered here.
         after: Seq,
     },
+    /// Cluster mode: an anonymous user's first session on this server asks for a name no
+    /// session here holds. Reserve it over all servers for `holder` (the same holder may
+    /// take it again: the user's other sessions, or its return within the grace
+    /// period), keep it reserved while this server holds the user, and answer with
+    /// [`Input::NameClaimed`](super::Input::NameClaimed).
+    ClaimName {
+        /// The session that said hello.
+        session: SessionId,
+        /// The name asked for.
+        name: UserName,
+        /// What the reservation is made under: the name's look-alike skeleton (UTS #39),
+        /// so that names that only look alike (`bob`, `b0b`, Cyrillic `bоb`) are one
+        /// reservation, as they are one name on a single server.
+        key: String,
+        /// Who asks: a hash of the user's token and the name's key, the same on every
+        /// server for the same user (not the token itself, which is a secret).
+        holder: String,
+    },
+    /// Cluster mode: this server no longer holds the user (its grace period ended):
+    /// stop keeping the name reserved. Another server may still hold it for the same
+    /// holder, so the reservation is left to expire, not deleted.
+    ReleaseName {
+        /// The reservation's key, as in [`Output::ClaimName`].
+        key: String,
+    },
+    /// Cluster mode: the log handed out a seq this server had already delivered as
+    /// another message: the log lost entries (an async failover, a restore from an older
+    /// copy). Replace the cluster epoch; every server then gets
+    /// [`Input::EpochChanged`](super::Input::EpochChanged).
+    LogRegressed {
+        /// The room where it was seen.
+        room: RoomName,
+        /// The seq handed out again.
+        seq: Seq,
+    },
     /// Something the host app may want to observe.
     Event(Event),
     /// After [`Server::shutdown`](super::Server::shutdown): every pending message is settled and every session
@@ -250,6 +285,9 @@ pub enum CloseReason {
     AuthFailed,
     /// The server is shutting down; reconnect later.
     Shutdown,
+    /// Cluster mode: the history epoch changed (the shared log may have lost messages);
+    /// reconnect, and join without `since`.
+    EpochChanged,
 }
 
 impl CloseReason {
@@ -260,7 +298,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 1013,
             CloseReason::Flood | CloseReason::AuthFailed => 1008,
             CloseReason::UnsupportedVersion => 1002,
-            CloseReason::Shutdown => 1012,
+            CloseReason::Shutdown | CloseReason::EpochChanged => 1012,
         }
     }
 
@@ -273,6 +311,7 @@ impl CloseReason {
             CloseReason::UnsupportedVersion => "unsupported protocol version",
             CloseReason::AuthFailed => "authentication failed",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::EpochChanged => "history epoch changed",
         }
     }
 }

@@ -116,7 +116,9 @@ impl State {
             .get(key)
             .is_some_and(|u| u.sessions.is_empty() && u.grace_until == Some(at));
         if expired {
+            let name = self.users.display_name(key);
             self.users.remove(key);
+            self.release_name(&name);
         }
     }
 

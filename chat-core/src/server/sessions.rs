@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::config::Config;
 use super::limits::TokenBucket;
-use crate::ids::{RequestId, RoomName, UserKey};
+use crate::ids::{RequestId, RoomName, UserKey, UserName};
 use crate::protocol::JoinSpec;
 
 /// Where a session is in its life.
@@ -19,6 +19,17 @@ pub(crate) enum Phase {
         id: Option<RequestId>,
         /// The hello's rooms.
         rooms: Option<Vec<JoinSpec>>,
+    },
+    /// Cluster mode: waiting for the name to be reserved over all servers.
+    Claiming {
+        /// The hello's request id.
+        id: Option<RequestId>,
+        /// The hello's rooms.
+        rooms: Option<Vec<JoinSpec>>,
+        /// The name asked for.
+        name: UserName,
+        /// The token the user gets (the one it proved, or a new one).
+        token: String,
     },
     /// Welcomed as this user.
     Ready(UserKey),

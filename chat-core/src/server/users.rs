@@ -24,6 +24,8 @@ pub(crate) struct Users {
     /// The first user known under each look-alike skeleton ([`lookalike`]).
     by_skeleton: BTreeMap<String, UserKey>,
     claims: u64,
+    /// Mixed into tokens: the server's node id in cluster mode, 0 on a single server.
+    salt: u64,
 }
 
 /// What a name looks like, for telling impersonations apart from new names: the UTS #39
@@ -37,6 +39,14 @@ pub(crate) fn lookalike(name: &UserName) -> String {
 }
 
 impl Users {
+    /// No users; tokens salted with `salt` (see [`Users::mint`]).
+    pub fn new(salt: u64) -> Users {
+        Users {
+            salt,
+            ..Users::default()
+        }
+    }
+
     pub fn get(&self, key: &UserKey) -> Option<&User> {
         self.by_key.get(key)
     }
@@ -70,20 +80,40 @@ impl Users {
 
     /// The user for `name`, created if new (with a fresh token in anonymous mode).
     pub fn claim(&mut self, name: &UserName, anonymous: bool, secret: &[u8; 32]) -> &mut User {
-        let claims = &mut self.claims;
+        let token = (anonymous && !self.by_key.contains_key(&name.key()))
+            .then(|| self.mint(&name.key(), secret));
+        self.claim_with(name, token)
+    }
+
+    /// The user for `name`, created with `token` if new.
+    pub fn claim_with(&mut self, name: &UserName, token: Option<String>) -> &mut User {
         let by_skeleton = &mut self.by_skeleton;
         self.by_key.entry(name.key()).or_insert_with_key(|key| {
             by_skeleton
                 .entry(lookalike(name))
                 .or_insert_with(|| key.clone());
-            *claims += 1;
             User {
                 name: name.clone(),
                 sessions: BTreeSet::new(),
-                token: anonymous.then(|| token(secret, *claims, key)),
+                token,
                 grace_until: None,
             }
         })
+    }
+
+    /// A new anonymous-mode token for the name with this key: a keyed hash of a claim
+    /// counter, the salt and the name, so a name freed and taken again (here, or on
+    /// another server of a cluster) gets a different token.
+    pub fn mint(&mut self, key: &UserKey, secret: &[u8; 32]) -> String {
+        self.claims += 1;
+        let mut input = Vec::with_capacity(key.as_str().len() + 16);
+        input.extend_from_slice(&self.claims.to_le_bytes());
+        if self.salt != 0 {
+            input.extend_from_slice(&self.salt.to_le_bytes());
+        }
+        input.extend_from_slice(key.as_str().as_bytes());
+        let hash = blake3::keyed_hash(secret, &input);
+        hash.to_hex()[..32].to_owned()
     }
 
     /// A user's display name; for a user no longer known (a direct-room peer who left),
@@ -94,14 +124,4 @@ impl Users {
             None => key.as_name(),
         }
     }
-}
-
-/// An anonymous-mode token: a keyed hash of the claim counter and the name, so a name
-/// freed and taken again gets a different token.
-fn token(secret: &[u8; 32], claim: u64, key: &UserKey) -> String {
-    let mut input = Vec::with_capacity(key.as_str().len() + 8);
-    input.extend_from_slice(&claim.to_le_bytes());
-    input.extend_from_slice(key.as_str().as_bytes());
-    let hash = blake3::keyed_hash(secret, &input);
-    hash.to_hex()[..32].to_owned()
 }

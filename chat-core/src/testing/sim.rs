@@ -106,6 +106,12 @@ pub struct Sim {
     pub presence: Vec<(RoomName, UserName, bool)>,
     /// Cluster mode: `Output::FetchPresence` requests.
     pub presence_fetches: Vec<RoomName>,
+    /// Cluster mode: `Output::ClaimName` requests: (session, key, holder).
+    pub name_claims: Vec<(SessionId, String, String)>,
+    /// Cluster mode: `Output::ReleaseName`s (keys).
+    pub name_releases: Vec<String>,
+    /// Cluster mode: `Output::LogRegressed`: (room, seq handed out again).
+    pub regressions: Vec<(RoomName, Seq)>,
     /// Cluster mode: `Output::FetchLog` requests: (room, after).
     pub fetches: Vec<(RoomName, Seq)>,
     /// `Output::Published` results: (ticket, result).
@@ -152,6 +158,9 @@ impl Sim {
             presence: Vec::new(),
             presence_fetches: Vec::new(),
             room_unloads: Vec::new(),
+            name_claims: Vec::new(),
+            name_releases: Vec::new(),
+            regressions: Vec::new(),
             fetches: Vec::new(),
             published: Vec::new(),
             authenticate: Vec::new(),
@@ -223,7 +232,21 @@ impl Sim {
         self.token_of(s)
     }
 
-    fn token_of(&self, s: u64) -> String {
+    /// Connects and says hello as `name` (with `token`, if any) without waiting for the
+    /// welcome: in cluster mode a name nobody on this server holds is first reserved in
+    /// the log ([`Sim::name_claims`]); read the token with [`Sim::token_of`] after.
+    pub fn hello_as(&mut self, s: u64, name: &str, token: Option<&str>) {
+        self.connect(s);
+        let mut hello =
+            json!({"type": "hello", "version": protocol::PROTOCOL_VERSION, "name": name});
+        if let Some(t) = token {
+            hello["token"] = json!(t);
+        }
+        self.say(s, hello);
+    }
+
+    /// The token session `s` was welcomed with (panics if it was not welcomed).
+    pub fn token_of(&self, s: u64) -> String {
         let frames = self.peek(s);
         frames
             .iter()
@@ -363,6 +386,24 @@ impl Sim {
             Output::FetchPresence { room } => {
                 self.log.push(format!("fetch-presence {room}"));
                 self.presence_fetches.push(room);
+            }
+            Output::ClaimName {
+                session,
+                name,
+                key,
+                holder,
+            } => {
+                self.log
+                    .push(format!("claim-name {} {name} {key} {holder}", session.0));
+                self.name_claims.push((session, key, holder));
+            }
+            Output::ReleaseName { key } => {
+                self.log.push(format!("release-name {key}"));
+                self.name_releases.push(key);
+            }
+            Output::LogRegressed { room, seq } => {
+                self.log.push(format!("log-regressed {room} {seq:?}"));
+                self.regressions.push((room, seq));
             }
             Output::FetchLog { room, after } => {
                 self.log.push(format!("fetch {room} {after:?}"));

@@ -50,34 +50,57 @@ impl State {
         }
         let name = UserName::parse(&name, self.config.max_name_chars)
             .map_err(|e| Reject::new(ErrorCode::InvalidName, format!("name {e}")))?;
+        if self.name_free_here(&name, token.as_deref())? && self.config.cluster {
+            // Nobody here holds the name: another server may.
+            self.claim_name(caller, id, rooms, name, token);
+            return Ok(());
+        }
+        self.welcome(caller, id, &name, rooms, None);
+        Ok(())
+    }
+
+    /// Whether `name` is free on this server (`true`), or held here by the user whose
+    /// `token` this is (`false`); refused when another user here holds it or a name that
+    /// looks like it.
+    pub(in crate::server) fn name_free_here(
+        &self,
+        name: &UserName,
+        token: Option<&str>,
+    ) -> Result<bool, Reject> {
         if let Some(user) = self.users.get(&name.key()) {
-            let proven = token.is_some() && token == user.token;
+            let proven = token.is_some() && token == user.token.as_deref();
             if !proven {
                 let msg = format!("the name {} is in use", user.name);
                 return Err(Reject::new(ErrorCode::NameTaken, msg));
             }
-        } else if let Some(user) = self.users.lookalike_of(&name) {
+            return Ok(false);
+        }
+        if let Some(user) = self.users.lookalike_of(name) {
             // Whatever the token: a name that only looks like another user's would let
             // its holder pass for that user, in every room.
             let msg = format!("the name {name} looks like {}, which is in use", user.name);
             return Err(Reject::new(ErrorCode::NameTaken, msg));
         }
-        self.welcome(caller, id, &name, rooms, true);
-        Ok(())
+        Ok(true)
     }
 
     /// Welcomes the session as `name`, then joins the rooms it asked for (or the
-    /// default rooms), each answered as its own `join`.
-    fn welcome(
+    /// default rooms), each answered as its own `join`. Anonymous mode: a new user
+    /// gets `token` (cluster mode: the one its name was reserved with) or a new one.
+    pub(in crate::server) fn welcome(
         &mut self,
         caller: &mut Caller<'_>,
         id: Option<RequestId>,
         name: &UserName,
         rooms: Option<Vec<JoinSpec>>,
-        anonymous: bool,
+        token: Option<String>,
     ) {
         let key = name.key();
-        let user = self.users.claim(name, anonymous, &self.config.secret);
+        let anonymous = self.config.auth == AuthMode::Anonymous;
+        let user = match token {
+            Some(token) => self.users.claim_with(name, Some(token)),
+            None => self.users.claim(name, anonymous, &self.config.secret),
+        };
         user.sessions.insert(caller.sid);
         user.grace_until = None;
         let (user_name, token) = (user.name.clone(), user.token.clone());
@@ -152,7 +175,7 @@ impl Server {
         let mut caller = Caller { now, sid, session };
         let result = match name {
             Ok(name) => {
-                st.welcome(&mut caller, id, &name, rooms, false);
+                st.welcome(&mut caller, id, &name, rooms, None);
                 Ok(())
             }
             Err(reason) => Err(Reject::closing(

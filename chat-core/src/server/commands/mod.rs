@@ -132,7 +132,7 @@ impl State {
     fn dispatch(&mut self, caller: &mut Caller<'_>, frame: ClientFrame) -> Result<(), Reject> {
         let user = match &caller.session.phase {
             Phase::Ready(user) => Some(user.clone()),
-            Phase::New | Phase::Authenticating { .. } => None,
+            Phase::New | Phase::Authenticating { .. } | Phase::Claiming { .. } => None,
         };
         let new = matches!(caller.session.phase, Phase::New);
         match (frame, user) {
