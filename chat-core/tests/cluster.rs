@@ -1107,3 +1107,61 @@ fn a_seq_handed_out_twice_is_reported_and_never_acked() {
     c.nodes[0].expect_error(1, ErrorCode::StorageUnavailable, Some(4));
     assert!(seen(&mut c.nodes[0], 1).is_empty(), "no ack, no message");
 }
+
+/// Typing crosses servers (at most once, never stored): shown on the other server,
+/// expiring there by itself, cleared by the typer's message so that typing again shows.
+#[test]
+fn typing_crosses_servers() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.settle();
+    c.nodes[1].clear();
+    let typing = |c: &mut Cluster| -> Vec<String> {
+        c.nodes[1]
+            .take(2)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Typing { user, active, .. } => Some(format!("{user} {active}")),
+                _ => None,
+            })
+            .collect()
+    };
+    let pass_on = |c: &mut Cluster| {
+        for (room, user, active) in std::mem::take(&mut c.nodes[0].typings) {
+            c.nodes[1].input(Input::Typing { room, user, active });
+        }
+    };
+    c.nodes[0].say(
+        1,
+        json!({"type": "typing", "room": "general", "active": true}),
+    );
+    pass_on(&mut c);
+    assert_eq!(typing(&mut c), ["alice true"]);
+    // It expires on server 1 by itself, as a local one does.
+    c.nodes[1].advance(Duration::from_secs(10));
+    assert_eq!(typing(&mut c), ["alice false"]);
+    c.nodes[0].advance(Duration::from_secs(10));
+    c.nodes[0].say(
+        1,
+        json!({"type": "typing", "room": "general", "active": true}),
+    );
+    pass_on(&mut c);
+    assert_eq!(typing(&mut c), ["alice true"]);
+    // Her message ends it (bob's client clears it on the message); typing again shows.
+    send(&mut c.nodes[0], 1, 1, "hi", None);
+    c.settle();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:hi"]);
+    c.nodes[0].say(
+        1,
+        json!({"type": "typing", "room": "general", "active": true}),
+    );
+    pass_on(&mut c);
+    assert_eq!(typing(&mut c), ["alice true"]);
+    c.nodes[0].say(
+        1,
+        json!({"type": "typing", "room": "general", "active": false}),
+    );
+    pass_on(&mut c);
+    assert_eq!(typing(&mut c), ["alice false"]);
+}

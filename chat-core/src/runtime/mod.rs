@@ -679,7 +679,8 @@ impl Driver {
                     | Output::FetchPresence { .. }
                     | Output::ClaimName { .. }
                     | Output::ReleaseName { .. }
-                    | Output::LogRegressed { .. } => {
+                    | Output::LogRegressed { .. }
+                    | Output::Typing { .. } => {
                         tracing::error!("cluster output without a cluster broker");
                     }
                     Output::Event(event) => self.on_event(event),

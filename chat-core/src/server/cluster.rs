@@ -153,6 +153,11 @@ impl Room {
     fn deliver_entry(&mut self, env: &mut Env<'_>, msg: Arc<Message>) {
         let key = msg.user.key();
         self.last_seq = self.last_seq.max(msg.seq);
+        if !self.cluster.acks.contains_key(&msg.seq) {
+            // Another server's post ends its author's typing, as a local post does (the
+            // clients clear it on the message), so the next `typing` is shown again.
+            self.typing.remove(&key);
+        }
         let ackers: Vec<Acker> = self
             .cluster
             .acks

@@ -164,6 +164,16 @@ pub enum Input {
         /// The new epoch.
         epoch: String,
     },
+    /// Cluster mode: another server's [`Output::Typing`](super::Output::Typing): shown to
+    /// the room's sessions here as a `typing` frame, expiring by itself as a local one.
+    Typing {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// Typing, or stopped.
+        active: bool,
+    },
     /// The host posts a message (a bot, a system notice) without a connection.
     /// Answered by [`Output::Published`](super::Output::Published).
     Publish {

@@ -204,6 +204,9 @@ impl Server {
                 return self.on_name_claimed(now, session, result);
             }
             Input::EpochChanged { epoch } => self.on_epoch_changed(now, epoch),
+            Input::Typing { room, user, active } => {
+                self.st.on_remote_typing(now, &room, &user, active);
+            }
             Input::Presence { room, announced } => self.st.on_presence(&room, announced),
             Input::PresenceSnapshot { room, pv, users } => {
                 self.st.on_presence_snapshot(now, &room, pv, users);

@@ -152,6 +152,18 @@ pub enum Output {
         /// The seq handed out again.
         seq: Seq,
     },
+    /// Cluster mode: a user here is typing in the room (`active`, sent again while the
+    /// user keeps typing, at most at the typing rate) or stopped: tell the other
+    /// servers ([`Input::Typing`](super::Input::Typing)). At most once, never stored:
+    /// a lost one only costs an indicator until it expires.
+    Typing {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// Typing, or stopped.
+        active: bool,
+    },
     /// Something the host app may want to observe.
     Event(Event),
     /// After [`Server::shutdown`](super::Server::shutdown): every pending message is settled and every session

@@ -110,6 +110,8 @@ pub struct Sim {
     pub name_claims: Vec<(SessionId, String, String)>,
     /// Cluster mode: `Output::ReleaseName`s (keys).
     pub name_releases: Vec<String>,
+    /// Cluster mode: `Output::Typing`: (room, user, active).
+    pub typings: Vec<(RoomName, UserName, bool)>,
     /// Cluster mode: `Output::LogRegressed`: (room, seq handed out again).
     pub regressions: Vec<(RoomName, Seq)>,
     /// Cluster mode: `Output::FetchLog` requests: (room, after).
@@ -161,6 +163,7 @@ impl Sim {
             name_claims: Vec::new(),
             name_releases: Vec::new(),
             regressions: Vec::new(),
+            typings: Vec::new(),
             fetches: Vec::new(),
             published: Vec::new(),
             authenticate: Vec::new(),
@@ -400,6 +403,10 @@ impl Sim {
             Output::ReleaseName { key } => {
                 self.log.push(format!("release-name {key}"));
                 self.name_releases.push(key);
+            }
+            Output::Typing { room, user, active } => {
+                self.log.push(format!("typing {room} {user} {active}"));
+                self.typings.push((room, user, active));
             }
             Output::LogRegressed { room, seq } => {
                 self.log.push(format!("log-regressed {room} {seq:?}"));

@@ -3,11 +3,12 @@
 use std::time::Instant;
 
 use super::{Caller, Reject};
-use crate::ids::{RoomName, UserKey};
+use crate::ids::{RoomName, UserKey, UserName};
 use crate::protocol::{Encoded, ServerFrame};
+use crate::server::outputs::Output;
 use crate::server::rooms::Room;
 use crate::server::timers::Timer;
-use crate::server::{Env, State};
+use crate::server::{Env, Now, State};
 
 impl State {
     pub(super) fn typing(
@@ -25,13 +26,27 @@ impl State {
         if caller.session.typing.take(rate, caller.now.mono).is_err() {
             return Ok(()); // coalesced: typing is best effort
         }
-        let until = caller.now.mono + self.config.typing_expiry;
+        if self.config.cluster && self.rooms.contains_key(&room_name) {
+            self.out.push(Output::Typing {
+                room: room_name.clone(),
+                user: self.users.display_name(user),
+                active,
+            });
+        }
+        self.show_typing(caller.now, room_name, user, active);
+        Ok(())
+    }
+
+    /// A user (here, or on another server in cluster mode) typing or stopped: the
+    /// room's other sessions here are told when that changes; typing expires by itself.
+    fn show_typing(&mut self, now: Now, room_name: RoomName, user: &UserKey, active: bool) {
+        let until = now.mono + self.config.typing_expiry;
         let Some((room, mut env)) = self.room_env(&room_name) else {
-            return Ok(());
+            return;
         };
         if !active {
             room.stop_typing(&mut env, user);
-            return Ok(());
+            return;
         }
         let was_typing = room.typing.insert(user.clone(), until).is_some();
         if !was_typing {
@@ -44,7 +59,19 @@ impl State {
         }
         self.timers
             .arm(until, Timer::Typing(room_name, user.clone()));
-        Ok(())
+    }
+
+    /// Cluster mode: another server's user typing or stopped, in a room held here.
+    pub(crate) fn on_remote_typing(
+        &mut self,
+        now: Now,
+        room: &RoomName,
+        user: &UserName,
+        active: bool,
+    ) {
+        if self.rooms.contains_key(room) {
+            self.show_typing(now, room.clone(), &user.key(), active);
+        }
     }
 
     /// A typing indicator's time is up, unless it was renewed since.
