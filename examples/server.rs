@@ -102,6 +102,9 @@ struct Args {
     redis: Option<String>,
 }
 
+/// Cluster mode's link to the shared Redis.
+type Cluster = Arc<dyn Broker>;
+
 /// jemalloc rather than the system's malloc: glibc keeps freed memory in its heaps, so
 /// the server's RSS would stay at the peak of every burst (a stalled store, a restart's
 /// reconnections) for the rest of its life; jemalloc returns unused pages within seconds.
@@ -130,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    let (store, cluster): (Option<Arc<dyn Store>>, Option<Arc<dyn Broker>>) = match &args.redis {
+    let (store, cluster): (Option<Arc<dyn Store>>, Option<Cluster>) = match &args.redis {
         Some(url) => {
             let broker = chat_redis::RedisBroker::connect(url, BrokerOptions::default())
                 .await
