@@ -774,6 +774,10 @@ async fn foreign_payloads_are_counted_and_reach_no_client() {
         vec![(1, "alice".into(), "still here".into())]
     );
     assert_eq!(bob.members.len(), 2, "{:?}", bob.members);
+    // A cluster server stops cleanly on SIGTERM, as a single one does.
+    a.signal("-TERM");
+    let status = a.wait();
+    assert!(status.success(), "graceful exit, got {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
