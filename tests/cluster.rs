@@ -856,3 +856,26 @@ async fn redis_restarted_with_its_aof_heals_without_loss() {
     assert_eq!(bodies.len(), 20, "every post exactly once");
     assert!(alice.left.is_empty() && bob.left.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_beyond_the_window_is_read_from_redis() {
+    let redis = Redis::start();
+    let (_a, b, alice, _bob) = pair(&redis).await;
+    // 1010 posts: the servers' windows (1000) start at seq 11.
+    let _alice = burst(alice, 0, 1010).await;
+    let mut carol = Client::connect(&b.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    carol
+        .frame(json!({"type": "history", "id": 99, "room": ROOM, "before": 11, "limit": 10}))
+        .await;
+    let page = carol.until(|f| f["type"] == "history").await;
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{page}");
+    assert_eq!(page["messages"][0]["body"], "alice says 0");
+    assert_eq!(page["has_more"], false);
+}

@@ -416,6 +416,20 @@ impl Worker {
             ClusterRequest::FetchPresence { room } => {
                 tokio::spawn(fetch_presence(self.shared.clone(), room));
             }
+            ClusterRequest::LoadHistory {
+                ticket,
+                room,
+                before,
+                limit,
+            } => {
+                tokio::spawn(load_history(
+                    self.shared.clone(),
+                    ticket,
+                    room,
+                    before,
+                    limit,
+                ));
+            }
             other => tracing::error!(request = ?other, "cluster request this broker does not know"),
         }
     }
@@ -814,6 +828,28 @@ async fn load_room(shared: Shared, room: RoomName) {
         // there: read them now.
         let _ = shared.inbox.answer(Input::CatchUp { room: Some(room) });
     }
+}
+
+/// Answers [`ClusterRequest::LoadHistory`] from the stream.
+async fn load_history(
+    shared: Shared,
+    ticket: u64,
+    room: RoomName,
+    before: Option<Seq>,
+    limit: usize,
+) {
+    let mut log = shared.log.clone();
+    let result = match log
+        .read_before(room.as_str(), before.map(|s| s.0), limit)
+        .await
+    {
+        Ok((entries, more)) => Ok((
+            entries.into_iter().map(|e| message(&room, e)).collect(),
+            more,
+        )),
+        Err(e) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+    };
+    let _ = shared.inbox.answer(Input::HistoryLoaded { ticket, result });
 }
 
 /// Answers [`ClusterRequest::FetchPresence`] (and refreshes after a re-subscription).

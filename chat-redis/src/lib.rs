@@ -438,6 +438,43 @@ impl RedisLog {
         Ok(read)
     }
 
+    /// A history page: at most `limit` entries below seq `before` (the latest without
+    /// it), oldest first, and whether the log holds older ones.
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Malformed`] for entries our script does not write.
+    pub async fn read_before(
+        &mut self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), Error> {
+        let end = match before {
+            Some(0 | 1) => return Ok((Vec::new(), false)),
+            Some(b) => format!("({b}-0"),
+            None => "+".to_owned(),
+        };
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.log(room))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit.saturating_add(1))
+            .query_async(&mut self.conn)
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(Error::Malformed(format!("XREVRANGE: {reply:?}")));
+        };
+        let mut entries = items
+            .into_iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        entries.reverse();
+        Ok((entries, more))
+    }
+
     async fn read(
         &mut self,
         room: &str,

@@ -69,6 +69,17 @@ pub enum ClusterRequest {
         /// The room.
         room: RoomName,
     },
+    /// Read a history page the window does not hold; answer [`Input::HistoryLoaded`].
+    LoadHistory {
+        /// Echo in the answer.
+        ticket: u64,
+        /// The room.
+        room: RoomName,
+        /// Only seqs below this (none: the latest).
+        before: Option<Seq>,
+        /// Page size.
+        limit: usize,
+    },
 }
 
 impl ClusterRequest {

@@ -782,6 +782,16 @@ impl Driver {
         before: Option<crate::ids::Seq>,
         limit: usize,
     ) {
+        if let Some(broker) = &self.cluster {
+            // Cluster mode: the shared log holds the history.
+            broker.submit(ClusterRequest::LoadHistory {
+                ticket,
+                room,
+                before,
+                limit,
+            });
+            return;
+        }
         let control = self.control.clone();
         let Some(store) = self.store.clone() else {
             let result = Err(StoreError::Unavailable("no store".into()));
