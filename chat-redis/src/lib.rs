@@ -25,6 +25,17 @@
 //! - [`Doorbell::parse`]: what arrives on a room's channel, checked; anything else is a
 //!   [`Foreign`] payload to count and skip.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use chat_core::runtime::{Hub, HubConfig};
+//! use chat_redis::{BrokerOptions, RedisBroker};
+//!
+//! let broker = RedisBroker::connect("redis://127.0.0.1:6379/", BrokerOptions::default()).await?;
+//! let hub = Hub::spawn(HubConfig { cluster: Some(Arc::new(broker)), ..HubConfig::default() }).await?;
+//! # let _ = hub; Ok(()) }
+//! ```
+//!
 //! Every call has a deadline ([`Options::deadline`]); the connection reconnects by itself
 //! (redis' `ConnectionManager`). This crate holds no chat rules and no state of its own.
 
