@@ -8,6 +8,7 @@
 //! cargo run --release --example server
 //! cargo run --release --example server -- --addr 127.0.0.1:8080 --origin https://app.example.com
 //! cargo run --release --example server -- --db /var/lib/chat/chat.db --durability normal
+//! cargo run --release --example server -- --redis redis://127.0.0.1:6379/ --addr 127.0.0.1:5001
 //! ```
 //!
 //! History is durable by default: every message is committed to the SQLite file `--db`
@@ -15,6 +16,11 @@
 //! restart continues where the server stopped. `--db :memory:` runs an ephemeral server.
 //! `--durability full` (default) survives power loss; `normal` survives a crash of the
 //! process only, and commits faster.
+//!
+//! Cluster mode (`--redis URL`, env `CHAT_REDIS`): several servers share one Redis,
+//! which holds the history instead of SQLite (`--db` is not used); clients may connect to
+//! any of them and see one chat (docs/CLUSTER.md). Redis unreachable at start: an error,
+//! exit code 1.
 //!
 //! Ctrl-C or SIGTERM: stops accepting, tells every client to reconnect (close 1012),
 //! waits for every connection to finish (at most `--drain-secs`), commits what is
@@ -28,7 +34,8 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_axum::{ConnectionLimits, OriginPolicy, RouterOptions};
 use chat_core::Rate;
-use chat_core::runtime::{Durability, Hub, HubConfig, SqliteStore};
+use chat_core::runtime::{Broker, Durability, Hub, HubConfig, SqliteStore, Store};
+use chat_redis::BrokerOptions;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -89,7 +96,14 @@ struct Args {
     /// Seconds a connection may take to send its request head (slow-header defence).
     #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 5)]
     header_timeout_secs: u64,
+    /// Cluster mode: the Redis every server of the cluster shares
+    /// (`redis://host:port/db`). History lives there; `--db` is not used.
+    #[arg(long, env = "CHAT_REDIS")]
+    redis: Option<String>,
 }
+
+/// Cluster mode's link to the shared Redis.
+type Cluster = Arc<dyn Broker>;
 
 /// jemalloc rather than the system's malloc: glibc keeps freed memory in its heaps, so
 /// the server's RSS would stay at the peak of every burst (a stalled store, a restart's
@@ -119,14 +133,30 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    let store = SqliteStore::open(&args.db, args.durability)
-        .with_context(|| format!("opening the database {}", args.db.display()))?;
-    tracing::info!(
-        db = %args.db.display(),
-        durability = %args.durability,
-        epoch = store.epoch(),
-        "history store open"
-    );
+    let (store, cluster): (Option<Arc<dyn Store>>, Option<Cluster>) = match &args.redis {
+        Some(url) => {
+            let broker = chat_redis::RedisBroker::connect(url, BrokerOptions::default())
+                .await
+                .with_context(|| format!("connecting to redis at {url}"))?;
+            tracing::info!(
+                node = broker.node(),
+                epoch = %broker.cluster_epoch(),
+                "cluster mode: history in redis"
+            );
+            (None, Some(Arc::new(broker)))
+        }
+        None => {
+            let store = SqliteStore::open(&args.db, args.durability)
+                .with_context(|| format!("opening the database {}", args.db.display()))?;
+            tracing::info!(
+                db = %args.db.display(),
+                durability = %args.durability,
+                epoch = store.epoch(),
+                "history store open"
+            );
+            (Some(Arc::new(store)), None)
+        }
+    };
     let mut core = chat_core::Config {
         send_rate: Rate {
             burst: args.send_burst,
@@ -144,7 +174,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let hub = Hub::spawn(HubConfig {
         core,
-        store: Some(Arc::new(store)),
+        store,
+        cluster,
         ..HubConfig::default()
     })
     .await

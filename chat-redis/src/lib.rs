@@ -20,14 +20,28 @@
 //! - [`Subscriber`]: the node's doorbell listener, which re-subscribes after every
 //!   reconnect and proves with a probe through its own channel that its subscriptions
 //!   deliver; a full queue marks a room behind instead of dropping silently.
+//! - [`RedisBroker`]: the runtime broker that runs a chat-core `Hub` in cluster mode
+//!   over the above (`HubConfig::cluster`).
 //! - [`Doorbell::parse`]: what arrives on a room's channel, checked; anything else is a
 //!   [`Foreign`] payload to count and skip.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use chat_core::runtime::{Hub, HubConfig};
+//! use chat_redis::{BrokerOptions, RedisBroker};
+//!
+//! let broker = RedisBroker::connect("redis://127.0.0.1:6379/", BrokerOptions::default()).await?;
+//! let hub = Hub::spawn(HubConfig { cluster: Some(Arc::new(broker)), ..HubConfig::default() }).await?;
+//! # let _ = hub; Ok(()) }
+//! ```
 //!
 //! Every call has a deadline ([`Options::deadline`]); the connection reconnects by itself
 //! (redis' `ConnectionManager`). This crate holds no chat rules and no state of its own.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod broker;
 mod doorbell;
 mod keys;
 mod subscriber;
@@ -37,6 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
+pub use broker::{BrokerOptions, RedisBroker};
 pub use doorbell::{Doorbell, Foreign};
 pub use keys::Keys;
 pub use subscriber::{Bell, Subscriber, SubscriberOptions};
@@ -340,26 +355,72 @@ impl RedisLog {
             .arg(self.keys.channel(room))
             .invoke_async(&mut self.conn)
             .await;
-        let reply = match reply {
-            Ok(v) => v,
-            Err(e) if e.code() == Some("STALE_EPOCH") => {
-                let newer = e.detail().unwrap_or_default().trim().to_owned();
-                return Err(Error::StaleEpoch(Epoch::parse(newer)?));
-            }
-            Err(e) => return Err(e.into()),
+        committed(reply)
+    }
+
+    /// Commits several messages to `room`'s log in one pipeline (one round trip), in
+    /// order: each its own script run, as [`RedisLog::commit`], with its own outcome.
+    ///
+    /// # Errors
+    /// The pipeline as a whole failed (the connection, the deadline): then any of the
+    /// posts may or may not have been committed, and none was acked.
+    pub async fn commit_batch(
+        &mut self,
+        room: &str,
+        epoch: &Epoch,
+        posts: &[Post<'_>],
+    ) -> Result<Vec<Result<Committed, Error>>, Error> {
+        let invocation = |post: &Post<'_>| {
+            let cid = post.client_id.unwrap_or("");
+            let mut inv = self.scripts.commit.prepare_invoke();
+            inv.key(self.keys.meta(room))
+                .key(self.keys.log(room))
+                .key(self.keys.idempotency(room, post.user, cid))
+                .arg(epoch.as_str())
+                .arg(post.user)
+                .arg(post.body)
+                .arg(cid)
+                .arg(self.options.window)
+                .arg(self.options.idempotency_ttl.as_secs().max(1))
+                .arg(self.keys.channel(room));
+            inv
         };
-        let items = array(reply, 4)?;
-        let mut it = items.into_iter();
-        let seq = uint(it.next())?;
-        let ts_ms = int(it.next())?;
-        let duplicate = int(it.next())? == 1;
-        let epoch = Epoch::parse(text(it.next())?)?;
-        Ok(Committed {
-            seq,
-            ts_ms,
-            duplicate,
-            epoch,
-        })
+        let invocations: Vec<_> = posts.iter().map(invocation).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+        if replies
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")))
+        {
+            // Redis restarted (or was flushed of scripts): those runs never started.
+            // Load the script and run them again, in their order.
+            self.scripts
+                .commit
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await?;
+            let again: Vec<usize> = replies
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")))
+                .map(|(i, _)| i)
+                .collect();
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &again {
+                pipe.invoke_script(&invocations[i]);
+            }
+            let second: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+            for (i, r) in again.into_iter().zip(second) {
+                replies[i] = r;
+            }
+        }
+        Ok(replies.into_iter().map(committed).collect())
     }
 
     /// At most `max` entries after seq `after`, in order, with the room's meta. Entries
@@ -386,6 +447,43 @@ impl RedisLog {
         let mut read = self.read(room, "latest", 0, max, true).await?;
         read.entries.reverse();
         Ok(read)
+    }
+
+    /// A history page: at most `limit` entries below seq `before` (the latest without
+    /// it), oldest first, and whether the log holds older ones.
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Malformed`] for entries our script does not write.
+    pub async fn read_before(
+        &mut self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), Error> {
+        let end = match before {
+            Some(0 | 1) => return Ok((Vec::new(), false)),
+            Some(b) => format!("({b}-0"),
+            None => "+".to_owned(),
+        };
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.log(room))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit.saturating_add(1))
+            .query_async(&mut self.conn)
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(Error::Malformed(format!("XREVRANGE: {reply:?}")));
+        };
+        let mut entries = items
+            .into_iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        entries.reverse();
+        Ok((entries, more))
     }
 
     async fn read(
@@ -493,6 +591,40 @@ impl RedisLog {
         Ok(out)
     }
 
+    /// Says whether `node` has `user` in `room` now (any number of sessions, or none),
+    /// announcing the user when that takes the count over nodes from or to zero.
+    /// Idempotent, unlike [`RedisLog::presence`]: a retry after a lost reply counts
+    /// nothing twice. A node uses one form or the other for a room, not both.
+    ///
+    /// # Errors
+    /// Redis errors (then the change may or may not have been made: call again).
+    pub async fn presence_set(
+        &mut self,
+        room: &str,
+        node: &str,
+        user: &str,
+        here: bool,
+    ) -> Result<PresenceChange, Error> {
+        if here {
+            redis::cmd("SADD")
+                .arg(self.keys.node_rooms(node))
+                .arg(room)
+                .exec_async(&mut self.conn)
+                .await?;
+        }
+        self.presence_script(room, node, user, if here { "here" } else { "gone" })
+            .await
+    }
+
+    /// The room's presence version and who is present over all nodes.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn present(&mut self, room: &str) -> Result<(u64, Vec<(String, u64)>), Error> {
+        let read = self.read(room, "after", u64::MAX / 2, 1, true).await?;
+        Ok((read.pv, read.users))
+    }
+
     async fn presence_script(
         &mut self,
         room: &str,
@@ -531,18 +663,20 @@ impl RedisLog {
 
     /// Says `node` is alive for `lease` more (from Redis' clock's point of view, the
     /// deadline is the caller's clock: nodes' clocks must agree within the lease).
+    /// True when the node was not registered: its first heartbeat, or it was taken for
+    /// dead and reaped meanwhile (then its presence must be counted again).
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn heartbeat(&mut self, node: &str, lease: Duration) -> Result<(), Error> {
+    pub async fn heartbeat(&mut self, node: &str, lease: Duration) -> Result<bool, Error> {
         let deadline = now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        redis::cmd("ZADD")
+        let added: i64 = redis::cmd("ZADD")
             .arg(self.keys.nodes())
             .arg(deadline)
             .arg(node)
-            .exec_async(&mut self.conn)
+            .query_async(&mut self.conn)
             .await?;
-        Ok(())
+        Ok(added == 1)
     }
 
     /// Nodes whose lease ran out, to [`reap`](RedisLog::reap).
@@ -672,6 +806,30 @@ impl RedisLog {
             .await?;
         Ok(())
     }
+}
+
+/// One reply of `commit.lua`.
+fn committed(reply: redis::RedisResult<Value>) -> Result<Committed, Error> {
+    let reply = match reply {
+        Ok(v) => v,
+        Err(e) if e.code() == Some("STALE_EPOCH") => {
+            let newer = e.detail().unwrap_or_default().trim().to_owned();
+            return Err(Error::StaleEpoch(Epoch::parse(newer)?));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let items = array(reply, 4)?;
+    let mut it = items.into_iter();
+    let seq = uint(it.next())?;
+    let ts_ms = int(it.next())?;
+    let duplicate = int(it.next())? == 1;
+    let epoch = Epoch::parse(text(it.next())?)?;
+    Ok(Committed {
+        seq,
+        ts_ms,
+        duplicate,
+        epoch,
+    })
 }
 
 fn now_ms() -> i64 {

@@ -10,7 +10,8 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// `target/<profile>/examples/server`, which `cargo test` builds for this package.
-fn server_binary() -> PathBuf {
+#[allow(dead_code)] // used directly by the tests that run it without ServerProcess
+pub fn server_binary() -> PathBuf {
     // target/debug/deps/<test>-… → target/debug/examples/server
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");

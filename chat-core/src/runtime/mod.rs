@@ -20,6 +20,7 @@
 
 #![allow(clippy::disallowed_methods)] // the driver is where the clock is read
 
+mod cluster;
 mod outbox;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -41,6 +42,7 @@ use crate::protocol::{Encoded, ErrorCode, Message};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
 };
+pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterRequest};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
@@ -76,6 +78,11 @@ pub struct HubConfig {
     pub inbox: usize,
     /// The identity hook for [`crate::AuthMode::Host`].
     pub authenticator: Option<Authenticator>,
+    /// Cluster mode (docs/CLUSTER.md): the log this hub shares with other processes.
+    /// `None` (the default) runs single-node. With a broker, `core.cluster` is set by the
+    /// runtime, the epoch is the broker's, and `store` must be `None` (the shared log
+    /// holds the history).
+    pub cluster: Option<Arc<dyn Broker>>,
 }
 
 impl Default for HubConfig {
@@ -86,6 +93,7 @@ impl Default for HubConfig {
             outbound_queue: 1024,
             inbox: 4096,
             authenticator: None,
+            cluster: None,
         }
     }
 }
@@ -97,6 +105,7 @@ impl std::fmt::Debug for HubConfig {
             .field("store", &self.store.is_some())
             .field("outbound_queue", &self.outbound_queue)
             .field("inbox", &self.inbox)
+            .field("cluster", &self.cluster.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +240,7 @@ impl Hub {
             outbound_queue,
             inbox,
             authenticator,
+            cluster,
         } = config;
         if core.durable && store.is_none() {
             return Err(SpawnError::RuntimeOwned {
@@ -241,7 +251,13 @@ impl Hub {
         if core.cluster {
             return Err(SpawnError::RuntimeOwned {
                 field: "cluster",
-                why: "the runtime has no cluster broker yet (docs/CLUSTER.md): a Hub runs single-node",
+                why: "it is true exactly when HubConfig.cluster is given",
+            });
+        }
+        if cluster.is_some() && store.is_some() {
+            return Err(SpawnError::RuntimeOwned {
+                field: "durable",
+                why: "in cluster mode the shared log holds the history: HubConfig.store must be None",
             });
         }
         if core.epoch != Config::default().epoch {
@@ -253,8 +269,9 @@ impl Hub {
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| SpawnError::NoRandomness(e.to_string()))?;
         if core.secret == [0; 32] {
-            core.secret = random;
+            core.secret = cluster.as_ref().map_or(random, |b| b.secret());
         }
+        core.cluster = cluster.is_some();
         core.durable = store.is_some();
         let restored = match &store {
             Some(store) => {
@@ -265,7 +282,9 @@ impl Hub {
                     .map_err(|e| StoreError::Unavailable(e.to_string()))??
             }
             None => Restored {
-                epoch: {
+                epoch: if let Some(broker) = &cluster {
+                    broker.epoch()
+                } else {
                     // Drawn apart from the secret: the epoch is told to every client.
                     let mut epoch = [0u8; 8];
                     getrandom::fill(&mut epoch)
@@ -283,6 +302,9 @@ impl Hub {
         }
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
+        if let Some(broker) = &cluster {
+            broker.start(BrokerInbox::new(control.clone(), tx.clone()));
+        }
         let (events, _) = broadcast::channel(1024);
         let (done_tx, done) = watch::channel(false);
         let stats = Arc::new(Counters::default());
@@ -304,6 +326,7 @@ impl Hub {
             stats: stats.clone(),
             deferred: Vec::new(),
             shutting_down: false,
+            cluster,
         };
         tokio::spawn(async move {
             driver.run().await;
@@ -495,6 +518,8 @@ struct Driver {
     /// Inputs produced while draining outputs (queue-full reports), fed after the drain.
     deferred: Vec<Input>,
     shutting_down: bool,
+    /// Cluster mode's broker.
+    cluster: Option<Arc<dyn Broker>>,
 }
 
 /// Inputs handled per wake-up before outputs are drained: bounds latency under load
@@ -670,8 +695,8 @@ impl Driver {
                             let _ = reply.send(result);
                         }
                     }
-                    // Hub::spawn refuses cluster mode, so the core never asks these.
-                    Output::Append { .. }
+                    // The core asks these in cluster mode only, which has a broker.
+                    o @ (Output::Append { .. }
                     | Output::FetchLog { .. }
                     | Output::LoadRoom { .. }
                     | Output::UnloadRoom { .. }
@@ -680,8 +705,11 @@ impl Driver {
                     | Output::ClaimName { .. }
                     | Output::ReleaseName { .. }
                     | Output::LogRegressed { .. }
-                    | Output::Typing { .. } => {
-                        tracing::error!("cluster output without a cluster broker");
+                    | Output::Typing { .. }) => {
+                        match (&self.cluster, ClusterRequest::from_output(o)) {
+                            (Some(broker), Ok(request)) => broker.submit(request),
+                            _ => tracing::error!("cluster output without a cluster broker"),
+                        }
                     }
                     Output::Event(event) => self.on_event(event),
                     Output::Drained => drained = true,
@@ -758,6 +786,16 @@ impl Driver {
         before: Option<crate::ids::Seq>,
         limit: usize,
     ) {
+        if let Some(broker) = &self.cluster {
+            // Cluster mode: the shared log holds the history.
+            broker.submit(ClusterRequest::LoadHistory {
+                ticket,
+                room,
+                before,
+                limit,
+            });
+            return;
+        }
         let control = self.control.clone();
         let Some(store) = self.store.clone() else {
             let result = Err(StoreError::Unavailable("no store".into()));
@@ -790,6 +828,9 @@ impl Driver {
         }
         if let Some(writer) = self.writer.take() {
             writer.stop().await;
+        }
+        if let Some(broker) = self.cluster.take() {
+            broker.stop().await;
         }
         if let Some(store) = self.store.take() {
             match tokio::task::spawn_blocking(move || store.close()).await {

@@ -5,7 +5,8 @@
 -- presence version and rings the doorbell.
 -- KEYS: 1 meta hash, 2 users hash (user -> sessions over all nodes),
 --       3 this node's hash (user -> its sessions)
--- ARGV: 1 user (ignored for "reap"), 2 "1", "-1" or "reap", 3 doorbell channel
+-- ARGV: 1 user (ignored for "reap"), 2 "1", "-1", "here", "gone" or "reap",
+--       3 doorbell channel
 -- Returns {announcements..., pv}: each announcement as "+user" or "-user".
 local meta, users, on = KEYS[1], KEYS[2], KEYS[3]
 local channel = ARGV[3]
@@ -32,7 +33,24 @@ local function change(user, delta)
   end
 end
 
-if ARGV[2] == 'reap' then
+if ARGV[2] == 'here' or ARGV[2] == 'gone' then
+  -- Idempotent form (the runtime broker's): the node has the user here or not, whatever
+  -- it said before, so a retry after a lost reply counts nothing twice.
+  local user = ARGV[1]
+  local had = tonumber(redis.call('HGET', on, user) or '0')
+  local want = 0
+  if ARGV[2] == 'here' then
+    want = 1
+  end
+  if want == 1 then
+    redis.call('HSET', on, user, 1)
+  else
+    redis.call('HDEL', on, user)
+  end
+  if want ~= had then
+    change(user, want - had)
+  end
+elseif ARGV[2] == 'reap' then
   local mine = redis.call('HGETALL', on)
   for i = 1, #mine, 2 do
     change(mine[i], -tonumber(mine[i + 1]))

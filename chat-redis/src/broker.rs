@@ -1,0 +1,902 @@
+//! The runtime broker on Redis: [`RedisBroker`] implements chat-core's
+//! [`Broker`](chat_core::runtime::Broker) over [`RedisLog`] and [`Subscriber`], so that a
+//! `Hub` runs in cluster mode (docs/CLUSTER.md).
+//!
+//! - Appends: one lane per room, in order, each lane committing what queued up while its
+//!   previous batch ran as one pipeline (one round trip for many posts); rooms commit in
+//!   parallel. A failed batch is refused (retryable `storage_unavailable`), never acked.
+//! - Loading a room subscribes first and reads second, then asks the engine to catch up,
+//!   so a doorbell rung between the two is read from the stream, not lost.
+//! - Doorbells reach the engine through its bounded inbox: a busy engine fills the
+//!   subscriber's queue, which marks the room behind and has it read from the stream.
+//! - Presence: the engine's first/last session of a user here is written as the node's
+//!   desired state (idempotent, retried until Redis takes it, so an outage loses none);
+//!   if the node was reaped while cut off, all its presence is written again.
+//! - Heartbeats every second; every node reaps the nodes whose lease ran out; every
+//!   `check_every` the engine reads each room's log after its top (a doorbell lost
+//!   between a reconnect and its re-subscription).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_core::protocol::Message;
+use chat_core::runtime::{Broker, BrokerFuture, BrokerInbox, ClusterRequest};
+use chat_core::{
+    Announced, Appended, ClientMsgId, Input, LoadedRoom, RoomName, Seq, StoreError, UserKey,
+    UserName,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::{Bell, Doorbell, Entry, Epoch, Error, Options, Post, RedisLog, Subscriber};
+use crate::{PresenceChange, SubscriberOptions};
+
+/// The metric counting payloads on our channels that are not ours.
+const FOREIGN: &str = "chat_cluster_foreign_payloads_total";
+
+/// How a [`RedisBroker`] works.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// The log's options (key prefix, stream window, idempotency, deadlines).
+    pub log: Options,
+    /// The doorbell listener's options (probe, queue).
+    pub subscriber: SubscriberOptions,
+    /// A heartbeat (and a look for dead nodes) this often.
+    pub heartbeat: Duration,
+    /// A node whose last heartbeat is older than this is dead: its presence is reaped.
+    pub lease: Duration,
+    /// Every room's log is read after its top this often, whatever the doorbells said.
+    pub check_every: Duration,
+    /// Posts of one room committed in one pipeline, at most.
+    pub max_batch: usize,
+    /// Entries read from a room's log per call.
+    pub fetch_max: usize,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            log: Options::default(),
+            subscriber: SubscriberOptions::default(),
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+            check_every: Duration::from_secs(10),
+            max_batch: 256,
+            fetch_max: 1000,
+        }
+    }
+}
+
+/// A `Hub`'s link to the Redis its cluster shares. Make one with
+/// [`RedisBroker::connect`] and give it to `HubConfig::cluster`.
+pub struct RedisBroker {
+    node: String,
+    epoch: Epoch,
+    secret: [u8; 32],
+    url: String,
+    log: RedisLog,
+    options: BrokerOptions,
+    requests: mpsc::UnboundedSender<ClusterRequest>,
+    parked: Mutex<Option<mpsc::UnboundedReceiver<ClusterRequest>>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node", &self.node)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to the Redis at `url`, reads (or makes) the cluster epoch and the
+    /// shared token secret, and registers this process as a new node.
+    ///
+    /// # Errors
+    /// A bad URL, Redis not reachable within the connect timeout, or a stored epoch or
+    /// secret that is not ours.
+    pub async fn connect(url: &str, options: BrokerOptions) -> Result<RedisBroker, Error> {
+        let mut log = RedisLog::connect(url, options.log.clone()).await?;
+        let epoch = log.cluster_epoch().await?;
+        let secret = log.shared_secret().await?;
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| Error::Malformed(e.to_string()))?;
+        let node: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        log.heartbeat(&node, options.lease).await?;
+        let (requests, parked) = mpsc::unbounded_channel();
+        let (stop, _) = watch::channel(false);
+        Ok(RedisBroker {
+            node,
+            epoch,
+            secret,
+            url: url.to_owned(),
+            log,
+            options,
+            requests,
+            parked: Mutex::new(Some(parked)),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// This node's id (random per process).
+    #[must_use]
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cluster epoch this node runs under.
+    #[must_use]
+    pub fn cluster_epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+}
+
+impl Broker for RedisBroker {
+    fn epoch(&self) -> String {
+        self.epoch.as_str().to_owned()
+    }
+
+    fn secret(&self) -> [u8; 32] {
+        self.secret
+    }
+
+    fn start(&self, inbox: BrokerInbox) {
+        let Some(requests) = self.parked.lock().expect("not poisoned").take() else {
+            tracing::error!("RedisBroker started twice: one broker serves one hub");
+            return;
+        };
+        metrics::counter!(FOREIGN).increment(0);
+        let (subscriber, bells) = match Subscriber::start(
+            &self.url,
+            &self.node,
+            self.log.clone(),
+            self.options.subscriber.clone(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "redis subscriber did not start");
+                return;
+            }
+        };
+        let rooms = Rooms::default();
+        let (rejoin_tx, rejoin) = mpsc::unbounded_channel();
+        let shared = Shared {
+            node: self.node.clone(),
+            epoch: self.epoch.clone(),
+            log: self.log.clone(),
+            inbox,
+            rooms: rooms.clone(),
+            options: self.options.clone(),
+            stop: self.stop.subscribe(),
+        };
+        let worker = Worker {
+            shared: shared.clone(),
+            subscriber,
+            appends: HashMap::new(),
+            committing: BTreeSet::new(),
+            batches: FuturesUnordered::new(),
+            presence: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            presence_busy: false,
+        };
+        let mut tasks = self.tasks.lock().expect("not poisoned");
+        tasks.push(tokio::spawn(worker.run(requests, rejoin)));
+        tasks.push(tokio::spawn(bells_task(shared.clone(), bells)));
+        tasks.push(tokio::spawn(heartbeat_task(shared, rejoin_tx)));
+    }
+
+    fn submit(&self, request: ClusterRequest) {
+        if self.requests.send(request).is_err() {
+            tracing::error!("cluster request after the broker stopped");
+        }
+    }
+
+    fn stop(&self) -> BrokerFuture<'_> {
+        Box::pin(async move {
+            let _ = self.stop.send(true);
+            let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+            for mut task in tasks {
+                // The worker answers what is in flight first; none waits longer than a
+                // Redis deadline, but a stop is bounded whatever happens.
+                if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
+                }
+            }
+            // The node's presence stays until the other nodes reap it (within the
+            // lease): its clients reconnecting elsewhere meanwhile are not seen to leave.
+        })
+    }
+}
+
+/// The rooms this node holds: their key in Redis → their name.
+#[derive(Debug, Clone, Default)]
+struct Rooms(Arc<Mutex<HashMap<String, RoomName>>>);
+
+impl Rooms {
+    fn get(&self, key: &str) -> Option<RoomName> {
+        self.0.lock().expect("not poisoned").get(key).cloned()
+    }
+
+    fn insert(&self, room: &RoomName) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(room.as_str().to_owned(), room.clone());
+    }
+
+    fn remove(&self, room: &RoomName) {
+        self.0.lock().expect("not poisoned").remove(room.as_str());
+    }
+
+    fn all(&self) -> Vec<RoomName> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What every task of one broker shares.
+#[derive(Clone)]
+struct Shared {
+    node: String,
+    epoch: Epoch,
+    log: RedisLog,
+    inbox: BrokerInbox,
+    rooms: Rooms,
+    options: BrokerOptions,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Waits `d`, or less if the broker stops meanwhile.
+    async fn pause(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        let _ = tokio::time::timeout(d, stop.wait_for(|s| *s)).await;
+    }
+}
+
+/// One post waiting for its room's lane.
+struct PendingAppend {
+    ticket: u64,
+    user: UserName,
+    body: Arc<str>,
+    client_id: Option<ClientMsgId>,
+}
+
+/// A lane's batch, done.
+type BatchDone = (RoomName, Vec<(u64, Result<Appended, StoreError>)>);
+
+/// A presence write, done: the room, the user, the state written, and how it went.
+type PresenceDone = Vec<(RoomName, UserName, bool, Result<PresenceChange, Error>)>;
+
+struct Worker {
+    shared: Shared,
+    subscriber: Subscriber,
+    /// Posts waiting per room.
+    appends: HashMap<RoomName, VecDeque<PendingAppend>>,
+    /// Rooms with a batch in flight.
+    committing: BTreeSet<RoomName>,
+    batches: FuturesUnordered<BoxFuture<'static, BatchDone>>,
+    /// The users this node has in each room (what Redis must say; `false`: to remove).
+    presence: BTreeMap<(RoomName, UserKey), (UserName, bool)>,
+    /// Entries of `presence` Redis does not have yet.
+    dirty: BTreeSet<(RoomName, UserKey)>,
+    presence_busy: bool,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<ClusterRequest>,
+        mut rejoin: mpsc::UnboundedReceiver<()>,
+    ) {
+        let mut writes: FuturesUnordered<BoxFuture<'static, PresenceDone>> =
+            FuturesUnordered::new();
+        let mut stop = self.shared.stop.clone();
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            if !self.presence_busy
+                && !self.dirty.is_empty()
+                && retry_at.is_none_or(|at| at <= tokio::time::Instant::now())
+            {
+                retry_at = None;
+                self.presence_busy = true;
+                writes.push(self.write_presence());
+            }
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = requests.recv() => match r {
+                    Some(r) => self.request(r),
+                    None => break,
+                },
+                Some(done) = self.batches.next(), if !self.batches.is_empty() => {
+                    self.batch_done(done);
+                }
+                Some(done) = writes.next(), if !writes.is_empty() => {
+                    self.presence_busy = false;
+                    if !self.presence_done(done) {
+                        retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+                    }
+                }
+                Some(()) = rejoin.recv() => {
+                    tracing::warn!(node = %self.shared.node, "this node was reaped while cut off from redis: writing its presence again");
+                    self.dirty.extend(
+                        self.presence.iter().filter(|(_, (_, here))| *here).map(|(k, _)| k.clone()),
+                    );
+                }
+                () = retry => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        // Answer the posts in flight (the hub waits for them to shut down).
+        while let Some(done) = self.batches.next().await {
+            self.batch_done(done);
+        }
+        for (room, queue) in self.appends.drain() {
+            for p in queue {
+                let _ = self.shared.inbox.answer(Input::Appended {
+                    room: room.clone(),
+                    ticket: p.ticket,
+                    result: Err(StoreError::Unavailable("the cluster broker stopped".into())),
+                });
+            }
+        }
+    }
+
+    fn request(&mut self, request: ClusterRequest) {
+        match request {
+            ClusterRequest::Append {
+                room,
+                ticket,
+                user,
+                body,
+                client_id,
+            } => {
+                self.appends
+                    .entry(room.clone())
+                    .or_default()
+                    .push_back(PendingAppend {
+                        ticket,
+                        user,
+                        body,
+                        client_id,
+                    });
+                if !self.committing.contains(&room) {
+                    self.start_batch(room);
+                }
+            }
+            ClusterRequest::FetchLog { room, after } => {
+                tokio::spawn(fetch_log(self.shared.clone(), room, after));
+            }
+            ClusterRequest::LoadRoom { room } => {
+                // Subscribe first, read second: a doorbell rung between the two is in
+                // the read, or heard, or (the subscription not yet made when the read
+                // ran) announced as behind once it is made, which reads the stream.
+                self.shared.rooms.insert(&room);
+                self.subscriber.subscribe(room.as_str());
+                tokio::spawn(load_room(self.shared.clone(), room));
+            }
+            ClusterRequest::UnloadRoom { room } => {
+                self.shared.rooms.remove(&room);
+                self.subscriber.unsubscribe(room.as_str());
+            }
+            ClusterRequest::Presence {
+                room,
+                user,
+                entered,
+            } => {
+                let key = (room, user.key());
+                self.presence.insert(key.clone(), (user, entered));
+                self.dirty.insert(key);
+            }
+            ClusterRequest::FetchPresence { room } => {
+                tokio::spawn(fetch_presence(self.shared.clone(), room));
+            }
+            ClusterRequest::LoadHistory {
+                ticket,
+                room,
+                before,
+                limit,
+            } => {
+                tokio::spawn(load_history(
+                    self.shared.clone(),
+                    ticket,
+                    room,
+                    before,
+                    limit,
+                ));
+            }
+            other => tracing::error!(request = ?other, "cluster request this broker does not know"),
+        }
+    }
+
+    /// Commits what waits in `room`'s lane, as one pipeline.
+    fn start_batch(&mut self, room: RoomName) {
+        let Some(queue) = self.appends.get_mut(&room) else {
+            return;
+        };
+        let n = queue.len().min(self.shared.options.max_batch.max(1));
+        if n == 0 {
+            self.appends.remove(&room);
+            return;
+        }
+        let batch: Vec<PendingAppend> = queue.drain(..n).collect();
+        self.committing.insert(room.clone());
+        let mut log = self.shared.log.clone();
+        let epoch = self.shared.epoch.clone();
+        self.batches.push(Box::pin(async move {
+            let posts: Vec<Post<'_>> = batch
+                .iter()
+                .map(|p| Post {
+                    user: p.user.as_str(),
+                    body: &p.body,
+                    client_id: p.client_id.as_ref().map(ClientMsgId::as_str),
+                })
+                .collect();
+            let results: Vec<Result<crate::Committed, StoreError>> =
+                match log.commit_batch(room.as_str(), &epoch, &posts).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| {
+                            r.map_err(|e| {
+                                if let Error::StaleEpoch(newer) = &e {
+                                    tracing::error!(room = %room, newer = %newer, "the cluster epoch changed under this node");
+                                }
+                                StoreError::Unavailable(format!("redis: {e}"))
+                            })
+                        })
+                        .collect(),
+                    Err(e) => {
+                        // Refused, never acked: a resend with the same client id is
+                        // safe whether or not the pipeline ran.
+                        tracing::warn!(error = %e, room = %room, posts = batch.len(), "redis commit failed: posts refused");
+                        let e = StoreError::Unavailable(format!("redis: {e}"));
+                        batch.iter().map(|_| Err(e.clone())).collect()
+                    }
+                };
+            let answers = batch
+                .iter()
+                .zip(results)
+                .map(|(p, r)| {
+                    let r = r.map(|c| Appended {
+                        seq: Seq(c.seq),
+                        ts: ts(c.ts_ms),
+                        duplicate: c.duplicate,
+                    });
+                    (p.ticket, r)
+                })
+                .collect();
+            (room, answers)
+        }));
+    }
+
+    fn batch_done(&mut self, (room, answers): BatchDone) {
+        for (ticket, result) in answers {
+            let _ = self.shared.inbox.answer(Input::Appended {
+                room: room.clone(),
+                ticket,
+                result,
+            });
+        }
+        self.committing.remove(&room);
+        self.start_batch(room);
+    }
+
+    /// Writes up to 64 presence changes Redis does not have yet, one after the other.
+    fn write_presence(&mut self) -> BoxFuture<'static, PresenceDone> {
+        let todo: Vec<(RoomName, UserName, bool)> = self
+            .dirty
+            .iter()
+            .take(64)
+            .filter_map(|k| {
+                self.presence
+                    .get(k)
+                    .map(|(u, here)| (k.0.clone(), u.clone(), *here))
+            })
+            .collect();
+        let mut log = self.shared.log.clone();
+        let node = self.shared.node.clone();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(todo.len());
+            for (room, user, here) in todo {
+                let r = log
+                    .presence_set(room.as_str(), &node, user.as_str(), here)
+                    .await;
+                out.push((room, user, here, r));
+            }
+            out
+        })
+    }
+
+    /// Takes the outcome of presence writes; false when one failed (retry later).
+    fn presence_done(&mut self, done: PresenceDone) -> bool {
+        let mut ok = true;
+        for (room, user, here, result) in done {
+            let key = (room.clone(), user.key());
+            match result {
+                Ok(change) => {
+                    if self.presence.get(&key).is_some_and(|(_, h)| *h == here) {
+                        self.dirty.remove(&key);
+                        if !here {
+                            self.presence.remove(&key);
+                        }
+                    }
+                    // The announcement is published too; this copy is just sooner (the
+                    // engine takes each presence version once).
+                    if let [a] = change.announced.as_slice() {
+                        let joined = matches!(a, crate::Announcement::Joined(_));
+                        let _ = self.shared.inbox.answer(Input::Presence {
+                            room,
+                            announced: Announced {
+                                pv: change.pv,
+                                user,
+                                joined,
+                                ts: Utc::now(),
+                            },
+                        });
+                    }
+                }
+                Err(e) => {
+                    if ok {
+                        tracing::warn!(error = %e, "redis presence write failed: retrying");
+                    }
+                    ok = false;
+                }
+            }
+        }
+        // Entries written meanwhile stay dirty; they go out on the next turn.
+        self.dirty.retain(|k| self.presence.contains_key(k));
+        ok
+    }
+}
+
+/// Doorbells to the engine, through its bounded inbox.
+async fn bells_task(shared: Shared, mut bells: mpsc::Receiver<Bell>) {
+    let mut stop = shared.stop.clone();
+    loop {
+        let bell = tokio::select! {
+            b = bells.recv() => match b { Some(b) => b, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let input = match bell {
+            Bell::Room { room, doorbell } => {
+                let Some(name) = shared.rooms.get(&room) else {
+                    continue;
+                };
+                match doorbell {
+                    Doorbell::Message { epoch, entry } => {
+                        if epoch != shared.epoch {
+                            // Seqs of another epoch do not compare with ours.
+                            tracing::warn!(room = %room, epoch = %epoch, ours = %shared.epoch, "doorbell of another cluster epoch skipped");
+                            continue;
+                        }
+                        Input::RoomLog {
+                            messages: vec![message(&name, entry)],
+                            room: name,
+                            gap_before: None,
+                            fetched: false,
+                        }
+                    }
+                    Doorbell::Presence {
+                        pv,
+                        joined,
+                        ts_ms,
+                        user,
+                    } => {
+                        let Some(user) = user_name(&user) else {
+                            continue;
+                        };
+                        Input::Presence {
+                            room: name,
+                            announced: Announced {
+                                pv,
+                                user,
+                                joined,
+                                ts: ts(ts_ms),
+                            },
+                        }
+                    }
+                }
+            }
+            Bell::Subscribed => {
+                // Doorbells may have been missed while the subscription was being made:
+                // read every room's log and presence again.
+                if shared
+                    .inbox
+                    .notify(Input::CatchUp { room: None })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                for room in shared.rooms.all() {
+                    tokio::spawn(fetch_presence(shared.clone(), room));
+                }
+                continue;
+            }
+            Bell::Behind { room } => match shared.rooms.get(&room) {
+                Some(name) => Input::CatchUp { room: Some(name) },
+                None => continue,
+            },
+            Bell::Foreign { room, why } => {
+                metrics::counter!(FOREIGN).increment(1);
+                tracing::debug!(room = %room, why = %why, "foreign payload on a room channel skipped");
+                continue;
+            }
+        };
+        if shared.inbox.notify(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Heartbeats, the reaper, the periodic check.
+async fn heartbeat_task(shared: Shared, rejoin: mpsc::UnboundedSender<()>) {
+    let mut log = shared.log.clone();
+    let opts = shared.options.clone();
+    let mut tick = tokio::time::interval(opts.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check = tokio::time::Instant::now();
+    let mut failing = false;
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match log.heartbeat(&shared.node, opts.lease).await {
+            Ok(new) => {
+                if failing {
+                    tracing::info!("redis reachable again");
+                    failing = false;
+                }
+                if new {
+                    let _ = rejoin.send(());
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "redis heartbeat failed");
+                    failing = true;
+                }
+                continue;
+            }
+        }
+        if let Ok(dead) = log.dead_nodes().await {
+            for node in dead.into_iter().filter(|n| *n != shared.node) {
+                match log.reap(&node).await {
+                    Ok(rooms) => {
+                        tracing::info!(node = %node, rooms = rooms.len(), "dead node reaped")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "reaping a dead node failed")
+                    }
+                }
+            }
+        }
+        if last_check.elapsed() >= opts.check_every {
+            last_check = tokio::time::Instant::now();
+            if let Ok(epoch) = log.cluster_epoch().await
+                && epoch != shared.epoch
+            {
+                tracing::error!(epoch = %epoch, ours = %shared.epoch, "the cluster epoch changed: this node must restart to follow it");
+            }
+            if shared
+                .inbox
+                .notify(Input::CatchUp { room: None })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Retries a read until it succeeds or the broker stops (the engine waits for the
+/// answer before it asks again, so giving up would leave the room stuck).
+macro_rules! retrying {
+    ($shared:expr, $what:expr, $call:expr) => {{
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match $call {
+                Ok(v) => break Some(v),
+                Err(e) => {
+                    if $shared.stopping() {
+                        break None;
+                    }
+                    tracing::warn!(error = %e, what = $what, "redis read failed: retrying");
+                    $shared.pause(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }};
+}
+
+/// Answers [`ClusterRequest::FetchLog`]: the log after `after`, in chunks.
+async fn fetch_log(shared: Shared, room: RoomName, mut after: Seq) {
+    let mut log = shared.log.clone();
+    let max = shared.options.fetch_max.max(1);
+    let mut first = true;
+    loop {
+        let Some(read) = retrying!(
+            shared,
+            "log",
+            log.read_after(room.as_str(), after.0, max).await
+        ) else {
+            return;
+        };
+        let mut gap_before = None;
+        if first {
+            if let Some(e) = read.entries.first()
+                && e.seq > after.0 + 1
+            {
+                gap_before = Some(Seq(e.seq));
+            } else if read.entries.is_empty() && read.top > after.0 {
+                // Everything after `after` was trimmed away.
+                gap_before = Some(Seq(read.top + 1));
+            }
+            if read.top < after.0 {
+                tracing::error!(room = %room, top = read.top, seen = after.0, "the room's log is below a seq this node delivered (lost by redis)");
+            }
+        }
+        first = false;
+        let last = read.entries.last().map_or(after.0, |e| e.seq);
+        let more = read.entries.len() >= max && last < read.top;
+        let messages = read
+            .entries
+            .into_iter()
+            .map(|e| message(&room, e))
+            .collect();
+        let input = Input::RoomLog {
+            room: room.clone(),
+            messages,
+            gap_before,
+            fetched: !more,
+        };
+        if shared.inbox.answer(input).is_err() || !more {
+            return;
+        }
+        after = Seq(last);
+    }
+}
+
+/// Answers [`ClusterRequest::LoadRoom`].
+async fn load_room(shared: Shared, room: RoomName) {
+    let mut log = shared.log.clone();
+    let result = log
+        .read_latest(room.as_str(), shared.options.log.window)
+        .await;
+    let result = match result {
+        Ok(read) => {
+            let complete = read.entries.first().is_none_or(|e| e.seq <= 1);
+            Ok(LoadedRoom {
+                last_seq: Seq(read.top),
+                recent: read
+                    .entries
+                    .into_iter()
+                    .map(|e| message(&room, e))
+                    .collect(),
+                complete,
+                present: present(read.users),
+                pv: read.pv,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(room = %room, error = %e, "loading a room from redis failed");
+            Err(StoreError::Unavailable(format!("redis: {e}")))
+        }
+    };
+    let loaded = result.is_ok();
+    if shared
+        .inbox
+        .answer(Input::RoomLoaded {
+            room: room.clone(),
+            result,
+        })
+        .is_err()
+    {
+        return;
+    }
+    if loaded {
+        // Entries committed after the read whose doorbells came before the room was
+        // there: read them now.
+        let _ = shared.inbox.answer(Input::CatchUp { room: Some(room) });
+    }
+}
+
+/// Answers [`ClusterRequest::LoadHistory`] from the stream.
+async fn load_history(
+    shared: Shared,
+    ticket: u64,
+    room: RoomName,
+    before: Option<Seq>,
+    limit: usize,
+) {
+    let mut log = shared.log.clone();
+    let result = match log
+        .read_before(room.as_str(), before.map(|s| s.0), limit)
+        .await
+    {
+        Ok((entries, more)) => Ok((
+            entries.into_iter().map(|e| message(&room, e)).collect(),
+            more,
+        )),
+        Err(e) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+    };
+    let _ = shared.inbox.answer(Input::HistoryLoaded { ticket, result });
+}
+
+/// Answers [`ClusterRequest::FetchPresence`] (and refreshes after a re-subscription).
+async fn fetch_presence(shared: Shared, room: RoomName) {
+    let mut log = shared.log.clone();
+    let Some((pv, users)) = retrying!(shared, "presence", log.present(room.as_str()).await) else {
+        return;
+    };
+    let _ = shared.inbox.answer(Input::PresenceSnapshot {
+        room,
+        pv,
+        users: present(users),
+    });
+}
+
+fn present(users: Vec<(String, u64)>) -> Vec<UserName> {
+    users
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .filter_map(|(u, _)| user_name(&u))
+        .collect()
+}
+
+fn user_name(raw: &str) -> Option<UserName> {
+    let name = UserName::parse(raw, usize::MAX).ok();
+    if name.is_none() {
+        metrics::counter!(FOREIGN).increment(1);
+    }
+    name
+}
+
+fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// An entry of the log as the engine's message. An author that is not a valid name
+/// (someone else's write on our stream) is counted as foreign and shown as `unknown`: the
+/// entry keeps its seq, so no hole opens.
+fn message(room: &RoomName, e: Entry) -> Message {
+    let user =
+        user_name(&e.user).unwrap_or_else(|| UserName::parse("unknown", 16).expect("a valid name"));
+    Message {
+        room: room.clone(),
+        seq: Seq(e.seq),
+        ts: ts(e.ts_ms),
+        user,
+        body: e.body.into(),
+        client_id: e.client_id.map(ClientMsgId::from),
+    }
+}

@@ -1,0 +1,881 @@
+//! Cluster mode end to end (docs/CLUSTER.md): 2 and 3 real example-server processes on
+//! one real `redis-server`, real WebSocket clients and the real `chat-cli` binary on
+//! different servers in one room. Every client sees the same messages in the same order
+//! with no holes; presence lists agree; a client that reconnects to another server with
+//! `since` gets the exact suffix; an idempotent resend through another server is not
+//! posted twice; a server killed with SIGKILL has its users leave the others' presence
+//! within the stated bound (10 s) while its clients resume elsewhere without loss.
+//!
+//! The test command installs Debian's `redis-server`; without it these tests fail and say
+//! so.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+/// Upper bound for any one wait (not a speed assertion).
+const WAIT: Duration = Duration::from_secs(30);
+/// The stated bound for a killed server's users to leave the others' presence.
+const REAP_BOUND: Duration = Duration::from_secs(10);
+
+/// A `redis-server` on a free loopback port, its data in a temporary directory; killed
+/// (by its PID) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    aof: bool,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Self::start_with(false)
+    }
+
+    /// With `aof`: the durable profile (`appendonly yes`, `appendfsync always`).
+    fn start_with(aof: bool) -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Self::spawn(port, &dir, aof);
+        Redis {
+            child,
+            port,
+            dir,
+            aof,
+        }
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir, aof: bool) -> Child {
+        let appendonly = if aof { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args([
+                "--appendonly",
+                appendonly,
+                "--appendfsync",
+                "always",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (the test command installs Debian's redis-server)");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// SIGKILL, and a new redis-server on the same port and data (a crash and a
+    /// supervisor's restart).
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, &self.dir, self.aof);
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
+    /// `PUBLISH channel <payload>`, the payload through stdin (it may be large).
+    fn publish(&self, channel: &str, payload: &str) {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x", "PUBLISH", channel])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(payload.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An example server in cluster mode, flood control lifted.
+fn node(redis: &Redis) -> ServerProcess {
+    ServerProcess::start([
+        "--redis",
+        &redis.url(),
+        "--send-burst",
+        "100000",
+        "--send-rate",
+        "100000",
+    ])
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client that keeps what it saw of one room.
+struct Client {
+    name: String,
+    ws: Socket,
+    next_id: u64,
+    /// seq → (author, body), every message frame of the room (history and live).
+    seen: BTreeMap<u64, (String, String)>,
+    /// Message frames in arrival order (seqs), to check order and duplicates.
+    order: Vec<u64>,
+    /// The room's members as this client was shown them.
+    members: BTreeSet<String>,
+    /// client id → (seq, duplicate) of every ack.
+    acks: HashMap<String, (u64, bool)>,
+    /// Who left, in order.
+    left: Vec<String>,
+    /// `joined.gap` of the last join.
+    gap: bool,
+    /// Error frames: (request id, code).
+    errors: Vec<(u64, String)>,
+}
+
+impl Client {
+    async fn connect(addr: &str, name: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        let mut c = Client {
+            name: name.into(),
+            ws,
+            next_id: 1,
+            seen: BTreeMap::new(),
+            order: Vec::new(),
+            members: BTreeSet::new(),
+            acks: HashMap::new(),
+            left: Vec::new(),
+            gap: false,
+            errors: Vec::new(),
+        };
+        c.frame(json!({"type": "hello", "version": 1, "name": name, "rooms": []}))
+            .await;
+        let welcome = c.until(|f| f["type"] == "welcome").await;
+        assert_eq!(welcome["user"], name, "{welcome}");
+        c
+    }
+
+    async fn frame(&mut self, v: Value) {
+        self.ws
+            .send(Ws::text(v.to_string()))
+            .await
+            .expect("send a frame");
+    }
+
+    /// Joins `room` (with `since`); returns the `joined` frame.
+    async fn join(&mut self, room: &str, since: Option<u64>) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut f = json!({"type": "join", "id": id, "room": room});
+        if let Some(s) = since {
+            f["since"] = json!(s);
+        }
+        self.frame(f).await;
+        self.until(|f| f["type"] == "joined" || f["type"] == "error")
+            .await
+    }
+
+    /// Sends a message; returns the request id.
+    async fn send(&mut self, room: &str, body: &str, cid: &str) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.frame(json!({"type": "send", "id": id, "room": room, "body": body, "client_id": cid}))
+            .await;
+        id
+    }
+
+    /// Sends until acked: a `storage_unavailable` refusal is retried (same client id)
+    /// after a short pause, as a client does while Redis is away.
+    async fn send_until_acked(&mut self, room: &str, body: &str, cid: &str) -> (u64, bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let errors = self.errors.len();
+            let id = self.send(room, body, cid).await;
+            loop {
+                if let Some(a) = self.acks.get(cid) {
+                    return *a;
+                }
+                if let Some((_, code)) = self.errors[errors..].iter().find(|(i, _)| *i == id) {
+                    assert_eq!(code, "storage_unavailable", "{}", self.name);
+                    break;
+                }
+                assert!(
+                    self.next_before(deadline).await.is_some(),
+                    "{}: {cid} never acked",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reads frames (noting each) until one matches; fails the test after [`WAIT`].
+    async fn until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let f = self.next_before(deadline).await.unwrap_or_else(|| {
+                panic!(
+                    "{}: no matching frame in time; members {:?}, seqs {:?}",
+                    self.name, self.members, self.order
+                )
+            });
+            if pred(&f) {
+                return f;
+            }
+        }
+    }
+
+    /// Reads frames until `done(self)`; fails the test after `limit`.
+    async fn pump(&mut self, limit: Duration, what: &str, done: impl Fn(&Client) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(self) {
+            if self.next_before(deadline).await.is_none() {
+                panic!(
+                    "{}: {what} not within {limit:?}; members {:?}, left {:?}, {} messages, {} acks",
+                    self.name,
+                    self.members,
+                    self.left,
+                    self.seen.len(),
+                    self.acks.len()
+                );
+            }
+        }
+    }
+
+    /// The next frame, noted; `None` at the deadline.
+    async fn next_before(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            let msg = msg.expect("socket open").expect("socket ok");
+            let Ws::Text(text) = msg else { continue };
+            let f: Value = serde_json::from_str(&text).expect("JSON frame");
+            self.note(&f);
+            return Some(f);
+        }
+    }
+
+    fn note(&mut self, f: &Value) {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        match f["type"].as_str() {
+            Some("joined") => {
+                self.members = f["members"].as_array().unwrap().iter().map(&s).collect();
+                self.gap = f["gap"].as_bool().unwrap();
+                for m in f["messages"].as_array().unwrap() {
+                    self.message(m);
+                }
+            }
+            Some("message") => self.message(f),
+            Some("ack") => {
+                let cid = s(&f["client_id"]);
+                let seq = f["seq"].as_u64().unwrap();
+                let dup = f["duplicate"].as_bool().unwrap();
+                self.acks.insert(cid, (seq, dup));
+            }
+            Some("user_joined") => {
+                self.members.insert(s(&f["user"]));
+            }
+            Some("user_left") => {
+                self.members.remove(&s(&f["user"]));
+                self.left.push(s(&f["user"]));
+            }
+            Some("error") => self
+                .errors
+                .push((f["id"].as_u64().unwrap_or(0), s(&f["code"]))),
+            _ => {}
+        }
+    }
+
+    fn message(&mut self, m: &Value) {
+        let seq = m["seq"].as_u64().unwrap();
+        let entry = (
+            m["user"].as_str().unwrap().to_owned(),
+            m["body"].as_str().unwrap().to_owned(),
+        );
+        self.order.push(seq);
+        let prior = self.seen.insert(seq, entry.clone());
+        assert!(
+            prior.is_none(),
+            "{}: seq {seq} delivered twice ({entry:?})",
+            self.name
+        );
+    }
+
+    /// Every message seen, in seq order, after checking that they arrived in order and
+    /// with no hole from `from`.
+    fn history_from(&self, from: u64) -> Vec<(u64, String, String)> {
+        assert!(
+            self.errors.is_empty(),
+            "{}: errors {:?}",
+            self.name,
+            self.errors
+        );
+        let mut sorted = self.order.clone();
+        sorted.sort_unstable();
+        assert_eq!(self.order, sorted, "{}: messages out of order", self.name);
+        let seqs: Vec<u64> = self.seen.keys().copied().collect();
+        let expect: Vec<u64> = (from..from + seqs.len() as u64).collect();
+        assert_eq!(seqs, expect, "{}: a hole in the seqs", self.name);
+        self.seen
+            .iter()
+            .map(|(s, (u, b))| (*s, u.clone(), b.clone()))
+            .collect()
+    }
+}
+
+/// The `chat-cli` binary of this workspace (built here if the test run did not build it).
+fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let bin = dir.join(format!("chat-cli{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "chat-cli", "--bin", "chat-cli"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building chat-cli");
+    }
+    bin
+}
+
+/// Runs `chat-cli` against a server to completion; returns its stdout.
+async fn cli(addr: &str, name: &str, args: &[&str]) -> String {
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(cli_binary());
+    cmd.env("CHAT_URL", format!("ws://{addr}/ws"))
+        .env("CHAT_NAME", name)
+        .env("XDG_STATE_HOME", state.path())
+        .env_remove("CHAT_TOKEN")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("chat-cli runs");
+    let pid = child.id();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(|| child.wait_with_output()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("chat-cli {args:?} did not finish in time")
+    })
+    .expect("join")
+    .expect("chat-cli output");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(
+        out.status.success(),
+        "chat-cli {args:?}: {:?}, stdout {stdout:?}, stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+const ROOM: &str = "lobby";
+
+/// Sends `n` messages (`<name>-<i>`) without waiting, then waits for every ack.
+async fn burst(mut c: Client, from: usize, n: usize) -> Client {
+    for i in from..from + n {
+        let cid = format!("{}-{i}", c.name);
+        c.send(ROOM, &format!("{} says {i}", c.name), &cid).await;
+    }
+    let want: Vec<String> = (from..from + n)
+        .map(|i| format!("{}-{i}", c.name))
+        .collect();
+    c.pump(WAIT, "every ack", |c| {
+        want.iter().all(|w| c.acks.contains_key(w))
+    })
+    .await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_one_room_one_history() {
+    let redis = Redis::start();
+    let nodes: Vec<ServerProcess> = (0..3).map(|_| node(&redis)).collect();
+    let names = ["alice", "bob", "carol"];
+    let mut clients = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut c = Client::connect(&nodes[i].addr, name).await;
+        let joined = c.join(ROOM, None).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        clients.push(c);
+    }
+    // Presence agrees on every server: each sees all three.
+    let everyone: BTreeSet<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    for c in &mut clients {
+        let all = everyone.clone();
+        c.pump(WAIT, "all three present", move |c| c.members == all)
+            .await;
+    }
+
+    // All three post at once, each through its own server; the CLI posts through bob's.
+    const PER: usize = 40;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(burst(c, 0, PER)))
+        .collect();
+    let cli_out = cli(
+        &nodes[1].addr,
+        "dora",
+        &["send", "--room", ROOM, "hello from the cli"],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("burst task"));
+    }
+    let total = (3 * PER + 1) as u64;
+    let cli_seq: u64 = cli_out
+        .trim()
+        .strip_prefix("lobby#")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("chat-cli send prints lobby#SEQ: {cli_out:?}"));
+    assert!((1..=total).contains(&cli_seq), "{cli_out}");
+    for c in &mut clients {
+        c.pump(WAIT, "every message", |c| c.seen.len() as u64 == total)
+            .await;
+    }
+    let reference = clients[0].history_from(1);
+    for c in &clients {
+        assert_eq!(
+            c.history_from(1),
+            reference,
+            "{} saw another history",
+            c.name
+        );
+        // Each ack names the seq its message has everywhere, and none is a duplicate.
+        for (cid, (seq, dup)) in &c.acks {
+            assert!(!dup, "{cid}");
+            let (user, body) = &clients[0].seen[seq];
+            assert_eq!(user, &c.name);
+            assert!(
+                body.ends_with(cid.rsplit('-').next().unwrap()),
+                "{cid} → {body}"
+            );
+        }
+    }
+    assert_eq!(
+        reference[usize::try_from(cli_seq).unwrap() - 1].2,
+        "hello from the cli"
+    );
+    // The CLI on the third server prints the same history, in the same order.
+    let n = total.to_string();
+    let tail = cli(
+        &nodes[2].addr,
+        "erin",
+        &[
+            "tail",
+            "--room",
+            ROOM,
+            "--history",
+            &n,
+            "--count",
+            &n,
+            "--json",
+        ],
+    )
+    .await;
+    let printed: Vec<(u64, String, String)> = tail
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("JSON line");
+            (
+                v["seq"].as_u64().unwrap(),
+                v["user"].as_str().unwrap().to_owned(),
+                v["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(printed, reference, "chat-cli tail on the third server");
+
+    // Alice goes; bob and carol post on; alice comes back through carol's server with
+    // `since` and gets exactly what she missed.
+    let mut clients = clients.into_iter();
+    let alice = clients.next().unwrap();
+    let (bob, carol) = (clients.next().unwrap(), clients.next().unwrap());
+    let last = *alice.seen.keys().last().unwrap();
+    drop(alice);
+    let bob = burst(bob, PER, 5).await;
+    let carol = burst(carol, PER, 5).await;
+    let mut alice = Client::connect(&nodes[2].addr, "alice").await;
+    let joined = alice.join(ROOM, Some(last)).await;
+    assert_eq!(joined["gap"], false, "{joined}");
+    let suffix = alice.history_from(last + 1);
+    // Carol posted last, after waiting for her acks: she has seen all of it.
+    let mut expect_suffix: Vec<_> = carol.history_from(1);
+    expect_suffix.retain(|(s, _, _)| *s > last);
+    assert_eq!(
+        suffix, expect_suffix,
+        "resume on another server: the exact suffix"
+    );
+    assert_eq!(suffix.len(), 10);
+
+    // An idempotent resend of one of alice's acked messages, through carol's server:
+    // acked again as a duplicate with its seq, posted to nobody.
+    let (first_seq, _) = bob.acks.get("bob-0").copied().unwrap();
+    let alice_seq = reference
+        .iter()
+        .find(|(_, u, b)| u == "alice" && b == "alice says 0")
+        .unwrap()
+        .0;
+    assert!(first_seq > 0);
+    alice.send(ROOM, "alice says 0", "alice-0").await;
+    let ack = alice.until(|f| f["type"] == "ack").await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["duplicate"].as_bool()),
+        (Some(alice_seq), Some(true)),
+        "{ack}"
+    );
+    // A fresh post after it is the next seq: the resend took none.
+    let mut bob = bob;
+    bob.send(ROOM, "after the resend", "bob-after").await;
+    bob.pump(WAIT, "ack", |c| c.acks.contains_key("bob-after"))
+        .await;
+    let next = bob.acks["bob-after"].0;
+    assert_eq!(next, total + 11, "no seq was taken by the duplicate");
+    alice
+        .pump(WAIT, "the fresh post", |c| c.seen.contains_key(&next))
+        .await;
+    let mut carol = carol;
+    carol
+        .pump(WAIT, "the fresh post", |c| c.seen.contains_key(&next))
+        .await;
+    assert_eq!(carol.seen.len() as u64, next, "carol saw no duplicate");
+    drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_s_users_leave_and_its_clients_resume_elsewhere() {
+    let redis = Redis::start();
+    let mut doomed = node(&redis);
+    let survivor = node(&redis);
+    let mut bob = Client::connect(&survivor.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let mut alice = Client::connect(&doomed.addr, "alice").await;
+    alice.join(ROOM, None).await;
+    let mut dave = Client::connect(&doomed.addr, "dave").await;
+    dave.join(ROOM, None).await;
+    let all: BTreeSet<String> = ["alice", "bob", "dave"].map(String::from).into();
+    let want = all.clone();
+    bob.pump(WAIT, "alice and dave present", move |c| c.members == want)
+        .await;
+    let alice = burst(alice, 0, 20).await;
+    let bob = burst(bob, 0, 20).await;
+    let mut alice = alice;
+    alice.pump(WAIT, "all 40", |c| c.seen.len() == 40).await;
+    // Sent but (maybe) not acked when the server dies: resent after the move.
+    for i in 20..25 {
+        alice
+            .send(ROOM, &format!("alice says {i}"), &format!("alice-{i}"))
+            .await;
+    }
+    doomed.crash();
+    let killed = Instant::now();
+    let last = *alice.seen.keys().last().unwrap();
+    drop(alice);
+    drop(dave);
+
+    // Alice moves to the survivor at once, resumes after what she saw, and resends.
+    let mut alice = Client::connect(&survivor.addr, "alice").await;
+    let joined = alice.join(ROOM, Some(last)).await;
+    assert_eq!(joined["gap"], false, "{joined}");
+    let alice = burst(alice, 20, 5).await;
+    let mut bob = bob;
+    // Dave is gone within the bound; alice, who moved, never left.
+    bob.pump(
+        REAP_BOUND + Duration::from_secs(1),
+        "dave's departure",
+        |c| c.left.contains(&"dave".to_owned()),
+    )
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took <= REAP_BOUND,
+        "a killed server's user left after {took:?}"
+    );
+    assert!(
+        !bob.left.contains(&"alice".to_owned()),
+        "alice moved servers and must not flap: {:?}",
+        bob.left
+    );
+    let members: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
+    assert_eq!(bob.members, members);
+
+    // No message lost, none twice: 45 posts, seqs 1..=45, the same for both.
+    let mut alice = alice;
+    bob.pump(WAIT, "all 45", |c| c.seen.len() == 45).await;
+    alice
+        .pump(WAIT, "all 45", |c| c.seen.keys().last() == Some(&45))
+        .await;
+    let history = bob.history_from(1);
+    let mut bodies: Vec<&str> = history.iter().map(|(_, _, b)| b.as_str()).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 45, "every post exactly once");
+    assert_eq!(
+        alice.history_from(last + 1),
+        history[usize::try_from(last).unwrap()..]
+    );
+    drop(survivor);
+}
+
+/// GET over a plain socket; the whole answer as text.
+async fn get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
+
+/// The value of one sample line (`name value`), 0 when absent.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Two servers, alice on the first and bob on the second, both in the room and seeing
+/// each other.
+async fn pair(redis: &Redis) -> (ServerProcess, ServerProcess, Client, Client) {
+    let a = node(redis);
+    let b = node(redis);
+    let mut alice = Client::connect(&a.addr, "alice").await;
+    alice.join(ROOM, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
+    for c in [&mut alice, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    (a, b, alice, bob)
+}
+
+#[test]
+fn redis_unreachable_at_start_is_a_clear_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    // Nothing listens there now.
+    let out = Command::new(common::server_binary())
+        .args(["--addr", "127.0.0.1:0", "--log", "warn", "--redis"])
+        .arg(format!("redis://127.0.0.1:{port}/"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the example server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("connecting to redis at redis://127.0.0.1:{port}/")),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it must not serve"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_payloads_are_counted_and_reach_no_client() {
+    let redis = Redis::start();
+    let (a, _b, mut alice, mut bob) = pair(&redis).await;
+    let before = sample(
+        &get(&a.addr, "/metrics").await,
+        "chat_cluster_foreign_payloads_total",
+    );
+    let channel = "chat:{lobby}";
+    let huge = "m".repeat(300 * 1024);
+    for junk in [
+        "hello",
+        "m|not-an-epoch|1|2|3|4|xyz",
+        "p|1|?|0|mallory",
+        &huge,
+    ] {
+        redis.publish(channel, junk);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = sample(
+            &get(&a.addr, "/metrics").await,
+            "chat_cluster_foreign_payloads_total",
+        );
+        if n >= before + 4.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "foreign payloads counted: {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The room still works, and nobody saw anything of it.
+    let _ = alice.send_until_acked(ROOM, "still here", "alice-1").await;
+    bob.pump(WAIT, "alice's post", |c| c.seen.len() == 1).await;
+    assert_eq!(
+        bob.history_from(1),
+        vec![(1, "alice".into(), "still here".into())]
+    );
+    assert_eq!(bob.members.len(), 2, "{:?}", bob.members);
+    // A cluster server stops cleanly on SIGTERM, as a single one does.
+    a.signal("-TERM");
+    let status = a.wait();
+    assert!(status.success(), "graceful exit, got {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_refuses_sends_keeps_reads_and_heals() {
+    let redis = Redis::start();
+    let (a, _b, alice, bob) = pair(&redis).await;
+    let mut alice = burst(alice, 0, 5).await;
+    let mut bob = bob;
+    bob.pump(WAIT, "5 posts", |c| c.seen.len() == 5).await;
+
+    redis.signal("-STOP");
+    // A send is refused with the retryable code, not acked.
+    let id = alice.send(ROOM, "alice says 5", "alice-5").await;
+    let refused = alice
+        .until(|f| f["type"] == "error" || f["type"] == "ack")
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "storage_unavailable", "{refused}");
+    assert_eq!(refused["id"], id);
+    alice.errors.clear();
+    // Reads keep working from what the server has: a new client on alice's server gets
+    // the room's history while Redis is still stopped.
+    let mut carol = Client::connect(&a.addr, "carol").await;
+    let joined = carol.join(ROOM, None).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(carol.seen.len(), 5);
+    redis.signal("-CONT");
+
+    // Healed: the refused post, resent with its client id, is posted once (it may have
+    // run when Redis woke up: then it is acked as a duplicate), and new posts flow.
+    let (seq5, _) = alice
+        .send_until_acked(ROOM, "alice says 5", "alice-5")
+        .await;
+    assert_eq!(seq5, 6);
+    let (seq6, dup) = bob.send_until_acked(ROOM, "bob after", "bob-after").await;
+    assert_eq!((seq6, dup), (7, false));
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.pump(WAIT, "all 7", |c| c.seen.len() == 7).await;
+    }
+    let h = alice.history_from(1);
+    assert_eq!(bob.history_from(1), h);
+    assert_eq!(carol.history_from(1), h);
+    // Presence healed too: carol, who joined while Redis slept, is seen by bob.
+    let all: BTreeSet<String> = ["alice", "bob", "carol"].map(String::from).into();
+    bob.pump(WAIT, "carol present", move |c| c.members == all)
+        .await;
+    assert!(bob.left.is_empty(), "nobody flapped: {:?}", bob.left);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_its_aof_heals_without_loss() {
+    let mut redis = Redis::start_with(true);
+    let (_a, _b, alice, bob) = pair(&redis).await;
+    let mut alice = burst(alice, 0, 5).await;
+    let mut bob = burst(bob, 0, 5).await;
+    redis.restart();
+    // The scripts are gone from the new Redis (NOSCRIPT), the connections and the
+    // subscriptions must be made again: all by themselves.
+    for i in 5..10 {
+        alice
+            .send_until_acked(ROOM, &format!("alice says {i}"), &format!("alice-{i}"))
+            .await;
+        bob.send_until_acked(ROOM, &format!("bob says {i}"), &format!("bob-{i}"))
+            .await;
+    }
+    alice.errors.clear();
+    bob.errors.clear();
+    for c in [&mut alice, &mut bob] {
+        c.pump(WAIT, "all 20", |c| c.seen.len() == 20).await;
+    }
+    let h = alice.history_from(1);
+    assert_eq!(bob.history_from(1), h);
+    let mut bodies: Vec<&str> = h.iter().map(|(_, _, b)| b.as_str()).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 20, "every post exactly once");
+    assert!(alice.left.is_empty() && bob.left.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_beyond_the_window_is_read_from_redis() {
+    let redis = Redis::start();
+    let (_a, b, alice, _bob) = pair(&redis).await;
+    // 1010 posts: the servers' windows (1000) start at seq 11.
+    let _alice = burst(alice, 0, 1010).await;
+    let mut carol = Client::connect(&b.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    carol
+        .frame(json!({"type": "history", "id": 99, "room": ROOM, "before": 11, "limit": 10}))
+        .await;
+    let page = carol.until(|f| f["type"] == "history").await;
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{page}");
+    assert_eq!(page["messages"][0]["body"], "alice says 0");
+    assert_eq!(page["has_more"], false);
+}
