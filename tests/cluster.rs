@@ -168,10 +168,34 @@ struct Client {
     gap: bool,
     /// Error frames: (request id, code).
     errors: Vec<(u64, String)>,
+    /// The token from `welcome`: the same user's proof on any server.
+    token: String,
 }
 
 impl Client {
     async fn connect(addr: &str, name: &str) -> Client {
+        Client::connect_as(addr, name, None).await
+    }
+
+    /// Connects as `name`, with the token of an earlier session of this user (a client
+    /// that moves servers keeps its token, as the page and chat-cli do).
+    async fn connect_as(addr: &str, name: &str, token: Option<&str>) -> Client {
+        let mut c = Client::open(addr, name).await;
+        let mut hello = json!({"type": "hello", "version": 1, "name": name, "rooms": []});
+        if let Some(t) = token {
+            hello["token"] = json!(t);
+        }
+        c.frame(hello).await;
+        let welcome = c
+            .until(|f| f["type"] == "welcome" || f["type"] == "error")
+            .await;
+        assert_eq!(welcome["user"], name, "{welcome}");
+        c.token = welcome["token"].as_str().expect("a token").to_owned();
+        c
+    }
+
+    /// A WebSocket to `addr`, before any hello.
+    async fn open(addr: &str, name: &str) -> Client {
         let (ws, _) = tokio::time::timeout(
             WAIT,
             tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
@@ -179,7 +203,7 @@ impl Client {
         .await
         .expect("connects in time")
         .expect("connects");
-        let mut c = Client {
+        Client {
             name: name.into(),
             ws,
             next_id: 1,
@@ -190,12 +214,8 @@ impl Client {
             left: Vec::new(),
             gap: false,
             errors: Vec::new(),
-        };
-        c.frame(json!({"type": "hello", "version": 1, "name": name, "rooms": []}))
-            .await;
-        let welcome = c.until(|f| f["type"] == "welcome").await;
-        assert_eq!(welcome["user"], name, "{welcome}");
-        c
+            token: String::new(),
+        }
     }
 
     async fn frame(&mut self, v: Value) {
@@ -281,6 +301,22 @@ impl Client {
                     self.seen.len(),
                     self.acks.len()
                 );
+            }
+        }
+    }
+
+    /// Reads until the server closes the socket: the close code, or `None` if it did
+    /// not close within `limit`.
+    async fn closed_within(&mut self, limit: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Ws::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
             }
         }
     }
@@ -547,10 +583,11 @@ async fn three_servers_one_room_one_history() {
     let alice = clients.next().unwrap();
     let (bob, carol) = (clients.next().unwrap(), clients.next().unwrap());
     let last = *alice.seen.keys().last().unwrap();
+    let token = alice.token.clone();
     drop(alice);
     let bob = burst(bob, PER, 5).await;
     let carol = burst(carol, PER, 5).await;
-    let mut alice = Client::connect(&nodes[2].addr, "alice").await;
+    let mut alice = Client::connect_as(&nodes[2].addr, "alice", Some(&token)).await;
     let joined = alice.join(ROOM, Some(last)).await;
     assert_eq!(joined["gap"], false, "{joined}");
     let suffix = alice.history_from(last + 1);
@@ -625,11 +662,13 @@ async fn a_killed_server_s_users_leave_and_its_clients_resume_elsewhere() {
     doomed.crash();
     let killed = Instant::now();
     let last = *alice.seen.keys().last().unwrap();
+    let token = alice.token.clone();
     drop(alice);
     drop(dave);
 
-    // Alice moves to the survivor at once, resumes after what she saw, and resends.
-    let mut alice = Client::connect(&survivor.addr, "alice").await;
+    // Alice moves to the survivor at once (with her token: her name is still held for
+    // her over the cluster), resumes after what she saw, and resends.
+    let mut alice = Client::connect_as(&survivor.addr, "alice", Some(&token)).await;
     let joined = alice.join(ROOM, Some(last)).await;
     assert_eq!(joined["gap"], false, "{joined}");
     let alice = burst(alice, 20, 5).await;
@@ -878,4 +917,83 @@ async fn history_beyond_the_window_is_read_from_redis() {
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{page}");
     assert_eq!(page["messages"][0]["body"], "alice says 0");
     assert_eq!(page["has_more"], false);
+}
+
+/// Anonymous names are one user's over all servers: a stranger is refused a name held on
+/// another server (and a look-alike of it), the user itself is welcomed there with its
+/// token; a name let go is free again for anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_held_over_servers() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let alice = Client::connect(&a.addr, "alice").await;
+    let mut stranger = Client::open(&b.addr, "stranger").await;
+    for name in ["alice", "ALICE", "\u{430}lice"] {
+        stranger
+            .frame(json!({"type": "hello", "version": 1, "id": 1, "name": name}))
+            .await;
+        let refused = stranger.until(|f| f["type"] == "error").await;
+        assert_eq!(refused["code"], "name_taken", "{name}: {refused}");
+    }
+    // Her second tab, on the other server, is her.
+    let second = Client::connect_as(&b.addr, "alice", Some(&alice.token)).await;
+    assert_eq!(second.token, alice.token);
+    drop(a);
+    drop(b);
+}
+
+/// Redis lost everything (FLUSHALL): every server follows the new cluster epoch within
+/// seconds, closing its clients with 1012; a client that reconnects sees the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_makes_a_new_epoch_and_every_client_resyncs() {
+    let redis = Redis::start();
+    let (a, b, mut alice, mut bob) = pair(&redis).await;
+    let old = {
+        let mut c = Client::open(&a.addr, "probe").await;
+        c.frame(json!({"type": "hello", "version": 1, "name": "probe", "rooms": []}))
+            .await;
+        c.until(|f| f["type"] == "welcome").await["epoch"].clone()
+    };
+    alice
+        .send_until_acked(ROOM, "before the flush", "a-1")
+        .await;
+    let status = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli runs");
+    assert!(status.success());
+    for c in [&mut alice, &mut bob] {
+        let code = c.closed_within(Duration::from_secs(5)).await;
+        assert_eq!(code, Some(1012), "{} is told to reconnect", c.name);
+    }
+    let new = {
+        let mut c = Client::open(&a.addr, "probe2").await;
+        c.frame(json!({"type": "hello", "version": 1, "name": "probe2", "rooms": []}))
+            .await;
+        c.until(|f| f["type"] == "welcome").await["epoch"].clone()
+    };
+    assert_ne!(old, new, "a new epoch after the flush");
+    drop((a, b));
+}
+
+/// Typing crosses servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_crosses_servers() {
+    let redis = Redis::start();
+    let (a, b, mut alice, mut bob) = pair(&redis).await;
+    alice
+        .frame(json!({"type": "typing", "room": ROOM, "active": true}))
+        .await;
+    let t = bob.until(|f| f["type"] == "typing").await;
+    assert_eq!(
+        (t["user"].as_str(), t["active"].as_bool()),
+        (Some("alice"), Some(true))
+    );
+    alice
+        .frame(json!({"type": "typing", "room": ROOM, "active": false}))
+        .await;
+    let t = bob.until(|f| f["type"] == "typing").await;
+    assert_eq!(t["active"], false);
+    drop((a, b));
 }

@@ -56,6 +56,9 @@ pub struct BrokerOptions {
     pub max_batch: usize,
     /// Entries read from a room's log per call.
     pub fetch_max: usize,
+    /// An anonymous name this node holds is reserved for this long and renewed every
+    /// third of it; after the node dies (or lets it go) it is free again within it.
+    pub name_lease: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -68,6 +71,7 @@ impl Default for BrokerOptions {
             check_every: Duration::from_secs(10),
             max_batch: 256,
             fetch_max: 1000,
+            name_lease: Duration::from_secs(30),
         }
     }
 }
@@ -169,9 +173,11 @@ impl Broker for RedisBroker {
         };
         let rooms = Rooms::default();
         let (rejoin_tx, rejoin) = mpsc::unbounded_channel();
+        let (typing_tx, typing) = mpsc::unbounded_channel();
         let shared = Shared {
             node: self.node.clone(),
-            epoch: self.epoch.clone(),
+            epoch: Arc::new(Mutex::new(self.epoch.clone())),
+            names: Arc::default(),
             log: self.log.clone(),
             inbox,
             rooms: rooms.clone(),
@@ -187,10 +193,12 @@ impl Broker for RedisBroker {
             presence: BTreeMap::new(),
             dirty: BTreeSet::new(),
             presence_busy: false,
+            typing: typing_tx,
         };
         let mut tasks = self.tasks.lock().expect("not poisoned");
         tasks.push(tokio::spawn(worker.run(requests, rejoin)));
         tasks.push(tokio::spawn(bells_task(shared.clone(), bells)));
+        tasks.push(tokio::spawn(typing_task(shared.clone(), typing)));
         tasks.push(tokio::spawn(heartbeat_task(shared, rejoin_tx)));
     }
 
@@ -254,7 +262,10 @@ impl Rooms {
 #[derive(Clone)]
 struct Shared {
     node: String,
-    epoch: Epoch,
+    /// The cluster epoch this node runs under (it follows Redis' when that changes).
+    epoch: Arc<Mutex<Epoch>>,
+    /// Anonymous names this node holds: key → holder, renewed by the heartbeat task.
+    names: Arc<Mutex<HashMap<String, String>>>,
     log: RedisLog,
     inbox: BrokerInbox,
     rooms: Rooms,
@@ -265,6 +276,39 @@ struct Shared {
 impl Shared {
     fn stopping(&self) -> bool {
         *self.stop.borrow()
+    }
+
+    fn epoch(&self) -> Epoch {
+        self.epoch.lock().expect("not poisoned").clone()
+    }
+
+    /// Follows the cluster to `epoch` if this node runs under another: the engine then
+    /// closes every session (1012) and reads its rooms from the log again.
+    async fn follow(&self, epoch: Epoch) {
+        {
+            let mut ours = self.epoch.lock().expect("not poisoned");
+            if *ours == epoch {
+                return;
+            }
+            tracing::warn!(old = %ours, new = %epoch, "the cluster epoch changed: this node's clients reconnect under the new one");
+            *ours = epoch.clone();
+        }
+        let _ = self
+            .inbox
+            .notify(Input::EpochChanged {
+                epoch: epoch.as_str().to_owned(),
+            })
+            .await;
+    }
+
+    /// The log lost entries this node had seen: one new epoch for the cluster (another
+    /// node may have made it already), followed here.
+    async fn regressed(&self) {
+        let mut log = self.log.clone();
+        match log.replace_epoch(&self.epoch()).await {
+            Ok(epoch) => self.follow(epoch).await,
+            Err(e) => tracing::warn!(error = %e, "replacing the cluster epoch failed"),
+        }
     }
 
     /// Waits `d`, or less if the broker stops meanwhile.
@@ -301,6 +345,8 @@ struct Worker {
     /// Entries of `presence` Redis does not have yet.
     dirty: BTreeSet<(RoomName, UserKey)>,
     presence_busy: bool,
+    /// Typing indicators to publish, in order.
+    typing: mpsc::UnboundedSender<(RoomName, UserName, bool)>,
 }
 
 impl Worker {
@@ -430,6 +476,30 @@ impl Worker {
                     limit,
                 ));
             }
+            ClusterRequest::ClaimName {
+                session,
+                key,
+                holder,
+            } => {
+                // Held from now (a release that comes before the answer takes it back).
+                self.shared
+                    .names
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(key.clone(), holder.clone());
+                tokio::spawn(claim_name(self.shared.clone(), session, key, holder));
+            }
+            ClusterRequest::ReleaseName { key } => {
+                self.shared.names.lock().expect("not poisoned").remove(&key);
+            }
+            ClusterRequest::LogRegressed { room, seq } => {
+                tracing::error!(room = %room, seq = seq.0, "the log handed out a delivered seq again: it lost entries");
+                let shared = self.shared.clone();
+                tokio::spawn(async move { shared.regressed().await });
+            }
+            ClusterRequest::Typing { room, user, active } => {
+                let _ = self.typing.send((room, user, active));
+            }
             other => tracing::error!(request = ?other, "cluster request this broker does not know"),
         }
     }
@@ -447,7 +517,8 @@ impl Worker {
         let batch: Vec<PendingAppend> = queue.drain(..n).collect();
         self.committing.insert(room.clone());
         let mut log = self.shared.log.clone();
-        let epoch = self.shared.epoch.clone();
+        let epoch = self.shared.epoch();
+        let shared = self.shared.clone();
         self.batches.push(Box::pin(async move {
             let posts: Vec<Post<'_>> = batch
                 .iter()
@@ -465,6 +536,8 @@ impl Worker {
                             r.map_err(|e| {
                                 if let Error::StaleEpoch(newer) = &e {
                                     tracing::error!(room = %room, newer = %newer, "the cluster epoch changed under this node");
+                                    let (shared, newer) = (shared.clone(), newer.clone());
+                                    tokio::spawn(async move { shared.follow(newer).await });
                                 }
                                 StoreError::Unavailable(format!("redis: {e}"))
                             })
@@ -589,9 +662,11 @@ async fn bells_task(shared: Shared, mut bells: mpsc::Receiver<Bell>) {
                 };
                 match doorbell {
                     Doorbell::Message { epoch, entry } => {
-                        if epoch != shared.epoch {
-                            // Seqs of another epoch do not compare with ours.
-                            tracing::warn!(room = %room, epoch = %epoch, ours = %shared.epoch, "doorbell of another cluster epoch skipped");
+                        let ours = shared.epoch();
+                        if epoch != ours {
+                            // Seqs of another epoch do not compare with ours (the
+                            // heartbeat's check follows a newer one).
+                            tracing::warn!(room = %room, epoch = %epoch, ours = %ours, "doorbell of another cluster epoch skipped");
                             continue;
                         }
                         Input::RoomLog {
@@ -599,6 +674,19 @@ async fn bells_task(shared: Shared, mut bells: mpsc::Receiver<Bell>) {
                             room: name,
                             gap_before: None,
                             fetched: false,
+                        }
+                    }
+                    Doorbell::Typing { node, active, user } => {
+                        if node == shared.node {
+                            continue;
+                        }
+                        let Some(user) = user_name(&user) else {
+                            continue;
+                        };
+                        Input::Typing {
+                            room: name,
+                            user,
+                            active,
                         }
                     }
                     Doorbell::Presence {
@@ -661,6 +749,7 @@ async fn heartbeat_task(shared: Shared, rejoin: mpsc::UnboundedSender<()>) {
     let mut tick = tokio::time::interval(opts.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_check = tokio::time::Instant::now();
+    let mut last_names = tokio::time::Instant::now();
     let mut failing = false;
     let mut stop = shared.stop.clone();
     loop {
@@ -698,13 +787,17 @@ async fn heartbeat_task(shared: Shared, rejoin: mpsc::UnboundedSender<()>) {
                 }
             }
         }
+        // Every beat: a flushed or replaced epoch is followed within a second (reading
+        // it makes a new one if Redis lost it).
+        if let Ok(epoch) = log.cluster_epoch().await {
+            shared.follow(epoch).await;
+        }
+        if last_names.elapsed() >= opts.name_lease / 3 {
+            last_names = tokio::time::Instant::now();
+            renew_names(&shared, &mut log).await;
+        }
         if last_check.elapsed() >= opts.check_every {
             last_check = tokio::time::Instant::now();
-            if let Ok(epoch) = log.cluster_epoch().await
-                && epoch != shared.epoch
-            {
-                tracing::error!(epoch = %epoch, ours = %shared.epoch, "the cluster epoch changed: this node must restart to follow it");
-            }
             if shared
                 .inbox
                 .notify(Input::CatchUp { room: None })
@@ -763,6 +856,7 @@ async fn fetch_log(shared: Shared, room: RoomName, mut after: Seq) {
             }
             if read.top < after.0 {
                 tracing::error!(room = %room, top = read.top, seen = after.0, "the room's log is below a seq this node delivered (lost by redis)");
+                shared.regressed().await;
             }
         }
         first = false;
@@ -783,6 +877,69 @@ async fn fetch_log(shared: Shared, room: RoomName, mut after: Seq) {
             return;
         }
         after = Seq(last);
+    }
+}
+
+/// Answers [`ClusterRequest::ClaimName`]; a name not had is no longer held here.
+async fn claim_name(shared: Shared, session: chat_core::SessionId, key: String, holder: String) {
+    let mut log = shared.log.clone();
+    let result = log
+        .claim_name(&key, &holder, shared.options.name_lease)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("redis: {e}")));
+    if !matches!(result, Ok(true)) {
+        let mut names = shared.names.lock().expect("not poisoned");
+        if names.get(&key) == Some(&holder) {
+            names.remove(&key);
+        }
+    }
+    let _ = shared.inbox.answer(Input::NameClaimed { session, result });
+}
+
+/// Renews every name this node holds (one call each).
+async fn renew_names(shared: &Shared, log: &mut RedisLog) {
+    let held: Vec<(String, String)> = shared
+        .names
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(k, h)| (k.clone(), h.clone()))
+        .collect();
+    for (key, holder) in held {
+        match log
+            .claim_name(&key, &holder, shared.options.name_lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(key = %key, "a name this node holds was taken by another holder (its reservation lapsed)");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing names failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes this node's typing indicators, in order (at most once: a failure drops it).
+async fn typing_task(
+    shared: Shared,
+    mut typing: mpsc::UnboundedReceiver<(RoomName, UserName, bool)>,
+) {
+    let mut log = shared.log.clone();
+    let mut stop = shared.stop.clone();
+    loop {
+        let (room, user, active) = tokio::select! {
+            t = typing.recv() => match t { Some(t) => t, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Err(e) = log
+            .publish_typing(room.as_str(), &shared.node, user.as_str(), active)
+            .await
+        {
+            tracing::debug!(error = %e, "a typing indicator was not published");
+        }
     }
 }
 

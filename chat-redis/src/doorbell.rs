@@ -29,6 +29,15 @@ pub enum Doorbell {
         /// Who.
         user: String,
     },
+    /// A typing indicator of another node's user (at most once, never stored).
+    Typing {
+        /// The node that published it.
+        node: String,
+        /// Typing, or stopped.
+        active: bool,
+        /// Who.
+        user: String,
+    },
 }
 
 /// Why a payload on our channel is not one of our doorbells.
@@ -56,6 +65,7 @@ impl Doorbell {
         match s.as_bytes().first() {
             Some(b'm') => message(s),
             Some(b'p') => presence(s),
+            Some(b't') => typing(s),
             _ => Err(Foreign::Malformed("unknown kind")),
         }
     }
@@ -125,6 +135,29 @@ fn presence(s: &str) -> Result<Doorbell, Foreign> {
         pv: number(pv)?,
         joined,
         ts_ms: number(ts)?,
+        user: user.to_owned(),
+    })
+}
+
+/// `t|<node>|<1 or 0>|<user>`
+fn typing(s: &str) -> Result<Doorbell, Foreign> {
+    let mut parts = s.splitn(4, '|');
+    let (Some("t"), Some(node), Some(active), Some(user)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Foreign::Malformed("typing fields"));
+    };
+    let active = match active {
+        "1" => true,
+        "0" => false,
+        _ => return Err(Foreign::Malformed("typing flag")),
+    };
+    if node.is_empty() || user.is_empty() {
+        return Err(Foreign::Malformed("empty node or user"));
+    }
+    Ok(Doorbell::Typing {
+        node: node.to_owned(),
+        active,
         user: user.to_owned(),
     })
 }

@@ -797,6 +797,27 @@ impl RedisLog {
 }
 
 impl RedisLog {
+    /// Publishes a typing indicator of `user` on `room`'s channel for the other nodes
+    /// (at most once, never stored); `node` is the publisher, which skips its own.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn publish_typing(
+        &mut self,
+        room: &str,
+        node: &str,
+        user: &str,
+        active: bool,
+    ) -> Result<(), Error> {
+        let payload = format!("t|{node}|{}|{user}", u8::from(active));
+        redis::cmd("PUBLISH")
+            .arg(self.keys.channel(room))
+            .arg(payload)
+            .exec_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
     /// Publishes a liveness probe on a node's own channel (see [`Subscriber`]).
     pub(crate) async fn publish_probe(&mut self, channel: &str, nonce: u64) -> Result<(), Error> {
         redis::cmd("PUBLISH")

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::{Cmd, HubClosed};
-use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
+use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserName};
 use crate::server::{Input, Output};
 
 /// What the engine asks of the shared log; each is answered (where it has an answer)
@@ -80,6 +80,40 @@ pub enum ClusterRequest {
         /// Page size.
         limit: usize,
     },
+    /// Reserve an anonymous name over all servers for `holder` and keep it reserved
+    /// until [`ClusterRequest::ReleaseName`]; answer [`Input::NameClaimed`].
+    ClaimName {
+        /// The session that said hello (echo in the answer).
+        session: SessionId,
+        /// The reservation's key (the name's look-alike skeleton).
+        key: String,
+        /// Who holds it (a hash of the user's token and name).
+        holder: String,
+    },
+    /// Stop keeping the name reserved (let it expire: another server may hold it for
+    /// the same holder).
+    ReleaseName {
+        /// The reservation's key.
+        key: String,
+    },
+    /// The log handed out a seq already delivered as another message: it lost entries.
+    /// Replace the cluster epoch; every hub then gets [`Input::EpochChanged`].
+    LogRegressed {
+        /// The room where it was seen.
+        room: RoomName,
+        /// The seq handed out again.
+        seq: Seq,
+    },
+    /// A user here typing or stopped: tell the other servers (at most once); theirs
+    /// come back as [`Input::Typing`].
+    Typing {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        user: UserName,
+        /// Typing, or stopped.
+        active: bool,
+    },
 }
 
 impl ClusterRequest {
@@ -112,6 +146,19 @@ impl ClusterRequest {
                 entered,
             },
             Output::FetchPresence { room } => ClusterRequest::FetchPresence { room },
+            Output::ClaimName {
+                session,
+                key,
+                holder,
+                ..
+            } => ClusterRequest::ClaimName {
+                session,
+                key,
+                holder,
+            },
+            Output::ReleaseName { key } => ClusterRequest::ReleaseName { key },
+            Output::LogRegressed { room, seq } => ClusterRequest::LogRegressed { room, seq },
+            Output::Typing { room, user, active } => ClusterRequest::Typing { room, user, active },
             other => return Err(other),
         })
     }

@@ -272,6 +272,12 @@ impl Hub {
             core.secret = cluster.as_ref().map_or(random, |b| b.secret());
         }
         core.cluster = cluster.is_some();
+        if core.cluster && core.node == 0 {
+            // Salts anonymous tokens: two servers never mint the same one.
+            let mut node = [0u8; 8];
+            getrandom::fill(&mut node).map_err(|e| SpawnError::NoRandomness(e.to_string()))?;
+            core.node = u64::from_le_bytes(node).max(1);
+        }
         core.durable = store.is_some();
         let restored = match &store {
             Some(store) => {
