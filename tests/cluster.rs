@@ -461,19 +461,22 @@ async fn cli(addr: &str, name: &str, args: &[&str]) -> String {
 
 const ROOM: &str = "lobby";
 
-/// Sends `n` messages (`<name>-<i>`) without waiting, then waits for every ack.
+/// Sends `n` messages (`<name>-<i>`), up to 100 without waiting (the server's queue
+/// toward a client that does not read holds 1024 frames), and waits for every ack.
 async fn burst(mut c: Client, from: usize, n: usize) -> Client {
-    for i in from..from + n {
-        let cid = format!("{}-{i}", c.name);
-        c.send(ROOM, &format!("{} says {i}", c.name), &cid).await;
+    let end = from + n;
+    for start in (from..end).step_by(100) {
+        let chunk = start..(start + 100).min(end);
+        for i in chunk.clone() {
+            let cid = format!("{}-{i}", c.name);
+            c.send(ROOM, &format!("{} says {i}", c.name), &cid).await;
+        }
+        let want: Vec<String> = chunk.map(|i| format!("{}-{i}", c.name)).collect();
+        c.pump(WAIT, "every ack", |c| {
+            want.iter().all(|w| c.acks.contains_key(w))
+        })
+        .await;
     }
-    let want: Vec<String> = (from..from + n)
-        .map(|i| format!("{}-{i}", c.name))
-        .collect();
-    c.pump(WAIT, "every ack", |c| {
-        want.iter().all(|w| c.acks.contains_key(w))
-    })
-    .await;
     c
 }
 
@@ -921,7 +924,7 @@ async fn history_beyond_the_window_is_read_from_redis() {
 
 /// Anonymous names are one user's over all servers: a stranger is refused a name held on
 /// another server (and a look-alike of it), the user itself is welcomed there with its
-/// token; a name let go is free again for anyone.
+/// token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_held_over_servers() {
     let redis = Redis::start();
@@ -996,4 +999,136 @@ async fn typing_crosses_servers() {
     let t = bob.until(|f| f["type"] == "typing").await;
     assert_eq!(t["active"], false);
     drop((a, b));
+}
+
+/// A TCP proxy in front of Redis that can blackhole the connections it carries: their
+/// bytes stop flowing both ways while the sockets stay open (a dead NAT entry, a stuck
+/// load balancer). Connections made after that flow normally.
+struct Proxy {
+    port: u16,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicU64::new(0));
+        let gen2 = generation.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let born = gen2.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let gen3 = gen2.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if gen3.load(Ordering::SeqCst) > born {
+                                continue; // blackholed: swallow, keep the socket open
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            generation,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Blackholes every connection open now.
+    fn blackhole_existing(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_redis_connections_go_dead_heals_by_itself() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    // Alice's server reaches Redis through the proxy; bob's directly.
+    let a = ServerProcess::start([
+        "--redis",
+        &proxy.url(),
+        "--send-burst",
+        "100000",
+        "--send-rate",
+        "100000",
+    ]);
+    let b = node(&redis);
+    let mut alice = Client::connect(&a.addr, "alice").await;
+    alice.join(ROOM, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
+    for c in [&mut alice, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    let mut bob = burst(bob, 0, 3).await;
+    alice.pump(WAIT, "3 posts", |c| c.seen.len() == 3).await;
+
+    // Every connection of alice's server to Redis goes silent, commands and
+    // subscription alike; the sockets stay open. Bob posts meanwhile: those doorbells
+    // are lost on the dead subscription.
+    proxy.blackhole_existing();
+    let bob_more = tokio::spawn(async move {
+        for i in 3..8 {
+            bob.send_until_acked(ROOM, &format!("bob says {i}"), &format!("bob-{i}"))
+                .await;
+        }
+        bob
+    });
+    // Alice's server notices (deadlines, the silent probe), reconnects, re-subscribes,
+    // reads what it missed, and takes posts again.
+    alice
+        .send_until_acked(ROOM, "alice is back", "alice-0")
+        .await;
+    alice.errors.clear();
+    let mut bob = bob_more.await.unwrap();
+    for c in [&mut alice, &mut bob] {
+        c.pump(WAIT, "all 9", |c| c.seen.len() == 9).await;
+    }
+    assert_eq!(alice.history_from(1), bob.history_from(1));
+    drop(a);
 }

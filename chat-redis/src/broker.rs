@@ -751,6 +751,9 @@ async fn heartbeat_task(shared: Shared, rejoin: mpsc::UnboundedSender<()>) {
     let mut last_check = tokio::time::Instant::now();
     let mut last_names = tokio::time::Instant::now();
     let mut failing = false;
+    // When this node last failed to reach Redis: after an outage every node's lease may
+    // have run out, so it reaps nobody until the others have had two beats to renew.
+    let mut last_failure: Option<tokio::time::Instant> = None;
     let mut stop = shared.stop.clone();
     loop {
         tokio::select! {
@@ -772,10 +775,12 @@ async fn heartbeat_task(shared: Shared, rejoin: mpsc::UnboundedSender<()>) {
                     tracing::warn!(error = %e, "redis heartbeat failed");
                     failing = true;
                 }
+                last_failure = Some(tokio::time::Instant::now());
                 continue;
             }
         }
-        if let Ok(dead) = log.dead_nodes().await {
+        let settled = last_failure.is_none_or(|at| at.elapsed() >= opts.heartbeat * 2);
+        if settled && let Ok(dead) = log.dead_nodes().await {
             for node in dead.into_iter().filter(|n| *n != shared.node) {
                 match log.reap(&node).await {
                     Ok(rooms) => {

@@ -37,18 +37,20 @@
 //! ```
 //!
 //! Every call has a deadline ([`Options::deadline`]); the connection reconnects by itself
-//! (redis' `ConnectionManager`). This crate holds no chat rules and no state of its own.
+//! (redis' `ConnectionManager`, replaced by a new one after a timeout: a connection
+//! whose bytes stop flowing never heals otherwise). This crate holds no chat rules.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
+mod conn;
 mod doorbell;
 mod keys;
 mod subscriber;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Script, Value};
 
 pub use broker::{BrokerOptions, RedisBroker};
@@ -284,7 +286,7 @@ impl Scripts {
 /// Cheap to clone: clones share one multiplexed, reconnecting connection.
 #[derive(Clone)]
 pub struct RedisLog {
-    conn: ConnectionManager,
+    conn: conn::Conn,
     scripts: std::sync::Arc<Scripts>,
     keys: Keys,
     options: Options,
@@ -311,7 +313,7 @@ impl RedisLog {
             .set_connection_timeout(Some(options.connect_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let conn = conn::Conn::connect(client, config).await?;
         Ok(RedisLog {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),

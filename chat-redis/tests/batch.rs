@@ -138,3 +138,35 @@ async fn a_heartbeat_tells_a_node_it_was_reaped() {
     // Its next heartbeat says so: the node writes its presence again.
     assert!(log.heartbeat("n1", Duration::from_secs(60)).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_command_connection_gone_silent_is_replaced() {
+    let redis = RedisServer::start();
+    let proxy = common::Proxy::start(redis.port).await;
+    let options = chat_redis::Options {
+        deadline: Duration::from_millis(300),
+        ..chat_redis::Options::default()
+    };
+    let mut log = chat_redis::RedisLog::connect(&proxy.url(), options)
+        .await
+        .unwrap();
+    log.heartbeat("n1", Duration::from_secs(60)).await.unwrap();
+    proxy.blackhole_existing();
+    let err = log
+        .heartbeat("n1", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A new connection (through the proxy, which carries new connections) takes over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if log.heartbeat("n1", Duration::from_secs(60)).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection never healed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
