@@ -478,7 +478,10 @@ impl Store for SqliteStore {
                     let room = RoomName::parse(&name, usize::MAX, usize::MAX).map_err(|e| {
                         StoreError::Corrupt(format!("corrupt room name {name:?}: {e}"))
                     })?;
-                    let (recent, has_more) = page(conn, &room, None, window)?;
+                    let (recent, has_more) = match window {
+                        0 => (Vec::new(), true),
+                        _ => page(conn, &room, None, window)?,
+                    };
                     let last_seq = match recent.last() {
                         Some(m) => m.seq,
                         None => conn
