@@ -81,6 +81,8 @@ fn durable_and_tight() -> Config {
         // Smaller still: pages beyond the window are read from the store.
         history_window: 4,
         history_on_join: 3,
+        // Rooms nobody is in leave memory within a run and are loaded again on demand.
+        room_idle_unload: Duration::from_millis(6_000),
         ..config()
     }
 }

@@ -152,7 +152,7 @@ pub enum PublishError {
 pub struct Stats {
     /// Open connections.
     pub connections: u64,
-    /// Rooms.
+    /// Rooms in memory (in durable mode an idle room leaves memory; it stays in the store).
     pub rooms: u64,
     /// Frames received from clients.
     pub frames_in: u64,
@@ -282,8 +282,8 @@ impl Hub {
         let restored = match &store {
             Some(store) => {
                 let store = store.clone();
-                let window = core.history_window;
-                tokio::task::spawn_blocking(move || store.load(window))
+                // Names and last seqs only: a room's window is read when it is needed.
+                tokio::task::spawn_blocking(move || store.load(0))
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))??
             }
@@ -304,7 +304,11 @@ impl Hub {
         let limits = core.limits();
         let mut server = Server::new(core);
         for r in restored.rooms {
-            server.restore_room(r.room, r.last_seq, r.recent, r.complete);
+            if r.recent.is_empty() {
+                server.add_stored_room(r.room, r.last_seq);
+            } else {
+                server.restore_room(r.room, r.last_seq, r.recent, r.complete);
+            }
         }
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -701,10 +705,13 @@ impl Driver {
                             let _ = reply.send(result);
                         }
                     }
+                    // Single-node durable mode: a room unloaded while idle, read again
+                    // from the store. In cluster mode the broker loads rooms.
+                    Output::LoadRoom { room } if self.cluster.is_none() => self.load_room(room),
                     // The core asks these in cluster mode only, which has a broker.
                     o @ (Output::Append { .. }
-                    | Output::FetchLog { .. }
                     | Output::LoadRoom { .. }
+                    | Output::FetchLog { .. }
                     | Output::UnloadRoom { .. }
                     | Output::Presence { .. }
                     | Output::FetchPresence { .. }
@@ -811,6 +818,29 @@ impl Driver {
         tokio::task::spawn_blocking(move || {
             let result = store.page(&room, before, limit);
             let _ = control.send(Cmd::Input(Input::HistoryLoaded { ticket, result }));
+        });
+    }
+
+    /// A room that left memory idle is needed again: its last seq and window from the
+    /// store, read off the driver's task.
+    fn load_room(&mut self, room: RoomName) {
+        let control = self.control.clone();
+        let Some(store) = self.store.clone() else {
+            let result = Err(StoreError::Unavailable("no store".into()));
+            self.deferred.push(Input::RoomLoaded { room, result });
+            return;
+        };
+        let window = self.server.config().history_window;
+        tokio::task::spawn_blocking(move || {
+            let result = store.page(&room, None, window).map(|(recent, has_more)| {
+                crate::server::LoadedRoom {
+                    last_seq: recent.last().map_or(crate::ids::Seq(0), |m| m.seq),
+                    recent,
+                    complete: !has_more,
+                    ..Default::default()
+                }
+            });
+            let _ = control.send(Cmd::Input(Input::RoomLoaded { room, result }));
         });
     }
 

@@ -33,7 +33,9 @@ pub struct Restored {
 /// writer thread (in order, grouping the messages that arrived while the previous call
 /// ran) and the read methods from blocking tasks, so reads never wait behind writes.
 pub trait Store: Send + Sync + 'static {
-    /// Loads every room's newest `window` messages and the epoch.
+    /// Loads every room's last seq, its newest `window` messages and the epoch. The
+    /// runtime asks with `window` 0 (names and last seqs only) and reads a room's
+    /// window with [`Store::page`] when the room is needed.
     fn load(&self, window: usize) -> Result<Restored, StoreError>;
 
     /// Commits a group of messages atomically, in order. Only after `Ok` are they acked.

@@ -329,7 +329,7 @@ impl State {
     /// be loaded from the log first), if any. Frames whose room does not parse go on to
     /// their command, which refuses them.
     pub(super) fn unloaded_room(&self, user: &UserKey, frame: &ClientFrame) -> Option<RoomName> {
-        if !self.config.cluster {
+        if !self.config.cluster && self.stored.is_empty() {
             return None;
         }
         let room = match frame {
@@ -350,9 +350,13 @@ impl State {
         self.needs_load(&room).then_some(room)
     }
 
-    /// Whether `room` must be loaded from the log before it is used here.
+    /// Whether `room` must be loaded before it is used here: from the log (cluster
+    /// mode), or from the store (durable mode, a room that left memory idle).
     pub(super) fn needs_load(&self, room: &RoomName) -> bool {
-        self.config.cluster && !self.rooms.contains_key(room) && !self.loading.empty.contains(room)
+        let cluster = self.config.cluster
+            && !self.rooms.contains_key(room)
+            && !self.loading.empty.contains(room);
+        cluster || self.is_stored(room)
     }
 
     /// Waits for `room` to be loaded (asking the log for it, once).
@@ -381,8 +385,11 @@ impl Server {
             .waiting
             .remove(&room)
             .ok_or_else(|| ApiMisuse::NotLoading(room.clone()))?;
+        // Durable mode: the room leaves the rooms known to be only in the store.
+        let known = self.st.stored.remove(&room);
         match result {
-            Ok(loaded) => {
+            Ok(mut loaded) => {
+                loaded.last_seq = loaded.last_seq.max(known.unwrap_or(Seq(0)));
                 let empty = loaded.last_seq == Seq(0)
                     && loaded.recent.is_empty()
                     && loaded.present.is_empty();
@@ -401,6 +408,8 @@ impl Server {
                         r.cluster.present = present.into_iter().map(|u| (u.key(), u)).collect();
                         r.cluster.pv = pv;
                     }
+                    self.st.unarmed.retain(|r| *r != room);
+                    self.st.touch(&room);
                 }
                 for parked in waiting {
                     match parked {
@@ -419,6 +428,9 @@ impl Server {
                 self.st.loading.empty.remove(&room);
             }
             Err(e) => {
+                if let Some(seq) = known {
+                    self.st.stored.insert(room.clone(), seq);
+                }
                 for parked in waiting {
                     match parked {
                         Parked::Frame(sid, frame) => {

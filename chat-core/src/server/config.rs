@@ -28,8 +28,16 @@ pub struct Config {
     pub default_rooms: Vec<String>,
     /// Whether `join` creates a room that does not exist.
     pub create_rooms_on_join: bool,
-    /// Most rooms that may exist at once.
+    /// Most rooms held in memory at once. In durable mode a room that has gone idle
+    /// leaves memory (see [`room_idle_unload`](Self::room_idle_unload)) and does not
+    /// count; when the limit is reached, an idle room is unloaded at once to make space.
     pub max_rooms: usize,
+    /// Durable mode: a room with no member present (none joined, none in the presence
+    /// grace period) and nothing waiting for the store leaves memory after this long
+    /// without a post or a join. Its history is in the store; it is loaded again when
+    /// something needs it. Without a store a room's window is its history, and a room
+    /// with messages stays in memory.
+    pub room_idle_unload: Duration,
     /// Longest user name, in characters.
     pub max_name_chars: usize,
     /// Longest room name, in characters.
@@ -92,6 +100,7 @@ impl Default for Config {
             default_rooms: vec!["general".to_owned()],
             create_rooms_on_join: true,
             max_rooms: 10_000,
+            room_idle_unload: Duration::from_secs(60),
             max_name_chars: 32,
             max_room_chars: 64,
             max_body_bytes: 4096,

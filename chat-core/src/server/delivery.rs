@@ -33,6 +33,11 @@ impl Delivery {
         self.now = Some(now);
     }
 
+    /// The instant of the input being handled.
+    pub fn now(&self) -> Option<Instant> {
+        self.now
+    }
+
     pub fn open(&mut self, sid: SessionId) {
         self.open.insert(sid, None);
     }

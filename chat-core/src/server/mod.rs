@@ -34,6 +34,7 @@ mod reject;
 mod rooms;
 mod sessions;
 mod timers;
+mod unload;
 mod users;
 
 use std::collections::BTreeMap;
@@ -75,8 +76,13 @@ struct State {
     out: Delivery,
     history_tickets: BTreeMap<u64, HistoryTicket>,
     next_ticket: u64,
-    /// Cluster mode: rooms being loaded from the log, and what waits for them.
+    /// Rooms being loaded (from the log in cluster mode, from the store in durable
+    /// mode), and what waits for them.
     loading: cluster::Loading,
+    /// Durable mode: rooms the store holds that are not in memory, with their last seq.
+    stored: BTreeMap<RoomName, Seq>,
+    /// Rooms restored before the first input, whose unload timers are not armed yet.
+    unarmed: Vec<RoomName>,
     shutting_down: bool,
     drained: bool,
 }
@@ -113,6 +119,8 @@ impl Server {
                 history_tickets: BTreeMap::new(),
                 next_ticket: 0,
                 loading: cluster::Loading::default(),
+                stored: BTreeMap::new(),
+                unarmed: Vec::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -133,7 +141,7 @@ impl Server {
         self.sessions.len()
     }
 
-    /// Number of rooms.
+    /// Number of rooms in memory (see [`Server::stored_room_count`] for the others).
     #[must_use]
     pub fn room_count(&self) -> usize {
         self.st.rooms.len()
@@ -143,6 +151,11 @@ impl Server {
     /// or the two users of a direct room. `None` if the room does not exist.
     #[must_use]
     pub fn members(&self, room: &RoomName) -> Option<Vec<UserName>> {
+        if self.st.is_stored(room) {
+            // Not in memory: nobody is in it.
+            let kind = RoomKind::of(room);
+            return Some(kind.direct_members(&self.st.users).unwrap_or_default());
+        }
         self.st
             .rooms
             .get(room)
@@ -160,7 +173,12 @@ impl Server {
     /// A room's last delivered seq.
     #[must_use]
     pub fn last_seq(&self, room: &RoomName) -> Option<Seq> {
-        self.st.rooms.get(room).map(|r| r.last_delivered)
+        let stored = || self.st.stored.get(room).copied();
+        self.st
+            .rooms
+            .get(room)
+            .map(|r| r.last_delivered)
+            .or_else(stored)
     }
 
     // ---- inputs ----
@@ -170,6 +188,9 @@ impl Server {
     /// error frames and closes. `Err` means the driver broke the contract.
     pub fn handle_input(&mut self, now: Now, input: Input) -> Result<(), ApiMisuse> {
         self.st.out.set_now(now.mono);
+        if !self.st.unarmed.is_empty() {
+            self.st.arm_restored();
+        }
         match input {
             Input::Connected { session } => return self.on_connected(now, session),
             Input::Received { session, frame } => self.on_received(now, session, frame),
@@ -234,11 +255,15 @@ impl Server {
     /// Fires every timer due at `now`: presence grace periods and typing expiry.
     pub fn handle_timeout(&mut self, now: Now) {
         self.st.out.set_now(now.mono);
+        if !self.st.unarmed.is_empty() {
+            self.st.arm_restored();
+        }
         while let Some((at, timer)) = self.st.timers.pop_due(now.mono) {
             match timer {
                 Timer::Linger(room, user) => self.st.on_linger_expired(now, at, &room, &user),
                 Timer::Grace(user) => self.st.on_grace_expired(at, &user),
                 Timer::Typing(room, user) => self.st.on_typing_expired(at, &room, &user),
+                Timer::Unload(room) => self.st.on_unload_due(at, &room),
             }
         }
     }
@@ -253,6 +278,12 @@ impl Server {
         complete: bool,
     ) {
         let window = self.st.config.history_window;
+        let last_seq = self
+            .st
+            .stored
+            .remove(&room)
+            .map_or(last_seq, |s| s.max(last_seq));
+        self.st.unarmed.push(room.clone());
         self.st
             .rooms
             .entry(room.clone())
@@ -347,7 +378,11 @@ impl State {
         may_create: impl FnOnce(&RoomKind, bool) -> bool,
     ) -> Result<(&mut Room, Env<'_>), ErrorCode> {
         use std::collections::btree_map::Entry;
-        let full = self.rooms.len() >= self.config.max_rooms;
+        let at_limit = |st: &Self| st.rooms.len() >= st.config.max_rooms;
+        if at_limit(self) && !self.rooms.contains_key(name) {
+            self.unload_one();
+        }
+        let full = at_limit(self);
         let room = match self.rooms.entry(name.clone()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
@@ -362,6 +397,7 @@ impl State {
                 e.insert(room)
             }
         };
+        unload::touch(room, &mut self.timers, &self.config, self.out.now());
         let env = Env {
             config: &self.config,
             users: &self.users,

@@ -89,7 +89,12 @@ impl Server {
                 format!("names cannot be checked now, retry later ({})", e.detail()),
             )),
         };
-        let mut caller = Caller { now, sid, session };
+        let mut caller = Caller {
+            now,
+            sid,
+            session,
+            parked: false,
+        };
         if result.is_ok() {
             st.welcome(&mut caller, id, &name, rooms, Some(token));
         }

@@ -186,6 +186,9 @@ impl State {
                     room: room_name.clone(),
                 });
             }
+        } else if self.rooms.get(room_name).is_some_and(|r| r.is_idle()) {
+            // Durable mode: the room leaves memory if nobody comes back for a while.
+            self.touch(room_name);
         }
     }
 }

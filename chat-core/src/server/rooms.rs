@@ -149,6 +149,10 @@ pub(crate) struct Room {
     pub pending: VecDeque<Pending>,
     /// Cluster mode: posts waiting for the shared log, entries ahead of a gap.
     pub cluster: Follower,
+    /// Durable mode: the last post or join (the room leaves memory once idle long enough).
+    pub touched: Option<Instant>,
+    /// Durable mode: the instant of the room's armed unload timer, if one is armed.
+    pub unload_at: Option<Instant>,
 }
 
 /// Where the name of the member after `before` starts in the member list's JSON: after
@@ -173,6 +177,8 @@ impl Room {
             last_ts: DateTime::<Utc>::MIN_UTC,
             pending: VecDeque::new(),
             cluster: Follower::default(),
+            touched: None,
+            unload_at: None,
         }
     }
 
@@ -329,6 +335,17 @@ impl Room {
             && self.pending.is_empty()
             && self.cluster.is_settled()
             && self.last_seq == Seq(0)
+    }
+
+    /// Whether the room may leave memory now: nobody is in it (no joined session, no
+    /// member lingering in the grace period), nothing waits for the store or the log,
+    /// nobody is typing in it.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty()
+            && self.sessions.is_empty()
+            && self.pending.is_empty()
+            && self.typing.is_empty()
+            && self.cluster.is_settled()
     }
 
     /// The next seq and a timestamp that never goes backwards within the room.

@@ -15,6 +15,8 @@ pub(crate) enum Timer {
     Grace(UserKey),
     /// A typing indicator expires.
     Typing(RoomName, UserKey),
+    /// Durable mode: a room may have been idle long enough to leave memory.
+    Unload(RoomName),
 }
 
 /// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).

@@ -410,6 +410,7 @@ impl<'h> Run<'h> {
                     }
                     self.sim.say(sid, frame);
                     self.sim.answer_loads();
+                    self.sim.answer_room_loads();
                     if self.model.frame_in(sid) {
                         if self.model.ready(sid, Some(id)).is_some() {
                             self.model.history(sid, id, &room, before, *limit);
@@ -476,6 +477,7 @@ impl<'h> Run<'h> {
             }
         }
         self.sim.answer_loads();
+        self.sim.answer_room_loads();
         for (sid, key, existed) in welcomed {
             self.learn_token(sid, &key, existed)?;
         }

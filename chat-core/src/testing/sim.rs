@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{self, DecodeError, Encoded, ErrorCode, Message, ServerFrame};
 use crate::{
-    ClientMsgId, CloseReason, Config, Event, Input, Now, Output, RoomName, Seq, Server, SessionId,
-    StoreError, UserName, protocol::ClientFrame,
+    ClientMsgId, CloseReason, Config, Event, Input, LoadedRoom, Now, Output, RoomName, Seq, Server,
+    SessionId, StoreError, UserName, protocol::ClientFrame,
 };
 use serde_json::{Value, json};
 
@@ -98,7 +98,7 @@ pub struct Sim {
     pub loads: Vec<(u64, RoomName, Option<Seq>, usize)>,
     /// Cluster mode: `Output::Append` requests: (room, ticket, user, body, client id).
     pub appends: Vec<AppendAsked>,
-    /// Cluster mode: `Output::LoadRoom` requests.
+    /// `Output::LoadRoom` requests (cluster mode; durable mode: rooms unloaded idle).
     pub room_loads: Vec<RoomName>,
     /// Cluster mode: `Output::UnloadRoom`s.
     pub room_unloads: Vec<RoomName>,
@@ -476,6 +476,29 @@ impl Sim {
             self.input(Input::HistoryLoaded {
                 ticket,
                 result: Ok((page, start > 0)),
+            });
+        }
+    }
+
+    /// Durable mode: answers every outstanding [`Output::LoadRoom`] (a room that left
+    /// memory idle is needed again) from [`Sim::store`]: its last seq and newest
+    /// `history_window` messages, as the runtime reads them from its store.
+    pub fn answer_room_loads(&mut self) {
+        let window = self.server.config().history_window;
+        while !self.room_loads.is_empty() {
+            let room = self.room_loads.remove(0);
+            let stored = self.store.get(&room).map_or(&[][..], Vec::as_slice);
+            let start = stored.len().saturating_sub(window);
+            let loaded = LoadedRoom {
+                last_seq: stored.last().map_or(Seq(0), |m| m.seq),
+                recent: stored[start..].iter().map(|m| (**m).clone()).collect(),
+                complete: start == 0,
+                present: Vec::new(),
+                pv: 0,
+            };
+            self.input(Input::RoomLoaded {
+                room,
+                result: Ok(loaded),
             });
         }
     }

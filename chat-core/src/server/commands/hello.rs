@@ -172,7 +172,12 @@ impl Server {
         let name = result.map_err(|r| r.reason).and_then(|n| {
             UserName::parse(&n, st.config.max_name_chars).map_err(|e| format!("identity name {e}"))
         });
-        let mut caller = Caller { now, sid, session };
+        let mut caller = Caller {
+            now,
+            sid,
+            session,
+            parked: false,
+        };
         let result = match name {
             Ok(name) => {
                 st.welcome(&mut caller, id, &name, rooms, None);

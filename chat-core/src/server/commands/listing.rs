@@ -4,6 +4,7 @@ use super::{Caller, Reject};
 use crate::ids::{RequestId, UserKey};
 use crate::protocol::{ErrorCode, RoomInfo, ServerFrame};
 use crate::server::State;
+use crate::server::kind::RoomKind;
 
 impl State {
     /// Every public room, and the direct rooms of this user.
@@ -13,7 +14,7 @@ impl State {
         user: &UserKey,
         id: Option<RequestId>,
     ) -> Result<(), Reject> {
-        let rooms = self
+        let mut rooms: Vec<RoomInfo> = self
             .rooms
             .values()
             .filter(|r| r.kind.admits(user))
@@ -24,6 +25,20 @@ impl State {
                 last_seq: r.last_delivered,
             })
             .collect();
+        if !self.stored.is_empty() {
+            // Durable mode: the rooms that left memory idle are listed too (nobody is in
+            // them), in the same name order.
+            rooms.extend(self.stored.iter().filter_map(|(name, &last_seq)| {
+                let kind = RoomKind::of(name);
+                kind.admits(user).then(|| RoomInfo {
+                    name: name.clone(),
+                    members: kind.direct_user_count().unwrap_or(0),
+                    direct: !kind.has_membership(),
+                    last_seq,
+                })
+            }));
+            rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         self.out
             .send_to(caller.sid, &ServerFrame::Rooms { id, rooms });
         Ok(())

@@ -27,6 +27,8 @@ pub(super) struct Caller<'a> {
     pub now: Now,
     pub sid: SessionId,
     pub session: &'a mut Session,
+    /// The frame waits for its room to be loaded: its outcome comes when it runs again.
+    pub parked: bool,
 }
 
 impl Caller<'_> {
@@ -95,11 +97,18 @@ impl Server {
             return;
         };
         let st = &mut self.st;
-        let mut caller = Caller { now, sid, session };
+        let mut caller = Caller {
+            now,
+            sid,
+            session,
+            parked: false,
+        };
         // Hello is answered by its joins; typing is never answered.
         let counts = !matches!(frame, ClientFrame::Hello(_) | ClientFrame::Typing { .. });
         let id = frame.request_id();
         let result = st.dispatch(&mut caller, frame);
+        // A parked frame is paid back (or charged) when it runs again.
+        let counts = counts && !caller.parked;
         let close = caller.settle(&mut st.out, st.config.max_strikes, id, counts, result);
         if let Some(reason) = close {
             self.drop_session(now, sid, Some(reason));
@@ -119,7 +128,12 @@ impl Server {
             return;
         };
         let st = &mut self.st;
-        let mut caller = Caller { now, sid, session };
+        let mut caller = Caller {
+            now,
+            sid,
+            session,
+            parked: false,
+        };
         let close = caller.settle(&mut st.out, st.config.max_strikes, id, counts, result);
         if let Some(reason) = close {
             self.drop_session(now, sid, Some(reason));
@@ -153,6 +167,7 @@ impl State {
         if let Some(room) = self.unloaded_room(user, &frame) {
             // Runs again, with its outcome, once the log has given the room.
             self.park(room, Parked::Frame(caller.sid, frame));
+            caller.parked = true;
             return Ok(());
         }
         match frame {
