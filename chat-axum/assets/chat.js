@@ -1,7 +1,8 @@
 // The browser chat page. Plain ES module, no build step, no dependencies.
 //
-// Speaks the JSON protocol of docs/PROTOCOL.md over a WebSocket at `ws` relative to the
-// page (so the page works when an app mounts the chat under a sub-path).
+// Speaks the JSON protocol of docs/PROTOCOL.md over a WebSocket at `ws` next to this
+// script (so the page works when an app mounts the chat under a sub-path, whether the
+// page's own URL ends in a slash or not).
 //
 // Safety rules followed throughout: every string that came from a user (names, room
 // names, bodies, error messages) reaches the DOM only through `textContent` or attribute
@@ -90,7 +91,7 @@ function pageLimits() {
 // Storage: what the page remembers between visits (per path, so two chats mounted on one
 // origin do not mix). Nothing here is trusted: it is only ever sent back to the server.
 
-const STORE_PREFIX = `chat:${location.pathname.replace(/[^/]*$/, '')}:`;
+const STORE_PREFIX = `chat:${new URL('.', import.meta.url).pathname}:`;
 const store = {
   get(key, fallback) {
     try {
@@ -520,7 +521,7 @@ function changeTimeline(room, change, { live = false, mine = false } = {}) {
 // Connection
 
 function wsUrl() {
-  const url = new URL('ws', location.href);
+  const url = new URL('ws', import.meta.url);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   url.hash = '';
   url.search = '';

@@ -425,6 +425,13 @@ pub enum ErrorCode {
     StorageUnavailable,
     /// The server is shutting down.
     ShuttingDown,
+    /// The user may not do this in this room (the host's rules: a private room, a
+    /// read-only room, a policy).
+    Forbidden,
+    /// The host identity's credentials expired; the connection closes (4001).
+    AuthExpired,
+    /// The host revoked the user's access; the connection closes (4003).
+    AuthRevoked,
 }
 
 impl ErrorCode {
@@ -451,6 +458,9 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AuthExpired => "auth_expired",
+            ErrorCode::AuthRevoked => "auth_revoked",
         }
     }
 }

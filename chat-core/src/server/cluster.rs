@@ -511,6 +511,6 @@ impl Room {
                 ts,
             }
         };
-        env.fan_out(self, &Encoded::new(&frame), None, Some(&key));
+        env.fan_out_presence(self, &Encoded::new(&frame), None, Some(&key));
     }
 }

@@ -250,6 +250,10 @@ pub enum CloseReason {
     AuthFailed,
     /// The server is shutting down; reconnect later.
     Shutdown,
+    /// The host identity's credentials expired: log in again.
+    AuthExpired,
+    /// The host revoked the user's access.
+    Revoked,
 }
 
 impl CloseReason {
@@ -261,6 +265,8 @@ impl CloseReason {
             CloseReason::Flood | CloseReason::AuthFailed => 1008,
             CloseReason::UnsupportedVersion => 1002,
             CloseReason::Shutdown => 1012,
+            CloseReason::AuthExpired => 4001,
+            CloseReason::Revoked => 4003,
         }
     }
 
@@ -273,6 +279,8 @@ impl CloseReason {
             CloseReason::UnsupportedVersion => "unsupported protocol version",
             CloseReason::AuthFailed => "authentication failed",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::AuthExpired => "credentials expired",
+            CloseReason::Revoked => "access revoked",
         }
     }
 }

@@ -149,6 +149,9 @@ pub(crate) struct Room {
     pub pending: VecDeque<Pending>,
     /// Cluster mode: posts waiting for the shared log, entries ahead of a gap.
     pub cluster: Follower,
+    /// Joined sessions whose user may not see presence here (`authz`): no
+    /// `user_joined`/`user_left` for them.
+    pub blind: BTreeSet<SessionId>,
 }
 
 /// Where the name of the member after `before` starts in the member list's JSON: after
@@ -173,6 +176,7 @@ impl Room {
             last_ts: DateTime::<Utc>::MIN_UTC,
             pending: VecDeque::new(),
             cluster: Follower::default(),
+            blind: BTreeSet::new(),
         }
     }
 
@@ -320,6 +324,7 @@ impl Room {
         if let Ok(i) = self.sessions.binary_search(&sid) {
             Arc::make_mut(&mut self.sessions).remove(i);
         }
+        self.blind.remove(&sid);
     }
 
     /// Whether the room holds nothing worth keeping: no members, no history, nothing pending.

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use crate::ids::{RoomName, UserKey};
+use crate::ids::{RoomName, SessionId, UserKey};
 
 /// What a timer is for. A timer only acts if the state it was armed for still holds
 /// at its instant (a later arm or a cancel makes it stale), so timers are never removed.
@@ -15,6 +15,8 @@ pub(crate) enum Timer {
     Grace(UserKey),
     /// A typing indicator expires.
     Typing(RoomName, UserKey),
+    /// A session's host identity expires.
+    Expiry(SessionId),
 }
 
 /// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).

@@ -10,7 +10,7 @@ use crate::protocol::{
 use crate::server::config::AuthMode;
 use crate::server::outputs::{CloseReason, Event, Output};
 use crate::server::sessions::Phase;
-use crate::server::{ApiMisuse, AuthRefused, Now, Server, State};
+use crate::server::{ApiMisuse, AuthRefused, Identity, Now, Server, State};
 
 impl State {
     pub(super) fn hello(
@@ -39,6 +39,9 @@ impl State {
                 CloseReason::UnsupportedVersion,
             ));
         }
+        if caller.session.host_identity {
+            return self.hello_as_identity(caller, id, rooms);
+        }
         if self.config.auth == AuthMode::Host {
             caller.session.phase = Phase::Authenticating { id, rooms };
             self.out.push(Output::Authenticate {
@@ -66,6 +69,37 @@ impl State {
         Ok(())
     }
 
+    /// The session came with the host's identity: the hello's name and token mean
+    /// nothing, the user is the identity's.
+    fn hello_as_identity(
+        &mut self,
+        caller: &mut Caller<'_>,
+        id: Option<RequestId>,
+        rooms: Option<Vec<JoinSpec>>,
+    ) -> Result<(), Reject> {
+        let user = caller
+            .session
+            .identity
+            .as_ref()
+            .map_or("", |i| i.user.as_str());
+        let name = UserName::parse(user, self.config.max_name_chars).map_err(|e| {
+            Reject::closing(
+                ErrorCode::AuthFailed,
+                format!("identity name {e}"),
+                CloseReason::AuthFailed,
+            )
+        })?;
+        if let Some(held) = self.users.get(&name.key())
+            && held.token.is_some()
+        {
+            // An anonymous user holds the name: the host's user must not become theirs.
+            let msg = format!("the name {} is in use by an anonymous user", held.name);
+            return Err(Reject::new(ErrorCode::NameTaken, msg));
+        }
+        self.welcome(caller, id, &name, rooms, false);
+        Ok(())
+    }
+
     /// Welcomes the session as `name`, then joins the rooms it asked for (or the
     /// default rooms), each answered as its own `join`.
     fn welcome(
@@ -82,6 +116,9 @@ impl State {
         user.grace_until = None;
         let (user_name, token) = (user.name.clone(), user.token.clone());
         caller.session.phase = Phase::Ready(key.clone());
+        if caller.session.identity.is_none() {
+            caller.session.identity = Some(std::sync::Arc::new(Identity::new(user_name.as_str())));
+        }
         self.out.send_to(
             caller.sid,
             &ServerFrame::Welcome {

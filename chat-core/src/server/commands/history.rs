@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::{Caller, Reject};
 use crate::ids::UserKey;
 use crate::protocol::{ErrorCode, HistoryRequest, Message, ServerFrame};
+use crate::server::authz::forbidden;
 use crate::server::outputs::Output;
 use crate::server::rooms::Page;
 use crate::server::{ApiMisuse, HistoryTicket, State, StoreError};
@@ -31,6 +32,12 @@ impl State {
         }
         if !kind.reachable(&caller.session.rooms, &room_name) {
             return Err(Reject::not_member(&room_name));
+        }
+        if !self
+            .session_permissions(caller.session, &room_name, &kind)
+            .read
+        {
+            return Err(forbidden(format!("you may not read {room_name}")));
         }
         let page = match self.rooms.get(&room_name) {
             Some(room) => room.page(before, limit, self.config.durable || self.config.cluster),

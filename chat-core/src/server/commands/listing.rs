@@ -4,6 +4,7 @@ use super::{Caller, Reject};
 use crate::ids::{RequestId, UserKey};
 use crate::protocol::{ErrorCode, RoomInfo, ServerFrame};
 use crate::server::State;
+use crate::server::authz::forbidden;
 
 impl State {
     /// Every public room, and the direct rooms of this user.
@@ -16,7 +17,12 @@ impl State {
         let rooms = self
             .rooms
             .values()
-            .filter(|r| r.kind.admits(user))
+            .filter(|r| {
+                r.kind.admits(user)
+                    && self
+                        .session_permissions(caller.session, &r.name, &r.kind)
+                        .join
+            })
             .map(|r| RoomInfo {
                 name: r.name.clone(),
                 members: r.user_count(),
@@ -38,6 +44,12 @@ impl State {
         raw_room: &str,
     ) -> Result<(), Reject> {
         let (room_name, kind) = self.room_for(user, raw_room)?;
+        if !self
+            .session_permissions(caller.session, &room_name, &kind)
+            .presence
+        {
+            return Err(forbidden(format!("you may not see who is in {room_name}")));
+        }
         let members = match self.rooms.get(&room_name) {
             Some(room) => room.member_list(&self.users),
             // A direct room nobody has written to yet: its users, as `join` lists them.
