@@ -99,6 +99,8 @@ struct HistoryTicket {
     room: RoomName,
     /// The session's user: the page shows it the `client_id` of its own messages only.
     reader: UserKey,
+    /// Anonymous mode, direct rooms: no message older than this (`Users::direct_floor`).
+    floor: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Server {

@@ -111,7 +111,8 @@ impl State {
         anonymous: bool,
     ) {
         let key = name.key();
-        let user = self.users.claim(name, anonymous, &self.config.secret);
+        let now = caller.now.utc;
+        let user = self.users.claim(name, anonymous, &self.config.secret, now);
         user.sessions.insert(caller.sid);
         user.grace_until = None;
         let (user_name, token) = (user.name.clone(), user.token.clone());

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::{Caller, Reject};
 use crate::ids::UserKey;
 use crate::protocol::{ErrorCode, HistoryRequest, Message, ServerFrame};
@@ -47,8 +49,14 @@ impl State {
                 has_more: false,
             },
         };
+        let floor = if kind.has_membership() {
+            None
+        } else {
+            self.users.direct_floor(user)
+        };
         match page {
             Page::Memory { messages, has_more } => {
+                let (messages, has_more) = above_floor(messages, has_more, floor);
                 let messages = messages.iter().map(|m| m.seen_by(user)).collect();
                 let frame = ServerFrame::History {
                     id,
@@ -68,6 +76,7 @@ impl State {
                         id,
                         room: room_name.clone(),
                         reader: user.clone(),
+                        floor,
                     },
                 );
                 self.out.push(Output::LoadHistory {
@@ -96,6 +105,7 @@ impl State {
                 if !self.out.is_open(t.session) {
                     return Ok(());
                 }
+                let (messages, has_more) = above_floor(messages, has_more, t.floor);
                 let messages = messages
                     .into_iter()
                     .map(|mut m| {
@@ -121,4 +131,20 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// A page without the messages from before `floor` (a direct room's messages from before
+/// an anonymous reader took its name): then nothing older is left to page to either.
+fn above_floor<M: std::borrow::Borrow<Message>>(
+    mut messages: Vec<M>,
+    has_more: bool,
+    floor: Option<DateTime<Utc>>,
+) -> (Vec<M>, bool) {
+    let Some(floor) = floor else {
+        return (messages, has_more);
+    };
+    let before = messages.len();
+    messages.retain(|m| m.borrow().ts >= floor);
+    let cut = messages.len() < before;
+    (messages, has_more && !cut)
 }

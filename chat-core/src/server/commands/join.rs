@@ -1,6 +1,8 @@
 //! `join`: enter a room (created on first join) or resume it from a seq.
 
 use super::{Caller, Reject, room_unavailable};
+use chrono::{DateTime, Utc};
+
 use crate::ids::{RequestId, RoomName, Seq, UserKey};
 use crate::protocol::{Encoded, ErrorCode, JoinRequest, ServerFrame};
 use crate::server::authz::forbidden;
@@ -63,7 +65,12 @@ impl State {
             caller.session.rooms.insert(room_name.clone());
         }
         let on_join = env.config.history_on_join;
-        let frame = joined_frame(room, env.users, on_join, id, since, user, perms);
+        let floor = if kind.has_membership() {
+            None
+        } else {
+            env.users.direct_floor(user)
+        };
+        let frame = joined_frame(room, env.users, on_join, id, since, user, perms, floor);
         if announce {
             self.announce_joined(caller.now, &room_name, user, caller.sid);
         }
@@ -75,6 +82,7 @@ impl State {
 /// The `joined` frame for an existing room: its members and the messages for `since`.
 /// Built from the room's member list in JSON and its messages' encoded frames, so
 /// each join copies bytes instead of serializing every member's name again.
+#[allow(clippy::too_many_arguments)] // one frame's every input
 fn joined_frame(
     room: &Room,
     users: &Users,
@@ -83,6 +91,7 @@ fn joined_frame(
     since: Option<Seq>,
     reader: &UserKey,
     perms: Permissions,
+    floor: Option<DateTime<Utc>>,
 ) -> Encoded {
     // A direct room's two users are listed by their current names, as `members` does.
     let direct_members = room
@@ -102,7 +111,9 @@ fn joined_frame(
             None => (room.latest(on_join), true),
         },
     };
-    let messages = messages.map(|p| (&p.msg, &p.frame));
+    let messages = messages
+        .filter(|p| floor.is_none_or(|f| p.msg.ts >= f))
+        .map(|p| (&p.msg, &p.frame));
     let last_seq = room.last_delivered;
     let room_name: &RoomName = &room.name;
     let frame = Encoded::joined(
