@@ -87,6 +87,13 @@ function pageLimits() {
   }
 }
 
+/**
+ * Served by an app that identifies its users itself (chat-axum `RouterOptions::identity`:
+ * a session cookie): the server knows who we are, so there is no name to ask for, and
+ * signing out is the app's.
+ */
+const HOST_IDENTITY = document.querySelector('meta[name="chat-host-identity"]') !== null;
+
 // ---------------------------------------------------------------------------------------
 // Storage: what the page remembers between visits (per path, so two chats mounted on one
 // origin do not mix). Nothing here is trusted: it is only ever sent back to the server.
@@ -601,7 +608,8 @@ function disconnect() {
 
 function sendHello() {
   const identity = store.get('identity', null);
-  const name = conn.login ? conn.login.name : identity?.name;
+  // With a host identity the server ignores the name: any will do.
+  const name = HOST_IDENTITY ? 'host' : conn.login ? conn.login.name : identity?.name;
   if (!name) {
     disconnect();
     showLogin();
@@ -646,6 +654,11 @@ function onClosed(e) {
   updateHistoryControls();
   if (e.code === 1002) {
     setStatus('failed', 'This page is out of date: reload it');
+    return;
+  }
+  if (e.code === 4001 || e.code === 4003) {
+    // The app's login expired or was revoked: coming back needs the app, not a retry.
+    setStatus('failed', e.code === 4001 ? 'Your login expired: sign in again' : 'Signed out');
     return;
   }
   if (!conn.welcomedOnce && !conn.login && conn.status === 'idle') return;
@@ -1225,6 +1238,7 @@ function onSendError(f, req, code, message) {
     user_not_found: `Not sent: ${p.to ?? 'they'} is not online.`,
     body_too_large: `Not sent: longer than ${state.limits.max_body_bytes} bytes.`,
     invalid_body: 'Not sent: empty message.',
+    forbidden: 'Not sent: you may not post in this room.',
   };
   setPendingStatus(p, reasons[code] ?? `Not sent: ${message}`, true);
 }
@@ -1791,7 +1805,11 @@ ui.membersPanel.append(leavePanel);
 
 (function start() {
   const identity = store.get('identity', null);
-  if (identity?.name && !store.get('signedOut', false)) {
+  if (HOST_IDENTITY) {
+    ui.logout.hidden = true;
+    showChat();
+    connect();
+  } else if (identity?.name && !store.get('signedOut', false)) {
     ui.meName.textContent = identity.name;
     showChat();
     connect();

@@ -162,7 +162,9 @@ pub fn router(hub: Hub, mut options: RouterOptions) -> Router {
             "chat WebSocket accepts every Origin: any web page can connect as its visitor"
         );
     }
-    let page = options.page.then(|| page::routes(hub.limits()));
+    let page = options
+        .page
+        .then(|| page::routes(hub.limits(), options.identity.is_some()));
     let state = AppState {
         hub,
         caps: caps::Caps::new(options.limits.clone()),

@@ -24,8 +24,20 @@ const LIMITS_META: &str = r#"<meta name="chat-limits" content="">"#;
 
 /// The page's routes. `limits` are the server's (the core `Config`'s): the page carries
 /// them, so it has no limits of its own.
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(limits: &Limits) -> Router<S> {
-    let index: Arc<str> = index_with(limits).into();
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
+    limits: &Limits,
+    host_identity: bool,
+) -> Router<S> {
+    let mut index = index_with(limits);
+    if host_identity {
+        // The page asks no name: the app's identity hook says who the user is.
+        index = index.replacen(
+            "<title>",
+            "<meta name=\"chat-host-identity\" content=\"\">\n<title>",
+            1,
+        );
+    }
+    let index: Arc<str> = index.into();
     Router::new()
         .route(
             "/",
