@@ -639,6 +639,8 @@ function sendHello() {
     for (const r of identity?.dms ?? []) add(r);
   }
   const hello = { type: 'hello', version: PROTOCOL_VERSION, name, rooms };
+  // A first visit to an app's chat: the server's default rooms, which the app chose.
+  if (HOST_IDENTITY && !conn.welcomedOnce && store.get('rooms', []).length === 0) delete hello.rooms;
   const token = identity && fold(identity.name) === fold(name) ? identity.token : null;
   if (token) hello.token = token;
   request(hello, { kind: 'hello' });

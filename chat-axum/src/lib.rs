@@ -6,14 +6,14 @@
 //! heartbeats, and shuts down cleanly.
 //!
 //! ```no_run
-//! use chat_axum::{router, RouterOptions};
+//! use chat_axum::{mount, router, RouterOptions};
 //! use chat_core::runtime::{Hub, HubConfig};
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let hub = Hub::spawn(HubConfig::default()).await.expect("hub starts");
 //! let app = axum::Router::new()
 //!     .route("/", axum::routing::get(|| async { "my app" }))
-//!     .nest("/chat", router(hub, RouterOptions::default()));
+//!     .merge(mount("/chat", router(hub, RouterOptions::default())));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
 //! axum::serve(listener, app).await
 //! # }

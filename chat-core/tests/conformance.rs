@@ -384,6 +384,39 @@ impl Replay<'_> {
                 self.server.revoke_user(self.now, user);
                 self.drain()
             }
+            Some("kick") | Some("ban") | Some("mute") | Some("unmute") | Some("unban") => {
+                let what = directive.split_whitespace().next().unwrap_or_default();
+                let (Some(room), Some(user)) = (words.next(), words.next()) else {
+                    return Err(format!("@{what} ROOM USER ..."));
+                };
+                let now = self.now;
+                match what {
+                    "kick" => {
+                        let reason = words.collect::<Vec<_>>().join(" ");
+                        self.server.kick(now, room, user, &reason).map(drop)?;
+                    }
+                    "ban" => {
+                        // @ban ROOM USER MINUTES|forever REASON...
+                        let length = match words.next() {
+                            Some("forever") => None,
+                            Some(m) => Some(Duration::from_secs(
+                                60 * m
+                                    .parse::<u64>()
+                                    .map_err(|_| "@ban ROOM USER MINUTES|forever")?,
+                            )),
+                            None => return Err("@ban ROOM USER MINUTES|forever REASON".into()),
+                        };
+                        let reason = words.collect::<Vec<_>>().join(" ");
+                        self.server
+                            .ban(now, room, user, &reason, length)
+                            .map(drop)?;
+                    }
+                    "unban" => self.server.unban(room, user)?,
+                    "mute" => self.server.mute(room, user, true)?,
+                    _ => self.server.mute(room, user, false)?,
+                }
+                self.drain()
+            }
             Some("invite") => {
                 let (Some(room), Some(user)) = (words.next(), words.next()) else {
                     return Err("@invite ROOM USER".into());

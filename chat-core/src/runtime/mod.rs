@@ -437,6 +437,49 @@ impl Hub {
             .await
     }
 
+    /// Kicks `user` out of a public room with a reason ([`Server::kick`]); returns how
+    /// many of their sessions left.
+    pub async fn kick(
+        &self,
+        room: &str,
+        user: &str,
+        reason: &str,
+    ) -> Result<Result<usize, String>, HubClosed> {
+        let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
+        self.host(move |s, now| s.kick(now, &room, &user, &reason))
+            .await
+    }
+
+    /// Bans `user` from a public room for `length` (`None`: for good) ([`Server::ban`]).
+    pub async fn ban(
+        &self,
+        room: &str,
+        user: &str,
+        reason: &str,
+        length: Option<Duration>,
+    ) -> Result<Result<usize, String>, HubClosed> {
+        let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
+        self.host(move |s, now| s.ban(now, &room, &user, &reason, length))
+            .await
+    }
+
+    /// Lifts a ban ([`Server::unban`]).
+    pub async fn unban(&self, room: &str, user: &str) -> Result<Result<(), String>, HubClosed> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.host(move |s, _| s.unban(&room, &user)).await
+    }
+
+    /// Mutes or unmutes `user` in a public room ([`Server::mute`]).
+    pub async fn mute(
+        &self,
+        room: &str,
+        user: &str,
+        muted: bool,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.host(move |s, _| s.mute(&room, &user, muted)).await
+    }
+
     /// Runs `f` on the engine's task and returns its answer.
     async fn host<T: Send + 'static>(
         &self,

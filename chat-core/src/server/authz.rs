@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -203,6 +204,8 @@ impl fmt::Debug for SharedPolicy {
 pub(crate) struct Access {
     pub rules: RoomAccess,
     pub invited: BTreeSet<UserKey>,
+    /// Bans and mutes (`moderation`).
+    pub sanctions: super::moderation::Sanctions,
 }
 
 /// Every room's access, by name, kept apart from the rooms so that it holds before a
@@ -217,19 +220,32 @@ impl State {
         who: &Identity,
         room: &RoomName,
         kind: &RoomKind,
+        now: Instant,
     ) -> Permissions {
         if !kind.has_membership() {
             // A direct room: `RoomKind::admits` already kept everyone else out.
             return Permissions::ALL;
         }
-        let rules = match self.access.get(room) {
-            Some(a) => a.rules.permissions(who, a.invited.contains(&key_of(who))),
+        let key = key_of(who);
+        let access = self.access.get(room);
+        let rules = match access {
+            Some(a) => a.rules.permissions(who, a.invited.contains(&key)),
             None => Permissions::ALL,
         };
-        match &self.config.room_policy {
+        let mut perms = match &self.config.room_policy {
             Some(policy) => policy.0.permissions(who, room, rules),
             None => rules,
+        };
+        // A moderator's sanction holds whatever the rules and the policy say.
+        if let Some(s) = access.map(|a| &a.sanctions) {
+            if s.is_banned(&key, now) {
+                perms = Permissions::NONE;
+            }
+            if s.muted.contains(&key) {
+                perms.send = false;
+            }
         }
+        perms
     }
 }
 
@@ -291,7 +307,7 @@ impl Server {
 
 impl State {
     /// A valid public room name.
-    fn public_room(&self, raw: &str) -> Result<RoomName, String> {
+    pub(super) fn public_room(&self, raw: &str) -> Result<RoomName, String> {
         let c = &self.config;
         let room = RoomName::parse(raw, c.max_room_chars, c.max_name_chars)
             .map_err(|e| format!("room name {e}"))?;
@@ -309,9 +325,10 @@ impl State {
         session: &Session,
         room: &RoomName,
         kind: &RoomKind,
+        now: Instant,
     ) -> Permissions {
         match &session.identity {
-            Some(who) => self.permissions(who, room, kind),
+            Some(who) => self.permissions(who, room, kind, now),
             None => Permissions::ALL,
         }
     }

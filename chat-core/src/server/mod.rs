@@ -28,6 +28,7 @@ mod inputs;
 mod kind;
 mod limits;
 mod messages;
+mod moderation;
 mod outputs;
 mod presence;
 mod reject;

@@ -227,6 +227,17 @@ pub enum Event {
     RoomCreated(RoomName),
     /// A message was posted (delivered to the room's members).
     MessagePosted(Arc<Message>),
+    /// The host moderated a user in a room (kick, ban, mute, unmute).
+    Moderated {
+        /// Room.
+        room: RoomName,
+        /// The user concerned.
+        user: UserName,
+        /// What was done.
+        action: crate::protocol::ModAction,
+        /// Why, if said.
+        reason: Option<String>,
+    },
     /// A command was rejected with an error frame.
     Rejected {
         /// Session.

@@ -658,5 +658,6 @@ pub fn kind(f: &ServerFrame) -> &'static str {
         ServerFrame::Typing { .. } => "typing",
         ServerFrame::Error { .. } => "error",
         ServerFrame::Goodbye { .. } => "goodbye",
+        ServerFrame::Moderated { .. } => "moderated",
     }
 }

@@ -36,7 +36,7 @@ impl State {
             return Err(Reject::not_member(&room_name));
         }
         if !self
-            .session_permissions(caller.session, &room_name, &kind)
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
             .read
         {
             return Err(forbidden(format!("you may not read {room_name}")));

@@ -18,7 +18,7 @@ impl State {
         req: JoinRequest,
     ) -> Result<(), Reject> {
         let (room_name, kind) = self.room_for(user, &req.room)?;
-        let perms = self.session_permissions(caller.session, &room_name, &kind);
+        let perms = self.session_permissions(caller.session, &room_name, &kind, caller.now.mono);
         if !perms.join {
             return Err(forbidden(format!("you may not join {room_name}")));
         }

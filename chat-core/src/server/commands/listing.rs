@@ -20,7 +20,7 @@ impl State {
             .filter(|r| {
                 r.kind.admits(user)
                     && self
-                        .session_permissions(caller.session, &r.name, &r.kind)
+                        .session_permissions(caller.session, &r.name, &r.kind, caller.now.mono)
                         .join
             })
             .map(|r| RoomInfo {
@@ -45,7 +45,7 @@ impl State {
     ) -> Result<(), Reject> {
         let (room_name, kind) = self.room_for(user, raw_room)?;
         if !self
-            .session_permissions(caller.session, &room_name, &kind)
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
             .presence
         {
             return Err(forbidden(format!("you may not see who is in {room_name}")));

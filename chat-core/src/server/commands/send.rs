@@ -46,7 +46,7 @@ impl State {
             return Err(Reject::not_member(&room_name));
         }
         if !self
-            .session_permissions(caller.session, &room_name, &kind)
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
             .send
         {
             return Err(forbidden(format!("you may not send to {room_name}")));

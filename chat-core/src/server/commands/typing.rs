@@ -22,7 +22,7 @@ impl State {
             return Err(Reject::not_member(&room_name));
         }
         if !self
-            .session_permissions(caller.session, &room_name, &kind)
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
             .send
         {
             return Ok(()); // who may not send has nothing to be typing
