@@ -42,11 +42,12 @@ if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] \
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-say "building the example server"
-(cd "$ROOT" && cargo build --quiet --example server)
+say "building the example servers"
+(cd "$ROOT" && cargo build --quiet --example server --example host_auth)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 export CHAT_SERVER_BIN="$TARGET_DIR/debug/examples/server"
+export CHAT_HOST_AUTH_BIN="$TARGET_DIR/debug/examples/host_auth"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/chat-e2e.XXXXXX")"
 SERVER_PID=""

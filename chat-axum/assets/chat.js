@@ -1,7 +1,8 @@
 // The browser chat page. Plain ES module, no build step, no dependencies.
 //
-// Speaks the JSON protocol of docs/PROTOCOL.md over a WebSocket at `ws` relative to the
-// page (so the page works when an app mounts the chat under a sub-path).
+// Speaks the JSON protocol of docs/PROTOCOL.md over a WebSocket at `ws` next to this
+// script (so the page works when an app mounts the chat under a sub-path, whether the
+// page's own URL ends in a slash or not).
 //
 // Safety rules followed throughout: every string that came from a user (names, room
 // names, bodies, error messages) reaches the DOM only through `textContent` or attribute
@@ -86,11 +87,18 @@ function pageLimits() {
   }
 }
 
+/**
+ * Served by an app that identifies its users itself (chat-axum `RouterOptions::identity`:
+ * a session cookie): the server knows who we are, so there is no name to ask for, and
+ * signing out is the app's.
+ */
+const HOST_IDENTITY = document.querySelector('meta[name="chat-host-identity"]') !== null;
+
 // ---------------------------------------------------------------------------------------
 // Storage: what the page remembers between visits (per path, so two chats mounted on one
 // origin do not mix). Nothing here is trusted: it is only ever sent back to the server.
 
-const STORE_PREFIX = `chat:${location.pathname.replace(/[^/]*$/, '')}:`;
+const STORE_PREFIX = `chat:${new URL('.', import.meta.url).pathname}:`;
 const store = {
   get(key, fallback) {
     try {
@@ -520,7 +528,7 @@ function changeTimeline(room, change, { live = false, mine = false } = {}) {
 // Connection
 
 function wsUrl() {
-  const url = new URL('ws', location.href);
+  const url = new URL('ws', import.meta.url);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   url.hash = '';
   url.search = '';
@@ -600,7 +608,8 @@ function disconnect() {
 
 function sendHello() {
   const identity = store.get('identity', null);
-  const name = conn.login ? conn.login.name : identity?.name;
+  // With a host identity the server ignores the name: any will do.
+  const name = HOST_IDENTITY ? 'host' : conn.login ? conn.login.name : identity?.name;
   if (!name) {
     disconnect();
     showLogin();
@@ -630,6 +639,8 @@ function sendHello() {
     for (const r of identity?.dms ?? []) add(r);
   }
   const hello = { type: 'hello', version: PROTOCOL_VERSION, name, rooms };
+  // A first visit to an app's chat: the server's default rooms, which the app chose.
+  if (HOST_IDENTITY && !conn.welcomedOnce && store.get('rooms', []).length === 0) delete hello.rooms;
   const token = identity && fold(identity.name) === fold(name) ? identity.token : null;
   if (token) hello.token = token;
   request(hello, { kind: 'hello' });
@@ -645,6 +656,11 @@ function onClosed(e) {
   updateHistoryControls();
   if (e.code === 1002) {
     setStatus('failed', 'This page is out of date: reload it');
+    return;
+  }
+  if (e.code === 4001 || e.code === 4003) {
+    // The app's login expired or was revoked: coming back needs the app, not a retry.
+    setStatus('failed', e.code === 4001 ? 'Your login expired: sign in again' : 'Signed out');
     return;
   }
   if (!conn.welcomedOnce && !conn.login && conn.status === 'idle') return;
@@ -1224,6 +1240,7 @@ function onSendError(f, req, code, message) {
     user_not_found: `Not sent: ${p.to ?? 'they'} is not online.`,
     body_too_large: `Not sent: longer than ${state.limits.max_body_bytes} bytes.`,
     invalid_body: 'Not sent: empty message.',
+    forbidden: 'Not sent: you may not post in this room.',
   };
   setPendingStatus(p, reasons[code] ?? `Not sent: ${message}`, true);
 }
@@ -1790,7 +1807,11 @@ ui.membersPanel.append(leavePanel);
 
 (function start() {
   const identity = store.get('identity', null);
-  if (identity?.name && !store.get('signedOut', false)) {
+  if (HOST_IDENTITY) {
+    ui.logout.hidden = true;
+    showChat();
+    connect();
+  } else if (identity?.name && !store.get('signedOut', false)) {
     ui.meName.textContent = identity.name;
     showChat();
     connect();

@@ -6,14 +6,14 @@
 //! heartbeats, and shuts down cleanly.
 //!
 //! ```no_run
-//! use chat_axum::{router, RouterOptions};
+//! use chat_axum::{mount, router, RouterOptions};
 //! use chat_core::runtime::{Hub, HubConfig};
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let hub = Hub::spawn(HubConfig::default()).await.expect("hub starts");
 //! let app = axum::Router::new()
 //!     .route("/", axum::routing::get(|| async { "my app" }))
-//!     .nest("/chat", router(hub, RouterOptions::default()));
+//!     .merge(mount("/chat", router(hub, RouterOptions::default())));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
 //! axum::serve(listener, app).await
 //! # }
@@ -27,6 +27,7 @@ mod caps;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod identity;
 mod origin;
 mod page;
 mod socket;
@@ -37,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,7 +48,9 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 pub use caps::ConnectionLimits;
+pub use identity::{ConnectRefused, ConnectRequest, IdentityFuture, IdentityHook, identity_hook};
 pub use origin::OriginPolicy;
+pub use page::mount;
 
 /// Renders the `/metrics` body (Prometheus text format). The library only records
 /// through the `metrics` facade; a binary installs the exporter and passes its renderer.
@@ -100,6 +103,11 @@ pub struct RouterOptions {
     /// slow-header (slowloris) defence. Default 5 s. An app that mounts [`router`] in
     /// its own server sets its own.
     pub header_read_timeout: Duration,
+    /// The host's identity hook: each upgrade request is answered by it before the
+    /// upgrade (a refusal is HTTP 401/403, no socket opens), and the connection's user is
+    /// the identity it gives, whatever the client's `hello` says. `None`: users are
+    /// identified by `hello` (the core's [`AuthMode`](chat_core::AuthMode)).
+    pub identity: Option<IdentityHook>,
 }
 
 impl Default for RouterOptions {
@@ -118,6 +126,7 @@ impl Default for RouterOptions {
             limits: ConnectionLimits::default(),
             hello_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(5),
+            identity: None,
         }
     }
 }
@@ -132,6 +141,7 @@ impl std::fmt::Debug for RouterOptions {
             .field("limits", &self.limits)
             .field("hello_timeout", &self.hello_timeout)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("identity", &self.identity.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -152,7 +162,9 @@ pub fn router(hub: Hub, mut options: RouterOptions) -> Router {
             "chat WebSocket accepts every Origin: any web page can connect as its visitor"
         );
     }
-    let page = options.page.then(|| page::routes(hub.limits()));
+    let page = options
+        .page
+        .then(|| page::routes(hub.limits(), options.identity.is_some()));
     let state = AppState {
         hub,
         caps: caps::Caps::new(options.limits.clone()),
@@ -190,6 +202,7 @@ fn cap_ping_interval(options: &mut RouterOptions) {
 async fn ws_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: ws::Upgrade,
 ) -> Response {
@@ -212,7 +225,32 @@ async fn ws_handler(
             return refused.into_response();
         }
     };
-    spawn_connection(upgrade, state, peer, socket::Mode::Chat, admitted)
+    let identity = match &state.options.identity {
+        Some(hook) => {
+            let request = ConnectRequest { headers, uri, peer };
+            match hook(request).await {
+                Ok(identity) if identity.expires.is_some_and(|at| at <= chrono_now()) => {
+                    refusal("unauthorized");
+                    return ConnectRefused::Unauthorized("credentials expired".into())
+                        .into_response();
+                }
+                Ok(identity) => Some(identity),
+                Err(refused) => {
+                    tracing::debug!(?peer, ?refused, "identity hook refused a WebSocket");
+                    refusal(refused.metric());
+                    return refused.into_response();
+                }
+            }
+        }
+        None => None,
+    };
+    let mode = socket::Mode::Chat(identity);
+    spawn_connection(upgrade, state, peer, mode, admitted)
+}
+
+#[allow(clippy::disallowed_methods)] // the adapter reads the clock, the core never does
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
 }
 
 /// Counts a refused upgrade by reason (`chat_refusals_total`).

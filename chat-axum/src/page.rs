@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::OriginalUri;
+use axum::http::{HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chat_core::protocol::Limits;
 
@@ -23,14 +24,26 @@ const LIMITS_META: &str = r#"<meta name="chat-limits" content="">"#;
 
 /// The page's routes. `limits` are the server's (the core `Config`'s): the page carries
 /// them, so it has no limits of its own.
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(limits: &Limits) -> Router<S> {
-    let index: Arc<str> = index_with(limits).into();
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
+    limits: &Limits,
+    host_identity: bool,
+) -> Router<S> {
+    let mut index = index_with(limits);
+    if host_identity {
+        // The page asks no name: the app's identity hook says who the user is.
+        index = index.replacen(
+            "<title>",
+            "<meta name=\"chat-host-identity\" content=\"\">\n<title>",
+            1,
+        );
+    }
+    let index: Arc<str> = index.into();
     Router::new()
         .route(
             "/",
-            get(move || {
+            get(move |OriginalUri(uri): OriginalUri| {
                 let index = index.clone();
-                async move { asset(index.to_string(), "text/html; charset=utf-8") }
+                async move { asset(with_base(&index, &uri), "text/html; charset=utf-8") }
             }),
         )
         .route(
@@ -45,6 +58,48 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(limits: &Limits) -> Route
             "/style.css",
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
+}
+
+/// The page with its script and style at absolute paths under the mount point, so it
+/// works whether it was asked for as `/chat/` or `/chat` (from which relative paths would
+/// leave the mount: `/chat.js`). The script finds the WebSocket next to itself.
+fn with_base(index: &str, uri: &Uri) -> String {
+    let path = uri.path();
+    let base = if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    };
+    let base = base.replace('&', "&amp;").replace('"', "&quot;");
+    index
+        .replace(r#"href="style.css""#, &format!(r#"href="{base}style.css""#))
+        .replace(r#"src="chat.js""#, &format!(r#"src="{base}chat.js""#))
+}
+
+/// Mounts the chat at `prefix` (`"/chat"`), so that both `/chat` and `/chat/` open the
+/// page: `/chat` redirects to `/chat/` (query kept), under which every chat route lives
+/// (`/chat/ws`, `/chat/healthz`, ...). Merge the result into the app's router. (axum's own
+/// `nest("/chat", ..)` serves `/chat` but not `/chat/`.)
+///
+/// # Panics
+/// If `prefix` does not start with `/`, or ends with one.
+pub fn mount(prefix: &str, chat: Router) -> Router {
+    assert!(
+        prefix.starts_with('/') && !prefix.ends_with('/'),
+        "a mount prefix looks like /chat"
+    );
+    let slashed = format!("{prefix}/");
+    let to = slashed.clone();
+    Router::new().nest(&slashed, chat).route(
+        prefix,
+        get(move |OriginalUri(uri): OriginalUri| {
+            let to = match uri.query() {
+                Some(q) => format!("{to}?{q}"),
+                None => to.clone(),
+            };
+            async move { Redirect::permanent(&to) }
+        }),
+    )
 }
 
 fn index_with(limits: &Limits) -> String {

@@ -24,10 +24,10 @@ use crate::RouterOptions;
 use crate::ws::{self, Fail, Incoming, Reader};
 
 /// What the connection does with incoming frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// Speak the chat protocol through the hub.
-    Chat,
+    /// Speak the chat protocol through the hub, as the host's identity if given.
+    Chat(Option<chat_core::Identity>),
     /// Echo every data frame back (protocol-compliance testing only).
     #[cfg_attr(not(feature = "autobahn"), allow(dead_code))]
     Echo,
@@ -60,14 +60,21 @@ pub(crate) async fn run<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let chat = matches!(mode, Mode::Chat(_));
     let (inbound, outbound) = match mode {
-        Mode::Chat => match hub.connect().await {
-            Ok(conn) => {
-                let (inbound, outbound) = conn.split();
-                (Some(inbound), Some(outbound))
+        Mode::Chat(identity) => {
+            let connected = match identity {
+                Some(identity) => hub.connect_as(identity).await,
+                None => hub.connect().await,
+            };
+            match connected {
+                Ok(conn) => {
+                    let (inbound, outbound) = conn.split();
+                    (Some(inbound), Some(outbound))
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
-        },
+        }
         Mode::Echo => (None, None),
     };
     let session = inbound.as_ref().map(Inbound::session);
@@ -89,7 +96,7 @@ pub(crate) async fn run<IO>(
         last_write: now,
         last_ping: now,
         stalled: false,
-        hello_by: (mode == Mode::Chat).then(|| now + opts.hello_timeout),
+        hello_by: chat.then(|| now + opts.hello_timeout),
         why: None,
         opts,
     };

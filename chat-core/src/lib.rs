@@ -112,8 +112,9 @@ pub use ids::{
     is_invisible,
 };
 pub use server::{
-    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Input,
-    LoadedRoom, Now, Output, Rate, Recipients, Server, StoreError,
+    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Identity,
+    Input, LoadedRoom, Now, Output, Permissions, Rate, Recipients, RoomAccess, RoomPolicy, Server,
+    SharedPolicy, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

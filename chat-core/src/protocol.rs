@@ -309,6 +309,38 @@ pub enum ServerFrame {
         /// Suggested delay before reconnecting.
         retry_after_ms: u64,
     },
+    /// The host moderated a user in a room this session is in (the user's own sessions
+    /// included, before a kick or ban takes them out with `left`).
+    Moderated {
+        /// The room.
+        room: RoomName,
+        /// The user concerned.
+        user: UserName,
+        /// What was done.
+        action: ModAction,
+        /// Why, when the host said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// A ban's length in minutes (rounded up); absent: for good.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minutes: Option<u64>,
+    },
+}
+
+/// What a moderator did ([`ServerFrame::Moderated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ModAction {
+    /// Out of the room now; may join again.
+    Kick,
+    /// Out of the room, and kept out (of its messages and member list too) for
+    /// `minutes` or for good.
+    Ban,
+    /// Reads, cannot post.
+    Mute,
+    /// May post again.
+    Unmute,
 }
 
 /// A chat message as stored and delivered.
@@ -425,6 +457,13 @@ pub enum ErrorCode {
     StorageUnavailable,
     /// The server is shutting down.
     ShuttingDown,
+    /// The user may not do this in this room (the host's rules: a private room, a
+    /// read-only room, a policy).
+    Forbidden,
+    /// The host identity's credentials expired; the connection closes (4001).
+    AuthExpired,
+    /// The host revoked the user's access; the connection closes (4003).
+    AuthRevoked,
 }
 
 impl ErrorCode {
@@ -451,6 +490,9 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AuthExpired => "auth_expired",
+            ErrorCode::AuthRevoked => "auth_revoked",
         }
     }
 }

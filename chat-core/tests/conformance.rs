@@ -298,6 +298,17 @@ fn apply_setting(c: &mut Config, setting: &str) -> Result<(), String> {
         "send_rate" => c.send_rate = rate()?,
         "typing_rate" => c.typing_rate = rate()?,
         "frame_rate" => c.frame_rate = rate()?,
+        "private" | "read_only" => {
+            // private=ROOM/role,role  read_only=ROOM/role,role
+            let (room, roles) = value.split_once('/').unwrap_or((value, ""));
+            let roles = roles.split(',').filter(|r| !r.is_empty());
+            let access = if key == "private" {
+                chat_core::RoomAccess::private(roles)
+            } else {
+                chat_core::RoomAccess::read_only(roles)
+            };
+            c.rooms.push((room.to_owned(), access));
+        }
         _ => return Err(format!("unknown setting {key:?}")),
     }
     Ok(())
@@ -368,6 +379,51 @@ impl Replay<'_> {
                     result,
                 })
             }
+            Some("revoke") => {
+                let user = words.next().ok_or("@revoke needs a user")?;
+                self.server.revoke_user(self.now, user);
+                self.drain()
+            }
+            Some("kick") | Some("ban") | Some("mute") | Some("unmute") | Some("unban") => {
+                let what = directive.split_whitespace().next().unwrap_or_default();
+                let (Some(room), Some(user)) = (words.next(), words.next()) else {
+                    return Err(format!("@{what} ROOM USER ..."));
+                };
+                let now = self.now;
+                match what {
+                    "kick" => {
+                        let reason = words.collect::<Vec<_>>().join(" ");
+                        self.server.kick(now, room, user, &reason).map(drop)?;
+                    }
+                    "ban" => {
+                        // @ban ROOM USER MINUTES|forever REASON...
+                        let length = match words.next() {
+                            Some("forever") => None,
+                            Some(m) => Some(Duration::from_secs(
+                                60 * m
+                                    .parse::<u64>()
+                                    .map_err(|_| "@ban ROOM USER MINUTES|forever")?,
+                            )),
+                            None => return Err("@ban ROOM USER MINUTES|forever REASON".into()),
+                        };
+                        let reason = words.collect::<Vec<_>>().join(" ");
+                        self.server
+                            .ban(now, room, user, &reason, length)
+                            .map(drop)?;
+                    }
+                    "unban" => self.server.unban(room, user)?,
+                    "mute" => self.server.mute(room, user, true)?,
+                    _ => self.server.mute(room, user, false)?,
+                }
+                self.drain()
+            }
+            Some("invite") => {
+                let (Some(room), Some(user)) = (words.next(), words.next()) else {
+                    return Err("@invite ROOM USER".into());
+                };
+                self.server.invite(room, user)?;
+                self.drain()
+            }
             Some("persist") => {
                 let room = words.next().ok_or("@persist needs a room")?;
                 let seq = Seq(words
@@ -394,6 +450,34 @@ impl Replay<'_> {
     }
 
     fn action(&mut self, label: &str, action: &str) -> Result<(), String> {
+        if let Some(spec) = action.strip_prefix("connect as ") {
+            // connect as USER [roles=a,b] [expires_ms=N]
+            if self.open.contains_key(label) {
+                return Err(format!("{label} is already connected"));
+            }
+            let mut words = spec.split_whitespace();
+            let mut identity = chat_core::Identity::new(words.next().ok_or("connect as USER")?);
+            for word in words {
+                match word.split_once('=') {
+                    Some(("roles", roles)) => {
+                        identity.roles = roles.split(',').map(str::to_owned).collect();
+                    }
+                    Some(("expires_ms", ms)) => {
+                        let ms: i64 = ms.parse().map_err(|_| format!("bad {word:?}"))?;
+                        identity.expires = Some(self.now.utc + chrono::Duration::milliseconds(ms));
+                    }
+                    _ => return Err(format!("unknown connect option {word:?}")),
+                }
+            }
+            let sid = SessionId(self.next_session);
+            self.next_session += 1;
+            self.open.insert(label.to_owned(), sid);
+            self.labels.insert(sid, label.to_owned());
+            return self.input(Input::ConnectedAs {
+                session: sid,
+                identity,
+            });
+        }
         match action {
             "connect" => {
                 if self.open.contains_key(label) {

@@ -130,6 +130,8 @@ impl Client {
                 }
                 self.event(ClientEvent::Typing { room, user, active });
             }
+            // A kick or ban of ours is followed by `left`, which updates the rooms.
+            ServerFrame::Moderated { .. } => {}
             ServerFrame::Error { id, code, message } => self.on_error(id, code, message),
             ServerFrame::Goodbye {
                 reason,

@@ -125,6 +125,9 @@ pub enum SpawnError {
         /// Where its value comes from.
         why: &'static str,
     },
+    /// `HubConfig.core.rooms` names a room that is not a valid public room name.
+    #[error("HubConfig.core.rooms: {0:?} is not a valid public room name")]
+    InvalidRoom(String),
     /// The operating system gave no randomness for the token secret or the epoch.
     #[error("no randomness: {0}")]
     NoRandomness(String),
@@ -193,11 +196,18 @@ impl Counters {
     }
 }
 
+/// Something the host does on the engine's task ([`Hub::revoke_user`], ...).
+type HostFn = Box<dyn FnOnce(&mut Server, Now) + Send>;
+
 enum Cmd {
     Connect {
         session: SessionId,
         tx: outbox::OutboxTx,
+        /// The host's identity for the session, known before its first frame.
+        identity: Option<crate::Identity>,
     },
+    /// The host changes the engine's state (revocations, room access, invitations).
+    Host(HostFn),
     Input(Input),
     /// The writer's answer for a whole group: one command, not one per message.
     Persisted {
@@ -259,6 +269,12 @@ impl Hub {
                 field: "durable",
                 why: "in cluster mode the shared log holds the history: HubConfig.store must be None",
             });
+        }
+        if let Some((room, _)) = core.rooms.iter().find(|(room, _)| {
+            crate::RoomName::parse(room, core.max_room_chars, core.max_name_chars)
+                .map_or(true, |r| r.direct_users().is_some())
+        }) {
+            return Err(SpawnError::InvalidRoom(room.clone()));
         }
         if core.epoch != Config::default().epoch {
             return Err(SpawnError::RuntimeOwned {
@@ -359,11 +375,29 @@ impl Hub {
     /// Opens a session for one client, as a transport does for each connection (see
     /// [`transport`]). Send `hello` first.
     pub async fn connect(&self) -> Result<Connection, HubClosed> {
+        self.open_session(None).await
+    }
+
+    /// Opens a session whose user the host already knows (from the request that opened
+    /// the connection): its `hello` is welcomed as `identity`'s user, whatever name it
+    /// gives, and at `identity.expires` it is told (`auth_expired`) and closed.
+    pub async fn connect_as(&self, identity: crate::Identity) -> Result<Connection, HubClosed> {
+        self.open_session(Some(identity)).await
+    }
+
+    async fn open_session(
+        &self,
+        identity: Option<crate::Identity>,
+    ) -> Result<Connection, HubClosed> {
         let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = outbox::outbox(self.inner.outbound_queue);
         self.inner
             .tx
-            .send(Cmd::Connect { session, tx })
+            .send(Cmd::Connect {
+                session,
+                tx,
+                identity,
+            })
             .await
             .map_err(|_| HubClosed)?;
         Ok(Connection::new(
@@ -405,6 +439,91 @@ impl Hub {
         rx.await
             .map_err(|_| HubClosed)?
             .map_err(PublishError::Rejected)
+    }
+
+    /// Closes every session of `user` at once (each gets an `auth_revoked` error and
+    /// close code 4003); returns how many there were. This hub only: in cluster mode
+    /// every node must be told. Keeping the user out afterwards is the identity hook's
+    /// part.
+    pub async fn revoke_user(&self, user: &str) -> Result<usize, HubClosed> {
+        let user = user.to_owned();
+        self.host(move |server, now| server.revoke_user(now, &user))
+            .await
+    }
+
+    /// Sets a public room's access rules (see [`crate::RoomAccess`]); they apply from
+    /// the next join, send or read on.
+    pub async fn set_room_access(
+        &self,
+        room: &str,
+        rules: crate::RoomAccess,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let room = room.to_owned();
+        self.host(move |server, _| server.set_room_access(&room, rules))
+            .await
+    }
+
+    /// Invites `user` to a private room.
+    pub async fn invite(&self, room: &str, user: &str) -> Result<Result<(), String>, HubClosed> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.host(move |server, _| server.invite(&room, &user))
+            .await
+    }
+
+    /// Kicks `user` out of a public room with a reason ([`Server::kick`]); returns how
+    /// many of their sessions left.
+    pub async fn kick(
+        &self,
+        room: &str,
+        user: &str,
+        reason: &str,
+    ) -> Result<Result<usize, String>, HubClosed> {
+        let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
+        self.host(move |s, now| s.kick(now, &room, &user, &reason))
+            .await
+    }
+
+    /// Bans `user` from a public room for `length` (`None`: for good) ([`Server::ban`]).
+    pub async fn ban(
+        &self,
+        room: &str,
+        user: &str,
+        reason: &str,
+        length: Option<Duration>,
+    ) -> Result<Result<usize, String>, HubClosed> {
+        let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
+        self.host(move |s, now| s.ban(now, &room, &user, &reason, length))
+            .await
+    }
+
+    /// Lifts a ban ([`Server::unban`]).
+    pub async fn unban(&self, room: &str, user: &str) -> Result<Result<(), String>, HubClosed> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.host(move |s, _| s.unban(&room, &user)).await
+    }
+
+    /// Mutes or unmutes `user` in a public room ([`Server::mute`]).
+    pub async fn mute(
+        &self,
+        room: &str,
+        user: &str,
+        muted: bool,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.host(move |s, _| s.mute(&room, &user, muted)).await
+    }
+
+    /// Runs `f` on the engine's task and returns its answer.
+    async fn host<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Server, Now) -> T + Send + 'static,
+    ) -> Result<T, HubClosed> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Host(Box::new(move |server, now| {
+            let _ = reply.send(f(server, now));
+        }));
+        self.inner.control.send(cmd).map_err(|_| HubClosed)?;
+        rx.await.map_err(|_| HubClosed)
     }
 
     /// Host-app events: messages posted, users joining and leaving, sessions.
@@ -585,15 +704,24 @@ impl Driver {
     /// Handles one command and drains outputs. True when the driver should stop.
     fn handle(&mut self, now: Now, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Connect { session, tx } => {
+            Cmd::Connect {
+                session,
+                tx,
+                identity,
+            } => {
                 if self.shutting_down {
                     tx.close(CloseReason::Shutdown);
                     return false;
                 }
                 self.sessions.insert(session, SessionTx { tx });
                 self.stats.connections.fetch_add(1, Ordering::Relaxed);
-                self.feed(now, Input::Connected { session });
+                let input = match identity {
+                    Some(identity) => Input::ConnectedAs { session, identity },
+                    None => Input::Connected { session },
+                };
+                self.feed(now, input);
             }
+            Cmd::Host(f) => f(&mut self.server, now),
             Cmd::Input(input) => {
                 let mut frame = false;
                 match &input {

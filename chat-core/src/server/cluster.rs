@@ -561,7 +561,7 @@ impl Room {
                 ts,
             }
         };
-        env.fan_out(self, &Encoded::new(&frame), None, Some(&key));
+        env.fan_out_presence(self, &Encoded::new(&frame), None, Some(&key));
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::authz::{RoomAccess, SharedPolicy};
 use super::limits::Rate;
 use crate::protocol::Limits;
 
@@ -91,6 +92,13 @@ pub struct Config {
     pub secret: [u8; 32],
     /// Reconnect delay suggested in `goodbye` on shutdown.
     pub shutdown_retry_after: Duration,
+    /// Public rooms' access rules by room name (private, read-only; see
+    /// [`RoomAccess`]); a room not named is open. Changed at run time with
+    /// [`Server::set_room_access`](super::Server::set_room_access).
+    pub rooms: Vec<(String, RoomAccess)>,
+    /// The host's rule for public rooms' permissions, asked after the rooms' own rules
+    /// (see [`RoomPolicy`](super::RoomPolicy)).
+    pub room_policy: Option<SharedPolicy>,
 }
 
 impl Default for Config {
@@ -132,6 +140,8 @@ impl Default for Config {
             epoch: "0".to_owned(),
             secret: [0; 32],
             shutdown_retry_after: Duration::from_secs(2),
+            rooms: Vec::new(),
+            room_policy: None,
         }
     }
 }

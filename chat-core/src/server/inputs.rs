@@ -46,6 +46,15 @@ pub enum Input {
         /// The new session.
         session: SessionId,
     },
+    /// A connection opened whose user the host already knows (from the upgrade
+    /// request: a session cookie, a header). The session's user is `identity`'s,
+    /// whatever its `hello` says; at `identity.expires` it is told and closed.
+    ConnectedAs {
+        /// The new session.
+        session: SessionId,
+        /// Who it is.
+        identity: super::Identity,
+    },
     /// A text frame arrived, decoded with [`crate::protocol::decode`] (in the driver's
     /// reader task, so decoding runs in parallel with the core).
     Received {

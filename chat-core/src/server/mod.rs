@@ -19,6 +19,7 @@
 //! | `messages` | the path of a message: seq, store, release in order, acks |
 //! | `commands/` | the dispatcher and one module per client command |
 
+mod authz;
 mod cluster;
 mod commands;
 mod config;
@@ -28,6 +29,7 @@ mod kind;
 mod limits;
 mod messages;
 mod names;
+mod moderation;
 mod outputs;
 mod presence;
 mod reject;
@@ -43,6 +45,7 @@ use std::time::Instant;
 use crate::ids::{RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
+pub use authz::{Identity, Permissions, RoomAccess, RoomPolicy, SharedPolicy};
 pub use cluster::{Announced, Appended, LoadedRoom};
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
@@ -83,6 +86,8 @@ struct State {
     stored: BTreeMap<RoomName, Seq>,
     /// Rooms restored before the first input, whose unload timers are not armed yet.
     unarmed: Vec<RoomName>,
+    /// Public rooms' access rules and invitations.
+    access: authz::AccessTable,
     shutting_down: bool,
     drained: bool,
 }
@@ -102,12 +107,24 @@ struct HistoryTicket {
     room: RoomName,
     /// The session's user: the page shows it the `client_id` of its own messages only.
     reader: UserKey,
+    /// Anonymous mode, direct rooms: no message older than this (`Users::direct_floor`).
+    floor: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Server {
     /// A server with no sessions and no rooms.
     #[must_use]
     pub fn new(config: Config) -> Server {
+        let mut access = authz::AccessTable::new();
+        for (room, rules) in &config.rooms {
+            match RoomName::parse(room, config.max_room_chars, config.max_name_chars) {
+                Ok(name) if RoomKind::of(&name).has_membership() => {
+                    access.entry(name).or_default().rules = rules.clone();
+                }
+                // Hub::spawn refuses such a config; a bare Server ignores the entry.
+                _ => {}
+            }
+        }
         Server {
             sessions: BTreeMap::new(),
             st: State {
@@ -121,6 +138,7 @@ impl Server {
                 loading: cluster::Loading::default(),
                 stored: BTreeMap::new(),
                 unarmed: Vec::new(),
+                access,
                 shutting_down: false,
                 drained: false,
             },
@@ -192,7 +210,10 @@ impl Server {
             self.st.arm_restored();
         }
         match input {
-            Input::Connected { session } => return self.on_connected(now, session),
+            Input::Connected { session } => return self.on_connected(now, session, None),
+            Input::ConnectedAs { session, identity } => {
+                return self.on_connected(now, session, Some(identity));
+            }
             Input::Received { session, frame } => self.on_received(now, session, frame),
             Input::Disconnected { session } => self.drop_session(now, session, None),
             Input::QueueFull { session, ephemeral } => self.on_queue_full(now, session, ephemeral),
@@ -264,6 +285,7 @@ impl Server {
                 Timer::Grace(user) => self.st.on_grace_expired(at, &user),
                 Timer::Typing(room, user) => self.st.on_typing_expired(at, &room, &user),
                 Timer::Unload(room) => self.st.on_unload_due(at, &room),
+                Timer::Expiry(session) => self.on_identity_expired(now, session),
             }
         }
     }
@@ -315,14 +337,46 @@ impl Server {
 
     // ---- connection lifecycle ----
 
-    fn on_connected(&mut self, now: Now, session: SessionId) -> Result<(), ApiMisuse> {
+    fn on_connected(
+        &mut self,
+        now: Now,
+        session: SessionId,
+        identity: Option<Identity>,
+    ) -> Result<(), ApiMisuse> {
         if self.sessions.contains_key(&session) {
             return Err(ApiMisuse::DuplicateSession(session));
         }
-        self.sessions
-            .insert(session, Session::new(&self.st.config, now.mono));
+        let mut s = Session::new(&self.st.config, now.mono);
+        if let Some(identity) = identity {
+            if let Some(expires) = identity.expires {
+                let left = (expires - now.utc).to_std().unwrap_or_default();
+                self.st.timers.arm(now.mono + left, Timer::Expiry(session));
+            }
+            s.identity = Some(std::sync::Arc::new(identity));
+            s.host_identity = true;
+        }
+        self.sessions.insert(session, s);
         self.st.out.open(session);
         Ok(())
+    }
+
+    /// A session's host identity expired: tell it and close it.
+    fn on_identity_expired(&mut self, now: Now, session: SessionId) {
+        self.end_session(now, session, CloseReason::AuthExpired);
+    }
+
+    /// Ends a session for a reason of the host's (expired, revoked): an error frame
+    /// that says why, then the close.
+    fn end_session(&mut self, now: Now, session: SessionId, reason: CloseReason) {
+        if !self.sessions.contains_key(&session) {
+            return;
+        }
+        let (code, message) = match reason {
+            CloseReason::Revoked => (ErrorCode::AuthRevoked, "your access was revoked"),
+            _ => (ErrorCode::AuthExpired, "your login expired; log in again"),
+        };
+        self.st.out.error(session, None, code, message.into());
+        self.drop_session(now, session, Some(reason));
     }
 
     fn on_queue_full(&mut self, now: Now, sid: SessionId, ephemeral: bool) {

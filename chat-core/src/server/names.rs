@@ -96,7 +96,7 @@ impl Server {
             parked: false,
         };
         if result.is_ok() {
-            st.welcome(&mut caller, id, &name, rooms, Some(token));
+            st.welcome(&mut caller, id, &name, rooms, true, Some(token));
         }
         let close = caller.settle(&mut st.out, st.config.max_strikes, id, false, result);
         if let Some(reason) = close {

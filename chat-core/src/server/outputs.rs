@@ -274,6 +274,17 @@ pub enum Event {
     RoomCreated(RoomName),
     /// A message was posted (delivered to the room's members).
     MessagePosted(Arc<Message>),
+    /// The host moderated a user in a room (kick, ban, mute, unmute).
+    Moderated {
+        /// Room.
+        room: RoomName,
+        /// The user concerned.
+        user: UserName,
+        /// What was done.
+        action: crate::protocol::ModAction,
+        /// Why, if said.
+        reason: Option<String>,
+    },
     /// A command was rejected with an error frame.
     Rejected {
         /// Session.
@@ -300,6 +311,10 @@ pub enum CloseReason {
     /// Cluster mode: the history epoch changed (the shared log may have lost messages);
     /// reconnect, and join without `since`.
     EpochChanged,
+    /// The host identity's credentials expired: log in again.
+    AuthExpired,
+    /// The host revoked the user's access.
+    Revoked,
 }
 
 impl CloseReason {
@@ -311,6 +326,8 @@ impl CloseReason {
             CloseReason::Flood | CloseReason::AuthFailed => 1008,
             CloseReason::UnsupportedVersion => 1002,
             CloseReason::Shutdown | CloseReason::EpochChanged => 1012,
+            CloseReason::AuthExpired => 4001,
+            CloseReason::Revoked => 4003,
         }
     }
 
@@ -324,6 +341,8 @@ impl CloseReason {
             CloseReason::AuthFailed => "authentication failed",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::EpochChanged => "history epoch changed",
+            CloseReason::AuthExpired => "credentials expired",
+            CloseReason::Revoked => "access revoked",
         }
     }
 }

@@ -147,7 +147,7 @@ impl State {
             self.cluster_presence(room_name, user.clone(), true);
         }
         if !shown {
-            self.fan_out(room_name, &notice, Some(joiner), None);
+            self.fan_out_presence(room_name, &notice, Some(joiner));
         }
         self.out.event(Event::UserJoined {
             room: room_name.clone(),
@@ -173,7 +173,7 @@ impl State {
             self.cluster_presence(room_name, user.clone(), false);
         }
         if !shown {
-            self.fan_out(room_name, &notice, None, None);
+            self.fan_out_presence(room_name, &notice, None);
         }
         self.out.event(Event::UserLeft {
             room: room_name.clone(),

@@ -153,6 +153,9 @@ pub(crate) struct Room {
     pub touched: Option<Instant>,
     /// Durable mode: the instant of the room's armed unload timer, if one is armed.
     pub unload_at: Option<Instant>,
+    /// Joined sessions whose user may not see presence here (`authz`): no
+    /// `user_joined`/`user_left` for them.
+    pub blind: BTreeSet<SessionId>,
 }
 
 /// Where the name of the member after `before` starts in the member list's JSON: after
@@ -179,6 +182,7 @@ impl Room {
             cluster: Follower::default(),
             touched: None,
             unload_at: None,
+            blind: BTreeSet::new(),
         }
     }
 
@@ -326,6 +330,7 @@ impl Room {
         if let Ok(i) = self.sessions.binary_search(&sid) {
             Arc::make_mut(&mut self.sessions).remove(i);
         }
+        self.blind.remove(&sid);
     }
 
     /// Whether the room holds nothing worth keeping: no members, no history, nothing pending.

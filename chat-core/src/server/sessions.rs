@@ -1,7 +1,10 @@
 //! Sessions: one per connection, with its phase, rooms, rate limits and strikes.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
+
+use super::authz::Identity;
 
 use super::config::Config;
 use super::limits::TokenBucket;
@@ -49,6 +52,11 @@ pub(crate) struct Session {
     pub typing: TokenBucket,
     /// Rejections not yet paid back by accepted commands.
     pub strikes: u32,
+    /// Who the session is: the host's identity from the connection (then
+    /// `host_identity`), or from `hello` once welcomed.
+    pub identity: Option<Arc<Identity>>,
+    /// The identity came with the connection: `hello`'s name and token are ignored.
+    pub host_identity: bool,
 }
 
 impl Session {
@@ -61,6 +69,8 @@ impl Session {
             sends: TokenBucket::full(config.send_rate, now),
             typing: TokenBucket::full(config.typing_rate, now),
             strikes: 0,
+            identity: None,
+            host_identity: false,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use crate::ids::{RoomName, UserKey};
+use crate::ids::{RoomName, SessionId, UserKey};
 
 /// What a timer is for. A timer only acts if the state it was armed for still holds
 /// at its instant (a later arm or a cancel makes it stale), so timers are never removed.
@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     Typing(RoomName, UserKey),
     /// Durable mode: a room may have been idle long enough to leave memory.
     Unload(RoomName),
+    /// A session's host identity expires.
+    Expiry(SessionId),
 }
 
 /// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).

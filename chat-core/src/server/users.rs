@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use crate::ids::{SessionId, UserKey, UserName};
 
 /// A user known to the server: online, or in its grace period.
@@ -15,6 +17,9 @@ pub(crate) struct User {
     pub token: Option<String>,
     /// Set when the last session went away: the name stays held until then.
     pub grace_until: Option<Instant>,
+    /// When the name was taken: in anonymous mode the user reads direct messages from
+    /// then on only, none of an earlier holder's of the name.
+    pub claimed_at: DateTime<Utc>,
 }
 
 /// Every known user, by key, and the counter that makes each anonymous claim's token new.
@@ -79,14 +84,25 @@ impl Users {
     }
 
     /// The user for `name`, created if new (with a fresh token in anonymous mode).
-    pub fn claim(&mut self, name: &UserName, anonymous: bool, secret: &[u8; 32]) -> &mut User {
+    pub fn claim(
+        &mut self,
+        name: &UserName,
+        anonymous: bool,
+        secret: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> &mut User {
         let token = (anonymous && !self.by_key.contains_key(&name.key()))
             .then(|| self.mint(&name.key(), secret));
-        self.claim_with(name, token)
+        self.claim_with(name, token, now)
     }
 
     /// The user for `name`, created with `token` if new.
-    pub fn claim_with(&mut self, name: &UserName, token: Option<String>) -> &mut User {
+    pub fn claim_with(
+        &mut self,
+        name: &UserName,
+        token: Option<String>,
+        now: DateTime<Utc>,
+    ) -> &mut User {
         let by_skeleton = &mut self.by_skeleton;
         self.by_key.entry(name.key()).or_insert_with_key(|key| {
             by_skeleton
@@ -97,6 +113,8 @@ impl Users {
                 sessions: BTreeSet::new(),
                 token,
                 grace_until: None,
+                // At the millisecond, as messages are stamped (`Room::stamp`).
+                claimed_at: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now),
             }
         })
     }
@@ -114,6 +132,16 @@ impl Users {
         input.extend_from_slice(key.as_str().as_bytes());
         let hash = blake3::keyed_hash(secret, &input);
         hash.to_hex()[..32].to_owned()
+    }
+
+    /// The oldest direct message `key` may read: in anonymous mode (the user holds a
+    /// token) nothing from before it took its name, which an earlier holder may have
+    /// used; a host identity reads all.
+    pub fn direct_floor(&self, key: &UserKey) -> Option<DateTime<Utc>> {
+        self.by_key
+            .get(key)
+            .filter(|u| u.token.is_some())
+            .map(|u| u.claimed_at)
     }
 
     /// A user's display name; for a user no longer known (a direct-room peer who left),

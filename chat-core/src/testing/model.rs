@@ -243,6 +243,8 @@ pub(crate) struct MMsg {
     pub user: String,
     pub body: String,
     pub client_id: Option<String>,
+    /// Posted at (ms).
+    pub at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -286,6 +288,8 @@ pub(crate) struct MUser {
     pub sessions: BTreeSet<u64>,
     pub token: Option<String>,
     grace_until: Option<u64>,
+    /// Took the name at (ms): anonymous users read no direct message from before.
+    claimed_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,11 +658,13 @@ impl Model {
 
     fn welcome(&mut self, sid: u64, id: u64, name: &str, rooms: &RoomsChoice) {
         let key = name.to_lowercase();
+        let t = self.t;
         let user = self.users.entry(key.clone()).or_insert_with(|| MUser {
             name: name.to_owned(),
             sessions: BTreeSet::new(),
             token: None, // learned from the welcome: tokens are the server's secret
             grace_until: None,
+            claimed_at: t,
         });
         user.sessions.insert(sid);
         user.grace_until = None;
@@ -741,6 +747,7 @@ impl Model {
                 .insert(room.to_owned());
         }
         let on_join = self.config.history_on_join;
+        let floor = self.dm_floor(key, room);
         let r = &self.rooms[room];
         let latest = |r: &MRoom| r.window[r.window.len().saturating_sub(on_join)..].to_vec();
         let (messages, gap) = match since {
@@ -757,6 +764,7 @@ impl Model {
             members: self.member_names(room),
             messages: messages
                 .into_iter()
+                .filter(|m| floor.is_none_or(|f| m.at >= f))
                 .map(|m| (m.seq, m.user, m.body))
                 .collect(),
             gap,
@@ -904,6 +912,7 @@ impl Model {
                 user: author,
                 body: body.to_owned(),
                 client_id,
+                at: self.t,
             },
             author: key.to_owned(),
             committed: !durable,
@@ -1068,6 +1077,10 @@ impl Model {
         }
         self.accepted(sid);
         let durable = self.durable();
+        let floor = self.sessions[&sid]
+            .user
+            .as_deref()
+            .and_then(|key| self.dm_floor(key, room));
         let r = &self.rooms[room];
         let limit = limit as usize;
         let end = before.unwrap_or(u64::MAX);
@@ -1079,14 +1092,12 @@ impl Model {
             let stored = self.store.get(room).map_or(&[][..], Vec::as_slice);
             let below = stored.iter().filter(|m| m.seq < end).count();
             let from = below.saturating_sub(limit);
-            (
-                stored[from..below].iter().map(|m| m.seq).collect(),
-                from > 0,
-            )
+            above(&stored[from..below], from > 0, floor)
         } else {
-            (
-                r.window[start..idx].iter().map(|m| m.seq).collect(),
+            above(
+                &r.window[start..idx],
                 start > 0 || (durable && older_elsewhere),
+                floor,
             )
         };
         self.emit(
@@ -1098,6 +1109,14 @@ impl Model {
                 has_more,
             },
         );
+    }
+
+    /// An anonymous user reads a direct room's messages from when it took its name on.
+    fn dm_floor(&self, key: &str, room: &str) -> Option<u64> {
+        if self.host_auth() || !room.starts_with('@') {
+            return None;
+        }
+        self.users.get(key).map(|u| u.claimed_at)
     }
 
     /// The session ends: by the peer (`reason` none) or closed by the server.
@@ -1275,4 +1294,16 @@ impl Model {
         }
         self.t = target;
     }
+}
+
+/// A history page's seqs without the messages from before `floor`: if any were cut,
+/// nothing older is left to page to.
+fn above(page: &[MMsg], has_more: bool, floor: Option<u64>) -> (Vec<u64>, bool) {
+    let kept: Vec<u64> = page
+        .iter()
+        .filter(|m| floor.is_none_or(|f| m.at >= f))
+        .map(|m| m.seq)
+        .collect();
+    let cut = kept.len() < page.len();
+    (kept, has_more && !cut)
 }

@@ -203,6 +203,19 @@ impl Sim {
         sid
     }
 
+    /// Opens a connection whose user the host already knows.
+    pub fn connect_as(&mut self, s: u64, identity: crate::Identity) -> SessionId {
+        let sid = SessionId(s);
+        self.closed.remove(&sid);
+        self.disconnected.remove(&sid);
+        self.connected.insert(sid);
+        self.input(Input::ConnectedAs {
+            session: sid,
+            identity,
+        });
+        sid
+    }
+
     /// Sends a frame from a session, through `protocol::decode` like a real reader task.
     pub fn say(&mut self, s: u64, frame: impl Into<Say>) {
         let frame = match frame.into() {
@@ -716,5 +729,6 @@ pub fn kind(f: &ServerFrame) -> &'static str {
         ServerFrame::Typing { .. } => "typing",
         ServerFrame::Error { .. } => "error",
         ServerFrame::Goodbye { .. } => "goodbye",
+        ServerFrame::Moderated { .. } => "moderated",
     }
 }

@@ -10,7 +10,7 @@ use crate::protocol::{
 use crate::server::config::AuthMode;
 use crate::server::outputs::{CloseReason, Event, Output};
 use crate::server::sessions::Phase;
-use crate::server::{ApiMisuse, AuthRefused, Now, Server, State};
+use crate::server::{ApiMisuse, AuthRefused, Identity, Now, Server, State};
 
 impl State {
     pub(super) fn hello(
@@ -39,6 +39,9 @@ impl State {
                 CloseReason::UnsupportedVersion,
             ));
         }
+        if caller.session.host_identity {
+            return self.hello_as_identity(caller, id, rooms);
+        }
         if self.config.auth == AuthMode::Host {
             caller.session.phase = Phase::Authenticating { id, rooms };
             self.out.push(Output::Authenticate {
@@ -55,7 +58,7 @@ impl State {
             self.claim_name(caller, id, rooms, name, token);
             return Ok(());
         }
-        self.welcome(caller, id, &name, rooms, None);
+        self.welcome(caller, id, &name, rooms, true, None);
         Ok(())
     }
 
@@ -84,27 +87,62 @@ impl State {
         Ok(true)
     }
 
+    /// The session came with the host's identity: the hello's name and token mean
+    /// nothing, the user is the identity's.
+    fn hello_as_identity(
+        &mut self,
+        caller: &mut Caller<'_>,
+        id: Option<RequestId>,
+        rooms: Option<Vec<JoinSpec>>,
+    ) -> Result<(), Reject> {
+        let user = caller
+            .session
+            .identity
+            .as_ref()
+            .map_or("", |i| i.user.as_str());
+        let name = UserName::parse(user, self.config.max_name_chars).map_err(|e| {
+            Reject::closing(
+                ErrorCode::AuthFailed,
+                format!("identity name {e}"),
+                CloseReason::AuthFailed,
+            )
+        })?;
+        if let Some(held) = self.users.get(&name.key())
+            && held.token.is_some()
+        {
+            // An anonymous user holds the name: the host's user must not become theirs.
+            let msg = format!("the name {} is in use by an anonymous user", held.name);
+            return Err(Reject::new(ErrorCode::NameTaken, msg));
+        }
+        self.welcome(caller, id, &name, rooms, false, None);
+        Ok(())
+    }
+
     /// Welcomes the session as `name`, then joins the rooms it asked for (or the
-    /// default rooms), each answered as its own `join`. Anonymous mode: a new user
-    /// gets `token` (cluster mode: the one its name was reserved with) or a new one.
+    /// default rooms), each answered as its own `join`. An `anonymous` new user gets
+    /// `token` (cluster mode: the one its name was reserved with) or a new one.
     pub(in crate::server) fn welcome(
         &mut self,
         caller: &mut Caller<'_>,
         id: Option<RequestId>,
         name: &UserName,
         rooms: Option<Vec<JoinSpec>>,
+        anonymous: bool,
         token: Option<String>,
     ) {
         let key = name.key();
-        let anonymous = self.config.auth == AuthMode::Anonymous;
+        let now = caller.now.utc;
         let user = match token {
-            Some(token) => self.users.claim_with(name, Some(token)),
-            None => self.users.claim(name, anonymous, &self.config.secret),
+            Some(token) => self.users.claim_with(name, Some(token), now),
+            None => self.users.claim(name, anonymous, &self.config.secret, now),
         };
         user.sessions.insert(caller.sid);
         user.grace_until = None;
         let (user_name, token) = (user.name.clone(), user.token.clone());
         caller.session.phase = Phase::Ready(key.clone());
+        if caller.session.identity.is_none() {
+            caller.session.identity = Some(std::sync::Arc::new(Identity::new(user_name.as_str())));
+        }
         self.out.send_to(
             caller.sid,
             &ServerFrame::Welcome {
@@ -180,7 +218,7 @@ impl Server {
         };
         let result = match name {
             Ok(name) => {
-                st.welcome(&mut caller, id, &name, rooms, None);
+                st.welcome(&mut caller, id, &name, rooms, false, None);
                 Ok(())
             }
             Err(reason) => Err(Reject::closing(

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::{Caller, Reject};
 use crate::ids::UserKey;
 use crate::protocol::{ErrorCode, HistoryRequest, Message, ServerFrame};
+use crate::server::authz::forbidden;
 use crate::server::outputs::Output;
 use crate::server::rooms::Page;
 use crate::server::{ApiMisuse, HistoryTicket, State, StoreError};
@@ -32,6 +35,12 @@ impl State {
         if !kind.reachable(&caller.session.rooms, &room_name) {
             return Err(Reject::not_member(&room_name));
         }
+        if !self
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
+            .read
+        {
+            return Err(forbidden(format!("you may not read {room_name}")));
+        }
         let page = match self.rooms.get(&room_name) {
             Some(room) => room.page(before, limit, self.config.durable || self.config.cluster),
             // A direct room nobody has written to yet.
@@ -40,8 +49,14 @@ impl State {
                 has_more: false,
             },
         };
+        let floor = if kind.has_membership() {
+            None
+        } else {
+            self.users.direct_floor(user)
+        };
         match page {
             Page::Memory { messages, has_more } => {
+                let (messages, has_more) = above_floor(messages, has_more, floor);
                 let messages = messages.iter().map(|m| m.seen_by(user)).collect();
                 let frame = ServerFrame::History {
                     id,
@@ -61,6 +76,7 @@ impl State {
                         id,
                         room: room_name.clone(),
                         reader: user.clone(),
+                        floor,
                     },
                 );
                 self.out.push(Output::LoadHistory {
@@ -89,6 +105,7 @@ impl State {
                 if !self.out.is_open(t.session) {
                     return Ok(());
                 }
+                let (messages, has_more) = above_floor(messages, has_more, t.floor);
                 let messages = messages
                     .into_iter()
                     .map(|mut m| {
@@ -114,4 +131,20 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// A page without the messages from before `floor` (a direct room's messages from before
+/// an anonymous reader took its name): then nothing older is left to page to either.
+fn above_floor<M: std::borrow::Borrow<Message>>(
+    mut messages: Vec<M>,
+    has_more: bool,
+    floor: Option<DateTime<Utc>>,
+) -> (Vec<M>, bool) {
+    let Some(floor) = floor else {
+        return (messages, has_more);
+    };
+    let before = messages.len();
+    messages.retain(|m| m.borrow().ts >= floor);
+    let cut = messages.len() < before;
+    (messages, has_more && !cut)
 }

@@ -1,11 +1,14 @@
 //! `join`: enter a room (created on first join) or resume it from a seq.
 
 use super::{Caller, Reject, room_unavailable};
+use chrono::{DateTime, Utc};
+
 use crate::ids::{RequestId, RoomName, Seq, UserKey};
 use crate::protocol::{Encoded, ErrorCode, JoinRequest, ServerFrame};
-use crate::server::State;
+use crate::server::authz::forbidden;
 use crate::server::rooms::Room;
 use crate::server::users::Users;
+use crate::server::{Permissions, State};
 
 impl State {
     pub(super) fn join(
@@ -15,6 +18,10 @@ impl State {
         req: JoinRequest,
     ) -> Result<(), Reject> {
         let (room_name, kind) = self.room_for(user, &req.room)?;
+        let perms = self.session_permissions(caller.session, &room_name, &kind, caller.now.mono);
+        if !perms.join {
+            return Err(forbidden(format!("you may not join {room_name}")));
+        }
         if self.needs_load(&room_name) {
             // A join of hello's: it runs again once the log has given the room.
             let frame = crate::protocol::ClientFrame::Join(req);
@@ -51,11 +58,19 @@ impl State {
         let mut announce = false;
         if kind.has_membership() && !already {
             room.add_session(caller.sid);
+            if !perms.presence {
+                room.blind.insert(caller.sid);
+            }
             announce = room.add_member_session(user, caller.sid, || env.users.display_name(user));
             caller.session.rooms.insert(room_name.clone());
         }
         let on_join = env.config.history_on_join;
-        let frame = joined_frame(room, env.users, on_join, id, since, user);
+        let floor = if kind.has_membership() {
+            None
+        } else {
+            env.users.direct_floor(user)
+        };
+        let frame = joined_frame(room, env.users, on_join, id, since, user, perms, floor);
         if announce {
             self.announce_joined(caller.now, &room_name, user, caller.sid);
         }
@@ -67,6 +82,7 @@ impl State {
 /// The `joined` frame for an existing room: its members and the messages for `since`.
 /// Built from the room's member list in JSON and its messages' encoded frames, so
 /// each join copies bytes instead of serializing every member's name again.
+#[allow(clippy::too_many_arguments)] // one frame's every input
 fn joined_frame(
     room: &Room,
     users: &Users,
@@ -74,6 +90,8 @@ fn joined_frame(
     id: Option<RequestId>,
     since: Option<Seq>,
     reader: &UserKey,
+    perms: Permissions,
+    floor: Option<DateTime<Utc>>,
 ) -> Encoded {
     // A direct room's two users are listed by their current names, as `members` does.
     let direct_members = room
@@ -81,17 +99,21 @@ fn joined_frame(
         .direct_members(users)
         .map(|names| serde_json::to_vec(&names).expect("names always serialize"));
     let members_json = match direct_members {
+        _ if !perms.presence => std::borrow::Cow::Borrowed(&b"[]"[..]),
         Some(json) => std::borrow::Cow::Owned(json),
         None => room.members_json(),
     };
     let (messages, gap) = match since {
+        _ if !perms.read => (room.latest(0), false),
         None => (room.latest(on_join), false),
         Some(since) => match room.after(since) {
             Some(messages) => (messages, false),
             None => (room.latest(on_join), true),
         },
     };
-    let messages = messages.map(|p| (&p.msg, &p.frame));
+    let messages = messages
+        .filter(|p| floor.is_none_or(|f| p.msg.ts >= f))
+        .map(|p| (&p.msg, &p.frame));
     let last_seq = room.last_delivered;
     let room_name: &RoomName = &room.name;
     let frame = Encoded::joined(
@@ -108,7 +130,11 @@ fn joined_frame(
         Encoded::new(&ServerFrame::Joined {
             id,
             room: room_name.clone(),
-            members: room.member_list(users),
+            members: if perms.presence {
+                room.member_list(users)
+            } else {
+                vec![]
+            },
             messages: messages.map(|(m, _)| m.seen_by(reader)).collect(),
             gap,
             last_seq,

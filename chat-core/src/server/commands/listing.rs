@@ -5,6 +5,7 @@ use crate::ids::{RequestId, UserKey};
 use crate::protocol::{ErrorCode, RoomInfo, ServerFrame};
 use crate::server::State;
 use crate::server::kind::RoomKind;
+use crate::server::authz::forbidden;
 
 impl State {
     /// Every public room, and the direct rooms of this user.
@@ -17,7 +18,12 @@ impl State {
         let mut rooms: Vec<RoomInfo> = self
             .rooms
             .values()
-            .filter(|r| r.kind.admits(user))
+            .filter(|r| {
+                r.kind.admits(user)
+                    && self
+                        .session_permissions(caller.session, &r.name, &r.kind, caller.now.mono)
+                        .join
+            })
             .map(|r| RoomInfo {
                 name: r.name.clone(),
                 members: r.user_count(),
@@ -53,6 +59,12 @@ impl State {
         raw_room: &str,
     ) -> Result<(), Reject> {
         let (room_name, kind) = self.room_for(user, raw_room)?;
+        if !self
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
+            .presence
+        {
+            return Err(forbidden(format!("you may not see who is in {room_name}")));
+        }
         let members = match self.rooms.get(&room_name) {
             Some(room) => room.member_list(&self.users),
             // A direct room nobody has written to yet: its users, as `join` lists them.

@@ -4,6 +4,7 @@ use super::{Caller, Reject, room_unavailable};
 use crate::ids::{RoomName, UserKey, UserName};
 use crate::protocol::{ErrorCode, SendRequest};
 use crate::server::State;
+use crate::server::authz::forbidden;
 use crate::server::config::AuthMode;
 use crate::server::kind::RoomKind;
 use crate::server::messages::check_body;
@@ -43,6 +44,12 @@ impl State {
             .map_err(|(code, msg)| Reject::new(code, msg))?;
         if !kind.reachable(&caller.session.rooms, &room_name) {
             return Err(Reject::not_member(&room_name));
+        }
+        if !self
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
+            .send
+        {
+            return Err(forbidden(format!("you may not send to {room_name}")));
         }
         if let Err(wait) = caller
             .session

@@ -22,6 +22,12 @@ impl State {
         if !kind.reachable(&caller.session.rooms, &room_name) {
             return Err(Reject::not_member(&room_name));
         }
+        if !self
+            .session_permissions(caller.session, &room_name, &kind, caller.now.mono)
+            .send
+        {
+            return Ok(()); // who may not send has nothing to be typing
+        }
         let rate = self.config.typing_rate;
         if caller.session.typing.take(rate, caller.now.mono).is_err() {
             return Ok(()); // coalesced: typing is best effort
