@@ -1,0 +1,198 @@
+//! The runtime's side of cluster mode, with a scripted broker standing in for Redis: the
+//! hub takes the broker's epoch, hands cluster outputs to it without waiting, and acts
+//! on the answers it gets back; `Hub::spawn` refuses what cluster mode cannot be.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_core::protocol::{ClientFrame, ServerFrame};
+use chat_core::runtime::{
+    Broker, BrokerFuture, BrokerInbox, ClusterRequest, Hub, HubConfig, MemoryStore, SpawnError,
+};
+use chat_core::{Appended, Config, Input, LoadedRoom, Seq, StoreError};
+use tokio::sync::mpsc;
+
+const EPOCH: &str = "1767000000000-00000000000000aa";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Hands every request to the test, which answers through the inbox.
+struct Scripted {
+    inbox: Mutex<Option<BrokerInbox>>,
+    requests: mpsc::UnboundedSender<ClusterRequest>,
+}
+
+impl Broker for Scripted {
+    fn epoch(&self) -> String {
+        EPOCH.into()
+    }
+    fn secret(&self) -> [u8; 32] {
+        [7; 32]
+    }
+    fn start(&self, inbox: BrokerInbox) {
+        *self.inbox.lock().unwrap() = Some(inbox);
+    }
+    fn submit(&self, request: ClusterRequest) {
+        self.requests.send(request).unwrap();
+    }
+    fn stop(&self) -> BrokerFuture<'_> {
+        Box::pin(async {})
+    }
+}
+
+fn frame(json: &str) -> ClientFrame {
+    serde_json::from_str(json).unwrap()
+}
+
+async fn next(c: &mut chat_core::runtime::transport::Connection) -> ServerFrame {
+    tokio::time::timeout(WAIT, c.recv())
+        .await
+        .expect("a frame in time")
+        .expect("open")
+}
+
+async fn request(rx: &mut mpsc::UnboundedReceiver<ClusterRequest>) -> ClusterRequest {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a request in time")
+        .expect("open")
+}
+
+#[tokio::test]
+async fn a_hub_with_a_broker_posts_through_it() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let broker = Arc::new(Scripted {
+        inbox: Mutex::new(None),
+        requests: tx,
+    });
+    let hub = Hub::spawn(HubConfig {
+        cluster: Some(broker.clone()),
+        ..HubConfig::default()
+    })
+    .await
+    .expect("cluster mode starts");
+    let inbox = broker.inbox.lock().unwrap().clone().expect("started");
+    let mut alice = hub.connect().await.unwrap();
+    alice
+        .send(frame(
+            r#"{"type":"hello","version":1,"name":"alice","rooms":[]}"#,
+        ))
+        .await
+        .unwrap();
+    match next(&mut alice).await {
+        ServerFrame::Welcome { epoch, .. } => assert_eq!(epoch, EPOCH),
+        other => panic!("{other:?}"),
+    }
+    // The room is loaded through the broker before the join is answered.
+    alice
+        .send(frame(r#"{"type":"join","id":1,"room":"lobby"}"#))
+        .await
+        .unwrap();
+    let ClusterRequest::LoadRoom { room } = request(&mut rx).await else {
+        panic!("LoadRoom first")
+    };
+    inbox
+        .answer(Input::RoomLoaded {
+            room: room.clone(),
+            result: Ok(LoadedRoom::default()),
+        })
+        .unwrap();
+    assert!(matches!(next(&mut alice).await, ServerFrame::Joined { .. }));
+    // A post is the broker's to commit; the ack waits for its answer.
+    alice
+        .send(frame(
+            r#"{"type":"send","id":2,"room":"lobby","body":"hi","client_id":"c1"}"#,
+        ))
+        .await
+        .unwrap();
+    let ticket = loop {
+        match request(&mut rx).await {
+            ClusterRequest::Append {
+                ticket, body, room, ..
+            } => {
+                assert_eq!((&*body, room.as_str()), ("hi", "lobby"));
+                break ticket;
+            }
+            ClusterRequest::Presence { entered, .. } => assert!(entered),
+            other => panic!("{other:?}"),
+        }
+    };
+    inbox
+        .answer(Input::Appended {
+            room: room.clone(),
+            ticket,
+            result: Ok(Appended {
+                seq: Seq(1),
+                ts: chrono::DateTime::from_timestamp_millis(1_767_000_000_000).unwrap(),
+                duplicate: false,
+            }),
+        })
+        .unwrap();
+    match next(&mut alice).await {
+        ServerFrame::Message(m) => assert_eq!((m.seq, &*m.body), (Seq(1), "hi")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        next(&mut alice).await,
+        ServerFrame::Ack { seq: Seq(1), .. }
+    ));
+    // A post the broker could not commit is refused, retryably, and shown to nobody.
+    alice
+        .send(frame(
+            r#"{"type":"send","id":3,"room":"lobby","body":"lost?","client_id":"c2"}"#,
+        ))
+        .await
+        .unwrap();
+    let ClusterRequest::Append { ticket, .. } = request(&mut rx).await else {
+        panic!("Append")
+    };
+    inbox
+        .answer(Input::Appended {
+            room,
+            ticket,
+            result: Err(StoreError::Unavailable("redis: timed out".into())),
+        })
+        .unwrap();
+    match next(&mut alice).await {
+        ServerFrame::Error { code, .. } => {
+            assert_eq!(code, chat_core::protocol::ErrorCode::StorageUnavailable);
+        }
+        other => panic!("{other:?}"),
+    }
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn spawn_refuses_what_cluster_mode_cannot_be() {
+    let by_hand = Hub::spawn(HubConfig {
+        core: Config {
+            cluster: true,
+            ..Config::default()
+        },
+        ..HubConfig::default()
+    })
+    .await;
+    assert!(
+        matches!(
+            by_hand,
+            Err(SpawnError::RuntimeOwned {
+                field: "cluster",
+                ..
+            })
+        ),
+        "{by_hand:?}"
+    );
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let with_store = Hub::spawn(HubConfig {
+        cluster: Some(Arc::new(Scripted {
+            inbox: Mutex::new(None),
+            requests: tx,
+        })),
+        store: Some(Arc::new(MemoryStore::new("e"))),
+        ..HubConfig::default()
+    })
+    .await;
+    assert!(
+        matches!(with_store, Err(SpawnError::RuntimeOwned { .. })),
+        "{with_store:?}"
+    );
+}
