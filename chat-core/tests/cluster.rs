@@ -928,3 +928,36 @@ fn only_the_authors_sessions_get_the_client_id_on_every_server() {
     assert!(raw(&c, 0, 1).contains(r#""client_id":"c-1""#));
     assert!(!raw(&c, 1, 2).contains("client_id"), "{}", raw(&c, 1, 2));
 }
+
+/// A catch-up for one room (its subscription was remade, or a check found its log
+/// ahead) reads that room's log only; the other rooms wait for their own.
+#[test]
+fn a_catch_up_for_one_room_reads_only_that_rooms_log() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[0].join(1, "random");
+    c.nodes[1].join(2, "random");
+    c.settle();
+    c.nodes[1].clear();
+    send(&mut c.nodes[0], 1, 1, "in general", None);
+    c.nodes[0].say(
+        1,
+        json!({"type": "send", "id": 2, "room": "random", "body": "in random"}),
+    );
+    c.commit_all();
+    c.lose(1);
+    c.lose(1);
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+    let room = |name: &str| RoomName::parse(name, 64, 32).unwrap();
+    c.nodes[1].input(Input::CatchUp {
+        room: Some(room("random")),
+    });
+    c.answer_fetches();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:in random"]);
+    c.nodes[1].input(Input::CatchUp {
+        room: Some(room("general")),
+    });
+    c.answer_fetches();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:in general"]);
+}
