@@ -961,3 +961,28 @@ fn a_catch_up_for_one_room_reads_only_that_rooms_log() {
     c.answer_fetches();
     assert_eq!(seen(&mut c.nodes[1], 2), ["m1:in general"]);
 }
+
+/// A resend of a client id still waiting for the log waits with it (one append; the
+/// resend's ack says duplicate), while another client id, or the same id from another
+/// user, is a message of its own.
+#[test]
+fn a_resend_waiting_for_the_log_is_one_message_and_other_ids_are_not() {
+    let mut c = Cluster::new(1);
+    c.hello(0, 1, "alice");
+    c.hello(0, 2, "bob");
+    c.nodes[0].clear();
+    send(&mut c.nodes[0], 1, 1, "one", Some("c-1"));
+    send(&mut c.nodes[0], 1, 2, "one", Some("c-1"));
+    send(&mut c.nodes[0], 1, 3, "two", Some("c-2"));
+    send(&mut c.nodes[0], 2, 1, "bob's", Some("c-1"));
+    assert_eq!(c.nodes[0].appends.len(), 3, "the resend waits for the first append");
+    c.settle();
+    assert_eq!(
+        seen(&mut c.nodes[0], 1),
+        ["m1:one", "ack1#1", "ack1#2 dup", "m2:two", "ack2#3", "m3:bob's"]
+    );
+    assert_eq!(
+        seen(&mut c.nodes[0], 2),
+        ["m1:one", "m2:two", "m3:bob's", "ack3#1"]
+    );
+}
