@@ -975,11 +975,22 @@ fn a_resend_waiting_for_the_log_is_one_message_and_other_ids_are_not() {
     send(&mut c.nodes[0], 1, 2, "one", Some("c-1"));
     send(&mut c.nodes[0], 1, 3, "two", Some("c-2"));
     send(&mut c.nodes[0], 2, 1, "bob's", Some("c-1"));
-    assert_eq!(c.nodes[0].appends.len(), 3, "the resend waits for the first append");
+    assert_eq!(
+        c.nodes[0].appends.len(),
+        3,
+        "the resend waits for the first append"
+    );
     c.settle();
     assert_eq!(
         seen(&mut c.nodes[0], 1),
-        ["m1:one", "ack1#1", "ack1#2 dup", "m2:two", "ack2#3", "m3:bob's"]
+        [
+            "m1:one",
+            "ack1#1",
+            "ack1#2 dup",
+            "m2:two",
+            "ack2#3",
+            "m3:bob's"
+        ]
     );
     assert_eq!(
         seen(&mut c.nodes[0], 2),
