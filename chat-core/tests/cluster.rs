@@ -997,3 +997,25 @@ fn a_resend_waiting_for_the_log_is_one_message_and_other_ids_are_not() {
         ["m1:one", "m2:two", "m3:bob's", "ack3#1"]
     );
 }
+
+/// A direct message through a server that does not hold the conversation yet loads it
+/// from the log first: what was said through another server before is history, not
+/// delivered again as new messages.
+#[test]
+fn a_direct_room_is_loaded_before_its_first_message_on_a_server() {
+    let mut c = Cluster::new(2);
+    let dm = |c: &mut Cluster, n: usize, s: u64, id: u64, to: &str, body: &str| {
+        c.nodes[n].say(s, json!({"type": "send", "id": id, "to": to, "body": body}));
+        c.settle();
+    };
+    c.hello(0, 1, "alice");
+    c.hello(0, 2, "bob");
+    dm(&mut c, 0, 1, 1, "bob", "said on server 0");
+    // Both open a tab on server 1 (anonymous names are known per server) and go on there.
+    c.hello(1, 3, "alice");
+    c.hello(1, 4, "bob");
+    c.nodes[1].clear();
+    dm(&mut c, 1, 3, 2, "bob", "said on server 1");
+    assert_eq!(seen(&mut c.nodes[1], 3), ["m2:said on server 1", "ack2#2"]);
+    assert_eq!(seen(&mut c.nodes[1], 4), ["m2:said on server 1"]);
+}
