@@ -1019,3 +1019,40 @@ fn a_direct_room_is_loaded_before_its_first_message_on_a_server() {
     assert_eq!(seen(&mut c.nodes[1], 3), ["m2:said on server 1", "ack2#2"]);
     assert_eq!(seen(&mut c.nodes[1], 4), ["m2:said on server 1"]);
 }
+
+/// What a server holds ahead of a hole when it learns the log was trimmed past the hole
+/// is delivered, up to and including the last lost seq, before the gap.
+#[test]
+fn entries_held_up_to_a_trim_are_delivered_before_the_gap() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[1].clear();
+    for i in 1..=5 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.commit_all();
+    c.ring(1, 1); // seq 1
+    c.lose(1); // seq 2
+    c.ring(1, 1); // seq 3: held, the log is asked for what follows 1
+    c.bells[1].clear();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.trimmed_below.insert(room, Seq(4));
+    // The answer: 4 and 5, and nothing below 4 any more.
+    let (room, after) = c.nodes[1].fetches.remove(0);
+    let (messages, gap_before) = c.log.after(&room, after);
+    assert_eq!(gap_before, Some(Seq(4)));
+    c.nodes[1].input(Input::RoomLog {
+        room,
+        messages,
+        gap_before,
+        fetched: true,
+    });
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:m1", "m3:m3", "gap..3", "m4:m4", "m5:m5"]
+    );
+    c.settle();
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+    c.nodes[1].assert_no_violations();
+}
