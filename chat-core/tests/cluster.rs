@@ -1056,3 +1056,24 @@ fn entries_held_up_to_a_trim_are_delivered_before_the_gap() {
     assert!(seen(&mut c.nodes[1], 2).is_empty());
     c.nodes[1].assert_no_violations();
 }
+
+/// A snapshot of presence older than what a server already shows (a late answer) changes
+/// nothing: nobody is told that someone present left.
+#[test]
+fn a_stale_presence_snapshot_changes_nothing() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    let (old_pv, old_users) = c.log.present(&room);
+    c.hello(1, 2, "bob");
+    c.settle();
+    c.nodes[0].clear();
+    assert_eq!(c.members(0, "general"), ["alice", "bob"]);
+    c.nodes[0].input(Input::PresenceSnapshot {
+        room,
+        pv: old_pv,
+        users: old_users,
+    });
+    assert_eq!(c.members(0, "general"), ["alice", "bob"]);
+    c.nodes[0].expect_nothing(1);
+}
