@@ -1077,3 +1077,52 @@ fn a_stale_presence_snapshot_changes_nothing() {
     assert_eq!(c.members(0, "general"), ["alice", "bob"]);
     c.nodes[0].expect_nothing(1);
 }
+
+/// A room the log holds nothing of is not made by loading it: where joins do not create
+/// rooms, joining it is refused as on a single server.
+#[test]
+fn a_room_the_log_never_had_is_not_created_by_loading_it() {
+    let mut c = Cluster::new(1);
+    c.nodes[0] = Sim::with(Config {
+        create_rooms_on_join: false,
+        ..config()
+    });
+    c.nodes[0].connect(1);
+    c.nodes[0].say(
+        1,
+        json!({"type": "hello", "version": 1, "name": "alice", "rooms": []}),
+    );
+    c.nodes[0].clear();
+    c.nodes[0].say(1, json!({"type": "join", "id": 1, "room": "nowhere"}));
+    assert_eq!(c.nodes[0].room_loads.len(), 1);
+    c.settle();
+    c.nodes[0].expect_error(1, ErrorCode::RoomNotFound, Some(1));
+    assert_eq!(c.nodes[0].server.room_count(), 0);
+}
+
+/// A presence announcement older than what a server already applied (late, or rung
+/// twice) changes nothing.
+#[test]
+fn an_old_presence_announcement_changes_nothing() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[1].say(2, json!({"type": "leave", "room": "general"}));
+    c.settle();
+    c.nodes[0].clear();
+    assert_eq!(c.members(0, "general"), ["alice"]);
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    assert_eq!(c.log.present(&room).0, 3, "alice in, bob in, bob out");
+    // bob's join again, version 2.
+    c.nodes[0].input(Input::Presence {
+        room,
+        announced: Announced {
+            pv: 2,
+            user: UserName::parse("bob", 32).unwrap(),
+            joined: true,
+            ts: DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000).unwrap(),
+        },
+    });
+    assert_eq!(c.members(0, "general"), ["alice"]);
+    c.nodes[0].expect_nothing(1);
+}
