@@ -1165,3 +1165,202 @@ fn typing_crosses_servers() {
     pass_on(&mut c);
     assert_eq!(typing(&mut c), ["alice false"]);
 }
+
+/// A catch-up for one room (its subscription was remade, or a check found its log
+/// ahead) reads that room's log only; the other rooms wait for their own.
+#[test]
+fn a_catch_up_for_one_room_reads_only_that_rooms_log() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[0].join(1, "random");
+    c.nodes[1].join(2, "random");
+    c.settle();
+    c.nodes[1].clear();
+    send(&mut c.nodes[0], 1, 1, "in general", None);
+    c.nodes[0].say(
+        1,
+        json!({"type": "send", "id": 2, "room": "random", "body": "in random"}),
+    );
+    c.commit_all();
+    c.lose(1);
+    c.lose(1);
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+    let room = |name: &str| RoomName::parse(name, 64, 32).unwrap();
+    c.nodes[1].input(Input::CatchUp {
+        room: Some(room("random")),
+    });
+    c.answer_fetches();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:in random"]);
+    c.nodes[1].input(Input::CatchUp {
+        room: Some(room("general")),
+    });
+    c.answer_fetches();
+    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:in general"]);
+}
+
+/// A resend of a client id still waiting for the log waits with it (one append; the
+/// resend's ack says duplicate), while another client id, or the same id from another
+/// user, is a message of its own.
+#[test]
+fn a_resend_waiting_for_the_log_is_one_message_and_other_ids_are_not() {
+    let mut c = Cluster::new(1);
+    c.hello(0, 1, "alice");
+    c.hello(0, 2, "bob");
+    c.nodes[0].clear();
+    send(&mut c.nodes[0], 1, 1, "one", Some("c-1"));
+    send(&mut c.nodes[0], 1, 2, "one", Some("c-1"));
+    send(&mut c.nodes[0], 1, 3, "two", Some("c-2"));
+    send(&mut c.nodes[0], 2, 1, "bob's", Some("c-1"));
+    assert_eq!(
+        c.nodes[0].appends.len(),
+        3,
+        "the resend waits for the first append"
+    );
+    c.settle();
+    assert_eq!(
+        seen(&mut c.nodes[0], 1),
+        [
+            "m1:one",
+            "ack1#1",
+            "ack1#2 dup",
+            "m2:two",
+            "ack2#3",
+            "m3:bob's"
+        ]
+    );
+    assert_eq!(
+        seen(&mut c.nodes[0], 2),
+        ["m1:one", "m2:two", "m3:bob's", "ack3#1"]
+    );
+}
+
+/// A direct message through a server that does not hold the conversation yet loads it
+/// from the log first: what was said through another server before is history, not
+/// delivered again as new messages.
+#[test]
+fn a_direct_room_is_loaded_before_its_first_message_on_a_server() {
+    let mut c = Cluster::new(2);
+    let dm = |c: &mut Cluster, n: usize, s: u64, id: u64, to: &str, body: &str| {
+        c.nodes[n].say(s, json!({"type": "send", "id": id, "to": to, "body": body}));
+        c.settle();
+    };
+    c.hello(0, 1, "alice");
+    c.hello(0, 2, "bob");
+    dm(&mut c, 0, 1, 1, "bob", "said on server 0");
+    // Both open a tab on server 1 (anonymous names are known per server) and go on there.
+    c.hello(1, 3, "alice");
+    c.hello(1, 4, "bob");
+    c.nodes[1].clear();
+    dm(&mut c, 1, 3, 2, "bob", "said on server 1");
+    assert_eq!(seen(&mut c.nodes[1], 3), ["m2:said on server 1", "ack2#2"]);
+    assert_eq!(seen(&mut c.nodes[1], 4), ["m2:said on server 1"]);
+}
+
+/// What a server holds ahead of a hole when it learns the log was trimmed past the hole
+/// is delivered, up to and including the last lost seq, before the gap.
+#[test]
+fn entries_held_up_to_a_trim_are_delivered_before_the_gap() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[1].clear();
+    for i in 1..=5 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.commit_all();
+    c.ring(1, 1); // seq 1
+    c.lose(1); // seq 2
+    c.ring(1, 1); // seq 3: held, the log is asked for what follows 1
+    c.bells[1].clear();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.trimmed_below.insert(room, Seq(4));
+    // The answer: 4 and 5, and nothing below 4 any more.
+    let (room, after) = c.nodes[1].fetches.remove(0);
+    let (messages, gap_before) = c.log.after(&room, after);
+    assert_eq!(gap_before, Some(Seq(4)));
+    c.nodes[1].input(Input::RoomLog {
+        room,
+        messages,
+        gap_before,
+        fetched: true,
+    });
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:m1", "m3:m3", "gap..3", "m4:m4", "m5:m5"]
+    );
+    c.settle();
+    assert!(seen(&mut c.nodes[1], 2).is_empty());
+    c.nodes[1].assert_no_violations();
+}
+
+/// A snapshot of presence older than what a server already shows (a late answer) changes
+/// nothing: nobody is told that someone present left.
+#[test]
+fn a_stale_presence_snapshot_changes_nothing() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    let (old_pv, old_users) = c.log.present(&room);
+    c.hello(1, 2, "bob");
+    c.settle();
+    c.nodes[0].clear();
+    assert_eq!(c.members(0, "general"), ["alice", "bob"]);
+    c.nodes[0].input(Input::PresenceSnapshot {
+        room,
+        pv: old_pv,
+        users: old_users,
+    });
+    assert_eq!(c.members(0, "general"), ["alice", "bob"]);
+    c.nodes[0].expect_nothing(1);
+}
+
+/// A room the log holds nothing of is not made by loading it: where joins do not create
+/// rooms, joining it is refused as on a single server.
+#[test]
+fn a_room_the_log_never_had_is_not_created_by_loading_it() {
+    let mut c = Cluster::new(1);
+    c.nodes[0] = Sim::with(Config {
+        create_rooms_on_join: false,
+        ..config()
+    });
+    c.nodes[0].connect(1);
+    c.nodes[0].say(
+        1,
+        json!({"type": "hello", "version": 1, "name": "alice", "rooms": []}),
+    );
+    c.answer_claims();
+    c.nodes[0].clear();
+    c.nodes[0].say(1, json!({"type": "join", "id": 1, "room": "nowhere"}));
+    assert_eq!(c.nodes[0].room_loads.len(), 1);
+    c.settle();
+    c.nodes[0].expect_error(1, ErrorCode::RoomNotFound, Some(1));
+    assert_eq!(c.nodes[0].server.room_count(), 0);
+}
+
+/// A presence announcement older than what a server already applied (late, or rung
+/// twice) changes nothing.
+#[test]
+fn an_old_presence_announcement_changes_nothing() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[1].say(2, json!({"type": "leave", "room": "general"}));
+    c.settle();
+    c.nodes[0].clear();
+    assert_eq!(c.members(0, "general"), ["alice"]);
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    assert_eq!(c.log.present(&room).0, 3, "alice in, bob in, bob out");
+    // bob's join again, version 2.
+    c.nodes[0].input(Input::Presence {
+        room,
+        announced: Announced {
+            pv: 2,
+            user: UserName::parse("bob", 32).unwrap(),
+            joined: true,
+            ts: DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000).unwrap(),
+        },
+    });
+    assert_eq!(c.members(0, "general"), ["alice"]);
+    c.nodes[0].expect_nothing(1);
+}

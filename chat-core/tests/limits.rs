@@ -41,6 +41,27 @@ fn welcome_announces_the_limits() {
     assert_eq!(epoch, "0");
 }
 
+/// A host reads back what its server runs with: the configuration it was built with,
+/// whose limits and epoch are the ones `welcome` announces.
+#[test]
+fn the_server_runs_with_the_configuration_it_was_given() {
+    let config = Config {
+        max_body_bytes: 100,
+        epoch: "e7".to_owned(),
+        ..Config::default()
+    };
+    let mut sim = Sim::with(config);
+    assert_eq!(sim.server.config().max_body_bytes, 100);
+    assert_eq!(sim.server.config().epoch, "e7");
+    sim.hello(1, "alice");
+    let ServerFrame::Welcome { limits, epoch, .. } = sim.take(1).remove(0) else {
+        panic!()
+    };
+    assert_eq!(limits, sim.server.config().limits());
+    assert_eq!(limits.max_body_bytes, 100);
+    assert_eq!(epoch, "e7");
+}
+
 #[test]
 fn bodies_over_the_limit_are_refused_and_the_limit_itself_is_fine() {
     let mut sim = pair(Config::default());

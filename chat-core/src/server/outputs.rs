@@ -346,3 +346,38 @@ impl CloseReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// A driver may walk a broadcast's recipients, count them or ask about one session:
+    /// the three answers agree with the set `all` less `except`, whatever `except` holds.
+    #[test]
+    fn recipients_are_all_less_the_exceptions_by_every_accessor() {
+        let all: Vec<SessionId> = [2, 3, 5, 8].map(SessionId).into();
+        let cases: [&[u64]; 6] = [&[], &[5], &[8, 2], &[3, 3, 9], &[9, 1], &[2, 3, 5, 8]];
+        for except in cases {
+            let except: Vec<SessionId> = except.iter().copied().map(SessionId).collect();
+            let to = Recipients::new(Arc::new(all.clone()), except.clone());
+            let want: BTreeSet<SessionId> = all
+                .iter()
+                .copied()
+                .filter(|s| !except.contains(s))
+                .collect();
+            let case = format!("except {except:?}");
+            assert_eq!(
+                to.iter().collect::<Vec<_>>(),
+                Vec::from_iter(want.iter().copied()),
+                "{case}"
+            );
+            assert_eq!(to.len(), want.len(), "{case}");
+            assert_eq!(to.is_empty(), want.is_empty(), "{case}");
+            for s in (0..10).map(SessionId) {
+                assert_eq!(to.contains(s), want.contains(&s), "{case}: {s}");
+            }
+        }
+    }
+}

@@ -4,8 +4,8 @@ use super::{Caller, Reject};
 use crate::ids::{RequestId, UserKey};
 use crate::protocol::{ErrorCode, RoomInfo, ServerFrame};
 use crate::server::State;
-use crate::server::kind::RoomKind;
 use crate::server::authz::forbidden;
+use crate::server::kind::RoomKind;
 
 impl State {
     /// Every public room, and the direct rooms of this user.
