@@ -829,6 +829,8 @@ async fn redis_paused_refuses_sends_keeps_reads_and_heals() {
     let mut alice = burst(alice, 0, 5).await;
     let mut bob = bob;
     bob.pump(WAIT, "5 posts", |c| c.seen.len() == 5).await;
+    // Carol is welcomed before Redis stops (a new name must be reserved in Redis).
+    let mut carol = Client::connect(&a.addr, "carol").await;
 
     redis.signal("-STOP");
     // A send is refused with the retryable code, not acked.
@@ -840,9 +842,14 @@ async fn redis_paused_refuses_sends_keeps_reads_and_heals() {
     assert_eq!(refused["code"], "storage_unavailable", "{refused}");
     assert_eq!(refused["id"], id);
     alice.errors.clear();
-    // Reads keep working from what the server has: a new client on alice's server gets
-    // the room's history while Redis is still stopped.
-    let mut carol = Client::connect(&a.addr, "carol").await;
+    // A new name cannot be checked with the other servers: refused, retryable.
+    let mut dave = Client::open(&a.addr, "dave").await;
+    dave.frame(json!({"type": "hello", "version": 1, "id": 1, "name": "dave"}))
+        .await;
+    let refused = dave.until(|f| f["type"] == "error").await;
+    assert_eq!(refused["code"], "storage_unavailable", "{refused}");
+    // Reads keep working from what the server has: carol joins the room on alice's
+    // server and gets its history while Redis is still stopped.
     let joined = carol.join(ROOM, None).await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(carol.seen.len(), 5);
