@@ -267,3 +267,49 @@ async fn nested_with_axum_alone_the_page_at_the_bare_prefix_loads_its_assets_und
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn a_ban_by_the_host_reaches_the_banned_user_s_socket_and_keeps_them_out() {
+    let server = server().await;
+    let mut bob = as_cookie(&server, "bob").await;
+    hello(&mut bob, "bob").await;
+    bob.send(&join("general")).await;
+    bob.expect_joined("general").await;
+    let left = server
+        .hub
+        .ban(
+            "general",
+            "bob",
+            "spam",
+            Some(std::time::Duration::from_secs(600)),
+        )
+        .await
+        .expect("hub runs");
+    assert_eq!(left, Ok(1));
+    match bob.recv().await {
+        ServerFrame::Moderated {
+            action,
+            reason,
+            minutes,
+            ..
+        } => assert_eq!(
+            (action, reason.as_deref(), minutes),
+            (chat_core::protocol::ModAction::Ban, Some("spam"), Some(10))
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(bob.recv().await, ServerFrame::Left { .. }));
+    bob.send(&chat_core::protocol::ClientFrame::Join(
+        chat_core::protocol::JoinRequest {
+            id: Some(chat_core::RequestId(7)),
+            room: "general".into(),
+            since: None,
+        },
+    ))
+    .await;
+    match bob.recv().await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::Forbidden),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await.expect("stops");
+}
