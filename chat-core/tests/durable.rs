@@ -548,3 +548,38 @@ fn typing_that_starts_again_while_a_message_is_stored_is_shown_after_it() {
     commit(&mut sim, &msg);
     sim.expect_kinds(2, &["message"]);
 }
+
+/// A room whose whole history the store gave back at the restart, but whose first seq was
+/// never stored (its message failed to persist, and seqs are not reused): a client
+/// resuming from before any message gets it all without a gap, and history is served
+/// from memory with nothing more to load.
+#[test]
+fn a_complete_history_that_starts_after_seq_1_has_no_gap_and_no_more() {
+    let mut sim = Sim::with(durable());
+    let recent = (2..=3)
+        .map(|s| stored("general", s, "kept", None))
+        .collect();
+    sim.server
+        .restore_room(room("general"), Seq(3), recent, true);
+    sim.hello(1, "bob");
+    sim.clear();
+    sim.say(1, json!({"type":"join","room":"general","since":0}));
+    let ServerFrame::Joined { messages, gap, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert!(!gap);
+    assert_eq!(seqs(&messages), [2, 3]);
+    sim.say(
+        1,
+        json!({"type":"history","id":4,"room":"general","limit":20}),
+    );
+    assert!(sim.loads.is_empty(), "nothing older is in the store");
+    let ServerFrame::History {
+        messages, has_more, ..
+    } = sim.take_one(1)
+    else {
+        panic!()
+    };
+    assert_eq!(seqs(&messages), [2, 3]);
+    assert!(!has_more);
+}

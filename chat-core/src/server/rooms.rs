@@ -471,3 +471,47 @@ impl Room {
         Page::Memory { messages, has_more }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A resend is the same author's same client id. The 4-byte key the window keeps
+    /// only narrows the search: two ids whose keys collide are two messages, or the
+    /// second would be acked as a duplicate of the first and never posted.
+    #[test]
+    fn a_client_id_whose_short_key_collides_with_another_is_not_its_resend() {
+        let alice = UserName::parse("alice", 32).unwrap();
+        let author = alice.key();
+        // Two ids of alice's with the same key (a birthday search: ~60,000 ids).
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        let (first, second) = (0u32..)
+            .map(|i| format!("c-{i}"))
+            .find_map(|id| {
+                let key = resend_key(&author, &ClientMsgId::from(id.as_str()));
+                seen.insert(key, id.clone()).map(|earlier| (earlier, id))
+            })
+            .unwrap();
+        let mut room = Room::new(RoomName::parse("general", 64, 32).unwrap());
+        let msg = Arc::new(Message {
+            room: room.name.clone(),
+            seq: Seq(1),
+            ts: DateTime::<Utc>::from_timestamp_millis(0).unwrap(),
+            user: alice,
+            body: "first".into(),
+            client_id: Some(first.as_str().into()),
+        });
+        let frame = Encoded::message(&msg);
+        room.push_history(Posted::new(msg, frame, &author), 10);
+        assert_eq!(
+            room.lookup_client_id(&author, &first.as_str().into()),
+            Some(Seq(1))
+        );
+        assert_eq!(
+            room.lookup_client_id(&author, &second.as_str().into()),
+            None
+        );
+    }
+}
