@@ -78,6 +78,16 @@ async fn a_hub_with_a_broker_posts_through_it() {
         ))
         .await
         .unwrap();
+    // The name is reserved over the cluster through the broker before the welcome.
+    let ClusterRequest::ClaimName { session, .. } = request(&mut rx).await else {
+        panic!("ClaimName first")
+    };
+    inbox
+        .answer(Input::NameClaimed {
+            session,
+            result: Ok(true),
+        })
+        .unwrap();
     match next(&mut alice).await {
         ServerFrame::Welcome { epoch, .. } => assert_eq!(epoch, EPOCH),
         other => panic!("{other:?}"),

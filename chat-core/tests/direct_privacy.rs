@@ -15,6 +15,9 @@ fn dm_history(sim: &mut Sim, s: u64, id: u64, before: Option<u64>) -> (Vec<Strin
         s,
         json!({"type":"history","id":id,"room":"@alice,bob","before":before}),
     );
+    // Durable mode: the conversation may have left memory while idle; it is read back
+    // from the store first, then the page.
+    sim.answer_room_loads();
     sim.answer_loads();
     match sim.take_one(s) {
         ServerFrame::History {
