@@ -9,35 +9,15 @@ use std::time::Duration;
 
 use chat_core::RequestId;
 use chat_core::protocol::{ClientFrame, HelloRequest, PROTOCOL_VERSION, SendRequest, ServerFrame};
-use common::ServerProcess;
+use common::{ServerProcess, get, sample};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Upper bound for any one wait (not a speed assertion).
 const WAIT: Duration = Duration::from_secs(30);
-
-/// GET over a plain socket; the whole answer as text.
-async fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    out
-}
-
-/// The value of one sample line (`name{labels} value`), 0 when absent.
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
-}
 
 /// Reads `/metrics` until `series` is at least `at_least` (the server counts some things
 /// just after the client sees them happen).
