@@ -21,6 +21,7 @@
 #![allow(clippy::disallowed_methods)] // the driver is where the clock is read
 
 mod cluster;
+mod events;
 mod outbox;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -43,6 +44,7 @@ use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
 };
 pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterRequest};
+pub use events::{EventStream, HostEvent};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use store::{MemoryStore, Restored, RestoredRoom, Store};
@@ -167,6 +169,9 @@ pub struct Stats {
     pub slow_consumers: u64,
     /// Inputs waiting for the driver.
     pub inbox_depth: u64,
+    /// Events that [`Hub::event_stream`] streams missed because their buffer was full
+    /// (one per stream and event; each stream was told with [`HostEvent::Lagged`]).
+    pub events_missed: u64,
 }
 
 /// The live counters behind [`Stats`], updated by the driver.
@@ -179,6 +184,7 @@ struct Counters {
     messages: AtomicU64,
     slow_consumers: AtomicU64,
     inbox_depth: AtomicU64,
+    events_missed: AtomicU64,
 }
 
 impl Counters {
@@ -192,6 +198,7 @@ impl Counters {
             messages: load(&self.messages),
             slow_consumers: load(&self.slow_consumers),
             inbox_depth: load(&self.inbox_depth),
+            events_missed: load(&self.events_missed),
         }
     }
 }
@@ -236,6 +243,7 @@ struct HubInner {
     next_session: AtomicU64,
     outbound_queue: usize,
     events: broadcast::Sender<Event>,
+    streams: Arc<events::Registry>,
     stats: Arc<Counters>,
     done: watch::Receiver<bool>,
     limits: crate::protocol::Limits,
@@ -332,6 +340,7 @@ impl Hub {
             broker.start(BrokerInbox::new(control.clone(), tx.clone()));
         }
         let (events, _) = broadcast::channel(1024);
+        let streams = Arc::new(events::Registry::default());
         let (done_tx, done) = watch::channel(false);
         let stats = Arc::new(Counters::default());
         let writer = store
@@ -349,14 +358,18 @@ impl Hub {
             writer,
             authenticator,
             events: events.clone(),
+            streams: streams.clone(),
+            last_event: 0,
             stats: stats.clone(),
             deferred: Vec::new(),
             shutting_down: false,
             cluster,
         };
+        let closing = streams.clone();
         tokio::spawn(async move {
             driver.run().await;
             let _ = done_tx.send(true);
+            closing.close();
         });
         Ok(Hub {
             inner: Arc::new(HubInner {
@@ -365,6 +378,7 @@ impl Hub {
                 next_session: AtomicU64::new(1),
                 outbound_queue: outbound_queue.max(1),
                 events,
+                streams,
                 stats,
                 done,
                 limits,
@@ -526,11 +540,46 @@ impl Hub {
         rx.await.map_err(|_| HubClosed)
     }
 
-    /// Host-app events: messages posted, users joining and leaving, sessions.
-    /// A receiver that lags loses the oldest events (it is told so by `recv`).
+    /// Host-app events, lossy: messages posted, users joining and leaving, sessions,
+    /// moderation, rejections. A receiver more than 1024 events behind loses the oldest
+    /// (`recv` says how many, not which). For a live view, a dashboard or a test that
+    /// waits for one event; a host that needs every event (an audit log, webhooks) uses
+    /// [`Hub::event_stream`].
     #[must_use]
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    /// A reliable stream of host events from now on: each with its id (ids go up by
+    /// one per event from 1 at [`Hub::spawn`]), in order, buffered for this stream
+    /// until read, at most `capacity` unread at once (at least 1).
+    ///
+    /// The engine never waits for the host. A host that stops reading, or reads slower
+    /// than events come for longer than `capacity` lasts, misses the events that do not
+    /// fit, and is told so: where they would have been, the stream yields
+    /// [`HostEvent::Lagged`] with their ids, then the events after them;
+    /// [`Stats::events_missed`] and the `/metrics` counter
+    /// `chat_host_events_missed_total` count them. Messages among the missed events
+    /// are still in the rooms' history (by seq). Size `capacity` for the longest pause
+    /// the host must ride out at the peak event rate (an event is a few hundred bytes,
+    /// messages shared with the rooms' windows).
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: chat_core::runtime::Hub) {
+    /// use chat_core::runtime::HostEvent;
+    /// let mut audit = hub.event_stream(65_536);
+    /// while let Some(item) = audit.next().await {
+    ///     match item {
+    ///         HostEvent::Event { id, event } => println!("{id} {event:?}"),
+    ///         HostEvent::Lagged { missed } => eprintln!("audit gap: events {missed:?}"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn event_stream(&self, capacity: usize) -> EventStream {
+        EventStream::new(&self.inner.streams, capacity, self.inner.done.clone())
     }
 
     /// The counters as they are now.
@@ -643,6 +692,9 @@ struct Driver {
     writer: Option<Writer>,
     authenticator: Option<Authenticator>,
     events: broadcast::Sender<Event>,
+    /// The reliable host streams, and the id of the last event reported.
+    streams: Arc<events::Registry>,
+    last_event: u64,
     stats: Arc<Counters>,
     /// Inputs produced while draining outputs (queue-full reports), fed after the drain.
     deferred: Vec<Input>,
@@ -914,6 +966,14 @@ impl Driver {
                     .increment(1);
             }
             _ => {}
+        }
+        self.last_event += 1;
+        let missed = self.streams.publish(self.last_event, &event);
+        if missed > 0 {
+            self.stats
+                .events_missed
+                .fetch_add(missed, Ordering::Relaxed);
+            metrics::counter!("chat_host_events_missed_total").increment(missed);
         }
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(event);
