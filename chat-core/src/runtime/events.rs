@@ -131,14 +131,6 @@ impl Registry {
         });
         missed
     }
-
-    /// Wakes every stream's reader: the hub has stopped.
-    pub(super) fn close(&self) {
-        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        for shared in streams.iter().filter_map(Weak::upgrade) {
-            shared.notify.notify_one();
-        }
-    }
 }
 
 /// A reliable stream of the hub's events ([`Hub::event_stream`](super::Hub::event_stream)):
@@ -251,11 +243,18 @@ mod tests {
         for id in 10..=12 {
             registry.publish(id, &room(id));
         }
-        assert!(matches!(stream.try_next(), Some(HostEvent::Event { id: 10, .. })));
+        assert!(matches!(
+            stream.try_next(),
+            Some(HostEvent::Event { id: 10, .. })
+        ));
         registry.publish(13, &room(13));
         assert_eq!(ids(&mut stream), ["11", "12..13", "13"]);
         drop(stream);
-        assert_eq!(registry.publish(14, &room(14)), 0, "a dropped stream misses nothing");
+        assert_eq!(
+            registry.publish(14, &room(14)),
+            0,
+            "a dropped stream misses nothing"
+        );
         assert!(registry.streams.lock().expect("lock").is_empty());
     }
 }

@@ -365,11 +365,10 @@ impl Hub {
             shutting_down: false,
             cluster,
         };
-        let closing = streams.clone();
         tokio::spawn(async move {
             driver.run().await;
+            // After the last event: a stream that sees this has every event.
             let _ = done_tx.send(true);
-            closing.close();
         });
         Ok(Hub {
             inner: Arc::new(HubInner {
