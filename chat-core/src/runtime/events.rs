@@ -139,7 +139,10 @@ impl Registry {
 /// Reading an item acknowledges it and frees its place in the buffer. The engine never
 /// waits for the stream: when `capacity` events are waiting unread, later ones are
 /// counted as missed and the stream yields [`HostEvent::Lagged`] with their ids in
-/// their place (see the [module docs](self)). Dropping the stream unsubscribes it.
+/// their place, then the events after them; nothing is dropped without the host being
+/// told. The missed events are counted in
+/// [`Stats::events_missed`](super::Stats::events_missed) and in `/metrics` as
+/// `chat_host_events_missed_total`. Dropping the stream unsubscribes it.
 #[derive(Debug)]
 pub struct EventStream {
     shared: Arc<Shared>,
