@@ -10,6 +10,9 @@
 //! so.
 
 mod common;
+// The fault-injecting proxy, shared with chat-redis' tests.
+#[path = "../chat-redis/tests/common/proxy.rs"]
+mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
@@ -18,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ServerProcess, get, sample};
+use proxy::Proxy;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -337,6 +341,9 @@ impl Client {
 
     fn note(&mut self, f: &Value) {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        if f["room"].is_string() && f["room"] != ROOM {
+            return; // what a client keeps is about one room
+        }
         match f["type"].as_str() {
             Some("joined") => {
                 self.members = f["members"].as_array().unwrap().iter().map(&s).collect();
@@ -987,86 +994,6 @@ async fn typing_crosses_servers() {
     drop((a, b));
 }
 
-/// A TCP proxy in front of Redis that can blackhole the connections it carries: their
-/// bytes stop flowing both ways while the sockets stay open (a dead NAT entry, a stuck
-/// load balancer). Connections made after that flow normally.
-struct Proxy {
-    port: u16,
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Proxy {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let generation = Arc::new(AtomicU64::new(0));
-        let gen2 = generation.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let born = gen2.load(Ordering::SeqCst);
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                for (mut from, mut to) in [
-                    (
-                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-                    ),
-                    (Box::new(sr), Box::new(cw)),
-                ] {
-                    let gen3 = gen2.clone();
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match from.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if gen3.load(Ordering::SeqCst) > born {
-                                continue; // blackholed: swallow, keep the socket open
-                            }
-                            if to.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Proxy {
-            port,
-            generation,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Blackholes every connection open now.
-    fn blackhole_existing(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_redis_connections_go_dead_heals_by_itself() {
     let redis = Redis::start();
@@ -1117,4 +1044,178 @@ async fn a_server_whose_redis_connections_go_dead_heals_by_itself() {
     }
     assert_eq!(alice.history_from(1), bob.history_from(1));
     drop(a);
+}
+
+/// An example server in cluster mode reaching Redis at `url` (a proxy), flood control
+/// lifted.
+fn node_at(url: &str) -> ServerProcess {
+    ServerProcess::start([
+        "--redis",
+        url,
+        "--send-burst",
+        "100000",
+        "--send-rate",
+        "100000",
+    ])
+}
+
+/// The stated bound for a silently dead subscription to be noticed and made again
+/// (docs/CLUSTER.md: the probe goes every second and is missed after 3 s; the new
+/// subscription then reads what it missed).
+const SUBSCRIPTION_HEAL_BOUND: Duration = Duration::from_secs(8);
+
+/// A second room, for posts that must not touch [`ROOM`].
+const SIDE: &str = "side";
+
+/// Checks the clients' views of the room against their acks: every seq seen by anyone
+/// was acked to its author with that seq and that body (nothing never-acked is
+/// delivered), and every acked message reached every client exactly once, in order,
+/// with no hole (the `Client` already fails on a seq delivered twice).
+fn check_exactly_once(clients: &[&Client]) {
+    let mut acked: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    for c in clients {
+        for (cid, (seq, _)) in &c.acks {
+            let prior = acked.insert(*seq, (c.name.clone(), cid.clone()));
+            assert!(prior.is_none(), "seq {seq} acked twice: {prior:?} and {cid}");
+        }
+    }
+    for c in clients {
+        let history = c.history_from(1);
+        for (seq, user, body) in &history {
+            let (author, cid) = acked
+                .get(seq)
+                .unwrap_or_else(|| panic!("{}: seq {seq} ({body}) was never acked", c.name));
+            assert_eq!(user, author, "{}: seq {seq}", c.name);
+            assert_eq!(body, &body_of(cid), "{}: seq {seq}", c.name);
+        }
+        let top = history.last().map_or(0, |(s, _, _)| *s);
+        assert_eq!(
+            acked.keys().next_back().copied().unwrap_or(0),
+            top,
+            "{} saw every acked message",
+            c.name
+        );
+    }
+}
+
+/// The body of the message with client id `cid` in these tests.
+fn body_of(cid: &str) -> String {
+    format!("body of {cid}")
+}
+
+/// Only the pub/sub connection of alice's server goes silent; its command connection
+/// keeps working (posts are acked). The probe finds the dead subscription, the server
+/// subscribes again and reads what it missed, within the stated bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_subscription_alone_is_found_by_the_probe_and_healed() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let a = node_at(&proxy.url());
+    let b = node(&redis);
+    let mut alice = Client::connect(&a.addr, "alice").await;
+    alice.join(ROOM, None).await;
+    alice.join(SIDE, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
+    for c in [&mut alice, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    bob.send_until_acked(ROOM, &body_of("bob-0"), "bob-0").await;
+    alice.pump(WAIT, "bob-0", |c| c.seen.len() == 1).await;
+    assert_eq!(proxy.subscriber_connections(), 1, "one pub/sub connection");
+
+    proxy.blackhole_subscribers();
+    let cut = Instant::now();
+    // Bob's posts ring doorbells that alice's server no longer hears.
+    for i in 1..4 {
+        let cid = format!("bob-{i}");
+        bob.send_until_acked(ROOM, &body_of(&cid), &cid).await;
+    }
+    // Alice's server still commits: her post in another room is acked at once (no
+    // refusal). (A post in the lobby would show her server the gap before hers.)
+    let id = alice.send(SIDE, "elsewhere", "alice-side").await;
+    let answer = alice
+        .until(|f| (f["type"] == "ack" || f["type"] == "error") && f["id"] == id)
+        .await;
+    assert_eq!(answer["type"], "ack", "commands still flow: {answer}");
+    // The probe notices, the server subscribes again (a new pub/sub connection) and
+    // reads bob's posts from the stream.
+    alice
+        .pump(
+            SUBSCRIPTION_HEAL_BOUND,
+            "bob's posts after the subscription died",
+            |c| c.seen.len() == 4,
+        )
+        .await;
+    let healed = cut.elapsed();
+    assert!(
+        proxy.subscriber_connections() >= 2,
+        "the server subscribed again ({} pub/sub connections)",
+        proxy.subscriber_connections()
+    );
+    assert!(healed <= SUBSCRIPTION_HEAL_BOUND, "healed after {healed:?}");
+    // Doorbells flow again on the new subscription.
+    bob.send_until_acked(ROOM, &body_of("bob-4"), "bob-4").await;
+    alice.send_until_acked(ROOM, &body_of("alice-0"), "alice-0").await;
+    for c in [&mut alice, &mut bob] {
+        c.pump(WAIT, "all 6", |c| c.seen.len() == 6).await;
+    }
+    check_exactly_once(&[&alice, &bob]);
+    assert!(bob.left.is_empty() && alice.left.is_empty(), "nobody flapped");
+    drop((a, b));
+}
+
+/// Redis runs alice's commit but its reply is lost and the connection cut. Her post is
+/// refused (retryable), not acked; her resend with the same client id is acked as a
+/// duplicate with the seq everyone saw: posted once, no seq skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_reply_is_lost_is_posted_once() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let a = node_at(&proxy.url());
+    let b = node(&redis);
+    let mut alice = Client::connect(&a.addr, "alice").await;
+    alice.join(ROOM, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
+    for c in [&mut alice, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    for cid in ["alice-0", "alice-1"] {
+        alice.send_until_acked(ROOM, &body_of(cid), cid).await;
+    }
+    bob.send_until_acked(ROOM, &body_of("bob-0"), "bob-0").await;
+
+    proxy.drop_reply_to(body_of("alice-lost").as_bytes());
+    let id = alice.send(ROOM, &body_of("alice-lost"), "alice-lost").await;
+    let answer = alice
+        .until(|f| (f["type"] == "ack" || f["type"] == "error") && f["id"] == id)
+        .await;
+    assert_eq!(proxy.replies_dropped(), 1, "the reply was dropped");
+    assert_eq!(answer["type"], "error", "never acked: {answer}");
+    assert_eq!(answer["code"], "storage_unavailable", "{answer}");
+    alice.errors.clear();
+    // The script ran: the message is in the log, and everyone gets it once, as seq 4.
+    bob.pump(WAIT, "the lost reply's message", |c| c.seen.len() == 4)
+        .await;
+    assert_eq!(bob.seen[&4], ("alice".into(), body_of("alice-lost")));
+    // The resend is a duplicate of seq 4, and the next post is seq 5.
+    let resent = alice
+        .send_until_acked(ROOM, &body_of("alice-lost"), "alice-lost")
+        .await;
+    assert_eq!(resent, (4, true), "the resend is not posted again");
+    alice.errors.clear();
+    let next = bob.send_until_acked(ROOM, &body_of("bob-1"), "bob-1").await;
+    assert_eq!(next, (5, false), "no seq skipped");
+    for c in [&mut alice, &mut bob] {
+        c.pump(WAIT, "all 5", |c| c.seen.len() == 5).await;
+    }
+    check_exactly_once(&[&alice, &bob]);
+    drop((a, b));
 }
