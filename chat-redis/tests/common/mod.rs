@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use chat_redis::{Options, RedisLog};
 
+mod proxy;
+#[allow(unused_imports)] // not every test binary uses it
+pub use proxy::Proxy;
+
 pub struct RedisServer {
     child: Child,
     pub port: u16,
@@ -109,84 +113,4 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// A TCP proxy in front of a port that can blackhole the connections it carries: their
-/// bytes stop flowing both ways while the sockets stay open (a dead NAT entry, a stuck
-/// load balancer). Connections made after that flow normally.
-pub struct Proxy {
-    pub port: u16,
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(target: u16) -> Proxy {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let generation = Arc::new(AtomicU64::new(0));
-        let gen2 = generation.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let born = gen2.load(Ordering::SeqCst);
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                for (mut from, mut to) in [
-                    (
-                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-                    ),
-                    (Box::new(sr), Box::new(cw)),
-                ] {
-                    let gen3 = gen2.clone();
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match from.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if gen3.load(Ordering::SeqCst) > born {
-                                continue; // blackholed: swallow, keep the socket open
-                            }
-                            if to.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Proxy {
-            port,
-            generation,
-            task,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Blackholes every connection open now.
-    pub fn blackhole_existing(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
