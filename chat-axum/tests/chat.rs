@@ -190,10 +190,18 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
         .send(&ClientFrame::Members {
             id: Some(chat_core::RequestId(5)),
             room: "general".into(),
+            after: None,
+            limit: None,
         })
         .await;
     match carol.recv().await {
-        ServerFrame::Members { id, room, members } => {
+        ServerFrame::Members {
+            id,
+            room,
+            members,
+            count: None,
+            more: None,
+        } => {
             assert_eq!(id, Some(chat_core::RequestId(5)));
             assert_eq!(room.as_str(), "general");
             assert_eq!(names(&members), ["alice", "bob", "carol"]);

@@ -13,6 +13,8 @@ pub enum Line {
     Rooms,
     /// `/who`
     Who,
+    /// `/more`: the next page of the current room's members (a big room's list is paged)
+    More,
     /// `/msg USER TEXT`
     Msg {
         /// Recipient.
@@ -36,6 +38,7 @@ pub const HELP: &[&str] = &[
     "/leave [ROOM]     leave the current room (or ROOM)",
     "/rooms            list the rooms on the server",
     "/who              list who is in the current room",
+    "/more             list more of a big room's members",
     "/msg USER TEXT    send a direct message",
     "/history [N]      show N earlier messages of this room (default: the server's page)",
     "/help             this help",
@@ -75,6 +78,7 @@ pub fn parse(line: &str) -> Result<Line, String> {
         "leave" | "part" => Ok(Line::Leave((!rest.is_empty()).then(|| rest.to_owned()))),
         "rooms" | "list" => Ok(Line::Rooms),
         "who" | "names" => Ok(Line::Who),
+        "more" => Ok(Line::More),
         "msg" | "query" => {
             let all = arg("USER TEXT")?;
             match all.split_once(char::is_whitespace) {
@@ -121,6 +125,7 @@ mod tests {
         assert_eq!(parse("/leave rust"), Ok(Line::Leave(Some("rust".into()))));
         assert_eq!(parse("/rooms"), Ok(Line::Rooms));
         assert_eq!(parse("/who"), Ok(Line::Who));
+        assert_eq!(parse("/more"), Ok(Line::More));
         assert_eq!(
             parse("/msg bob  hi there"),
             Ok(Line::Msg {

@@ -192,6 +192,10 @@ fn command(
             let id = session.with(|c| c.members(target.as_str()));
             asked.insert(id, "who");
         }
+        commands::Line::More => {
+            let id = session.with(|c| c.more_members(target.as_str()));
+            asked.insert(id, "who");
+        }
         commands::Line::History(n) => {
             let id = session.with(|c| c.history(target.as_str(), None, n));
             asked.insert(id, "history");
@@ -226,6 +230,25 @@ fn print_event(
         } if *delivery != Delivery::Backlog => {
             let _ = writeln!(out, "{}", plain_in_room(message));
         }
+        ClientEvent::Presence {
+            room, joins, leaves, ..
+        } => {
+            // Version 2 says when the tick was sent, not when each came or went.
+            let now = chrono::Utc::now();
+            for (user, what) in joins
+                .iter()
+                .map(|u| (u, "joined"))
+                .chain(leaves.iter().map(|u| (u, "left")))
+            {
+                let _ = writeln!(
+                    out,
+                    "{} [{}] * {} {what}",
+                    clock(&now),
+                    escape(room.as_str()),
+                    escape(user.as_str())
+                );
+            }
+        }
         ClientEvent::UserJoined { room, user, ts } => {
             let _ = writeln!(
                 out,
@@ -254,12 +277,22 @@ fn print_event(
                 let _ = writeln!(out, "* room {} ({})", escape(r.name.as_str()), r.members);
             }
         }
-        ClientEvent::Members { room, members, .. } => {
+        ClientEvent::Members {
+            room,
+            members,
+            count,
+            more,
+            ..
+        } => {
             let names: Vec<String> = members
                 .iter()
                 .map(|m| escape(m.as_str()).into_owned())
                 .collect();
-            let _ = writeln!(out, "* in {}: {}", escape(room.as_str()), names.join(", "));
+            let more = match count {
+                Some(count) if *more => format!(" ({} of {count}; /more for more)", members.len()),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "* in {}: {}{more}", escape(room.as_str()), names.join(", "));
         }
         ClientEvent::Rejected {
             command,

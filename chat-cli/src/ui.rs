@@ -320,7 +320,13 @@ impl App {
                     .collect();
                 self.notice(None, format!("rooms: {}", list.join(", ")));
             }
-            ClientEvent::Members { room, members, .. } => {
+            ClientEvent::Members {
+                room,
+                members,
+                count,
+                more,
+                ..
+            } => {
                 if answers != Some(Request::Who) {
                     return;
                 }
@@ -328,15 +334,27 @@ impl App {
                     .iter()
                     .map(|m| escape(m.as_str()).into_owned())
                     .collect();
+                let tally = match count {
+                    Some(count) if *more => format!("{} of {count}; /more for more", members.len()),
+                    Some(count) if *count != members.len() => format!("{} of {count}", members.len()),
+                    _ => members.len().to_string(),
+                };
                 self.notice(
                     Some(room),
-                    format!(
-                        "in {}: {} ({})",
-                        escape(room.as_str()),
-                        names.join(", "),
-                        members.len()
-                    ),
+                    format!("in {}: {} ({tally})", escape(room.as_str()), names.join(", ")),
                 );
+            }
+            ClientEvent::Presence {
+                room, joins, leaves, ..
+            } => {
+                // Version 2 says when the tick was sent, not when each came or went.
+                let now = Utc::now();
+                for user in joins {
+                    self.notice_at(room, now, format!("{} joined", escape(user.as_str())));
+                }
+                for user in leaves {
+                    self.notice_at(room, now, format!("{} left", escape(user.as_str())));
+                }
             }
             ClientEvent::UserJoined { room, user, ts } => {
                 self.notice_at(room, *ts, format!("{} joined", escape(user.as_str())));
@@ -533,6 +551,13 @@ impl App {
             commands::Line::Who => match current {
                 Some(room) => {
                     let id = client.members(room.as_str());
+                    self.asked.insert(id, Request::Who);
+                }
+                None => self.note = Some("not in any room".into()),
+            },
+            commands::Line::More => match current {
+                Some(room) => {
+                    let id = client.more_members(room.as_str());
                     self.asked.insert(id, Request::Who);
                 }
                 None => self.note = Some("not in any room".into()),
@@ -787,7 +812,20 @@ fn draw_members(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
             lines.push(Line::styled(text, style));
         }
     }
-    let title = format!("members ({})", lines.len());
+    let count = match current.and_then(|r| client.room(r)) {
+        Some(state) if state.is_partial() => {
+            let more = state.count().saturating_sub(lines.len());
+            lines.push(Line::styled(
+                format!("… {more} more (/more)"),
+                Style::new().add_modifier(Modifier::DIM),
+            ));
+            state.count()
+        }
+        Some(state) if state.members().is_empty() => lines.len(),
+        Some(state) => state.count(),
+        None => lines.len(),
+    };
+    let title = format!("members ({count})");
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(title)),
         area,
@@ -1033,6 +1071,7 @@ mod tests {
                 id: None,
                 room: RoomName::parse(room, 64, 32).unwrap(),
                 members: vec![],
+                count: None,
                 messages: vec![],
                 gap: false,
                 last_seq: Seq(0),

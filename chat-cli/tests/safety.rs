@@ -30,6 +30,8 @@ async fn tail_and_history_show_escape_sequences_escaped() {
             .send_frame(&chat_core::protocol::ClientFrame::Members {
                 id: None,
                 room: "general".into(),
+                after: None,
+                limit: None,
             })
             .await;
         let frame = mallory

@@ -157,6 +157,13 @@ impl UserName {
 }
 
 impl UserKey {
+    /// The key of a name as a client wrote it (case-folded, as [`UserName::key`]),
+    /// whether or not it is a valid name: for finding a place in the member list.
+    #[must_use]
+    pub fn of(raw: &str) -> UserKey {
+        UserKey(fold(raw).into())
+    }
+
     /// The key as a string.
     #[must_use]
     pub fn as_str(&self) -> &str {

@@ -12,7 +12,23 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 
 /// The protocol version this crate speaks. Sent in `hello` and `welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 coalesces presence into [`ServerFrame::Presence`] and pages member lists of
+/// big rooms; a server still accepts [`PROTOCOL_VERSION_1`] (deprecated: `user_joined`
+/// and `user_left` per change, whole member lists), so pages cached before an upgrade
+/// keep working.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol version, still accepted in `hello` (deprecated).
+pub const PROTOCOL_VERSION_1: u32 = 1;
+
+/// Most members a `members` request (version 2) returns at once.
+pub const MEMBERS_PAGE_MAX: usize = 500;
+
+/// Members in a `members` page when the request names no `limit`, and at most in a
+/// version-2 `joined` of a room above the presence threshold (which lists the first
+/// `min(threshold, MEMBERS_PAGE)`).
+pub const MEMBERS_PAGE: usize = 100;
 
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,13 +57,21 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
-    /// List the users in a room.
+    /// List the users in a room. Version 2 (or with `after` or `limit`): a page of
+    /// at most `limit` users (default [`MEMBERS_PAGE`], at most [`MEMBERS_PAGE_MAX`])
+    /// whose keys come after `after`'s, in the list's order.
     Members {
         /// Request id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         /// Room name.
         room: String,
+        /// The last user of the previous page: this page starts after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// Page size.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// Typing indicator: `active` true while typing (repeat every few seconds), false to stop.
     /// Best effort: excess typing frames are coalesced, never answered.
@@ -230,7 +254,7 @@ pub struct HelloRequest {
     /// Request id echoed in the `welcome` or `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<RequestId>,
-    /// Must be [`PROTOCOL_VERSION`].
+    /// [`PROTOCOL_VERSION`] (2), or the deprecated [`PROTOCOL_VERSION_1`].
     pub version: u32,
     /// The user name (anonymous mode) or the name to authenticate as (host mode).
     pub name: String,
@@ -339,8 +363,13 @@ pub enum ServerFrame {
         id: Option<RequestId>,
         /// Room name, normalized.
         room: RoomName,
-        /// Users in the room.
+        /// Users in the room (version 2, above the presence threshold: the first page
+        /// of them; `members` pages the rest).
         members: Vec<UserName>,
+        /// Version 2: how many users are in the room (absent for a session that may
+        /// not see presence).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<usize>,
         /// Messages, oldest first.
         messages: Vec<Arc<Message>>,
         /// True when `since` asked for messages the server no longer holds in memory
@@ -414,10 +443,36 @@ pub enum ServerFrame {
         id: Option<RequestId>,
         /// Room name.
         room: RoomName,
-        /// Users in the room.
+        /// Users in the room (a page of them, when paged).
         members: Vec<UserName>,
+        /// Paged (version 2, or `after` / `limit` given): how many users are in the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<usize>,
+        /// Paged: whether users come after this page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        more: Option<bool>,
     },
-    /// A user's first session joined a room.
+    /// Version 2: who came and went in a room over the last presence tick, sent once per
+    /// tick. At or below the room's presence threshold, `joins` and `leaves` (applied to
+    /// the list of `joined`, in either order: no user is in both); above it, only
+    /// `count`. When a room falls back to the threshold after being above it,
+    /// `members` holds the whole list instead of a diff.
+    Presence {
+        /// Room name.
+        room: RoomName,
+        /// Users now present who were not at the last tick.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        joins: Option<Vec<UserName>>,
+        /// Users present at the last tick who are gone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leaves: Option<Vec<UserName>>,
+        /// The whole list, replacing the one the client holds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<UserName>>,
+        /// How many users are in the room.
+        count: usize,
+    },
+    /// A user's first session joined a room (version 1).
     UserJoined {
         /// Room name.
         room: RoomName,
@@ -428,7 +483,7 @@ pub enum ServerFrame {
         ts: DateTime<Utc>,
     },
     /// A user's last session left a room (or disconnected and did not come back within
-    /// the grace period).
+    /// the grace period) (version 1).
     UserLeft {
         /// Room name.
         room: RoomName,
@@ -830,6 +885,7 @@ impl Encoded {
         id: Option<RequestId>,
         room: &RoomName,
         members_json: &[u8],
+        count: Option<usize>,
         messages: impl Iterator<Item = (&'a Arc<Message>, &'a Encoded)> + Clone,
         gap: bool,
         last_seq: Seq,
@@ -850,6 +906,10 @@ impl Encoded {
         serde_json::to_writer(&mut out, room.as_str()).expect("a string always serializes");
         out.extend_from_slice(br#","members":"#);
         out.extend_from_slice(members_json);
+        if let Some(count) = count {
+            out.extend_from_slice(br#","count":"#);
+            out.extend_from_slice(itoa(count as u64, &mut [0; 20]));
+        }
         out.extend_from_slice(br#","messages":["#);
         for (i, (msg, frame)) in messages.enumerate() {
             if i > 0 {

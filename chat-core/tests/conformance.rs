@@ -294,6 +294,8 @@ fn apply_setting(c: &mut Config, setting: &str) -> Result<(), String> {
         "history_on_join" => c.history_on_join = size(int()?)?,
         "max_strikes" => c.max_strikes = u32::try_from(int()?).map_err(|e| e.to_string())?,
         "presence_grace_ms" => c.presence_grace = Duration::from_millis(int()?),
+        "presence_tick_ms" => c.presence_tick = Duration::from_millis(int()?),
+        "presence_threshold" => c.presence_threshold = size(int()?)?,
         "typing_expiry_ms" => c.typing_expiry = Duration::from_millis(int()?),
         "send_rate" => c.send_rate = rate()?,
         "typing_rate" => c.typing_rate = rate()?,

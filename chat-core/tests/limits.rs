@@ -239,9 +239,9 @@ fn good_commands_pay_strikes_back() {
 fn an_unsupported_protocol_version_is_refused_and_closed() {
     let mut sim = pair(Config::default());
     sim.connect(3);
-    sim.say(3, json!({"type":"hello","id":1,"version":2,"name":"carol"}));
+    sim.say(3, json!({"type":"hello","id":1,"version":3,"name":"carol"}));
     let msg = sim.expect_error(3, ErrorCode::UnsupportedVersion, Some(1));
-    assert!(msg.contains('1'), "names the version it speaks: {msg}");
+    assert!(msg.contains('2'), "names the version it speaks: {msg}");
     assert_eq!(sim.close_reason(3), Some(CloseReason::UnsupportedVersion));
     assert_eq!(CloseReason::UnsupportedVersion.ws_code(), 1002);
     sim.expect_nothing(1);

@@ -564,3 +564,212 @@ fn grace_period_is_configurable() {
     sim.advance(Duration::ZERO);
     assert_eq!(presence(&sim.take(1)), ["-alice@general"]);
 }
+
+// ---- version 2: coalesced presence, the threshold, paged member lists ----
+
+const TICK: Duration = Duration::from_millis(50);
+
+/// A `presence` frame as `(joins, leaves, members, count)`, names as strings.
+type Diff = (Vec<String>, Vec<String>, Option<Vec<String>>, usize);
+
+fn diffs(frames: &[ServerFrame]) -> Vec<Diff> {
+    let strings = |v: &Option<Vec<chat_core::UserName>>| {
+        v.as_ref()
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Presence {
+                joins,
+                leaves,
+                members,
+                count,
+                ..
+            } => Some((
+                strings(joins).unwrap_or_default(),
+                strings(leaves).unwrap_or_default(),
+                strings(members),
+                *count,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn s(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// A join storm costs one frame per member per tick, not one per join: every join and
+/// leave of the tick is in one `presence` frame, encoded once for every version-2
+/// member; a user who came and went within the tick is in neither list; a version-1
+/// session in the same room is told each change at once, as before.
+#[test]
+fn version_2_members_get_one_coalesced_presence_frame_per_tick() {
+    let mut sim = Sim::new();
+    sim.hello_v2(1, "alice");
+    sim.hello(2, "old");
+    sim.advance(TICK);
+    sim.clear();
+    sim.broadcasts.clear();
+    for (s, name) in [(3, "bob"), (4, "carol"), (5, "dave")] {
+        sim.hello_v2(s, name);
+    }
+    // dave leaves within the tick; a second tab of bob announces nothing.
+    let bob = sim.token_of(3);
+    sim.hello_with_token(6, "bob", &bob);
+    sim.disconnect(6);
+    sim.say(5, json!({"type":"leave","id":1,"room":"general"}));
+    sim.advance(TICK - Duration::from_millis(1));
+    assert!(diffs(&sim.take(1)).is_empty(), "nothing before the tick");
+    assert_eq!(
+        presence(&sim.take(2)),
+        ["+bob@general", "+carol@general", "+dave@general", "-dave@general"],
+        "version 1 is told at once"
+    );
+    sim.broadcasts.clear();
+    sim.advance(Duration::from_millis(1));
+    let expected = (s(&["bob", "carol"]), vec![], None, 4);
+    for member in [1, 3, 4] {
+        assert_eq!(diffs(&sim.take(member)), [expected.clone()], "session {member}");
+    }
+    assert!(diffs(&sim.take(5)).is_empty(), "dave left the room");
+    assert!(sim.take(2).is_empty(), "version 1 gets no presence frame");
+    let presence_frames: Vec<_> = sim
+        .broadcasts
+        .iter()
+        .filter(|(_, text)| text.starts_with(r#"{"type":"presence""#))
+        .collect();
+    assert_eq!(presence_frames.len(), 1, "encoded once: {presence_frames:?}");
+    assert_eq!(presence_frames[0].0, 3, "to alice, bob and carol");
+    // A quiet room arms no tick.
+    sim.advance(TICK * 10);
+    sim.expect_nothing(1);
+}
+
+/// A member who comes and goes while a version-2 session joins is told to that session
+/// (its `joined` listed them), so every view converges; `welcome` names the version.
+#[test]
+fn a_user_seen_by_a_joiner_within_the_tick_is_told_as_a_leave() {
+    let mut sim = Sim::new();
+    sim.hello_v2(1, "alice");
+    let frames = sim.take(1);
+    let ServerFrame::Welcome { version, .. } = &frames[0] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(*version, 2);
+    let ServerFrame::Joined { members, count, .. } = &frames[1] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!((names(members), *count), (vec!["alice".to_owned()], Some(1)));
+    sim.advance(TICK);
+    sim.clear();
+    sim.hello_v2(2, "bob");
+    sim.hello_v2(3, "carol");
+    let ServerFrame::Joined { members, .. } = &sim.take(3)[1] else {
+        panic!()
+    };
+    assert_eq!(names(members), ["alice", "bob", "carol"]);
+    sim.say(2, json!({"type":"leave","id":1,"room":"general"}));
+    sim.advance(TICK);
+    let expected = (s(&["carol"]), s(&["bob"]), None, 2);
+    assert_eq!(diffs(&sim.take(3)), [expected.clone()]);
+    assert_eq!(diffs(&sim.take(1)), [expected], "a leave of one alice never had");
+}
+
+/// Above the threshold members get counts only, `joined` carries the first page and
+/// the count, and `members` pages with `after` and a bounded `limit`; back at the
+/// threshold the tick sends the whole list.
+#[test]
+fn above_the_threshold_counts_replace_names_and_the_list_is_paged() {
+    let mut sim = Sim::with(Config {
+        presence_threshold: 3,
+        ..Config::default()
+    });
+    for (s, name) in [(1, "ann"), (2, "ben"), (3, "cy")] {
+        sim.hello_v2(s, name);
+    }
+    sim.advance(TICK);
+    sim.clear();
+    sim.hello_v2(4, "dee");
+    sim.hello_v2(5, "eve");
+    let ServerFrame::Joined { members, count, .. } = &sim.take(5)[1] else {
+        panic!()
+    };
+    assert_eq!(names(members), ["ann", "ben", "cy"], "the first page");
+    assert_eq!(*count, Some(5));
+    sim.advance(TICK);
+    for member in 1..=5 {
+        assert_eq!(diffs(&sim.take(member)), [(vec![], vec![], None, 5)]);
+    }
+    sim.say(5, json!({"type":"members","id":1,"room":"general","after":"BEN","limit":2}));
+    let ServerFrame::Members {
+        members,
+        count,
+        more,
+        ..
+    } = sim.take_one(5)
+    else {
+        panic!()
+    };
+    assert_eq!((names(&members), count, more), (s(&["cy", "dee"]), Some(5), Some(true)));
+    sim.say(5, json!({"type":"members","id":2,"room":"general","after":"dee"}));
+    let ServerFrame::Members { members, more, .. } = sim.take_one(5) else {
+        panic!()
+    };
+    assert_eq!((names(&members), more), (s(&["eve"]), Some(false)));
+    sim.say(5, json!({"type":"members","id":3,"room":"general","limit":501}));
+    sim.expect_error(5, ErrorCode::InvalidRequest, Some(3));
+    sim.say(5, json!({"type":"members","id":4,"room":"general","limit":0}));
+    sim.expect_error(5, ErrorCode::InvalidRequest, Some(4));
+    // Two leave: at the threshold again, everyone gets the whole list.
+    sim.say(4, json!({"type":"leave","room":"general"}));
+    sim.say(5, json!({"type":"leave","room":"general"}));
+    sim.advance(TICK);
+    let all = (vec![], vec![], Some(s(&["ann", "ben", "cy"])), 3);
+    assert_eq!(diffs(&sim.take(1)), [all]);
+    // Then diffs again.
+    sim.say(3, json!({"type":"leave","room":"general"}));
+    sim.advance(TICK);
+    assert_eq!(diffs(&sim.take(1)), [(vec![], s(&["cy"]), None, 2)]);
+}
+
+/// A session that may not see a room's presence gets no `presence` frames, no member
+/// list and no count, in version 2 as in version 1.
+#[test]
+fn a_blind_version_2_session_gets_no_presence_and_no_list() {
+    use chat_core::{Identity, Permissions, RoomName, SharedPolicy};
+    let policy = SharedPolicy::new(|who: &Identity, _: &RoomName, rules: Permissions| {
+        Permissions {
+            presence: who.user != "pat",
+            ..rules
+        }
+    });
+    let mut sim = Sim::with(Config {
+        room_policy: Some(policy),
+        ..Config::default()
+    });
+    sim.hello_v2(1, "ada");
+    sim.connect_as(2, Identity::new("pat"));
+    sim.say(2, json!({"type":"hello","version":2,"name":"pat"}));
+    let frames = sim.expect_kinds(2, &["welcome", "joined"]);
+    let ServerFrame::Joined { members, count, .. } = &frames[1] else {
+        panic!()
+    };
+    assert!(members.is_empty() && count.is_none(), "{frames:?}");
+    sim.hello_v2(3, "quinn");
+    sim.advance(TICK);
+    assert_eq!(
+        diffs(&sim.take(1)),
+        [(s(&["pat", "quinn"]), vec![], None, 3)]
+    );
+    sim.expect_kinds(3, &["welcome", "joined", "presence"]);
+    sim.expect_nothing(2);
+    sim.disconnect(3);
+    sim.advance(GRACE + TICK);
+    assert_eq!(diffs(&sim.take(1)), [(vec![], s(&["quinn"]), None, 2)]);
+    sim.expect_nothing(2);
+    sim.say(2, json!({"type":"members","id":1,"room":"general"}));
+    sim.expect_error(2, ErrorCode::Forbidden, Some(1));
+}

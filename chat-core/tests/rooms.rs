@@ -294,6 +294,8 @@ fn members_lists_users_once_however_many_tabs_they_have() {
             id,
             room: r,
             members,
+            count: None,
+            more: None,
         } => {
             assert_eq!(id, Some(RequestId(8)));
             assert_eq!(r, room("general"));
@@ -496,6 +498,7 @@ fn joining_a_direct_room_nobody_wrote_to_yet_shows_it_empty() {
             id,
             room: r,
             members,
+            count: None,
             messages,
             gap,
             last_seq,

@@ -153,7 +153,7 @@ async fn user(url: &str, name: &str) -> Ws {
         &mut ws,
         &ClientFrame::Hello(HelloRequest {
             id: None,
-            version: chat_core::protocol::PROTOCOL_VERSION,
+            version: chat_core::protocol::PROTOCOL_VERSION_1,
             name: name.into(),
             token: None,
             rooms: None,
@@ -344,7 +344,7 @@ async fn a_slow_consumer_learns_why_it_was_closed() {
         &mut slow,
         &ClientFrame::Hello(HelloRequest {
             id: None,
-            version: chat_core::protocol::PROTOCOL_VERSION,
+            version: chat_core::protocol::PROTOCOL_VERSION_1,
             name: "slow".into(),
             token: None,
             rooms: None,

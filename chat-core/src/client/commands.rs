@@ -117,8 +117,22 @@ impl Client {
         id
     }
 
-    /// Asks who is in a room.
+    /// Asks who is in a room (version 2: the first page of them).
     pub fn members(&mut self, room: &str) -> RequestId {
+        self.members_after(room, None)
+    }
+
+    /// Asks for the next page of a room's members: those after the last one this
+    /// client holds (for a room whose list [`is_partial`](super::RoomState::is_partial)).
+    pub fn more_members(&mut self, room: &str) -> RequestId {
+        let after = RoomName::key_of(room)
+            .and_then(|r| self.rooms.get(&r))
+            .and_then(|s| s.members.last())
+            .map(|u| u.as_str().to_owned());
+        self.members_after(room, after)
+    }
+
+    fn members_after(&mut self, room: &str, after: Option<String>) -> RequestId {
         let id = self.request_id();
         self.requests.insert(
             id,
@@ -130,6 +144,8 @@ impl Client {
             self.transmit(ClientFrame::Members {
                 id: Some(id),
                 room: room.to_owned(),
+                after,
+                limit: None,
             });
         }
         id

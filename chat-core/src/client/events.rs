@@ -162,10 +162,27 @@ pub enum ClientEvent {
         id: Option<RequestId>,
         /// The room.
         room: RoomName,
-        /// Its users.
+        /// Its users (a page of them, when `count` is given).
         members: Vec<UserName>,
+        /// Version 2: how many users are in the room.
+        count: Option<usize>,
+        /// Version 2: whether users come after this page.
+        more: bool,
     },
-    /// Someone came into a room.
+    /// Version 2: who came into and left a room over the server's last presence tick
+    /// (both empty when the room is above the presence threshold: only the count
+    /// changed, or the whole list came again). The room's state is updated already.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// Who came.
+        joins: Vec<UserName>,
+        /// Who left.
+        leaves: Vec<UserName>,
+        /// How many users are in the room now.
+        count: usize,
+    },
+    /// Someone came into a room (version 1).
     UserJoined {
         /// The room.
         room: RoomName,
@@ -174,7 +191,7 @@ pub enum ClientEvent {
         /// When.
         ts: DateTime<Utc>,
     },
-    /// Someone left a room.
+    /// Someone left a room (version 1).
     UserLeft {
         /// The room.
         room: RoomName,
@@ -230,6 +247,7 @@ impl ClientEvent {
             | ClientEvent::Message { .. }
             | ClientEvent::UserJoined { .. }
             | ClientEvent::UserLeft { .. }
+            | ClientEvent::Presence { .. }
             | ClientEvent::Typing { .. }
             | ClientEvent::Goodbye { .. } => None,
         }

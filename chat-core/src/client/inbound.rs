@@ -26,11 +26,12 @@ impl Client {
                 id,
                 room,
                 members,
+                count,
                 messages,
                 gap,
                 last_seq,
                 ..
-            } => self.on_joined(id, room, members, messages, gap, last_seq),
+            } => self.on_joined(id, room, members, count, messages, gap, last_seq),
             ServerFrame::Left { id, room } => {
                 if let Some(id) = id {
                     self.requests.remove(&id);
@@ -92,24 +93,73 @@ impl Client {
                 }
                 self.event(ClientEvent::Rooms { id, rooms });
             }
-            ServerFrame::Members { id, room, members } => {
+            ServerFrame::Members {
+                id,
+                room,
+                members,
+                count,
+                more,
+            } => {
                 if let Some(id) = id {
                     self.requests.remove(&id);
                 }
                 if let Some(state) = self.rooms.get_mut(&room).filter(|s| s.member) {
-                    state.members.clone_from(&members);
+                    if count.is_some() {
+                        // A page: added to what the client holds.
+                        for user in &members {
+                            add_member(&mut state.members, user);
+                        }
+                        state.count = count;
+                        state.partial = count.is_some_and(|c| state.members.len() < c);
+                    } else {
+                        state.members.clone_from(&members);
+                    }
                 }
-                self.event(ClientEvent::Members { id, room, members });
+                let more = more.unwrap_or(false);
+                self.event(ClientEvent::Members {
+                    id,
+                    room,
+                    members,
+                    count,
+                    more,
+                });
+            }
+            ServerFrame::Presence {
+                room,
+                joins,
+                leaves,
+                members,
+                count,
+            } => {
+                let (joins, leaves) = (joins.unwrap_or_default(), leaves.unwrap_or_default());
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.count = Some(count);
+                    if let Some(all) = members {
+                        state.members = all;
+                        state.partial = false;
+                    } else if joins.is_empty() && leaves.is_empty() {
+                        // Above the threshold: only the count.
+                        state.partial = state.members.len() < count || state.partial;
+                    }
+                    for user in &joins {
+                        add_member(&mut state.members, user);
+                    }
+                    for user in &leaves {
+                        let key = user.key();
+                        state.members.retain(|m| m.key() != key);
+                        state.typing.retain(|t| t.key() != key);
+                    }
+                }
+                self.event(ClientEvent::Presence {
+                    room,
+                    joins,
+                    leaves,
+                    count,
+                });
             }
             ServerFrame::UserJoined { room, user, ts } => {
                 if let Some(state) = self.rooms.get_mut(&room) {
-                    let key = user.key();
-                    if !state.members.iter().any(|m| m.key() == key) {
-                        let at = state.members.partition_point(|m| {
-                            (m.key(), m.as_str()) < (key.clone(), user.as_str())
-                        });
-                        state.members.insert(at, user.clone());
-                    }
+                    add_member(&mut state.members, &user);
                 }
                 self.event(ClientEvent::UserJoined { room, user, ts });
             }
@@ -148,11 +198,13 @@ impl Client {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the frame's fields
     fn on_joined(
         &mut self,
         id: Option<RequestId>,
         room: RoomName,
         members: Vec<UserName>,
+        count: Option<usize>,
         messages: Vec<Arc<Message>>,
         gap: bool,
         last_seq: Seq,
@@ -166,6 +218,8 @@ impl Client {
         let state = self.rooms.entry(room.clone()).or_default();
         state.member = !direct;
         state.members = members.clone();
+        state.count = count;
+        state.partial = count.is_some_and(|c| members.len() < c);
         let delivery = if state.cursor.is_some() {
             Delivery::CatchUp
         } else {
@@ -235,5 +289,14 @@ impl Client {
             code,
             message,
         });
+    }
+}
+
+/// Adds `user` to a member list kept in key order, unless it is there.
+fn add_member(members: &mut Vec<UserName>, user: &UserName) {
+    let key = user.key();
+    if !members.iter().any(|m| m.key() == key) {
+        let at = members.partition_point(|m| (m.key(), m.as_str()) < (key.clone(), user.as_str()));
+        members.insert(at, user.clone());
     }
 }

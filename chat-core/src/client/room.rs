@@ -11,13 +11,33 @@ pub struct RoomState {
     pub(super) cursor: Option<Seq>,
     pub(super) typing: BTreeSet<UserName>,
     pub(super) member: bool,
+    /// Version 2: the room's user count as the server last said it.
+    pub(super) count: Option<usize>,
+    /// Version 2: `members` holds only part of the room (it is above the server's
+    /// presence threshold); [`Client::more_members`](super::Client::more_members) pages on.
+    pub(super) partial: bool,
 }
 
 impl RoomState {
-    /// Who is in the room (as of the last join and presence events).
+    /// Who is in the room (as of the last join and presence events), in key order.
     #[must_use]
     pub fn members(&self) -> &[UserName] {
         &self.members
+    }
+
+    /// How many users are in the room: the server's count (version 2), or the list's
+    /// length.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.count.unwrap_or(self.members.len())
+    }
+
+    /// Whether [`members`](Self::members) is only part of the room: the room is above
+    /// the server's presence threshold, so the server sends counts instead of who came
+    /// and went, and the list is paged on request.
+    #[must_use]
+    pub fn is_partial(&self) -> bool {
+        self.partial
     }
 
     /// The last seq this client has seen (or skipped past on a first join).

@@ -53,6 +53,7 @@ fn joined(r: &str, messages: Vec<Arc<Message>>, last_seq: u64) -> ServerFrame {
         id: None,
         room: room(r),
         members: vec![name("alice")],
+        count: None,
         messages,
         gap: false,
         last_seq: Seq(last_seq),
@@ -134,6 +135,7 @@ fn reconnect_hello_resumes_every_room_from_its_cursor_with_the_token() {
         id: Some(RequestId(2)),
         room: room("rust"),
         members: vec![],
+        count: None,
         messages: vec![],
         gap: false,
         last_seq: Seq(0),
@@ -588,7 +590,9 @@ fn commands_wait_for_the_welcome_except_typing() {
             ClientFrame::Rooms { id: Some(r) },
             ClientFrame::Members {
                 id: Some(m),
-                room: "general".into()
+                room: "general".into(),
+                after: None,
+                limit: None,
             },
         ]
     );

@@ -361,20 +361,14 @@ impl State {
         }
     }
 
-    /// A presence notice to the room's sessions that may see presence.
+    /// A version-1 presence notice to the room's version-1 sessions that may see
+    /// presence.
     pub(crate) fn fan_out_presence(
         &mut self,
         room_name: &RoomName,
         frame: &Encoded,
         except_session: Option<SessionId>,
     ) {
-        if self
-            .rooms
-            .get(room_name)
-            .is_some_and(|r| r.blind.is_empty())
-        {
-            return self.fan_out(room_name, frame, except_session, None);
-        }
         if let Some((room, mut env)) = self.room_env(room_name) {
             env.fan_out_presence(room, frame, except_session, None);
         }
@@ -382,7 +376,9 @@ impl State {
 }
 
 impl Env<'_> {
-    /// As [`Env::fan_out`], skipping the sessions that may not see the room's presence.
+    /// A version-1 presence notice (`user_joined`, `user_left`) as [`Env::fan_out`]
+    /// sends a room event, to the room's version-1 sessions only, skipping the sessions
+    /// that may not see the room's presence.
     pub(crate) fn fan_out_presence(
         &mut self,
         room: &Room,
@@ -390,10 +386,10 @@ impl Env<'_> {
         except_session: Option<SessionId>,
         except_user: Option<&UserKey>,
     ) {
-        if room.blind.is_empty() {
-            return self.fan_out(room, frame, except_session, except_user);
+        let recipients = room.v1_sessions().clone();
+        if recipients.is_empty() {
+            return;
         }
-        let recipients = room.recipients(self.users);
         let mut except: Vec<SessionId> = room.blind.iter().copied().collect();
         except.extend(except_session);
         if let Some(sessions) = except_user.and_then(|k| room.sessions_of(k, self.users)) {

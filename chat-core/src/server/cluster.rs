@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -197,6 +198,7 @@ impl Room {
             id: None,
             room: self.name.clone(),
             members: self.member_list(env.users),
+            count: None,
             messages: Vec::new(),
             gap: true,
             last_seq: lost,
@@ -205,6 +207,7 @@ impl Room {
             role: None,
         });
         env.fan_out(self, &frame, None, None);
+        self.presence.listed();
     }
 }
 
@@ -469,7 +472,7 @@ impl State {
 
     /// An announcement of the log: applied in presence-version order (a skipped version
     /// asks for a snapshot), and told to the room's sessions here.
-    pub(super) fn on_presence(&mut self, room_name: &RoomName, a: Announced) {
+    pub(super) fn on_presence(&mut self, now: Now, room_name: &RoomName, a: Announced) {
         let Some((room, mut env)) = self.room_env(room_name) else {
             return;
         };
@@ -485,7 +488,16 @@ impl State {
             return;
         }
         f.pv = a.pv;
-        room.apply_presence(&mut env, &a.user, a.joined, a.ts);
+        let tick = room.apply_presence(&mut env, &a.user, a.joined, a.ts, now.mono);
+        self.arm_presence(room_name, tick);
+    }
+
+    /// Arms a room's presence tick at `at`, if there is one to arm.
+    fn arm_presence(&mut self, room_name: &RoomName, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.timers
+                .arm(at, super::timers::Timer::Presence(room_name.clone()));
+        }
     }
 
     /// The log's whole presence of a room (after a skipped version, or a reconnect):
@@ -519,26 +531,31 @@ impl State {
             .filter(|(k, _)| !room.cluster.present.contains_key(*k))
             .map(|(_, u)| u.clone())
             .collect();
+        let mut tick = None;
         for user in gone {
-            room.apply_presence(&mut env, &user, false, now.utc);
+            tick = tick.or(room.apply_presence(&mut env, &user, false, now.utc, now.mono));
         }
         for user in came {
-            room.apply_presence(&mut env, &user, true, now.utc);
+            tick = tick.or(room.apply_presence(&mut env, &user, true, now.utc, now.mono));
         }
+        self.arm_presence(room_name, tick);
     }
 }
 
 impl Room {
     /// One user entered or left the room's cluster-wide presence: `user_joined` /
-    /// `user_left` to this server's sessions in the room but the user's own (as a
-    /// single server does), unless the member list they were shown already says so.
+    /// `user_left` to this server's version-1 sessions in the room but the user's own
+    /// (as a single server does), and the change noted for the version-2 sessions'
+    /// presence tick, unless the member list they were shown already says so. Returns
+    /// the instant to arm the room's tick at, if it must be armed.
     fn apply_presence(
         &mut self,
         env: &mut Env<'_>,
         user: &UserName,
         joined: bool,
         ts: DateTime<Utc>,
-    ) {
+        mono: Instant,
+    ) -> Option<Instant> {
         let key = user.key();
         let before = self.member_list(env.users).iter().any(|u| u.key() == key);
         if joined {
@@ -548,7 +565,7 @@ impl Room {
         }
         let after = self.member_list(env.users).iter().any(|u| u.key() == key);
         if before == after {
-            return;
+            return None;
         }
         let frame = if joined {
             ServerFrame::UserJoined {
@@ -564,6 +581,7 @@ impl Room {
             }
         };
         env.fan_out_presence(self, &Encoded::new(&frame), None, Some(&key));
+        self.note_presence(user, joined, mono, env.config.presence_tick)
     }
 }
 

@@ -59,6 +59,13 @@ pub struct Config {
     pub history_page_max: usize,
     /// How long a disconnected user stays present (and keeps the name) before "left".
     pub presence_grace: Duration,
+    /// Version 2: joins and leaves in a room are gathered for this long and sent as one
+    /// `presence` frame (per room, per tick).
+    pub presence_tick: Duration,
+    /// Version 2: above this many users in a room, members get counts instead of who
+    /// came and went, and `joined` lists only the first page of members (`members`
+    /// pages the rest).
+    pub presence_threshold: usize,
     /// How long a typing indicator lasts unless renewed.
     pub typing_expiry: Duration,
     /// Typing frames accepted per session (excess is dropped silently).
@@ -119,6 +126,8 @@ impl Default for Config {
             history_page_default: 50,
             history_page_max: 1000,
             presence_grace: Duration::from_secs(5),
+            presence_tick: Duration::from_millis(50),
+            presence_threshold: 200,
             typing_expiry: Duration::from_secs(6),
             typing_rate: Rate {
                 burst: 4,

@@ -249,7 +249,7 @@ impl Server {
             Input::Typing { room, user, active } => {
                 self.st.on_remote_typing(now, &room, &user, active);
             }
-            Input::Presence { room, announced } => self.st.on_presence(&room, announced),
+            Input::Presence { room, announced } => self.st.on_presence(now, &room, announced),
             Input::PresenceSnapshot { room, pv, users } => {
                 self.st.on_presence_snapshot(now, &room, pv, users);
             }
@@ -286,6 +286,7 @@ impl Server {
                 Timer::Typing(room, user) => self.st.on_typing_expired(at, &room, &user),
                 Timer::Unload(room) => self.st.on_unload_due(at, &room),
                 Timer::Expiry(session) => self.on_identity_expired(now, session),
+                Timer::Presence(room) => self.st.on_presence_tick(at, &room),
             }
         }
     }

@@ -122,6 +122,63 @@ impl State {
         }
     }
 
+    /// Version 2: `user` now shows as present in the room (or not); the change waits
+    /// for the room's presence tick, armed if none is. Nothing is kept for a room
+    /// without version-2 sessions: one that joins later is handed the list as it is.
+    pub(super) fn note_presence(
+        &mut self,
+        now: Now,
+        room_name: &RoomName,
+        user: &UserName,
+        present: bool,
+    ) {
+        let tick = self.config.presence_tick;
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        if let Some(at) = room.note_presence(user, present, now.mono, tick) {
+            self.timers.arm(at, Timer::Presence(room_name.clone()));
+        }
+    }
+
+    /// Version 2: a room's presence tick. Its version-2 sessions that may see presence
+    /// get one `presence` frame, encoded once: who came and went (at or below the
+    /// threshold), the count only (above it), or the whole list (back at or below it
+    /// after being above).
+    pub(super) fn on_presence_tick(&mut self, at: Instant, room_name: &RoomName) {
+        let threshold = self.config.presence_threshold;
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        if room.presence.due != Some(at) {
+            return;
+        }
+        room.presence.due = None;
+        let (joins, leaves) = room.presence.take();
+        if joins.is_empty() && leaves.is_empty() {
+            return;
+        }
+        let count = room.presence_count();
+        let (joins, leaves, members) = if count > threshold {
+            room.presence.partial = true;
+            (None, None, None)
+        } else if room.presence.partial {
+            room.presence.partial = false;
+            (None, None, Some(room.member_list(&self.users)))
+        } else {
+            (Some(joins), Some(leaves), None)
+        };
+        let frame = Encoded::new(&ServerFrame::Presence {
+            room: room_name.clone(),
+            joins,
+            leaves,
+            members,
+            count,
+        });
+        let except: Vec<SessionId> = room.blind.iter().copied().collect();
+        self.out.fan_out(room.v2_sessions().clone(), &frame, except);
+    }
+
     /// `user_joined` to the room's other sessions.
     pub(super) fn announce_joined(
         &mut self,
@@ -148,6 +205,7 @@ impl State {
         }
         if !shown {
             self.fan_out_presence(room_name, &notice, Some(joiner));
+            self.note_presence(now, room_name, &user, true);
         }
         self.out.event(Event::UserJoined {
             room: room_name.clone(),
@@ -174,6 +232,7 @@ impl State {
         }
         if !shown {
             self.fan_out_presence(room_name, &notice, None);
+            self.note_presence(now, room_name, &user, false);
         }
         self.out.event(Event::UserLeft {
             room: room_name.clone(),

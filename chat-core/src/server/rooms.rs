@@ -154,8 +154,95 @@ pub(crate) struct Room {
     /// Durable mode: the instant of the room's armed unload timer, if one is armed.
     pub unload_at: Option<Instant>,
     /// Joined sessions whose user may not see presence here (`authz`): no
-    /// `user_joined`/`user_left` for them.
+    /// `user_joined`/`user_left` or `presence` for them.
     pub blind: BTreeSet<SessionId>,
+    /// The sessions of `sessions` that speak protocol version 1 (`user_joined` /
+    /// `user_left`), and those that speak version 2 (`presence`), each in order.
+    v1: Arc<Vec<SessionId>>,
+    v2: Arc<Vec<SessionId>>,
+    /// Version 2: the joins and leaves waiting for the room's presence tick.
+    pub presence: Coalescer,
+}
+
+/// Version 2's presence: the changes of a room's member list since its last tick,
+/// sent at the next one as one `presence` frame.
+///
+/// A user who came and went within a tick is in neither list, unless a version-2
+/// session was handed the member list (a `joined`, a `members` page) between the two:
+/// that session saw the user, so the tick says where the user ended up (to the others
+/// that is a join or leave of what they already hold, which changes nothing).
+#[derive(Debug, Default)]
+pub(crate) struct Coalescer {
+    changed: BTreeMap<UserKey, Change>,
+    /// Numbers the changes, and the member lists handed out.
+    clock: u64,
+    /// The clock when a version-2 session was last handed a member list.
+    listed: u64,
+    /// The instant of the armed tick, if one is armed.
+    pub due: Option<Instant>,
+    /// Some version-2 session holds only part of the list (the room was above the
+    /// threshold): when the room is back at or below it, the tick sends the whole list.
+    pub partial: bool,
+}
+
+/// One user's presence change within a tick.
+#[derive(Debug)]
+struct Change {
+    name: UserName,
+    /// Present at the last tick.
+    was: bool,
+    /// Present now.
+    now: bool,
+    /// The clock at its latest change.
+    at: u64,
+    /// A member list showed a state between the last tick and now.
+    seen: bool,
+}
+
+impl Coalescer {
+    /// Notes that `name` is now present (or not); says whether a tick must be armed.
+    pub fn note(&mut self, name: &UserName, present: bool) -> bool {
+        self.clock += 1;
+        let key = name.key();
+        match self.changed.get_mut(&key) {
+            Some(c) => {
+                c.seen |= c.at <= self.listed;
+                c.now = present;
+                c.at = self.clock;
+                c.name = name.clone();
+                if !c.seen && c.was == c.now {
+                    self.changed.remove(&key);
+                }
+            }
+            None => {
+                let change = Change {
+                    name: name.clone(),
+                    was: !present,
+                    now: present,
+                    at: self.clock,
+                    seen: false,
+                };
+                self.changed.insert(key, change);
+            }
+        }
+        self.due.is_none()
+    }
+
+    /// A version-2 session was handed the member list as it is now.
+    pub fn listed(&mut self) {
+        self.listed = self.clock;
+    }
+
+    /// The tick: who joined and who left since the last one (in key order), forgotten.
+    pub fn take(&mut self) -> (Vec<UserName>, Vec<UserName>) {
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for (_, c) in std::mem::take(&mut self.changed) {
+            if c.now != c.was || c.seen {
+                if c.now { &mut joins } else { &mut leaves }.push(c.name);
+            }
+        }
+        (joins, leaves)
+    }
 }
 
 /// Where the name of the member after `before` starts in the member list's JSON: after
@@ -183,6 +270,9 @@ impl Room {
             touched: None,
             unload_at: None,
             blind: BTreeSet::new(),
+            v1: Arc::default(),
+            v2: Arc::default(),
+            presence: Coalescer::default(),
         }
     }
 
@@ -318,19 +408,94 @@ impl Room {
         Cow::Borrowed(&self.members_json)
     }
 
-    /// Adds a session to the room's recipients.
-    pub fn add_session(&mut self, sid: SessionId) {
+    /// Adds a session that speaks protocol `version` to the room's recipients.
+    pub fn add_session(&mut self, sid: SessionId, version: u32) {
         if let Err(i) = self.sessions.binary_search(&sid) {
             Arc::make_mut(&mut self.sessions).insert(i, sid);
+        }
+        let list = if version >= 2 {
+            &mut self.v2
+        } else {
+            &mut self.v1
+        };
+        if let Err(i) = list.binary_search(&sid) {
+            Arc::make_mut(list).insert(i, sid);
         }
     }
 
     /// Removes a session from the room's recipients.
     pub fn remove_session(&mut self, sid: SessionId) {
-        if let Ok(i) = self.sessions.binary_search(&sid) {
-            Arc::make_mut(&mut self.sessions).remove(i);
+        for list in [&mut self.sessions, &mut self.v1, &mut self.v2] {
+            if let Ok(i) = list.binary_search(&sid) {
+                Arc::make_mut(list).remove(i);
+            }
         }
         self.blind.remove(&sid);
+    }
+
+    /// The room's version-1 sessions (they get `user_joined` and `user_left`).
+    pub fn v1_sessions(&self) -> &Arc<Vec<SessionId>> {
+        &self.v1
+    }
+
+    /// The room's version-2 sessions (they get `presence`).
+    pub fn v2_sessions(&self) -> &Arc<Vec<SessionId>> {
+        &self.v2
+    }
+
+    /// Version 2: notes a change of `user`'s presence for the room's next tick (if it
+    /// has version-2 sessions); the instant to arm the tick at, when none is armed.
+    pub fn note_presence(
+        &mut self,
+        user: &UserName,
+        present: bool,
+        now: Instant,
+        tick: std::time::Duration,
+    ) -> Option<Instant> {
+        let own = self.members.get(&user.key()).map(|m| &m.sessions);
+        if self.v2.iter().all(|s| own.is_some_and(|o| o.contains(s))) {
+            // Nobody to tell: no version-2 session, or only the user's own (whose
+            // `joined` listed them).
+            return None;
+        }
+        if !self.presence.note(user, present) {
+            return None;
+        }
+        let at = now + tick;
+        self.presence.due = Some(at);
+        Some(at)
+    }
+
+    /// How many users the room's member list shows (cluster mode: over all servers).
+    pub fn presence_count(&self) -> usize {
+        if self.cluster.present.is_empty() {
+            self.members.len()
+        } else {
+            self.cluster_members().len()
+        }
+    }
+
+    /// At most `limit` of the member list's names whose keys come after `after`, in
+    /// key order, and whether more follow.
+    pub fn member_page(&self, after: Option<&UserKey>, limit: usize) -> (Vec<UserName>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        let mut page: Vec<UserName> = if self.cluster.present.is_empty() {
+            self.members
+                .range::<UserKey, _>((from, Unbounded))
+                .map(|(_, m)| m.name.clone())
+                .take(limit + 1)
+                .collect()
+        } else {
+            self.cluster_members()
+                .range::<UserKey, _>((from, Unbounded))
+                .map(|(_, n)| n.clone())
+                .take(limit + 1)
+                .collect()
+        };
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
     }
 
     /// Whether the room holds nothing worth keeping: no members, no history, nothing pending.

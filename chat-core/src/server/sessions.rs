@@ -57,6 +57,8 @@ pub(crate) struct Session {
     pub identity: Option<Arc<Identity>>,
     /// The identity came with the connection: `hello`'s name and token are ignored.
     pub host_identity: bool,
+    /// The protocol version its `hello` asked for (1 until then).
+    pub version: u32,
 }
 
 impl Session {
@@ -71,6 +73,7 @@ impl Session {
             strikes: 0,
             identity: None,
             host_identity: false,
+            version: crate::protocol::PROTOCOL_VERSION_1,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The core's timers: presence grace periods and typing expiry, kept in firing order.
+//! The core's timers: presence grace periods and ticks, typing expiry, kept in firing order.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -19,6 +19,8 @@ pub(crate) enum Timer {
     Unload(RoomName),
     /// A session's host identity expires.
     Expiry(SessionId),
+    /// Version 2: a room's coalesced joins and leaves are sent.
+    Presence(RoomName),
 }
 
 /// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).

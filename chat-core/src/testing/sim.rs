@@ -124,6 +124,9 @@ pub struct Sim {
     pub drained: usize,
     /// Every output as a line of text, for byte-for-byte comparison of two runs.
     pub log: Vec<String>,
+    /// Every `Output::Broadcast`: how many recipients, and the frame's text (one encode
+    /// for them all).
+    pub broadcasts: Vec<(usize, String)>,
     /// Set when a frame went to a session that was closed or disconnected.
     pub violations: Vec<String>,
 }
@@ -169,6 +172,7 @@ impl Sim {
             authenticate: Vec::new(),
             drained: 0,
             log: Vec::new(),
+            broadcasts: Vec::new(),
             violations: Vec::new(),
         }
     }
@@ -228,8 +232,20 @@ impl Sim {
         });
     }
 
-    /// Connects and says hello as `name`; returns the token from `welcome`.
+    /// Connects and says hello as `name` in protocol version 1 (deprecated; what every
+    /// test written before version 2 speaks); returns the token from `welcome`.
     pub fn hello(&mut self, s: u64, name: &str) -> String {
+        self.connect(s);
+        self.say(
+            s,
+            json!({"type": "hello", "version": protocol::PROTOCOL_VERSION_1, "name": name}),
+        );
+        self.token_of(s)
+    }
+
+    /// Connects and says hello as `name` in protocol version 2 ([`protocol::PROTOCOL_VERSION`]):
+    /// coalesced `presence` frames; returns the token from `welcome`.
+    pub fn hello_v2(&mut self, s: u64, name: &str) -> String {
         self.connect(s);
         self.say(
             s,
@@ -243,7 +259,7 @@ impl Sim {
         self.connect(s);
         self.say(
             s,
-            json!({"type": "hello", "version": protocol::PROTOCOL_VERSION, "name": name, "token": token}),
+            json!({"type": "hello", "version": protocol::PROTOCOL_VERSION_1, "name": name, "token": token}),
         );
         self.token_of(s)
     }
@@ -254,7 +270,7 @@ impl Sim {
     pub fn hello_as(&mut self, s: u64, name: &str, token: Option<&str>) {
         self.connect(s);
         let mut hello =
-            json!({"type": "hello", "version": protocol::PROTOCOL_VERSION, "name": name});
+            json!({"type": "hello", "version": protocol::PROTOCOL_VERSION_1, "name": name});
         if let Some(t) = token {
             hello["token"] = json!(t);
         }
@@ -345,6 +361,7 @@ impl Sim {
             Output::Send { to, frame } => self.record_send(to, &frame),
             // Each recipient in turn, as the runtime's driver does.
             Output::Broadcast { to, frame } => {
+                self.broadcasts.push((to.len(), frame.text().to_owned()));
                 for sid in to.iter() {
                     self.record_send(sid, &frame);
                 }
@@ -726,6 +743,7 @@ pub fn kind(f: &ServerFrame) -> &'static str {
         ServerFrame::Members { .. } => "members",
         ServerFrame::UserJoined { .. } => "user_joined",
         ServerFrame::UserLeft { .. } => "user_left",
+        ServerFrame::Presence { .. } => "presence",
         ServerFrame::Typing { .. } => "typing",
         ServerFrame::Error { .. } => "error",
         ServerFrame::Goodbye { .. } => "goodbye",

@@ -5,7 +5,7 @@ use super::{Caller, Reject};
 use crate::ids::UserName;
 use crate::ids::{RequestId, SessionId};
 use crate::protocol::{
-    ErrorCode, HelloRequest, JoinRequest, JoinSpec, PROTOCOL_VERSION, ServerFrame,
+    ErrorCode, HelloRequest, JoinRequest, JoinSpec, PROTOCOL_VERSION, PROTOCOL_VERSION_1, ServerFrame,
 };
 use crate::server::config::AuthMode;
 use crate::server::outputs::{CloseReason, Event, Output};
@@ -32,13 +32,17 @@ impl State {
                 CloseReason::Shutdown,
             ));
         }
-        if version != PROTOCOL_VERSION {
+        if version != PROTOCOL_VERSION && version != PROTOCOL_VERSION_1 {
             return Err(Reject::closing(
                 ErrorCode::UnsupportedVersion,
-                format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+                format!(
+                    "this server speaks protocol version {PROTOCOL_VERSION} \
+                     (and {PROTOCOL_VERSION_1}, deprecated)"
+                ),
                 CloseReason::UnsupportedVersion,
             ));
         }
+        caller.session.version = version;
         if caller.session.host_identity {
             return self.hello_as_identity(caller, id, rooms);
         }
@@ -147,7 +151,7 @@ impl State {
             caller.sid,
             &ServerFrame::Welcome {
                 id,
-                version: PROTOCOL_VERSION,
+                version: caller.session.version,
                 session: caller.sid,
                 user: user_name.clone(),
                 token,

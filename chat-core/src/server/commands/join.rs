@@ -4,7 +4,9 @@ use super::{Caller, Reject, room_unavailable};
 use chrono::{DateTime, Utc};
 
 use crate::ids::{RequestId, RoomName, Seq, UserKey};
-use crate::protocol::{Encoded, ErrorCode, JoinRequest, JoinedExtras, Role, ServerFrame};
+use crate::protocol::{
+    Encoded, ErrorCode, JoinRequest, JoinedExtras, MEMBERS_PAGE, Role, ServerFrame,
+};
 use crate::server::authz::forbidden;
 use crate::server::rooms::Room;
 use crate::server::users::Users;
@@ -41,10 +43,12 @@ impl State {
         if !kind.created_by_join() && !self.rooms.contains_key(&room_name) {
             // Nobody has written here yet: show it empty without creating it.
             let members = kind.direct_members(&self.users).unwrap_or_default();
+            let count = (caller.session.version >= 2).then_some(members.len());
             let frame = ServerFrame::Joined {
                 id,
                 room: room_name,
                 members,
+                count,
                 messages: vec![],
                 gap: since.is_some_and(|s| s > Seq(0)),
                 last_seq: Seq(0),
@@ -71,7 +75,7 @@ impl State {
             .ok_or_else(|| room_unavailable(ErrorCode::RoomNotFound, &room_name))?;
         let mut announce = false;
         if kind.has_membership() && !already {
-            room.add_session(caller.sid);
+            room.add_session(caller.sid, caller.session.version);
             if !perms.presence {
                 room.blind.insert(caller.sid);
             }
@@ -84,15 +88,42 @@ impl State {
         } else {
             env.users.direct_floor(user)
         };
+        let listing = match caller.session.version {
+            _ if !perms.presence => Listing::None,
+            1 => Listing::Whole,
+            _ if room.presence_count() > env.config.presence_threshold => Listing::FirstPage,
+            _ => Listing::Counted,
+        };
+        let first_page = env.config.presence_threshold.min(MEMBERS_PAGE);
         let frame = joined_frame(
-            room, env.users, on_join, id, since, user, perms, floor, &extras,
+            room, env.users, on_join, id, since, user, perms, floor, listing, first_page,
+            &extras,
         );
+        if listing == Listing::Counted || listing == Listing::FirstPage {
+            // This session now holds the list as it is (see `Coalescer`); its own user's
+            // join, noted next, is news to the others only.
+            room.presence.listed();
+            room.presence.partial |= listing == Listing::FirstPage;
+        }
         if announce {
             self.announce_joined(caller.now, &room_name, user, caller.sid);
         }
         self.out.send_encoded(caller.sid, frame);
         Ok(())
     }
+}
+
+/// What a `joined` lists of a room's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// Nobody: the session may not see presence.
+    None,
+    /// Version 1: everyone, no count.
+    Whole,
+    /// Version 2 at or below the threshold: everyone, and the count.
+    Counted,
+    /// Version 2 above the threshold: the first page, and the count.
+    FirstPage,
 }
 
 /// The `joined` frame for an existing room: its members and the messages for `since`.
@@ -108,6 +139,8 @@ fn joined_frame(
     reader: &UserKey,
     perms: Permissions,
     floor: Option<DateTime<Utc>>,
+    listing: Listing,
+    first_page: usize,
     extras: &JoinedExtras,
 ) -> Encoded {
     // A direct room's two users are listed by their current names, as `members` does.
@@ -116,9 +149,17 @@ fn joined_frame(
         .direct_members(users)
         .map(|names| serde_json::to_vec(&names).expect("names always serialize"));
     let members_json = match direct_members {
-        _ if !perms.presence => std::borrow::Cow::Borrowed(&b"[]"[..]),
+        _ if listing == Listing::None => std::borrow::Cow::Borrowed(&b"[]"[..]),
         Some(json) => std::borrow::Cow::Owned(json),
+        None if listing == Listing::FirstPage => {
+            let (page, _) = room.member_page(None, first_page);
+            std::borrow::Cow::Owned(serde_json::to_vec(&page).expect("names always serialize"))
+        }
         None => room.members_json(),
+    };
+    let count = match listing {
+        Listing::None | Listing::Whole => None,
+        Listing::Counted | Listing::FirstPage => Some(room.user_count()),
     };
     let (messages, gap) = match since {
         _ if !perms.read => (room.latest(0), false),
@@ -137,6 +178,7 @@ fn joined_frame(
         id,
         room_name,
         &members_json,
+        count,
         messages.clone(),
         gap,
         last_seq,
@@ -148,11 +190,12 @@ fn joined_frame(
         Encoded::new(&ServerFrame::Joined {
             id,
             room: room_name.clone(),
-            members: if perms.presence {
-                room.member_list(users)
-            } else {
-                vec![]
+            members: match listing {
+                Listing::None => vec![],
+                Listing::FirstPage => room.member_page(None, first_page).0,
+                Listing::Whole | Listing::Counted => room.member_list(users),
             },
+            count,
             messages: messages.map(|(m, _)| m.seen_by(reader)).collect(),
             gap,
             last_seq,

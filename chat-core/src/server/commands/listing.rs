@@ -2,7 +2,7 @@
 
 use super::{Caller, Reject};
 use crate::ids::{RequestId, UserKey};
-use crate::protocol::{ErrorCode, RoomInfo, ServerFrame};
+use crate::protocol::{ErrorCode, MEMBERS_PAGE, MEMBERS_PAGE_MAX, RoomInfo, ServerFrame};
 use crate::server::State;
 use crate::server::authz::forbidden;
 use crate::server::kind::RoomKind;
@@ -52,13 +52,16 @@ impl State {
         Ok(())
     }
 
-    /// The users in a room.
+    /// The users in a room: all of them (version 1), or a page (version 2, or a
+    /// request with `after` or `limit`).
     pub(super) fn list_members(
         &mut self,
         caller: &mut Caller<'_>,
         user: &UserKey,
         id: Option<RequestId>,
         raw_room: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
     ) -> Result<(), Reject> {
         let (room_name, kind) = self.room_for(user, raw_room)?;
         if !self
@@ -66,6 +69,52 @@ impl State {
             .presence
         {
             return Err(forbidden(format!("you may not see who is in {room_name}")));
+        }
+        let paged = caller.session.version >= 2 || after.is_some() || limit.is_some();
+        if paged {
+            let limit = match limit {
+                None => MEMBERS_PAGE,
+                Some(n @ 1..) if n as usize <= MEMBERS_PAGE_MAX => n as usize,
+                Some(n) => {
+                    let msg = format!("limit {n} is not within 1..={MEMBERS_PAGE_MAX}");
+                    return Err(Reject::new(ErrorCode::InvalidRequest, msg));
+                }
+            };
+            let (members, count, more) = match self.rooms.get_mut(&room_name) {
+                Some(room) if room.kind.has_membership() => {
+                    let after = after.map(UserKey::of);
+                    let (page, more) = room.member_page(after.as_ref(), limit);
+                    room.presence.listed();
+                    (page, room.presence_count(), more)
+                }
+                // Direct rooms: their two users, as `join` lists them.
+                room => {
+                    let all = match room {
+                        Some(room) => room.member_list(&self.users),
+                        None => kind.direct_members(&self.users).ok_or_else(|| {
+                            Reject::new(ErrorCode::RoomNotFound, format!("no room {room_name}"))
+                        })?,
+                    };
+                    let count = all.len();
+                    let after = after.map(UserKey::of);
+                    let mut page: Vec<_> = all
+                        .into_iter()
+                        .filter(|n| after.as_ref().is_none_or(|a| n.key() > *a))
+                        .collect();
+                    let more = page.len() > limit;
+                    page.truncate(limit);
+                    (page, count, more)
+                }
+            };
+            let frame = ServerFrame::Members {
+                id,
+                room: room_name,
+                members,
+                count: Some(count),
+                more: Some(more),
+            };
+            self.out.send_to(caller.sid, &frame);
+            return Ok(());
         }
         let members = match self.rooms.get(&room_name) {
             Some(room) => room.member_list(&self.users),
@@ -78,6 +127,8 @@ impl State {
             id,
             room: room_name,
             members,
+            count: None,
+            more: None,
         };
         self.out.send_to(caller.sid, &frame);
         Ok(())

@@ -182,7 +182,12 @@ impl State {
             ClientFrame::Send(req) => self.send(caller, user, req),
             ClientFrame::History(req) => self.history(caller, user, req),
             ClientFrame::Rooms { id } => self.list_rooms(caller, user, id),
-            ClientFrame::Members { id, room } => self.list_members(caller, user, id, &room),
+            ClientFrame::Members {
+                id,
+                room,
+                after,
+                limit,
+            } => self.list_members(caller, user, id, &room, after.as_deref(), limit),
             ClientFrame::Typing { room, active } => self.typing(caller, user, &room, active),
             ClientFrame::Hello(_) => Err(already_welcomed()),
             // Handled by `Server::moderation_frame` before the dispatcher.
