@@ -584,8 +584,12 @@ async fn open(shared: &Shared, idx: usize) -> anyhow::Result<Ws> {
         .read_buffer_size(shared.read_buffer.get())
         .write_buffer_size(0)
         .max_message_size(Some(16 << 20));
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(shared.urls[server].as_str(), tcp, Some(config)).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        shared.urls[server].as_str(),
+        tcp,
+        Some(config),
+    )
+    .await?;
     if shared.proto == Proto::Sio {
         // engine.io open packet, then connect to the default namespace.
         loop {
