@@ -36,14 +36,20 @@ fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt_install nodejs npm
 fi
+# 15-cluster runs two servers on one Redis.
+if ! command -v redis-server >/dev/null; then
+  apt_install redis-server
+fi
 if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] \
   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-say "building the example servers"
+say "building the example servers and chat-cli"
 (cd "$ROOT" && cargo build --quiet --example server --example host_auth)
+# 15-cluster drives the real chat-cli.
+(cd "$ROOT" && cargo build --quiet -p chat-cli --bin chat-cli)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 export CHAT_SERVER_BIN="$TARGET_DIR/debug/examples/server"

@@ -21,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ServerProcess, get, sample};
-use proxy::Proxy;
 use futures::{SinkExt, StreamExt};
+use proxy::Proxy;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
@@ -1080,7 +1080,10 @@ fn check_exactly_once(clients: &[&Client]) {
     for c in clients {
         for (cid, (seq, _)) in &c.acks {
             let prior = acked.insert(*seq, (c.name.clone(), cid.clone()));
-            assert!(prior.is_none(), "seq {seq} acked twice: {prior:?} and {cid}");
+            assert!(
+                prior.is_none(),
+                "seq {seq} acked twice: {prior:?} and {cid}"
+            );
         }
     }
     for c in clients {
@@ -1163,12 +1166,17 @@ async fn a_dead_subscription_alone_is_found_by_the_probe_and_healed() {
     assert!(healed <= SUBSCRIPTION_HEAL_BOUND, "healed after {healed:?}");
     // Doorbells flow again on the new subscription.
     bob.send_until_acked(ROOM, &body_of("bob-4"), "bob-4").await;
-    alice.send_until_acked(ROOM, &body_of("alice-0"), "alice-0").await;
+    alice
+        .send_until_acked(ROOM, &body_of("alice-0"), "alice-0")
+        .await;
     for c in [&mut alice, &mut bob] {
         c.pump(WAIT, "all 6", |c| c.seen.len() == 6).await;
     }
     check_exactly_once(&[&alice, &bob]);
-    assert!(bob.left.is_empty() && alice.left.is_empty(), "nobody flapped");
+    assert!(
+        bob.left.is_empty() && alice.left.is_empty(),
+        "nobody flapped"
+    );
     drop((a, b));
 }
 
@@ -1267,7 +1275,10 @@ struct Sender {
 /// Pause between one ack and the next send.
 const PACE: Duration = Duration::from_millis(80);
 
-async fn keep_sending(mut s: Sender, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Sender {
+async fn keep_sending(
+    mut s: Sender,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Sender {
     use std::sync::atomic::Ordering;
     loop {
         if stop.load(Ordering::SeqCst) && s.pending.is_none() {
@@ -1453,7 +1464,13 @@ async fn seeded_faults_lose_nothing_duplicate_nothing_and_leave_no_zombie() {
     }
     // The sender on server `i` (the third server's moved to the first).
     let mut killed_at: Option<Instant> = None;
-    let on_node = |i: usize, killed: bool| if i == 0 && killed { "s2" } else { ["s0", "s1", "s2"][i] };
+    let on_node = |i: usize, killed: bool| {
+        if i == 0 && killed {
+            "s2"
+        } else {
+            ["s0", "s1", "s2"][i]
+        }
+    };
 
     for (round, fault) in plan.iter().enumerate() {
         let stop = Arc::new(AtomicBool::new(false));
@@ -1519,7 +1536,11 @@ async fn seeded_faults_lose_nothing_duplicate_nothing_and_leave_no_zombie() {
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
             let s = t.await.expect("sender task");
-            assert!(!s.closed, "{}: socket closed in round {round}", s.client.name);
+            assert!(
+                !s.closed,
+                "{}: socket closed in round {round}",
+                s.client.name
+            );
             senders.push(s);
         }
 

@@ -187,15 +187,20 @@ struct Target {
     /// Protocol the server speaks.
     #[arg(long, value_enum, default_value = "chat")]
     proto: Proto,
-    /// Server address (loopback).
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    addr: String,
+    /// Server address (loopback); several, comma-separated, spread the clients over
+    /// them in turn (client i on address i mod n: the nodes of a cluster).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:5000")]
+    addr: Vec<String>,
     /// WebSocket path (default: `/ws`, or the Socket.IO path).
     #[arg(long)]
     path: Option<String>,
-    /// Server pid, for its CPU time and RSS.
+    /// Server pid, for its CPU time and RSS; several, comma-separated, for the nodes of
+    /// a cluster (CPU time summed, RSS of the first).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// The pid of the Redis a cluster runs on: its CPU time per message sent.
     #[arg(long)]
-    pid: Option<u32>,
+    redis_pid: Option<u32>,
     /// Appends the result (a JSON line) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -272,6 +277,12 @@ pub struct Outcome {
     pub join_s: Option<f64>,
     /// Join notices received (join).
     pub notices: u64,
+    /// Server processes (the nodes of a cluster; 1 for a single server).
+    #[serde(default)]
+    pub nodes: usize,
+    /// Redis CPU microseconds per message sent (cluster runs with `--redis-pid`).
+    #[serde(default)]
+    pub redis_cpu_us_per_msg: Option<f64>,
     /// Anything the reader should know.
     pub note: String,
 }
@@ -461,8 +472,9 @@ struct ClientSpec {
 struct Shared {
     proto: Proto,
     epoch: Instant,
-    url: String,
-    addr: String,
+    /// One per server address; client i uses entry i mod n.
+    urls: Vec<String>,
+    addrs: Vec<String>,
     body: String,
     connected: Cell<usize>,
     failed: Cell<usize>,
@@ -508,8 +520,12 @@ impl Shared {
         Rc::new(Shared {
             proto: target.proto,
             epoch: now,
-            url: format!("ws://{}{}", target.addr, path),
-            addr: target.addr.clone(),
+            urls: target
+                .addr
+                .iter()
+                .map(|a| format!("ws://{a}{path}"))
+                .collect(),
+            addrs: target.addr.clone(),
             body: "x".repeat(body.saturating_sub(21).max(1)),
             connected: Cell::new(0),
             failed: Cell::new(0),
@@ -560,15 +576,20 @@ fn inc(c: &Cell<usize>) {
     c.set(c.get() + 1);
 }
 
-async fn open(shared: &Shared) -> anyhow::Result<Ws> {
-    let tcp = TcpStream::connect(&shared.addr).await?;
+async fn open(shared: &Shared, idx: usize) -> anyhow::Result<Ws> {
+    let server = idx % shared.addrs.len().max(1);
+    let tcp = TcpStream::connect(&shared.addrs[server]).await?;
     tcp.set_nodelay(true)?;
     let config = WebSocketConfig::default()
         .read_buffer_size(shared.read_buffer.get())
         .write_buffer_size(0)
         .max_message_size(Some(16 << 20));
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(shared.url.as_str(), tcp, Some(config)).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        shared.urls[server].as_str(),
+        tcp,
+        Some(config),
+    )
+    .await?;
     if shared.proto == Proto::Sio {
         // engine.io open packet, then connect to the default namespace.
         loop {
@@ -597,7 +618,7 @@ async fn open(shared: &Shared) -> anyhow::Result<Ws> {
 
 async fn client(shared: Rc<Shared>, spec: ClientSpec, gate: Rc<Semaphore>) {
     let permit = gate.acquire().await;
-    let ws = match open(&shared).await {
+    let ws = match open(&shared, spec.idx).await {
         Ok(ws) => ws,
         Err(e) => {
             shared.note_error(format!("connect: {e}"));
@@ -796,14 +817,16 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn pid_str(target: &Target) -> Option<String> {
-    target.pid.map(|p| p.to_string())
+/// The server pids as `/proc` names (every node of a cluster).
+fn pids(target: &Target) -> Vec<String> {
+    target.pid.iter().map(u32::to_string).collect()
 }
 
 fn base(target: &Target, workload: &str, clients: usize) -> Outcome {
     Outcome {
         server: target.label.clone(),
         workload: workload.to_owned(),
+        nodes: target.addr.len(),
         clients,
         ..Outcome::default()
     }
@@ -927,13 +950,16 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     }
     // Let the last join notices and history settle, then measure.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = pid_str(target);
+    let pid = pids(target);
+    let redis_pid = target.redis_pid.map(|p| p.to_string());
+    let redis0 = redis_pid.as_deref().and_then(procfs::cpu_time);
+    let nodes0: Vec<_> = pid.iter().map(|p| procfs::cpu_time(p)).collect();
     shared.fanout.set(t.room_size as u64);
     shared.window.set(window_msgs * t.room_size as u64);
     shared.hist.borrow_mut().reset();
     let dropped0 = shared.dropped.get();
     let errors0 = shared.errors.get();
-    let s0 = Snapshot::take(pid.as_deref());
+    let s0 = Snapshot::take(&pid);
     // Counting starts here (nothing was sent before; history comes inside `joined`).
     shared.received.set(0);
     let _ = go_tx.send(true);
@@ -952,7 +978,9 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
         r >= expected(&shared) || last.1.elapsed() > Duration::from_secs(2)
     })
     .await;
-    let s1 = Snapshot::take(pid.as_deref());
+    let s1 = Snapshot::take(&pid);
+    let redis1 = redis_pid.as_deref().and_then(procfs::cpu_time);
+    let nodes1: Vec<_> = pid.iter().map(|p| procfs::cpu_time(p)).collect();
     let end = shared.last_rx.get().max(stopped.min(s1.at));
     let wall = end.saturating_duration_since(s0.at);
     let (server_cpu, server_util, tool_util) = utilization(&s0, &s1, s1.at - s0.at);
@@ -968,9 +996,22 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     out.server_cpu_s = server_cpu;
     out.server_util = server_util;
     out.tool_util = tool_util;
-    if target.pid.is_some() && out.received > 0 {
+    if !target.pid.is_empty() && out.received > 0 {
         out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.received as f64);
     }
+    if let (Some(a), Some(b)) = (redis0, redis1)
+        && out.sent > 0
+    {
+        out.redis_cpu_us_per_msg = Some(b.saturating_sub(a).as_secs_f64() * 1e6 / out.sent as f64);
+    }
+    let per_node: Vec<String> = nodes0
+        .iter()
+        .zip(&nodes1)
+        .map(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", b.saturating_sub(*a).as_secs_f64()),
+            _ => "?".to_owned(),
+        })
+        .collect();
     if out.received > 0 {
         let tool_cpu = s1.tool.saturating_sub(s0.tool).as_secs_f64();
         out.tool_cpu_us_per_unit = Some(tool_cpu * 1e6 / out.received as f64);
@@ -985,6 +1026,9 @@ async fn talk(target: &Target, workload: &str, t: Talk) -> Outcome {
     }
     if let Some(e) = shared.first_error.borrow().as_ref() {
         out.note = e.clone();
+    }
+    if per_node.len() > 1 {
+        out.note = format!("node CPU s: {}. {}", per_node.join(" / "), out.note);
     }
     if missing_notices {
         out.note = format!(
@@ -1021,9 +1065,9 @@ async fn idle(target: &Target, clients: usize, hold: f64) -> Outcome {
             slot: None,
         })
         .collect();
-    let pid = pid_str(target);
-    let rss0 = pid.as_deref().and_then(procfs::rss_kib);
-    let s0 = Snapshot::take(pid.as_deref());
+    let pid = pids(target);
+    let rss0 = pid.first().and_then(|p| procfs::rss_kib(p));
+    let s0 = Snapshot::take(&pid);
     spawn_clients(&shared, specs, target.concurrency);
     let ready = |s: &Shared| match target.proto {
         Proto::Chat => s.welcomed.get(),
@@ -1031,7 +1075,7 @@ async fn idle(target: &Target, clients: usize, hold: f64) -> Outcome {
     };
     let limit = Duration::from_secs_f64(target.setup_secs);
     wait_until(limit, || ready(&shared) + shared.failed.get() >= clients).await;
-    let s1 = Snapshot::take(pid.as_deref());
+    let s1 = Snapshot::take(&pid);
     let took = s1.at - s0.at;
     out.ready = ready(&shared);
     out.secs = took.as_secs_f64();
@@ -1040,11 +1084,11 @@ async fn idle(target: &Target, clients: usize, hold: f64) -> Outcome {
     out.server_cpu_s = server_cpu;
     out.server_util = server_util;
     out.tool_util = tool_util;
-    if out.ready > 0 && target.pid.is_some() {
+    if out.ready > 0 && !target.pid.is_empty() {
         out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.ready as f64);
     }
     tokio::time::sleep(Duration::from_secs_f64(hold)).await;
-    let rss1 = pid.as_deref().and_then(procfs::rss_kib);
+    let rss1 = pid.first().and_then(|p| procfs::rss_kib(p));
     if let (Some(a), Some(b)) = (rss0, rss1) {
         out.rss_kib = Some((a, b));
         if out.ready > 0 {
@@ -1097,14 +1141,14 @@ async fn join(target: &Target, clients: usize) -> Outcome {
         return out;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = pid_str(target);
-    let s0 = Snapshot::take(pid.as_deref());
+    let pid = pids(target);
+    let s0 = Snapshot::take(&pid);
     let _ = login_tx.send(true);
     let all = wait_until(limit, || {
         shared.complete.get() >= clients || shared.errors.get() > 0
     })
     .await;
-    let s1 = Snapshot::take(pid.as_deref());
+    let s1 = Snapshot::take(&pid);
     out.ready = shared.joined.get();
     out.notices = shared.notices.get();
     let end = shared.complete_at.get().unwrap_or(s1.at);
@@ -1128,7 +1172,7 @@ async fn join(target: &Target, clients: usize) -> Outcome {
     out.tool_util = tool_util;
     out.received = out.notices;
     out.expected = (clients * (clients - 1) / 2) as u64;
-    if out.notices > 0 && target.pid.is_some() {
+    if out.notices > 0 && !target.pid.is_empty() {
         out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.notices as f64);
     }
     out.dropped = shared.dropped.get();

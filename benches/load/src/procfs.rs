@@ -32,18 +32,19 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
 pub struct Snapshot {
     /// When.
     pub at: std::time::Instant,
-    /// The server's CPU time (zero when its pid is unknown).
+    /// The server's CPU time, summed over its processes (zero when no pid is known).
     pub server: Duration,
     /// This tool's CPU time.
     pub tool: Duration,
 }
 
 impl Snapshot {
-    /// Takes a snapshot.
-    pub fn take(server_pid: Option<&str>) -> Snapshot {
+    /// Takes a snapshot of the server processes `server_pids` (the nodes of a cluster,
+    /// or one server) and this tool.
+    pub fn take(server_pids: &[String]) -> Snapshot {
         Snapshot {
             at: std::time::Instant::now(),
-            server: server_pid.and_then(cpu_time).unwrap_or_default(),
+            server: server_pids.iter().filter_map(|p| cpu_time(p)).sum(),
             tool: cpu_time("self").unwrap_or_default(),
         }
     }
