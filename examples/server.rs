@@ -182,7 +182,11 @@ async fn main() -> anyhow::Result<()> {
     .context("starting the chat hub")?;
     let options = RouterOptions {
         origins: OriginPolicy::from_list(&args.origins),
-        metrics: Some(Arc::new(move || prometheus.render())),
+        metrics: Some(Arc::new(move || {
+            let mut text = prometheus.render();
+            allocator_metrics(&mut text);
+            text
+        })),
         limits: ConnectionLimits {
             max_connections: args.max_connections,
             max_connections_per_ip: args.max_connections_per_ip,
@@ -213,6 +217,56 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("chat server stopped");
     Ok(())
 }
+
+/// Appends jemalloc's own statistics to the `/metrics` text, in the Prometheus text
+/// format: `allocated` is what the program holds (live data), `active` the pages those
+/// allocations occupy, `resident` what the allocator has in RAM (≈ the heap's share of
+/// RSS), `retained` address space kept for reuse but returned to the kernel. Growing
+/// `allocated` means live data grows; `resident` far above `active` means the allocator
+/// keeps freed pages.
+#[cfg(all(unix, not(target_env = "musl")))]
+fn allocator_metrics(text: &mut String) {
+    use std::fmt::Write as _;
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are cached until the epoch advances.
+    if epoch::advance().is_err() {
+        return;
+    }
+    let gauges: [(&str, &str, tikv_jemalloc_ctl::Result<usize>); 4] = [
+        (
+            "allocated",
+            "Bytes allocated by the server and not yet freed (jemalloc stats.allocated).",
+            stats::allocated::read(),
+        ),
+        (
+            "active",
+            "Bytes in pages holding allocations (jemalloc stats.active).",
+            stats::active::read(),
+        ),
+        (
+            "resident",
+            "Bytes of the allocator's memory resident in RAM (jemalloc stats.resident).",
+            stats::resident::read(),
+        ),
+        (
+            "retained",
+            "Bytes of address space kept for reuse, returned to the kernel (jemalloc stats.retained).",
+            stats::retained::read(),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Ok(v) = value {
+            let _ = write!(
+                text,
+                "# HELP jemalloc_{name}_bytes {help}\n# TYPE jemalloc_{name}_bytes gauge\njemalloc_{name}_bytes {v}\n"
+            );
+        }
+    }
+}
+
+/// Without jemalloc there are no allocator statistics to add.
+#[cfg(not(all(unix, not(target_env = "musl"))))]
+fn allocator_metrics(_text: &mut String) {}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

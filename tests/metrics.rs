@@ -170,3 +170,72 @@ async fn metrics_move_with_what_clients_do() {
     );
     drop(server);
 }
+
+/// The memory figures: jemalloc's statistics (the example server's allocator) are
+/// exported and consistent, and `chat_ws_buffer_bytes` counts what a connection's own
+/// buffers hold: a fragmented message in progress, given back once it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_figures_on_metrics() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let server = ServerProcess::start(["--db", ":memory:"]);
+    let addr = server.addr.clone();
+    let body = get(&addr, "/metrics").await;
+    let allocated = sample(&body, "jemalloc_allocated_bytes");
+    let active = sample(&body, "jemalloc_active_bytes");
+    let resident = sample(&body, "jemalloc_resident_bytes");
+    assert!(allocated > 0.0, "jemalloc_allocated_bytes:\n{body}");
+    assert!(
+        allocated <= active && active <= resident,
+        "allocated {allocated} <= active {active} <= resident {resident}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("jemalloc_retained_bytes ")),
+        "{body}"
+    );
+    assert!(
+        body.lines().any(|l| l == "chat_ws_buffer_bytes 0"),
+        "no connection, no buffer:\n{body}"
+    );
+
+    // 40 KiB of a text message whose end has not come: the server must hold it.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("upgrade");
+    let head = format!(
+        r#"{{"type":"hello","version":{PROTOCOL_VERSION},"name":"{}"#,
+        "a".repeat(40 * 1024)
+    );
+    ws.send(Message::Frame(Frame::message(
+        head.into_bytes(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .expect("first fragment");
+    wait_for(&addr, "chat_ws_buffer_bytes", 40.0 * 1024.0).await;
+    // The rest: the message is complete (and refused: the name is far too long), and
+    // the buffers are given back.
+    ws.send(Message::Frame(Frame::message(
+        &br#""}"#[..],
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .expect("last fragment");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body = get(&addr, "/metrics").await;
+        let held = sample(&body, "chat_ws_buffer_bytes");
+        if held < 4096.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection kept {held} bytes of buffers after its message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -114,6 +114,8 @@ impl IntoResponse for Refused {
 pub(crate) struct Caps {
     limits: ConnectionLimits,
     total: AtomicUsize,
+    /// Bytes the open connections' own read and write buffers hold (their capacity).
+    buffered: AtomicUsize,
     per_ip: Mutex<PerIp>,
 }
 
@@ -155,8 +157,23 @@ impl Caps {
         Arc::new(Caps {
             limits,
             total: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
             per_ip: Mutex::new(PerIp::default()),
         })
+    }
+
+    /// Bytes held by the open connections' own read and write buffers, all together.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// A connection's buffers went from `was` to `now` bytes.
+    pub(crate) fn rebuffer(&self, was: usize, now: usize) {
+        if now > was {
+            self.buffered.fetch_add(now - was, Ordering::Relaxed);
+        } else if was > now {
+            self.buffered.fetch_sub(was - now, Ordering::Relaxed);
+        }
     }
 
     /// WebSocket connections admitted and still open.

@@ -281,7 +281,7 @@ fn spawn_connection(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
-                socket::run(io, state.hub, state.options, peer, mode).await;
+                socket::run(io, state.hub, state.options, state.caps, peer, mode).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
@@ -309,6 +309,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge_set("chat_rooms", stats.rooms as f64);
     metrics::gauge_set("chat_inbox_depth", stats.inbox_depth as f64);
     metrics::gauge_set("chat_websockets_open", state.caps.open() as f64);
+    metrics::gauge_set("chat_ws_buffer_bytes", state.caps.buffered() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(),

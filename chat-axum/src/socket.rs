@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::RouterOptions;
+use crate::caps::Caps;
 use crate::ws::{self, Fail, Incoming, Reader};
 
 /// What the connection does with incoming frames.
@@ -55,6 +56,7 @@ pub(crate) async fn run<IO>(
     io: IO,
     hub: Hub,
     opts: Arc<RouterOptions>,
+    caps: Arc<Caps>,
     peer: Option<SocketAddr>,
     mode: Mode,
 ) where
@@ -99,6 +101,8 @@ pub(crate) async fn run<IO>(
         hello_by: chat.then(|| now + opts.hello_timeout),
         why: None,
         opts,
+        caps,
+        counted: 0,
     };
     let sleep = tokio::time::sleep_until(conn.next_check());
     tokio::pin!(sleep);
@@ -121,6 +125,7 @@ pub(crate) async fn run<IO>(
         (None, End::Gone) => "peer_gone",
         (None, End::Broken) => "broken",
     };
+    conn.caps.rebuffer(conn.counted, 0);
     ::metrics::counter!("chat_ws_closes_total", "reason" => why).increment(1);
     tracing::debug!(?session, ?peer, ?end, why, "connection closed");
 }
@@ -218,11 +223,16 @@ struct Conn<IO> {
     /// Why the connection ends, once known (the `reason` of `chat_ws_closes_total`).
     why: Option<&'static str>,
     opts: Arc<RouterOptions>,
+    /// Where the buffers' bytes are counted (`chat_ws_buffer_bytes`).
+    caps: Arc<Caps>,
+    /// The buffers' bytes as last counted there.
+    counted: usize,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     async fn serve(&mut self, mut sleep: Pin<&mut Sleep>) -> End {
         loop {
+            self.count_buffers();
             let wake = poll_fn(|cx| self.poll_wake(cx, sleep.as_mut())).await;
             match wake {
                 Wake::Read => {
@@ -260,6 +270,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 self.deadline = Some(Instant::now() + self.opts.close_timeout);
                 sleep.as_mut().reset(self.next_check());
             }
+        }
+    }
+
+    /// Brings this connection's share of `chat_ws_buffer_bytes` up to date.
+    fn count_buffers(&mut self) {
+        let now = self.out.capacity() + self.reader.capacity();
+        if now != self.counted {
+            self.caps.rebuffer(self.counted, now);
+            self.counted = now;
         }
     }
 

@@ -203,6 +203,11 @@ impl Reader {
         }
     }
 
+    /// Bytes the reader's buffers hold (their capacity), for `chat_ws_buffer_bytes`.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity() + self.message.capacity()
+    }
+
     /// Drops what was parsed; frees the buffers when nothing is pending.
     pub(crate) fn compact(&mut self) {
         if self.pos == self.buf.len() {

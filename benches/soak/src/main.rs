@@ -118,6 +118,17 @@ pub struct Row {
     pub max_ms: f64,
     /// Server RSS, MiB.
     pub rss_mib: f64,
+    /// jemalloc's live allocations (`jemalloc_allocated_bytes` on `/metrics`), MiB;
+    /// `None` when the scrape failed (server stopped) or the server has no jemalloc.
+    pub allocated_mib: Option<f64>,
+    /// jemalloc's pages holding allocations (`jemalloc_active_bytes`), MiB.
+    pub active_mib: Option<f64>,
+    /// jemalloc's memory in RAM (`jemalloc_resident_bytes`), MiB.
+    pub resident_mib: Option<f64>,
+    /// jemalloc's address space kept for reuse (`jemalloc_retained_bytes`), MiB.
+    pub retained_mib: Option<f64>,
+    /// Rooms in memory (`chat_rooms`).
+    pub rooms: Option<u64>,
     /// Server fds.
     pub fds: u64,
     /// Server threads.
@@ -509,6 +520,8 @@ async fn monitor(run: Arc<Run>) {
             .values()
             .map(|a| a.len() as u64)
             .sum();
+        let heap = server::heap(&run.spec.addr).await;
+        let mib = |b: Option<u64>| b.map(|b| b as f64 / 1048576.0);
         let row = Row {
             t,
             deliveries: (now.0 - last.0) as f64 / dt,
@@ -522,6 +535,11 @@ async fn monitor(run: Arc<Run>) {
                 h.max() as f64 / 1000.0
             },
             rss_mib: res.rss_kib as f64 / 1024.0,
+            allocated_mib: mib(heap.allocated),
+            active_mib: mib(heap.active),
+            resident_mib: mib(heap.resident),
+            retained_mib: mib(heap.retained),
+            rooms: heap.rooms,
             fds: res.fds,
             threads: res.threads,
             connected: s
@@ -534,12 +552,16 @@ async fn monitor(run: Arc<Run>) {
             fault,
         };
         println!(
-            "{:>6.0}s  {:>7.0} deliveries/s  {:>5.0} acks/s  p99 {:>7.1} ms  rss {:>6.1} MiB  fds {:>4}  threads {:>3}  connected {:>4}  db {:>6.1} MiB  {}",
+            "{:>6.0}s  {:>7.0} deliveries/s  {:>5.0} acks/s  p99 {:>7.1} ms  rss {:>6.1} MiB  heap {} / {} / {} MiB  rooms {}  fds {:>4}  threads {:>3}  connected {:>4}  db {:>6.1} MiB  {}",
             row.t,
             row.deliveries,
             row.acks,
             row.p99_ms,
             row.rss_mib,
+            opt_mib(row.allocated_mib),
+            opt_mib(row.active_mib),
+            opt_mib(row.resident_mib),
+            row.rooms.map_or("-".into(), |n| n.to_string()),
             row.fds,
             row.threads,
             row.connected,
@@ -550,6 +572,11 @@ async fn monitor(run: Arc<Run>) {
         last = now;
         last_t = t;
     }
+}
+
+/// A MiB figure with one decimal, or `-` when it was not sampled.
+fn opt_mib(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
 }
 
 fn max_acked(s: &Shared) -> HashMap<String, u64> {
@@ -1203,16 +1230,19 @@ fn report(
     let every = rows.len().div_ceil(30).max(1);
     writeln!(
         md,
-        "| t (s) | deliveries/s | acks/s | p50 ms | p99 ms | max ms | RSS MiB | fds | threads | connected | SQLite MiB | messages | fault |"
+        "| t (s) | deliveries/s | acks/s | p50 ms | p99 ms | max ms | RSS MiB | allocated MiB | active MiB | resident MiB | retained MiB | rooms | fds | threads | connected | SQLite MiB | messages | fault |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
     for (i, r) in rows.iter().enumerate() {
         if i % every != every - 1 && i + 1 != rows.len() && r.fault.is_empty() {
             continue;
         }
         writeln!(
             md,
-            "| {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {} | {} | {} | {:.1} | {} | {} |",
+            "| {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} |",
             r.t,
             r.deliveries,
             r.acks,
@@ -1220,6 +1250,11 @@ fn report(
             r.p99_ms,
             r.max_ms,
             r.rss_mib,
+            opt_mib(r.allocated_mib),
+            opt_mib(r.active_mib),
+            opt_mib(r.resident_mib),
+            opt_mib(r.retained_mib),
+            r.rooms.map_or("-".into(), |n| n.to_string()),
             r.fds,
             r.threads,
             r.connected,

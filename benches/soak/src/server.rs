@@ -290,3 +290,49 @@ pub async fn starve_writer(pid: u32, hold: Duration) -> anyhow::Result<u32> {
     run("taskset", &["-p", "-c", &format!("0-{}", cpus - 1), &tid_s])?;
     Ok(tid)
 }
+
+/// What the server's `/metrics` says about its memory and rooms (the example server
+/// exports jemalloc's statistics); a value is `None` when the scrape failed (the server
+/// stopped or restarting) or the server does not export it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heap {
+    /// jemalloc `stats.allocated`: bytes of live allocations.
+    pub allocated: Option<u64>,
+    /// jemalloc `stats.active`: bytes in pages holding allocations.
+    pub active: Option<u64>,
+    /// jemalloc `stats.resident`: bytes of allocator memory in RAM.
+    pub resident: Option<u64>,
+    /// jemalloc `stats.retained`: address space kept for reuse (not in RAM).
+    pub retained: Option<u64>,
+    /// `chat_rooms`: rooms in memory.
+    pub rooms: Option<u64>,
+}
+
+/// Scrapes `http://ADDR/metrics` (plain HTTP/1.0, at most 2 s) for [`Heap`].
+pub async fn heap(addr: &str) -> Heap {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        anyhow::Ok(body)
+    };
+    let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(2), scrape).await else {
+        return Heap::default();
+    };
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse::<f64>().ok().map(|v| v as u64)
+        })
+    };
+    Heap {
+        allocated: value("jemalloc_allocated_bytes"),
+        active: value("jemalloc_active_bytes"),
+        resident: value("jemalloc_resident_bytes"),
+        retained: value("jemalloc_retained_bytes"),
+        rooms: value("chat_rooms"),
+    }
+}
