@@ -2,6 +2,8 @@
 //! hub takes the broker's epoch, hands cluster outputs to it without waiting, and acts
 //! on the answers it gets back; `Hub::spawn` refuses what cluster mode cannot be.
 
+#![cfg(feature = "runtime")]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -583,3 +583,126 @@ fn a_complete_history_that_starts_after_seq_1_has_no_gap_and_no_more() {
     assert_eq!(seqs(&messages), [2, 3]);
     assert!(!has_more);
 }
+
+/// Nothing is older than seq 1: a page before it is empty and final, answered at once,
+/// even where older messages than the window's are in the store.
+#[test]
+fn a_page_before_seq_1_is_empty_and_final_without_asking_the_store() {
+    let mut sim = restored();
+    sim.say(
+        1,
+        json!({"type":"history","id":3,"room":"general","before":1,"limit":20}),
+    );
+    assert!(sim.loads.is_empty(), "nothing is older than seq 1");
+    let ServerFrame::History {
+        id,
+        messages,
+        has_more,
+        ..
+    } = sim.take_one(1)
+    else {
+        panic!()
+    };
+    assert_eq!(id, Some(RequestId(3)));
+    assert!(messages.is_empty());
+    assert!(!has_more);
+}
+
+// ---- idle rooms leave memory (`Config::room_idle_unload`) ----
+
+/// The rooms a `rooms` request lists, as (name, users, last seq).
+fn listed(sim: &mut Sim, s: u64) -> Vec<(String, usize, u64)> {
+    sim.say(s, json!({"type":"rooms"}));
+    let ServerFrame::Rooms { rooms, .. } = sim.take_one(s) else {
+        panic!()
+    };
+    rooms
+        .into_iter()
+        .map(|r| (r.name.to_string(), r.members, r.last_seq.0))
+        .collect()
+}
+
+/// A room stays in memory while someone is in it; once its last user has left and it
+/// has been idle for `room_idle_unload`, it leaves memory. It is still listed, and a
+/// join loads it from the store with its history.
+#[test]
+fn a_room_leaves_memory_once_idle_after_its_last_user_left_and_comes_back_whole() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(durable());
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.send(1, 1, "books", "hello");
+    sim.store_next(Ok(()));
+    sim.clear();
+    // alice stays longer than the idle time: the room stays.
+    sim.advance(idle * 2);
+    assert_eq!(sim.server.room_count(), 2);
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.clear();
+    sim.advance(idle - std::time::Duration::from_secs(1));
+    assert_eq!(sim.server.room_count(), 2, "not idle long enough yet");
+    sim.advance(std::time::Duration::from_secs(2));
+    assert_eq!(sim.server.room_count(), 1, "books left memory");
+    assert_eq!(
+        listed(&mut sim, 1),
+        [("books".into(), 0, 1), ("general".into(), 1, 0)]
+    );
+    sim.join(1, "books");
+    assert_eq!(sim.room_loads, [room("books")]);
+    sim.answer_room_loads();
+    let ServerFrame::Joined { messages, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert_eq!(bodies(&messages), ["hello"]);
+}
+
+/// At `max_rooms`, a new room takes the place of an idle one, never of a room someone
+/// is in, nor of one whose last user is gone but may still come back (their grace
+/// period): its member list would lose them.
+#[test]
+fn at_the_room_limit_only_a_room_nobody_is_in_leaves_memory_for_a_new_one() {
+    let grace = durable().presence_grace;
+    let mut sim = Sim::with(Config {
+        max_rooms: 3,
+        ..durable()
+    });
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.hello(2, "bob");
+    sim.join(2, "chess");
+    sim.send(2, 1, "chess", "anyone?");
+    sim.store_next(Ok(()));
+    sim.disconnect(2);
+    sim.clear();
+    // general and books have alice in them, chess has bob in his grace period.
+    sim.say(1, json!({"type":"join","id":7,"room":"dance"}));
+    sim.expect_error(1, ErrorCode::LimitReached, Some(7));
+    assert_eq!(sim.server.room_count(), 3);
+    sim.say(1, json!({"type":"members","id":8,"room":"chess"}));
+    let ServerFrame::Members { members, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert_eq!(common::names(&members), ["bob"]);
+
+    // bob's grace period ends: nobody is in chess, and it makes way for dance.
+    sim.advance(grace + std::time::Duration::from_secs(1));
+    sim.clear();
+    sim.say(1, json!({"type":"join","id":9,"room":"dance"}));
+    assert!(matches!(
+        sim.take_one(1),
+        ServerFrame::Joined {
+            id: Some(RequestId(9)),
+            ..
+        }
+    ));
+    assert_eq!(sim.server.room_count(), 3);
+    assert_eq!(
+        listed(&mut sim, 1),
+        [
+            ("books".into(), 1, 0),
+            ("chess".into(), 0, 1),
+            ("dance".into(), 1, 0),
+            ("general".into(), 1, 0)
+        ]
+    );
+}
