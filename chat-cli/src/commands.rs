@@ -1,5 +1,7 @@
 //! What a line typed by the user means: a message, or a `/command`.
 
+use chat_core::client::Moderation;
+
 /// A parsed input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -24,6 +26,10 @@ pub enum Line {
     },
     /// `/history [N]`: N earlier messages of the current room.
     History(Option<u32>),
+    /// `/kick USER [REASON]`, `/ban USER [MINUTES] [REASON]`, `/unban USER`,
+    /// `/mute USER [MINUTES] [REASON]`, `/unmute USER`, `/topic TEXT`: a moderator's
+    /// command in the current room.
+    Moderate(Moderation),
     /// `/help`
     Help,
     /// `/quit`
@@ -41,6 +47,12 @@ pub const HELP: &[&str] = &[
     "/more             list more of a big room's members",
     "/msg USER TEXT    send a direct message",
     "/history [N]      show N earlier messages of this room (default: the server's page)",
+    "/kick USER [WHY]  moderators: take USER out of this room",
+    "/ban USER [MIN] [WHY]  moderators: keep USER out of this room (MIN minutes, or for good)",
+    "/unban USER       moderators: lift a ban",
+    "/mute USER [MIN] [WHY] moderators: USER reads but cannot post (MIN minutes, or for good)",
+    "/unmute USER      moderators: lift a mute",
+    "/topic TEXT       moderators: set this room's topic",
     "/help             this help",
     "/quit             leave the chat (also Ctrl-C, or Ctrl-D on an empty line)",
     "Start a message with // to send text that begins with /.",
@@ -100,9 +112,48 @@ pub fn parse(line: &str) -> Result<Line, String> {
                     .ok_or_else(|| "usage: /history [N] (N a positive number)".to_owned())
             }
         }
+        "kick" => {
+            let (user, reason) = user_and_rest(rest).ok_or("usage: /kick USER [REASON]")?;
+            Ok(Line::Moderate(Moderation::Kick { user, reason }))
+        }
+        "ban" | "mute" => {
+            let usage = format!("usage: /{word} USER [MINUTES] [REASON]");
+            let (user, rest) = user_and_rest(rest).ok_or(usage)?;
+            let (minutes, reason) = match rest.split_once(char::is_whitespace) {
+                Some((n, why)) if n.parse::<u64>().is_ok() => (n.parse().ok(), why.trim()),
+                _ if rest.parse::<u64>().is_ok() => (rest.parse().ok(), ""),
+                _ => (None, rest.as_str()),
+            };
+            let reason = reason.to_owned();
+            Ok(Line::Moderate(if word.eq_ignore_ascii_case("ban") {
+                Moderation::Ban {
+                    user,
+                    reason,
+                    minutes,
+                }
+            } else {
+                Moderation::Mute {
+                    user,
+                    reason,
+                    minutes,
+                }
+            }))
+        }
+        "unban" => arg("USER").map(|user| Line::Moderate(Moderation::Unban { user })),
+        "unmute" => arg("USER").map(|user| Line::Moderate(Moderation::Unmute { user })),
+        "topic" => arg("TEXT").map(|t| Line::Moderate(Moderation::Topic(t))),
         "help" | "?" => Ok(Line::Help),
         "quit" | "exit" | "q" => Ok(Line::Quit),
         _ => Err(format!("unknown command /{word} (try /help)")),
+    }
+}
+
+/// The first word (a user name) and the rest, trimmed; `None` without a user.
+fn user_and_rest(rest: &str) -> Option<(String, String)> {
+    match rest.split_once(char::is_whitespace) {
+        Some((user, more)) => Some((user.to_owned(), more.trim().to_owned())),
+        None if !rest.is_empty() => Some((rest.to_owned(), String::new())),
+        None => None,
     }
 }
 
@@ -137,6 +188,53 @@ mod tests {
         assert_eq!(parse("/history"), Ok(Line::History(None)));
         assert_eq!(parse("/history 20"), Ok(Line::History(Some(20))));
         assert!(parse("/history -1").is_err());
+        assert_eq!(
+            parse("/kick bob  stop it"),
+            Ok(Line::Moderate(Moderation::Kick {
+                user: "bob".into(),
+                reason: "stop it".into()
+            }))
+        );
+        assert_eq!(
+            parse("/ban bob 10 spam links"),
+            Ok(Line::Moderate(Moderation::Ban {
+                user: "bob".into(),
+                reason: "spam links".into(),
+                minutes: Some(10)
+            }))
+        );
+        assert_eq!(
+            parse("/ban bob"),
+            Ok(Line::Moderate(Moderation::Ban {
+                user: "bob".into(),
+                reason: String::new(),
+                minutes: None
+            }))
+        );
+        assert_eq!(
+            parse("/mute bob 5"),
+            Ok(Line::Moderate(Moderation::Mute {
+                user: "bob".into(),
+                reason: String::new(),
+                minutes: Some(5)
+            }))
+        );
+        assert_eq!(
+            parse("/mute bob calm down"),
+            Ok(Line::Moderate(Moderation::Mute {
+                user: "bob".into(),
+                reason: "calm down".into(),
+                minutes: None
+            }))
+        );
+        assert_eq!(
+            parse("/topic Release on friday"),
+            Ok(Line::Moderate(Moderation::Topic(
+                "Release on friday".into()
+            )))
+        );
+        assert!(parse("/kick").unwrap_err().contains("usage"));
+        assert!(parse("/topic").unwrap_err().contains("usage"));
         assert_eq!(parse("/help"), Ok(Line::Help));
         assert_eq!(parse("/quit"), Ok(Line::Quit));
         assert!(

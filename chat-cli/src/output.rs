@@ -54,6 +54,83 @@ pub fn json(msg: &Message) -> String {
     line
 }
 
+/// How a moderation event reads, escaped, with the room it belongs to: "bob was kicked
+/// by carol: spam", "topic: …", "slow mode: one message every 30 s", "done: kick bob".
+#[must_use]
+pub fn moderation_notice(
+    event: &chat_core::client::ClientEvent,
+) -> Option<(chat_core::RoomName, String)> {
+    use chat_core::client::ClientEvent;
+    use chat_core::protocol::ModAction;
+    let by = |by: &Option<chat_core::UserName>| match by {
+        Some(u) => format!(" by {}", escape(u.as_str())),
+        None => String::new(),
+    };
+    Some(match event {
+        ClientEvent::Moderated {
+            room,
+            user,
+            action,
+            reason,
+            minutes,
+            role,
+            by: who,
+        } => {
+            let what = match action {
+                ModAction::Kick => "was kicked".to_owned(),
+                ModAction::Ban => "was banned".to_owned(),
+                ModAction::Unban => "was unbanned".to_owned(),
+                ModAction::Mute => "was muted".to_owned(),
+                ModAction::Unmute => "was unmuted".to_owned(),
+                ModAction::SetRole => format!(
+                    "is now {}",
+                    role.map_or("member", chat_core::protocol::Role::as_str)
+                ),
+                _ => "was moderated".to_owned(),
+            };
+            let length = minutes.map_or(String::new(), |m| format!(" for {m} min"));
+            let why = reason
+                .as_deref()
+                .map_or(String::new(), |r| format!(": {}", escape(r)));
+            let text = format!("{} {what}{length}{}{why}", escape(user.as_str()), by(who));
+            (room.clone(), text)
+        }
+        ClientEvent::Topic {
+            room,
+            topic,
+            by: who,
+        } => {
+            let text = if topic.is_empty() {
+                format!("topic cleared{}", by(who))
+            } else {
+                format!("topic: {}{}", escape(topic), by(who))
+            };
+            (room.clone(), text)
+        }
+        ClientEvent::SlowMode {
+            room,
+            seconds,
+            by: who,
+        } => {
+            let text = if *seconds == 0 {
+                format!("slow mode off{}", by(who))
+            } else {
+                format!("slow mode: one message every {seconds} s{}", by(who))
+            };
+            (room.clone(), text)
+        }
+        ClientEvent::Done {
+            room, action, user, ..
+        } => {
+            let user = user
+                .as_ref()
+                .map_or(String::new(), |u| format!(" {}", escape(u.as_str())));
+            (room.clone(), format!("done: {}{user}", action.as_str()))
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,10 @@ fn command(
             let id = session.with(|c| c.history(target.as_str(), None, n));
             asked.insert(id, "history");
         }
+        commands::Line::Moderate(action) => {
+            let id = session.with(|c| c.moderate(target.as_str(), action));
+            asked.insert(id, "moderate");
+        }
         commands::Line::Help => {
             for line in HELP {
                 println!("{line}");
@@ -317,6 +321,15 @@ fn print_event(
         }
         ClientEvent::Goodbye { reason, .. } => {
             eprintln!("chat-cli: server: {}", escape(reason));
+        }
+        ClientEvent::Moderated { .. }
+        | ClientEvent::Topic { .. }
+        | ClientEvent::SlowMode { .. }
+        | ClientEvent::Done { .. } => {
+            if let Some((room, text)) = crate::output::moderation_notice(event) {
+                let now = chrono::Utc::now();
+                let _ = writeln!(out, "{} [{}] * {text}", clock(&now), escape(room.as_str()));
+            }
         }
         _ => {}
     }

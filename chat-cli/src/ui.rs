@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, ClientEvent, Command, Delivery, Phase};
-use chat_core::protocol::Message;
+use chat_core::protocol::{Message, ModAction};
 use chat_core::{ClientMsgId, RoomName, Seq, UserName, protocol::ErrorCode};
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -363,6 +363,24 @@ impl App {
                 self.notice_at(room, *ts, format!("{} left", escape(user.as_str())));
             }
             ClientEvent::Typing { .. } => {}
+            ClientEvent::Moderated { .. }
+            | ClientEvent::Topic { .. }
+            | ClientEvent::SlowMode { .. }
+            | ClientEvent::Done { .. } => {
+                if let Some((room, text)) = crate::output::moderation_notice(event) {
+                    // Out of the room: the room's view goes with `left`, so the user
+                    // sees why on the status line.
+                    let me_out = matches!(
+                        event,
+                        ClientEvent::Moderated { user, action: ModAction::Kick | ModAction::Ban, .. }
+                            if Some(user.key()) == client.user().map(UserName::key)
+                    );
+                    if me_out {
+                        self.note = Some(format!("[{}] {text}", escape(room.as_str())));
+                    }
+                    self.notice(Some(&room), text);
+                }
+            }
             ClientEvent::Rejected {
                 command,
                 code,
@@ -571,6 +589,12 @@ impl App {
                     let before = self.rooms[self.current].oldest_seq();
                     let id = client.history(room.as_str(), before, n);
                     self.asked.insert(id, Request::History);
+                }
+                None => self.note = Some("not in any room".into()),
+            },
+            commands::Line::Moderate(action) => match current {
+                Some(room) => {
+                    client.moderate(room.as_str(), action);
                 }
                 None => self.note = Some("not in any room".into()),
             },

@@ -6,7 +6,7 @@ use crate::ids::{ClientMsgId, RequestId, RoomName, Seq};
 use crate::protocol::ClientFrame;
 use crate::protocol::{HistoryRequest, JoinRequest, SendRequest};
 
-use super::{Client, ClientEvent, ClientOutput, Command, PendingSend, Phase, Target};
+use super::{Client, ClientEvent, ClientOutput, Command, Moderation, PendingSend, Phase, Target};
 
 impl Client {
     /// Joins a room (created on first join), resuming from its cursor when this client
@@ -147,6 +147,22 @@ impl Client {
                 after,
                 limit: None,
             });
+        }
+        id
+    }
+
+    /// A moderator's command in a room (see [`Moderation`]); answered by
+    /// [`ClientEvent::Done`] or [`ClientEvent::Rejected`].
+    pub fn moderate(&mut self, room: &str, action: Moderation) -> RequestId {
+        let id = self.request_id();
+        self.requests.insert(
+            id,
+            Command::Moderate {
+                room: room.to_owned(),
+            },
+        );
+        if self.phase == Phase::Ready {
+            self.transmit(action.frame(room.to_owned(), id));
         }
         id
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, UserName};
-use crate::protocol::{ClientFrame, ErrorCode, Limits, Message, RoomInfo};
+use crate::protocol::{ClientFrame, ErrorCode, Limits, Message, ModAction, Role, RoomInfo};
 
 /// Something for the driver to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +66,112 @@ pub enum Command {
         /// The room.
         room: String,
     },
+    /// A moderator's command ([`Client::moderate`](super::Client::moderate)).
+    Moderate {
+        /// The room.
+        room: String,
+    },
+}
+
+/// A moderator's command for [`Client::moderate`](super::Client::moderate); the server
+/// refuses it with `forbidden` unless this user is a moderator (or, for `SetRole`, an
+/// owner) of the room. See docs/PROTOCOL.md, "Moderation".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moderation {
+    /// Take `user` out of the room, with a reason.
+    Kick {
+        /// The user.
+        user: String,
+        /// Why (may be empty).
+        reason: String,
+    },
+    /// Take `user` out and keep them out for `minutes` (`None`: until unbanned).
+    Ban {
+        /// The user.
+        user: String,
+        /// Why (may be empty).
+        reason: String,
+        /// How long.
+        minutes: Option<u64>,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The user.
+        user: String,
+    },
+    /// `user` reads but may not post, for `minutes` (`None`: until unmuted).
+    Mute {
+        /// The user.
+        user: String,
+        /// Why (may be empty).
+        reason: String,
+        /// How long.
+        minutes: Option<u64>,
+    },
+    /// Lift a mute.
+    Unmute {
+        /// The user.
+        user: String,
+    },
+    /// Give `user` a role (owners only).
+    SetRole {
+        /// The user.
+        user: String,
+        /// The role.
+        role: crate::protocol::Role,
+    },
+    /// Set the room's topic (empty: none).
+    Topic(String),
+    /// Slow mode: seconds between a member's posts (0: off).
+    SlowMode(u32),
+}
+
+impl Moderation {
+    /// The frame for `room`, with request id `id`.
+    pub(super) fn frame(self, room: String, id: RequestId) -> ClientFrame {
+        let id = Some(id);
+        let reason = |r: String| (!r.is_empty()).then_some(r);
+        match self {
+            Moderation::Kick { user, reason: r } => ClientFrame::Kick {
+                id,
+                room,
+                user,
+                reason: reason(r),
+            },
+            Moderation::Ban {
+                user,
+                reason: r,
+                minutes,
+            } => ClientFrame::Ban {
+                id,
+                room,
+                user,
+                reason: reason(r),
+                minutes,
+            },
+            Moderation::Unban { user } => ClientFrame::Unban { id, room, user },
+            Moderation::Mute {
+                user,
+                reason: r,
+                minutes,
+            } => ClientFrame::Mute {
+                id,
+                room,
+                user,
+                reason: reason(r),
+                minutes,
+            },
+            Moderation::Unmute { user } => ClientFrame::Unmute { id, room, user },
+            Moderation::SetRole { user, role } => ClientFrame::SetRole {
+                id,
+                room,
+                user,
+                role,
+            },
+            Moderation::Topic(topic) => ClientFrame::Topic { id, room, topic },
+            Moderation::SlowMode(seconds) => ClientFrame::SlowMode { id, room, seconds },
+        }
+    }
 }
 
 /// Where a send goes.
@@ -227,6 +333,53 @@ pub enum ClientEvent {
         /// Suggested delay.
         retry_after: Duration,
     },
+    /// A user was moderated in a room this client is in (this user included: a kick or
+    /// ban is followed by [`ClientEvent::Left`]).
+    Moderated {
+        /// The room.
+        room: RoomName,
+        /// The user concerned.
+        user: UserName,
+        /// What was done.
+        action: ModAction,
+        /// Why, if said.
+        reason: Option<String>,
+        /// A ban's or mute's length in minutes; `None`: for good.
+        minutes: Option<u64>,
+        /// `set_role`: the new role.
+        role: Option<Role>,
+        /// The moderator; `None`: the host.
+        by: Option<UserName>,
+    },
+    /// A room's topic changed (empty: none).
+    Topic {
+        /// The room.
+        room: RoomName,
+        /// The topic.
+        topic: String,
+        /// The moderator; `None`: the host.
+        by: Option<UserName>,
+    },
+    /// A room's slow mode changed (0: off).
+    SlowMode {
+        /// The room.
+        room: RoomName,
+        /// Seconds between a member's posts.
+        seconds: u32,
+        /// The moderator; `None`: the host.
+        by: Option<UserName>,
+    },
+    /// The server carried out this client's moderator command.
+    Done {
+        /// The command's request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomName,
+        /// What was done.
+        action: ModAction,
+        /// The user concerned, if any.
+        user: Option<UserName>,
+    },
 }
 
 impl ClientEvent {
@@ -242,6 +395,7 @@ impl ClientEvent {
             | ClientEvent::History { id, .. }
             | ClientEvent::Rooms { id, .. }
             | ClientEvent::Members { id, .. }
+            | ClientEvent::Done { id, .. }
             | ClientEvent::Rejected { id, .. } => *id,
             ClientEvent::Welcome { .. }
             | ClientEvent::Message { .. }
@@ -249,6 +403,9 @@ impl ClientEvent {
             | ClientEvent::UserLeft { .. }
             | ClientEvent::Presence { .. }
             | ClientEvent::Typing { .. }
+            | ClientEvent::Moderated { .. }
+            | ClientEvent::Topic { .. }
+            | ClientEvent::SlowMode { .. }
             | ClientEvent::Goodbye { .. } => None,
         }
     }

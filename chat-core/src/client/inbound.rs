@@ -182,11 +182,45 @@ impl Client {
                 self.event(ClientEvent::Typing { room, user, active });
             }
             // A kick or ban of ours is followed by `left`, which updates the rooms.
-            // Moderation notices and acks: shown by the apps that read frames.
-            ServerFrame::Moderated { .. }
-            | ServerFrame::Done { .. }
-            | ServerFrame::Topic { .. }
-            | ServerFrame::SlowMode { .. } => {}
+            ServerFrame::Moderated {
+                room,
+                user,
+                action,
+                reason,
+                minutes,
+                role,
+                by,
+            } => self.event(ClientEvent::Moderated {
+                room,
+                user,
+                action,
+                reason,
+                minutes,
+                role,
+                by,
+            }),
+            ServerFrame::Done {
+                id,
+                room,
+                action,
+                user,
+            } => {
+                if let Some(id) = id {
+                    self.requests.remove(&id);
+                }
+                self.event(ClientEvent::Done {
+                    id,
+                    room,
+                    action,
+                    user,
+                });
+            }
+            ServerFrame::Topic { room, topic, by } => {
+                self.event(ClientEvent::Topic { room, topic, by });
+            }
+            ServerFrame::SlowMode { room, seconds, by } => {
+                self.event(ClientEvent::SlowMode { room, seconds, by });
+            }
             ServerFrame::Error { id, code, message } => self.on_error(id, code, message),
             ServerFrame::Goodbye {
                 reason,

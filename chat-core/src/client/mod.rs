@@ -61,7 +61,7 @@ use crate::protocol::Limits;
 
 pub use backoff::Backoff;
 pub use config::{ClientConfig, Phase};
-pub use events::{ClientEvent, ClientOutput, Command, Delivery, Target};
+pub use events::{ClientEvent, ClientOutput, Command, Delivery, Moderation, Target};
 pub use pacer::Pacer;
 pub use room::RoomState;
 
