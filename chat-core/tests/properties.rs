@@ -351,14 +351,28 @@ fn the_model_sees_store_failures_restarts_floods_and_shutdown() {
 #[derive(Debug, Clone)]
 enum PresenceOp {
     /// A new session of user `user` (0..4) in protocol version 2 (or 1), joining `rooms`.
-    Open { user: usize, v2: bool, rooms: u8 },
+    Open {
+        user: usize,
+        v2: bool,
+        rooms: u8,
+    },
     /// The `n`-th open session joins or leaves room `room` (0..2).
-    Join { n: usize, room: usize },
-    Leave { n: usize, room: usize },
+    Join {
+        n: usize,
+        room: usize,
+    },
+    Leave {
+        n: usize,
+        room: usize,
+    },
     /// The `n`-th open session disconnects.
-    Disconnect { n: usize },
+    Disconnect {
+        n: usize,
+    },
     /// Time passes (ms).
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn presence_op() -> impl Strategy<Value = PresenceOp> {
@@ -397,12 +411,13 @@ fn run_presence(ops: &[PresenceOp]) -> Result<(), TestCaseError> {
     use chat_core::{Identity, Permissions, RoomName, SessionId, SharedPolicy};
     use std::collections::BTreeMap;
 
-    let policy = SharedPolicy::new(|who: &Identity, room: &RoomName, rules: Permissions| {
-        Permissions {
-            presence: !blind(&who.user, room.as_str()),
-            ..rules
-        }
-    });
+    let policy =
+        SharedPolicy::new(
+            |who: &Identity, room: &RoomName, rules: Permissions| Permissions {
+                presence: !blind(&who.user, room.as_str()),
+                ..rules
+            },
+        );
     let mut sim = Sim::with(Config {
         default_rooms: vec![],
         presence_threshold: THRESHOLD,
@@ -534,7 +549,13 @@ fn run_presence(ops: &[PresenceOp]) -> Result<(), TestCaseError> {
                         prop_assert!(view.members.is_empty() && view.count.is_none());
                         continue;
                     }
-                    prop_assert_eq!(view.count, Some(truth.len()), "count of session {} in {}", s, room);
+                    prop_assert_eq!(
+                        view.count,
+                        Some(truth.len()),
+                        "count of session {} in {}",
+                        s,
+                        room
+                    );
                     if truth.len() <= THRESHOLD && !view.partial {
                         prop_assert_eq!(&view.members, &truth, "view of session {} in {}", s, room);
                     }
