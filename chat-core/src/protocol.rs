@@ -669,6 +669,7 @@ impl Encoded {
     /// array, and each message comes with its frame from [`Encoded::message`], whose
     /// fields are copied rather than serialized again. A join then costs a copy of the
     /// member list instead of serializing every name.
+    #[allow(clippy::too_many_arguments)] // one frame's every field
     pub(crate) fn joined<'a>(
         id: Option<RequestId>,
         room: &RoomName,
