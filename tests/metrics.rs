@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use chat_core::RequestId;
-use chat_core::protocol::{ClientFrame, HelloRequest, PROTOCOL_VERSION, SendRequest, ServerFrame};
+use chat_core::protocol::{
+    ClientFrame, HelloRequest, PROTOCOL_VERSION_1 as PROTOCOL_VERSION, SendRequest, ServerFrame,
+};
 use common::{ServerProcess, get, sample};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;

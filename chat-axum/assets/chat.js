@@ -11,7 +11,9 @@
 
 import { directRoom, fold, nameErrorText, parseRoomName, parseUserName, trim } from './names.js';
 
-const PROTOCOL_VERSION = 1;
+// Version 2: presence comes as one coalesced `presence` frame per room per tick, and a
+// big room's member list is a count and pages (docs/PROTOCOL.md).
+const PROTOCOL_VERSION = 2;
 const HISTORY_PAGE = 50;
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 const BOTTOM_SLACK_PX = 48;
@@ -242,6 +244,8 @@ class Room {
     this.peer = this.direct ? this.peerFromName() : null;
     this.joined = false; // public rooms: this session is a member
     this.members = [];
+    this.count = null; // version 2: the server's count of users here
+    this.partial = false; // version 2: a big room; `members` holds only pages of it
     this.items = [];
     this.byKey = new Map(); // `${ep}:${seq}` -> item
     this.cursor = null; // last seq seen in the current epoch (resume point)
@@ -754,6 +758,8 @@ function handleFrame(f) {
       return onRooms(f);
     case 'members':
       return onMembers(f);
+    case 'presence':
+      return onPresenceDiff(f);
     case 'user_joined':
       return onPresence(f, true);
     case 'user_left':
@@ -844,6 +850,8 @@ function onJoined(f, req) {
   if (!room.direct) room.joined = true;
   if (room.direct) rememberDm(room.name);
   room.members = sortNames(f.members ?? []);
+  room.count = Number.isFinite(f.count) ? f.count : null;
+  room.partial = room.count !== null && room.members.length < room.count;
   if (room.direct) learnPeer(room, room.members.find((n) => !isMine(n)));
   const messages = Array.isArray(f.messages) ? f.messages : [];
   const hadCurrent = room.items.some((it) => it.kind === 'msg' && it.key[0] === state.ep);
@@ -1002,28 +1010,70 @@ function onRooms(f) {
 function onMembers(f) {
   const room = state.rooms.get(f.room);
   if (!room || !Array.isArray(f.members)) return;
-  room.members = sortNames(f.members);
+  if (Number.isFinite(f.count)) {
+    // A page (version 2): added to the names the page holds.
+    const have = new Set(room.members.map(fold));
+    room.members = sortNames([...room.members, ...f.members.filter((n) => !have.has(fold(n)))]);
+    room.count = f.count;
+    room.partial = room.members.length < f.count;
+  } else {
+    room.members = sortNames(f.members);
+  }
   if (room === currentRoom()) renderMembers();
 }
 
+// The next page of a big room's members: those after the last name the page holds.
+function moreMembers(room) {
+  const last = room.members[room.members.length - 1];
+  request({ type: 'members', room: room.name, ...(last ? { after: last } : {}) }, { kind: 'members', room: room.name });
+}
+
+// Version 1: one user came or went.
 function onPresence(f, joined) {
   const room = state.rooms.get(f.room);
   if (!room || typeof f.user !== 'string') return;
-  const key = fold(f.user);
+  presenceChange(room, f.user, joined, f.ts);
+  if (room.count !== null && room.count !== undefined) room.count = room.members.length;
+  if (room === currentRoom()) renderMembers();
+  requestRoomsSoon();
+}
+
+// Version 2: a room's joins and leaves over one presence tick, or (above the room's
+// presence threshold) only its count, or the whole list again.
+function onPresenceDiff(f) {
+  const room = state.rooms.get(f.room);
+  if (!room) return;
+  const ts = new Date().toISOString();
+  if (Array.isArray(f.members)) {
+    room.members = sortNames(f.members.filter((n) => typeof n === 'string'));
+    room.partial = false;
+  }
+  for (const user of Array.isArray(f.joins) ? f.joins : []) {
+    if (typeof user === 'string') presenceChange(room, user, true, ts);
+  }
+  for (const user of Array.isArray(f.leaves) ? f.leaves : []) {
+    if (typeof user === 'string') presenceChange(room, user, false, ts);
+  }
+  if (Number.isFinite(f.count)) {
+    room.count = f.count;
+    room.partial = room.members.length < f.count;
+  }
+  if (room === currentRoom()) renderMembers();
+  requestRoomsSoon();
+}
+
+function presenceChange(room, user, joined, ts) {
+  const key = fold(user);
   room.members = room.members.filter((n) => fold(n) !== key);
-  if (joined) room.members = sortNames([...room.members, f.user]);
-  else clearTyping(room, f.user);
+  if (joined) room.members = sortNames([...room.members, user]);
+  else clearTyping(room, user);
   const maxSeq = room.cursor ?? 0;
   changeTimeline(
     room,
-    () => insertItem(room, { kind: 'notice', key: [state.ep, maxSeq, ++room.sub], user: f.user, joined, ts: f.ts, date: new Date(f.ts) }),
+    () => insertItem(room, { kind: 'notice', key: [state.ep, maxSeq, ++room.sub], user, joined, ts, date: new Date(ts) }),
     { live: true },
   );
-  if (room === currentRoom()) {
-    renderMembers();
-    announce(`${f.user} ${joined ? 'joined' : 'left'}`);
-  }
-  requestRoomsSoon();
+  if (room === currentRoom()) announce(`${user} ${joined ? 'joined' : 'left'}`);
 }
 
 function onTyping(f) {
@@ -1359,8 +1409,9 @@ function renderRoomList() {
 function renderMembers() {
   const room = currentRoom();
   const members = room ? room.members : [];
+  const count = room && Number.isFinite(room.count) ? room.count : members.length;
   ui.membersH.textContent = room?.direct ? 'In this conversation' : 'People here';
-  ui.roomCount.textContent = room && !room.direct ? `${members.length} ${members.length === 1 ? 'person' : 'people'}` : '';
+  ui.roomCount.textContent = room && !room.direct ? `${count} ${count === 1 ? 'person' : 'people'}` : '';
   ui.memberList.replaceChildren(
     ...members.map((name) => {
       const li = el('li');
@@ -1387,6 +1438,16 @@ function renderMembers() {
       return li;
     }),
   );
+  if (room?.partial) {
+    // A big room: the server sends counts, and the list is paged on request.
+    const li = el('li');
+    const more = el('button', 'member more-members', `Show more (${count - members.length} more)`);
+    more.type = 'button';
+    more.dataset.testid = 'more-members';
+    more.addEventListener('click', () => moreMembers(room));
+    li.append(more);
+    ui.memberList.append(li);
+  }
 }
 
 function renderTyping() {

@@ -235,7 +235,10 @@ fn print_event(
             let _ = writeln!(out, "{}", plain_in_room(message));
         }
         ClientEvent::Presence {
-            room, joins, leaves, ..
+            room,
+            joins,
+            leaves,
+            ..
         } => {
             // Version 2 says when the tick was sent, not when each came or went.
             let now = chrono::Utc::now();
@@ -296,7 +299,12 @@ fn print_event(
                 Some(count) if *more => format!(" ({} of {count}; /more for more)", members.len()),
                 _ => String::new(),
             };
-            let _ = writeln!(out, "* in {}: {}{more}", escape(room.as_str()), names.join(", "));
+            let _ = writeln!(
+                out,
+                "* in {}: {}{more}",
+                escape(room.as_str()),
+                names.join(", ")
+            );
         }
         ClientEvent::Rejected {
             command,

@@ -336,16 +336,25 @@ impl App {
                     .collect();
                 let tally = match count {
                     Some(count) if *more => format!("{} of {count}; /more for more", members.len()),
-                    Some(count) if *count != members.len() => format!("{} of {count}", members.len()),
+                    Some(count) if *count != members.len() => {
+                        format!("{} of {count}", members.len())
+                    }
                     _ => members.len().to_string(),
                 };
                 self.notice(
                     Some(room),
-                    format!("in {}: {} ({tally})", escape(room.as_str()), names.join(", ")),
+                    format!(
+                        "in {}: {} ({tally})",
+                        escape(room.as_str()),
+                        names.join(", ")
+                    ),
                 );
             }
             ClientEvent::Presence {
-                room, joins, leaves, ..
+                room,
+                joins,
+                leaves,
+                ..
             } => {
                 // Version 2 says when the tick was sent, not when each came or went.
                 let now = Utc::now();

@@ -344,3 +344,241 @@ fn the_model_sees_store_failures_restarts_floods_and_shutdown() {
     assert!(count("load ") >= 1, "{log:#?}");
     assert_eq!(count("shutting_down"), 1, "{log:#?}");
 }
+
+// ---- version 2: coalesced presence converges ----
+
+/// One step of the version-2 presence property.
+#[derive(Debug, Clone)]
+enum PresenceOp {
+    /// A new session of user `user` (0..4) in protocol version 2 (or 1), joining `rooms`.
+    Open {
+        user: usize,
+        v2: bool,
+        rooms: u8,
+    },
+    /// The `n`-th open session joins or leaves room `room` (0..2).
+    Join {
+        n: usize,
+        room: usize,
+    },
+    Leave {
+        n: usize,
+        room: usize,
+    },
+    /// The `n`-th open session disconnects.
+    Disconnect {
+        n: usize,
+    },
+    /// Time passes (ms).
+    Advance {
+        ms: u64,
+    },
+}
+
+fn presence_op() -> impl Strategy<Value = PresenceOp> {
+    prop_oneof![
+        3 => (0..4usize, any::<bool>(), 0..4u8)
+            .prop_map(|(user, v2, rooms)| PresenceOp::Open { user, v2, rooms }),
+        2 => (0..8usize, 0..2usize).prop_map(|(n, room)| PresenceOp::Join { n, room }),
+        2 => (0..8usize, 0..2usize).prop_map(|(n, room)| PresenceOp::Leave { n, room }),
+        1 => (0..8usize).prop_map(|n| PresenceOp::Disconnect { n }),
+        2 => prop_oneof![Just(10u64), Just(49), Just(50), Just(6_000)]
+            .prop_map(|ms| PresenceOp::Advance { ms }),
+    ]
+}
+
+/// What one version-2 session holds about one room: the names (keys) from `joined` with
+/// every `presence` applied, the last count, and whether the list is only part.
+#[derive(Debug, Default, Clone)]
+struct View {
+    members: std::collections::BTreeSet<String>,
+    count: Option<usize>,
+    partial: bool,
+}
+
+const PRESENCE_ROOMS: [&str; 2] = ["a", "b"];
+const PRESENCE_USERS: [&str; 4] = ["ann", "Bob", "cy", "dee"];
+const THRESHOLD: usize = 2;
+
+/// `dee` may not see who is in room `b`.
+fn blind(user: &str, room: &str) -> bool {
+    user == "dee" && room == "b"
+}
+
+fn run_presence(ops: &[PresenceOp]) -> Result<(), TestCaseError> {
+    use chat_core::protocol::ServerFrame;
+    use chat_core::testing::Sim;
+    use chat_core::{Identity, Permissions, RoomName, SessionId, SharedPolicy};
+    use std::collections::BTreeMap;
+
+    let policy =
+        SharedPolicy::new(
+            |who: &Identity, room: &RoomName, rules: Permissions| Permissions {
+                presence: !blind(&who.user, room.as_str()),
+                ..rules
+            },
+        );
+    let mut sim = Sim::with(Config {
+        default_rooms: vec![],
+        presence_threshold: THRESHOLD,
+        room_policy: Some(policy),
+        frame_rate: Rate {
+            burst: 1_000_000,
+            per_second: 1_000_000,
+        },
+        ..Config::default()
+    });
+    let mut next = 1u64;
+    // Open sessions: (session, user, version 2).
+    let mut open: Vec<(u64, usize, bool)> = Vec::new();
+    let mut views: BTreeMap<(u64, String), View> = BTreeMap::new();
+    let fold = |n: &chat_core::UserName| n.key().as_str().to_owned();
+    for op in ops {
+        match op {
+            PresenceOp::Open { user, v2, rooms } => {
+                let s = next;
+                next += 1;
+                let name = PRESENCE_USERS[*user];
+                let rooms: Vec<_> = PRESENCE_ROOMS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| rooms & (1 << i) != 0)
+                    .map(|(_, r)| serde_json::json!({ "room": r }))
+                    .collect();
+                sim.connect_as(s, Identity::new(name));
+                let version = if *v2 { 2 } else { 1 };
+                sim.say(
+                    s,
+                    serde_json::json!({"type":"hello","version":version,"name":name,"rooms":rooms}),
+                );
+                open.push((s, *user, *v2));
+            }
+            PresenceOp::Join { n, room } | PresenceOp::Leave { n, room } if !open.is_empty() => {
+                let (s, _, _) = open[n % open.len()];
+                let kind = if matches!(op, PresenceOp::Join { .. }) {
+                    "join"
+                } else {
+                    "leave"
+                };
+                sim.say(
+                    s,
+                    serde_json::json!({"type":kind,"room":PRESENCE_ROOMS[*room]}),
+                );
+            }
+            PresenceOp::Disconnect { n } if !open.is_empty() => {
+                let (s, _, _) = open.remove(n % open.len());
+                sim.disconnect(s);
+                views.retain(|(v, _), _| *v != s);
+            }
+            PresenceOp::Advance { ms } => sim.advance(Duration::from_millis(*ms)),
+            _ => {}
+        }
+        // Apply what each open session received.
+        for &(s, user, _) in &open {
+            for frame in sim.take(s) {
+                match frame {
+                    ServerFrame::Joined {
+                        room,
+                        members,
+                        count,
+                        ..
+                    } => {
+                        let view = View {
+                            partial: count.is_some_and(|c| c > members.len()),
+                            members: members.iter().map(fold).collect(),
+                            count,
+                        };
+                        views.insert((s, room.to_string()), view);
+                    }
+                    ServerFrame::Left { room, .. } => {
+                        views.remove(&(s, room.to_string()));
+                    }
+                    ServerFrame::Presence {
+                        room,
+                        joins,
+                        leaves,
+                        members,
+                        count,
+                    } => {
+                        prop_assert!(
+                            !blind(PRESENCE_USERS[user], room.as_str()),
+                            "a blind session got presence"
+                        );
+                        let view = views.entry((s, room.to_string())).or_default();
+                        let diff = joins.is_some() || leaves.is_some();
+                        if let Some(all) = members {
+                            view.members = all.iter().map(fold).collect();
+                            view.partial = false;
+                        } else if !diff {
+                            view.partial = true;
+                        }
+                        for u in joins.iter().flatten() {
+                            view.members.insert(fold(u));
+                        }
+                        for u in leaves.iter().flatten() {
+                            view.members.remove(&fold(u));
+                        }
+                        view.count = Some(count);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // A whole tick after the last change: every version-2 view is the truth.
+        if matches!(op, PresenceOp::Advance { ms } if *ms >= 50) {
+            for &(s, user, v2) in &open {
+                if !v2 {
+                    continue;
+                }
+                let Some(rooms) = sim.server.session_rooms(SessionId(s)) else {
+                    continue;
+                };
+                for room in rooms {
+                    let truth: std::collections::BTreeSet<String> = sim
+                        .server
+                        .members(&room)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(fold)
+                        .collect();
+                    let view = views
+                        .get(&(s, room.to_string()))
+                        .cloned()
+                        .unwrap_or_default();
+                    if blind(PRESENCE_USERS[user], room.as_str()) {
+                        prop_assert!(view.members.is_empty() && view.count.is_none());
+                        continue;
+                    }
+                    prop_assert_eq!(
+                        view.count,
+                        Some(truth.len()),
+                        "count of session {} in {}",
+                        s,
+                        room
+                    );
+                    if truth.len() <= THRESHOLD && !view.partial {
+                        prop_assert_eq!(&view.members, &truth, "view of session {} in {}", s, room);
+                    }
+                    if truth.len() <= THRESHOLD {
+                        prop_assert!(!view.partial, "session {} still partial in {}", s, room);
+                    }
+                }
+            }
+        }
+    }
+    sim.assert_no_violations();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest_config(cases(128)))]
+
+    /// Coalescing converges: a tick after any change, every version-2 member's view (its
+    /// `joined` list with every `presence` applied) is the true set of present users,
+    /// and its count the true count (above the threshold too); blind sessions get no
+    /// presence at all.
+    #[test]
+    fn coalesced_presence_converges_to_the_truth(ops in proptest::collection::vec(presence_op(), 1..60)) {
+        run_presence(&ops)?;
+    }
+}

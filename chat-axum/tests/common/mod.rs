@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_axum::RouterOptions;
-use chat_core::protocol::{JoinSpec, PROTOCOL_VERSION};
+use chat_core::protocol::{JoinSpec, PROTOCOL_VERSION_1 as PROTOCOL_VERSION};
 use chat_core::runtime::{Hub, HubConfig};
 use chat_core::{
     CloseReason, Event, RoomName, Seq, SessionId,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_axum::RouterOptions;
-use chat_core::protocol::PROTOCOL_VERSION;
+use chat_core::protocol::PROTOCOL_VERSION_1 as PROTOCOL_VERSION;
 use chat_core::runtime::{Hub, HubConfig, Store};
 use chat_core::{
     Config, Event, Rate, Seq,

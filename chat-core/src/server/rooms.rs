@@ -228,6 +228,11 @@ impl Coalescer {
         self.due.is_none()
     }
 
+    /// Whether a change of this user waits for the tick.
+    pub fn has(&self, key: &UserKey) -> bool {
+        self.changed.contains_key(key)
+    }
+
     /// A version-2 session was handed the member list as it is now.
     pub fn listed(&mut self) {
         self.listed = self.clock;
@@ -453,9 +458,12 @@ impl Room {
         tick: std::time::Duration,
     ) -> Option<Instant> {
         let own = self.members.get(&user.key()).map(|m| &m.sessions);
-        if self.v2.iter().all(|s| own.is_some_and(|o| o.contains(s))) {
+        if self.v2.iter().all(|s| own.is_some_and(|o| o.contains(s)))
+            && !self.presence.has(&user.key())
+        {
             // Nobody to tell: no version-2 session, or only the user's own (whose
-            // `joined` listed them).
+            // `joined` listed them), and no earlier change of theirs waits for the tick
+            // (it must end where the user is now).
             return None;
         }
         if !self.presence.note(user, present) {

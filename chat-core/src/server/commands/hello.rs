@@ -5,7 +5,8 @@ use super::{Caller, Reject};
 use crate::ids::UserName;
 use crate::ids::{RequestId, SessionId};
 use crate::protocol::{
-    ErrorCode, HelloRequest, JoinRequest, JoinSpec, PROTOCOL_VERSION, PROTOCOL_VERSION_1, ServerFrame,
+    ErrorCode, HelloRequest, JoinRequest, JoinSpec, PROTOCOL_VERSION, PROTOCOL_VERSION_1,
+    ServerFrame,
 };
 use crate::server::config::AuthMode;
 use crate::server::outputs::{CloseReason, Event, Output};
