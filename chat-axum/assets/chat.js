@@ -1618,6 +1618,14 @@ function renderMembers() {
   const members = room ? room.members : [];
   ui.membersH.textContent = room?.direct ? 'In this conversation' : 'People here';
   ui.roomCount.textContent = room && !room.direct ? `${members.length} ${members.length === 1 ? 'person' : 'people'}` : '';
+  // An open moderation panel keeps what was typed and where focus was across a redraw.
+  const oldPanel = ui.memberList.querySelector('[data-testid="mod-panel"]');
+  const kept = oldPanel && {
+    user: oldPanel.dataset.user,
+    reason: oldPanel.querySelector('.mod-reason')?.value ?? '',
+    length: oldPanel.querySelector('.mod-length')?.value ?? '',
+    focus: oldPanel.contains(document.activeElement) ? document.activeElement.dataset.testid : null,
+  };
   ui.memberList.replaceChildren(
     ...members.map((name) => {
       const li = el('li');
@@ -1671,6 +1679,12 @@ function renderMembers() {
       return li;
     }),
   );
+  const panel = ui.memberList.querySelector('[data-testid="mod-panel"]');
+  if (kept && panel && panel.dataset.user === kept.user) {
+    panel.querySelector('.mod-reason').value = kept.reason;
+    panel.querySelector('.mod-length').value = kept.length;
+    if (kept.focus) panel.querySelector(`[data-testid="${kept.focus}"]`)?.focus();
+  }
 }
 
 function renderTyping() {
