@@ -1036,6 +1036,9 @@ mod tests {
                 messages: vec![],
                 gap: false,
                 last_seq: Seq(0),
+                topic: None,
+                slow_mode: None,
+                role: None,
             });
         }
         while let Some(output) = client.poll_output() {

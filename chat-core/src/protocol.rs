@@ -57,6 +57,145 @@ pub enum ClientFrame {
         /// Whether the user is typing.
         active: bool,
     },
+    /// Moderators: take a user out of a room now, with a reason; they may come back.
+    Kick {
+        /// Request id, echoed in the `done` or `error`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+        /// Why, shown to the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Moderators: take a user out of a room and keep them out (of its messages and
+    /// member list too) for `minutes`, or until `unban` when absent.
+    Ban {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+        /// Why, shown to the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// How long; absent: until lifted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minutes: Option<u64>,
+    },
+    /// Moderators: lift a ban.
+    Unban {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+    },
+    /// Moderators: the user stays and reads but may not post, for `minutes` or until
+    /// `unmute` when absent.
+    Mute {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+        /// Why, shown to the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// How long; absent: until lifted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minutes: Option<u64>,
+    },
+    /// Moderators: lift a mute.
+    Unmute {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+    },
+    /// Owners: give a user a role in a room.
+    SetRole {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+        /// The new role.
+        role: Role,
+    },
+    /// Moderators: set the room's topic (empty: none).
+    Topic {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The topic, at most [`MAX_TOPIC_CHARS`] characters.
+        topic: String,
+    },
+    /// Moderators: slow mode, one message per `seconds` per member (0: off); owners
+    /// and moderators are exempt.
+    SlowMode {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// Seconds between a member's messages, at most [`MAX_SLOW_MODE_SECONDS`]; 0: off.
+        seconds: u32,
+    },
+}
+
+/// Longest room topic, in characters.
+pub const MAX_TOPIC_CHARS: usize = 200;
+
+/// Longest slow-mode interval, in seconds (a day).
+pub const MAX_SLOW_MODE_SECONDS: u32 = 86_400;
+
+/// A user's role in a room, lowest first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everyone else.
+    #[default]
+    Member,
+    /// Kicks, bans, mutes members; sets the topic and slow mode.
+    Moderator,
+    /// As a moderator, over moderators too, and gives roles.
+    Owner,
+}
+
+impl Role {
+    /// The role as it appears on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Moderator => "moderator",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ClientFrame {
@@ -70,7 +209,15 @@ impl ClientFrame {
             | ClientFrame::History(HistoryRequest { id, .. })
             | ClientFrame::Leave { id, .. }
             | ClientFrame::Rooms { id }
-            | ClientFrame::Members { id, .. } => *id,
+            | ClientFrame::Members { id, .. }
+            | ClientFrame::Kick { id, .. }
+            | ClientFrame::Ban { id, .. }
+            | ClientFrame::Unban { id, .. }
+            | ClientFrame::Mute { id, .. }
+            | ClientFrame::Unmute { id, .. }
+            | ClientFrame::SetRole { id, .. }
+            | ClientFrame::Topic { id, .. }
+            | ClientFrame::SlowMode { id, .. } => *id,
             ClientFrame::Typing { .. } => None,
         }
     }
@@ -202,6 +349,15 @@ pub enum ServerFrame {
         gap: bool,
         /// The room's latest seq.
         last_seq: Seq,
+        /// The room's topic, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        /// Slow mode: seconds between a member's messages, when on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slow_mode: Option<u32>,
+        /// This user's role in the room, when above `member`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
     },
     /// Reply to `leave`.
     Left {
@@ -321,9 +477,49 @@ pub enum ServerFrame {
         /// Why, when the host said.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
-        /// A ban's length in minutes (rounded up); absent: for good.
+        /// A ban's or mute's length in minutes (rounded up); absent: for good.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         minutes: Option<u64>,
+        /// `set_role`: the user's new role.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        /// The moderator who did it; absent: the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserName>,
+    },
+    /// A moderator's command was carried out (sent to the moderator's session, after
+    /// the room's `moderated`, `topic` or `slow_mode`).
+    Done {
+        /// The command's request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomName,
+        /// What was done.
+        action: ModAction,
+        /// The user concerned, for a command about a user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserName>,
+    },
+    /// A room's topic changed (sent to the room's sessions).
+    Topic {
+        /// The room.
+        room: RoomName,
+        /// The new topic; empty: none.
+        topic: String,
+        /// The moderator who set it; absent: the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserName>,
+    },
+    /// A room's slow mode changed (sent to the room's sessions).
+    SlowMode {
+        /// The room.
+        room: RoomName,
+        /// Seconds between a member's messages; 0: off.
+        seconds: u32,
+        /// The moderator who set it; absent: the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserName>,
     },
 }
 
@@ -341,6 +537,14 @@ pub enum ModAction {
     Mute,
     /// May post again.
     Unmute,
+    /// May come back.
+    Unban,
+    /// Has a new role in the room.
+    SetRole,
+    /// The room's topic was set.
+    Topic,
+    /// The room's slow mode was set.
+    SlowMode,
 }
 
 /// A chat message as stored and delivered.
@@ -389,6 +593,9 @@ pub struct RoomInfo {
     pub direct: bool,
     /// Its latest seq.
     pub last_seq: Seq,
+    /// Its topic, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 /// The server limits announced in `welcome`.
@@ -464,6 +671,9 @@ pub enum ErrorCode {
     AuthExpired,
     /// The host revoked the user's access; the connection closes (4003).
     AuthRevoked,
+    /// The room is in slow mode and this user posted less than its interval ago: the
+    /// message says when they may send again.
+    SlowMode,
 }
 
 impl ErrorCode {
@@ -493,6 +703,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::AuthExpired => "auth_expired",
             ErrorCode::AuthRevoked => "auth_revoked",
+            ErrorCode::SlowMode => "slow_mode",
         }
     }
 }
@@ -614,6 +825,7 @@ impl Encoded {
     /// array, and each message comes with its frame from [`Encoded::message`], whose
     /// fields are copied rather than serialized again. A join then costs a copy of the
     /// member list instead of serializing every name.
+    #[allow(clippy::too_many_arguments)] // one frame's every field
     pub(crate) fn joined<'a>(
         id: Option<RequestId>,
         room: &RoomName,
@@ -622,6 +834,7 @@ impl Encoded {
         gap: bool,
         last_seq: Seq,
         reader: &UserKey,
+        extras: &JoinedExtras,
     ) -> Encoded {
         // A `message` frame is the message's object with the tag in front.
         const MESSAGE_TAG: &[u8] = br#"{"type":"message","#;
@@ -662,6 +875,19 @@ impl Encoded {
             br#"],"gap":false,"last_seq":"#
         });
         out.extend_from_slice(itoa(last_seq.0, &mut [0; 20]));
+        if let Some(topic) = &extras.topic {
+            out.extend_from_slice(br#","topic":"#);
+            serde_json::to_writer(&mut out, topic).expect("a string always serializes");
+        }
+        if let Some(seconds) = extras.slow_mode {
+            out.extend_from_slice(br#","slow_mode":"#);
+            out.extend_from_slice(itoa(u64::from(seconds), &mut [0; 20]));
+        }
+        if let Some(role) = extras.role {
+            out.extend_from_slice(br#","role":""#);
+            out.extend_from_slice(role.as_str().as_bytes());
+            out.push(b'"');
+        }
         out.push(b'}');
         Encoded {
             bytes: Bytes::from(out),
@@ -691,6 +917,15 @@ impl Encoded {
     pub fn decode(&self) -> Result<ServerFrame, serde_json::Error> {
         serde_json::from_slice(&self.bytes)
     }
+}
+
+/// The optional last fields of a `joined` frame: the room's settings and the reader's
+/// role, as [`ServerFrame::Joined`] has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct JoinedExtras {
+    pub topic: Option<String>,
+    pub slow_mode: Option<u32>,
+    pub role: Option<Role>,
 }
 
 /// How `client_id` starts as a message's last field.

@@ -417,6 +417,32 @@ impl Replay<'_> {
                 }
                 self.drain()
             }
+            Some("set_role") => {
+                let (Some(room), Some(user), Some(role)) =
+                    (words.next(), words.next(), words.next())
+                else {
+                    return Err("@set_role ROOM USER ROLE".into());
+                };
+                let role: chat_core::protocol::Role =
+                    serde_json::from_value(Value::String(role.into()))
+                        .map_err(|e| e.to_string())?;
+                self.server.set_role(room, user, role)?;
+                self.drain()
+            }
+            Some("topic") => {
+                let room = words.next().ok_or("@topic ROOM TEXT")?;
+                let topic = words.collect::<Vec<_>>().join(" ");
+                self.server.set_topic(room, &topic)?;
+                self.drain()
+            }
+            Some("slow_mode") => {
+                let (Some(room), Some(seconds)) = (words.next(), words.next()) else {
+                    return Err("@slow_mode ROOM SECONDS".into());
+                };
+                let seconds = seconds.parse().map_err(|_| "@slow_mode ROOM SECONDS")?;
+                self.server.set_slow_mode(room, seconds)?;
+                self.drain()
+            }
             Some("invite") => {
                 let (Some(room), Some(user)) = (words.next(), words.next()) else {
                     return Err("@invite ROOM USER".into());

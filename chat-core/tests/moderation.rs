@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use chat_core::protocol::{ErrorCode, ModAction, ServerFrame};
+use chat_core::protocol::{ErrorCode, ModAction, Role, ServerFrame};
 use chat_core::{Config, Event, Identity, Permissions, RoomName, SharedPolicy};
 use common::{Sim, kind, names, room};
 use serde_json::json;
@@ -150,4 +150,425 @@ fn moderation_refuses_direct_and_invalid_rooms() {
     let mut sim = Sim::new();
     assert!(sim.server.kick(sim.now, "@a,b", "a", "").is_err());
     assert!(sim.server.mute("lobby", "two words", true).is_err());
+}
+
+// ---- roles and moderator frames ----
+
+fn as_user(sim: &mut Sim, s: u64, identity: Identity) {
+    sim.connect_as(s, identity);
+    sim.say(s, json!({"type":"hello","version":1,"name":"ignored"}));
+}
+
+/// alice (1), bob (2), carol (3) with host identities, all in the lobby.
+fn three_in_the_lobby(config: Config) -> Sim {
+    let mut sim = Sim::with(config);
+    for (s, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        as_user(&mut sim, s, Identity::new(name));
+    }
+    sim.drain();
+    sim.clear();
+    sim
+}
+
+fn done(frames: &[ServerFrame]) -> Vec<(u64, ModAction)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Done { id, action, .. } => Some((id.map_or(0, |i| i.0), *action)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_may_not_moderate_and_nothing_changes() {
+    let mut sim = three_in_the_lobby(lobby());
+    for (id, frame) in [
+        (
+            1,
+            json!({"type":"kick","id":1,"room":"lobby","user":"carol"}),
+        ),
+        (
+            2,
+            json!({"type":"ban","id":2,"room":"lobby","user":"carol"}),
+        ),
+        (
+            3,
+            json!({"type":"mute","id":3,"room":"lobby","user":"carol"}),
+        ),
+        (
+            4,
+            json!({"type":"unban","id":4,"room":"lobby","user":"carol"}),
+        ),
+        (
+            5,
+            json!({"type":"unmute","id":5,"room":"lobby","user":"carol"}),
+        ),
+        (
+            6,
+            json!({"type":"set_role","id":6,"room":"lobby","user":"bob","role":"owner"}),
+        ),
+        (
+            7,
+            json!({"type":"topic","id":7,"room":"lobby","topic":"mine"}),
+        ),
+        (
+            8,
+            json!({"type":"slow_mode","id":8,"room":"lobby","seconds":5}),
+        ),
+    ] {
+        sim.say(2, frame);
+        let msg = sim.expect_error(2, ErrorCode::Forbidden, Some(id));
+        assert!(
+            msg.contains("moderator") || msg.contains("owner"),
+            "{id}: {msg}"
+        );
+    }
+    sim.expect_nothing(1);
+    sim.expect_nothing(3);
+    assert_eq!(
+        names(&sim.server.members(&room("lobby")).unwrap()),
+        ["alice", "bob", "carol"]
+    );
+    assert_eq!(sim.server.role("lobby", "bob"), Ok(Role::Member));
+    assert_eq!(sim.server.topic(&room("lobby")), None);
+    sim.send(3, 9, "lobby", "still free to talk");
+    sim.expect_kinds(3, &["message", "ack"]);
+}
+
+#[test]
+fn a_moderator_acts_on_members_only_and_only_owners_give_roles() {
+    let mut sim = three_in_the_lobby(lobby());
+    sim.server.set_role("lobby", "alice", Role::Owner).unwrap();
+    sim.drain();
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"set_role","id":1,"room":"lobby","user":"Carol","role":"moderator"}),
+    );
+    let frames = sim.take(1);
+    assert_eq!(done(&frames), [(1, ModAction::SetRole)]);
+    assert_eq!(sim.server.role("lobby", "carol"), Ok(Role::Moderator));
+    match &sim.take(3)[..] {
+        [
+            ServerFrame::Moderated {
+                user,
+                role: Some(Role::Moderator),
+                by: Some(by),
+                ..
+            },
+        ] => {
+            assert_eq!((user.as_str(), by.as_str()), ("carol", "alice"));
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.clear();
+    // Not on an owner, not on themselves, and no roles.
+    sim.say(
+        3,
+        json!({"type":"kick","id":2,"room":"lobby","user":"alice"}),
+    );
+    let msg = sim.expect_error(3, ErrorCode::Forbidden, Some(2));
+    assert!(msg.contains("alice is an owner of lobby"), "{msg}");
+    sim.say(
+        3,
+        json!({"type":"mute","id":3,"room":"lobby","user":"carol"}),
+    );
+    let msg = sim.expect_error(3, ErrorCode::Forbidden, Some(3));
+    assert!(msg.contains("yourself"), "{msg}");
+    sim.say(
+        3,
+        json!({"type":"set_role","id":4,"room":"lobby","user":"bob","role":"moderator"}),
+    );
+    sim.expect_error(3, ErrorCode::Forbidden, Some(4));
+    sim.expect_nothing(1);
+    // On a member: done, with the moderator named to the room and to the host.
+    sim.say(
+        3,
+        json!({"type":"kick","id":5,"room":"lobby","user":"bob","reason":"spam"}),
+    );
+    let frames = sim.take(3);
+    assert_eq!(
+        frames.iter().map(kind).collect::<Vec<_>>(),
+        ["moderated", "user_left", "done"]
+    );
+    assert_eq!(done(&frames), [(5, ModAction::Kick)]);
+    sim.expect_kinds(2, &["moderated", "left"]);
+    assert!(sim.take_events().iter().any(|e| matches!(
+        e,
+        Event::Moderated { action: ModAction::Kick, by: Some(by), reason: Some(r), .. }
+            if by.as_str() == "carol" && r == "spam"
+    )));
+    // An owner acts on a moderator, and takes the role away.
+    sim.say(
+        1,
+        json!({"type":"set_role","id":6,"room":"lobby","user":"carol","role":"member"}),
+    );
+    sim.drain();
+    assert_eq!(sim.server.role("lobby", "carol"), Ok(Role::Member));
+    sim.clear();
+    sim.say(3, json!({"type":"topic","id":7,"room":"lobby","topic":"x"}));
+    sim.expect_error(3, ErrorCode::Forbidden, Some(7));
+}
+
+#[test]
+fn the_creator_owns_a_new_room_only_when_identities_come_from_the_host() {
+    let mut sim = Sim::with(lobby());
+    as_user(&mut sim, 1, Identity::new("alice"));
+    sim.hello(2, "eve");
+    sim.drain();
+    sim.clear();
+    sim.say(1, json!({"type":"join","id":1,"room":"Club"}));
+    match sim.take_one(1) {
+        ServerFrame::Joined { role, .. } => assert_eq!(role, Some(Role::Owner)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.server.role("club", "alice"), Ok(Role::Owner));
+    // Not the default room, which the host configured.
+    assert_eq!(sim.server.role("lobby", "alice"), Ok(Role::Member));
+    // Who joins an existing room does not own it.
+    sim.say(2, json!({"type":"join","id":2,"room":"club"}));
+    match sim.take_one(2) {
+        ServerFrame::Joined { role, .. } => assert_eq!(role, None),
+        other => panic!("{other:?}"),
+    }
+    // An anonymous creator owns nothing: the name could be someone else's tomorrow.
+    sim.say(2, json!({"type":"join","id":3,"room":"poetry"}));
+    sim.drain();
+    sim.clear();
+    assert_eq!(sim.server.role("poetry", "eve"), Ok(Role::Member));
+    sim.say(
+        2,
+        json!({"type":"topic","id":4,"room":"poetry","topic":"mine"}),
+    );
+    sim.expect_error(2, ErrorCode::Forbidden, Some(4));
+}
+
+/// Host policy: `admin` accounts own every room.
+struct Admins;
+
+impl chat_core::RoomPolicy for Admins {
+    fn permissions(&self, _: &Identity, _: &RoomName, rules: Permissions) -> Permissions {
+        rules
+    }
+    fn role(&self, who: &Identity, _: &RoomName) -> Option<Role> {
+        who.roles.contains("admin").then_some(Role::Owner)
+    }
+}
+
+#[test]
+fn the_host_policy_gives_roles_from_the_identity() {
+    let mut sim = Sim::with(Config {
+        room_policy: Some(SharedPolicy::new(Admins)),
+        ..lobby()
+    });
+    as_user(&mut sim, 1, Identity::new("root").with_role("admin"));
+    as_user(&mut sim, 2, Identity::new("bob"));
+    sim.drain();
+    sim.clear();
+    assert_eq!(sim.server.role("lobby", "root"), Ok(Role::Owner));
+    // A room role below the policy's does not lower it.
+    sim.server.set_role("lobby", "root", Role::Member).unwrap();
+    assert_eq!(sim.server.role("lobby", "root"), Ok(Role::Owner));
+    sim.drain();
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"ban","id":1,"room":"lobby","user":"bob","minutes":5}),
+    );
+    let frames = sim.take(1);
+    assert_eq!(done(&frames), [(1, ModAction::Ban)]);
+    // And bob cannot act on the admin, whatever role he is given below owner.
+    sim.server.unban("lobby", "bob").unwrap();
+    sim.server
+        .set_role("lobby", "bob", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.clear();
+    sim.say(2, json!({"type":"join","id":2,"room":"lobby"}));
+    sim.drain();
+    sim.clear();
+    sim.say(
+        2,
+        json!({"type":"kick","id":3,"room":"lobby","user":"root"}),
+    );
+    sim.expect_error(2, ErrorCode::Forbidden, Some(3));
+}
+
+#[test]
+fn slow_mode_refuses_a_members_early_post_with_when_and_exempts_moderators() {
+    let mut sim = three_in_the_lobby(lobby());
+    sim.server
+        .set_role("lobby", "carol", Role::Moderator)
+        .unwrap();
+    sim.say(
+        3,
+        json!({"type":"slow_mode","id":1,"room":"lobby","seconds":60}),
+    );
+    sim.drain();
+    assert!(done(&sim.take(3)).contains(&(1, ModAction::SlowMode)));
+    match &sim.take(2)[..] {
+        [
+            _,
+            ServerFrame::SlowMode {
+                seconds: 60,
+                by: Some(by),
+                ..
+            },
+        ] => {
+            assert_eq!(by.as_str(), "carol");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        sim.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::SlowModeChanged { seconds: 60, .. }))
+    );
+    sim.clear();
+    sim.send(2, 2, "lobby", "one");
+    sim.expect_kinds(2, &["message", "ack"]);
+    sim.clear();
+    sim.advance(Duration::from_millis(15_500));
+    // Many early sends: each refused with when, none closes the connection.
+    for id in 3..30 {
+        sim.send(2, id, "lobby", "two");
+        let msg = sim.expect_error(2, ErrorCode::SlowMode, Some(id));
+        assert!(msg.contains("in 45 s"), "{msg}");
+    }
+    assert_eq!(sim.close_reason(2), None);
+    sim.expect_nothing(1);
+    // Moderators are exempt; other members have their own interval.
+    for id in 30..33 {
+        sim.send(3, id, "lobby", "mod");
+        sim.expect_kinds(3, &["message", "ack"]);
+    }
+    sim.send(1, 33, "lobby", "alice's first");
+    sim.drain();
+    assert!(done(&sim.take(1)).is_empty());
+    sim.clear();
+    sim.advance(Duration::from_millis(44_500));
+    sim.send(2, 34, "lobby", "two");
+    sim.expect_kinds(2, &["message", "ack"]);
+    // Off again.
+    sim.server.set_slow_mode("lobby", 0).unwrap();
+    sim.drain();
+    sim.clear();
+    sim.send(2, 35, "lobby", "three");
+    sim.expect_kinds(2, &["message", "ack"]);
+}
+
+#[test]
+fn a_timed_mute_from_a_moderator_ends_by_itself_and_a_ban_keeps_the_user_out() {
+    let mut sim = three_in_the_lobby(lobby());
+    sim.server
+        .set_role("lobby", "carol", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.clear();
+    sim.say(
+        3,
+        json!({"type":"mute","id":1,"room":"lobby","user":"bob","minutes":1,"reason":"calm"}),
+    );
+    sim.drain();
+    match &sim.take(2)[..] {
+        [
+            ServerFrame::Moderated {
+                action: ModAction::Mute,
+                minutes: Some(1),
+                ..
+            },
+        ] => {}
+        other => panic!("{other:?}"),
+    }
+    sim.clear();
+    sim.send(2, 2, "lobby", "hey");
+    sim.expect_error(2, ErrorCode::Forbidden, Some(2));
+    sim.advance(Duration::from_secs(60));
+    sim.send(2, 3, "lobby", "back");
+    sim.expect_kinds(2, &["message", "ack"]);
+    sim.clear();
+    sim.say(3, json!({"type":"ban","id":4,"room":"lobby","user":"bob"}));
+    sim.drain();
+    sim.clear();
+    sim.say(2, json!({"type":"join","id":6,"room":"lobby"}));
+    sim.expect_error(2, ErrorCode::Forbidden, Some(6));
+}
+
+#[test]
+fn bad_moderator_commands_get_one_clear_error_each() {
+    let mut sim = three_in_the_lobby(lobby());
+    sim.server.set_role("lobby", "alice", Role::Owner).unwrap();
+    sim.drain();
+    sim.clear();
+    let long = "x".repeat(201);
+    for (id, frame, code) in [
+        (
+            1,
+            json!({"type":"topic","id":1,"room":"lobby","topic":long}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            2,
+            json!({"type":"topic","id":2,"room":"lobby","topic":"a\u{7}b"}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            3,
+            json!({"type":"slow_mode","id":3,"room":"lobby","seconds":86_401}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            4,
+            json!({"type":"ban","id":4,"room":"lobby","user":"bob","minutes":0}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            5,
+            json!({"type":"kick","id":5,"room":"@alice,bob","user":"bob"}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            6,
+            json!({"type":"kick","id":6,"room":"no such room!","user":"bob"}),
+            ErrorCode::InvalidRoom,
+        ),
+        (
+            7,
+            json!({"type":"kick","id":7,"room":"lobby","user":"two words"}),
+            ErrorCode::InvalidName,
+        ),
+        (
+            8,
+            json!({"type":"set_role","id":8,"room":"lobby","user":"bob","role":"god"}),
+            ErrorCode::BadFrame,
+        ),
+    ] {
+        sim.say(1, frame);
+        sim.expect_error(1, code, Some(id));
+    }
+    sim.expect_nothing(2);
+    assert_eq!(sim.server.topic(&room("lobby")), None);
+    assert_eq!(
+        names(&sim.server.members(&room("lobby")).unwrap()),
+        ["alice", "bob", "carol"]
+    );
+    // Trimmed; empty clears.
+    sim.say(
+        1,
+        json!({"type":"topic","id":9,"room":"lobby","topic":"  hi  "}),
+    );
+    sim.drain();
+    assert_eq!(sim.server.topic(&room("lobby")).as_deref(), Some("hi"));
+    sim.say(1, json!({"type":"topic","id":10,"room":"lobby","topic":""}));
+    sim.drain();
+    assert_eq!(sim.server.topic(&room("lobby")), None);
+}
+
+#[test]
+fn moderation_before_hello_is_refused() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    sim.say(1, json!({"type":"kick","id":1,"room":"lobby","user":"bob"}));
+    sim.expect_error(1, ErrorCode::HelloRequired, Some(1));
 }

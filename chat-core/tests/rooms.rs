@@ -499,6 +499,10 @@ fn joining_a_direct_room_nobody_wrote_to_yet_shows_it_empty() {
             messages,
             gap,
             last_seq,
+            // A direct room has no topic, slow mode or roles.
+            topic: None,
+            slow_mode: None,
+            role: None,
         } => {
             assert_eq!(id, Some(RequestId(4)));
             assert_eq!(r.as_str(), "@alice,bob");

@@ -29,6 +29,7 @@ impl Client {
                 messages,
                 gap,
                 last_seq,
+                ..
             } => self.on_joined(id, room, members, messages, gap, last_seq),
             ServerFrame::Left { id, room } => {
                 if let Some(id) = id {
@@ -131,7 +132,11 @@ impl Client {
                 self.event(ClientEvent::Typing { room, user, active });
             }
             // A kick or ban of ours is followed by `left`, which updates the rooms.
-            ServerFrame::Moderated { .. } => {}
+            // Moderation notices and acks: shown by the apps that read frames.
+            ServerFrame::Moderated { .. }
+            | ServerFrame::Done { .. }
+            | ServerFrame::Topic { .. }
+            | ServerFrame::SlowMode { .. } => {}
             ServerFrame::Error { id, code, message } => self.on_error(id, code, message),
             ServerFrame::Goodbye {
                 reason,

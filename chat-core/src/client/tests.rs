@@ -56,6 +56,9 @@ fn joined(r: &str, messages: Vec<Arc<Message>>, last_seq: u64) -> ServerFrame {
         messages,
         gap: false,
         last_seq: Seq(last_seq),
+        topic: None,
+        slow_mode: None,
+        role: None,
     }
 }
 
@@ -134,6 +137,9 @@ fn reconnect_hello_resumes_every_room_from_its_cursor_with_the_token() {
         messages: vec![],
         gap: false,
         last_seq: Seq(0),
+        topic: None,
+        slow_mode: None,
+        role: None,
     });
     // A direct message room is resumed too.
     c.handle_frame(ServerFrame::Message(msg("@alice,bob", 1, "bob", "psst")));

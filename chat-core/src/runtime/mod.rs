@@ -526,6 +526,51 @@ impl Hub {
         self.host(move |s, _| s.mute(&room, &user, muted)).await
     }
 
+    /// Mutes `user` in a public room for `length` (`None`: until unmuted), with a reason
+    /// ([`Server::mute_for`]).
+    pub async fn mute_for(
+        &self,
+        room: &str,
+        user: &str,
+        reason: &str,
+        length: Option<Duration>,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
+        self.host(move |s, now| s.mute_for(now, &room, &user, &reason, length))
+            .await
+    }
+
+    /// Gives `user` a role in a public room ([`Server::set_role`]).
+    pub async fn set_role(
+        &self,
+        room: &str,
+        user: &str,
+        role: crate::protocol::Role,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.host(move |s, _| s.set_role(&room, &user, role)).await
+    }
+
+    /// Sets a public room's topic, empty for none ([`Server::set_topic`]).
+    pub async fn set_topic(
+        &self,
+        room: &str,
+        topic: &str,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let (room, topic) = (room.to_owned(), topic.to_owned());
+        self.host(move |s, _| s.set_topic(&room, &topic)).await
+    }
+
+    /// Sets a public room's slow mode, 0 for off ([`Server::set_slow_mode`]).
+    pub async fn set_slow_mode(
+        &self,
+        room: &str,
+        seconds: u32,
+    ) -> Result<Result<(), String>, HubClosed> {
+        let room = room.to_owned();
+        self.host(move |s, _| s.set_slow_mode(&room, seconds)).await
+    }
+
     /// Runs `f` on the engine's task and returns its answer.
     async fn host<T: Send + 'static>(
         &self,

@@ -22,7 +22,7 @@ use super::rooms::Room;
 use super::sessions::{Phase, Session};
 use super::{Env, Now, Server, State};
 use crate::ids::{RoomName, SessionId, UserKey, UserName};
-use crate::protocol::{Encoded, ErrorCode};
+use crate::protocol::{Encoded, ErrorCode, Role};
 
 /// Who a session is, as the host says: given with the connection
 /// ([`Input::ConnectedAs`](super::Input::ConnectedAs)), before any frame is read.
@@ -171,6 +171,15 @@ impl RoomAccess {
 pub trait RoomPolicy: Send + Sync + 'static {
     /// The user's permissions in `room`; `rules` is what the room's access allows.
     fn permissions(&self, who: &Identity, room: &RoomName, rules: Permissions) -> Permissions;
+
+    /// The user's role in `room` from the host's own rules (e.g. an `admin` account
+    /// owns every room), or `None` (the default) to leave it to the roles given by
+    /// [`Server::set_role`], by owners (`set_role` frames) and to the room's creator.
+    /// A user holds the higher of this and the room's own.
+    fn role(&self, who: &Identity, room: &RoomName) -> Option<Role> {
+        let _ = (who, room);
+        None
+    }
 }
 
 impl<F> RoomPolicy for F
@@ -206,6 +215,15 @@ pub(crate) struct Access {
     pub invited: BTreeSet<UserKey>,
     /// Bans and mutes (`moderation`).
     pub sanctions: super::moderation::Sanctions,
+    /// Roles above `member` given in this room (by the host, an owner, or to the
+    /// room's creator).
+    pub roles: BTreeMap<UserKey, Role>,
+    /// The topic, if any.
+    pub topic: Option<String>,
+    /// Slow mode: seconds between a member's posts (0: off).
+    pub slow_mode: u32,
+    /// Slow mode: when each member last posted here.
+    pub last_post: BTreeMap<UserKey, Instant>,
 }
 
 /// Every room's access, by name, kept apart from the rooms so that it holds before a
@@ -244,11 +262,26 @@ impl State {
             if s.is_banned(key, now) {
                 perms = Permissions::NONE;
             }
-            if s.muted.contains(key) {
+            if s.is_muted(key, now) {
                 perms.send = false;
             }
         }
         perms
+    }
+
+    /// `key`'s role in a public room: the higher of the room's own (given by the host,
+    /// an owner, or to its creator) and the host policy's, if `who` is known.
+    pub(crate) fn role(&self, who: Option<&Identity>, key: &UserKey, room: &RoomName) -> Role {
+        let own = self
+            .access
+            .get(room)
+            .and_then(|a| a.roles.get(key).copied())
+            .unwrap_or_default();
+        let policy = match (who, &self.config.room_policy) {
+            (Some(who), Some(policy)) => policy.0.role(who, room).unwrap_or_default(),
+            _ => Role::Member,
+        };
+        own.max(policy)
     }
 }
 

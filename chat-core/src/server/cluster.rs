@@ -200,6 +200,9 @@ impl Room {
             messages: Vec::new(),
             gap: true,
             last_seq: lost,
+            topic: None,
+            slow_mode: None,
+            role: None,
         });
         env.fan_out(self, &frame, None, None);
     }
@@ -343,9 +346,8 @@ impl State {
                 (None, Some(to)) => self.direct_room_to(user, to).ok()?.0,
                 _ => return None,
             },
-            ClientFrame::Hello(_) | ClientFrame::Leave { .. } | ClientFrame::Rooms { .. } => {
-                return None;
-            }
+            // Moderation needs no room in memory: it changes the room's access entry.
+            _ => return None,
         };
         self.needs_load(&room).then_some(room)
     }

@@ -1,33 +1,109 @@
-//! The host's moderation of a public room: kick (out now, with a reason), ban (out, and
-//! kept out of the room, its history and its member list, for a while or for good), mute
-//! (reads on, cannot post). Each is told to the room (`moderated`) before it takes
-//! effect, so the user concerned learns why; bans and mutes are kept in the room's
-//! access entry (`authz`), where `State::permissions` applies them.
+//! Moderation of a public room, by the host ([`Server::kick`] and the rest) or by the
+//! room's owners and moderators (the `kick`, `ban`, `unban`, `mute`, `unmute`,
+//! `set_role`, `topic` and `slow_mode` frames): one path, [`Server::moderate`], for both.
+//!
+//! - kick: out now, with a reason; ban: out, and kept out of the room, its history and
+//!   its member list, for a while or for good; mute: reads on, cannot post (for a while
+//!   or for good). Each is told to the room (`moderated`) before it takes effect, so the
+//!   user concerned learns why.
+//! - roles (`owner`, `moderator`, `member`): a user holds the higher of the room's own
+//!   (given by the host, by an owner, or to the room's creator when identities come from
+//!   the host) and the host policy's ([`RoomPolicy::role`](super::RoomPolicy::role)).
+//!   Moderators act on members; owners on moderators and members, and give roles.
+//! - topic and slow mode: room settings, told with `topic` and `slow_mode` frames.
+//!
+//! Bans, mutes, roles and settings are kept in the room's access entry (`authz`), where
+//! `State::permissions` applies the sanctions and `send` the slow mode.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::config::AuthMode;
 use super::outputs::Event;
-use super::sessions::Phase;
-use super::{Now, Server, State};
+use super::reject::Reject;
+use super::sessions::{Phase, Session};
+use super::{Identity, Now, Server, State};
 use crate::ids::{RoomName, SessionId, UserKey, UserName};
-use crate::protocol::{Encoded, ModAction, ServerFrame};
+use crate::protocol::{
+    ClientFrame, Encoded, ErrorCode, MAX_SLOW_MODE_SECONDS, MAX_TOPIC_CHARS, ModAction, Role,
+    ServerFrame,
+};
 
-/// Bans and mutes of one room.
-#[derive(Debug, Default)]
+/// The longest ban or mute a moderator may give, in minutes (ten years); longer is
+/// `invalid_request` (leave `minutes` out for good).
+pub const MAX_SANCTION_MINUTES: u64 = 10 * 365 * 24 * 60;
+
+/// Bans and mutes of one room, each until when (`None`: for good).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Sanctions {
-    /// Banned users, until when (`None`: for good).
-    pub banned: std::collections::BTreeMap<UserKey, Option<Instant>>,
-    pub muted: std::collections::BTreeSet<UserKey>,
+    /// Banned users.
+    pub banned: BTreeMap<UserKey, Option<Instant>>,
+    /// Muted users.
+    pub muted: BTreeMap<UserKey, Option<Instant>>,
 }
 
 impl Sanctions {
     /// Whether `user` is banned at `now`.
     pub fn is_banned(&self, user: &UserKey, now: Instant) -> bool {
-        self.banned
-            .get(user)
-            .is_some_and(|until| until.is_none_or(|u| now < u))
+        in_force(self.banned.get(user), now)
+    }
+
+    /// Whether `user` is muted at `now`.
+    pub fn is_muted(&self, user: &UserKey, now: Instant) -> bool {
+        in_force(self.muted.get(user), now)
     }
 }
+
+fn in_force(entry: Option<&Option<Instant>>, now: Instant) -> bool {
+    entry.is_some_and(|until| until.is_none_or(|u| now < u))
+}
+
+/// One moderation operation, as the host or a moderator asks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    Kick {
+        reason: String,
+    },
+    Ban {
+        reason: String,
+        length: Option<Duration>,
+    },
+    Unban,
+    Mute {
+        reason: String,
+        length: Option<Duration>,
+    },
+    Unmute,
+    SetRole(Role),
+    Topic(String),
+    SlowMode(u32),
+}
+
+impl Op {
+    fn action(&self) -> ModAction {
+        match self {
+            Op::Kick { .. } => ModAction::Kick,
+            Op::Ban { .. } => ModAction::Ban,
+            Op::Unban => ModAction::Unban,
+            Op::Mute { .. } => ModAction::Mute,
+            Op::Unmute => ModAction::Unmute,
+            Op::SetRole(_) => ModAction::SetRole,
+            Op::Topic(_) => ModAction::Topic,
+            Op::SlowMode(_) => ModAction::SlowMode,
+        }
+    }
+
+    /// The least role that may do it from the protocol.
+    fn needs(&self) -> Role {
+        match self {
+            Op::SetRole(_) => Role::Owner,
+            _ => Role::Moderator,
+        }
+    }
+}
+
+/// Who moderates: the host (no name) or a user of the room.
+type By = Option<UserName>;
 
 impl Server {
     /// Removes `user` from a public room now: every session of theirs in it gets
@@ -44,8 +120,8 @@ impl Server {
         reason: &str,
     ) -> Result<usize, String> {
         let (room, user) = self.st.target(room, user)?;
-        self.st.tell(&room, &user, ModAction::Kick, reason, None);
-        Ok(self.remove_user(now, &room, &user.key()))
+        let reason = reason.to_owned();
+        Ok(self.moderate(Some(now), None, &room, Some(&user), Op::Kick { reason }))
     }
 
     /// Bans `user` from a public room for `length` (`None`: until [`Server::unban`]):
@@ -63,52 +139,310 @@ impl Server {
         length: Option<Duration>,
     ) -> Result<usize, String> {
         let (room, user) = self.st.target(room, user)?;
-        let minutes = length.map(|d| d.as_secs().div_ceil(60));
-        self.st.tell(&room, &user, ModAction::Ban, reason, minutes);
-        let until = length.map(|d| now.mono + d);
-        self.st
-            .access
-            .entry(room.clone())
-            .or_default()
-            .sanctions
-            .banned
-            .insert(user.key(), until);
-        Ok(self.remove_user(now, &room, &user.key()))
+        let reason = reason.to_owned();
+        Ok(self.moderate(
+            Some(now),
+            None,
+            &room,
+            Some(&user),
+            Op::Ban { reason, length },
+        ))
     }
 
-    /// Lifts a ban.
+    /// Lifts a ban; the room is told (`moderated`, action `unban`).
     ///
     /// # Errors
     /// As [`Server::kick`].
     pub fn unban(&mut self, room: &str, user: &str) -> Result<(), String> {
         let (room, user) = self.st.target(room, user)?;
-        if let Some(a) = self.st.access.get_mut(&room) {
-            a.sanctions.banned.remove(&user.key());
-        }
+        self.moderate(None, None, &room, Some(&user), Op::Unban);
         Ok(())
     }
 
-    /// Mutes (or unmutes) `user` in a public room: muted, they read but their `send`
-    /// is refused with `forbidden` and their typing is dropped. The room is told
-    /// (`moderated`, action `mute` or `unmute`).
+    /// Mutes (or unmutes) `user` in a public room until unmuted: muted, they read but
+    /// their `send` is refused with `forbidden` and their typing is dropped. The room
+    /// is told (`moderated`, action `mute` or `unmute`). See [`Server::mute_for`].
     ///
     /// # Errors
     /// As [`Server::kick`].
     pub fn mute(&mut self, room: &str, user: &str, muted: bool) -> Result<(), String> {
         let (room, user) = self.st.target(room, user)?;
-        let action = if muted {
-            ModAction::Mute
+        let op = if muted {
+            Op::Mute {
+                reason: String::new(),
+                length: None,
+            }
         } else {
-            ModAction::Unmute
+            Op::Unmute
         };
-        self.st.tell(&room, &user, action, "", None);
-        let sanctions = &mut self.st.access.entry(room).or_default().sanctions;
-        if muted {
-            sanctions.muted.insert(user.key());
-        } else {
-            sanctions.muted.remove(&user.key());
-        }
+        self.moderate(None, None, &room, Some(&user), op);
         Ok(())
+    }
+
+    /// Mutes `user` in a public room for `length` (`None`: until unmuted), with a
+    /// reason the room is told. The mute ends by itself when its length has passed
+    /// (nobody is told then).
+    ///
+    /// # Errors
+    /// As [`Server::kick`].
+    pub fn mute_for(
+        &mut self,
+        now: Now,
+        room: &str,
+        user: &str,
+        reason: &str,
+        length: Option<Duration>,
+    ) -> Result<(), String> {
+        let (room, user) = self.st.target(room, user)?;
+        let reason = reason.to_owned();
+        self.moderate(
+            Some(now),
+            None,
+            &room,
+            Some(&user),
+            Op::Mute { reason, length },
+        );
+        Ok(())
+    }
+
+    /// Gives `user` a role in a public room (`member` takes a role away); the room is
+    /// told (`moderated`, action `set_role`, with `role`). The host policy's role, if
+    /// higher, still holds ([`RoomPolicy::role`](super::RoomPolicy::role)).
+    ///
+    /// # Errors
+    /// As [`Server::kick`].
+    pub fn set_role(&mut self, room: &str, user: &str, role: Role) -> Result<(), String> {
+        let (room, user) = self.st.target(room, user)?;
+        self.moderate(None, None, &room, Some(&user), Op::SetRole(role));
+        Ok(())
+    }
+
+    /// Sets a public room's topic (empty: none), carried in `joined` and `rooms`; the
+    /// room is told with a `topic` frame.
+    ///
+    /// # Errors
+    /// The room name is not valid, names a direct room, or the topic is longer than
+    /// [`MAX_TOPIC_CHARS`](crate::protocol::MAX_TOPIC_CHARS).
+    pub fn set_topic(&mut self, room: &str, topic: &str) -> Result<(), String> {
+        let room = self.st.public_room(room)?;
+        let topic = check_topic(topic)?;
+        self.moderate(None, None, &room, None, Op::Topic(topic));
+        Ok(())
+    }
+
+    /// Sets a public room's slow mode: each member may post once per `seconds` (0:
+    /// off); owners and moderators are exempt. The room is told with a `slow_mode`
+    /// frame.
+    ///
+    /// # Errors
+    /// The room name is not valid, names a direct room, or `seconds` is above
+    /// [`MAX_SLOW_MODE_SECONDS`](crate::protocol::MAX_SLOW_MODE_SECONDS).
+    pub fn set_slow_mode(&mut self, room: &str, seconds: u32) -> Result<(), String> {
+        let room = self.st.public_room(room)?;
+        check_slow_mode(seconds)?;
+        self.moderate(None, None, &room, None, Op::SlowMode(seconds));
+        Ok(())
+    }
+
+    /// A user's role in a public room, as the engine sees it (the room's own, or the
+    /// host policy's if higher and the user is online).
+    ///
+    /// # Errors
+    /// As [`Server::kick`].
+    pub fn role(&self, room: &str, user: &str) -> Result<Role, String> {
+        let (room, user) = self.st.target(room, user)?;
+        let key = user.key();
+        let who = self.identity_of(&key);
+        Ok(self.st.role(who.as_ref(), &key, &room))
+    }
+
+    /// A room's topic, if it has one.
+    #[must_use]
+    pub fn topic(&self, room: &RoomName) -> Option<String> {
+        self.st.access.get(room).and_then(|a| a.topic.clone())
+    }
+
+    /// Carries out one operation (checked already): tells the room, changes the
+    /// room's access entry, reports the event. Returns how many sessions left the room.
+    ///
+    /// `now` is needed for a kick, a ban, and a mute with a length.
+    pub(crate) fn moderate(
+        &mut self,
+        now: Option<Now>,
+        by: By,
+        room: &RoomName,
+        user: Option<&UserName>,
+        op: Op,
+    ) -> usize {
+        let action = op.action();
+        let st = &mut self.st;
+        match (&op, user) {
+            (Op::Topic(topic), _) => {
+                let topic = topic.clone();
+                let frame = ServerFrame::Topic {
+                    room: room.clone(),
+                    topic: topic.clone(),
+                    by: by.clone(),
+                };
+                st.fan_out(room, &Encoded::new(&frame), None, None);
+                st.access.entry(room.clone()).or_default().topic =
+                    (!topic.is_empty()).then(|| topic.clone());
+                st.out.event(Event::TopicChanged {
+                    room: room.clone(),
+                    topic,
+                    by,
+                });
+                return 0;
+            }
+            (Op::SlowMode(seconds), _) => {
+                let seconds = *seconds;
+                let frame = ServerFrame::SlowMode {
+                    room: room.clone(),
+                    seconds,
+                    by: by.clone(),
+                };
+                st.fan_out(room, &Encoded::new(&frame), None, None);
+                let access = st.access.entry(room.clone()).or_default();
+                access.slow_mode = seconds;
+                access.last_post.clear();
+                st.out.event(Event::SlowModeChanged {
+                    room: room.clone(),
+                    seconds,
+                    by,
+                });
+                return 0;
+            }
+            (_, None) => return 0,
+            (_, Some(_)) => {}
+        }
+        let Some(user) = user else { return 0 };
+        let key = user.key();
+        let (reason, length) = match &op {
+            Op::Kick { reason } => (reason.as_str(), None),
+            Op::Ban { reason, length } | Op::Mute { reason, length } => (reason.as_str(), *length),
+            _ => ("", None),
+        };
+        let role = match op {
+            Op::SetRole(role) => Some(role),
+            _ => None,
+        };
+        let minutes = length.map(|d| d.as_secs().div_ceil(60));
+        let tell = Tell {
+            action,
+            reason,
+            minutes,
+            role,
+            by,
+        };
+        st.tell(room, user, tell);
+        let until = length.and_then(|d| now.and_then(|now| now.mono.checked_add(d)));
+        let access = st.access.entry(room.clone()).or_default();
+        match op {
+            Op::Kick { .. } => {}
+            Op::Ban { .. } => {
+                access.sanctions.banned.insert(key.clone(), until);
+            }
+            Op::Unban => {
+                access.sanctions.banned.remove(&key);
+            }
+            Op::Mute { .. } => {
+                access.sanctions.muted.insert(key.clone(), until);
+            }
+            Op::Unmute => {
+                access.sanctions.muted.remove(&key);
+            }
+            Op::SetRole(Role::Member) => {
+                access.roles.remove(&key);
+            }
+            Op::SetRole(role) => {
+                access.roles.insert(key.clone(), role);
+            }
+            Op::Topic(_) | Op::SlowMode(_) => {}
+        }
+        match (action, now) {
+            (ModAction::Kick | ModAction::Ban, Some(now)) => self.remove_user(now, room, &key),
+            _ => 0,
+        }
+    }
+
+    /// A moderation frame from a client: checks the sender's role against the
+    /// operation and its target's role, carries it out, and acks it with `done`.
+    pub(super) fn moderation_frame(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        frame: ClientFrame,
+    ) -> Result<(), Reject> {
+        let session = self.sessions.get(&sid);
+        let (key, who) = match session.map(|s| (&s.phase, s)) {
+            Some((Phase::Ready(key), s)) => (key.clone(), s.identity.as_deref().cloned()),
+            _ => return Err(Reject::new(ErrorCode::HelloRequired, "say hello first")),
+        };
+        let id = frame.request_id();
+        let (raw_room, raw_user, op) = parse_op(frame)?;
+        let room = self.st.public_room(&raw_room).map_err(|e| {
+            let code = if e.ends_with("is a direct room") {
+                ErrorCode::InvalidRequest
+            } else {
+                ErrorCode::InvalidRoom
+            };
+            Reject::new(code, e)
+        })?;
+        let user = match raw_user {
+            Some(raw) => Some(
+                UserName::parse(&raw, self.st.config.max_name_chars).map_err(|_| {
+                    Reject::new(
+                        ErrorCode::InvalidName,
+                        format!("no valid user name {raw:?}"),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let mine = self.st.role(who.as_ref(), &key, &room);
+        if mine < op.needs() {
+            let msg = match op.needs() {
+                Role::Owner => format!("only an owner of {room} may give roles"),
+                _ => format!("you are not a moderator of {room}"),
+            };
+            return Err(crate::server::authz::forbidden(msg));
+        }
+        if let Some(user) = &user {
+            let target = user.key();
+            let theirs = self
+                .st
+                .role(self.identity_of(&target).as_ref(), &target, &room);
+            if theirs >= mine {
+                let msg = if target == key {
+                    format!("you cannot {} yourself", op.action().as_str())
+                } else {
+                    format!("{user} is a{} {theirs} of {room}", an(theirs))
+                };
+                return Err(crate::server::authz::forbidden(msg));
+            }
+        }
+        let by = Some(self.st.users.display_name(&key));
+        let action = op.action();
+        let user = user.map(|u| self.st.users.display_name(&u.key()));
+        self.moderate(Some(now), by, &room, user.as_ref(), op);
+        let done = ServerFrame::Done {
+            id,
+            room,
+            action,
+            user,
+        };
+        self.st.out.send_to(sid, &done);
+        Ok(())
+    }
+
+    /// The identity of one of `key`'s sessions, if the user is online (the host
+    /// policy's role needs it).
+    fn identity_of(&self, key: &UserKey) -> Option<Identity> {
+        let user = self.st.users.get(key)?;
+        user.sessions
+            .iter()
+            .filter_map(|sid| self.sessions.get(sid))
+            .find_map(|s: &Session| s.identity.as_deref().cloned())
     }
 
     /// Takes every session of `key` out of the room, as if each had left, and the user
@@ -151,6 +485,122 @@ impl Server {
     }
 }
 
+/// "a" or "an" before a role.
+fn an(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "n",
+        _ => "",
+    }
+}
+
+/// A moderation frame's room, user (for an operation about a user) and operation,
+/// with its values checked.
+fn parse_op(frame: ClientFrame) -> Result<(String, Option<String>, Op), Reject> {
+    let reason = |r: Option<String>| r.unwrap_or_default();
+    let invalid = |e: String| Reject::new(ErrorCode::InvalidRequest, e);
+    Ok(match frame {
+        ClientFrame::Kick {
+            room,
+            user,
+            reason: r,
+            ..
+        } => (room, Some(user), Op::Kick { reason: reason(r) }),
+        ClientFrame::Ban {
+            room,
+            user,
+            reason: r,
+            minutes,
+            ..
+        } => {
+            let length = length(minutes).map_err(invalid)?;
+            let reason = reason(r);
+            (room, Some(user), Op::Ban { reason, length })
+        }
+        ClientFrame::Unban { room, user, .. } => (room, Some(user), Op::Unban),
+        ClientFrame::Mute {
+            room,
+            user,
+            reason: r,
+            minutes,
+            ..
+        } => {
+            let length = length(minutes).map_err(invalid)?;
+            let reason = reason(r);
+            (room, Some(user), Op::Mute { reason, length })
+        }
+        ClientFrame::Unmute { room, user, .. } => (room, Some(user), Op::Unmute),
+        ClientFrame::SetRole {
+            room, user, role, ..
+        } => (room, Some(user), Op::SetRole(role)),
+        ClientFrame::Topic { room, topic, .. } => {
+            let topic = check_topic(&topic).map_err(invalid)?;
+            (room, None, Op::Topic(topic))
+        }
+        ClientFrame::SlowMode { room, seconds, .. } => {
+            check_slow_mode(seconds).map_err(invalid)?;
+            (room, None, Op::SlowMode(seconds))
+        }
+        _ => return Err(invalid("not a moderation command".into())),
+    })
+}
+
+/// Whether a client frame is a moderator's command.
+pub(crate) fn is_moderation(frame: &ClientFrame) -> bool {
+    matches!(
+        frame,
+        ClientFrame::Kick { .. }
+            | ClientFrame::Ban { .. }
+            | ClientFrame::Unban { .. }
+            | ClientFrame::Mute { .. }
+            | ClientFrame::Unmute { .. }
+            | ClientFrame::SetRole { .. }
+            | ClientFrame::Topic { .. }
+            | ClientFrame::SlowMode { .. }
+    )
+}
+
+/// A sanction's `minutes` as a length.
+fn length(minutes: Option<u64>) -> Result<Option<Duration>, String> {
+    match minutes {
+        None => Ok(None),
+        Some(m) if (1..=MAX_SANCTION_MINUTES).contains(&m) => Ok(Some(Duration::from_secs(m * 60))),
+        Some(_) => Err(format!(
+            "minutes must be 1 to {MAX_SANCTION_MINUTES} (leave it out for good)"
+        )),
+    }
+}
+
+/// A topic as kept: trimmed, at most [`MAX_TOPIC_CHARS`] characters, no control
+/// characters.
+fn check_topic(topic: &str) -> Result<String, String> {
+    let topic = topic.trim();
+    if topic.chars().count() > MAX_TOPIC_CHARS {
+        return Err(format!("a topic has at most {MAX_TOPIC_CHARS} characters"));
+    }
+    if topic.chars().any(char::is_control) {
+        return Err("a topic has no control characters".into());
+    }
+    Ok(topic.to_owned())
+}
+
+fn check_slow_mode(seconds: u32) -> Result<(), String> {
+    if seconds > MAX_SLOW_MODE_SECONDS {
+        return Err(format!(
+            "slow mode is at most {MAX_SLOW_MODE_SECONDS} seconds (0: off)"
+        ));
+    }
+    Ok(())
+}
+
+/// What `moderated` says.
+struct Tell<'a> {
+    action: ModAction,
+    reason: &'a str,
+    minutes: Option<u64>,
+    role: Option<Role>,
+    by: By,
+}
+
 impl State {
     /// A public room and a user, both valid.
     fn target(&self, room: &str, user: &str) -> Result<(RoomName, UserName), String> {
@@ -161,29 +611,118 @@ impl State {
     }
 
     /// `moderated` to the room's sessions, and the host's event.
-    fn tell(
-        &mut self,
-        room: &RoomName,
-        user: &UserName,
-        action: ModAction,
-        reason: &str,
-        minutes: Option<u64>,
-    ) {
+    fn tell(&mut self, room: &RoomName, user: &UserName, tell: Tell<'_>) {
         let user = self.users.display_name(&user.key());
-        let reason = (!reason.is_empty()).then(|| reason.to_owned());
+        let reason = (!tell.reason.is_empty()).then(|| tell.reason.to_owned());
         let frame = Encoded::new(&ServerFrame::Moderated {
             room: room.clone(),
             user: user.clone(),
-            action,
+            action: tell.action,
             reason: reason.clone(),
-            minutes,
+            minutes: tell.minutes,
+            role: tell.role,
+            by: tell.by.clone(),
         });
         self.fan_out(room, &frame, None, None);
         self.out.event(Event::Moderated {
             room: room.clone(),
             user,
-            action,
+            action: tell.action,
             reason,
+            minutes: tell.minutes,
+            role: tell.role,
+            by: tell.by,
         });
+    }
+
+    /// Slow mode: how long `key` must still wait before posting to `room` (a public
+    /// room), or `None` if it may post now. Owners and moderators never wait.
+    pub(crate) fn slow_mode_wait(
+        &self,
+        who: Option<&Identity>,
+        key: &UserKey,
+        room: &RoomName,
+        now: Instant,
+    ) -> Option<Duration> {
+        let access = self.access.get(room)?;
+        if access.slow_mode == 0 {
+            return None;
+        }
+        let last = *access.last_post.get(key)?;
+        let next = last + Duration::from_secs(u64::from(access.slow_mode));
+        if now >= next || self.role(who, key, room) >= Role::Moderator {
+            return None;
+        }
+        Some(next - now)
+    }
+
+    /// Slow mode: `key` posted to `room` at `now`.
+    pub(crate) fn note_post(&mut self, key: &UserKey, room: &RoomName, now: Instant) {
+        if let Some(access) = self.access.get_mut(room)
+            && access.slow_mode > 0
+        {
+            access.last_post.insert(key.clone(), now);
+        }
+    }
+
+    /// Makes `key` the owner of `room`, which its `join` just created, when nobody
+    /// configured the room: identities come from the host (in anonymous mode a freed
+    /// name can be taken again, so nobody owns a room there), the room is not a default
+    /// room nor one with rules in the config, nobody holds a role in it yet, and this is
+    /// not cluster mode.
+    pub(crate) fn creator_owns(&mut self, session: &Session, key: &UserKey, room: &RoomName) {
+        let hosted = self.config.auth == AuthMode::Host || session.host_identity;
+        // Cluster mode: the room may live on other servers already (roles are per
+        // server there, docs/CLUSTER.md).
+        if !hosted || self.config.cluster {
+            return;
+        }
+        let c = &self.config;
+        let configured = c
+            .default_rooms
+            .iter()
+            .chain(c.rooms.iter().map(|(r, _)| r))
+            .filter_map(|r| RoomName::parse(r, c.max_room_chars, c.max_name_chars).ok())
+            .any(|r| r == *room);
+        if configured {
+            return;
+        }
+        let access = self.access.entry(room.clone()).or_default();
+        if access.roles.is_empty() {
+            access.roles.insert(key.clone(), Role::Owner);
+        }
+    }
+
+    /// The slow-mode refusal.
+    pub(crate) fn slow_mode_refusal(&self, room: &RoomName, wait: Duration) -> Reject {
+        let every = self.access.get(room).map_or(0, |a| a.slow_mode);
+        let secs = wait.as_millis().div_ceil(1000).max(1);
+        Reject {
+            // Refused sends in slow mode are not a flood: the frame rate bounds them.
+            strikes: 0,
+            ..Reject::new(
+                ErrorCode::SlowMode,
+                format!(
+                    "slow mode: one message every {every} s in {room}; you may send again in {secs} s"
+                ),
+            )
+        }
+    }
+}
+
+impl ModAction {
+    /// The action as it appears on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModAction::Kick => "kick",
+            ModAction::Ban => "ban",
+            ModAction::Mute => "mute",
+            ModAction::Unmute => "unmute",
+            ModAction::Unban => "unban",
+            ModAction::SetRole => "set_role",
+            ModAction::Topic => "topic",
+            ModAction::SlowMode => "slow_mode",
+        }
     }
 }

@@ -274,7 +274,8 @@ pub enum Event {
     RoomCreated(RoomName),
     /// A message was posted (delivered to the room's members).
     MessagePosted(Arc<Message>),
-    /// The host moderated a user in a room (kick, ban, mute, unmute).
+    /// The host or a room's moderator moderated a user in a room (kick, ban, unban,
+    /// mute, unmute, set_role).
     Moderated {
         /// Room.
         room: RoomName,
@@ -284,6 +285,30 @@ pub enum Event {
         action: crate::protocol::ModAction,
         /// Why, if said.
         reason: Option<String>,
+        /// A ban's or mute's length in minutes (rounded up); `None`: for good.
+        minutes: Option<u64>,
+        /// `set_role`: the new role.
+        role: Option<crate::protocol::Role>,
+        /// The moderator; `None`: the host.
+        by: Option<UserName>,
+    },
+    /// A room's topic was set (empty: cleared).
+    TopicChanged {
+        /// Room.
+        room: RoomName,
+        /// The topic.
+        topic: String,
+        /// The moderator; `None`: the host.
+        by: Option<UserName>,
+    },
+    /// A room's slow mode was set (0: off).
+    SlowModeChanged {
+        /// Room.
+        room: RoomName,
+        /// Seconds between a member's messages.
+        seconds: u32,
+        /// The moderator; `None`: the host.
+        by: Option<UserName>,
     },
     /// A command was rejected with an error frame.
     Rejected {

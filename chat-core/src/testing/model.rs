@@ -95,6 +95,7 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             messages,
             gap,
             last_seq,
+            ..
         } => Obs::Joined {
             id: id.map(|i| i.0),
             room: room.to_string(),

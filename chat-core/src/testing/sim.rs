@@ -730,5 +730,8 @@ pub fn kind(f: &ServerFrame) -> &'static str {
         ServerFrame::Error { .. } => "error",
         ServerFrame::Goodbye { .. } => "goodbye",
         ServerFrame::Moderated { .. } => "moderated",
+        ServerFrame::Done { .. } => "done",
+        ServerFrame::Topic { .. } => "topic",
+        ServerFrame::SlowMode { .. } => "slow_mode",
     }
 }

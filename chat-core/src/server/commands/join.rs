@@ -4,7 +4,7 @@ use super::{Caller, Reject, room_unavailable};
 use chrono::{DateTime, Utc};
 
 use crate::ids::{RequestId, RoomName, Seq, UserKey};
-use crate::protocol::{Encoded, ErrorCode, JoinRequest, ServerFrame};
+use crate::protocol::{Encoded, ErrorCode, JoinRequest, JoinedExtras, Role, ServerFrame};
 use crate::server::authz::forbidden;
 use crate::server::rooms::Room;
 use crate::server::users::Users;
@@ -48,13 +48,27 @@ impl State {
                 messages: vec![],
                 gap: since.is_some_and(|s| s > Seq(0)),
                 last_seq: Seq(0),
+                topic: None,
+                slow_mode: None,
+                role: None,
             };
             self.out.send_to(caller.sid, &frame);
             return Ok(());
         }
-        let (room, env) = self
-            .open_room(&room_name, |_, create_on_join| create_on_join)
+        let created = kind.has_membership() && !self.rooms.contains_key(&room_name);
+        self.open_room(&room_name, |_, create_on_join| create_on_join)
             .map_err(|code| room_unavailable(code, &room_name))?;
+        if created {
+            self.creator_owns(caller.session, user, &room_name);
+        }
+        let extras = if kind.has_membership() {
+            self.joined_extras(caller.session, user, &room_name)
+        } else {
+            JoinedExtras::default()
+        };
+        let (room, env) = self
+            .room_env(&room_name)
+            .ok_or_else(|| room_unavailable(ErrorCode::RoomNotFound, &room_name))?;
         let mut announce = false;
         if kind.has_membership() && !already {
             room.add_session(caller.sid);
@@ -70,7 +84,9 @@ impl State {
         } else {
             env.users.direct_floor(user)
         };
-        let frame = joined_frame(room, env.users, on_join, id, since, user, perms, floor);
+        let frame = joined_frame(
+            room, env.users, on_join, id, since, user, perms, floor, &extras,
+        );
         if announce {
             self.announce_joined(caller.now, &room_name, user, caller.sid);
         }
@@ -92,6 +108,7 @@ fn joined_frame(
     reader: &UserKey,
     perms: Permissions,
     floor: Option<DateTime<Utc>>,
+    extras: &JoinedExtras,
 ) -> Encoded {
     // A direct room's two users are listed by their current names, as `members` does.
     let direct_members = room
@@ -124,6 +141,7 @@ fn joined_frame(
         gap,
         last_seq,
         reader,
+        extras,
     );
     debug_assert_eq!(
         frame,
@@ -138,7 +156,29 @@ fn joined_frame(
             messages: messages.map(|(m, _)| m.seen_by(reader)).collect(),
             gap,
             last_seq,
+            topic: extras.topic.clone(),
+            slow_mode: extras.slow_mode,
+            role: extras.role,
         })
     );
     frame
+}
+
+impl State {
+    /// What a public room's `joined` carries besides members and messages: its topic,
+    /// its slow mode, and the user's role.
+    fn joined_extras(
+        &self,
+        session: &crate::server::sessions::Session,
+        user: &UserKey,
+        room: &RoomName,
+    ) -> JoinedExtras {
+        let access = self.access.get(room);
+        let role = self.role(session.identity.as_deref(), user, room);
+        JoinedExtras {
+            topic: access.and_then(|a| a.topic.clone()),
+            slow_mode: access.map(|a| a.slow_mode).filter(|s| *s > 0),
+            role: (role > Role::Member).then_some(role),
+        }
+    }
 }

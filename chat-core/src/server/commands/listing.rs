@@ -29,6 +29,7 @@ impl State {
                 members: r.user_count(),
                 direct: !r.kind.has_membership(),
                 last_seq: r.last_delivered,
+                topic: self.access.get(&r.name).and_then(|a| a.topic.clone()),
             })
             .collect();
         if !self.stored.is_empty() {
@@ -41,6 +42,7 @@ impl State {
                     members: kind.direct_user_count().unwrap_or(0),
                     direct: !kind.has_membership(),
                     last_seq,
+                    topic: self.access.get(name).and_then(|a| a.topic.clone()),
                 })
             }));
             rooms.sort_by(|a, b| a.name.cmp(&b.name));

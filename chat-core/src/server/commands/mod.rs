@@ -93,6 +93,12 @@ impl Server {
     /// Runs a decoded frame's command (now, or again once its room is loaded) and
     /// applies its outcome.
     pub(super) fn run_frame(&mut self, now: Now, sid: SessionId, frame: ClientFrame) {
+        if super::moderation::is_moderation(&frame) {
+            let id = frame.request_id();
+            let result = self.moderation_frame(now, sid, frame);
+            self.settle(now, sid, id, true, result);
+            return;
+        }
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -179,6 +185,8 @@ impl State {
             ClientFrame::Members { id, room } => self.list_members(caller, user, id, &room),
             ClientFrame::Typing { room, active } => self.typing(caller, user, &room, active),
             ClientFrame::Hello(_) => Err(already_welcomed()),
+            // Handled by `Server::moderation_frame` before the dispatcher.
+            _ => Err(Reject::new(ErrorCode::InvalidRequest, "not a command here")),
         }
     }
 

@@ -51,6 +51,13 @@ impl State {
         {
             return Err(forbidden(format!("you may not send to {room_name}")));
         }
+        let slow = kind.has_membership();
+        if slow {
+            let who = caller.session.identity.as_deref();
+            if let Some(wait) = self.slow_mode_wait(who, user, &room_name, caller.now.mono) {
+                return Err(self.slow_mode_refusal(&room_name, wait));
+            }
+        }
         if let Err(wait) = caller
             .session
             .sends
@@ -58,6 +65,9 @@ impl State {
         {
             let msg = format!("too many messages; retry in {} ms", wait.as_millis().max(1));
             return Err(Reject::new(ErrorCode::RateLimited, msg));
+        }
+        if slow {
+            self.note_post(user, &room_name, caller.now.mono);
         }
         if !self.rooms.contains_key(&room_name) {
             // A direct room comes into being with its first message: only with a user
