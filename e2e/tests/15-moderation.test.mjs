@@ -1,14 +1,70 @@
-// Moderation in the page: the user who creates a room owns it and moderates it from the
-// member list, with the keyboard alone; the topic is shown to everyone and set by the
-// moderator; the member sees being muted (and a send while muted is refused with a
-// visible reason), then being kicked. Members get no moderation controls.
+// Moderation in the page, in the host app (examples/host_auth.rs, identities from its
+// session cookie): the user who creates a room owns it and moderates it from the member
+// list, with the keyboard alone; the topic is shown to everyone and set by the owner;
+// the member sees being muted (and a send while muted is refused with a visible reason),
+// then being kicked. Members get no moderation controls.
 
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
-import { expectCount, expectExcludes, expectIncludes, expectTexts, openUser, poll, sharedServerUrl, texts, unique, useBrowser } from '../lib/harness.mjs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { after, before, describe, test } from 'node:test';
+import { expectCount, expectExcludes, expectIncludes, expectTexts, openUser, poll, texts, unique, useBrowser } from '../lib/harness.mjs';
 
-const URL = sharedServerUrl();
 const browserOf = useBrowser();
+let app;
+let appUrl;
+
+before(async () => {
+  const bin = process.env.CHAT_HOST_AUTH_BIN;
+  if (!bin) throw new Error('CHAT_HOST_AUTH_BIN is not set: run the tests through e2e/run.sh');
+  app = spawn(bin, ['--addr', '127.0.0.1:0'], {
+    env: { ...process.env, NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  app.stderr.on('data', (d) => {
+    output += d;
+  });
+  appUrl = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`host_auth did not start:\n${output}`)), 30000);
+    app.stdout.on('data', (d) => {
+      output += d;
+      const m = /^listening on (http:\/\/\S+)$/m.exec(output);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    app.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`host_auth exited with ${code}:\n${output}`));
+    });
+  });
+});
+
+after(async () => {
+  if (app && app.exitCode === null && app.signalCode === null) {
+    const exited = once(app, 'exit');
+    app.kill('SIGINT');
+    const timer = setTimeout(() => app.kill('SIGKILL'), 20000);
+    await exited;
+    clearTimeout(timer);
+  }
+});
+
+/** Signs in to the host app, opens its chat and joins (or creates) `room`. */
+async function signInTo(user, room) {
+  const u = await openUser(browserOf(), `${appUrl}/`);
+  await u.page.getByTestId('app-user-name').fill(user);
+  await u.page.getByTestId('app-password').fill(user);
+  await u.page.getByTestId('app-login').click();
+  await poll(() => u.page.url(), (url) => url === `${appUrl}/chat/`, { message: 'the chat page at /chat/' });
+  await u.connected();
+  await u.id('join-room').fill(room);
+  await u.id('join-submit').click();
+  await expectTexts(u.id('room-title'), [room]);
+  return u;
+}
 
 /** A moderation notice in the current room's timeline (its text before the time). */
 const expectNotice = (u, text) =>
@@ -23,13 +79,10 @@ const focused = (u) => u.page.evaluate(() => document.activeElement?.dataset?.te
 describe('moderation', () => {
   test('a moderator sets the topic, mutes and kicks a member; the member sees each, and a muted send is refused', async () => {
     const room = unique('modroom');
-    const mod = await openUser(browserOf(), URL);
-    const modName = unique('Mod');
-    await mod.login(modName, room); // creates the room: its owner
-    const member = await openUser(browserOf(), URL);
-    const memberName = unique('Mem');
-    await member.login(memberName, room);
-    await expectTexts(member.id('room-title'), [room]);
+    const modName = 'alice';
+    const memberName = 'carol';
+    const mod = await signInTo(modName, room); // creates the room: its owner
+    const member = await signInTo(memberName, room);
     await expectIncludes(mod.members(), memberName);
 
     // The member has no moderation controls; the owner has one per other member.
