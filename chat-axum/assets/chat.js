@@ -185,6 +185,17 @@ const ui = {
   historyStatus: $('history-status'),
   jump: $('jump'),
   typing: $('typing'),
+  roomState: $('room-state'),
+  modAlert: $('mod-alert'),
+  modAlertText: $('mod-alert-text'),
+  modAlertClose: $('mod-alert-close'),
+  topicBar: $('topic-bar'),
+  topic: $('room-topic'),
+  topicEdit: $('topic-edit'),
+  topicForm: $('topic-form'),
+  topicInput: $('topic-input'),
+  topicCancel: $('topic-cancel'),
+  topicError: $('topic-error'),
   composerForm: $('composer-form'),
   composer: $('composer'),
   composerLabel: $('composer-label'),
@@ -262,6 +273,12 @@ class Room {
     this.stickBottom = true;
     this.scrollTop = 0;
     this.newBelow = 0;
+    this.role = 'member'; // ours in this room (joined.role, set_role)
+    this.topic = '';
+    this.muted = false; // we are muted here
+    this.mutedUsers = new Set(); // folded names of others muted while we watched
+    this.modOpen = null; // the member whose moderation panel is open
+    this.editingTopic = false;
   }
 
   peerFromName() {
@@ -412,7 +429,11 @@ function render(item) {
   li.dataset.testid = item.kind === 'notice' ? 'notice' : 'marker';
   li.append(dayDivider());
   const p = el('p', 'notice-text');
-  if (item.kind === 'notice') {
+  if (item.kind === 'mod') {
+    li.dataset.testid = 'mod-notice';
+    li.dataset.action = item.action;
+    p.append(document.createTextNode(item.text), document.createTextNode(' · '), timeEl(item.ts));
+  } else if (item.kind === 'notice') {
     p.append(el('bdi', 'who', item.user), document.createTextNode(item.joined ? ' joined' : ' left'));
     p.append(document.createTextNode(' · '), timeEl(item.ts));
     li.dataset.user = item.user;
@@ -766,6 +787,12 @@ function handleFrame(f) {
       return onPresence(f, false);
     case 'typing':
       return onTyping(f);
+    case 'moderated':
+      return onModerated(f);
+    case 'topic':
+      return onTopic(f);
+    case 'done':
+      return onDone(f, req);
     case 'error':
       state.requests.delete(f.id);
       return onError(f, req);
@@ -853,6 +880,8 @@ function onJoined(f, req) {
   room.count = Number.isFinite(f.count) ? f.count : null;
   room.partial = room.count !== null && room.members.length < room.count;
   if (room.direct) learnPeer(room, room.members.find((n) => !isMine(n)));
+  room.role = typeof f.role === 'string' ? f.role : 'member';
+  room.topic = typeof f.topic === 'string' ? f.topic : '';
   const messages = Array.isArray(f.messages) ? f.messages : [];
   const hadCurrent = room.items.some((it) => it.kind === 'msg' && it.key[0] === state.ep);
   const isResync = req?.kind === 'resync';
@@ -1148,6 +1177,7 @@ function onError(f, req) {
     return;
   }
   if (req?.kind === 'send') return onSendError(f, req, code, message);
+  if (req?.kind === 'mod') return onModError(req, code, message);
   if (req?.kind === 'join') {
     ui.joinError.textContent = code === 'invalid_room' ? `That room name is not allowed: ${message}` : message;
     ui.joinRoom.setAttribute('aria-invalid', 'true');
@@ -1181,6 +1211,233 @@ function onError(f, req) {
     return;
   }
   showComposerError(message);
+}
+
+// ---------------------------------------------------------------------------------------
+// Moderation: what moderators did (to us or others), the topic, and our own actions
+
+const MOD_ROLES = new Set(['moderator', 'owner']);
+
+function canModerate(room) {
+  return !!room && !room.direct && room.joined && MOD_ROLES.has(room.role);
+}
+
+/** What a `moderated` frame says, for us (`mine`) or about someone else. */
+function modText(f, room, mine) {
+  const who = String(f.user);
+  const by = typeof f.by === 'string' ? ` by ${f.by}` : '';
+  const why = typeof f.reason === 'string' && f.reason ? `: ${f.reason}` : '';
+  const mins = Number.isFinite(f.minutes) ? f.minutes : null;
+  const span = mins === null ? '' : mins < 60 || mins % 60 ? ` for ${mins} minute${mins === 1 ? '' : 's'}` : ` for ${mins / 60} hour${mins === 60 ? '' : 's'}`;
+  const where = `#${room}`;
+  switch (f.action) {
+    case 'kick':
+      return mine ? `You were removed from ${where}${by}${why}. You may join it again.` : `${who} was removed${by}${why}`;
+    case 'ban':
+      return mine ? `You were banned from ${where}${span || ' for good'}${by}${why}.` : `${who} was banned${span}${by}${why}`;
+    case 'mute':
+      return mine ? `You were muted in ${where}${span}${by}${why}. You can read but not post.` : `${who} was muted${span}${by}${why}`;
+    case 'unmute':
+      return mine ? `You may post in ${where} again.` : `${who} may post again${by}`;
+    case 'unban':
+      return `${who} may come back${by}`;
+    case 'set_role':
+      return mine ? `You are now ${f.role} of ${where}${by}.` : `${who} is now ${f.role}${by}`;
+    default:
+      return null;
+  }
+}
+
+function onModerated(f) {
+  if (typeof f.room !== 'string' || typeof f.user !== 'string') return;
+  if (f.action === 'topic' || f.action === 'slow_mode') return; // told by their own frames
+  const room = state.rooms.get(f.room);
+  const mine = isMine(f.user);
+  const text = modText(f, f.room, mine);
+  if (!text) return;
+  const key = fold(f.user);
+  if (f.action === 'mute') room?.mutedUsers.add(key);
+  if (f.action === 'unmute' || f.action === 'kick' || f.action === 'ban') room?.mutedUsers.delete(key);
+  if (room) {
+    if (mine && f.action === 'mute') room.muted = true;
+    if (mine && f.action === 'unmute') room.muted = false;
+    if (mine && f.action === 'set_role' && typeof f.role === 'string') room.role = f.role;
+    if (room.modOpen && fold(room.modOpen) === key && (f.action === 'kick' || f.action === 'ban')) room.modOpen = null;
+    const now = new Date();
+    changeTimeline(
+      room,
+      () => insertItem(room, { kind: 'mod', key: [state.ep, room.cursor ?? 0, ++room.sub], action: f.action, text, ts: now.toISOString(), date: now }),
+      { live: true },
+    );
+  }
+  // A kick or ban takes us out (`left` follows): say so where it stays visible.
+  if (mine && (f.action === 'kick' || f.action === 'ban')) showModAlert(text);
+  if (room && room === currentRoom()) {
+    renderRoomState();
+    renderTopic();
+    renderMembers();
+    announce(text);
+  }
+}
+
+function showModAlert(text) {
+  ui.modAlertText.textContent = text;
+  ui.modAlert.hidden = false;
+}
+
+function renderRoomState() {
+  const room = currentRoom();
+  const muted = !!room?.muted;
+  ui.roomState.hidden = !muted;
+  ui.roomState.textContent = muted ? `You are muted in #${room.name}: you can read, but your messages are refused.` : '';
+}
+
+function onTopic(f) {
+  const room = state.rooms.get(f.room);
+  if (!room || typeof f.topic !== 'string') return;
+  room.topic = f.topic;
+  const by = typeof f.by === 'string' ? f.by : 'The host';
+  const text = f.topic ? `${by} set the topic: ${f.topic}` : `${by} cleared the topic`;
+  const now = new Date();
+  changeTimeline(
+    room,
+    () => insertItem(room, { kind: 'mod', key: [state.ep, room.cursor ?? 0, ++room.sub], action: 'topic', text, ts: now.toISOString(), date: now }),
+    { live: true },
+  );
+  if (room === currentRoom()) {
+    renderTopic();
+    announce(text);
+  }
+}
+
+function onDone(f, req) {
+  if (req?.kind !== 'mod') return;
+  const room = state.rooms.get(req.room);
+  if (!room) return;
+  if (req.action === 'topic') {
+    room.editingTopic = false;
+    if (room === currentRoom()) {
+      renderTopic();
+      ui.topicEdit.focus();
+    }
+    return;
+  }
+  if (room.modOpen && fold(room.modOpen) === fold(req.user)) room.modOpen = null;
+  if (room === currentRoom()) {
+    renderMembers();
+    // Focus back on the member's entry (or the list, if they are gone).
+    const back = [...ui.memberList.querySelectorAll('[data-testid="mod-toggle"]')].find((b) => b.dataset.user === req.user);
+    (back ?? ui.membersH).focus?.();
+  }
+}
+
+const MOD_ERRORS = {
+  forbidden: 'You may not do that in this room.',
+  user_not_found: 'They are not in this room.',
+  not_member: 'You are not in this room.',
+};
+
+function onModError(req, code, message) {
+  const text = MOD_ERRORS[code] ?? message;
+  const room = state.rooms.get(req.room);
+  if (req.action === 'topic') {
+    ui.topicError.textContent = text;
+    return;
+  }
+  if (room) room.modError = { user: req.user, text };
+  if (room === currentRoom()) renderMembers();
+}
+
+/** Sends a moderator's command about `user` (or the topic) for the current room. */
+function moderate(action, fields) {
+  const room = currentRoom();
+  if (!canModerate(room)) return;
+  room.modError = null;
+  const frame = { type: action, room: room.name, ...fields };
+  if (!request(frame, { kind: 'mod', room: room.name, user: fields.user ?? null, action })) {
+    const text = 'Not connected: try again when the chat is back.';
+    if (action === 'topic') ui.topicError.textContent = text;
+    else {
+      room.modError = { user: fields.user, text };
+      renderMembers();
+    }
+  }
+}
+
+function modPanel(room, name) {
+  const panel = el('div', 'mod-panel');
+  panel.id = `mod-panel-${fold(name)}`;
+  panel.dataset.testid = 'mod-panel';
+  panel.dataset.user = name;
+  panel.setAttribute('role', 'group');
+  panel.setAttribute('aria-label', `Moderate ${name}`);
+  const reasonId = `mod-reason-${fold(name)}`;
+  const label = el('label', 'mod-label', 'Reason (optional)');
+  label.htmlFor = reasonId;
+  const reason = el('input', 'mod-reason');
+  reason.id = reasonId;
+  reason.maxLength = 200;
+  reason.dataset.testid = 'mod-reason';
+  const withReason = (extra = {}) => {
+    const r = reason.value.trim();
+    return r ? { user: name, reason: r, ...extra } : { user: name, ...extra };
+  };
+  const button = (text, testid, onClick) => {
+    const b = el('button', 'btn btn-small mod-btn', text);
+    b.type = 'button';
+    b.dataset.testid = testid;
+    b.addEventListener('click', onClick);
+    return b;
+  };
+  const muted = room.mutedUsers.has(fold(name));
+  const mute = muted
+    ? button('Unmute', 'mod-unmute', () => moderate('unmute', { user: name }))
+    : button('Mute', 'mod-mute', () => moderate('mute', withReason()));
+  mute.setAttribute('aria-label', `${muted ? 'Unmute' : 'Mute'} ${name}`);
+  const kick = button('Kick', 'mod-kick', () => moderate('kick', withReason()));
+  kick.setAttribute('aria-label', `Kick ${name} out of #${room.name}`);
+  const lengthId = `mod-length-${fold(name)}`;
+  const lengthLabel = el('label', 'sr-only', 'Ban length');
+  lengthLabel.htmlFor = lengthId;
+  const length = el('select', 'mod-length');
+  length.id = lengthId;
+  length.dataset.testid = 'mod-ban-length';
+  for (const [value, text] of [['10', '10 minutes'], ['60', '1 hour'], ['1440', '1 day'], ['', 'for good']]) {
+    const o = el('option', null, text);
+    o.value = value;
+    length.append(o);
+  }
+  const ban = button('Ban', 'mod-ban', () => moderate('ban', withReason(length.value ? { minutes: Number(length.value) } : {})));
+  ban.setAttribute('aria-label', `Ban ${name} from #${room.name}`);
+  const row = el('div', 'mod-row');
+  row.append(mute, kick, lengthLabel, length, ban);
+  const error = el('p', 'form-error mod-error', room.modError && fold(room.modError.user ?? '') === fold(name) ? room.modError.text : '');
+  error.dataset.testid = 'mod-error';
+  error.setAttribute('role', 'alert');
+  panel.append(label, reason, row, error);
+  panel.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      room.modOpen = null;
+      room.modError = null;
+      renderMembers();
+      [...ui.memberList.querySelectorAll('[data-testid="mod-toggle"]')].find((b) => b.dataset.user === name)?.focus();
+    }
+  });
+  return panel;
+}
+
+function renderTopic() {
+  const room = currentRoom();
+  const show = !!room && !room.direct;
+  const can = canModerate(room);
+  ui.topicBar.hidden = !show || (!room.topic && !can);
+  ui.topic.textContent = room?.topic ?? '';
+  ui.topic.hidden = !room?.topic;
+  ui.topicEdit.hidden = !can || room.editingTopic;
+  ui.topicEdit.textContent = room?.topic ? 'Edit topic' : 'Set a topic';
+  ui.topicForm.hidden = !can || !room.editingTopic;
+  if (!room?.editingTopic) ui.topicError.textContent = '';
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1290,7 +1547,7 @@ function onSendError(f, req, code, message) {
     user_not_found: `Not sent: ${p.to ?? 'they'} is not online.`,
     body_too_large: `Not sent: longer than ${state.limits.max_body_bytes} bytes.`,
     invalid_body: 'Not sent: empty message.',
-    forbidden: 'Not sent: you may not post in this room.',
+    forbidden: state.rooms.get(p.room)?.muted ? 'Not sent: you are muted in this room.' : 'Not sent: you may not post in this room.',
   };
   setPendingStatus(p, reasons[code] ?? `Not sent: ${message}`, true);
 }
@@ -1412,6 +1669,14 @@ function renderMembers() {
   const count = room && Number.isFinite(room.count) ? room.count : members.length;
   ui.membersH.textContent = room?.direct ? 'In this conversation' : 'People here';
   ui.roomCount.textContent = room && !room.direct ? `${count} ${count === 1 ? 'person' : 'people'}` : '';
+  // An open moderation panel keeps what was typed and where focus was across a redraw.
+  const oldPanel = ui.memberList.querySelector('[data-testid="mod-panel"]');
+  const kept = oldPanel && {
+    user: oldPanel.dataset.user,
+    reason: oldPanel.querySelector('.mod-reason')?.value ?? '',
+    length: oldPanel.querySelector('.mod-length')?.value ?? '',
+    focus: oldPanel.contains(document.activeElement) ? document.activeElement.dataset.testid : null,
+  };
   ui.memberList.replaceChildren(
     ...members.map((name) => {
       const li = el('li');
@@ -1434,7 +1699,34 @@ function renderMembers() {
         node.append(hint);
         node.addEventListener('click', () => openDm(name));
       }
+      if (room && !room.direct && (mine ? room.muted : room.mutedUsers.has(fold(name)))) {
+        const tag = el('span', 'muted-tag', 'muted');
+        tag.dataset.testid = 'muted-tag';
+        node.append(tag);
+      }
       li.append(node);
+      if (!mine && canModerate(room)) {
+        const open = room.modOpen !== null && fold(room.modOpen) === fold(name);
+        li.classList.add('moderatable');
+        const toggle = el('button', 'icon-btn mod-toggle', '⋯');
+        toggle.type = 'button';
+        toggle.dataset.testid = 'mod-toggle';
+        toggle.dataset.user = name;
+        toggle.title = `Moderate ${name}`;
+        toggle.setAttribute('aria-label', `Moderate ${name}`);
+        toggle.setAttribute('aria-expanded', String(open));
+        toggle.setAttribute('aria-controls', `mod-panel-${fold(name)}`);
+        toggle.addEventListener('click', () => {
+          room.modOpen = open ? null : name;
+          room.modError = null;
+          renderMembers();
+          const panel = ui.memberList.querySelector(`[data-testid="mod-panel"][data-user="${CSS.escape(name)}"]`);
+          if (panel) panel.querySelector('input')?.focus();
+          else [...ui.memberList.querySelectorAll('[data-testid="mod-toggle"]')].find((b) => b.dataset.user === name)?.focus();
+        });
+        li.append(toggle);
+        if (open) li.append(modPanel(room, name));
+      }
       return li;
     }),
   );
@@ -1447,6 +1739,12 @@ function renderMembers() {
     more.addEventListener('click', () => moreMembers(room));
     li.append(more);
     ui.memberList.append(li);
+  }
+  const panel = ui.memberList.querySelector('[data-testid="mod-panel"]');
+  if (kept && panel && panel.dataset.user === kept.user) {
+    panel.querySelector('.mod-reason').value = kept.reason;
+    panel.querySelector('.mod-length').value = kept.length;
+    if (kept.focus) panel.querySelector(`[data-testid="${kept.focus}"]`)?.focus();
   }
 }
 
@@ -1512,6 +1810,8 @@ function selectRoom(name, { focus = false } = {}) {
   ui.jump.hidden = room.newBelow === 0 || room.stickBottom;
   markRead(room);
   renderMembers();
+  renderRoomState();
+  renderTopic();
   renderTyping();
   renderRoomList();
   closeDrawers();
@@ -1529,6 +1829,8 @@ function showNoRoom() {
   ui.chat.classList.add('no-room');
   ui.typing.replaceChildren();
   renderMembers();
+  renderRoomState();
+  renderTopic();
   updateHistoryControls();
   ui.historyStatus.textContent = 'You are not in any room. Join or create one from the room list.';
   renderRoomList();
@@ -1832,6 +2134,36 @@ ui.logout.addEventListener('click', () => {
   showLogin();
 });
 
+ui.modAlertClose.addEventListener('click', () => {
+  ui.modAlert.hidden = true;
+  ui.composer.focus();
+});
+ui.topicEdit.addEventListener('click', () => {
+  const room = currentRoom();
+  if (!canModerate(room)) return;
+  room.editingTopic = true;
+  ui.topicInput.value = room.topic;
+  ui.topicError.textContent = '';
+  renderTopic();
+  ui.topicInput.focus();
+});
+ui.topicForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  moderate('topic', { topic: ui.topicInput.value.trim() });
+});
+function cancelTopic() {
+  const room = currentRoom();
+  if (room) room.editingTopic = false;
+  renderTopic();
+  ui.topicEdit.focus();
+}
+ui.topicCancel.addEventListener('click', cancelTopic);
+ui.topicForm.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape') {
+    e.preventDefault();
+    cancelTopic();
+  }
+});
 ui.toggleRooms.addEventListener('click', () => toggleDrawer('rooms'));
 ui.toggleMembers.addEventListener('click', () => toggleDrawer('members'));
 ui.scrim.addEventListener('click', closeDrawers);

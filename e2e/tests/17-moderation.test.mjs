@@ -1,0 +1,160 @@
+// Moderation in the page, in the host app (examples/host_auth.rs, identities from its
+// session cookie): the user who creates a room owns it and moderates it from the member
+// list, with the keyboard alone; the topic is shown to everyone and set by the owner;
+// the member sees being muted (and a send while muted is refused with a visible reason),
+// then being kicked. Members get no moderation controls.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { after, before, describe, test } from 'node:test';
+import { expectCount, expectExcludes, expectIncludes, expectTexts, openUser, poll, texts, unique, useBrowser } from '../lib/harness.mjs';
+
+const browserOf = useBrowser();
+let app;
+let appUrl;
+
+before(async () => {
+  const bin = process.env.CHAT_HOST_AUTH_BIN;
+  if (!bin) throw new Error('CHAT_HOST_AUTH_BIN is not set: run the tests through e2e/run.sh');
+  app = spawn(bin, ['--addr', '127.0.0.1:0'], {
+    env: { ...process.env, NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  app.stderr.on('data', (d) => {
+    output += d;
+  });
+  appUrl = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`host_auth did not start:\n${output}`)), 30000);
+    app.stdout.on('data', (d) => {
+      output += d;
+      const m = /^listening on (http:\/\/\S+)$/m.exec(output);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    app.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`host_auth exited with ${code}:\n${output}`));
+    });
+  });
+});
+
+after(async () => {
+  if (app && app.exitCode === null && app.signalCode === null) {
+    const exited = once(app, 'exit');
+    app.kill('SIGINT');
+    const timer = setTimeout(() => app.kill('SIGKILL'), 20000);
+    await exited;
+    clearTimeout(timer);
+  }
+});
+
+/** Signs in to the host app, opens its chat and joins (or creates) `room`. */
+async function signInTo(user, room) {
+  const u = await openUser(browserOf(), `${appUrl}/`);
+  await u.page.getByTestId('app-user-name').fill(user);
+  await u.page.getByTestId('app-password').fill(user);
+  await u.page.getByTestId('app-login').click();
+  await poll(() => u.page.url(), (url) => url === `${appUrl}/chat/`, { message: 'the chat page at /chat/' });
+  await u.connected();
+  await u.id('join-room').fill(room);
+  await u.id('join-submit').click();
+  await expectTexts(u.id('room-title'), [room]);
+  return u;
+}
+
+/** A moderation notice in the current room's timeline (its text before the time). */
+const expectNotice = (u, text) =>
+  poll(
+    () => texts(u.page.locator('#timeline-host [data-testid="mod-notice"] .notice-text')),
+    (v) => v.some((t) => t.startsWith(`${text} · `)),
+    { message: `notice ${JSON.stringify(text)}` },
+  );
+
+const focused = (u) => u.page.evaluate(() => document.activeElement?.dataset?.testid ?? document.activeElement?.id ?? null);
+
+describe('moderation', () => {
+  test('a moderator sets the topic, mutes and kicks a member; the member sees each, and a muted send is refused', async () => {
+    const room = unique('modroom');
+    const modName = 'alice';
+    const memberName = 'carol';
+    const mod = await signInTo(modName, room); // creates the room: its owner
+    const member = await signInTo(memberName, room);
+    await expectIncludes(mod.members(), memberName);
+
+    // The member has no moderation controls; the owner has one per other member.
+    await expectCount(member.page.getByTestId('mod-toggle'), 0, 'no controls for a member');
+    assert.equal(await member.id('topic-edit').isVisible(), false, 'a member cannot set the topic');
+    const toggle = mod.page.locator(`[data-testid="mod-toggle"][data-user="${memberName}"]`);
+    await toggle.waitFor();
+    await expectCount(mod.page.locator(`[data-testid="mod-toggle"][data-user="${modName}"]`), 0, 'none for oneself');
+
+    // The topic, set with the keyboard, shown to both.
+    await mod.id('topic-edit').focus();
+    await mod.page.keyboard.press('Enter');
+    await poll(() => focused(mod), (v) => v === 'topic-input', { message: 'focus in the topic field' });
+    await mod.page.keyboard.type('Be kind to each other');
+    await mod.page.keyboard.press('Enter');
+    await expectTexts(mod.id('room-topic'), ['Be kind to each other']);
+    await expectTexts(member.id('room-topic'), ['Be kind to each other']);
+    await poll(() => focused(mod), (v) => v === 'topic-edit', { message: 'focus back on the topic button' });
+
+    // Mute, with the keyboard: open the member's panel, give a reason, press Mute.
+    await member.say('first words');
+    await mod.waitForBody('first words');
+    await toggle.focus();
+    await mod.page.keyboard.press('Enter');
+    assert.equal(await toggle.getAttribute('aria-expanded'), 'true');
+    await poll(() => focused(mod), (v) => v === 'mod-reason', { message: 'focus in the reason field' });
+    await mod.page.keyboard.type('too loud');
+    await mod.page.keyboard.press('Tab');
+    assert.equal(await focused(mod), 'mod-mute');
+    await mod.page.keyboard.press('Enter');
+
+    // The member sees it: a status line, a notice, the tag in the member list.
+    await expectTexts(member.id('room-state'), [`You are muted in #${room}: you can read, but your messages are refused.`]);
+    await expectNotice(member, `You were muted in #${room} by ${modName}: too loud. You can read but not post.`);
+    await member.page.locator(`[data-testid="member"][data-user="${memberName}"] [data-testid="muted-tag"]`).waitFor();
+    await mod.page.locator(`[data-testid="member"][data-user="${memberName}"] [data-testid="muted-tag"]`).waitFor();
+    await poll(() => mod.page.getByTestId('mod-panel').count(), (n) => n === 0, { message: 'the panel closes when done' });
+    await poll(() => focused(mod), (v) => v === 'mod-toggle', { message: 'focus back on the member' });
+
+    // The muted member's send is refused, visibly, and nobody gets it.
+    await member.say('can I still talk?');
+    await member.page.getByTestId('msg-status').filter({ hasText: 'Not sent: you are muted in this room.' }).waitFor();
+    await mod.say('moderator here');
+    await member.waitForBody('moderator here');
+    await mod.waitForBody('moderator here');
+    await expectExcludes(mod.bodies(), 'can I still talk?');
+
+    // Kick, with the keyboard, with a reason.
+    await toggle.focus();
+    await mod.page.keyboard.press('Enter');
+    await poll(() => focused(mod), (v) => v === 'mod-reason', { message: 'focus in the reason field' });
+    await mod.page.keyboard.type('take a break');
+    await mod.page.getByTestId('mod-kick').focus();
+    await mod.page.keyboard.press('Enter');
+
+    // The member sees being kicked: an alert that stays, and the room gone.
+    await expectTexts(member.id('mod-alert-text'), [`You were removed from #${room} by ${modName}: take a break. You may join it again.`]);
+    assert.equal(await member.id('mod-alert').isVisible(), true);
+    await poll(
+      () => member.page.locator('[data-testid="room-list"] [data-testid="room"]').evaluateAll((els) => els.map((e) => e.dataset.room)),
+      (rooms) => !rooms.includes(room),
+      { message: `${room} gone from the member's rooms` },
+    );
+    // The moderator sees them leave, and the notice.
+    await expectExcludes(mod.members(), memberName);
+    await expectNotice(mod, `${memberName} was removed by ${modName}: take a break`);
+    // Dismissed with the keyboard.
+    await member.id('mod-alert-close').focus();
+    await member.page.keyboard.press('Enter');
+    assert.equal(await member.id('mod-alert').isVisible(), false);
+
+    await mod.check();
+    await member.check();
+  });
+});
