@@ -11,7 +11,8 @@ use std::time::Duration;
 use chat_core::protocol::{ErrorCode, Message, ServerFrame};
 use chat_core::testing::Sim;
 use chat_core::{
-    Announced, Appended, Config, Input, LoadedRoom, RoomName, Seq, StoreError, UserKey, UserName,
+    Announced, Appended, Config, Identity, Input, LoadedRoom, Permissions, RoomName, Seq,
+    SharedPolicy, StoreError, UserKey, UserName,
 };
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -624,6 +625,55 @@ fn a_trimmed_log_is_an_explicit_gap() {
         seen(&mut c.nodes[1], 2),
         ["m1:m1", "gap..3", "m4:m4", "m5:m5", "m6:m6"]
     );
+}
+
+/// The gap a trimmed log causes is a `joined` frame: a session that may not see the
+/// room's presence gets it without the members, the others with them.
+#[test]
+fn a_trimmed_log_s_gap_shows_members_only_to_who_may_see_them() {
+    let mut c = Cluster::new(2);
+    c.nodes[1] = Sim::with(Config {
+        node: 2,
+        room_policy: Some(SharedPolicy::new(
+            |who: &Identity, _: &RoomName, rules: Permissions| Permissions {
+                presence: who.user != "bob",
+                ..rules
+            },
+        )),
+        ..config()
+    });
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.hello(1, 3, "carol");
+    c.nodes[1].clear();
+    for i in 1..=5 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.commit_all();
+    c.ring(1, 1);
+    c.bells[1].clear();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.trimmed_below.insert(room, Seq(4));
+    send(&mut c.nodes[0], 1, 6, "m6", None);
+    c.settle();
+    let gap_members = |sim: &mut Sim, s: u64| {
+        sim.take(s)
+            .into_iter()
+            .find_map(|f| match f {
+                ServerFrame::Joined {
+                    gap: true, members, ..
+                } => Some(
+                    members
+                        .iter()
+                        .map(|m| m.as_str().to_owned())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .expect("a gap")
+    };
+    assert_eq!(gap_members(&mut c.nodes[1], 2), Vec::<String>::new());
+    assert_eq!(gap_members(&mut c.nodes[1], 3), ["alice", "bob", "carol"]);
 }
 
 /// Shutdown waits for appends the log has not answered.

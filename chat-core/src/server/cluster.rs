@@ -194,19 +194,34 @@ impl Room {
             self.deliver_entry(env, msg);
         }
         self.cut(lost);
-        let frame = Encoded::new(&ServerFrame::Joined {
-            id: None,
-            room: self.name.clone(),
-            members: self.member_list(env.users),
-            count: None,
-            messages: Vec::new(),
-            gap: true,
-            last_seq: lost,
-            topic: None,
-            slow_mode: None,
-            role: None,
-        });
-        env.fan_out(self, &frame, None, None);
+        let gap = |members| {
+            Encoded::new(&ServerFrame::Joined {
+                id: None,
+                room: self.name.clone(),
+                members,
+                count: None,
+                messages: Vec::new(),
+                gap: true,
+                last_seq: lost,
+                topic: None,
+                slow_mode: None,
+                role: None,
+            })
+        };
+        // Sessions that may not see the room's presence get the gap without its members.
+        let blind: Vec<SessionId> = self.blind.iter().copied().collect();
+        let recipients = self.recipients(env.users);
+        if !blind.is_empty() {
+            let sighted: Vec<SessionId> = recipients
+                .iter()
+                .copied()
+                .filter(|s| !self.blind.contains(s))
+                .collect();
+            env.out
+                .fan_out(recipients.clone(), &gap(Vec::new()), sighted);
+        }
+        env.out
+            .fan_out(recipients, &gap(self.member_list(env.users)), blind);
         self.presence.listed();
     }
 }

@@ -96,8 +96,7 @@ impl State {
         };
         let first_page = env.config.presence_threshold.min(MEMBERS_PAGE);
         let frame = joined_frame(
-            room, env.users, on_join, id, since, user, perms, floor, listing, first_page,
-            &extras,
+            room, env.users, on_join, id, since, user, perms, floor, listing, first_page, &extras,
         );
         if listing == Listing::Counted || listing == Listing::FirstPage {
             // This session now holds the list as it is (see `Coalescer`); its own user's
