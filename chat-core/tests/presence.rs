@@ -661,6 +661,35 @@ fn version_2_members_get_one_coalesced_presence_frame_per_tick() {
     sim.expect_nothing(1);
 }
 
+/// The joins and leaves of one tick are listed in the order they happened, as version 1
+/// announces them one by one (a page shows "zoe joined", then "amy joined"), not sorted.
+#[test]
+fn a_tick_lists_its_changes_in_the_order_they_happened() {
+    let mut sim = Sim::new();
+    sim.hello_v2(1, "mia");
+    for (s, name) in [(2, "zoe"), (3, "bob"), (4, "amy"), (5, "kim")] {
+        sim.hello_v2(s, name);
+    }
+    sim.advance(TICK);
+    sim.clear();
+    for (s, name) in [(6, "yan"), (7, "cal"), (8, "ann")] {
+        sim.hello_v2(s, name);
+    }
+    for s in [5, 2, 4] {
+        sim.say(s, json!({"type":"leave","id":1,"room":"general"}));
+    }
+    sim.advance(TICK);
+    assert_eq!(
+        diffs(&sim.take(1)),
+        [(
+            s(&["yan", "cal", "ann"]),
+            s(&["kim", "zoe", "amy"]),
+            None,
+            5
+        )]
+    );
+}
+
 /// A member who comes and goes while a version-2 session joins is told to that session
 /// (its `joined` listed them), so every view converges; `welcome` names the version.
 #[test]

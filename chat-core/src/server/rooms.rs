@@ -238,10 +238,13 @@ impl Coalescer {
         self.listed = self.clock;
     }
 
-    /// The tick: who joined and who left since the last one (in key order), forgotten.
+    /// The tick: who joined and who left since the last one, each in the order the
+    /// changes happened (as version 1 announces them), forgotten.
     pub fn take(&mut self) -> (Vec<UserName>, Vec<UserName>) {
         let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-        for (_, c) in std::mem::take(&mut self.changed) {
+        let mut changed: Vec<Change> = std::mem::take(&mut self.changed).into_values().collect();
+        changed.sort_unstable_by_key(|c| c.at);
+        for c in changed {
             if c.now != c.was || c.seen {
                 if c.now { &mut joins } else { &mut leaves }.push(c.name);
             }
