@@ -8,7 +8,8 @@
 # Builds what it needs (release), then for each size and round runs each server fresh,
 # pinned to core BENCH_SERVER_CPU [0], the load tool to BENCH_LOAD_CPU [1]; every run is
 # bounded (--setup-secs, timeout). Results: target/bench/presence.jsonl, and the table
-# on stdout (`load report`). Rounds: PRESENCE_ROUNDS [1].
+# on stdout (`load report`). Rounds: PRESENCE_ROUNDS [1]. PRESENCE_SIO_STORM [1]: also
+# socketioxide's own storm ("" = skip; with 1,000 clients it may use its whole bound).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${BENCH_IN_SESSION:-}" ] && command -v setsid > /dev/null; then
@@ -18,6 +19,7 @@ fi
 echo -10 2> /dev/null > /proc/self/autogroup || true
 : "${PRESENCE_CLIENTS:=1000 3000}"
 : "${PRESENCE_ROUNDS:=1}"
+: "${PRESENCE_SIO_STORM=1}"
 : "${BENCH_SERVER_CPU:=0}"
 : "${BENCH_LOAD_CPU:=1}"
 : "${BENCH_PORT:=5700}"
@@ -72,8 +74,12 @@ for _ in $(seq "$PRESENCE_ROUNDS"); do
   for n in $PRESENCE_CLIENTS; do
     run ours-v1 ours chat storm --clients "$n" --protocol-version 1
     run ours-v2 ours chat storm --clients "$n" --protocol-version 2
+    # Connections without a room, for both: the rate the target compares against.
+    run ours ours chat idle --clients "$n"
     run socketioxide socketioxide sio idle --clients "$n"
-    run socketioxide socketioxide sio storm --clients "$n"
+    if [ -n "$PRESENCE_SIO_STORM" ]; then
+      run socketioxide socketioxide sio storm --clients "$n"
+    fi
   done
 done
 echo "end $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
