@@ -1283,7 +1283,10 @@ async fn storm(target: &Target, clients: usize) -> Outcome {
         out.secs = took.as_secs_f64();
         out.connects_per_s = Some(out.ready as f64 / took.as_secs_f64().max(1e-9));
         if settled {
-            let settle = shared.last_frame.get().saturating_duration_since(last_joined);
+            let settle = shared
+                .last_frame
+                .get()
+                .saturating_duration_since(last_joined);
             out.settle_s = Some(settle.as_secs_f64());
         }
     }
@@ -1306,7 +1309,10 @@ async fn storm(target: &Target, clients: usize) -> Outcome {
         ));
     }
     if !settled {
-        notes.push(format!("frames still arriving after {:.0} s", limit.as_secs_f64()));
+        notes.push(format!(
+            "frames still arriving after {:.0} s",
+            limit.as_secs_f64()
+        ));
     }
     // Whether every client's view converged on the whole room (member list plus notices,
     // or version 2's count).

@@ -158,7 +158,10 @@ fn body_time(text: &str) -> Option<u64> {
 /// The room's member count of a `joined` reply: `count` when present (version 2), else the
 /// length of `members`.
 fn members(json: &str, pick: impl Fn(serde_json::Value) -> serde_json::Value) -> usize {
-    let Some(v) = serde_json::from_str::<serde_json::Value>(json).ok().map(pick) else {
+    let Some(v) = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .map(pick)
+    else {
         return 0;
     };
     if let Some(n) = v.get("count").and_then(serde_json::Value::as_u64) {
@@ -216,7 +219,8 @@ mod tests {
     #[test]
     fn classifies_version_2_presence() {
         // At or below the threshold: joins and leaves, and the count after them.
-        let p = r#"{"type":"presence","room":"general","joins":["bob","dave"],"leaves":[],"count":3}"#;
+        let p =
+            r#"{"type":"presence","room":"general","joins":["bob","dave"],"leaves":[],"count":3}"#;
         assert_eq!(Proto::Chat.classify(p), In::Presence(Some(3)));
         // Above it: the count only.
         let p = r#"{"type":"presence","room":"general","count":2417}"#;
