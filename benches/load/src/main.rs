@@ -275,7 +275,8 @@ pub struct Outcome {
     pub max_us: Option<f64>,
     /// Server CPU seconds in the measured phase.
     pub server_cpu_s: f64,
-    /// Server CPU microseconds per delivery (or per connection for idle, per notice for join).
+    /// Server CPU microseconds per delivery (or per connection for idle, per notice for join,
+    /// per client joined for storm).
     pub server_cpu_us_per_unit: Option<f64>,
     /// Server CPU time over wall time in the measured phase (1.0 = one core busy).
     pub server_util: f64,
