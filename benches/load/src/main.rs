@@ -12,6 +12,7 @@
 //! load rooms  --label ours --addr 127.0.0.1:5000 --rooms 200 --members 5 --rate 2000
 //! load idle   --label ours --addr 127.0.0.1:5000 --clients 5000
 //! load join   --label ours --addr 127.0.0.1:5000 --clients 1000
+//! load storm  --label ours --addr 127.0.0.1:5000 --clients 3000 --protocol-version 2
 //! load durable --label ours --addr 127.0.0.1:5000 --clients 100   (a server with a store)
 //! load floor  --clients 100 --rate 200   (the machine's floor: no server, see floor.rs)
 //! load report results.jsonl > table.md
@@ -147,6 +148,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
     },
+    /// Connect storm: N clients connect and join one room as fast as they can (each logs
+    /// in as soon as its socket is open): connections per second (first connect to last
+    /// `joined`), then the settle time (from the last `joined` to the last frame any
+    /// client received before 0.5 s without one).
+    Storm {
+        #[command(flatten)]
+        target: Target,
+        /// Clients.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+    },
     /// The machine's floor for the fixed-rate fanout: one thread on the server's core
     /// writes each message to every recipient socket, no server involved.
     Floor {
@@ -191,6 +203,11 @@ struct Target {
     /// them in turn (client i on address i mod n: the nodes of a cluster).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:5000")]
     addr: Vec<String>,
+    /// Our protocol version to ask for in `hello`: 1 (per-user `user_joined`, the N² join
+    /// path; the default, so older figures stay comparable) or 2 (coalesced `presence`
+    /// frames, `count` in `joined`). Ignored for Socket.IO.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    protocol_version: u8,
     /// WebSocket path (default: `/ws`, or the Socket.IO path).
     #[arg(long)]
     path: Option<String>,
@@ -258,7 +275,8 @@ pub struct Outcome {
     pub max_us: Option<f64>,
     /// Server CPU seconds in the measured phase.
     pub server_cpu_s: f64,
-    /// Server CPU microseconds per delivery (or per connection for idle, per notice for join).
+    /// Server CPU microseconds per delivery (or per connection for idle, per notice for join,
+    /// per client joined for storm).
     pub server_cpu_us_per_unit: Option<f64>,
     /// Server CPU time over wall time in the measured phase (1.0 = one core busy).
     pub server_util: f64,
@@ -273,8 +291,16 @@ pub struct Outcome {
     pub rss_kib: Option<(u64, u64)>,
     /// Connections per second (idle: all N connected and logged in, over the time taken).
     pub connects_per_s: Option<f64>,
-    /// Seconds until every client heard of every other (join).
+    /// Seconds until every client heard of every other (join); from the first connect to
+    /// the last `joined` (storm).
     pub join_s: Option<f64>,
+    /// Storm: seconds from the last `joined` to the last frame any client received
+    /// before 0.5 s of quiet.
+    #[serde(default)]
+    pub settle_s: Option<f64>,
+    /// Storm: text frames the clients received in all.
+    #[serde(default)]
+    pub frames: u64,
     /// Join notices received (join).
     pub notices: u64,
     /// Server processes (the nodes of a cluster; 1 for a single server).
@@ -411,6 +437,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let o = join(&target, clients).await;
             (target, o)
         }
+        Command::Storm { target, clients } => {
+            let o = storm(&target, clients).await;
+            (target, o)
+        }
         Command::Report { .. } | Command::Floor { .. } => unreachable!("handled in main"),
     };
     emit(&outcome, target.out.as_deref())
@@ -471,6 +501,8 @@ struct ClientSpec {
 /// State shared by every client task (one thread: cells, no locks).
 struct Shared {
     proto: Proto,
+    /// Our protocol version (`hello`); 1 for Socket.IO.
+    version: u8,
     epoch: Instant,
     /// One per server address; client i uses entry i mod n.
     urls: Vec<String>,
@@ -480,6 +512,12 @@ struct Shared {
     failed: Cell<usize>,
     welcomed: Cell<usize>,
     joined: Cell<usize>,
+    /// When the latest `joined` arrived.
+    joined_at: Cell<Option<Instant>>,
+    /// Text frames received, of any kind.
+    frames: Cell<u64>,
+    /// When the latest text frame of any kind arrived.
+    last_frame: Cell<Instant>,
     /// Clients that heard of every other member of their room.
     complete: Cell<usize>,
     complete_at: Cell<Option<Instant>>,
@@ -519,6 +557,10 @@ impl Shared {
         let now = Instant::now();
         Rc::new(Shared {
             proto: target.proto,
+            version: match target.proto {
+                Proto::Chat => target.protocol_version,
+                Proto::Sio => 1,
+            },
             epoch: now,
             urls: target
                 .addr
@@ -531,6 +573,9 @@ impl Shared {
             failed: Cell::new(0),
             welcomed: Cell::new(0),
             joined: Cell::new(0),
+            joined_at: Cell::new(None),
+            frames: Cell::new(0),
+            last_frame: Cell::new(now),
             complete: Cell::new(0),
             complete_at: Cell::new(None),
             notices: Cell::new(0),
@@ -655,8 +700,8 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
     loop {
         if !logged_in && *login.borrow() {
             let frame = match &spec.login {
-                Login::Room(r) => shared.proto.login(&name, Some(r)),
-                _ => shared.proto.login(&name, None),
+                Login::Room(r) => shared.proto.login(shared.version, &name, Some(r)),
+                _ => shared.proto.login(shared.version, &name, None),
             };
             ws.send(Message::text(frame)).await?;
             logged_in = true;
@@ -704,6 +749,8 @@ async fn session(shared: &Shared, mut ws: Ws, spec: ClientSpec) -> anyhow::Resul
                 loop {
                     match next {
                         Some(Ok(Message::Text(text))) => {
+                            shared.frames.set(shared.frames.get() + 1);
+                            shared.last_frame.set(at);
                             got |= receive(shared, &mut ws, &text, now, &mut known, &mut has_joined, &mut mine).await?;
                         }
                         Some(Ok(Message::Close(_))) | None => {
@@ -781,8 +828,22 @@ async fn receive(
         }
         In::Joined(members) => {
             inc(&shared.joined);
+            // The batch's arrival time, the clock `last_frame` uses too.
+            shared
+                .joined_at
+                .set(Some(shared.epoch + Duration::from_nanos(now)));
             *has_joined = true;
-            *known += members.saturating_sub(1);
+            if shared.version >= 2 {
+                // Version 2's `count` is the room's size, not a delta.
+                *known = members.saturating_sub(1);
+            } else {
+                *known += members.saturating_sub(1);
+            }
+        }
+        In::Presence(count) => {
+            if let Some(count) = count {
+                *known = count.saturating_sub(1);
+            }
         }
         In::UserJoined => {
             shared.notices.set(shared.notices.get() + 1);
@@ -1177,5 +1238,94 @@ async fn join(target: &Target, clients: usize) -> Outcome {
     }
     out.dropped = shared.dropped.get();
     out.errors = shared.errors.get();
+    out
+}
+
+/// Connect storm: N clients connect and join one room at once, each logging in as soon as
+/// its socket is open (at most `--concurrency` connection attempts in flight).
+async fn storm(target: &Target, clients: usize) -> Outcome {
+    let mut out = base(target, "storm", clients);
+    let version = match target.proto {
+        Proto::Chat => format!(", protocol version {}", target.protocol_version),
+        Proto::Sio => String::new(),
+    };
+    out.params = format!("{clients} clients connect into one room{version}");
+    let (_login_tx, login_rx) = watch::channel(true);
+    let (_go_tx, go_rx) = watch::channel(false);
+    let shared = Shared::new(target, 0, login_rx, go_rx);
+    let specs = (0..clients)
+        .map(|idx| ClientSpec {
+            idx,
+            login: Login::Room("general".into()),
+            room_size: clients,
+            pace: None,
+            slot: None,
+        })
+        .collect();
+    let pid = pids(target);
+    let s0 = Snapshot::take(&pid);
+    spawn_clients(&shared, specs, target.concurrency);
+    let limit = Duration::from_secs_f64(target.setup_secs);
+    let all = wait_until(limit, || {
+        shared.joined.get() + shared.failed.get() >= clients || shared.errors.get() > 0
+    })
+    .await;
+    let last_joined = shared.joined_at.get();
+    // Settled: no frame at any client for 0.5 s (bounded by the same limit).
+    let quiet = Duration::from_millis(500);
+    let settled = wait_until(limit, || shared.last_frame.get().elapsed() >= quiet).await;
+    let s1 = Snapshot::take(&pid);
+    out.ready = shared.joined.get();
+    out.notices = shared.notices.get();
+    out.frames = shared.frames.get();
+    if let Some(last_joined) = last_joined {
+        let took = last_joined.saturating_duration_since(s0.at);
+        out.join_s = Some(took.as_secs_f64());
+        out.secs = took.as_secs_f64();
+        out.connects_per_s = Some(out.ready as f64 / took.as_secs_f64().max(1e-9));
+        if settled {
+            let settle = shared
+                .last_frame
+                .get()
+                .saturating_duration_since(last_joined);
+            out.settle_s = Some(settle.as_secs_f64());
+        }
+    }
+    let (server_cpu, server_util, tool_util) = utilization(&s0, &s1, s1.at - s0.at);
+    out.server_cpu_s = server_cpu;
+    out.server_util = server_util;
+    out.tool_util = tool_util;
+    if out.ready > 0 && !target.pid.is_empty() {
+        out.server_cpu_us_per_unit = Some(server_cpu * 1e6 / out.ready as f64);
+    }
+    out.dropped = shared.dropped.get();
+    out.errors = shared.errors.get();
+    let mut notes = Vec::new();
+    if !all || out.ready < clients {
+        notes.push(format!(
+            "{} of {clients} joined in {:.1} s ({} failed)",
+            out.ready,
+            ms(s1.at - s0.at) / 1000.0,
+            shared.failed.get()
+        ));
+    }
+    if !settled {
+        notes.push(format!(
+            "frames still arriving after {:.0} s",
+            limit.as_secs_f64()
+        ));
+    }
+    // Whether every client's view converged on the whole room (member list plus notices,
+    // or version 2's count).
+    if shared.complete.get() < clients {
+        notes.push(format!(
+            "{} of {clients} clients heard of everyone",
+            shared.complete.get()
+        ));
+    }
+    if let Some(e) = shared.first_error.borrow().as_ref() {
+        notes.push(e.clone());
+    }
+    out.note = notes.join("; ");
     out
 }

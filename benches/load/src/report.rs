@@ -26,6 +26,20 @@ pub fn one_line(o: &Outcome) -> String {
                 opt(o.server_cpu_us_per_unit, 2)
             );
         }
+        "storm" => {
+            let _ = write!(
+                s,
+                ": {} joined, {} conn/s (last joined at {} s), settled {} s after it, {} frames, server {} µs CPU per client (server {:.0}% / tool {:.0}% of a core)",
+                o.ready,
+                opt(o.connects_per_s, 0),
+                opt(o.join_s, 3),
+                opt(o.settle_s, 3),
+                o.frames,
+                opt(o.server_cpu_us_per_unit, 1),
+                o.server_util * 100.0,
+                o.tool_util * 100.0
+            );
+        }
         _ => {
             let _ = write!(
                 s,
@@ -337,6 +351,31 @@ fn detail(md: &mut String, all: &[Outcome]) {
                 o.notices,
                 o.expected,
                 o.server_cpu_s,
+                o.server_util * 100.0,
+                o.tool_util * 100.0,
+                short(&o.note)
+            );
+        }
+        md.push('\n');
+    }
+    let storm: Vec<&Outcome> = all.iter().filter(|o| o.workload == "storm").collect();
+    if !storm.is_empty() {
+        let _ = writeln!(md, "### Connect storm\n");
+        let _ = writeln!(
+            md,
+            "| server | run | connects/s (first connect to last `joined`) | settled after the last `joined` | frames received | server CPU-µs per client | server CPU | load tool CPU | note |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for o in storm {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {} |",
+                o.server,
+                o.params,
+                connect_cell(o),
+                o.settle_s.map_or("—".to_owned(), |s| format!("{s:.2} s")),
+                o.frames,
+                opt(o.server_cpu_us_per_unit, 1),
                 o.server_util * 100.0,
                 o.tool_util * 100.0,
                 short(&o.note)

@@ -2,7 +2,8 @@
 //! Socket.IO v4 (engine.io v4, websocket transport only) for the peers.
 //!
 //! Incoming frames are classified by prefix, without a full JSON parse: the tool must read
-//! millions of frames per second on one core. Only `joined` (rare) is parsed.
+//! millions of frames per second on one core. Only `joined` (rare) is parsed; a version-2
+//! `presence` frame is scanned for its `count`.
 
 use clap::ValueEnum;
 
@@ -23,10 +24,15 @@ pub enum Proto {
 pub enum In {
     /// A room message; the send time (ns since the tool's epoch) when the body carries one.
     Message(Option<u64>),
-    /// The reply to a login: the room's member count (the client itself included).
+    /// The reply to a login: the room's member count (the client itself included): its
+    /// `count` where the frame has one (our version 2, whose `members` is only the first
+    /// page above the presence threshold), else the length of `members`.
     Joined(usize),
-    /// Another user joined a room this client is in.
+    /// Another user joined a room this client is in (version 1, Socket.IO).
     UserJoined,
+    /// Our version-2 `presence` frame: the room's joins and leaves over one presence tick,
+    /// with the room's member count after them (`None` when the frame has no `count`).
+    Presence(Option<usize>),
     /// Our `welcome`, or Socket.IO's namespace connect `40{…}`.
     Welcome,
     /// Engine.io open packet `0{…}`.
@@ -50,14 +56,16 @@ impl Proto {
         }
     }
 
-    /// Login frame: join `room` (or no room at all) as `name`.
-    pub fn login(self, name: &str, room: Option<&str>) -> String {
+    /// Login frame: join `room` (or no room at all) as `name`. `version` is our protocol
+    /// version to ask for in `hello` (1: per-user `user_joined`; 2: coalesced `presence`);
+    /// Socket.IO has none.
+    pub fn login(self, version: u8, name: &str, room: Option<&str>) -> String {
         match (self, room) {
             (Proto::Chat, Some(room)) => format!(
-                r#"{{"type":"hello","version":1,"name":"{name}","rooms":[{{"room":"{room}"}}]}}"#
+                r#"{{"type":"hello","version":{version},"name":"{name}","rooms":[{{"room":"{room}"}}]}}"#
             ),
             (Proto::Chat, None) => {
-                format!(r#"{{"type":"hello","version":1,"name":"{name}","rooms":[]}}"#)
+                format!(r#"{{"type":"hello","version":{version},"name":"{name}","rooms":[]}}"#)
             }
             (Proto::Sio, Some(room)) => {
                 format!(r#"42["login",{{"name":"{name}","room":"{room}"}}]"#)
@@ -94,6 +102,8 @@ fn classify_chat(text: &str) -> In {
         In::Ack
     } else if rest.starts_with(r#"user_joined""#) {
         In::UserJoined
+    } else if rest.starts_with(r#"presence""#) {
+        In::Presence(count(text))
     } else if rest.starts_with(r#"joined""#) {
         In::Joined(members(text, |v| v))
     } else if rest.starts_with(r#"welcome""#) {
@@ -145,12 +155,32 @@ fn body_time(text: &str) -> Option<u64> {
     text[at..at + digits].parse().ok()
 }
 
+/// The room's member count of a `joined` reply: `count` when present (version 2), else the
+/// length of `members`.
 fn members(json: &str, pick: impl Fn(serde_json::Value) -> serde_json::Value) -> usize {
-    serde_json::from_str::<serde_json::Value>(json)
+    let Some(v) = serde_json::from_str::<serde_json::Value>(json)
         .ok()
         .map(pick)
-        .and_then(|v| v.get("members").and_then(|m| m.as_array()).map(Vec::len))
-        .unwrap_or(0)
+    else {
+        return 0;
+    };
+    if let Some(n) = v.get("count").and_then(serde_json::Value::as_u64) {
+        return usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    v.get("members")
+        .and_then(|m| m.as_array())
+        .map_or(0, Vec::len)
+}
+
+/// The top-level `"count":N` of a `presence` frame, without a full parse: at 3,000 members
+/// one arrives per client per tick. Inside a JSON string every `"` is escaped, so the
+/// pattern can only match a key (a presence frame has no nested objects).
+fn count(text: &str) -> Option<usize> {
+    static COUNT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""count":"#));
+    let at = COUNT.find(text.as_bytes())? + 8;
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    text[at..at + digits].parse().ok()
 }
 
 #[cfg(test)]
@@ -167,6 +197,54 @@ mod tests {
             Proto::Chat.classify(r#"{"type":"user_joined","room":"general","user":"a","ts":"x"}"#),
             In::UserJoined
         );
+    }
+
+    #[test]
+    fn asks_for_the_protocol_version() {
+        assert_eq!(
+            Proto::Chat.login(2, "a", Some("general")),
+            r#"{"type":"hello","version":2,"name":"a","rooms":[{"room":"general"}]}"#
+        );
+        assert_eq!(
+            Proto::Chat.login(1, "a", None),
+            r#"{"type":"hello","version":1,"name":"a","rooms":[]}"#
+        );
+        // Socket.IO has no version to ask for.
+        assert_eq!(
+            Proto::Sio.login(2, "a", Some("r")),
+            r#"42["login",{"name":"a","room":"r"}]"#
+        );
+    }
+
+    #[test]
+    fn classifies_version_2_presence() {
+        // At or below the threshold: joins and leaves, and the count after them.
+        let p =
+            r#"{"type":"presence","room":"general","joins":["bob","dave"],"leaves":[],"count":3}"#;
+        assert_eq!(Proto::Chat.classify(p), In::Presence(Some(3)));
+        // Above it: the count only.
+        let p = r#"{"type":"presence","room":"general","count":2417}"#;
+        assert_eq!(Proto::Chat.classify(p), In::Presence(Some(2417)));
+        // Back at the threshold: the whole list and the count.
+        let p = r#"{"type":"presence","room":"general","members":["alice","carol"],"count":2}"#;
+        assert_eq!(Proto::Chat.classify(p), In::Presence(Some(2)));
+        // A name that looks like the key is inside a string: its quotes are escaped.
+        let p = r#"{"type":"presence","room":"r","joins":["\"count\":9"],"leaves":[],"count":1}"#;
+        assert_eq!(Proto::Chat.classify(p), In::Presence(Some(1)));
+        assert_eq!(
+            Proto::Chat.classify(r#"{"type":"presence","room":"r"}"#),
+            In::Presence(None)
+        );
+    }
+
+    #[test]
+    fn version_2_joined_counts_by_count_not_by_page() {
+        // Above the threshold `members` is the first page; `count` is the room.
+        let j = r#"{"type":"joined","room":"general","members":["a","b"],"count":3000,"messages":[],"gap":false,"last_seq":0}"#;
+        assert_eq!(Proto::Chat.classify(j), In::Joined(3000));
+        // A session that may not see presence: no count, no members.
+        let j = r#"{"type":"joined","room":"general","messages":[],"gap":false,"last_seq":0}"#;
+        assert_eq!(Proto::Chat.classify(j), In::Joined(0));
     }
 
     #[test]
