@@ -12,7 +12,10 @@
 //! - `join/storm_1000`: 1,000 sessions that said `hello` without rooms all `join` one new
 //!   room, one after the other; one sample is the whole join phase with every output
 //!   drained: 1,000 `joined` frames (each listing everyone who joined before) and 499,500
-//!   `user_joined` notices. Setting up the sessions is not timed.
+//!   `user_joined` notices, in protocol version 1. Setting up the sessions is not timed.
+//! - `join/storm_1000_v2`: the same in protocol version 2, then the room's presence tick:
+//!   1,000 `joined` frames (above the presence threshold each carries a count and the
+//!   first page of members) and one coalesced `presence` frame to all 1,000.
 //!
 //! Flood control is configured out of the way (huge send and frame rates).
 //!
@@ -38,7 +41,9 @@ use chat_core::protocol::{HelloRequest, JoinRequest, SendRequest};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use chat_core::protocol::{ClientFrame, JoinSpec, PROTOCOL_VERSION, ServerFrame};
+use chat_core::protocol::{
+    ClientFrame, JoinSpec, PROTOCOL_VERSION, PROTOCOL_VERSION_1, ServerFrame,
+};
 use chat_core::{Config, Input, Now, Output, Rate, Server, SessionId};
 use criterion::{Criterion, Throughput, criterion_group};
 
@@ -159,15 +164,17 @@ fn drain(server: &mut Server) -> usize {
     frames
 }
 
-/// `clients` sessions that said `hello` (no rooms), about to all join `general`.
+/// `clients` sessions that said `hello` (no rooms) in protocol `version`, about to all
+/// join `general`.
 struct Storm {
     server: Server,
     now: Now,
+    version: u32,
     joins: Vec<(SessionId, ClientFrame)>,
 }
 
 impl Storm {
-    fn new(clients: u64) -> Storm {
+    fn new(clients: u64, version: u32) -> Storm {
         let config = Config {
             default_rooms: Vec::new(),
             ..Config::default()
@@ -179,7 +186,7 @@ impl Storm {
             let session = SessionId(i + 1);
             let hello = ClientFrame::Hello(HelloRequest {
                 id: None,
-                version: PROTOCOL_VERSION,
+                version,
                 // Names as the load tool picks them (`u<pid>x<index>`).
                 name: format!("u4242x{i}"),
                 token: None,
@@ -194,7 +201,12 @@ impl Storm {
             });
             joins.push((session, join));
         }
-        Storm { server, now, joins }
+        Storm {
+            server,
+            now,
+            version,
+            joins,
+        }
     }
 
     /// Every session joins, each join's outputs drained before the next. Returns the
@@ -216,17 +228,35 @@ impl Storm {
                 .expect("valid input");
             frames += drain(&mut self.server);
         }
+        if self.version != PROTOCOL_VERSION_1 {
+            // Version 2 announces the joins at the room's next presence tick.
+            let tick = Duration::from_millis(50);
+            let later = Now::new(
+                self.now.mono + tick,
+                self.now.utc + chrono::Duration::milliseconds(50),
+            );
+            self.server.handle_timeout(later);
+            frames += drain(&mut self.server);
+        }
         frames
     }
 }
 
-/// The join phase of a storm of `clients`, timed alone (setup and teardown are not).
-fn storm_once(clients: u64) -> Duration {
-    let mut storm = Storm::new(clients);
+/// The join phase of a storm of `clients` in protocol `version`, timed alone (setup and
+/// teardown are not).
+fn storm_once(clients: u64, version: u32) -> Duration {
+    let mut storm = Storm::new(clients, version);
     let start = Instant::now();
     let frames = black_box(storm.run());
     let took = start.elapsed();
-    assert_eq!(frames as u64, clients + clients * (clients - 1) / 2);
+    let expected = if version == PROTOCOL_VERSION_1 {
+        // A `joined` each, and every earlier member told of every later join.
+        clients + clients * (clients - 1) / 2
+    } else {
+        // A `joined` each, and one coalesced `presence` frame to everyone at the tick.
+        2 * clients
+    };
+    assert_eq!(frames as u64, expected);
     took
 }
 
@@ -236,7 +266,18 @@ fn join_storm(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(clients));
     group.bench_function(format!("storm_{clients}"), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| storm_once(clients)).sum());
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| storm_once(clients, PROTOCOL_VERSION_1))
+                .sum()
+        });
+    });
+    group.bench_function(format!("storm_{clients}_v2"), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| storm_once(clients, PROTOCOL_VERSION))
+                .sum()
+        });
     });
     group.finish();
 }
@@ -306,18 +347,26 @@ fn min_of_batches() {
         f10k.send_one();
     }
     for round in 1..=5 {
-        let storm = (0..10).map(|_| storm_once(1000)).min().expect("runs");
+        let storm = (0..10)
+            .map(|_| storm_once(1000, PROTOCOL_VERSION_1))
+            .min()
+            .expect("runs");
+        let storm_v2 = (0..10)
+            .map(|_| storm_once(1000, PROTOCOL_VERSION))
+            .min()
+            .expect("runs");
         let t10 = fastest(&mut f10, 200, 300);
         let t100 = fastest(&mut f100, 50, 300);
         let t10k = fastest(&mut f10k, 2, 150);
         println!(
             "round {round}: room_10 {t10:.0} ns/send = {:.0}k sends/s | room_100 {t100:.0} ns/send | \
              room_10000 {:.1} us/send | per extra recipient (room_10000 - room_100) / 9900 = {:.1} ns | \
-             join storm of 1000 {:.1} ms",
+             join storm of 1000 {:.1} ms (version 2: {:.1} ms)",
             1e6 / t10,
             t10k / 1e3,
             (t10k - t100) / 9900.0,
-            storm.as_secs_f64() * 1e3
+            storm.as_secs_f64() * 1e3,
+            storm_v2.as_secs_f64() * 1e3
         );
     }
 }
