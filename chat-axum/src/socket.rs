@@ -89,6 +89,7 @@ pub(crate) async fn run<IO>(
         outbound,
         inbound,
         hub_full: false,
+        backlogged: false,
         read_failed: false,
         close_sent: false,
         close_received: false,
@@ -204,6 +205,9 @@ struct Conn<IO> {
     /// The hub's inbox was full: an input waits in `inbound` and the socket is not read
     /// until the hub takes it.
     hub_full: bool,
+    /// The session's queue was half full: the peer's next frames wait (read, not handed
+    /// over) and the socket is not read until the queue is written below half.
+    backlogged: bool,
     /// A bad frame was read: the rest of the input is discarded.
     read_failed: bool,
     close_sent: bool,
@@ -331,6 +335,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Took::Broken => return Poll::Ready(Wake::End(End::Broken)),
             }
         }
+        if self.backlogged {
+            if self.outbound.as_ref().is_some_and(Outbox::is_filling) {
+                // Written below half only once the socket takes more: its wake-up.
+            } else {
+                self.backlogged = false;
+                return Poll::Ready(Wake::HubReady);
+            }
+        }
         if self.hub_full {
             match self.inbound.as_mut().map(|inbound| inbound.poll_ready(cx)) {
                 Some(Poll::Pending) => {}
@@ -340,7 +352,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 }
             }
         }
-        if !self.close_received && !self.hub_full {
+        if !self.close_received && !self.hub_full && !self.backlogged {
             // Uninitialised: this runs on every wake-up, also those for writing only,
             // and zeroing 8 KiB each time showed up in the profile.
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -443,6 +455,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Handles every complete frame read so far, or those the hub's inbox has room for.
     async fn dispatch(&mut self) -> Result<(), End> {
         loop {
+            if self.outbound.as_ref().is_some_and(Outbox::is_filling) {
+                // The session's own answers fill its queue: write some first.
+                self.backlogged = true;
+                break;
+            }
             if let Some(inbound) = self.inbound.as_mut() {
                 // Hand nothing more over while an input waits for room in the inbox.
                 match poll_fn(|cx| Poll::Ready(inbound.poll_ready(cx))).await {

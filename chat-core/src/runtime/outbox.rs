@@ -223,6 +223,28 @@ impl Outbox {
         }
     }
 
+    /// How many frames wait in the queue now.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        self.shared.lock().frames.len()
+    }
+
+    /// How many frames the queue holds before the engine closes the session as a slow
+    /// consumer ([`HubConfig::outbound_queue`](super::HubConfig::outbound_queue)).
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Whether the queue is half full or more: a transport hands over no more of the
+    /// peer's input until its writer has taken the queue below half (rule 4 of the
+    /// [transport API](super::transport)), so a peer that sends fast but reads is slowed
+    /// to the pace of its own answers instead of being closed for them.
+    #[must_use]
+    pub fn is_filling(&self) -> bool {
+        2 * self.queued() >= self.shared.capacity
+    }
+
     /// Why the engine closed the session, as soon as it has, even while frames before
     /// the close still wait: a writer stuck behind a peer that reads nothing can stop
     /// trying. `None` while the session is open or when it ended without a close.

@@ -17,7 +17,7 @@
 //!   batches bounded by count and bytes ([`BatchLimit`]) with [`Outbox::recv_many`] or
 //!   [`Outbox::poll_recv_many`].
 //!
-//! Three rules make a transport well-behaved:
+//! Four rules make a transport well-behaved:
 //!
 //! 1. **Stop reading, never stop writing.** While [`Inbound`] is not ready, read nothing
 //!    more from the peer (its flow control, e.g. the TCP window, is the backpressure),
@@ -26,7 +26,13 @@
 //! 2. **Take only what the peer takes.** Take the next batch once the previous one is
 //!    written; a peer that reads nothing fills its queue ([`HubConfig::outbound_queue`])
 //!    and is closed as a slow consumer, which is the point.
-//! 3. **End cleanly.** After [`Outbound::Close`], write the close (for WebSocket,
+//! 3. **Hand over input only while the outbox has room.** While
+//!    [`Outbox::is_filling`], hand the peer's next frame to [`Inbound`] only after the
+//!    writer has taken the outbox below half: each input makes answers for the session
+//!    itself (an ack, its own message), and a peer that sends quickly but reads would
+//!    otherwise fill its queue with them and be closed as a slow consumer although it
+//!    reads (its writer merely had not run yet).
+//! 4. **End cleanly.** After [`Outbound::Close`], write the close (for WebSocket,
 //!    [`CloseReason::ws_code`] and [`CloseReason::as_str`]) and end the connection. When
 //!    the peer goes away first, [`Inbound::disconnect`] (or drop it). An outbox that ends
 //!    without a close ([`Outbox::recv_many`] returns 0 first) means this side disconnected
