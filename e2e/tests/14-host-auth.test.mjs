@@ -4,68 +4,19 @@
 // the chat WebSocket refuses a request without the cookie before any upgrade.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
+import { signIn as signInAt, useHostAuth } from '../lib/host_auth.mjs';
 import { expectTexts, openUser, poll, tryUpgrade, useBrowser } from '../lib/harness.mjs';
 
 const browserOf = useBrowser();
-let app;
-let appUrl;
-
-before(async () => {
-  const bin = process.env.CHAT_HOST_AUTH_BIN;
-  if (!bin) throw new Error('CHAT_HOST_AUTH_BIN is not set: run the tests through e2e/run.sh');
-  app = spawn(bin, ['--addr', '127.0.0.1:0'], {
-    env: { ...process.env, NO_COLOR: '1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  app.stderr.on('data', (d) => {
-    output += d;
-  });
-  appUrl = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`host_auth did not start:\n${output}`)), 30000);
-    app.stdout.on('data', (d) => {
-      output += d;
-      const m = /^listening on (http:\/\/\S+)$/m.exec(output);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    app.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`host_auth exited with ${code}:\n${output}`));
-    });
-  });
-});
-
-after(async () => {
-  if (app && app.exitCode === null && app.signalCode === null) {
-    const exited = once(app, 'exit');
-    app.kill('SIGINT');
-    const timer = setTimeout(() => app.kill('SIGKILL'), 20000);
-    await exited;
-    clearTimeout(timer);
-  }
-});
+const hostUrl = useHostAuth();
 
 /** Signs in to the host app and opens its chat at /chat (no trailing slash). */
-async function signIn(user) {
-  const u = await openUser(browserOf(), `${appUrl}/`);
-  await u.page.getByTestId('app-user-name').fill(user);
-  await u.page.getByTestId('app-password').fill(user);
-  await u.page.getByTestId('app-login').click();
-  // The app sends us to /chat, which the chat redirects to /chat/.
-  await poll(() => u.page.url(), (url) => url === `${appUrl}/chat/`, { message: 'the chat page at /chat/' });
-  await u.connected();
-  return u;
-}
+const signIn = (user) => signInAt(browserOf(), hostUrl(), user);
 
 describe('host app identity', () => {
   test('no cookie, no chat: the WebSocket upgrade is refused with 401', async () => {
-    const result = await tryUpgrade(`${appUrl}/chat/`, appUrl);
+    const result = await tryUpgrade(`${hostUrl()}/chat/`, hostUrl());
     assert.deepEqual(result, { opened: false, status: 401 });
   });
 

@@ -5,61 +5,16 @@
 // then being kicked. Members get no moderation controls.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
+import { signIn as signInAt, useHostAuth } from '../lib/host_auth.mjs';
 import { expectCount, expectExcludes, expectIncludes, expectTexts, openUser, poll, texts, unique, useBrowser } from '../lib/harness.mjs';
 
 const browserOf = useBrowser();
-let app;
-let appUrl;
-
-before(async () => {
-  const bin = process.env.CHAT_HOST_AUTH_BIN;
-  if (!bin) throw new Error('CHAT_HOST_AUTH_BIN is not set: run the tests through e2e/run.sh');
-  app = spawn(bin, ['--addr', '127.0.0.1:0'], {
-    env: { ...process.env, NO_COLOR: '1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  app.stderr.on('data', (d) => {
-    output += d;
-  });
-  appUrl = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`host_auth did not start:\n${output}`)), 30000);
-    app.stdout.on('data', (d) => {
-      output += d;
-      const m = /^listening on (http:\/\/\S+)$/m.exec(output);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    app.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`host_auth exited with ${code}:\n${output}`));
-    });
-  });
-});
-
-after(async () => {
-  if (app && app.exitCode === null && app.signalCode === null) {
-    const exited = once(app, 'exit');
-    app.kill('SIGINT');
-    const timer = setTimeout(() => app.kill('SIGKILL'), 20000);
-    await exited;
-    clearTimeout(timer);
-  }
-});
+const hostUrl = useHostAuth();
 
 /** Signs in to the host app, opens its chat and joins (or creates) `room`. */
 async function signInTo(user, room) {
-  const u = await openUser(browserOf(), `${appUrl}/`);
-  await u.page.getByTestId('app-user-name').fill(user);
-  await u.page.getByTestId('app-password').fill(user);
-  await u.page.getByTestId('app-login').click();
-  await poll(() => u.page.url(), (url) => url === `${appUrl}/chat/`, { message: 'the chat page at /chat/' });
-  await u.connected();
+  const u = await signInAt(browserOf(), hostUrl(), user);
   await u.id('join-room').fill(room);
   await u.id('join-submit').click();
   await expectTexts(u.id('room-title'), [room]);
