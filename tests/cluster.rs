@@ -728,8 +728,14 @@ async fn a_killed_server_s_users_leave_and_its_clients_resume_elsewhere() {
 /// Two servers, alice on the first and bob on the second, both in the room and seeing
 /// each other.
 async fn pair(redis: &Redis) -> (ServerProcess, ServerProcess, Client, Client) {
-    let a = node(redis);
-    let b = node(redis);
+    pair_on(node(redis), node(redis)).await
+}
+
+/// Alice on `a` and bob on `b`, both in the room, each seeing the other there.
+async fn pair_on(
+    a: ServerProcess,
+    b: ServerProcess,
+) -> (ServerProcess, ServerProcess, Client, Client) {
     let mut alice = Client::connect(&a.addr, "alice").await;
     alice.join(ROOM, None).await;
     let mut bob = Client::connect(&b.addr, "bob").await;
@@ -1012,16 +1018,7 @@ async fn a_server_whose_redis_connections_go_dead_heals_by_itself() {
         "100000",
     ]);
     let b = node(&redis);
-    let mut alice = Client::connect(&a.addr, "alice").await;
-    alice.join(ROOM, None).await;
-    let mut bob = Client::connect(&b.addr, "bob").await;
-    bob.join(ROOM, None).await;
-    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
-    for c in [&mut alice, &mut bob] {
-        let want = both.clone();
-        c.pump(WAIT, "both present", move |c| c.members == want)
-            .await;
-    }
+    let (a, _b, mut alice, bob) = pair_on(a, b).await;
     let mut bob = burst(bob, 0, 3).await;
     alice.pump(WAIT, "3 posts", |c| c.seen.len() == 3).await;
 
@@ -1119,17 +1116,8 @@ async fn a_dead_subscription_alone_is_found_by_the_probe_and_healed() {
     let proxy = Proxy::start(redis.port).await;
     let a = node_at(&proxy.url());
     let b = node(&redis);
-    let mut alice = Client::connect(&a.addr, "alice").await;
-    alice.join(ROOM, None).await;
+    let (a, b, mut alice, mut bob) = pair_on(a, b).await;
     alice.join(SIDE, None).await;
-    let mut bob = Client::connect(&b.addr, "bob").await;
-    bob.join(ROOM, None).await;
-    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
-    for c in [&mut alice, &mut bob] {
-        let want = both.clone();
-        c.pump(WAIT, "both present", move |c| c.members == want)
-            .await;
-    }
     bob.send_until_acked(ROOM, &body_of("bob-0"), "bob-0").await;
     alice.pump(WAIT, "bob-0", |c| c.seen.len() == 1).await;
     assert_eq!(proxy.subscriber_connections(), 1, "one pub/sub connection");
@@ -1189,16 +1177,7 @@ async fn a_commit_whose_reply_is_lost_is_posted_once() {
     let proxy = Proxy::start(redis.port).await;
     let a = node_at(&proxy.url());
     let b = node(&redis);
-    let mut alice = Client::connect(&a.addr, "alice").await;
-    alice.join(ROOM, None).await;
-    let mut bob = Client::connect(&b.addr, "bob").await;
-    bob.join(ROOM, None).await;
-    let both: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
-    for c in [&mut alice, &mut bob] {
-        let want = both.clone();
-        c.pump(WAIT, "both present", move |c| c.members == want)
-            .await;
-    }
+    let (a, b, mut alice, mut bob) = pair_on(a, b).await;
     for cid in ["alice-0", "alice-1"] {
         alice.send_until_acked(ROOM, &body_of(cid), cid).await;
     }
