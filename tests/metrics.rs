@@ -201,6 +201,10 @@ async fn memory_figures_on_metrics() {
         body.lines().any(|l| l == "chat_ws_buffer_bytes 0"),
         "no connection, no buffer:\n{body}"
     );
+    // The allocator runs as the example server configures it: one arena, and a thread
+    // that returns freed pages while the server is idle.
+    assert_eq!(sample(&body, "jemalloc_arenas"), 1.0, "{body}");
+    assert_eq!(sample(&body, "jemalloc_background_thread"), 1.0, "{body}");
 
     // 40 KiB of a text message whose end has not come: the server must hold it.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
