@@ -318,7 +318,10 @@ async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Resul
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if t.as_bytes() == admin.token.as_bytes() => Ok(()),
-            _ => Err((StatusCode::UNAUTHORIZED, "a bearer token is needed\n".into())),
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is needed\n".into(),
+            )),
         }
     }
     fn field<'a>(form: &'a HashMap<String, String>, k: &str) -> Result<&'a str, Reply> {
@@ -330,9 +333,11 @@ async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Resul
         let run = async {
             allowed(&admin, &headers)?;
             let user = field(&form, "user")?;
-            let n = admin.hub.revoke_user(user).await.map_err(|_| {
-                (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned())
-            })?;
+            let n = admin
+                .hub
+                .revoke_user(user)
+                .await
+                .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned()))?;
             Ok((StatusCode::OK, format!("{n} sessions closed here\n")))
         };
         run.await.unwrap_or_else(|e| e)

@@ -1670,7 +1670,11 @@ async fn revoke_and_moderation_reach_every_server() {
         .until(|f| f["type"] == "moderated" && f["action"] == "ban")
         .await;
     assert_eq!(
-        (told["user"].as_str(), told["by"].as_str(), told["reason"].as_str()),
+        (
+            told["user"].as_str(),
+            told["by"].as_str(),
+            told["reason"].as_str()
+        ),
         (Some("bob"), Some("carol"), Some("spam")),
         "{told}"
     );

@@ -836,9 +836,10 @@ impl Driver {
             Cmd::Host(f) => f(&mut self.server, now),
             Cmd::Revoke { user, reply } => {
                 let _ = reply.send(self.server.revoke_user(now, &user));
-                if let (Some(broker), Ok(user)) =
-                    (&self.cluster, crate::ids::UserName::parse(&user, usize::MAX))
-                {
+                if let (Some(broker), Ok(user)) = (
+                    &self.cluster,
+                    crate::ids::UserName::parse(&user, usize::MAX),
+                ) {
                     broker.submit(ClusterRequest::Relay(ClusterControl::Revoke { user }));
                 }
             }
