@@ -8,6 +8,14 @@
 //! - `announcements`: read-only, only `admin`s post;
 //! - `staff`: private to `staff` (others do not even see it listed).
 //!
+//! and the app's roles also become room roles (a [`RoomPolicy::role`] answer, asked by
+//! the engine whenever a role matters, so nobody has to set them first):
+//!
+//! - `admin` → owner of every room (sets the topic, slow mode and roles, moderates);
+//! - `moderator` → moderator of every room (kicks, bans, mutes, sets the topic);
+//! - anyone else → member, or what the room's owners made them (the user who creates a
+//!   room owns it).
+//!
 //! The chat page asks no name: the user is the one logged in. Signing out in the app ends
 //! the user's chat sessions everywhere (`Hub::revoke_user`); a session cookie that
 //! expires ends them too (`Identity::expires`).
@@ -19,7 +27,7 @@
 //! ```
 //!
 //! Demo accounts (the password is the user name): `alice` (admin, staff), `bob` (staff),
-//! `carol` (no role). The signing key is drawn at each start, so a restart signs
+//! `carol` (no role), `dave` (moderator). The signing key is drawn at each start, so a restart signs
 //! everyone out.
 
 use std::collections::HashMap;
@@ -32,8 +40,9 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use axum_extra::extract::cookie::{Cookie, Key, SameSite, SignedCookieJar};
 use chat_axum::{ConnectRefused, ConnectRequest, RouterOptions, identity_hook};
+use chat_core::protocol::Role;
 use chat_core::runtime::{Hub, HubConfig};
-use chat_core::{Identity, RoomAccess};
+use chat_core::{Identity, Permissions, RoomAccess, RoomName, RoomPolicy, SharedPolicy};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 
@@ -55,7 +64,30 @@ const ACCOUNTS: &[(&str, &str, &[&str])] = &[
     ("alice", "alice", &["admin", "staff"]),
     ("bob", "bob", &["staff"]),
     ("carol", "carol", &[]),
+    ("dave", "dave", &["moderator"]),
 ];
+
+/// The app's roles as room roles, in every public room: the engine asks this whenever a
+/// role matters (a moderation frame, `joined.role`) and a user holds the higher of this
+/// answer and the role given in the room itself (by an owner, or as its creator).
+/// Permissions stay the room rules' (`announcements`, `staff` above).
+struct AppRoles;
+
+impl RoomPolicy for AppRoles {
+    fn permissions(&self, _who: &Identity, _room: &RoomName, rules: Permissions) -> Permissions {
+        rules
+    }
+
+    fn role(&self, who: &Identity, _room: &RoomName) -> Option<Role> {
+        if who.roles.contains("admin") {
+            Some(Role::Owner)
+        } else if who.roles.contains("moderator") {
+            Some(Role::Moderator)
+        } else {
+            None // a member, unless the room says more
+        }
+    }
+}
 
 fn roles_of(user: &str) -> Option<&'static [&'static str]> {
     ACCOUNTS
@@ -107,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         ("announcements".into(), RoomAccess::read_only(["admin"])),
         ("staff".into(), RoomAccess::private(["staff"])),
     ];
+    config.core.room_policy = Some(SharedPolicy::new(AppRoles));
     let hub = Hub::spawn(config).await?;
     let key = Key::generate();
 

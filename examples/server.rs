@@ -22,6 +22,14 @@
 //! any of them and see one chat (docs/CLUSTER.md). Redis unreachable at start: an error,
 //! exit code 1.
 //!
+//! The host's controls (`--admin-addr`, a loopback address, with `--admin-token` or
+//! better `CHAT_ADMIN_TOKEN`):
+//! a second listener for the operator, apart from the chat's, where `POST /revoke`
+//! (form field `user`) closes every session of a user (`Hub::revoke_user`, on every
+//! server in cluster mode) and `POST /role` (`room`, `user`, `role`: `owner`,
+//! `moderator` or `member`) gives a room role (`Hub::set_role`), each with
+//! `Authorization: Bearer <token>`. It prints `admin on http://ADDR` once listening.
+//!
 //! Ctrl-C or SIGTERM: stops accepting, tells every client to reconnect (close 1012),
 //! waits for every connection to finish (at most `--drain-secs`), commits what is
 //! pending, checkpoints the database's WAL, exits 0.
@@ -100,6 +108,14 @@ struct Args {
     /// (`redis://host:port/db`). History lives there; `--db` is not used.
     #[arg(long, env = "CHAT_REDIS")]
     redis: Option<String>,
+    /// The host's controls (`POST /revoke`, `POST /role`) on this loopback address
+    /// (port 0: any free port); needs the token in `CHAT_ADMIN_TOKEN`. Off by default.
+    #[arg(long, env = "CHAT_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// The bearer token the host's controls ask for (16 characters or more); prefer the
+    /// environment to the command line, which other local users can read.
+    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// Cluster mode's link to the shared Redis.
@@ -191,6 +207,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the chat hub")?;
+    if let Some(addr) = args.admin_addr {
+        let token = args.admin_token.clone().unwrap_or_default();
+        serve_admin(addr, token, hub.clone()).await?;
+    }
     let options = RouterOptions {
         origins: OriginPolicy::from_list(&args.origins),
         metrics: Some(Arc::new(move || {
@@ -292,6 +312,100 @@ fn allocator_metrics(text: &mut String) {
 /// Without jemalloc there are no allocator statistics to add.
 #[cfg(not(all(unix, not(target_env = "musl"))))]
 fn allocator_metrics(_text: &mut String) {}
+
+/// Starts the host's controls on `addr` (loopback only), for requests that carry
+/// `token`.
+async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Result<()> {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+    use std::collections::HashMap;
+
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "--admin-addr must be a loopback address"
+    );
+    anyhow::ensure!(
+        token.len() >= 16,
+        "--admin-addr needs CHAT_ADMIN_TOKEN (16 characters or more)"
+    );
+    type Form = axum::Form<HashMap<String, String>>;
+    type Reply = (StatusCode, String);
+    #[derive(Clone)]
+    struct Admin {
+        hub: Hub,
+        token: Arc<str>,
+    }
+    fn allowed(admin: &Admin, headers: &HeaderMap) -> Result<(), Reply> {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if t.as_bytes() == admin.token.as_bytes() => Ok(()),
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is needed\n".into(),
+            )),
+        }
+    }
+    fn field<'a>(form: &'a HashMap<String, String>, k: &str) -> Result<&'a str, Reply> {
+        form.get(k)
+            .map(String::as_str)
+            .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("missing field {k}\n")))
+    }
+    async fn revoke(State(admin): State<Admin>, headers: HeaderMap, form: Form) -> Reply {
+        let run = async {
+            allowed(&admin, &headers)?;
+            let user = field(&form, "user")?;
+            let n = admin
+                .hub
+                .revoke_user(user)
+                .await
+                .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned()))?;
+            Ok((StatusCode::OK, format!("{n} sessions closed here\n")))
+        };
+        run.await.unwrap_or_else(|e| e)
+    }
+    async fn role(State(admin): State<Admin>, headers: HeaderMap, form: Form) -> Reply {
+        let run = async {
+            allowed(&admin, &headers)?;
+            let (room, user) = (field(&form, "room")?, field(&form, "user")?);
+            let role = match field(&form, "role")? {
+                "owner" => chat_core::protocol::Role::Owner,
+                "moderator" => chat_core::protocol::Role::Moderator,
+                "member" => chat_core::protocol::Role::Member,
+                other => {
+                    return Err((StatusCode::BAD_REQUEST, format!("no role {other:?}\n")));
+                }
+            };
+            match admin.hub.set_role(room, user, role).await {
+                Ok(Ok(())) => Ok((StatusCode::OK, "done\n".to_owned())),
+                Ok(Err(e)) => Err((StatusCode::BAD_REQUEST, format!("{e}\n"))),
+                Err(_) => Err((StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned())),
+            }
+        };
+        run.await.unwrap_or_else(|e| e)
+    }
+    let app = axum::Router::new()
+        .route("/revoke", post(revoke))
+        .route("/role", post(role))
+        .with_state(Admin {
+            hub,
+            token: token.into(),
+        });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    println!("admin on http://{local}");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the admin listener stopped");
+        }
+    });
+    Ok(())
+}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

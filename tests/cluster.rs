@@ -1572,3 +1572,124 @@ async fn seeded_faults_lose_nothing_duplicate_nothing_and_leave_no_zombie() {
     assert!(killed_at.is_some(), "the plan kills a server");
     drop(nodes);
 }
+
+/// The token of the host's controls in the tests that use them.
+const ADMIN_TOKEN: &str = "cluster-test-admin-token";
+
+/// An example server in cluster mode with the host's controls on a free loopback port;
+/// the server and that port's `host:port`.
+fn node_with_admin(redis: &Redis) -> (ServerProcess, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let admin = format!("127.0.0.1:{port}");
+    let server = ServerProcess::start([
+        "--redis",
+        &redis.url(),
+        "--admin-addr",
+        &admin,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]);
+    (server, admin)
+}
+
+/// `POST path` with a form body to the host's controls; the whole answer as text.
+async fn admin_post(addr: &str, path: &str, form: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin port");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
+
+/// The host revokes a user on one server: their socket on the other server is told and
+/// closed. A moderator on one server bans a user who is on the other: the user's socket
+/// there is told (by whom, why), leaves the room, and may not join it again there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_and_moderation_reach_every_server() {
+    let redis = Redis::start();
+    let (a, admin_a) = node_with_admin(&redis);
+    let b = node(&redis);
+
+    // Revoke: alice is on B only; the host revokes her on A.
+    let mut alice = Client::connect(&b.addr, "alice").await;
+    alice.join(ROOM, None).await;
+    let answer = admin_post(&admin_a, "/revoke", "user=alice").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("0 sessions closed here\n"), "{answer}");
+    let error = alice.until(|f| f["type"] == "error").await;
+    assert_eq!(error["code"], "auth_revoked", "{error}");
+    assert_eq!(alice.closed_within(WAIT).await, Some(4003));
+
+    // Moderation: carol (on A) is made a moderator of the room by the host on A; bob is
+    // on B.
+    let mut carol = Client::connect(&a.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["bob", "carol"].map(String::from).into();
+    for c in [&mut carol, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    let answer = admin_post(
+        &admin_a,
+        "/role",
+        &format!("room={ROOM}&user=carol&role=moderator"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    carol
+        .until(|f| f["type"] == "moderated" && f["action"] == "set_role")
+        .await;
+    carol
+        .frame(json!({"type": "ban", "id": 90, "room": ROOM, "user": "bob", "reason": "spam"}))
+        .await;
+    let done = carol
+        .until(|f| f["type"] == "done" || f["type"] == "error")
+        .await;
+    assert_eq!(done["type"], "done", "{done}");
+
+    // Bob, on B, is told who banned him and why, and leaves the room.
+    let told = bob
+        .until(|f| f["type"] == "moderated" && f["action"] == "ban")
+        .await;
+    assert_eq!(
+        (
+            told["user"].as_str(),
+            told["by"].as_str(),
+            told["reason"].as_str()
+        ),
+        (Some("bob"), Some("carol"), Some("spam")),
+        "{told}"
+    );
+    let left = bob.until(|f| f["type"] == "left").await;
+    assert_eq!(left["room"], ROOM, "{left}");
+    // Carol sees him go.
+    carol
+        .pump(WAIT, "bob gone", |c| !c.members.contains("bob"))
+        .await;
+    // B keeps him out.
+    let again = bob.join(ROOM, None).await;
+    assert_eq!(
+        (again["type"].as_str(), again["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{again}"
+    );
+    drop((a, b));
+}

@@ -196,6 +196,14 @@ const ui = {
   topicInput: $('topic-input'),
   topicCancel: $('topic-cancel'),
   topicError: $('topic-error'),
+  roomSlow: $('room-slow'),
+  roomMod: $('room-mod'),
+  slowForm: $('slow-form'),
+  slowInput: $('slow-input'),
+  slowError: $('slow-error'),
+  unbanForm: $('unban-form'),
+  unbanInput: $('unban-input'),
+  unbanError: $('unban-error'),
   composerForm: $('composer-form'),
   composer: $('composer'),
   composerLabel: $('composer-label'),
@@ -275,6 +283,7 @@ class Room {
     this.newBelow = 0;
     this.role = 'member'; // ours in this room (joined.role, set_role)
     this.topic = '';
+    this.slowMode = 0; // seconds between a member's posts (0: off)
     this.muted = false; // we are muted here
     this.mutedUsers = new Set(); // folded names of others muted while we watched
     this.modOpen = null; // the member whose moderation panel is open
@@ -791,6 +800,8 @@ function handleFrame(f) {
       return onModerated(f);
     case 'topic':
       return onTopic(f);
+    case 'slow_mode':
+      return onSlowMode(f);
     case 'done':
       return onDone(f, req);
     case 'error':
@@ -882,6 +893,7 @@ function onJoined(f, req) {
   if (room.direct) learnPeer(room, room.members.find((n) => !isMine(n)));
   room.role = typeof f.role === 'string' ? f.role : 'member';
   room.topic = typeof f.topic === 'string' ? f.topic : '';
+  room.slowMode = Number.isFinite(f.slow_mode) ? f.slow_mode : 0;
   const messages = Array.isArray(f.messages) ? f.messages : [];
   const hadCurrent = room.items.some((it) => it.kind === 'msg' && it.key[0] === state.ep);
   const isResync = req?.kind === 'resync';
@@ -1310,6 +1322,31 @@ function onTopic(f) {
   }
 }
 
+/** "one message every 30 s" (or minutes / hours when whole). */
+function slowText(seconds) {
+  if (seconds % 3600 === 0) return `one message every ${seconds / 3600} hour${seconds === 3600 ? '' : 's'}`;
+  if (seconds % 60 === 0) return `one message every ${seconds / 60} minute${seconds === 60 ? '' : 's'}`;
+  return `one message every ${seconds} s`;
+}
+
+function onSlowMode(f) {
+  const room = state.rooms.get(f.room);
+  if (!room || !Number.isFinite(f.seconds)) return;
+  room.slowMode = f.seconds;
+  const by = typeof f.by === 'string' ? f.by : 'The host';
+  const text = f.seconds > 0 ? `${by} turned on slow mode: ${slowText(f.seconds)}` : `${by} turned off slow mode`;
+  const now = new Date();
+  changeTimeline(
+    room,
+    () => insertItem(room, { kind: 'mod', key: [state.ep, room.cursor ?? 0, ++room.sub], action: 'slow_mode', text, ts: now.toISOString(), date: now }),
+    { live: true },
+  );
+  if (room === currentRoom()) {
+    renderTopic();
+    announce(text);
+  }
+}
+
 function onDone(f, req) {
   if (req?.kind !== 'mod') return;
   const room = state.rooms.get(req.room);
@@ -1319,6 +1356,18 @@ function onDone(f, req) {
     if (room === currentRoom()) {
       renderTopic();
       ui.topicEdit.focus();
+    }
+    return;
+  }
+  if (req.action === 'slow_mode') {
+    if (room === currentRoom()) ui.slowError.textContent = '';
+    return;
+  }
+  if (req.action === 'unban') {
+    if (room === currentRoom()) {
+      ui.unbanInput.value = '';
+      ui.unbanError.textContent = '';
+      ui.unbanInput.focus();
     }
     return;
   }
@@ -1344,6 +1393,10 @@ function onModError(req, code, message) {
     ui.topicError.textContent = text;
     return;
   }
+  if (req.action === 'slow_mode' || req.action === 'unban') {
+    (req.action === 'unban' ? ui.unbanError : ui.slowError).textContent = text;
+    return;
+  }
   if (room) room.modError = { user: req.user, text };
   if (room === currentRoom()) renderMembers();
 }
@@ -1357,6 +1410,8 @@ function moderate(action, fields) {
   if (!request(frame, { kind: 'mod', room: room.name, user: fields.user ?? null, action })) {
     const text = 'Not connected: try again when the chat is back.';
     if (action === 'topic') ui.topicError.textContent = text;
+    else if (action === 'slow_mode') ui.slowError.textContent = text;
+    else if (action === 'unban') ui.unbanError.textContent = text;
     else {
       room.modError = { user: fields.user, text };
       renderMembers();
@@ -1411,10 +1466,30 @@ function modPanel(room, name) {
   ban.setAttribute('aria-label', `Ban ${name} from #${room.name}`);
   const row = el('div', 'mod-row');
   row.append(mute, kick, lengthLabel, length, ban);
+  const rows = [row];
+  if (room.role === 'owner') {
+    // Owners give roles: make a member a moderator, or take the role back.
+    const roleId = `mod-role-${fold(name)}`;
+    const roleLabel = el('label', 'sr-only', `Role of ${name}`);
+    roleLabel.htmlFor = roleId;
+    const role = el('select', 'mod-role');
+    role.id = roleId;
+    role.dataset.testid = 'mod-role';
+    for (const [value, text] of [['moderator', 'moderator'], ['member', 'member']]) {
+      const o = el('option', null, text);
+      o.value = value;
+      role.append(o);
+    }
+    const setRole = button('Set role', 'mod-set-role', () => moderate('set_role', { user: name, role: role.value }));
+    setRole.setAttribute('aria-label', `Set the role of ${name} in #${room.name}`);
+    const roleRow = el('div', 'mod-row');
+    roleRow.append(roleLabel, role, setRole);
+    rows.push(roleRow);
+  }
   const error = el('p', 'form-error mod-error', room.modError && fold(room.modError.user ?? '') === fold(name) ? room.modError.text : '');
   error.dataset.testid = 'mod-error';
   error.setAttribute('role', 'alert');
-  panel.append(label, reason, row, error);
+  panel.append(label, reason, ...rows, error);
   panel.addEventListener('keydown', (e) => {
     if (e.key === 'Escape') {
       e.preventDefault();
@@ -1431,7 +1506,12 @@ function renderTopic() {
   const room = currentRoom();
   const show = !!room && !room.direct;
   const can = canModerate(room);
-  ui.topicBar.hidden = !show || (!room.topic && !can);
+  const slow = show && room.slowMode > 0;
+  ui.topicBar.hidden = !show || (!room.topic && !slow && !can);
+  ui.roomSlow.hidden = !slow;
+  ui.roomSlow.textContent = slow ? `Slow mode: ${slowText(room.slowMode)}` : '';
+  ui.roomMod.hidden = !can;
+  if (can && document.activeElement !== ui.slowInput) ui.slowInput.value = String(room.slowMode);
   ui.topic.textContent = room?.topic ?? '';
   ui.topic.hidden = !room?.topic;
   ui.topicEdit.hidden = !can || room.editingTopic;
@@ -1549,6 +1629,8 @@ function onSendError(f, req, code, message) {
     invalid_body: 'Not sent: empty message.',
     forbidden: state.rooms.get(p.room)?.muted ? 'Not sent: you are muted in this room.' : 'Not sent: you may not post in this room.',
   };
+  const again = /you may send again in (\d+) s/.exec(message)?.[1];
+  if (code === 'slow_mode' && again) reasons.slow_mode = `Not sent: slow mode is on; you may send again in ${again} s.`;
   setPendingStatus(p, reasons[code] ?? `Not sent: ${message}`, true);
 }
 
@@ -2158,6 +2240,27 @@ function cancelTopic() {
   ui.topicEdit.focus();
 }
 ui.topicCancel.addEventListener('click', cancelTopic);
+ui.slowForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const raw = ui.slowInput.value.trim();
+  const seconds = Number(raw);
+  if (raw === '' || !Number.isInteger(seconds) || seconds < 0 || seconds > 86400) {
+    ui.slowError.textContent = 'Slow mode is a whole number of seconds from 0 (off) to 86400.';
+    return;
+  }
+  ui.slowError.textContent = '';
+  moderate('slow_mode', { seconds });
+});
+ui.unbanForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const user = ui.unbanInput.value.trim();
+  if (!user) {
+    ui.unbanError.textContent = 'Type the name of the user to let back in.';
+    return;
+  }
+  ui.unbanError.textContent = '';
+  moderate('unban', { user });
+});
 ui.topicForm.addEventListener('keydown', (e) => {
   if (e.key === 'Escape') {
     e.preventDefault();

@@ -500,6 +500,9 @@ impl Worker {
             ClusterRequest::Typing { room, user, active } => {
                 let _ = self.typing.send((room, user, active));
             }
+            ClusterRequest::Relay(control) => {
+                tokio::spawn(publish_control(self.shared.clone(), control));
+            }
             other => tracing::error!(request = ?other, "cluster request this broker does not know"),
         }
     }
@@ -730,6 +733,15 @@ async fn bells_task(shared: Shared, mut bells: mpsc::Receiver<Bell>) {
                 Some(name) => Input::CatchUp { room: Some(name) },
                 None => continue,
             },
+            Bell::Control { node, control } => {
+                if node == shared.node {
+                    continue;
+                }
+                if shared.inbox.relayed(control).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Bell::Foreign { room, why } => {
                 metrics::counter!(FOREIGN).increment(1);
                 tracing::debug!(room = %room, why = %why, "foreign payload on a room channel skipped");
@@ -944,6 +956,23 @@ async fn typing_task(
             .await
         {
             tracing::debug!(error = %e, "a typing indicator was not published");
+        }
+    }
+}
+
+/// Publishes a host's or moderator's action for the other nodes
+/// ([`ClusterRequest::Relay`]), trying again every 500 ms for 10 s while Redis does not
+/// take it (a revocation must not be lost to a short outage; carrying one out twice
+/// does no harm).
+async fn publish_control(shared: Shared, control: chat_core::runtime::ClusterControl) {
+    let mut log = shared.log.clone();
+    for attempt in 0..20 {
+        match log.publish_control(&shared.node, &control).await {
+            Ok(()) => return,
+            Err(e) if attempt == 19 => {
+                tracing::error!(error = %e, action = ?control, "an action was not relayed to the other nodes");
+            }
+            Err(_) => shared.pause(Duration::from_millis(500)).await,
         }
     }
 }

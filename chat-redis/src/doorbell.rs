@@ -162,6 +162,31 @@ fn typing(s: &str) -> Result<Doorbell, Foreign> {
     })
 }
 
+/// Parses a payload of the control channel, `c|<node>|<action as JSON>` (see
+/// [`RedisLog::publish_control`](crate::RedisLog::publish_control)): the publishing
+/// node and its action.
+///
+/// # Errors
+/// [`Foreign`] for anything our nodes do not publish there.
+pub fn parse_control(
+    payload: &[u8],
+) -> Result<(String, chat_core::runtime::ClusterControl), Foreign> {
+    if payload.len() > MAX_DOORBELL_BYTES {
+        return Err(Foreign::TooLarge(payload.len()));
+    }
+    let s = std::str::from_utf8(payload).map_err(|_| Foreign::Malformed("not UTF-8"))?;
+    let mut parts = s.splitn(3, '|');
+    let (Some("c"), Some(node), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Foreign::Malformed("control fields"));
+    };
+    if node.is_empty() {
+        return Err(Foreign::Malformed("empty node"));
+    }
+    let control = chat_core::runtime::ClusterControl::decode(json)
+        .map_err(|_| Foreign::Malformed("control action"))?;
+    Ok((node.to_owned(), control))
+}
+
 fn number<T: std::str::FromStr>(s: &str) -> Result<T, Foreign> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Foreign::Malformed("number"));

@@ -82,6 +82,13 @@ impl Keys {
         format!("{}:probe:{node}", self.prefix)
     }
 
+    /// The channel every node listens to for the host's and moderators' actions that
+    /// cross servers (revocations, moderation; docs/CLUSTER.md).
+    #[must_use]
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
     /// The rooms where a node has presence.
     #[must_use]
     pub fn node_rooms(&self, node: &str) -> String {

@@ -54,7 +54,7 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{Script, Value};
 
 pub use broker::{BrokerOptions, RedisBroker};
-pub use doorbell::{Doorbell, Foreign};
+pub use doorbell::{Doorbell, Foreign, parse_control};
 pub use keys::Keys;
 pub use subscriber::{Bell, Subscriber, SubscriberOptions};
 
@@ -814,6 +814,25 @@ impl RedisLog {
         let payload = format!("t|{node}|{}|{user}", u8::from(active));
         redis::cmd("PUBLISH")
             .arg(self.keys.channel(room))
+            .arg(payload)
+            .exec_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a host's or moderator's action on the control channel every node
+    /// listens to (at most once: pub/sub); `node` is the publisher, which skips its own.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn publish_control(
+        &mut self,
+        node: &str,
+        control: &chat_core::runtime::ClusterControl,
+    ) -> Result<(), Error> {
+        let payload = format!("c|{node}|{}", control.encode());
+        redis::cmd("PUBLISH")
+            .arg(self.keys.control())
             .arg(payload)
             .exec_async(&mut self.conn)
             .await?;

@@ -60,10 +60,18 @@ pub enum Bell {
         /// The room.
         room: String,
     },
+    /// A host's or moderator's action another node (or this one) published on the
+    /// control channel.
+    Control {
+        /// The node that published it.
+        node: String,
+        /// The action.
+        control: chat_core::runtime::ClusterControl,
+    },
     /// A payload on one of our channels that our scripts never publish: counted and
     /// skipped.
     Foreign {
-        /// The room whose channel carried it.
+        /// The room whose channel carried it (the control channel's name for that one).
         room: String,
         /// Why it is not ours.
         why: Foreign,
@@ -103,6 +111,7 @@ impl Subscriber {
         let listener = Listener {
             client,
             probe_channel: keys.probe(node),
+            control_channel: keys.control(),
             keys,
             probe,
             options,
@@ -130,6 +139,8 @@ struct Listener {
     client: redis::Client,
     keys: Keys,
     probe_channel: String,
+    /// The cluster's control channel (revocations, moderation), always subscribed.
+    control_channel: String,
     probe: RedisLog,
     options: SubscriberOptions,
     /// Channel → room, for every room subscribed to.
@@ -200,6 +211,7 @@ impl Listener {
         let (mut sink, stream) = pubsub.split();
         let mut channels: Vec<String> = self.rooms.keys().cloned().collect();
         channels.push(self.probe_channel.clone());
+        channels.push(self.control_channel.clone());
         for chunk in channels.chunks(512) {
             timeout(limit, sink.subscribe(chunk)).await.ok()?.ok()?;
         }
@@ -222,6 +234,18 @@ impl Listener {
                     let channel = msg.get_channel_name();
                     if channel == self.probe_channel {
                         heard = Instant::now();
+                        continue;
+                    }
+                    if channel == self.control_channel {
+                        let bell = match crate::parse_control(msg.get_payload_bytes()) {
+                            Ok((node, control)) => Bell::Control { node, control },
+                            Err(why) => Bell::Foreign { room: self.control_channel.clone(), why },
+                        };
+                        // An action is not a doorbell that a stream read can replace:
+                        // wait for room in the queue rather than drop it.
+                        if self.bells.send(bell).await.is_err() {
+                            return End::Stop;
+                        }
                         continue;
                     }
                     let Some(room) = self.rooms.get(channel).cloned() else { continue };

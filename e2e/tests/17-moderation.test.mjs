@@ -2,7 +2,9 @@
 // session cookie): the user who creates a room owns it and moderates it from the member
 // list, with the keyboard alone; the topic is shown to everyone and set by the owner;
 // the member sees being muted (and a send while muted is refused with a visible reason),
-// then being kicked. Members get no moderation controls.
+// then being kicked. Members get no moderation controls. The app's roles are room roles
+// too (the example's `RoomPolicy::role`): its moderator moderates a room nobody gave them
+// a role in.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -111,5 +113,29 @@ describe('moderation', () => {
 
     await mod.check();
     await member.check();
+  });
+
+  test("the app's moderator moderates any room without anyone setting a role", async () => {
+    const room = unique('approles');
+    // bob creates the room (its owner) and gives nobody a role; dave is the app's moderator.
+    const owner = await signInTo('bob', room);
+    const member = await signInTo('carol', room);
+    const mod = await signInTo('dave', room);
+    await expectIncludes(mod.members(), 'carol');
+    const toggle = mod.page.locator('[data-testid="mod-toggle"][data-user="carol"]');
+    await toggle.waitFor();
+    await toggle.click();
+    await mod.id('mod-reason').fill('app rules');
+    await mod.id('mod-mute').click();
+    await expectNotice(member, `You were muted in #${room} by dave: app rules. You can read but not post.`);
+    await expectNotice(owner, 'carol was muted by dave: app rules');
+    await member.say('still here?');
+    await member.page.getByTestId('msg-status').filter({ hasText: 'Not sent: you are muted in this room.' }).waitFor();
+    // A member of the app is a member of the room: no controls for carol.
+    await expectCount(member.page.getByTestId('mod-toggle'), 0, 'no controls for a member');
+
+    await owner.check();
+    await member.check();
+    await mod.check();
   });
 });

@@ -11,10 +11,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{Cmd, HubClosed};
 use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserName};
+use crate::protocol::{ModAction, Role};
 use crate::server::{Input, Output};
 
 /// What the engine asks of the shared log; each is answered (where it has an answer)
@@ -114,6 +116,119 @@ pub enum ClusterRequest {
         /// Typing, or stopped.
         active: bool,
     },
+    /// Something the host or a moderator did on this server that every other server
+    /// must do too (a revocation, a moderation action): publish it to them; theirs come
+    /// back through [`BrokerInbox::relayed`].
+    Relay(ClusterControl),
+}
+
+/// A host or moderator action carried out on one server, for every other server of the
+/// cluster to carry out on its own sessions and its own copy of the room's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClusterControl {
+    /// [`Hub::revoke_user`](super::Hub::revoke_user): close every session of the user.
+    Revoke {
+        /// The user.
+        user: UserName,
+    },
+    /// A `kick`, `ban`, `unban`, `mute`, `unmute` or `set_role` in a public room.
+    Moderated {
+        /// The room.
+        room: RoomName,
+        /// The user concerned.
+        user: UserName,
+        /// What was done.
+        action: ModAction,
+        /// Why, if said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// A ban's or mute's length in minutes (rounded up); `None`: until lifted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minutes: Option<u64>,
+        /// `set_role`: the new role.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        /// The moderator; `None`: the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserName>,
+    },
+    /// A room's topic was set (empty: cleared).
+    Topic {
+        /// The room.
+        room: RoomName,
+        /// The topic.
+        topic: String,
+        /// The moderator; `None`: the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserName>,
+    },
+    /// A room's slow mode was set (0: off).
+    SlowMode {
+        /// The room.
+        room: RoomName,
+        /// Seconds between a member's posts.
+        seconds: u32,
+        /// The moderator; `None`: the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserName>,
+    },
+}
+
+/// The longest reason or topic a relayed action may carry (longer: not ours).
+const MAX_RELAYED_TEXT: usize = 4096;
+
+impl ClusterControl {
+    /// The action as JSON, for a broker to carry.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// An action from [`ClusterControl::encode`]'s JSON, with every name checked again
+    /// (a payload from the wire is not trusted to hold valid names).
+    ///
+    /// # Errors
+    /// Not JSON of an action, a name that is not valid, a text too long.
+    pub fn decode(json: &str) -> Result<ClusterControl, String> {
+        let c: ClusterControl = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let user_ok = |u: &UserName| {
+            UserName::parse(u.as_str(), usize::MAX).is_ok_and(|p| p.as_str() == u.as_str())
+        };
+        let room_ok = |r: &RoomName| {
+            !r.as_str().starts_with('@')
+                && RoomName::parse(r.as_str(), usize::MAX, usize::MAX)
+                    .is_ok_and(|p| p.as_str() == r.as_str())
+        };
+        let text_ok = |t: Option<&str>| t.is_none_or(|t| t.len() <= MAX_RELAYED_TEXT);
+        let ok = match &c {
+            ClusterControl::Revoke { user } => user_ok(user),
+            ClusterControl::Moderated {
+                room,
+                user,
+                reason,
+                by,
+                ..
+            } => {
+                room_ok(room)
+                    && user_ok(user)
+                    && by.as_ref().is_none_or(user_ok)
+                    && text_ok(reason.as_deref())
+            }
+            ClusterControl::Topic { room, topic, by } => {
+                room_ok(room) && by.as_ref().is_none_or(user_ok) && text_ok(Some(topic))
+            }
+            ClusterControl::SlowMode { room, by, .. } => {
+                room_ok(room) && by.as_ref().is_none_or(user_ok)
+            }
+        };
+        if ok {
+            Ok(c)
+        } else {
+            Err("a name or text that is not valid".into())
+        }
+    }
 }
 
 impl ClusterRequest {
@@ -189,6 +304,19 @@ impl BrokerInbox {
         self.answers.send(Cmd::Input(input)).map_err(|_| HubClosed)
     }
 
+    /// Hands over an action another server relayed ([`ClusterRequest::Relay`] there):
+    /// this hub carries it out on its own sessions and settings, and relays it no
+    /// further. Waits while the hub's inbox is full.
+    ///
+    /// # Errors
+    /// The hub has stopped.
+    pub async fn relayed(&self, control: ClusterControl) -> Result<(), HubClosed> {
+        self.news
+            .send(Cmd::Relayed(control))
+            .await
+            .map_err(|_| HubClosed)
+    }
+
     /// Hands over news from the log (doorbells, presence announcements, catch-ups);
     /// waits while the hub's inbox is full.
     ///
@@ -224,4 +352,73 @@ pub trait Broker: Send + Sync + 'static {
     /// Called once when the hub stops, after its last request: release what this
     /// process holds in the log (its presence), stop background work.
     fn stop(&self) -> BrokerFuture<'_>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterControl;
+    use crate::ids::{RoomName, UserName};
+    use crate::protocol::{ModAction, Role};
+
+    fn user(s: &str) -> UserName {
+        UserName::parse(s, 32).unwrap()
+    }
+
+    #[test]
+    fn an_action_crosses_as_json_and_comes_back_the_same() {
+        let room = RoomName::parse("lobby", 64, 32).unwrap();
+        for c in [
+            ClusterControl::Revoke { user: user("Ann") },
+            ClusterControl::Moderated {
+                room: room.clone(),
+                user: user("bob"),
+                action: ModAction::Ban,
+                reason: Some("spam | \"quoted\"".into()),
+                minutes: Some(10),
+                role: None,
+                by: Some(user("carol")),
+            },
+            ClusterControl::Moderated {
+                room: room.clone(),
+                user: user("bob"),
+                action: ModAction::SetRole,
+                reason: None,
+                minutes: None,
+                role: Some(Role::Moderator),
+                by: None,
+            },
+            ClusterControl::Topic {
+                room: room.clone(),
+                topic: "release on friday".into(),
+                by: None,
+            },
+            ClusterControl::SlowMode {
+                room,
+                seconds: 30,
+                by: Some(user("carol")),
+            },
+        ] {
+            assert_eq!(ClusterControl::decode(&c.encode()), Ok(c));
+        }
+    }
+
+    #[test]
+    fn a_payload_with_names_no_server_would_accept_is_refused() {
+        for bad in [
+            r#"{"kind":"revoke","user":"has space"}"#,
+            r#"{"kind":"revoke","user":""}"#,
+            r#"{"kind":"topic","room":"@a,b","topic":"x"}"#,
+            r#"{"kind":"topic","room":"Lobby","topic":"x"}"#,
+            r#"{"kind":"moderated","room":"lobby","user":"bob","action":"ban","by":"a@b"}"#,
+            r#"{"kind":"explode"}"#,
+            "not json",
+        ] {
+            assert!(ClusterControl::decode(bad).is_err(), "{bad}");
+        }
+        let long = format!(
+            r#"{{"kind":"topic","room":"lobby","topic":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        assert!(ClusterControl::decode(&long).is_err());
+    }
 }

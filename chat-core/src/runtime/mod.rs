@@ -43,7 +43,7 @@ use crate::protocol::{Encoded, ErrorCode, Message};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
 };
-pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterRequest};
+pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest};
 pub use events::{EventStream, HostEvent};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
@@ -213,8 +213,16 @@ enum Cmd {
         /// The host's identity for the session, known before its first frame.
         identity: Option<crate::Identity>,
     },
-    /// The host changes the engine's state (revocations, room access, invitations).
+    /// The host changes the engine's state (room access, invitations, moderation).
     Host(HostFn),
+    /// [`Hub::revoke_user`]: here, and relayed to the other servers in cluster mode.
+    Revoke {
+        user: String,
+        reply: oneshot::Sender<usize>,
+    },
+    /// An action another server relayed (cluster mode): carried out here, relayed no
+    /// further.
+    Relayed(ClusterControl),
     Input(Input),
     /// The writer's answer for a whole group: one command, not one per message.
     Persisted {
@@ -364,6 +372,7 @@ impl Hub {
             deferred: Vec::new(),
             shutting_down: false,
             cluster,
+            relaying: false,
         };
         tokio::spawn(async move {
             driver.run().await;
@@ -455,13 +464,18 @@ impl Hub {
     }
 
     /// Closes every session of `user` at once (each gets an `auth_revoked` error and
-    /// close code 4003); returns how many there were. This hub only: in cluster mode
-    /// every node must be told. Keeping the user out afterwards is the identity hook's
-    /// part.
+    /// close code 4003); returns how many there were on this hub. In cluster mode the
+    /// revocation is also relayed to every other server, which closes the user's
+    /// sessions there (docs/CLUSTER.md, "Host and moderator actions"). Keeping the user
+    /// out afterwards is the identity hook's part.
     pub async fn revoke_user(&self, user: &str) -> Result<usize, HubClosed> {
-        let user = user.to_owned();
-        self.host(move |server, now| server.revoke_user(now, &user))
-            .await
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Revoke {
+            user: user.to_owned(),
+            reply,
+        };
+        self.inner.control.send(cmd).map_err(|_| HubClosed)?;
+        rx.await.map_err(|_| HubClosed)
     }
 
     /// Sets a public room's access rules (see [`crate::RoomAccess`]); they apply from
@@ -745,6 +759,8 @@ struct Driver {
     shutting_down: bool,
     /// Cluster mode's broker.
     cluster: Option<Arc<dyn Broker>>,
+    /// Carrying out an action another server relayed: its events are not relayed again.
+    relaying: bool,
 }
 
 /// Inputs handled per wake-up before outputs are drained: bounds latency under load
@@ -818,6 +834,23 @@ impl Driver {
                 self.feed(now, input);
             }
             Cmd::Host(f) => f(&mut self.server, now),
+            Cmd::Revoke { user, reply } => {
+                let _ = reply.send(self.server.revoke_user(now, &user));
+                if let (Some(broker), Ok(user)) = (
+                    &self.cluster,
+                    crate::ids::UserName::parse(&user, usize::MAX),
+                ) {
+                    broker.submit(ClusterRequest::Relay(ClusterControl::Revoke { user }));
+                }
+            }
+            Cmd::Relayed(control) => {
+                // What this causes (events, frames) is not relayed back.
+                self.relaying = true;
+                self.apply_relayed(now, control);
+                let stop = self.drain(now);
+                self.relaying = false;
+                return stop;
+            }
             Cmd::Input(input) => {
                 let mut frame = false;
                 match &input {
@@ -993,7 +1026,88 @@ impl Driver {
         }
     }
 
+    /// Carries out an action another server relayed, as that server did (the same
+    /// moderator named in the frames).
+    fn apply_relayed(&mut self, now: Now, control: ClusterControl) {
+        use crate::protocol::ModAction;
+        use crate::server::ModOp;
+        let server = &mut self.server;
+        match control {
+            ClusterControl::Revoke { user } => {
+                server.revoke_user(now, user.as_str());
+            }
+            ClusterControl::Moderated {
+                room,
+                user,
+                action,
+                reason,
+                minutes,
+                role,
+                by,
+            } => {
+                let reason = reason.unwrap_or_default();
+                let length = minutes.map(|m| Duration::from_secs(m.saturating_mul(60)));
+                let op = match action {
+                    ModAction::Kick => ModOp::Kick { reason },
+                    ModAction::Ban => ModOp::Ban { reason, length },
+                    ModAction::Unban => ModOp::Unban,
+                    ModAction::Mute => ModOp::Mute { reason, length },
+                    ModAction::Unmute => ModOp::Unmute,
+                    ModAction::SetRole => ModOp::SetRole(role.unwrap_or_default()),
+                    _ => return,
+                };
+                server.moderate(Some(now), by, &room, Some(&user), op);
+            }
+            ClusterControl::Topic { room, topic, by } => {
+                server.moderate(Some(now), by, &room, None, ModOp::Topic(topic));
+            }
+            ClusterControl::SlowMode { room, seconds, by } => {
+                server.moderate(Some(now), by, &room, None, ModOp::SlowMode(seconds));
+            }
+        }
+    }
+
+    /// A moderation event of this server, for the other servers to carry out too.
+    fn relay(&self, event: &Event) {
+        let Some(broker) = &self.cluster else { return };
+        if self.relaying {
+            return;
+        }
+        let control = match event {
+            Event::Moderated {
+                room,
+                user,
+                action,
+                reason,
+                minutes,
+                role,
+                by,
+            } => ClusterControl::Moderated {
+                room: room.clone(),
+                user: user.clone(),
+                action: *action,
+                reason: reason.clone(),
+                minutes: *minutes,
+                role: *role,
+                by: by.clone(),
+            },
+            Event::TopicChanged { room, topic, by } => ClusterControl::Topic {
+                room: room.clone(),
+                topic: topic.clone(),
+                by: by.clone(),
+            },
+            Event::SlowModeChanged { room, seconds, by } => ClusterControl::SlowMode {
+                room: room.clone(),
+                seconds: *seconds,
+                by: by.clone(),
+            },
+            _ => return,
+        };
+        broker.submit(ClusterRequest::Relay(control));
+    }
+
     fn on_event(&mut self, event: Event) {
+        self.relay(&event);
         match &event {
             Event::MessagePosted(_) => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);

@@ -51,6 +51,9 @@ pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
 pub(crate) use limits::TokenBucket;
+/// A moderation operation, for the runtime to carry out one relayed from another server
+/// (cluster mode).
+pub(crate) use moderation::Op as ModOp;
 pub use outputs::{CloseReason, Event, Output, Recipients};
 
 use delivery::Delivery;
