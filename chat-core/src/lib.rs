@@ -113,8 +113,8 @@ pub use ids::{
 };
 pub use server::{
     Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Identity,
-    Input, LoadedRoom, Now, Output, Permissions, Rate, Recipients, RoomAccess, RoomPolicy, Server,
-    SharedPolicy, StoreError,
+    EXPIRED_REASON, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate, Recipients, RoomAccess,
+    RoomPolicy, Server, SharedPolicy, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -102,7 +102,23 @@ fn a_ban_keeps_the_user_out_of_the_room_its_history_and_its_listing_until_it_exp
     sim.advance(Duration::from_secs(89));
     sim.say(2, json!({"type":"join","id":5,"room":"lobby"}));
     sim.expect_error(2, ErrorCode::Forbidden, Some(5));
+    sim.take(1);
+    sim.take_events();
     sim.advance(Duration::from_secs(1));
+    // The ban's end is told: to the room, and to bob outside it.
+    let expired = [("bob".to_owned(), ModAction::Unban, Some("expired".to_owned()))];
+    for s in [1, 2] {
+        let frames = sim.take(s);
+        assert_eq!(moderated(&frames), expired, "session {s}");
+        assert!(matches!(
+            &frames[..],
+            [ServerFrame::Moderated { by: None, minutes: None, .. }]
+        ));
+    }
+    assert!(matches!(
+        &sim.take_events()[..],
+        [Event::Moderated { action: ModAction::Unban, by: None, reason: Some(r), .. }] if r == "expired"
+    ));
     sim.say(2, json!({"type":"join","id":6,"room":"lobby"}));
     sim.expect_kinds(2, &["joined"]);
     // A ban for good lasts until lifted.
@@ -484,7 +500,19 @@ fn a_timed_mute_from_a_moderator_ends_by_itself_and_a_ban_keeps_the_user_out() {
     sim.clear();
     sim.send(2, 2, "lobby", "hey");
     sim.expect_error(2, ErrorCode::Forbidden, Some(2));
-    sim.advance(Duration::from_secs(60));
+    sim.advance(Duration::from_secs(59));
+    for s in [1, 2, 3] {
+        sim.expect_nothing(s);
+    }
+    sim.advance(Duration::from_secs(1));
+    // Everyone in the room is told the mute is over.
+    for s in [1, 2, 3] {
+        assert_eq!(
+            moderated(&sim.take(s)),
+            [("bob".to_owned(), ModAction::Unmute, Some("expired".to_owned()))],
+            "session {s}"
+        );
+    }
     sim.send(2, 3, "lobby", "back");
     sim.expect_kinds(2, &["message", "ack"]);
     sim.clear();

@@ -50,6 +50,7 @@ pub use cluster::{Announced, Appended, LoadedRoom};
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
+pub use moderation::{EXPIRED_REASON, ModerationChange};
 pub(crate) use limits::TokenBucket;
 pub use outputs::{CloseReason, Event, Output, Recipients};
 
@@ -88,6 +89,9 @@ struct State {
     unarmed: Vec<RoomName>,
     /// Public rooms' access rules and invitations.
     access: authz::AccessTable,
+    /// Durable mode: moderation changes handed to the store, by ticket, with the
+    /// moderator waiting for each (if any).
+    saving: BTreeMap<u64, Option<moderation::PendingSave>>,
     shutting_down: bool,
     drained: bool,
 }
@@ -139,6 +143,7 @@ impl Server {
                 stored: BTreeMap::new(),
                 unarmed: Vec::new(),
                 access,
+                saving: BTreeMap::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -260,6 +265,10 @@ impl Server {
             Input::HistoryLoaded { ticket, result } => {
                 return self.st.on_history_loaded(ticket, result);
             }
+            Input::ModerationSaved { ticket, result } => {
+                self.on_moderation_saved(ticket, result)?;
+                self.maybe_finish_shutdown(now);
+            }
             Input::Publish {
                 ticket,
                 room,
@@ -273,7 +282,8 @@ impl Server {
         Ok(())
     }
 
-    /// Fires every timer due at `now`: presence grace periods and typing expiry.
+    /// Fires every timer due at `now`: presence grace periods, typing expiry, the end of
+    /// timed bans and mutes.
     pub fn handle_timeout(&mut self, now: Now) {
         self.st.out.set_now(now.mono);
         if !self.st.unarmed.is_empty() {
@@ -287,6 +297,9 @@ impl Server {
                 Timer::Unload(room) => self.st.on_unload_due(at, &room),
                 Timer::Expiry(session) => self.on_identity_expired(now, session),
                 Timer::Presence(room) => self.st.on_presence_tick(at, &room),
+                Timer::Sanction(room, user, kind) => {
+                    self.on_sanction_expired(at, &room, &user, kind);
+                }
             }
         }
     }
@@ -395,7 +408,11 @@ impl Server {
     fn maybe_finish_shutdown(&mut self, now: Now) {
         let st = &self.st;
         let unsettled = |r: &Room| !r.pending.is_empty() || !r.cluster.is_settled();
-        if !st.shutting_down || st.drained || st.rooms.values().any(unsettled) {
+        if !st.shutting_down
+            || st.drained
+            || !st.saving.is_empty()
+            || st.rooms.values().any(unsettled)
+        {
             return;
         }
         let retry = u64::try_from(st.config.shutdown_retry_after.as_millis()).unwrap_or(u64::MAX);
