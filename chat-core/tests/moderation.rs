@@ -106,13 +106,21 @@ fn a_ban_keeps_the_user_out_of_the_room_its_history_and_its_listing_until_it_exp
     sim.take_events();
     sim.advance(Duration::from_secs(1));
     // The ban's end is told: to the room, and to bob outside it.
-    let expired = [("bob".to_owned(), ModAction::Unban, Some("expired".to_owned()))];
+    let expired = [(
+        "bob".to_owned(),
+        ModAction::Unban,
+        Some("expired".to_owned()),
+    )];
     for s in [1, 2] {
         let frames = sim.take(s);
         assert_eq!(moderated(&frames), expired, "session {s}");
         assert!(matches!(
             &frames[..],
-            [ServerFrame::Moderated { by: None, minutes: None, .. }]
+            [ServerFrame::Moderated {
+                by: None,
+                minutes: None,
+                ..
+            }]
         ));
     }
     assert!(matches!(
@@ -509,7 +517,11 @@ fn a_timed_mute_from_a_moderator_ends_by_itself_and_a_ban_keeps_the_user_out() {
     for s in [1, 2, 3] {
         assert_eq!(
             moderated(&sim.take(s)),
-            [("bob".to_owned(), ModAction::Unmute, Some("expired".to_owned()))],
+            [(
+                "bob".to_owned(),
+                ModAction::Unmute,
+                Some("expired".to_owned())
+            )],
             "session {s}"
         );
     }
@@ -636,7 +648,10 @@ fn a_durable_server_says_done_only_once_the_change_is_stored() {
     sim.save_moderation(Ok(()));
     assert_eq!(done(&sim.take(3)), [(1, ModAction::Mute)]);
     // A store that fails: carol is told it was not stored, instead of done.
-    sim.say(3, json!({"type":"unmute","id":3,"room":"lobby","user":"bob"}));
+    sim.say(
+        3,
+        json!({"type":"unmute","id":3,"room":"lobby","user":"bob"}),
+    );
     sim.expect_kinds(3, &["moderated"]);
     sim.save_moderation(Err(chat_core::StoreError::Full("disk full".into())));
     let message = sim.expect_error(3, ErrorCode::StorageUnavailable, Some(3));
@@ -662,8 +677,14 @@ fn roles_bans_mutes_topic_and_slow_mode_survive_a_restart() {
         3,
         json!({"type":"mute","id":2,"room":"lobby","user":"alice","minutes":60}),
     );
-    sim.say(3, json!({"type":"topic","id":3,"room":"lobby","topic":"be kind"}));
-    sim.say(3, json!({"type":"slow_mode","id":4,"room":"lobby","seconds":30}));
+    sim.say(
+        3,
+        json!({"type":"topic","id":3,"room":"lobby","topic":"be kind"}),
+    );
+    sim.say(
+        3,
+        json!({"type":"slow_mode","id":4,"room":"lobby","seconds":30}),
+    );
     assert_eq!(
         done(&sim.take(3)),
         [
@@ -678,7 +699,15 @@ fn roles_bans_mutes_topic_and_slow_mode_survive_a_restart() {
     // Carol comes back: her role, the topic and the slow mode are in her joined.
     as_user(&mut sim, 13, Identity::new("carol"));
     match &sim.take(13)[..] {
-        [ServerFrame::Welcome { .. }, ServerFrame::Joined { topic, slow_mode, role, .. }] => {
+        [
+            ServerFrame::Welcome { .. },
+            ServerFrame::Joined {
+                topic,
+                slow_mode,
+                role,
+                ..
+            },
+        ] => {
             assert_eq!(topic.as_deref(), Some("be kind"));
             assert_eq!(*slow_mode, Some(30));
             assert_eq!(*role, Some(Role::Moderator));
@@ -698,7 +727,11 @@ fn roles_bans_mutes_topic_and_slow_mode_survive_a_restart() {
     sim.advance(Duration::from_secs(3600));
     assert_eq!(
         moderated(&sim.take(11)),
-        [("alice".to_owned(), ModAction::Unmute, Some("expired".to_owned()))]
+        [(
+            "alice".to_owned(),
+            ModAction::Unmute,
+            Some("expired".to_owned())
+        )]
     );
     assert!(matches!(
         sim.moderation.last(),
@@ -758,16 +791,10 @@ fn the_policys_role_holds_for_a_user_who_is_not_online() {
     sim.clear();
     assert_eq!(sim.server.role("lobby", "mira"), Ok(Role::Moderator));
     // mira is offline: a moderator may not ban her, as if she were there.
-    sim.say(
-        3,
-        json!({"type":"ban","id":1,"room":"lobby","user":"mira"}),
-    );
+    sim.say(3, json!({"type":"ban","id":1,"room":"lobby","user":"mira"}));
     sim.expect_error(3, ErrorCode::Forbidden, Some(1));
     // An offline member may be banned.
-    sim.say(
-        3,
-        json!({"type":"ban","id":2,"room":"lobby","user":"dave"}),
-    );
+    sim.say(3, json!({"type":"ban","id":2,"room":"lobby","user":"dave"}));
     let frames = sim.take(3);
     assert_eq!(done(&frames), [(2, ModAction::Ban)]);
     as_user(&mut sim, 4, Identity::new("dave"));

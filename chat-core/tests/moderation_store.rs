@@ -66,7 +66,10 @@ async fn user(hub: &Hub, name: &str, rooms: Option<Vec<&str>>) -> Connection {
         hello["rooms"] = json!(rooms.iter().map(|r| json!({"room": r})).collect::<Vec<_>>());
     }
     say(&mut c, hello).await;
-    until(&mut c, |f| matches!(f, ServerFrame::Welcome { .. }).then_some(())).await;
+    until(&mut c, |f| {
+        matches!(f, ServerFrame::Welcome { .. }).then_some(())
+    })
+    .await;
     c
 }
 
@@ -99,7 +102,10 @@ async fn check_enforced(hub: &Hub) {
     assert_eq!(code, ErrorCode::Forbidden, "bob is still banned");
 
     let mut alice = user(hub, "alice", None).await;
-    until(&mut alice, |f| matches!(f, ServerFrame::Joined { .. }).then_some(())).await;
+    until(&mut alice, |f| {
+        matches!(f, ServerFrame::Joined { .. }).then_some(())
+    })
+    .await;
     say(
         &mut alice,
         json!({"type":"send","id":2,"room":"lobby","body":"am I heard?"}),
@@ -124,7 +130,10 @@ async fn host_moderation_survives_a_restart() {
         .await
         .unwrap()
         .unwrap();
-    hub.ban("lobby", "bob", "spam", None).await.unwrap().unwrap();
+    hub.ban("lobby", "bob", "spam", None)
+        .await
+        .unwrap()
+        .unwrap();
     hub.mute_for("lobby", "alice", "calm", hour)
         .await
         .unwrap()
@@ -200,7 +209,9 @@ async fn moderation_acked_before_a_kill_9_survives_it() {
             .map_while(Result::ok)
             .any(|line| line.contains("ACKED"))
     });
-    let acked = tokio::time::timeout(WAIT, acked).await.expect("the child acks");
+    let acked = tokio::time::timeout(WAIT, acked)
+        .await
+        .expect("the child acks");
     assert!(acked.unwrap(), "the child printed ACKED");
     child.kill().expect("kill -9");
     child.wait().unwrap();

@@ -544,7 +544,8 @@ impl Hub {
         muted: bool,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, user) = (room.to_owned(), user.to_owned());
-        self.moderation(move |s, _| s.mute(&room, &user, muted)).await
+        self.moderation(move |s, _| s.mute(&room, &user, muted))
+            .await
     }
 
     /// Mutes `user` in a public room for `length` (`None`: until unmuted), with a reason
@@ -569,7 +570,8 @@ impl Hub {
         role: crate::protocol::Role,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, user) = (room.to_owned(), user.to_owned());
-        self.moderation(move |s, _| s.set_role(&room, &user, role)).await
+        self.moderation(move |s, _| s.set_role(&room, &user, role))
+            .await
     }
 
     /// Sets a public room's topic, empty for none ([`Server::set_topic`]).
@@ -579,7 +581,8 @@ impl Hub {
         topic: &str,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, topic) = (room.to_owned(), topic.to_owned());
-        self.moderation(move |s, _| s.set_topic(&room, &topic)).await
+        self.moderation(move |s, _| s.set_topic(&room, &topic))
+            .await
     }
 
     /// Sets a public room's slow mode, 0 for off ([`Server::set_slow_mode`]).
@@ -589,7 +592,8 @@ impl Hub {
         seconds: u32,
     ) -> Result<Result<(), String>, HubClosed> {
         let room = room.to_owned();
-        self.moderation(move |s, _| s.set_slow_mode(&room, seconds)).await
+        self.moderation(move |s, _| s.set_slow_mode(&room, seconds))
+            .await
     }
 
     /// Runs a moderation call `f` on the engine's task, then, with a store, waits until

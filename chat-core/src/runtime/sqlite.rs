@@ -66,7 +66,8 @@ const READER_CACHE_KIB: u32 = 256;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes `user_version` from `i` to `i + 1`.
 /// The epoch row is written by the code, since it needs randomness.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
@@ -81,7 +82,8 @@ const MIGRATIONS: &[&str] = &["
         client_id TEXT
     );
     CREATE UNIQUE INDEX messages_by_room ON messages (room, seq);
-", "
+",
+    "
     CREATE TABLE room_roles (
         room     TEXT NOT NULL,
         user_key TEXT NOT NULL,
@@ -102,7 +104,8 @@ const MIGRATIONS: &[&str] = &["
         topic     TEXT NOT NULL DEFAULT '',
         slow_mode INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
-"];
+",
+];
 
 const INSERT: &str =
     "INSERT INTO messages (room, seq, ts, user, body, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -432,9 +435,8 @@ fn role_name(role: Role) -> &'static str {
 
 /// One moderation change, in the writer's open transaction.
 fn save_change(conn: &Connection, change: &ModerationChange) -> Result<(), StoreError> {
-    let fail = |e: rusqlite::Error| {
-        classify(&e, format!("storing moderation of {}: {e}", change.room()))
-    };
+    let fail =
+        |e: rusqlite::Error| classify(&e, format!("storing moderation of {}: {e}", change.room()));
     let room = change.room().as_str();
     let sanction = |user: &UserName, kind: &str, until: Option<DateTime<Utc>>| {
         conn.prepare_cached(
@@ -542,9 +544,10 @@ fn load_moderation(conn: &Connection) -> Result<Vec<ModerationChange>, StoreErro
         let (r, u, kind, until) = row.map_err(&get)?;
         let until = match until {
             None => None,
-            Some(ms) => Some(DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| {
-                StoreError::Corrupt(format!("corrupt sanction end {ms}"))
-            })?),
+            Some(ms) => Some(
+                DateTime::<Utc>::from_timestamp_millis(ms)
+                    .ok_or_else(|| StoreError::Corrupt(format!("corrupt sanction end {ms}")))?,
+            ),
         };
         let (room, user) = (room(r)?, user(u)?);
         changes.push(match kind.as_str() {

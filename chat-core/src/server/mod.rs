@@ -50,8 +50,8 @@ pub use cluster::{Announced, Appended, LoadedRoom};
 pub use config::{AuthMode, Config};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
-pub use moderation::{EXPIRED_REASON, ModerationChange};
 pub(crate) use limits::TokenBucket;
+pub use moderation::{EXPIRED_REASON, ModerationChange};
 pub use outputs::{CloseReason, Event, Output, Recipients};
 
 use delivery::Delivery;

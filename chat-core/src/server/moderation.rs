@@ -232,7 +232,14 @@ impl Server {
     ) -> Result<usize, String> {
         let (room, user) = self.st.target(room, user)?;
         let reason = reason.to_owned();
-        Ok(self.moderate(Some(now), None, &room, Some(&user), Op::Kick { reason }, None))
+        Ok(self.moderate(
+            Some(now),
+            None,
+            &room,
+            Some(&user),
+            Op::Kick { reason },
+            None,
+        ))
     }
 
     /// Bans `user` from a public room for `length` (`None`: until [`Server::unban`]):

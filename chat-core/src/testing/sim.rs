@@ -419,7 +419,8 @@ impl Sim {
                 self.persists.push(msg);
             }
             Output::SaveModeration { ticket, change } => {
-                self.log.push(format!("save moderation {ticket} {change:?}"));
+                self.log
+                    .push(format!("save moderation {ticket} {change:?}"));
                 self.moderation_saves.push((ticket, change));
             }
             Output::LoadHistory {
