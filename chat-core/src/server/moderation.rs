@@ -755,7 +755,11 @@ impl Server {
                 .filter_map(|sid| self.sessions.get(sid))
                 .find_map(|s: &Session| s.identity.as_deref().cloned())
         });
-        online.unwrap_or_else(|| Identity::new(self.st.users.display_name(&key).as_str()))
+        online.unwrap_or_else(|| {
+            // The name the engine knows the user by, else the one given here.
+            let name = self.st.users.get(&key).map_or(user, |u| &u.name);
+            Identity::new(name.as_str())
+        })
     }
 
     /// Takes every session of `key` out of the room, as if each had left, and the user
