@@ -112,9 +112,9 @@ pub use ids::{
     is_invisible,
 };
 pub use server::{
-    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, Event, Identity,
-    Input, LoadedRoom, Now, Output, Permissions, Rate, Recipients, RoomAccess, RoomPolicy, Server,
-    SharedPolicy, StoreError,
+    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, EXPIRED_REASON,
+    Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate,
+    Recipients, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

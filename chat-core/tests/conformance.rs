@@ -689,7 +689,24 @@ impl Replay<'_> {
 
     fn drain(&mut self) -> Result<(), String> {
         let mut problems = Vec::new();
-        while let Some(output) = self.server.poll_output() {
+        let mut saves = Vec::new();
+        loop {
+            // Durable mode: the store keeps each moderation change at once.
+            for ticket in saves.drain(..) {
+                let input = Input::ModerationSaved {
+                    ticket,
+                    result: Ok(()),
+                };
+                if let Err(e) = self.server.handle_input(self.now, input) {
+                    problems.push(format!("ModerationSaved: {e}"));
+                }
+            }
+            let Some(output) = self.server.poll_output() else {
+                if saves.is_empty() {
+                    break;
+                }
+                continue;
+            };
             match output {
                 Output::Send { .. } | Output::Broadcast { .. } => {
                     for (to, frame) in output.sends() {
@@ -722,6 +739,7 @@ impl Replay<'_> {
                 }
                 Output::Authenticate { session, .. } => self.authenticating.push(session),
                 Output::Persist(msg) => self.persisting.push((msg.room.clone(), msg.seq)),
+                Output::SaveModeration { ticket, .. } => saves.push(ticket),
                 Output::LoadHistory { .. } => {
                     problems.push("LoadHistory is not supported by the transcript runner".into());
                 }

@@ -102,7 +102,31 @@ fn a_ban_keeps_the_user_out_of_the_room_its_history_and_its_listing_until_it_exp
     sim.advance(Duration::from_secs(89));
     sim.say(2, json!({"type":"join","id":5,"room":"lobby"}));
     sim.expect_error(2, ErrorCode::Forbidden, Some(5));
+    sim.take(1);
+    sim.take_events();
     sim.advance(Duration::from_secs(1));
+    // The ban's end is told: to the room, and to bob outside it.
+    let expired = [(
+        "bob".to_owned(),
+        ModAction::Unban,
+        Some("expired".to_owned()),
+    )];
+    for s in [1, 2] {
+        let frames = sim.take(s);
+        assert_eq!(moderated(&frames), expired, "session {s}");
+        assert!(matches!(
+            &frames[..],
+            [ServerFrame::Moderated {
+                by: None,
+                minutes: None,
+                ..
+            }]
+        ));
+    }
+    assert!(matches!(
+        &sim.take_events()[..],
+        [Event::Moderated { action: ModAction::Unban, by: None, reason: Some(r), .. }] if r == "expired"
+    ));
     sim.say(2, json!({"type":"join","id":6,"room":"lobby"}));
     sim.expect_kinds(2, &["joined"]);
     // A ban for good lasts until lifted.
@@ -484,7 +508,23 @@ fn a_timed_mute_from_a_moderator_ends_by_itself_and_a_ban_keeps_the_user_out() {
     sim.clear();
     sim.send(2, 2, "lobby", "hey");
     sim.expect_error(2, ErrorCode::Forbidden, Some(2));
-    sim.advance(Duration::from_secs(60));
+    sim.advance(Duration::from_secs(59));
+    for s in [1, 2, 3] {
+        sim.expect_nothing(s);
+    }
+    sim.advance(Duration::from_secs(1));
+    // Everyone in the room is told the mute is over.
+    for s in [1, 2, 3] {
+        assert_eq!(
+            moderated(&sim.take(s)),
+            [(
+                "bob".to_owned(),
+                ModAction::Unmute,
+                Some("expired".to_owned())
+            )],
+            "session {s}"
+        );
+    }
     sim.send(2, 3, "lobby", "back");
     sim.expect_kinds(2, &["message", "ack"]);
     sim.clear();
@@ -571,4 +611,194 @@ fn moderation_before_hello_is_refused() {
     sim.connect(1);
     sim.say(1, json!({"type":"kick","id":1,"room":"lobby","user":"bob"}));
     sim.expect_error(1, ErrorCode::HelloRequired, Some(1));
+}
+
+// ---- durable mode: moderation that lasts ----
+
+fn durable_lobby() -> Config {
+    Config {
+        durable: true,
+        ..lobby()
+    }
+}
+
+#[test]
+fn a_durable_server_says_done_only_once_the_change_is_stored() {
+    let mut sim = three_in_the_lobby(durable_lobby());
+    sim.server
+        .set_role("lobby", "carol", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.clear();
+    sim.hold_moderation = true;
+    sim.say(
+        3,
+        json!({"type":"mute","id":1,"room":"lobby","user":"bob","minutes":5}),
+    );
+    // The room is told and the mute holds at once; carol's done waits for the store.
+    sim.expect_kinds(3, &["moderated"]);
+    assert!(matches!(
+        &sim.moderation_saves[..],
+        [(_, chat_core::ModerationChange::Mute { until: Some(_), .. })]
+    ));
+    sim.take(2);
+    sim.send(2, 2, "lobby", "hey");
+    sim.expect_error(2, ErrorCode::Forbidden, Some(2));
+    sim.clear();
+    sim.save_moderation(Ok(()));
+    assert_eq!(done(&sim.take(3)), [(1, ModAction::Mute)]);
+    // A store that fails: carol is told it was not stored, instead of done.
+    sim.say(
+        3,
+        json!({"type":"unmute","id":3,"room":"lobby","user":"bob"}),
+    );
+    sim.expect_kinds(3, &["moderated"]);
+    sim.save_moderation(Err(chat_core::StoreError::Full("disk full".into())));
+    let message = sim.expect_error(3, ErrorCode::StorageUnavailable, Some(3));
+    assert!(message.contains("not stored"), "{message}");
+    // A kick changes nothing that lasts: done at once, nothing to store.
+    sim.say(3, json!({"type":"kick","id":4,"room":"lobby","user":"bob"}));
+    assert!(sim.moderation_saves.is_empty());
+    assert_eq!(done(&sim.take(3)), [(4, ModAction::Kick)]);
+}
+
+#[test]
+fn roles_bans_mutes_topic_and_slow_mode_survive_a_restart() {
+    let mut sim = three_in_the_lobby(durable_lobby());
+    sim.server
+        .set_role("lobby", "carol", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.say(
+        3,
+        json!({"type":"ban","id":1,"room":"lobby","user":"bob","reason":"spam"}),
+    );
+    sim.say(
+        3,
+        json!({"type":"mute","id":2,"room":"lobby","user":"alice","minutes":60}),
+    );
+    sim.say(
+        3,
+        json!({"type":"topic","id":3,"room":"lobby","topic":"be kind"}),
+    );
+    sim.say(
+        3,
+        json!({"type":"slow_mode","id":4,"room":"lobby","seconds":30}),
+    );
+    assert_eq!(
+        done(&sim.take(3)),
+        [
+            (1, ModAction::Ban),
+            (2, ModAction::Mute),
+            (3, ModAction::Topic),
+            (4, ModAction::SlowMode)
+        ]
+    );
+    sim.restart(durable_lobby(), false);
+    sim.clear();
+    // Carol comes back: her role, the topic and the slow mode are in her joined.
+    as_user(&mut sim, 13, Identity::new("carol"));
+    match &sim.take(13)[..] {
+        [
+            ServerFrame::Welcome { .. },
+            ServerFrame::Joined {
+                topic,
+                slow_mode,
+                role,
+                ..
+            },
+        ] => {
+            assert_eq!(topic.as_deref(), Some("be kind"));
+            assert_eq!(*slow_mode, Some(30));
+            assert_eq!(*role, Some(Role::Moderator));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bob is still banned, alice still muted (for the rest of her hour).
+    as_user(&mut sim, 12, Identity::new("bob"));
+    sim.take(12);
+    sim.say(12, json!({"type":"join","id":5,"room":"lobby"}));
+    sim.expect_error(12, ErrorCode::Forbidden, Some(5));
+    as_user(&mut sim, 11, Identity::new("alice"));
+    sim.clear();
+    sim.send(11, 6, "lobby", "am I heard?");
+    sim.expect_error(11, ErrorCode::Forbidden, Some(6));
+    // The mute's timer came back with it: it ends an hour after it was given.
+    sim.advance(Duration::from_secs(3600));
+    assert_eq!(
+        moderated(&sim.take(11)),
+        [(
+            "alice".to_owned(),
+            ModAction::Unmute,
+            Some("expired".to_owned())
+        )]
+    );
+    assert!(matches!(
+        sim.moderation.last(),
+        Some(chat_core::ModerationChange::Unmute { .. })
+    ));
+}
+
+#[test]
+fn a_ban_that_ended_while_the_server_was_down_is_lifted_at_startup() {
+    let mut sim = three_in_the_lobby(durable_lobby());
+    sim.server
+        .ban(sim.now, "lobby", "bob", "", Some(Duration::from_secs(600)))
+        .unwrap();
+    sim.drain();
+    // Down for twenty minutes.
+    sim.now = sim.now.advance(Duration::from_secs(1200));
+    sim.restart(durable_lobby(), false);
+    sim.take_events();
+    sim.advance(Duration::ZERO);
+    assert!(matches!(
+        &sim.take_events()[..],
+        [Event::Moderated { action: ModAction::Unban, by: None, reason: Some(r), .. }] if r == "expired"
+    ));
+    assert!(matches!(
+        sim.moderation.last(),
+        Some(chat_core::ModerationChange::Unban { .. })
+    ));
+    as_user(&mut sim, 12, Identity::new("bob"));
+    sim.clear();
+    sim.say(12, json!({"type":"join","id":1,"room":"lobby"}));
+    sim.expect_kinds(12, &["joined"]);
+}
+
+/// The host's own records: `mira` moderates every room, whether online or not.
+struct ById;
+
+impl chat_core::RoomPolicy for ById {
+    fn permissions(&self, _: &Identity, _: &RoomName, rules: Permissions) -> Permissions {
+        rules
+    }
+
+    fn role(&self, who: &Identity, _: &RoomName) -> Option<Role> {
+        (who.user == "mira").then_some(Role::Moderator)
+    }
+}
+
+#[test]
+fn the_policys_role_holds_for_a_user_who_is_not_online() {
+    let mut sim = three_in_the_lobby(Config {
+        room_policy: Some(SharedPolicy::new(ById)),
+        ..lobby()
+    });
+    sim.server
+        .set_role("lobby", "carol", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.clear();
+    assert_eq!(sim.server.role("lobby", "mira"), Ok(Role::Moderator));
+    // mira is offline: a moderator may not ban her, as if she were there.
+    sim.say(3, json!({"type":"ban","id":1,"room":"lobby","user":"mira"}));
+    sim.expect_error(3, ErrorCode::Forbidden, Some(1));
+    // An offline member may be banned.
+    sim.say(3, json!({"type":"ban","id":2,"room":"lobby","user":"dave"}));
+    let frames = sim.take(3);
+    assert_eq!(done(&frames), [(2, ModAction::Ban)]);
+    as_user(&mut sim, 4, Identity::new("dave"));
+    sim.clear();
+    sim.say(4, json!({"type":"join","id":3,"room":"lobby"}));
+    sim.expect_error(4, ErrorCode::Forbidden, Some(3));
 }

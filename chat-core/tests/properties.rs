@@ -1,5 +1,7 @@
 //! Property tests: random interleavings of hello, join, leave, send, resend, direct
-//! messages, typing, history, resume, disconnect, reconnect and time jumps over 4 users,
+//! messages, typing, history, resume, disconnect, reconnect, time jumps and moderation
+//! (kick, ban, unban, mute, unmute, set_role, topic, slow mode from any session, allowed or
+//! not, and roles given by the host) over 4 users,
 //! 8 connection slots and 3 public rooms (plus direct rooms), checked step by step
 //! against a small reference model of the room semantics (`chat_core::testing`).
 //!
@@ -10,7 +12,12 @@
 //!   acked with the original seq and never posted twice, user_joined/user_left come once
 //!   per user transition however many tabs;
 //! - nothing was ever sent to a closed session;
-//! - `members`, `session_rooms`, `last_seq` and `session_count` equal the model;
+//! - `members`, `session_rooms`, `last_seq`, `session_count` and every user's `role` in
+//!   every room (online or not) equal the model;
+//! - moderation: each command's `done` or error, the room's `moderated`, `topic` and
+//!   `slow_mode` frames, the `joined` topic, slow mode and role, bans refusing joins,
+//!   mutes refusing sends, slow mode refusing early posts, and timed sanctions ending
+//!   (told, with the reason `expired`) at their instant, across restarts in durable mode;
 //! - the host's UserJoined/UserLeft events equal the model's transitions;
 //! - `poll_timeout` after `handle_timeout(now)` is later than `now` (checked in `Sim`).
 //!
@@ -30,7 +37,8 @@
 
 use std::time::Duration;
 
-use chat_core::testing::{Harness, Op, Pick, RoomsChoice, Since, TokenChoice};
+use chat_core::protocol::Role;
+use chat_core::testing::{Harness, ModOp, Op, Pick, RoomsChoice, Since, TokenChoice};
 use chat_core::{AuthMode, Config, Rate};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -248,6 +256,102 @@ fn the_model_sees_grace_resume_and_resend() {
     assert!(
         log.iter()
             .any(|l| l.contains(r#""type":"joined","id":11"#) && l.contains(r#""seq":1"#)),
+        "{log:#?}"
+    );
+}
+
+/// A hand-written durable sequence through moderation: refusals of members and of
+/// acting on oneself, a timed mute and ban, slow mode, a restart that keeps them, and
+/// their ends told, so the model is known to see what the properties check of it.
+#[test]
+fn the_model_sees_moderation_last_and_end() {
+    use Op::*;
+    let hello = |slot, user| Hello {
+        slot,
+        user,
+        upper: false,
+        token: TokenChoice::None,
+        rooms: RoomsChoice::Default,
+    };
+    let send = |slot| Send {
+        slot,
+        room: Pick::Any(0),
+        client_id: None,
+    };
+    let moderate = |slot, user, action| Moderate {
+        slot,
+        room: 0,
+        user,
+        action,
+    };
+    let ops = vec![
+        hello(0, 0),
+        hello(1, 1),
+        hello(2, 2),
+        GiveRole {
+            room: 0,
+            user: 0,
+            role: Role::Moderator,
+        },
+        // bob is a member; ann may not act on herself.
+        moderate(1, 2, ModOp::Kick),
+        moderate(0, 0, ModOp::Mute(None)),
+        moderate(0, 1, ModOp::Mute(Some(1))),
+        send(1),
+        moderate(0, 2, ModOp::SlowMode(5)),
+        send(2),
+        Store { n: 1, fail: 0 },
+        send(2),
+        Advance { ms: 5_000 },
+        send(2),
+        Store { n: 1, fail: 0 },
+        moderate(0, 2, ModOp::Ban(Some(1))),
+        Join {
+            slot: 2,
+            room: 0,
+            since: None,
+        },
+        Restart {
+            flushed: false,
+            wipe: false,
+        },
+        // Still muted and banned after the restart, until their minute is up.
+        send(1),
+        Join {
+            slot: 2,
+            room: 0,
+            since: None,
+        },
+        Advance { ms: 60_000 },
+        Join {
+            slot: 2,
+            room: 0,
+            since: None,
+        },
+        moderate(0, 2, ModOp::Topic(Some(1))),
+    ];
+    let log = Harness::new(durable_and_tight())
+        .run(&ops)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let count = |pat: &str| log.iter().filter(|l| l.contains(pat)).count();
+    assert_eq!(count(r#""code":"forbidden""#), 6, "{log:#?}");
+    assert_eq!(count(r#""code":"slow_mode""#), 1, "{log:#?}");
+    assert_eq!(count(r#""type":"done""#), 4, "{log:#?}");
+    // The mute's end to the two in the room (cy is banned from it); the ban's to them
+    // and to cy outside it.
+    assert_eq!(
+        count(r#""action":"unmute","reason":"expired""#),
+        2,
+        "{log:#?}"
+    );
+    assert_eq!(
+        count(r#""action":"unban","reason":"expired""#),
+        3,
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains(r#""type":"joined","id":22"#) && l.contains(r#""slow_mode":5"#)),
         "{log:#?}"
     );
 }

@@ -41,7 +41,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::ids::{ClientMsgId, RoomName, SessionId};
 use crate::protocol::{Encoded, ErrorCode, Message};
 use crate::server::{
-    AuthRefused, CloseReason, Config, Event, Input, Now, Output, Server, StoreError,
+    AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Server,
+    StoreError,
 };
 pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest};
 pub use events::{EventStream, HostEvent};
@@ -229,6 +230,14 @@ enum Cmd {
         messages: Vec<(RoomName, crate::ids::Seq)>,
         result: Result<(), StoreError>,
     },
+    /// The writer's answer for a group of moderation changes.
+    ModerationSaved {
+        tickets: Vec<u64>,
+        result: Result<(), StoreError>,
+    },
+    /// Answers once every moderation change handed to the writer before it is
+    /// committed (or failed): how a `Hub` moderation call waits for its change.
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
     Publish {
         room: String,
         user: String,
@@ -341,6 +350,13 @@ impl Hub {
             } else {
                 server.restore_room(r.room, r.last_seq, r.recent, r.complete);
             }
+        }
+        if let Some(store) = &store {
+            let store = store.clone();
+            let changes = tokio::task::spawn_blocking(move || store.load_moderation())
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            server.restore_moderation(now(), changes);
         }
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -499,6 +515,11 @@ impl Hub {
 
     /// Kicks `user` out of a public room with a reason ([`Server::kick`]); returns how
     /// many of their sessions left.
+    ///
+    /// With a store, this and the other moderation calls (`ban`, `unban`, `mute`,
+    /// `mute_for`, `set_role`, `set_topic`, `set_slow_mode`) return `Ok` once the change
+    /// is committed: it survives a crash from then on. A change the store failed to
+    /// keep is `Err` ("not stored: ..."), though it holds in memory until a restart.
     pub async fn kick(
         &self,
         room: &str,
@@ -506,7 +527,7 @@ impl Hub {
         reason: &str,
     ) -> Result<Result<usize, String>, HubClosed> {
         let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
-        self.host(move |s, now| s.kick(now, &room, &user, &reason))
+        self.moderation(move |s, now| s.kick(now, &room, &user, &reason))
             .await
     }
 
@@ -519,14 +540,14 @@ impl Hub {
         length: Option<Duration>,
     ) -> Result<Result<usize, String>, HubClosed> {
         let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
-        self.host(move |s, now| s.ban(now, &room, &user, &reason, length))
+        self.moderation(move |s, now| s.ban(now, &room, &user, &reason, length))
             .await
     }
 
     /// Lifts a ban ([`Server::unban`]).
     pub async fn unban(&self, room: &str, user: &str) -> Result<Result<(), String>, HubClosed> {
         let (room, user) = (room.to_owned(), user.to_owned());
-        self.host(move |s, _| s.unban(&room, &user)).await
+        self.moderation(move |s, _| s.unban(&room, &user)).await
     }
 
     /// Mutes or unmutes `user` in a public room ([`Server::mute`]).
@@ -537,7 +558,8 @@ impl Hub {
         muted: bool,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, user) = (room.to_owned(), user.to_owned());
-        self.host(move |s, _| s.mute(&room, &user, muted)).await
+        self.moderation(move |s, _| s.mute(&room, &user, muted))
+            .await
     }
 
     /// Mutes `user` in a public room for `length` (`None`: until unmuted), with a reason
@@ -550,7 +572,7 @@ impl Hub {
         length: Option<Duration>,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, user, reason) = (room.to_owned(), user.to_owned(), reason.to_owned());
-        self.host(move |s, now| s.mute_for(now, &room, &user, &reason, length))
+        self.moderation(move |s, now| s.mute_for(now, &room, &user, &reason, length))
             .await
     }
 
@@ -562,7 +584,8 @@ impl Hub {
         role: crate::protocol::Role,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, user) = (room.to_owned(), user.to_owned());
-        self.host(move |s, _| s.set_role(&room, &user, role)).await
+        self.moderation(move |s, _| s.set_role(&room, &user, role))
+            .await
     }
 
     /// Sets a public room's topic, empty for none ([`Server::set_topic`]).
@@ -572,7 +595,8 @@ impl Hub {
         topic: &str,
     ) -> Result<Result<(), String>, HubClosed> {
         let (room, topic) = (room.to_owned(), topic.to_owned());
-        self.host(move |s, _| s.set_topic(&room, &topic)).await
+        self.moderation(move |s, _| s.set_topic(&room, &topic))
+            .await
     }
 
     /// Sets a public room's slow mode, 0 for off ([`Server::set_slow_mode`]).
@@ -582,7 +606,27 @@ impl Hub {
         seconds: u32,
     ) -> Result<Result<(), String>, HubClosed> {
         let room = room.to_owned();
-        self.host(move |s, _| s.set_slow_mode(&room, seconds)).await
+        self.moderation(move |s, _| s.set_slow_mode(&room, seconds))
+            .await
+    }
+
+    /// Runs a moderation call `f` on the engine's task, then, with a store, waits until
+    /// the change it made is committed.
+    async fn moderation<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Server, Now) -> Result<T, String> + Send + 'static,
+    ) -> Result<Result<T, String>, HubClosed> {
+        let answer = self.host(f).await?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(Cmd::Barrier(reply))
+            .map_err(|_| HubClosed)?;
+        let stored = rx.await.map_err(|_| HubClosed)?;
+        Ok(match (answer, stored) {
+            (Ok(_), Err(e)) => Err(format!("done, but not stored: {e}")),
+            (answer, _) => answer,
+        })
     }
 
     /// Runs `f` on the engine's task and returns its answer.
@@ -875,6 +919,18 @@ impl Driver {
                     self.feed(now, Input::Persisted { room, seq, result });
                 }
             }
+            Cmd::ModerationSaved { tickets, result } => {
+                for ticket in tickets {
+                    let result = result.clone();
+                    self.feed(now, Input::ModerationSaved { ticket, result });
+                }
+            }
+            Cmd::Barrier(reply) => match &self.writer {
+                Some(w) => w.submit(Item::Barrier(reply)),
+                None => {
+                    let _ = reply.send(Ok(()));
+                }
+            },
             Cmd::Publish {
                 room,
                 user,
@@ -938,8 +994,15 @@ impl Driver {
                             close_session(s, reason);
                         }
                     }
+                    Output::SaveModeration { ticket, change } => match &self.writer {
+                        Some(w) => w.submit(Item::Moderation(ticket, change)),
+                        None => self.deferred.push(Input::ModerationSaved {
+                            ticket,
+                            result: Err(StoreError::Unavailable("no store".into())),
+                        }),
+                    },
                     Output::Persist(msg) => match &self.writer {
-                        Some(w) => w.submit(msg),
+                        Some(w) => w.submit(Item::Message(msg)),
                         None => self.deferred.push(Input::Persisted {
                             room: msg.room.clone(),
                             seq: msg.seq,
@@ -1056,13 +1119,13 @@ impl Driver {
                     ModAction::SetRole => ModOp::SetRole(role.unwrap_or_default()),
                     _ => return,
                 };
-                server.moderate(Some(now), by, &room, Some(&user), op);
+                server.moderate(Some(now), by, &room, Some(&user), op, None);
             }
             ClusterControl::Topic { room, topic, by } => {
-                server.moderate(Some(now), by, &room, None, ModOp::Topic(topic));
+                server.moderate(Some(now), by, &room, None, ModOp::Topic(topic), None);
             }
             ClusterControl::SlowMode { room, seconds, by } => {
-                server.moderate(Some(now), by, &room, None, ModOp::SlowMode(seconds));
+                server.moderate(Some(now), by, &room, None, ModOp::SlowMode(seconds), None);
             }
         }
     }
@@ -1251,42 +1314,82 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The store's writer thread: takes every message submitted while the previous commit
-/// ran and commits them as one group, then reports each message to the driver.
+/// What the writer thread is handed.
+enum Item {
+    Message(Arc<Message>),
+    Moderation(u64, ModerationChange),
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The store's writer thread: takes every message and moderation change submitted while
+/// the previous commit ran and commits them as one group (messages, then changes), then
+/// reports each to the driver, and answers the barriers of the group.
 struct Writer {
-    tx: Mutex<Option<std::sync::mpsc::Sender<Arc<Message>>>>,
+    tx: Mutex<Option<std::sync::mpsc::Sender<Item>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Runs a store call, turning a panic into a failure instead of killing the thread,
+/// which would leave every later item pending forever (and a graceful shutdown
+/// waiting for them).
+fn guarded(f: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("the store panicked".into())))
 }
 
 impl Writer {
     fn start(store: Arc<dyn Store>, control: mpsc::UnboundedSender<Cmd>) -> Writer {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<Message>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Item>();
         let thread = std::thread::Builder::new()
             .name("chat-store-writer".into())
             .spawn(move || {
+                // The moderation commits' outcome since the last barrier answered.
+                let mut since_barrier: Result<(), StoreError> = Ok(());
                 while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
+                    let mut items = vec![first];
                     while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                        if batch.len() >= 4096 {
+                        items.push(more);
+                        if items.len() >= 4096 {
                             break;
                         }
                     }
-                    // A panicking store fails the group instead of killing the thread,
-                    // which would leave these and every later message pending forever
-                    // (and a graceful shutdown waiting for them).
-                    let started = std::time::Instant::now();
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        store.append(&batch)
-                    }))
-                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the store panicked".into())));
-                    metrics::histogram!("chat_commit_seconds").record(started.elapsed());
-                    if let Err(e) = &result {
-                        tracing::warn!(error = %e, messages = batch.len(), "store append failed");
-                        metrics::counter!("chat_store_errors_total").increment(1);
+                    let mut batch = Vec::new();
+                    let mut changes = Vec::new();
+                    let mut tickets = Vec::new();
+                    let mut barriers = Vec::new();
+                    for item in items {
+                        match item {
+                            Item::Message(m) => batch.push(m),
+                            Item::Moderation(ticket, change) => {
+                                tickets.push(ticket);
+                                changes.push(change);
+                            }
+                            Item::Barrier(reply) => barriers.push(reply),
+                        }
                     }
-                    let messages = batch.iter().map(|m| (m.room.clone(), m.seq)).collect();
-                    let _ = control.send(Cmd::Persisted { messages, result });
+                    if !batch.is_empty() {
+                        let started = std::time::Instant::now();
+                        let result = guarded(|| store.append(&batch));
+                        metrics::histogram!("chat_commit_seconds").record(started.elapsed());
+                        if let Err(e) = &result {
+                            tracing::warn!(error = %e, messages = batch.len(), "store append failed");
+                            metrics::counter!("chat_store_errors_total").increment(1);
+                        }
+                        let messages = batch.iter().map(|m| (m.room.clone(), m.seq)).collect();
+                        let _ = control.send(Cmd::Persisted { messages, result });
+                    }
+                    if !changes.is_empty() {
+                        let result = guarded(|| store.save_moderation(&changes));
+                        if let Err(e) = &result {
+                            tracing::warn!(error = %e, changes = changes.len(), "storing moderation failed");
+                            metrics::counter!("chat_store_errors_total").increment(1);
+                            since_barrier = result.clone();
+                        }
+                        let _ = control.send(Cmd::ModerationSaved { tickets, result });
+                    }
+                    for reply in barriers {
+                        let _ = reply.send(std::mem::replace(&mut since_barrier, Ok(())));
+                    }
                 }
             })
             .expect("spawn the store writer thread");
@@ -1296,9 +1399,9 @@ impl Writer {
         }
     }
 
-    fn submit(&self, msg: Arc<Message>) {
+    fn submit(&self, item: Item) {
         if let Some(tx) = self.tx.lock().expect("not poisoned").as_ref() {
-            let _ = tx.send(msg);
+            let _ = tx.send(item);
         }
     }
 

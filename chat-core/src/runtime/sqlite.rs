@@ -9,8 +9,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::store::{Restored, RestoredRoom, Store};
 use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
-use crate::protocol::Message;
-use crate::server::StoreError;
+use crate::protocol::{Message, Role};
+use crate::server::{ModerationChange, StoreError};
 
 /// How hard a commit works to survive a crash. See [`SqliteStore`](SqliteStore#durability).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,7 +54,7 @@ impl std::fmt::Display for Durability {
 }
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +66,8 @@ const READER_CACHE_KIB: u32 = 256;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes `user_version` from `i` to `i + 1`.
 /// The epoch row is written by the code, since it needs randomness.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
@@ -81,7 +82,30 @@ const MIGRATIONS: &[&str] = &["
         client_id TEXT
     );
     CREATE UNIQUE INDEX messages_by_room ON messages (room, seq);
-"];
+",
+    "
+    CREATE TABLE room_roles (
+        room     TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        user     TEXT NOT NULL,
+        role     TEXT NOT NULL CHECK (role IN ('owner', 'moderator')),
+        PRIMARY KEY (room, user_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE room_sanctions (
+        room     TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        kind     TEXT NOT NULL CHECK (kind IN ('ban', 'mute')),
+        user     TEXT NOT NULL,
+        until    INTEGER,
+        PRIMARY KEY (room, user_key, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE room_settings (
+        room      TEXT PRIMARY KEY NOT NULL,
+        topic     TEXT NOT NULL DEFAULT '',
+        slow_mode INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+",
+];
 
 const INSERT: &str =
     "INSERT INTO messages (room, seq, ts, user, body, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -128,7 +152,7 @@ const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room
 /// # Schema
 ///
 /// Versioned by `PRAGMA user_version`; [`SqliteStore::open`] migrates an older file in a
-/// transaction and refuses a newer one. Version 1:
+/// transaction and refuses a newer one. Version 1 (the messages):
 ///
 /// * `meta(key, value)`: `epoch` is a random id made when the database is created. It is
 ///   the history epoch announced to clients: a new file (history reset) has a new epoch.
@@ -138,6 +162,18 @@ const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room
 ///   group of messages across many rooms fills a few new pages instead of splitting one
 ///   page per room, as a table clustered by `(room, seq)` did: about twice the
 ///   throughput with 10–100 active rooms.
+///
+/// Version 2 adds the rooms' moderation state ([`Store::save_moderation`]), one row per
+/// fact, written in the writer's transactions like the messages:
+///
+/// * `room_roles(room, user_key, user, role)`: roles above member (`owner`,
+///   `moderator`), by the user's case-folded key (`user` is the name as shown).
+/// * `room_sanctions(room, user_key, kind, user, until)`: bans and mutes (`kind` is `ban`
+///   or `mute`); `until` is when it ends, milliseconds since the Unix epoch (UTC), or
+///   `NULL` for good. An ended one is deleted when the engine lifts it (at its timer, or
+///   at the first timer after a restart).
+/// * `room_settings(room, topic, slow_mode)`: a room's topic (`''`: none) and slow
+///   mode in seconds (0: off); a room with neither has no row.
 ///
 /// Client ids are not unique in the table on purpose: the protocol makes a resend
 /// idempotent while the original is in the room's window (read with [`Store::page`] when
@@ -389,6 +425,163 @@ fn migrate(conn: &Connection) -> Result<String, StoreError> {
     }
 }
 
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "owner",
+        Role::Moderator => "moderator",
+        _ => "member",
+    }
+}
+
+/// One moderation change, in the writer's open transaction.
+fn save_change(conn: &Connection, change: &ModerationChange) -> Result<(), StoreError> {
+    let fail =
+        |e: rusqlite::Error| classify(&e, format!("storing moderation of {}: {e}", change.room()));
+    let room = change.room().as_str();
+    let sanction = |user: &UserName, kind: &str, until: Option<DateTime<Utc>>| {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO room_sanctions (room, user_key, kind, user, until) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            room,
+            user.key().as_str(),
+            kind,
+            user.as_str(),
+            until.map(|u| u.timestamp_millis())
+        ])
+    };
+    let lift = |user: &UserName, kind: &str| {
+        conn.prepare_cached(
+            "DELETE FROM room_sanctions WHERE room = ?1 AND user_key = ?2 AND kind = ?3",
+        )?
+        .execute(params![room, user.key().as_str(), kind])
+    };
+    let setting = |column: &str, value: &dyn rusqlite::ToSql| {
+        conn.prepare_cached(&format!(
+            "INSERT INTO room_settings (room, {column}) VALUES (?1, ?2) \
+             ON CONFLICT (room) DO UPDATE SET {column} = excluded.{column}"
+        ))?
+        .execute(params![room, value])?;
+        conn.prepare_cached(
+            "DELETE FROM room_settings WHERE room = ?1 AND topic = '' AND slow_mode = 0",
+        )?
+        .execute(params![room])
+    };
+    match change {
+        ModerationChange::Role { user, role, .. } if *role == Role::Member => conn
+            .prepare_cached("DELETE FROM room_roles WHERE room = ?1 AND user_key = ?2")
+            .and_then(|mut s| s.execute(params![room, user.key().as_str()])),
+        ModerationChange::Role { user, role, .. } => conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO room_roles (room, user_key, user, role) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    room,
+                    user.key().as_str(),
+                    user.as_str(),
+                    role_name(*role)
+                ])
+            }),
+        ModerationChange::Ban { user, until, .. } => sanction(user, "ban", *until),
+        ModerationChange::Unban { user, .. } => lift(user, "ban"),
+        ModerationChange::Mute { user, until, .. } => sanction(user, "mute", *until),
+        ModerationChange::Unmute { user, .. } => lift(user, "mute"),
+        ModerationChange::Topic { topic, .. } => setting("topic", topic),
+        ModerationChange::SlowMode { seconds, .. } => setting("slow_mode", seconds),
+    }
+    .map(|_| ())
+    .map_err(fail)
+}
+
+/// The stored moderation state, one change per row.
+fn load_moderation(conn: &Connection) -> Result<Vec<ModerationChange>, StoreError> {
+    let get = err("reading moderation state");
+    let room = |name: String| {
+        RoomName::parse(&name, usize::MAX, usize::MAX)
+            .map_err(|e| StoreError::Corrupt(format!("corrupt room name {name:?}: {e}")))
+    };
+    let user = |name: String| {
+        UserName::parse(&name, usize::MAX)
+            .map_err(|e| StoreError::Corrupt(format!("corrupt user name {name:?}: {e}")))
+    };
+    let mut changes = Vec::new();
+    let mut stmt = conn
+        .prepare("SELECT room, user, role FROM room_roles ORDER BY room, user_key")
+        .map_err(&get)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?)))
+        .map_err(&get)?;
+    for row in rows {
+        let (r, u, role) = row.map_err(&get)?;
+        let role = match role.as_str() {
+            "owner" => Role::Owner,
+            "moderator" => Role::Moderator,
+            other => return Err(StoreError::Corrupt(format!("corrupt role {other:?}"))),
+        };
+        changes.push(ModerationChange::Role {
+            room: room(r)?,
+            user: user(u)?,
+            role,
+        });
+    }
+    let mut stmt = conn
+        .prepare("SELECT room, user, kind, until FROM room_sanctions ORDER BY room, user_key, kind")
+        .map_err(&get)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .map_err(&get)?;
+    for row in rows {
+        let (r, u, kind, until) = row.map_err(&get)?;
+        let until = match until {
+            None => None,
+            Some(ms) => Some(
+                DateTime::<Utc>::from_timestamp_millis(ms)
+                    .ok_or_else(|| StoreError::Corrupt(format!("corrupt sanction end {ms}")))?,
+            ),
+        };
+        let (room, user) = (room(r)?, user(u)?);
+        changes.push(match kind.as_str() {
+            "ban" => ModerationChange::Ban { room, user, until },
+            "mute" => ModerationChange::Mute { room, user, until },
+            other => return Err(StoreError::Corrupt(format!("corrupt sanction {other:?}"))),
+        });
+    }
+    let mut stmt = conn
+        .prepare("SELECT room, topic, slow_mode FROM room_settings ORDER BY room")
+        .map_err(&get)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })
+        .map_err(&get)?;
+    for row in rows {
+        let (r, topic, seconds) = row.map_err(&get)?;
+        let room = room(r)?;
+        let seconds = u32::try_from(seconds)
+            .map_err(|_| StoreError::Corrupt(format!("corrupt slow mode {seconds}")))?;
+        if !topic.is_empty() {
+            changes.push(ModerationChange::Topic {
+                room: room.clone(),
+                topic,
+            });
+        }
+        if seconds > 0 {
+            changes.push(ModerationChange::SlowMode { room, seconds });
+        }
+    }
+    Ok(changes)
+}
+
 fn to_sql_seq(seq: Seq) -> i64 {
     i64::try_from(seq.0).unwrap_or(i64::MAX)
 }
@@ -559,6 +752,35 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
         self.read(|conn| page(conn, room, before, limit))
+    }
+
+    fn save_moderation(&self, changes: &[ModerationChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let conn = self.writer()?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(err("starting a moderation commit"))?;
+        let result = (|| {
+            for change in changes {
+                save_change(&conn, change)?;
+            }
+            conn.execute_batch("COMMIT").map_err(err("committing"))
+        })();
+        if result.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    fn load_moderation(&self) -> Result<Vec<ModerationChange>, StoreError> {
+        self.read(|conn| {
+            conn.execute_batch("BEGIN")
+                .map_err(err("starting the moderation load"))?;
+            let result = load_moderation(conn);
+            let _ = conn.execute_batch("COMMIT");
+            result
+        })
     }
 
     fn close(&self) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::ids::{RoomName, Seq};
 use crate::protocol::Message;
-use crate::server::StoreError;
+use crate::server::{ModerationChange, StoreError};
 
 /// A room as loaded from the store at startup.
 #[derive(Debug, Clone)]
@@ -50,6 +50,27 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<Message>, bool), StoreError>;
 
+    /// Commits a group of moderation changes atomically, in order (roles, bans, mutes,
+    /// topics, slow modes: see [`ModerationChange`]). Only after `Ok` is the moderator
+    /// told `done` (and a `Hub` moderation call returns). Called from the same writer
+    /// thread as [`Store::append`].
+    ///
+    /// The default keeps nothing and says so: moderators then get
+    /// `storage_unavailable` and the state holds only until a restart.
+    fn save_moderation(&self, changes: &[ModerationChange]) -> Result<(), StoreError> {
+        let _ = changes;
+        Err(StoreError::Unavailable(
+            "this store does not keep moderation state".into(),
+        ))
+    }
+
+    /// The stored moderation state, as changes to apply in order
+    /// ([`Server::restore_moderation`](crate::Server::restore_moderation)); read once at
+    /// startup. The default: none.
+    fn load_moderation(&self) -> Result<Vec<ModerationChange>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Flushes and releases resources at shutdown (e.g. checkpoints a WAL).
     fn close(&self) -> Result<(), StoreError> {
         Ok(())
@@ -61,6 +82,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rooms: Mutex<BTreeMap<RoomName, Vec<Message>>>,
+    moderation: Mutex<Vec<ModerationChange>>,
     epoch: String,
 }
 
@@ -70,6 +92,7 @@ impl MemoryStore {
     pub fn new(epoch: impl Into<String>) -> MemoryStore {
         MemoryStore {
             rooms: Mutex::default(),
+            moderation: Mutex::default(),
             epoch: epoch.into(),
         }
     }
@@ -111,6 +134,22 @@ impl Store for MemoryStore {
                 .push(Message::clone(m));
         }
         Ok(())
+    }
+
+    fn save_moderation(&self, changes: &[ModerationChange]) -> Result<(), StoreError> {
+        self.moderation
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?
+            .extend_from_slice(changes);
+        Ok(())
+    }
+
+    fn load_moderation(&self) -> Result<Vec<ModerationChange>, StoreError> {
+        Ok(self
+            .moderation
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?
+            .clone())
     }
 
     fn page(

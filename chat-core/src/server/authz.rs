@@ -176,6 +176,11 @@ pub trait RoomPolicy: Send + Sync + 'static {
     /// owns every room), or `None` (the default) to leave it to the roles given by
     /// [`Server::set_role`], by owners (`set_role` frames) and to the room's creator.
     /// A user holds the higher of this and the room's own.
+    ///
+    /// Also asked for users who are not online (a moderator acting on an offline user,
+    /// [`Server::role`]): `who` is then an identity with the user's id only (no roles,
+    /// no expiry), so a policy that gives roles by user id (from the host's own
+    /// records) answers for them too; one that reads only `who.roles` sees a member.
     fn role(&self, who: &Identity, room: &RoomName) -> Option<Role> {
         let _ = (who, room);
         None

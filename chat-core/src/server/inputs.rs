@@ -92,6 +92,13 @@ pub enum Input {
         /// Whether it was committed.
         result: Result<(), StoreError>,
     },
+    /// The store's answer to [`Output::SaveModeration`](super::Output::SaveModeration).
+    ModerationSaved {
+        /// The change's ticket.
+        ticket: u64,
+        /// Whether it was committed.
+        result: Result<(), StoreError>,
+    },
     /// The store's answer to [`Output::LoadHistory`](super::Output::LoadHistory).
     HistoryLoaded {
         /// The request's ticket.

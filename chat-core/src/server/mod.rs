@@ -54,6 +54,8 @@ pub(crate) use limits::TokenBucket;
 /// A moderation operation, for the runtime to carry out one relayed from another server
 /// (cluster mode).
 pub(crate) use moderation::Op as ModOp;
+
+pub use moderation::{EXPIRED_REASON, ModerationChange};
 pub use outputs::{CloseReason, Event, Output, Recipients};
 
 use delivery::Delivery;
@@ -91,6 +93,9 @@ struct State {
     unarmed: Vec<RoomName>,
     /// Public rooms' access rules and invitations.
     access: authz::AccessTable,
+    /// Durable mode: moderation changes handed to the store, by ticket, with the
+    /// moderator waiting for each (if any).
+    saving: BTreeMap<u64, Option<moderation::PendingSave>>,
     shutting_down: bool,
     drained: bool,
 }
@@ -142,6 +147,7 @@ impl Server {
                 stored: BTreeMap::new(),
                 unarmed: Vec::new(),
                 access,
+                saving: BTreeMap::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -263,6 +269,10 @@ impl Server {
             Input::HistoryLoaded { ticket, result } => {
                 return self.st.on_history_loaded(ticket, result);
             }
+            Input::ModerationSaved { ticket, result } => {
+                self.on_moderation_saved(ticket, result)?;
+                self.maybe_finish_shutdown(now);
+            }
             Input::Publish {
                 ticket,
                 room,
@@ -276,7 +286,8 @@ impl Server {
         Ok(())
     }
 
-    /// Fires every timer due at `now`: presence grace periods and typing expiry.
+    /// Fires every timer due at `now`: presence grace periods, typing expiry, the end of
+    /// timed bans and mutes.
     pub fn handle_timeout(&mut self, now: Now) {
         self.st.out.set_now(now.mono);
         if !self.st.unarmed.is_empty() {
@@ -290,6 +301,9 @@ impl Server {
                 Timer::Unload(room) => self.st.on_unload_due(at, &room),
                 Timer::Expiry(session) => self.on_identity_expired(now, session),
                 Timer::Presence(room) => self.st.on_presence_tick(at, &room),
+                Timer::Sanction(room, user, kind) => {
+                    self.on_sanction_expired(at, &room, &user, kind);
+                }
             }
         }
     }
@@ -398,7 +412,11 @@ impl Server {
     fn maybe_finish_shutdown(&mut self, now: Now) {
         let st = &self.st;
         let unsettled = |r: &Room| !r.pending.is_empty() || !r.cluster.is_settled();
-        if !st.shutting_down || st.drained || st.rooms.values().any(unsettled) {
+        if !st.shutting_down
+            || st.drained
+            || !st.saving.is_empty()
+            || st.rooms.values().any(unsettled)
+        {
             return;
         }
         let retry = u64::try_from(st.config.shutdown_retry_after.as_millis()).unwrap_or(u64::MAX);

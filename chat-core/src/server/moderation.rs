@@ -14,14 +14,25 @@
 //!
 //! Bans, mutes, roles and settings are kept in the room's access entry (`authz`), where
 //! `State::permissions` applies the sanctions and `send` the slow mode.
+//!
+//! Durable mode: each change is also handed to the driver as a [`ModerationChange`]
+//! ([`Output::SaveModeration`]); a moderator's `done` waits for the store's answer
+//! ([`Input::ModerationSaved`](super::Input::ModerationSaved)), and
+//! [`Server::restore_moderation`] puts the stored state back at startup. A ban or mute
+//! with a length arms a timer (`Timer::Sanction`); when it fires the sanction is lifted
+//! and told like an `unban`/`unmute` by the host, with the reason `expired`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use super::config::AuthMode;
-use super::outputs::Event;
+use super::inputs::{ApiMisuse, StoreError};
+use super::outputs::{Event, Output};
 use super::reject::Reject;
 use super::sessions::{Phase, Session};
+use super::timers::Timer;
 use super::{Identity, Now, Server, State};
 use crate::ids::{RoomName, SessionId, UserKey, UserName};
 use crate::protocol::{
@@ -56,6 +67,106 @@ impl Sanctions {
 
 fn in_force(entry: Option<&Option<Instant>>, now: Instant) -> bool {
     entry.is_some_and(|until| until.is_none_or(|u| now < u))
+}
+
+/// The reason a timed ban or mute's lifting is told with (`moderated`, action `unban`
+/// or `unmute`, no `by`): its time ran out.
+pub const EXPIRED_REASON: &str = "expired";
+
+/// Which sanction a timer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SanctionKind {
+    Ban,
+    Mute,
+}
+
+/// One change to a public room's moderation state, as the store keeps it (durable
+/// mode, [`Output::SaveModeration`]) and gives it back at startup
+/// ([`Server::restore_moderation`]): the state is the result of applying the changes in
+/// order. A store may keep the state rather than the changes (one row per role, ban,
+/// mute and room setting) and give back one change per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ModerationChange {
+    /// `user`'s own role in `room` (`Member`: none above member).
+    Role {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserName,
+        /// The role.
+        role: Role,
+    },
+    /// `user` is banned from `room` until `until` (`None`: for good).
+    Ban {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserName,
+        /// When the ban ends (UTC), if it does.
+        until: Option<DateTime<Utc>>,
+    },
+    /// `user`'s ban from `room` is lifted.
+    Unban {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserName,
+    },
+    /// `user` is muted in `room` until `until` (`None`: for good).
+    Mute {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserName,
+        /// When the mute ends (UTC), if it does.
+        until: Option<DateTime<Utc>>,
+    },
+    /// `user`'s mute in `room` is lifted.
+    Unmute {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserName,
+    },
+    /// `room`'s topic (empty: none).
+    Topic {
+        /// The room.
+        room: RoomName,
+        /// The topic.
+        topic: String,
+    },
+    /// `room`'s slow mode in seconds (0: off).
+    SlowMode {
+        /// The room.
+        room: RoomName,
+        /// Seconds between a member's posts.
+        seconds: u32,
+    },
+}
+
+impl ModerationChange {
+    /// The room changed.
+    #[must_use]
+    pub fn room(&self) -> &RoomName {
+        match self {
+            ModerationChange::Role { room, .. }
+            | ModerationChange::Ban { room, .. }
+            | ModerationChange::Unban { room, .. }
+            | ModerationChange::Mute { room, .. }
+            | ModerationChange::Unmute { room, .. }
+            | ModerationChange::Topic { room, .. }
+            | ModerationChange::SlowMode { room, .. } => room,
+        }
+    }
+}
+
+/// Who waits for a [`ModerationChange`] to be stored: the moderator's session, with
+/// the `done` it gets then.
+#[derive(Debug)]
+pub(crate) struct PendingSave {
+    session: SessionId,
+    done: ServerFrame,
 }
 
 /// One moderation operation, as the host or a moderator asks it.
@@ -121,7 +232,14 @@ impl Server {
     ) -> Result<usize, String> {
         let (room, user) = self.st.target(room, user)?;
         let reason = reason.to_owned();
-        Ok(self.moderate(Some(now), None, &room, Some(&user), Op::Kick { reason }))
+        Ok(self.moderate(
+            Some(now),
+            None,
+            &room,
+            Some(&user),
+            Op::Kick { reason },
+            None,
+        ))
     }
 
     /// Bans `user` from a public room for `length` (`None`: until [`Server::unban`]):
@@ -146,6 +264,7 @@ impl Server {
             &room,
             Some(&user),
             Op::Ban { reason, length },
+            None,
         ))
     }
 
@@ -155,7 +274,7 @@ impl Server {
     /// As [`Server::kick`].
     pub fn unban(&mut self, room: &str, user: &str) -> Result<(), String> {
         let (room, user) = self.st.target(room, user)?;
-        self.moderate(None, None, &room, Some(&user), Op::Unban);
+        self.moderate(None, None, &room, Some(&user), Op::Unban, None);
         Ok(())
     }
 
@@ -175,13 +294,13 @@ impl Server {
         } else {
             Op::Unmute
         };
-        self.moderate(None, None, &room, Some(&user), op);
+        self.moderate(None, None, &room, Some(&user), op, None);
         Ok(())
     }
 
     /// Mutes `user` in a public room for `length` (`None`: until unmuted), with a
-    /// reason the room is told. The mute ends by itself when its length has passed
-    /// (nobody is told then).
+    /// reason the room is told. The mute ends by itself when its length has passed,
+    /// told as an `unmute` with the reason [`EXPIRED_REASON`](crate::EXPIRED_REASON).
     ///
     /// # Errors
     /// As [`Server::kick`].
@@ -201,6 +320,7 @@ impl Server {
             &room,
             Some(&user),
             Op::Mute { reason, length },
+            None,
         );
         Ok(())
     }
@@ -213,7 +333,7 @@ impl Server {
     /// As [`Server::kick`].
     pub fn set_role(&mut self, room: &str, user: &str, role: Role) -> Result<(), String> {
         let (room, user) = self.st.target(room, user)?;
-        self.moderate(None, None, &room, Some(&user), Op::SetRole(role));
+        self.moderate(None, None, &room, Some(&user), Op::SetRole(role), None);
         Ok(())
     }
 
@@ -226,7 +346,7 @@ impl Server {
     pub fn set_topic(&mut self, room: &str, topic: &str) -> Result<(), String> {
         let room = self.st.public_room(room)?;
         let topic = check_topic(topic)?;
-        self.moderate(None, None, &room, None, Op::Topic(topic));
+        self.moderate(None, None, &room, None, Op::Topic(topic), None);
         Ok(())
     }
 
@@ -240,20 +360,20 @@ impl Server {
     pub fn set_slow_mode(&mut self, room: &str, seconds: u32) -> Result<(), String> {
         let room = self.st.public_room(room)?;
         check_slow_mode(seconds)?;
-        self.moderate(None, None, &room, None, Op::SlowMode(seconds));
+        self.moderate(None, None, &room, None, Op::SlowMode(seconds), None);
         Ok(())
     }
 
-    /// A user's role in a public room, as the engine sees it (the room's own, or the
-    /// host policy's if higher and the user is online).
+    /// A user's role in a public room, as the engine sees it: the room's own, or the
+    /// host policy's if higher (asked with the identity of the user's session when
+    /// online, else with an identity carrying only the user's id).
     ///
     /// # Errors
     /// As [`Server::kick`].
     pub fn role(&self, room: &str, user: &str) -> Result<Role, String> {
         let (room, user) = self.st.target(room, user)?;
-        let key = user.key();
-        let who = self.identity_of(&key);
-        Ok(self.st.role(who.as_ref(), &key, &room))
+        let who = self.identity_of(&user);
+        Ok(self.st.role(Some(&who), &user.key(), &room))
     }
 
     /// A room's topic, if it has one.
@@ -263,7 +383,9 @@ impl Server {
     }
 
     /// Carries out one operation (checked already): tells the room, changes the
-    /// room's access entry, reports the event. Returns how many sessions left the room.
+    /// room's access entry, reports the event, hands the change to the store (durable
+    /// mode) and then sends `ack` (a moderator's `done`: once the change is stored, in
+    /// durable mode). Returns how many sessions left the room.
     ///
     /// `now` is needed for a kick, a ban, and a mute with a length.
     pub(crate) fn moderate(
@@ -273,6 +395,7 @@ impl Server {
         room: &RoomName,
         user: Option<&UserName>,
         op: Op,
+        ack: Option<PendingSave>,
     ) -> usize {
         let action = op.action();
         let st = &mut self.st;
@@ -289,9 +412,11 @@ impl Server {
                     (!topic.is_empty()).then(|| topic.clone());
                 st.out.event(Event::TopicChanged {
                     room: room.clone(),
-                    topic,
+                    topic: topic.clone(),
                     by,
                 });
+                let room = room.clone();
+                st.save(Some(ModerationChange::Topic { room, topic }), ack);
                 return 0;
             }
             (Op::SlowMode(seconds), _) => {
@@ -310,6 +435,8 @@ impl Server {
                     seconds,
                     by,
                 });
+                let room = room.clone();
+                st.save(Some(ModerationChange::SlowMode { room, seconds }), ack);
                 return 0;
             }
             (_, None) => return 0,
@@ -336,33 +463,217 @@ impl Server {
         };
         st.tell(room, user, tell);
         let until = length.and_then(|d| now.and_then(|now| now.mono.checked_add(d)));
+        let until_utc = length.and_then(|d| {
+            let d = chrono::Duration::from_std(d).ok()?;
+            now.and_then(|now| now.utc.checked_add_signed(d))
+        });
         let access = st.access.entry(room.clone()).or_default();
-        match op {
-            Op::Kick { .. } => {}
+        let (r, u) = (room.clone(), st.users.display_name(&key));
+        let change = match op {
+            Op::Kick { .. } | Op::Topic(_) | Op::SlowMode(_) => None,
             Op::Ban { .. } => {
                 access.sanctions.banned.insert(key.clone(), until);
+                if let Some(at) = until {
+                    let timer = Timer::Sanction(r.clone(), key.clone(), SanctionKind::Ban);
+                    st.timers.arm(at, timer);
+                }
+                Some(ModerationChange::Ban {
+                    room: r,
+                    user: u,
+                    until: until_utc,
+                })
             }
             Op::Unban => {
                 access.sanctions.banned.remove(&key);
+                Some(ModerationChange::Unban { room: r, user: u })
             }
             Op::Mute { .. } => {
                 access.sanctions.muted.insert(key.clone(), until);
+                if let Some(at) = until {
+                    let timer = Timer::Sanction(r.clone(), key.clone(), SanctionKind::Mute);
+                    st.timers.arm(at, timer);
+                }
+                Some(ModerationChange::Mute {
+                    room: r,
+                    user: u,
+                    until: until_utc,
+                })
             }
             Op::Unmute => {
                 access.sanctions.muted.remove(&key);
-            }
-            Op::SetRole(Role::Member) => {
-                access.roles.remove(&key);
+                Some(ModerationChange::Unmute { room: r, user: u })
             }
             Op::SetRole(role) => {
-                access.roles.insert(key.clone(), role);
+                if role == Role::Member {
+                    access.roles.remove(&key);
+                } else {
+                    access.roles.insert(key.clone(), role);
+                }
+                Some(ModerationChange::Role {
+                    room: r,
+                    user: u,
+                    role,
+                })
             }
-            Op::Topic(_) | Op::SlowMode(_) => {}
-        }
-        match (action, now) {
+        };
+        let left = match (action, now) {
             (ModAction::Kick | ModAction::Ban, Some(now)) => self.remove_user(now, room, &key),
             _ => 0,
+        };
+        self.st.save(change, ack);
+        left
+    }
+
+    /// A timed ban or mute ran out (its timer, armed at `at`, fired): lifted, and told
+    /// like the host's `unban`/`unmute` with the reason [`EXPIRED_REASON`], to the
+    /// room and to the user's sessions outside it; the host gets its event, and the
+    /// store the change. Stale when the sanction was lifted or given again since.
+    pub(super) fn on_sanction_expired(
+        &mut self,
+        at: Instant,
+        room: &RoomName,
+        key: &UserKey,
+        kind: SanctionKind,
+    ) {
+        let Some(access) = self.st.access.get_mut(room) else {
+            return;
+        };
+        let held = match kind {
+            SanctionKind::Ban => &mut access.sanctions.banned,
+            SanctionKind::Mute => &mut access.sanctions.muted,
+        };
+        if held.get(key) != Some(&Some(at)) {
+            return;
         }
+        held.remove(key);
+        let user = self.st.users.display_name(key);
+        let (action, change) = match kind {
+            SanctionKind::Ban => (
+                ModAction::Unban,
+                ModerationChange::Unban {
+                    room: room.clone(),
+                    user: user.clone(),
+                },
+            ),
+            SanctionKind::Mute => (
+                ModAction::Unmute,
+                ModerationChange::Unmute {
+                    room: room.clone(),
+                    user: user.clone(),
+                },
+            ),
+        };
+        let tell = Tell {
+            action,
+            reason: EXPIRED_REASON,
+            minutes: None,
+            role: None,
+            by: None,
+        };
+        let frame = self.st.tell(room, &user, tell);
+        // The user learns it even when not in the room (a ban took them out of it).
+        let outside: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(&s.phase, Phase::Ready(k) if k == key))
+            .filter(|(_, s)| !s.rooms.contains(room))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in outside {
+            self.st.out.send_encoded(sid, frame.clone());
+        }
+        self.st.save(Some(change), None);
+    }
+
+    /// Puts stored moderation state back (durable mode, at startup, before any input):
+    /// `changes` applied in order, nothing told. A ban or mute whose end passed while
+    /// the server was down ends at the first [`Server::handle_timeout`], told as any
+    /// other expiry (to the host's events and the store; nobody is online yet).
+    pub fn restore_moderation(
+        &mut self,
+        now: Now,
+        changes: impl IntoIterator<Item = ModerationChange>,
+    ) {
+        let instant = |until: Option<DateTime<Utc>>| {
+            until.map(|u| now.mono + (u - now.utc).to_std().unwrap_or_default())
+        };
+        for change in changes {
+            let st = &mut self.st;
+            let access = st.access.entry(change.room().clone()).or_default();
+            match change {
+                ModerationChange::Role { user, role, .. } => {
+                    if role == Role::Member {
+                        access.roles.remove(&user.key());
+                    } else {
+                        access.roles.insert(user.key(), role);
+                    }
+                }
+                ModerationChange::Ban { room, user, until } => {
+                    let at = instant(until);
+                    access.sanctions.banned.insert(user.key(), at);
+                    if let Some(at) = at {
+                        let timer = Timer::Sanction(room, user.key(), SanctionKind::Ban);
+                        st.timers.arm(at, timer);
+                    }
+                }
+                ModerationChange::Unban { user, .. } => {
+                    access.sanctions.banned.remove(&user.key());
+                }
+                ModerationChange::Mute { room, user, until } => {
+                    let at = instant(until);
+                    access.sanctions.muted.insert(user.key(), at);
+                    if let Some(at) = at {
+                        let timer = Timer::Sanction(room, user.key(), SanctionKind::Mute);
+                        st.timers.arm(at, timer);
+                    }
+                }
+                ModerationChange::Unmute { user, .. } => {
+                    access.sanctions.muted.remove(&user.key());
+                }
+                ModerationChange::Topic { topic, .. } => {
+                    access.topic = (!topic.is_empty()).then_some(topic);
+                }
+                ModerationChange::SlowMode { seconds, .. } => access.slow_mode = seconds,
+            }
+        }
+    }
+
+    /// The store's answer for a [`ModerationChange`]: the moderator who waits for it
+    /// gets `done`, or `storage_unavailable` (the change holds in memory until a
+    /// restart, and the moderator may repeat the command).
+    pub(super) fn on_moderation_saved(
+        &mut self,
+        ticket: u64,
+        result: Result<(), StoreError>,
+    ) -> Result<(), ApiMisuse> {
+        let waiting = self
+            .st
+            .saving
+            .remove(&ticket)
+            .ok_or(ApiMisuse::UnknownTicket(ticket))?;
+        let Some(PendingSave { session, done }) = waiting else {
+            return Ok(());
+        };
+        if !self.st.out.is_open(session) {
+            return Ok(());
+        }
+        match result {
+            Ok(()) => self.st.out.send_to(session, &done),
+            Err(e) => {
+                let id = match &done {
+                    ServerFrame::Done { id, .. } => *id,
+                    _ => None,
+                };
+                let msg = format!(
+                    "done here but not stored: it may not last a restart; repeat it later ({})",
+                    e.detail()
+                );
+                self.st
+                    .out
+                    .error(session, id, ErrorCode::StorageUnavailable, msg);
+            }
+        }
+        Ok(())
     }
 
     /// A moderation frame from a client: checks the sender's role against the
@@ -409,9 +720,7 @@ impl Server {
         }
         if let Some(user) = &user {
             let target = user.key();
-            let theirs = self
-                .st
-                .role(self.identity_of(&target).as_ref(), &target, &room);
+            let theirs = self.st.role(Some(&self.identity_of(user)), &target, &room);
             if theirs >= mine {
                 let msg = if target == key {
                     format!("you cannot {} yourself", op.action().as_str())
@@ -424,25 +733,33 @@ impl Server {
         let by = Some(self.st.users.display_name(&key));
         let action = op.action();
         let user = user.map(|u| self.st.users.display_name(&u.key()));
-        self.moderate(Some(now), by, &room, user.as_ref(), op);
         let done = ServerFrame::Done {
             id,
-            room,
+            room: room.clone(),
             action,
-            user,
+            user: user.clone(),
         };
-        self.st.out.send_to(sid, &done);
+        let ack = PendingSave { session: sid, done };
+        self.moderate(Some(now), by, &room, user.as_ref(), op, Some(ack));
         Ok(())
     }
 
-    /// The identity of one of `key`'s sessions, if the user is online (the host
-    /// policy's role needs it).
-    fn identity_of(&self, key: &UserKey) -> Option<Identity> {
-        let user = self.st.users.get(key)?;
-        user.sessions
-            .iter()
-            .filter_map(|sid| self.sessions.get(sid))
-            .find_map(|s: &Session| s.identity.as_deref().cloned())
+    /// Who `user` is, for the host policy's role: the identity of one of their
+    /// sessions if they are online, else an identity with their id only (no roles), so
+    /// that a policy that knows users by id answers for offline users too.
+    fn identity_of(&self, user: &UserName) -> Identity {
+        let key = user.key();
+        let online = self.st.users.get(&key).and_then(|u| {
+            u.sessions
+                .iter()
+                .filter_map(|sid| self.sessions.get(sid))
+                .find_map(|s: &Session| s.identity.as_deref().cloned())
+        });
+        online.unwrap_or_else(|| {
+            // The name the engine knows the user by, else the one given here.
+            let name = self.st.users.get(&key).map_or(user, |u| &u.name);
+            Identity::new(name.as_str())
+        })
     }
 
     /// Takes every session of `key` out of the room, as if each had left, and the user
@@ -610,8 +927,8 @@ impl State {
         Ok((room, user))
     }
 
-    /// `moderated` to the room's sessions, and the host's event.
-    fn tell(&mut self, room: &RoomName, user: &UserName, tell: Tell<'_>) {
+    /// `moderated` to the room's sessions, and the host's event; returns the frame.
+    fn tell(&mut self, room: &RoomName, user: &UserName, tell: Tell<'_>) -> Encoded {
         let user = self.users.display_name(&user.key());
         let reason = (!tell.reason.is_empty()).then(|| tell.reason.to_owned());
         let frame = Encoded::new(&ServerFrame::Moderated {
@@ -633,6 +950,25 @@ impl State {
             role: tell.role,
             by: tell.by,
         });
+        frame
+    }
+
+    /// Durable mode: hands `change` to the store, and keeps `ack` until its answer.
+    /// Otherwise (or with no change: a kick) `ack` is sent now.
+    fn save(&mut self, change: Option<ModerationChange>, ack: Option<PendingSave>) {
+        match change {
+            Some(change) if self.config.durable => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.saving.insert(ticket, ack);
+                self.out.push(Output::SaveModeration { ticket, change });
+            }
+            _ => {
+                if let Some(PendingSave { session, done }) = ack {
+                    self.out.send_to(session, &done);
+                }
+            }
+        }
     }
 
     /// Slow mode: how long `key` must still wait before posting to `room` (a public
@@ -690,6 +1026,12 @@ impl State {
         let access = self.access.entry(room.clone()).or_default();
         if access.roles.is_empty() {
             access.roles.insert(key.clone(), Role::Owner);
+            let change = ModerationChange::Role {
+                room: room.clone(),
+                user: self.users.display_name(key),
+                role: Role::Owner,
+            };
+            self.save(Some(change), None);
         }
     }
 

@@ -36,6 +36,17 @@ pub enum Output {
     /// Durable mode: store this message, then answer with [`Input::Persisted`](super::Input::Persisted).
     /// Messages come in seq order per room; answer in the same order.
     Persist(Arc<Message>),
+    /// Durable mode: store this change to a room's moderation state (roles, bans,
+    /// mutes, topic, slow mode), then answer with
+    /// [`Input::ModerationSaved`](super::Input::ModerationSaved). The moderator's
+    /// `done` waits for the answer. Changes come in the order they were made; store
+    /// them in that order.
+    SaveModeration {
+        /// Echo in the answer.
+        ticket: u64,
+        /// The change.
+        change: super::ModerationChange,
+    },
     /// Durable mode: read a history page the window does not hold, then answer with
     /// [`Input::HistoryLoaded`](super::Input::HistoryLoaded).
     LoadHistory {

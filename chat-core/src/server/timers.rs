@@ -1,4 +1,5 @@
-//! The core's timers: presence grace periods and ticks, typing expiry, kept in firing order.
+//! The core's timers: presence grace periods and ticks, typing expiry, the end of timed
+//! bans and mutes, kept in firing order.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -21,6 +22,8 @@ pub(crate) enum Timer {
     Expiry(SessionId),
     /// Version 2: a room's coalesced joins and leaves are sent.
     Presence(RoomName),
+    /// A timed ban or mute ends.
+    Sanction(RoomName, UserKey, super::moderation::SanctionKind),
 }
 
 /// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).

@@ -66,8 +66,8 @@ mod ops;
 mod run;
 mod sim;
 
-pub use ops::{Op, Pick, ROOMS, RoomsChoice, SLOTS, Since, TokenChoice, USERS, WRONG_TOKEN};
-pub use ops::{hello, op, ops};
+pub use ops::{ModOp, Op, Pick, ROOMS, RoomsChoice, SLOTS, Since, TokenChoice, USERS, WRONG_TOKEN};
+pub use ops::{hello, mod_op, op, ops};
 pub use run::{AuthHook, Harness};
 pub use sim::{
     AppendAsked, Say, Sim, base_now, check_timestamps, decode_server, is_rfc3339_millis, kind,

@@ -5,8 +5,8 @@
 use crate::AuthRefused;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::ops::{ROOMS, RoomsChoice, Since};
-use crate::protocol::{ErrorCode, ServerFrame};
+use super::ops::{ModOp, ROOMS, RoomsChoice, Since};
+use crate::protocol::{ErrorCode, ModAction, Role, ServerFrame};
 use crate::{AuthMode, CloseReason, Config, Rate, UserName};
 
 // ---- what a session observes, in a comparable form ----
@@ -26,6 +26,9 @@ pub(crate) enum Obs {
         messages: Vec<(u64, String, String)>,
         gap: bool,
         last_seq: u64,
+        topic: Option<String>,
+        slow_mode: Option<u32>,
+        role: Option<Role>,
     },
     Left {
         id: Option<u64>,
@@ -71,6 +74,31 @@ pub(crate) enum Obs {
     Goodbye {
         retry_after_ms: u64,
     },
+    Moderated {
+        room: String,
+        user: String,
+        action: ModAction,
+        reason: Option<String>,
+        minutes: Option<u64>,
+        role: Option<Role>,
+        by: Option<String>,
+    },
+    Done {
+        id: Option<u64>,
+        room: String,
+        action: ModAction,
+        user: Option<String>,
+    },
+    Topic {
+        room: String,
+        topic: String,
+        by: Option<String>,
+    },
+    SlowMode {
+        room: String,
+        seconds: u32,
+        by: Option<String>,
+    },
     Other(String),
 }
 
@@ -95,6 +123,9 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             messages,
             gap,
             last_seq,
+            topic,
+            slow_mode,
+            role,
             ..
         } => Obs::Joined {
             id: id.map(|i| i.0),
@@ -106,6 +137,9 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
                 .collect(),
             gap: *gap,
             last_seq: last_seq.0,
+            topic: topic.clone(),
+            slow_mode: *slow_mode,
+            role: *role,
         },
         ServerFrame::Left { id, room } => Obs::Left {
             id: id.map(|i| i.0),
@@ -162,6 +196,44 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
         },
         ServerFrame::Goodbye { retry_after_ms, .. } => Obs::Goodbye {
             retry_after_ms: *retry_after_ms,
+        },
+        ServerFrame::Moderated {
+            room,
+            user,
+            action,
+            reason,
+            minutes,
+            role,
+            by,
+        } => Obs::Moderated {
+            room: room.to_string(),
+            user: user.to_string(),
+            action: *action,
+            reason: reason.clone(),
+            minutes: *minutes,
+            role: *role,
+            by: by.as_ref().map(ToString::to_string),
+        },
+        ServerFrame::Done {
+            id,
+            room,
+            action,
+            user,
+        } => Obs::Done {
+            id: id.map(|i| i.0),
+            room: room.to_string(),
+            action: *action,
+            user: user.as_ref().map(ToString::to_string),
+        },
+        ServerFrame::Topic { room, topic, by } => Obs::Topic {
+            room: room.to_string(),
+            topic: topic.clone(),
+            by: by.as_ref().map(ToString::to_string),
+        },
+        ServerFrame::SlowMode { room, seconds, by } => Obs::SlowMode {
+            room: room.to_string(),
+            seconds: *seconds,
+            by: by.as_ref().map(ToString::to_string),
         },
         other => Obs::Other(super::sim::kind(other).to_owned()),
     }
@@ -315,6 +387,24 @@ pub(crate) struct MSession {
     pub since: u64,
 }
 
+/// A public room's moderation state: what lasts (in durable mode, across restarts).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MMod {
+    /// Roles above member, by user key.
+    roles: BTreeMap<String, Role>,
+    /// Bans and mutes, by user key, until (ms; `None`: for good).
+    banned: BTreeMap<String, Option<u64>>,
+    muted: BTreeMap<String, Option<u64>>,
+    topic: Option<String>,
+    slow_mode: u32,
+    /// When each user last posted (slow mode on); not kept across a restart.
+    last_post: BTreeMap<String, u64>,
+}
+
+fn in_force(until: Option<&Option<u64>>, t: u64) -> bool {
+    until.is_some_and(|u| u.is_none_or(|u| t < u))
+}
+
 /// The last send of a slot, for `Resend`.
 #[derive(Debug, Clone)]
 pub(crate) struct LastSend {
@@ -342,6 +432,8 @@ pub(crate) struct Model {
     pub persists: VecDeque<(String, u64)>,
     /// Durable mode: the store's committed messages per room.
     pub store: BTreeMap<String, Vec<MMsg>>,
+    /// Public rooms' moderation state, by room.
+    pub moderation: BTreeMap<String, MMod>,
     pub shutting_down: bool,
     /// How many `Drained` so far.
     pub drained: usize,
@@ -371,6 +463,7 @@ impl Model {
             tokens: BTreeMap::new(),
             persists: VecDeque::new(),
             store: BTreeMap::new(),
+            moderation: BTreeMap::new(),
             shutting_down: false,
             drained: 0,
             drained_now: false,
@@ -695,8 +788,12 @@ impl Model {
             RoomsChoice::One(r) => vec![(ROOMS[*r].to_owned(), None)],
             RoomsChoice::Resume(list) => list.clone(),
         };
+        let max = self.config.max_strikes;
         for (room, since) in specs {
             self.join(sid, &key, None, &room, since);
+            if self.sessions.get(&sid).is_none_or(|s| s.strikes >= max) {
+                break;
+            }
         }
     }
 
@@ -710,6 +807,9 @@ impl Model {
         room: &str,
         since: Option<u64>,
     ) {
+        if self.is_banned(room, key) {
+            return self.reject(sid, id, Rej::new(ErrorCode::Forbidden));
+        }
         self.accepted(sid);
         if room.starts_with('@') && !self.rooms.contains_key(room) {
             // Shown empty, not created: it comes into being with its first message.
@@ -725,11 +825,18 @@ impl Model {
                     messages: vec![],
                     gap: since.is_some_and(|s| s > 0),
                     last_seq: 0,
+                    topic: None,
+                    slow_mode: None,
+                    role: None,
                 },
             );
         }
+        let created = !self.rooms.contains_key(room);
         self.ensure_room(room);
         let public = self.rooms[room].direct.is_none();
+        if public && created {
+            self.creator_owns(key, room);
+        }
         let already = self.sessions[&sid].rooms.contains(room);
         let mut announce = false;
         if public && !already {
@@ -759,7 +866,14 @@ impl Model {
                 false,
             ),
         };
+        let m = self.moderation.get(room).filter(|_| public);
+        let role = public
+            .then(|| self.role(room, key))
+            .filter(|r| *r > Role::Member);
         let joined = Obs::Joined {
+            topic: m.and_then(|m| m.topic.clone()),
+            slow_mode: m.map(|m| m.slow_mode).filter(|s| *s > 0),
+            role,
             id,
             room: room.to_owned(),
             members: self.member_names(room),
@@ -1030,10 +1144,31 @@ impl Model {
                 dm_room(key, &other)
             }
         };
-        let (rate, t) = (self.config.send_rate, self.t);
+        let public = send.target.is_ok();
+        if public && self.is_muted(&room, key) {
+            return self.reject(sid, Some(id), Rej::new(ErrorCode::Forbidden));
+        }
+        let t = self.t;
+        let slow = public
+            .then(|| self.moderation.get(&room))
+            .flatten()
+            .filter(|m| m.slow_mode > 0);
+        if let Some(m) = slow {
+            let next = m
+                .last_post
+                .get(key)
+                .map(|last| last + u64::from(m.slow_mode) * 1000);
+            if next.is_some_and(|n| t < n) && self.role(&room, key) < Role::Moderator {
+                return self.reject(sid, Some(id), Rej::blameless(ErrorCode::SlowMode));
+            }
+        }
+        let rate = self.config.send_rate;
         let s = self.sessions.get_mut(&sid).expect("open");
         if !s.sends.take(rate, t) {
             return self.reject(sid, Some(id), Rej::new(ErrorCode::RateLimited));
+        }
+        if let Some(m) = self.moderation.get_mut(&room).filter(|m| m.slow_mode > 0) {
+            m.last_post.insert(key.to_owned(), t);
         }
         self.accepted(sid);
         self.ensure_room(&room);
@@ -1043,6 +1178,9 @@ impl Model {
     pub(crate) fn typing(&mut self, sid: u64, key: &str, room: &str, active: bool) {
         if !self.sessions[&sid].rooms.contains(room) {
             return self.reject(sid, None, Rej::new(ErrorCode::NotMember));
+        }
+        if !room.starts_with('@') && self.is_muted(room, key) {
+            return; // who may not send has nothing to be typing
         }
         let (rate, t) = (self.config.typing_rate, self.t);
         let s = self.sessions.get_mut(&sid).expect("open");
@@ -1153,6 +1291,238 @@ impl Model {
         }
     }
 
+    // ---- moderation ----
+
+    fn is_banned(&self, room: &str, key: &str) -> bool {
+        self.moderation
+            .get(room)
+            .is_some_and(|m| in_force(m.banned.get(key), self.t))
+    }
+
+    fn is_muted(&self, room: &str, key: &str) -> bool {
+        self.moderation
+            .get(room)
+            .is_some_and(|m| in_force(m.muted.get(key), self.t))
+    }
+
+    /// A user's role in a public room (no host policy here).
+    pub(crate) fn role(&self, room: &str, key: &str) -> Role {
+        self.moderation
+            .get(room)
+            .and_then(|m| m.roles.get(key).copied())
+            .unwrap_or_default()
+    }
+
+    /// A join created a public room: with host identities its creator owns it, unless
+    /// it is a default room or someone already holds a role there.
+    fn creator_owns(&mut self, key: &str, room: &str) {
+        if !self.host_auth() || self.config.default_rooms.iter().any(|r| r == room) {
+            return;
+        }
+        let m = self.moderation.entry(room.to_owned()).or_default();
+        if m.roles.is_empty() {
+            m.roles.insert(key.to_owned(), Role::Owner);
+        }
+    }
+
+    /// A room event to the room's sessions, if the room exists.
+    fn tell_room(&mut self, room: &str, obs: &Obs) {
+        if self.rooms.contains_key(room) {
+            self.fan_out(room, obs, None, None);
+        }
+    }
+
+    /// The host gives a role.
+    pub(crate) fn give_role(&mut self, room: &str, user: &str, role: Role) {
+        let key = user.to_lowercase();
+        self.tell_room(
+            room,
+            &Obs::Moderated {
+                room: room.to_owned(),
+                user: self.display(&key),
+                action: ModAction::SetRole,
+                reason: None,
+                minutes: None,
+                role: Some(role),
+                by: None,
+            },
+        );
+        let m = self.moderation.entry(room.to_owned()).or_default();
+        if role == Role::Member {
+            m.roles.remove(&key);
+        } else {
+            m.roles.insert(key, role);
+        }
+    }
+
+    /// A moderator's command from `sid` (user `key`) about `user` in `room`.
+    pub(crate) fn moderate(
+        &mut self,
+        sid: u64,
+        key: &str,
+        id: u64,
+        room: &str,
+        user: &str,
+        action: ModOp,
+    ) {
+        let target = user.to_lowercase();
+        let mine = self.role(room, key);
+        let needs = match action {
+            ModOp::SetRole(_) => Role::Owner,
+            _ => Role::Moderator,
+        };
+        let about_user = !matches!(action, ModOp::Topic(_) | ModOp::SlowMode(_));
+        if mine < needs || (about_user && self.role(room, &target) >= mine) {
+            return self.reject(sid, Some(id), Rej::new(ErrorCode::Forbidden));
+        }
+        self.accepted(sid);
+        let by = Some(self.display(key));
+        let (kind, shown) = match action {
+            ModOp::Kick => (ModAction::Kick, None),
+            ModOp::Ban(m) => (ModAction::Ban, m),
+            ModOp::Unban => (ModAction::Unban, None),
+            ModOp::Mute(m) => (ModAction::Mute, m),
+            ModOp::Unmute => (ModAction::Unmute, None),
+            ModOp::SetRole(_) => (ModAction::SetRole, None),
+            ModOp::Topic(_) => (ModAction::Topic, None),
+            ModOp::SlowMode(_) => (ModAction::SlowMode, None),
+        };
+        let t = self.t;
+        let m = self.moderation.entry(room.to_owned()).or_default();
+        match action {
+            ModOp::Topic(topic) => {
+                let topic = topic.map(|n| format!("t{n}")).unwrap_or_default();
+                m.topic = (!topic.is_empty()).then(|| topic.clone());
+                let obs = Obs::Topic {
+                    room: room.to_owned(),
+                    topic,
+                    by,
+                };
+                self.tell_room(room, &obs);
+            }
+            ModOp::SlowMode(seconds) => {
+                m.slow_mode = seconds;
+                m.last_post.clear();
+                let obs = Obs::SlowMode {
+                    room: room.to_owned(),
+                    seconds,
+                    by,
+                };
+                self.tell_room(room, &obs);
+            }
+            _ => {
+                let until = |m: Option<u64>| m.map(|m| t + m * 60_000);
+                match action {
+                    ModOp::Ban(minutes) => {
+                        m.banned.insert(target.clone(), until(minutes));
+                    }
+                    ModOp::Unban => {
+                        m.banned.remove(&target);
+                    }
+                    ModOp::Mute(minutes) => {
+                        m.muted.insert(target.clone(), until(minutes));
+                    }
+                    ModOp::Unmute => {
+                        m.muted.remove(&target);
+                    }
+                    ModOp::SetRole(Role::Member) => {
+                        m.roles.remove(&target);
+                    }
+                    ModOp::SetRole(role) => {
+                        m.roles.insert(target.clone(), role);
+                    }
+                    _ => {}
+                }
+                let role = match action {
+                    ModOp::SetRole(role) => Some(role),
+                    _ => None,
+                };
+                let obs = Obs::Moderated {
+                    room: room.to_owned(),
+                    user: self.display(&target),
+                    action: kind,
+                    reason: None,
+                    minutes: shown,
+                    role,
+                    by,
+                };
+                self.tell_room(room, &obs);
+                if matches!(action, ModOp::Kick | ModOp::Ban(_)) {
+                    self.remove_user(room, &target);
+                }
+            }
+        }
+        let done = Obs::Done {
+            id: Some(id),
+            room: room.to_owned(),
+            action: kind,
+            user: about_user.then(|| self.display(&target)),
+        };
+        self.emit(sid, done);
+    }
+
+    /// A kick or ban takes every session of `key` out of the room (`left`), and the user
+    /// with them, lingering or not (announced).
+    fn remove_user(&mut self, room: &str, key: &str) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(member) = r.members.remove(key) else {
+            return;
+        };
+        for sid in &member.sessions {
+            r.sessions.remove(sid);
+        }
+        for sid in member.sessions {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.rooms.remove(room);
+            }
+            self.emit(
+                sid,
+                Obs::Left {
+                    id: None,
+                    room: room.to_owned(),
+                },
+            );
+        }
+        self.stop_typing(room, key);
+        self.announce_left(room, key);
+    }
+
+    /// A timed ban (`ban`) or mute ran out: told to the room and the user's sessions
+    /// outside it.
+    fn sanction_ended(&mut self, room: &str, key: &str, ban: bool) {
+        let m = self.moderation.get_mut(room).expect("the sanction's room");
+        if ban {
+            m.banned.remove(key);
+        } else {
+            m.muted.remove(key);
+        }
+        let obs = Obs::Moderated {
+            room: room.to_owned(),
+            user: self.display(key),
+            action: if ban {
+                ModAction::Unban
+            } else {
+                ModAction::Unmute
+            },
+            reason: Some(crate::EXPIRED_REASON.to_owned()),
+            minutes: None,
+            role: None,
+            by: None,
+        };
+        self.tell_room(room, &obs);
+        let outside: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.user.as_deref() == Some(key) && !s.rooms.contains(room))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in outside {
+            self.emit(sid, obs.clone());
+        }
+    }
+
     // ---- shutdown and restart ----
 
     pub(crate) fn shutdown(&mut self) {
@@ -1191,6 +1561,10 @@ impl Model {
         }
         if wipe {
             self.store.clear();
+            self.moderation.clear();
+        }
+        for m in self.moderation.values_mut() {
+            m.last_post.clear();
         }
         self.config = config;
         self.sessions.clear();
@@ -1241,7 +1615,11 @@ impl Model {
             .flat_map(|r| r.members.values().filter_map(|m| m.linger_until));
         let graces = self.users.values().filter_map(|u| u.grace_until);
         let typing = self.rooms.values().flat_map(|r| r.typing.values().copied());
-        lingers.chain(graces).chain(typing).min()
+        let sanctions = self
+            .moderation
+            .values()
+            .flat_map(|m| m.banned.values().chain(m.muted.values()).flatten().copied());
+        lingers.chain(graces).chain(typing).chain(sanctions).min()
     }
 
     /// Lets time pass: at each deadline, lingering members leave (announced), users in
@@ -1291,6 +1669,24 @@ impl Model {
                 .collect();
             for (room, key) in typing {
                 self.stop_typing(&room, &key);
+            }
+            let ending: Vec<(String, String, bool)> = self
+                .moderation
+                .iter()
+                .flat_map(|(room, m)| {
+                    let bans = m.banned.iter().map(|(k, u)| (k, u, true));
+                    let mutes = m.muted.iter().map(|(k, u)| (k, u, false));
+                    bans.chain(mutes)
+                        .filter(|(_, u, _)| **u == Some(d))
+                        .map(|(k, _, ban)| (room.clone(), k.clone(), ban))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            // In the server's order: by room, then user, a ban before a mute.
+            let mut ending = ending;
+            ending.sort_by(|a, b| (&a.0, &a.1, !a.2).cmp(&(&b.0, &b.1, !b.2)));
+            for (room, key, ban) in ending {
+                self.sanction_ended(&room, &key, ban);
             }
         }
         self.t = target;

@@ -2,6 +2,8 @@
 
 use proptest::prelude::*;
 
+use crate::protocol::Role;
+
 /// The user names the operations use (`Op::Hello { user, .. }` indexes this).
 pub const USERS: [&str; 4] = ["ann", "bob", "cy", "dee"];
 /// The public rooms the operations use (`Op::Join { room, .. }` indexes this).
@@ -45,6 +47,27 @@ pub enum Since {
     Back(u64),
     /// A seq the server never issued (`last + 3`).
     Ahead,
+}
+
+/// A moderator's command ([`Op::Moderate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModOp {
+    /// `kick`.
+    Kick,
+    /// `ban`, for `minutes` (`None`: for good).
+    Ban(Option<u64>),
+    /// `unban`.
+    Unban,
+    /// `mute`, for `minutes` (`None`: for good).
+    Mute(Option<u64>),
+    /// `unmute`.
+    Unmute,
+    /// `set_role` (owners only).
+    SetRole(Role),
+    /// `topic`: `t<n>`, or empty for `None` (clears it).
+    Topic(Option<u8>),
+    /// `slow_mode` with these seconds (0: off).
+    SlowMode(u32),
 }
 
 /// Which room an op is about.
@@ -209,6 +232,50 @@ pub enum Op {
         /// Milliseconds.
         ms: u64,
     },
+    /// A moderator's command from the slot's session (whatever its role: most are
+    /// refused with `forbidden`).
+    Moderate {
+        /// Slot.
+        slot: usize,
+        /// Index into [`ROOMS`].
+        room: usize,
+        /// Index into [`USERS`]: the user acted on (not used by topic and slow mode).
+        user: usize,
+        /// The command.
+        action: ModOp,
+    },
+    /// The host gives a user a role in a room ([`Server::set_role`](crate::Server::set_role)).
+    GiveRole {
+        /// Index into [`ROOMS`].
+        room: usize,
+        /// Index into [`USERS`].
+        user: usize,
+        /// The role (`Member` takes it away).
+        role: Role,
+    },
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        1 => Just(Role::Owner),
+        2 => Just(Role::Moderator),
+        1 => Just(Role::Member)
+    ]
+}
+
+/// A moderator's command, sanctions of a minute or two (so that they end within a run).
+pub fn mod_op() -> impl Strategy<Value = ModOp> {
+    let minutes = prop_oneof![Just(None), (1u64..=2).prop_map(Some)];
+    prop_oneof![
+        2 => Just(ModOp::Kick),
+        3 => minutes.clone().prop_map(ModOp::Ban),
+        1 => Just(ModOp::Unban),
+        3 => minutes.prop_map(ModOp::Mute),
+        1 => Just(ModOp::Unmute),
+        1 => role().prop_map(ModOp::SetRole),
+        1 => prop::option::of(0u8..3).prop_map(ModOp::Topic),
+        2 => prop::sample::select(vec![0u32, 2, 5]).prop_map(ModOp::SlowMode),
+    ]
 }
 
 fn since() -> impl Strategy<Value = Option<Since>> {
@@ -279,6 +346,12 @@ pub fn op(durable: bool) -> BoxedStrategy<Op> {
         1 => Just(Op::Shutdown),
         2 => (any::<bool>(), prop::bool::weighted(0.25)).prop_map(|(flushed, wipe)| Op::Restart { flushed, wipe }),
         16 => ms.prop_map(|ms| Op::Advance { ms }),
+        8 => (0..SLOTS, 0..ROOMS.len(), 0..USERS.len(), mod_op()).prop_map(
+            |(slot, room, user, action)| Op::Moderate { slot, room, user, action }
+        ),
+        3 => (0..ROOMS.len(), 0..USERS.len(), role()).prop_map(
+            |(room, user, role)| Op::GiveRole { room, user, role }
+        ),
     ];
     if durable {
         prop_oneof![

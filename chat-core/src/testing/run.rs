@@ -11,7 +11,9 @@ use proptest::test_runner::TestCaseError;
 use serde_json::json;
 
 use super::model::{LastSend, Model, Obs, dm_room, observe};
-use super::ops::{Op, Pick, ROOMS, RoomsChoice, SLOTS, TokenChoice, USERS, WRONG_TOKEN, ops};
+use super::ops::{
+    ModOp, Op, Pick, ROOMS, RoomsChoice, SLOTS, TokenChoice, USERS, WRONG_TOKEN, ops,
+};
 use super::sim::{Sim, base_now};
 use crate::protocol::ServerFrame;
 use crate::{Config, Event, Input, Now, RoomName, SessionId, StoreError};
@@ -475,6 +477,30 @@ impl<'h> Run<'h> {
                 self.sim.advance(Duration::from_millis(*ms));
                 self.model.advance(*ms);
             }
+            Op::Moderate {
+                slot,
+                room,
+                user,
+                action,
+            } => {
+                if let Some((_, sid)) = self.active(*slot) {
+                    let (room, user) = (ROOMS[*room], USERS[*user]);
+                    self.sim.say(sid, moderation_frame(id, room, user, *action));
+                    if self.model.frame_in(sid) {
+                        if let Some(key) = self.model.ready(sid, Some(id)) {
+                            self.model.moderate(sid, &key, id, room, user, *action);
+                        }
+                        self.model.settle(sid);
+                    }
+                }
+            }
+            Op::GiveRole { room, user, role } => {
+                let (room, user) = (ROOMS[*room], USERS[*user]);
+                let given = self.sim.server.set_role(room, user, *role);
+                prop_assert!(given.is_ok(), "step {}: set_role: {:?}", i, given);
+                self.sim.drain();
+                self.model.give_role(room, user, *role);
+            }
         }
         self.sim.answer_loads();
         self.sim.answer_room_loads();
@@ -607,6 +633,7 @@ impl<'h> Run<'h> {
             config.epoch = format!("{}.{}", self.harness.config.epoch, self.restarts);
             self.sim.persists.clear();
             self.sim.store.clear();
+            self.sim.moderation.clear();
             self.acked.clear();
             self.bodies.clear();
         } else {
@@ -928,8 +955,49 @@ impl<'h> Run<'h> {
             "{}",
             ctx()
         );
+        // Every user's role in every room, online or not.
+        for room in ROOMS {
+            for user in USERS {
+                prop_assert_eq!(
+                    server.role(room, user),
+                    Ok(self.model.role(room, user)),
+                    "{}: role of {} in {}",
+                    ctx(),
+                    user,
+                    room
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// The frame of a moderator's command.
+fn moderation_frame(id: u64, room: &str, user: &str, action: ModOp) -> serde_json::Value {
+    let about = |kind: &str| json!({"type": kind, "id": id, "room": room, "user": user});
+    let mut frame = match action {
+        ModOp::Kick => about("kick"),
+        ModOp::Ban(_) => about("ban"),
+        ModOp::Unban => about("unban"),
+        ModOp::Mute(_) => about("mute"),
+        ModOp::Unmute => about("unmute"),
+        ModOp::SetRole(role) => {
+            let mut f = about("set_role");
+            f["role"] = json!(role);
+            f
+        }
+        ModOp::Topic(t) => {
+            let topic = t.map(|n| format!("t{n}")).unwrap_or_default();
+            json!({"type": "topic", "id": id, "room": room, "topic": topic})
+        }
+        ModOp::SlowMode(seconds) => {
+            json!({"type": "slow_mode", "id": id, "room": room, "seconds": seconds})
+        }
+    };
+    if let ModOp::Ban(Some(m)) | ModOp::Mute(Some(m)) = action {
+        frame["minutes"] = json!(m);
+    }
+    frame
 }
 
 fn ms(d: Duration) -> u64 {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{self, DecodeError, Encoded, ErrorCode, Message, ServerFrame};
 use crate::{
-    ClientMsgId, CloseReason, Config, Event, Input, LoadedRoom, Now, Output, RoomName, Seq, Server,
-    SessionId, StoreError, UserName, protocol::ClientFrame,
+    ClientMsgId, CloseReason, Config, Event, Input, LoadedRoom, ModerationChange, Now, Output,
+    RoomName, Seq, Server, SessionId, StoreError, UserName, protocol::ClientFrame,
 };
 use serde_json::{Value, json};
 
@@ -96,6 +96,16 @@ pub struct Sim {
     pub store: BTreeMap<RoomName, Vec<Arc<Message>>>,
     /// Durable mode: `Output::LoadHistory` requests: (ticket, room, before, limit).
     pub loads: Vec<(u64, RoomName, Option<Seq>, usize)>,
+    /// Durable mode: `Output::SaveModeration` requests not answered yet (only while
+    /// [`Sim::hold_moderation`] is set; otherwise each is committed to
+    /// [`Sim::moderation`] and answered `Ok` as soon as it is drained).
+    pub moderation_saves: Vec<(u64, ModerationChange)>,
+    /// Hold `Output::SaveModeration` requests in [`Sim::moderation_saves`] instead of
+    /// answering them (answer with [`Sim::save_moderation`]).
+    pub hold_moderation: bool,
+    /// The store stand-in's moderation changes, committed, in order: given back to
+    /// [`Server::restore_moderation`] by [`Sim::restart`].
+    pub moderation: Vec<ModerationChange>,
     /// Cluster mode: `Output::Append` requests: (room, ticket, user, body, client id).
     pub appends: Vec<AppendAsked>,
     /// `Output::LoadRoom` requests (cluster mode; durable mode: rooms unloaded idle).
@@ -158,6 +168,9 @@ impl Sim {
             persists: Vec::new(),
             store: BTreeMap::new(),
             loads: Vec::new(),
+            moderation_saves: Vec::new(),
+            hold_moderation: false,
+            moderation: Vec::new(),
             appends: Vec::new(),
             room_loads: Vec::new(),
             presence: Vec::new(),
@@ -334,10 +347,37 @@ impl Sim {
         self.now = target;
     }
 
-    /// Drains every pending output into the inboxes, logs and queues.
+    /// Drains every pending output into the inboxes, logs and queues (and answers the
+    /// moderation changes to store, unless [`Sim::hold_moderation`]).
     pub fn drain(&mut self) {
-        while let Some(out) = self.server.poll_output() {
-            self.record(out);
+        loop {
+            while let Some(out) = self.server.poll_output() {
+                self.record(out);
+            }
+            if self.hold_moderation || self.moderation_saves.is_empty() {
+                break;
+            }
+            self.save_moderation(Ok(()));
+        }
+    }
+
+    /// Answers every outstanding `Output::SaveModeration` with `result` (committing
+    /// the changes to [`Sim::moderation`] when `Ok`).
+    pub fn save_moderation(&mut self, result: Result<(), StoreError>) {
+        for (ticket, change) in std::mem::take(&mut self.moderation_saves) {
+            if result.is_ok() {
+                self.moderation.push(change);
+            }
+            let input = Input::ModerationSaved {
+                ticket,
+                result: result.clone(),
+            };
+            self.server
+                .handle_input(self.now, input)
+                .expect("the harness drives the API correctly");
+            while let Some(out) = self.server.poll_output() {
+                self.record(out);
+            }
         }
     }
 
@@ -377,6 +417,11 @@ impl Sim {
             Output::Persist(msg) => {
                 self.log.push(format!("persist {msg:?}"));
                 self.persists.push(msg);
+            }
+            Output::SaveModeration { ticket, change } => {
+                self.log
+                    .push(format!("save moderation {ticket} {change:?}"));
+                self.moderation_saves.push((ticket, change));
             }
             Output::LoadHistory {
                 ticket,
@@ -535,10 +580,11 @@ impl Sim {
 
     /// The process restarts: a new [`Server`] with `config`, every room of the store
     /// restored with [`Server::restore_room`] (its newest `history_window` messages, its
-    /// last seq, and whether that is all the store holds). Every connection of the old
+    /// last seq, and whether that is all the store holds), and the stored moderation
+    /// state with [`Server::restore_moderation`]. Every connection of the old
     /// server is gone (marked disconnected: nothing may be sent to it any more). Persist
-    /// requests the old server never got an answer for are lost, or, with `flushed`, were
-    /// written before the crash (stored, never acknowledged).
+    /// and moderation requests the old server never got an answer for are lost, or,
+    /// with `flushed`, were written before the crash (stored, never acknowledged).
     pub fn restart(&mut self, config: Config, flushed: bool) {
         for msg in std::mem::take(&mut self.persists) {
             if flushed {
@@ -546,6 +592,11 @@ impl Sim {
             }
         }
         self.loads.clear();
+        for (_, change) in std::mem::take(&mut self.moderation_saves) {
+            if flushed {
+                self.moderation.push(change);
+            }
+        }
         self.authenticate.clear();
         self.disconnected.extend(self.connected.iter().copied());
         let window = config.history_window;
@@ -559,6 +610,8 @@ impl Sim {
             self.server
                 .restore_room(room.clone(), last.seq, recent, start == 0);
         }
+        self.server
+            .restore_moderation(self.now, self.moderation.clone());
         self.log.push("restart".to_owned());
     }
 
