@@ -39,6 +39,9 @@ struct State {
     close_taken: bool,
     sender_gone: bool,
     receiver_gone: bool,
+    /// Frames the session is still owed for input its transport handed over, not yet
+    /// settled by the driver (transport rule 3 counts them with the queued frames).
+    owed: usize,
 }
 
 /// Slots an empty queue keeps: a queue drained after a backlog (a slow reader, a
@@ -60,6 +63,11 @@ impl State {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
+    }
+
+    /// Whether the queue, with the answers still owed, is half full or more.
+    fn filling(&self, capacity: usize) -> bool {
+        2 * (self.frames.len() + self.owed) >= capacity
     }
 }
 
@@ -87,6 +95,7 @@ pub(crate) fn outbox(capacity: usize) -> (OutboxTx, Outbox) {
             close_taken: false,
             sender_gone: false,
             receiver_gone: false,
+            owed: 0,
         }),
         capacity: capacity.max(1),
     });
@@ -128,6 +137,24 @@ impl OutboxTx {
 }
 
 impl OutboxTx {
+    /// The driver settles `n` answers owed (see [`Owed`]): their frames are queued now,
+    /// or the input that owed them made none. Wakes a consumer that waits for the queue
+    /// when this takes it below half, as its transport may have stopped reading for them.
+    pub(crate) fn settle(&self, n: usize) {
+        let mut state = self.shared.lock();
+        let was = state.filling(self.shared.capacity);
+        state.owed = state.owed.saturating_sub(n);
+        let waker = if was && !state.filling(self.shared.capacity) {
+            state.waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Ends the queue with `reason`, after the frames it holds, full or not.
     pub(crate) fn close(self, reason: CloseReason) {
         self.shared.lock().close = Some(reason);
@@ -144,6 +171,20 @@ impl Drop for OutboxTx {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+/// The answers a session is owed for the input its transport has handed over: the
+/// [`Inbound`](super::transport::Inbound) side adds when it hands an input over, the
+/// driver settles ([`OutboxTx::settle`]) once the input's answers are in the queue.
+#[derive(Clone)]
+pub(crate) struct Owed(Arc<Shared>);
+
+impl Owed {
+    /// `n` more answers are owed.
+    pub(crate) fn add(&self, n: usize) {
+        let mut state = self.0.lock();
+        state.owed = state.owed.saturating_add(n);
     }
 }
 
@@ -236,13 +277,29 @@ impl Outbox {
         self.shared.capacity
     }
 
-    /// Whether the queue is half full or more: a transport hands over no more of the
-    /// peer's input until its writer has taken the queue below half (rule 4 of the
+    /// Whether the queue is half full or more, counting the answers the session is still
+    /// owed for input already handed to the hub (an ack and its own message for each
+    /// send, one frame for anything else) as if they were queued: a transport hands over
+    /// no more of the peer's input until its writer has taken the queue below half and
+    /// the hub has answered what it was given (rule 3 of the
     /// [transport API](super::transport)), so a peer that sends fast but reads is slowed
-    /// to the pace of its own answers instead of being closed for them.
+    /// to the pace of its own answers instead of being closed for them. The outbox wakes
+    /// its reader when the answers settle below half with nothing to write.
     #[must_use]
     pub fn is_filling(&self) -> bool {
-        2 * self.queued() >= self.shared.capacity
+        self.shared.lock().filling(self.shared.capacity)
+    }
+
+    /// How many frames the session is still owed for input handed to the hub that has
+    /// not been answered yet (its answers are not queued).
+    #[must_use]
+    pub fn owed(&self) -> usize {
+        self.shared.lock().owed
+    }
+
+    /// The handle its [`Inbound`](super::transport::Inbound) counts owed answers with.
+    pub(crate) fn owed_handle(&self) -> Owed {
+        Owed(self.shared.clone())
     }
 
     /// Why the engine closed the session, as soon as it has, even while frames before
@@ -267,6 +324,7 @@ impl std::fmt::Debug for Outbox {
         let state = self.shared.lock();
         f.debug_struct("Outbox")
             .field("queued", &state.frames.len())
+            .field("owed", &state.owed)
             .field("capacity", &self.shared.capacity)
             .field("close", &state.close)
             .field("ended", &state.sender_gone)

@@ -133,6 +133,18 @@ use crate::protocol::{self, ClientFrame, DecodeError, Encoded, ServerFrame};
 use crate::server::{CloseReason, Input};
 
 pub use super::outbox::Outbox;
+use super::outbox::Owed;
+
+/// The frames an input is expected to make for its own session, as transport rule 3
+/// counts them until the driver settles them: a send makes two (its ack and the
+/// message itself), anything else is counted as one. Both the [`Inbound`] that adds them
+/// and the driver that settles them weigh an input with this, so the count cannot drift.
+pub(super) fn answers(frame: &Result<ClientFrame, DecodeError>) -> usize {
+    match frame {
+        Ok(ClientFrame::Send(_)) => 2,
+        _ => 1,
+    }
+}
 
 /// What a transport got from its peer, for [`Inbound::start`] and [`Inbound::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +240,7 @@ impl Connection {
                 held: VecDeque::new(),
                 waiting: None,
                 open: true,
+                owed: outbox.owed_handle(),
             },
             outbox,
         }
@@ -293,6 +306,8 @@ pub struct Inbound {
     waiting: Option<PollSender<Cmd>>,
     /// Whether dropping it still has to tell the hub.
     open: bool,
+    /// Where the answers owed for what it hands over are counted (transport rule 3).
+    owed: Owed,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -373,6 +388,10 @@ impl Inbound {
     }
 
     fn start_input(&mut self, input: Input) -> Result<(), HubClosed> {
+        if let Input::Received { frame, .. } = &input {
+            // Settled by the driver once the answers are queued (or none will come).
+            self.owed.add(answers(frame));
+        }
         let cmd = Cmd::Input(input);
         if !self.held.is_empty() {
             self.held.push_back(cmd); // behind what is held: inputs stay in order
