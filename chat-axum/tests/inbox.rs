@@ -7,7 +7,8 @@ mod common;
 
 use chat_axum::RouterOptions;
 use chat_core::protocol::SendRequest;
-use chat_core::runtime::HubConfig;
+use chat_core::runtime::{Durability, HubConfig, SqliteStore, Store};
+use std::sync::Arc;
 use chat_core::{
     Config, Rate,
     protocol::{ClientFrame, ServerFrame},
@@ -101,10 +102,25 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
 /// A peer that sends a long burst and starts reading only a second later (a client busy
 /// elsewhere, a phone waking up) fills its socket with its own answers: the server stops
 /// reading its input until the answers are written, and the peer is slowed, not closed.
-/// Handing over input regardless filled the session's queue with acks as soon as the
-/// socket backed up, and the peer was closed as a slow consumer although it reads.
+/// Counting only the queued frames was not enough: the inputs already in the hub's inbox
+/// (and, with a store, the sends waiting for their commit) were answered together, and
+/// the peer was closed as a slow consumer although it reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_sender_that_reads_late_is_slowed_not_closed() {
+    burst_then_read_late(None).await;
+}
+
+/// The same with a store (the example server's default): each send waits for its group
+/// commit before it is acked and delivered, so many more are handed over before any is
+/// answered, unless the sends waiting for their commit count too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_sender_that_reads_late_is_slowed_not_closed_with_a_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Full).expect("store");
+    burst_then_read_late(Some(Arc::new(store))).await;
+}
+
+async fn burst_then_read_late(store: Option<Arc<dyn Store>>) {
     const N: u64 = 20_000;
     let loose = Rate {
         burst: 1_000_000,
@@ -117,6 +133,7 @@ async fn a_burst_sender_that_reads_late_is_slowed_not_closed() {
             ..Config::default()
         },
         outbound_queue: 64,
+        store,
         ..HubConfig::default()
     };
     let server = TestServer::with(config, RouterOptions::default()).await;

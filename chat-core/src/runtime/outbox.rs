@@ -526,4 +526,40 @@ mod tests {
         assert_eq!(kinds(&got), ["frame"]);
         assert_eq!(rx.close_reason(), None);
     }
+
+    /// Owed answers count toward half full like queued frames; settling them below half
+    /// wakes a consumer that waits on an empty queue (its transport stopped reading for
+    /// them), once, and settling that does not cross half wakes nobody.
+    #[test]
+    fn settling_owed_answers_below_half_wakes_the_waiting_consumer_once() {
+        let (tx, mut rx) = outbox(8);
+        let owed = rx.owed_handle();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        owed.add(2);
+        tx.try_send(frame(1)).unwrap();
+        assert!(!rx.is_filling(), "3 of 8");
+        owed.add(2);
+        assert!(rx.is_filling(), "5 of 8, 4 of them owed");
+        assert_eq!(rx.owed(), 4);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(1)
+        );
+        assert!(rx.is_filling(), "nothing queued, 4 owed");
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Pending
+        );
+        tx.settle(1);
+        assert!(!rx.is_filling());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken below half");
+        assert!(rx.poll_recv_many(&mut cx, &mut got, frames(8)).is_pending());
+        tx.settle(1);
+        tx.settle(5);
+        assert_eq!(rx.owed(), 0, "never below nothing");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "no wake without crossing");
+    }
 }

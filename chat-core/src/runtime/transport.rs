@@ -426,6 +426,7 @@ mod tests {
     use crate::ids::RequestId;
     use crate::protocol::{HelloRequest, SendRequest};
     use crate::runtime::{Hub, HubConfig};
+    use std::sync::Arc;
 
     fn send(id: u64, body: &str) -> Vec<u8> {
         let frame = ClientFrame::Send(SendRequest {
@@ -535,5 +536,70 @@ mod tests {
             ]
         );
         hub.shutdown().await;
+    }
+
+    /// Rule 3's count of the answers a session is owed settles back to nothing once
+    /// every input is handled, also for inputs that are never answered (typing, a
+    /// malformed or binary frame, a refused send), and with a store only after the
+    /// sends are committed: a count that drifted up would stop the peer being read.
+    #[tokio::test]
+    async fn the_answers_owed_settle_to_nothing_whatever_the_inputs() {
+        for store in [None, Some(crate::runtime::MemoryStore::new("e1"))] {
+            let durable = store.is_some();
+            let hub = Hub::spawn(HubConfig {
+                store: store.map(|s| Arc::new(s) as Arc<dyn crate::runtime::Store>),
+                ..HubConfig::default()
+            })
+            .await
+            .expect("hub");
+            let mut conn = hub.connect().await.expect("connect");
+            conn.send(ClientFrame::Hello(HelloRequest {
+                id: Some(RequestId(1)),
+                version: protocol::PROTOCOL_VERSION,
+                name: "alice".into(),
+                token: None,
+                rooms: None,
+            }))
+            .await
+            .expect("hub runs");
+            while !matches!(conn.recv().await, Some(ServerFrame::Welcome { .. })) {}
+            let (mut inbound, mut out) = conn.split();
+            assert_eq!(out.owed(), 0, "the hello was answered");
+            let typing = br#"{"type":"typing","room":"general","active":true}"#;
+            let nowhere = br#"{"type":"send","id":9,"room":"nowhere","body":"x"}"#;
+            // One thread: the driver runs only once this task waits, so all are owed.
+            for i in 0..10 {
+                inbound.start(PeerFrame::Text(&send(10 + i, "hi"))).unwrap();
+            }
+            inbound.start(PeerFrame::Text(typing)).unwrap();
+            inbound.start(PeerFrame::Text(nowhere)).unwrap();
+            inbound.start(PeerFrame::Text(b"{")).unwrap();
+            inbound.start(PeerFrame::Binary(b"{}")).unwrap();
+            inbound.start(PeerFrame::Malformed("bad")).unwrap();
+            assert_eq!(out.owed(), 10 * 2 + 2 + 1 + 1 + 1 + 1, "durable: {durable}");
+            let mut acks = 0;
+            while acks < 10 {
+                match out.recv().await.expect("open") {
+                    Outbound::Frame(f) => {
+                        if let Ok(ServerFrame::Ack { .. }) = f.decode() {
+                            acks += 1;
+                        }
+                    }
+                    Outbound::Close(reason) => panic!("closed: {reason:?}"),
+                }
+            }
+            // One more input, handled after all the others: once the driver has taken
+            // it, nothing is owed.
+            inbound.send(PeerFrame::Text(typing)).await.unwrap();
+            for _ in 0..100 {
+                if out.owed() == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(out.owed(), 0, "durable: {durable}");
+            assert!(!out.is_filling());
+            hub.shutdown().await;
+        }
     }
 }
