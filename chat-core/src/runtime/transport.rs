@@ -28,10 +28,16 @@
 //!    and is closed as a slow consumer, which is the point.
 //! 3. **Hand over input only while the outbox has room.** While
 //!    [`Outbox::is_filling`], hand the peer's next frame to [`Inbound`] only after the
-//!    writer has taken the outbox below half: each input makes answers for the session
-//!    itself (an ack, its own message), and a peer that sends quickly but reads would
-//!    otherwise fill its queue with them and be closed as a slow consumer although it
-//!    reads (its writer merely had not run yet).
+//!    writer has taken the outbox below half and the hub has answered what it was
+//!    given: each input makes answers for the session itself (an ack, its own message),
+//!    and a peer that sends quickly but reads would otherwise fill its queue with them
+//!    and be closed as a slow consumer although it reads (its writer had not run yet, or
+//!    it reads a moment late). `is_filling` counts the answers still owed for input
+//!    already handed over ([`Outbox::owed`]: two per send, one per other input, until
+//!    the hub has queued them; a send waiting for its commit or for the shared log is
+//!    owed until then) as if they were queued, and the outbox wakes its reader when
+//!    they settle below half with nothing to write, so one check covers inputs still in
+//!    the hub's inbox and sends still being stored.
 //! 4. **End cleanly.** After [`Outbound::Close`], write the close (for WebSocket,
 //!    [`CloseReason::ws_code`] and [`CloseReason::as_str`]) and end the connection. When
 //!    the peer goes away first, [`Inbound::disconnect`] (or drop it). An outbox that ends
