@@ -8,13 +8,13 @@ mod common;
 use chat_axum::RouterOptions;
 use chat_core::protocol::SendRequest;
 use chat_core::runtime::{Durability, HubConfig, SqliteStore, Store};
-use std::sync::Arc;
 use chat_core::{
     Config, Rate,
     protocol::{ClientFrame, ServerFrame},
 };
 use common::{TestServer, WAIT};
 use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 
 const SENDS: u64 = 1000;
@@ -97,7 +97,6 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
     let client = common::Client::from_ws(sink.reunite(stream).expect("one socket"));
     server.stop_with(vec![client]).await;
 }
-
 
 /// A peer that sends a long burst and starts reading only a second later (a client busy
 /// elsewhere, a phone waking up) fills its socket with its own answers: the server stops

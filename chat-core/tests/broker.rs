@@ -207,7 +207,10 @@ async fn a_send_waiting_for_the_log_is_owed_until_the_log_answers() {
             result: Ok(true),
         })
         .unwrap();
-    assert!(matches!(next(&mut alice).await, ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        next(&mut alice).await,
+        ServerFrame::Welcome { .. }
+    ));
     alice
         .send(frame(r#"{"type":"join","id":1,"room":"lobby"}"#))
         .await
@@ -225,7 +228,10 @@ async fn a_send_waiting_for_the_log_is_owed_until_the_log_answers() {
     let (mut inbound, mut out) = alice.split();
     for id in 2..5 {
         let send = format!(r#"{{"type":"send","id":{id},"room":"lobby","body":"m{id}"}}"#);
-        inbound.send(PeerFrame::Text(send.as_bytes())).await.unwrap();
+        inbound
+            .send(PeerFrame::Text(send.as_bytes()))
+            .await
+            .unwrap();
     }
     let mut tickets = Vec::new();
     while tickets.len() < 3 {

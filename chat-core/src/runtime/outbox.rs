@@ -560,6 +560,10 @@ mod tests {
         tx.settle(1);
         tx.settle(5);
         assert_eq!(rx.owed(), 0, "never below nothing");
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "no wake without crossing");
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "no wake without crossing"
+        );
     }
 }
