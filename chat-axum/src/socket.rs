@@ -205,8 +205,10 @@ struct Conn<IO> {
     /// The hub's inbox was full: an input waits in `inbound` and the socket is not read
     /// until the hub takes it.
     hub_full: bool,
-    /// The session's queue was half full: the peer's next frames wait (read, not handed
-    /// over) and the socket is not read until the queue is written below half.
+    /// The session's queue was half full, counting the answers it is still owed for
+    /// input handed over: the peer's next frames wait (read, not handed over) and the
+    /// socket is not read until the queue is written, and the answers settled, below
+    /// half.
     backlogged: bool,
     /// A bad frame was read: the rest of the input is discarded.
     read_failed: bool,
@@ -337,7 +339,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         if self.backlogged {
             if self.outbound.as_ref().is_some_and(Outbox::is_filling) {
-                // Written below half only once the socket takes more: its wake-up.
+                // Below half once the socket takes more (its wake-up) or once the hub
+                // has answered what it was given (the outbox wakes us).
             } else {
                 self.backlogged = false;
                 return Poll::Ready(Wake::HubReady);
@@ -456,7 +459,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     async fn dispatch(&mut self) -> Result<(), End> {
         loop {
             if self.outbound.as_ref().is_some_and(Outbox::is_filling) {
-                // The session's own answers fill its queue: write some first.
+                // The session's own answers fill its queue, or will once the hub
+                // has answered what it was given: write some, or wait, first.
                 self.backlogged = true;
                 break;
             }

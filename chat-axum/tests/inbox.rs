@@ -7,13 +7,14 @@ mod common;
 
 use chat_axum::RouterOptions;
 use chat_core::protocol::SendRequest;
-use chat_core::runtime::HubConfig;
+use chat_core::runtime::{Durability, HubConfig, SqliteStore, Store};
 use chat_core::{
     Config, Rate,
     protocol::{ClientFrame, ServerFrame},
 };
 use common::{TestServer, WAIT};
 use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 
 const SENDS: u64 = 1000;
@@ -92,6 +93,97 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
         .expect("every answer in time")
         .expect("no reader panic");
 
+    assert_eq!(server.hub.stats().slow_consumers, 0);
+    let client = common::Client::from_ws(sink.reunite(stream).expect("one socket"));
+    server.stop_with(vec![client]).await;
+}
+
+/// A peer that sends a long burst and starts reading only a second later (a client busy
+/// elsewhere, a phone waking up) fills its socket with its own answers: the server stops
+/// reading its input until the answers are written, and the peer is slowed, not closed.
+/// Counting only the queued frames was not enough: the inputs already in the hub's inbox
+/// (and, with a store, the sends waiting for their commit) were answered together, and
+/// the peer was closed as a slow consumer although it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_sender_that_reads_late_is_slowed_not_closed() {
+    burst_then_read_late(None).await;
+}
+
+/// The same with a store (the example server's default): each send waits for its group
+/// commit before it is acked and delivered, so many more are handed over before any is
+/// answered, unless the sends waiting for their commit count too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_sender_that_reads_late_is_slowed_not_closed_with_a_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Full).expect("store");
+    burst_then_read_late(Some(Arc::new(store))).await;
+}
+
+async fn burst_then_read_late(store: Option<Arc<dyn Store>>) {
+    const N: u64 = 20_000;
+    let loose = Rate {
+        burst: 1_000_000,
+        per_second: 1_000_000,
+    };
+    let config = HubConfig {
+        core: Config {
+            send_rate: loose,
+            frame_rate: loose,
+            ..Config::default()
+        },
+        outbound_queue: 64,
+        store,
+        ..HubConfig::default()
+    };
+    let server = TestServer::with(config, RouterOptions::default()).await;
+    // A small receive buffer, so that the server's writes back up while nobody reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(server.addr).await.expect("connect");
+    let url = format!("ws://{}/ws", server.addr);
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgrade");
+    let mut client = common::Client::from_ws(ws);
+    client.hello("late").await;
+    client.expect_joined("general").await;
+    let (mut sink, mut stream) = client.ws.split();
+
+    let writer = tokio::spawn(async move {
+        for i in 1..=N {
+            let frame = ClientFrame::Send(SendRequest {
+                id: Some(chat_core::RequestId(i)),
+                room: Some("general".into()),
+                to: None,
+                body: format!("m{i}"),
+                client_id: None,
+            });
+            let text = serde_json::to_string(&frame).expect("serialize");
+            sink.feed(Message::text(text)).await.expect("queue a send");
+        }
+        sink.flush().await.expect("send the burst");
+        sink
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (mut acks, mut messages) = (0, 0);
+    while acks < N || messages < N {
+        let next = tokio::time::timeout(WAIT, stream.next()).await;
+        let text = match next {
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("after {acks} acks and {messages} messages of {N}: {other:?}"),
+        };
+        match serde_json::from_str(&text).expect("a server frame") {
+            ServerFrame::Ack { .. } => acks += 1,
+            ServerFrame::Message(_) => messages += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let sink = tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the burst was taken")
+        .expect("no writer panic");
     assert_eq!(server.hub.stats().slow_consumers, 0);
     let client = common::Client::from_ws(sink.reunite(stream).expect("one socket"));
     server.stop_with(vec![client]).await;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_core::protocol::{ClientFrame, ServerFrame};
+use chat_core::runtime::transport::PeerFrame;
 use chat_core::runtime::{
     Broker, BrokerFuture, BrokerInbox, ClusterRequest, Hub, HubConfig, MemoryStore, SpawnError,
 };
@@ -170,6 +171,113 @@ async fn a_hub_with_a_broker_posts_through_it() {
         }
         other => panic!("{other:?}"),
     }
+    hub.shutdown().await;
+}
+
+/// Transport rule 3 in cluster mode: a send waiting for the shared log is owed to its
+/// session (its ack and the message itself) until the log has answered, committed or
+/// refused, so a transport does not hand over more while the answers are on their way.
+#[tokio::test]
+async fn a_send_waiting_for_the_log_is_owed_until_the_log_answers() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let broker = Arc::new(Scripted {
+        inbox: Mutex::new(None),
+        requests: tx,
+    });
+    let hub = Hub::spawn(HubConfig {
+        cluster: Some(broker.clone()),
+        ..HubConfig::default()
+    })
+    .await
+    .expect("cluster mode starts");
+    let inbox = broker.inbox.lock().unwrap().clone().expect("started");
+    let mut alice = hub.connect().await.unwrap();
+    alice
+        .send(frame(
+            r#"{"type":"hello","version":1,"name":"alice","rooms":[]}"#,
+        ))
+        .await
+        .unwrap();
+    let ClusterRequest::ClaimName { session, .. } = request(&mut rx).await else {
+        panic!("ClaimName first")
+    };
+    inbox
+        .answer(Input::NameClaimed {
+            session,
+            result: Ok(true),
+        })
+        .unwrap();
+    assert!(matches!(
+        next(&mut alice).await,
+        ServerFrame::Welcome { .. }
+    ));
+    alice
+        .send(frame(r#"{"type":"join","id":1,"room":"lobby"}"#))
+        .await
+        .unwrap();
+    let ClusterRequest::LoadRoom { room } = request(&mut rx).await else {
+        panic!("LoadRoom first")
+    };
+    inbox
+        .answer(Input::RoomLoaded {
+            room: room.clone(),
+            result: Ok(LoadedRoom::default()),
+        })
+        .unwrap();
+    assert!(matches!(next(&mut alice).await, ServerFrame::Joined { .. }));
+    let (mut inbound, mut out) = alice.split();
+    for id in 2..5 {
+        let send = format!(r#"{{"type":"send","id":{id},"room":"lobby","body":"m{id}"}}"#);
+        inbound
+            .send(PeerFrame::Text(send.as_bytes()))
+            .await
+            .unwrap();
+    }
+    let mut tickets = Vec::new();
+    while tickets.len() < 3 {
+        match request(&mut rx).await {
+            ClusterRequest::Append { ticket, .. } => tickets.push(ticket),
+            ClusterRequest::Presence { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(out.queued(), 0, "nothing answered yet");
+    assert_eq!(out.owed(), 6, "an ack and a message per send");
+    let committed = |seq| {
+        Ok(Appended {
+            seq: Seq(seq),
+            ts: chrono::DateTime::from_timestamp_millis(1_767_000_000_000).unwrap(),
+            duplicate: false,
+        })
+    };
+    let answers = [
+        committed(1),
+        committed(2),
+        Err(StoreError::Unavailable("redis: timed out".into())),
+    ];
+    for (ticket, result) in tickets.into_iter().zip(answers) {
+        let room = room.clone();
+        inbox
+            .answer(Input::Appended {
+                room,
+                ticket,
+                result,
+            })
+            .unwrap();
+    }
+    // Two messages, two acks and the refusal.
+    let mut batch = Vec::new();
+    while batch.len() < 5 {
+        let took = tokio::time::timeout(WAIT, out.recv_many(&mut batch, Default::default()));
+        assert!(matches!(took.await, Ok(1..)), "after {batch:?}");
+    }
+    for _ in 0..100 {
+        if out.owed() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(out.owed(), 0, "settled by the log's answers");
     hub.shutdown().await;
 }
 

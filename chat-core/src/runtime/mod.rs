@@ -386,6 +386,9 @@ impl Hub {
             last_event: 0,
             stats: stats.clone(),
             deferred: Vec::new(),
+            answering: None,
+            parked: HashMap::new(),
+            settling: Vec::new(),
             shutting_down: false,
             cluster,
             relaying: false,
@@ -805,6 +808,17 @@ struct Driver {
     cluster: Option<Arc<dyn Broker>>,
     /// Carrying out an action another server relayed: its events are not relayed again.
     relaying: bool,
+    /// Transport rule 3's count: the peer input being handled, its session and the
+    /// answers it owes ([`transport::answers`]), until the drain after it parks it or
+    /// the driver settles it.
+    answering: Option<(SessionId, usize)>,
+    /// Sends waiting for their commit (durable mode, by room and seq) or for the shared
+    /// log (cluster mode, by room and ticket): whose answers they owe, settled once the
+    /// store's or the log's answer has been handled. One entry per message the core
+    /// itself holds as pending.
+    parked: HashMap<(RoomName, u64), (SessionId, usize)>,
+    /// Answers to settle after the current drain.
+    settling: Vec<(SessionId, usize)>,
 }
 
 /// Inputs handled per wake-up before outputs are drained: bounds latency under load
@@ -898,9 +912,15 @@ impl Driver {
             Cmd::Input(input) => {
                 let mut frame = false;
                 match &input {
-                    Input::Received { .. } => {
+                    Input::Received { session, frame: f } => {
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                         frame = true;
+                        self.answering = Some((*session, transport::answers(f)));
+                    }
+                    Input::Appended { room, ticket, .. } => {
+                        if let Some(owed) = self.parked.remove(&(room.clone(), *ticket)) {
+                            self.settling.push(owed);
+                        }
                     }
                     Input::Disconnected { session } if self.sessions.remove(*session).is_some() => {
                         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
@@ -915,6 +935,9 @@ impl Driver {
             }
             Cmd::Persisted { messages, result } => {
                 for (room, seq) in messages {
+                    if let Some(owed) = self.parked.remove(&(room.clone(), seq.0)) {
+                        self.settling.push(owed);
+                    }
                     let result = result.clone();
                     self.feed(now, Input::Persisted { room, seq, result });
                 }
@@ -959,7 +982,25 @@ impl Driver {
                 }
             }
         }
-        self.drain(now)
+        let drained = self.drain(now);
+        // The answers are queued now (or were never made): rule 3 stops counting them.
+        if let Some(owed) = self.answering.take() {
+            self.settling.push(owed);
+        }
+        for (session, n) in self.settling.drain(..) {
+            if let Some(s) = self.sessions.get(session) {
+                s.tx.settle(n);
+            }
+        }
+        drained
+    }
+
+    /// A send of the input being handled waits for its commit or its append: its
+    /// answers are owed until then.
+    fn park(&mut self, room: RoomName, key: u64) {
+        if let Some(owed) = self.answering.take() {
+            self.parked.insert((room, key), owed);
+        }
     }
 
     fn feed(&mut self, now: Now, input: Input) {
@@ -1002,7 +1043,15 @@ impl Driver {
                         }),
                     },
                     Output::Persist(msg) => match &self.writer {
-                        Some(w) => w.submit(Item::Message(msg)),
+                        Some(w) => {
+                            if self.answering.is_some() {
+                                let (room, seq) = (msg.room.clone(), msg.seq.0);
+                                w.submit(Item::Message(msg));
+                                self.park(room, seq);
+                            } else {
+                                w.submit(Item::Message(msg));
+                            }
+                        }
                         None => self.deferred.push(Input::Persisted {
                             room: msg.room.clone(),
                             seq: msg.seq,
@@ -1039,6 +1088,12 @@ impl Driver {
                     | Output::ReleaseName { .. }
                     | Output::LogRegressed { .. }
                     | Output::Typing { .. }) => {
+                        if let (Some(_), Output::Append { room, ticket, .. }) = (&self.cluster, &o)
+                            && self.answering.is_some()
+                        {
+                            let (room, ticket) = (room.clone(), *ticket);
+                            self.park(room, ticket);
+                        }
                         match (&self.cluster, ClusterRequest::from_output(o)) {
                             (Some(broker), Ok(request)) => broker.submit(request),
                             _ => tracing::error!("cluster output without a cluster broker"),

@@ -39,6 +39,9 @@ struct State {
     close_taken: bool,
     sender_gone: bool,
     receiver_gone: bool,
+    /// Frames the session is still owed for input its transport handed over, not yet
+    /// settled by the driver (transport rule 3 counts them with the queued frames).
+    owed: usize,
 }
 
 /// Slots an empty queue keeps: a queue drained after a backlog (a slow reader, a
@@ -60,6 +63,11 @@ impl State {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
+    }
+
+    /// Whether the queue, with the answers still owed, is half full or more.
+    fn filling(&self, capacity: usize) -> bool {
+        2 * (self.frames.len() + self.owed) >= capacity
     }
 }
 
@@ -87,6 +95,7 @@ pub(crate) fn outbox(capacity: usize) -> (OutboxTx, Outbox) {
             close_taken: false,
             sender_gone: false,
             receiver_gone: false,
+            owed: 0,
         }),
         capacity: capacity.max(1),
     });
@@ -128,6 +137,24 @@ impl OutboxTx {
 }
 
 impl OutboxTx {
+    /// The driver settles `n` answers owed (see [`Owed`]): their frames are queued now,
+    /// or the input that owed them made none. Wakes a consumer that waits for the queue
+    /// when this takes it below half, as its transport may have stopped reading for them.
+    pub(crate) fn settle(&self, n: usize) {
+        let mut state = self.shared.lock();
+        let was = state.filling(self.shared.capacity);
+        state.owed = state.owed.saturating_sub(n);
+        let waker = if was && !state.filling(self.shared.capacity) {
+            state.waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Ends the queue with `reason`, after the frames it holds, full or not.
     pub(crate) fn close(self, reason: CloseReason) {
         self.shared.lock().close = Some(reason);
@@ -144,6 +171,20 @@ impl Drop for OutboxTx {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+/// The answers a session is owed for the input its transport has handed over: the
+/// [`Inbound`](super::transport::Inbound) side adds when it hands an input over, the
+/// driver settles ([`OutboxTx::settle`]) once the input's answers are in the queue.
+#[derive(Clone)]
+pub(crate) struct Owed(Arc<Shared>);
+
+impl Owed {
+    /// `n` more answers are owed.
+    pub(crate) fn add(&self, n: usize) {
+        let mut state = self.0.lock();
+        state.owed = state.owed.saturating_add(n);
     }
 }
 
@@ -236,13 +277,29 @@ impl Outbox {
         self.shared.capacity
     }
 
-    /// Whether the queue is half full or more: a transport hands over no more of the
-    /// peer's input until its writer has taken the queue below half (rule 4 of the
+    /// Whether the queue is half full or more, counting the answers the session is still
+    /// owed for input already handed to the hub (an ack and its own message for each
+    /// send, one frame for anything else) as if they were queued: a transport hands over
+    /// no more of the peer's input until its writer has taken the queue below half and
+    /// the hub has answered what it was given (rule 3 of the
     /// [transport API](super::transport)), so a peer that sends fast but reads is slowed
-    /// to the pace of its own answers instead of being closed for them.
+    /// to the pace of its own answers instead of being closed for them. The outbox wakes
+    /// its reader when the answers settle below half with nothing to write.
     #[must_use]
     pub fn is_filling(&self) -> bool {
-        2 * self.queued() >= self.shared.capacity
+        self.shared.lock().filling(self.shared.capacity)
+    }
+
+    /// How many frames the session is still owed for input handed to the hub that has
+    /// not been answered yet (its answers are not queued).
+    #[must_use]
+    pub fn owed(&self) -> usize {
+        self.shared.lock().owed
+    }
+
+    /// The handle its [`Inbound`](super::transport::Inbound) counts owed answers with.
+    pub(crate) fn owed_handle(&self) -> Owed {
+        Owed(self.shared.clone())
     }
 
     /// Why the engine closed the session, as soon as it has, even while frames before
@@ -267,6 +324,7 @@ impl std::fmt::Debug for Outbox {
         let state = self.shared.lock();
         f.debug_struct("Outbox")
             .field("queued", &state.frames.len())
+            .field("owed", &state.owed)
             .field("capacity", &self.shared.capacity)
             .field("close", &state.close)
             .field("ended", &state.sender_gone)
@@ -467,5 +525,45 @@ mod tests {
         );
         assert_eq!(kinds(&got), ["frame"]);
         assert_eq!(rx.close_reason(), None);
+    }
+
+    /// Owed answers count toward half full like queued frames; settling them below half
+    /// wakes a consumer that waits on an empty queue (its transport stopped reading for
+    /// them), once, and settling that does not cross half wakes nobody.
+    #[test]
+    fn settling_owed_answers_below_half_wakes_the_waiting_consumer_once() {
+        let (tx, mut rx) = outbox(8);
+        let owed = rx.owed_handle();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        owed.add(2);
+        tx.try_send(frame(1)).unwrap();
+        assert!(!rx.is_filling(), "3 of 8");
+        owed.add(2);
+        assert!(rx.is_filling(), "5 of 8, 4 of them owed");
+        assert_eq!(rx.owed(), 4);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(1)
+        );
+        assert!(rx.is_filling(), "nothing queued, 4 owed");
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Pending
+        );
+        tx.settle(1);
+        assert!(!rx.is_filling());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken below half");
+        assert!(rx.poll_recv_many(&mut cx, &mut got, frames(8)).is_pending());
+        tx.settle(1);
+        tx.settle(5);
+        assert_eq!(rx.owed(), 0, "never below nothing");
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "no wake without crossing"
+        );
     }
 }

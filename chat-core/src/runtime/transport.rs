@@ -28,10 +28,16 @@
 //!    and is closed as a slow consumer, which is the point.
 //! 3. **Hand over input only while the outbox has room.** While
 //!    [`Outbox::is_filling`], hand the peer's next frame to [`Inbound`] only after the
-//!    writer has taken the outbox below half: each input makes answers for the session
-//!    itself (an ack, its own message), and a peer that sends quickly but reads would
-//!    otherwise fill its queue with them and be closed as a slow consumer although it
-//!    reads (its writer merely had not run yet).
+//!    writer has taken the outbox below half and the hub has answered what it was
+//!    given: each input makes answers for the session itself (an ack, its own message),
+//!    and a peer that sends quickly but reads would otherwise fill its queue with them
+//!    and be closed as a slow consumer although it reads (its writer had not run yet, or
+//!    it reads a moment late). `is_filling` counts the answers still owed for input
+//!    already handed over ([`Outbox::owed`]: two per send, one per other input, until
+//!    the hub has queued them; a send waiting for its commit or for the shared log is
+//!    owed until then) as if they were queued, and the outbox wakes its reader when
+//!    they settle below half with nothing to write, so one check covers inputs still in
+//!    the hub's inbox and sends still being stored.
 //! 4. **End cleanly.** After [`Outbound::Close`], write the close (for WebSocket,
 //!    [`CloseReason::ws_code`] and [`CloseReason::as_str`]) and end the connection. When
 //!    the peer goes away first, [`Inbound::disconnect`] (or drop it). An outbox that ends
@@ -133,6 +139,18 @@ use crate::protocol::{self, ClientFrame, DecodeError, Encoded, ServerFrame};
 use crate::server::{CloseReason, Input};
 
 pub use super::outbox::Outbox;
+use super::outbox::Owed;
+
+/// The frames an input is expected to make for its own session, as transport rule 3
+/// counts them until the driver settles them: a send makes two (its ack and the
+/// message itself), anything else is counted as one. Both the [`Inbound`] that adds them
+/// and the driver that settles them weigh an input with this, so the count cannot drift.
+pub(super) fn answers(frame: &Result<ClientFrame, DecodeError>) -> usize {
+    match frame {
+        Ok(ClientFrame::Send(_)) => 2,
+        _ => 1,
+    }
+}
 
 /// What a transport got from its peer, for [`Inbound::start`] and [`Inbound::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +246,7 @@ impl Connection {
                 held: VecDeque::new(),
                 waiting: None,
                 open: true,
+                owed: outbox.owed_handle(),
             },
             outbox,
         }
@@ -293,6 +312,8 @@ pub struct Inbound {
     waiting: Option<PollSender<Cmd>>,
     /// Whether dropping it still has to tell the hub.
     open: bool,
+    /// Where the answers owed for what it hands over are counted (transport rule 3).
+    owed: Owed,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -373,6 +394,10 @@ impl Inbound {
     }
 
     fn start_input(&mut self, input: Input) -> Result<(), HubClosed> {
+        if let Input::Received { frame, .. } = &input {
+            // Settled by the driver once the answers are queued (or none will come).
+            self.owed.add(answers(frame));
+        }
         let cmd = Cmd::Input(input);
         if !self.held.is_empty() {
             self.held.push_back(cmd); // behind what is held: inputs stay in order
@@ -407,6 +432,7 @@ mod tests {
     use crate::ids::RequestId;
     use crate::protocol::{HelloRequest, SendRequest};
     use crate::runtime::{Hub, HubConfig};
+    use std::sync::Arc;
 
     fn send(id: u64, body: &str) -> Vec<u8> {
         let frame = ClientFrame::Send(SendRequest {
@@ -516,5 +542,70 @@ mod tests {
             ]
         );
         hub.shutdown().await;
+    }
+
+    /// Rule 3's count of the answers a session is owed settles back to nothing once
+    /// every input is handled, also for inputs that are never answered (typing, a
+    /// malformed or binary frame, a refused send), and with a store only after the
+    /// sends are committed: a count that drifted up would stop the peer being read.
+    #[tokio::test]
+    async fn the_answers_owed_settle_to_nothing_whatever_the_inputs() {
+        for store in [None, Some(crate::runtime::MemoryStore::new("e1"))] {
+            let durable = store.is_some();
+            let hub = Hub::spawn(HubConfig {
+                store: store.map(|s| Arc::new(s) as Arc<dyn crate::runtime::Store>),
+                ..HubConfig::default()
+            })
+            .await
+            .expect("hub");
+            let mut conn = hub.connect().await.expect("connect");
+            conn.send(ClientFrame::Hello(HelloRequest {
+                id: Some(RequestId(1)),
+                version: protocol::PROTOCOL_VERSION,
+                name: "alice".into(),
+                token: None,
+                rooms: None,
+            }))
+            .await
+            .expect("hub runs");
+            while !matches!(conn.recv().await, Some(ServerFrame::Welcome { .. })) {}
+            let (mut inbound, mut out) = conn.split();
+            assert_eq!(out.owed(), 0, "the hello was answered");
+            let typing = br#"{"type":"typing","room":"general","active":true}"#;
+            let nowhere = br#"{"type":"send","id":9,"room":"nowhere","body":"x"}"#;
+            // One thread: the driver runs only once this task waits, so all are owed.
+            for i in 0..10 {
+                inbound.start(PeerFrame::Text(&send(10 + i, "hi"))).unwrap();
+            }
+            inbound.start(PeerFrame::Text(typing)).unwrap();
+            inbound.start(PeerFrame::Text(nowhere)).unwrap();
+            inbound.start(PeerFrame::Text(b"{")).unwrap();
+            inbound.start(PeerFrame::Binary(b"{}")).unwrap();
+            inbound.start(PeerFrame::Malformed("bad")).unwrap();
+            assert_eq!(out.owed(), 10 * 2 + 2 + 1 + 1 + 1 + 1, "durable: {durable}");
+            let mut acks = 0;
+            while acks < 10 {
+                match out.recv().await.expect("open") {
+                    Outbound::Frame(f) => {
+                        if let Ok(ServerFrame::Ack { .. }) = f.decode() {
+                            acks += 1;
+                        }
+                    }
+                    Outbound::Close(reason) => panic!("closed: {reason:?}"),
+                }
+            }
+            // One more input, handled after all the others: once the driver has taken
+            // it, nothing is owed.
+            inbound.send(PeerFrame::Text(typing)).await.unwrap();
+            for _ in 0..100 {
+                if out.owed() == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(out.owed(), 0, "durable: {durable}");
+            assert!(!out.is_filling());
+            hub.shutdown().await;
+        }
     }
 }
