@@ -78,6 +78,7 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
                 to: None,
                 body: format!("m{i}"),
                 client_id: None,
+                reply_to: None,
             });
             let text = serde_json::to_string(&frame).expect("serialize");
             sink.feed(Message::text(text)).await.expect("queue a send");
