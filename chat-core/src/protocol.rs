@@ -945,8 +945,8 @@ pub struct RoomInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
     /// Messages after this user's read marker, not counting the user's own, deleted
-    /// ones or change entries (of the messages the server holds in memory: a room that
-    /// left memory has none).
+    /// ones or change entries (of the messages the server holds in memory). Absent
+    /// when none, or when the room is not in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
 }

@@ -1086,7 +1086,7 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Full).unwrap();
         let restored = store.load(10).unwrap();
-        let recent = &restored.rooms[1].recent;
+        let recent = &restored.rooms[0].recent;
         assert!(recent[0].deleted && recent[0].body.is_empty() && recent[0].reactions.is_empty());
         assert_eq!(recent[0].rev, Some(Seq(5)));
         assert_eq!(recent[2].kind, EntryKind::Edit);
