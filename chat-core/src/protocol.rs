@@ -731,7 +731,11 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Seq>,
     /// A message: when it was last edited.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts_millis_opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "ts_millis_opt"
+    )]
     pub edited_at: Option<DateTime<Utc>>,
     /// A message: deleted. A tombstone keeps its seq, time and author, and loses its
     /// body and reactions.

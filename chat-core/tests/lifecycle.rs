@@ -68,7 +68,11 @@ fn refused(sim: &mut Sim, frame: Value, code: ErrorCode) -> String {
     let msg = sim.expect_error(1, code, Some(7));
     sim.expect_nothing(2);
     sim.expect_nothing(3);
-    assert_eq!(history(sim, 3, "general"), before, "{code:?} changed the room");
+    assert_eq!(
+        history(sim, 3, "general"),
+        before,
+        "{code:?} changed the room"
+    );
     msg
 }
 
@@ -123,7 +127,8 @@ fn an_edit_is_an_entry_with_its_own_seq_and_the_message_shows_its_new_body() {
 #[test]
 fn a_resent_change_is_acked_again_and_not_posted_twice() {
     let mut sim = room_with_a_message();
-    let edit = json!({"type":"edit","id":7,"room":"general","seq":1,"body":"hello","client_id":"e1"});
+    let edit =
+        json!({"type":"edit","id":7,"room":"general","seq":1,"body":"hello","client_id":"e1"});
     sim.say(1, edit.clone());
     sim.clear();
     sim.say(1, edit);
@@ -288,9 +293,7 @@ fn an_over_long_or_empty_edit_is_refused() {
 #[test]
 fn reactions_are_one_per_user_per_emoji_in_first_reaction_order() {
     let mut sim = room_with_a_message();
-    let react = |emoji: &str, on: bool| {
-        json!({"type":"react","id":1,"room":"general","seq":1,"emoji":emoji,"on":on})
-    };
+    let react = |emoji: &str, on: bool| json!({"type":"react","id":1,"room":"general","seq":1,"emoji":emoji,"on":on});
     sim.say(3, react("👍", true));
     sim.say(1, react("🎉", true));
     sim.say(1, react("👍", true));
@@ -314,8 +317,14 @@ fn reactions_are_one_per_user_per_emoji_in_first_reaction_order() {
     sim.say(3, react("👍", false));
     sim.say(1, react("🎉", false));
     let h = history_json(&mut sim, 3, "general");
-    assert_eq!(h[0]["reactions"][0], json!({"emoji":"👍","users":["alice"]}));
-    assert_eq!(h[0]["reactions"][1]["emoji"], "👍🏽", "an emoji nobody has is gone");
+    assert_eq!(
+        h[0]["reactions"][0],
+        json!({"emoji":"👍","users":["alice"]})
+    );
+    assert_eq!(
+        h[0]["reactions"][1]["emoji"], "👍🏽",
+        "an emoji nobody has is gone"
+    );
 }
 
 #[test]
@@ -325,9 +334,7 @@ fn too_many_emoji_or_not_an_emoji_is_refused() {
         ..Config::default()
     };
     let mut sim = room_with_a_message_in(config);
-    let react = |emoji: &str| {
-        json!({"type":"react","id":7,"room":"general","seq":1,"emoji":emoji,"on":true})
-    };
+    let react = |emoji: &str| json!({"type":"react","id":7,"room":"general","seq":1,"emoji":emoji,"on":true});
     sim.say(1, react("👍"));
     sim.say(3, react("🎉"));
     sim.clear();
@@ -445,7 +452,16 @@ fn a_client_that_missed_changes_resumes_to_the_same_state() {
     // Its view: the two messages as it had them, each change applied.
     let mut view: Vec<Message> = current[..2]
         .iter()
-        .map(|m| Message::new(m.room.clone(), m.seq, m.ts, m.user.clone(), m.body.clone(), None))
+        .map(|m| {
+            Message::new(
+                m.room.clone(),
+                m.seq,
+                m.ts,
+                m.user.clone(),
+                m.body.clone(),
+                None,
+            )
+        })
         .collect();
     view[0].body = "helo".into();
     view[1].body = "second".into();
@@ -520,7 +536,10 @@ fn durable_changes_are_acked_after_the_store_and_survive_a_restart() {
     sim.expect_kinds(1, &["change", "ack"]);
     sim.expect_kinds(3, &["change"]);
     sim.say(1, json!({"type":"delete","id":3,"room":"general","seq":1}));
-    assert!(sim.store_next(Err(chat_core::StoreError::Full("disk".into()))).is_some());
+    assert!(
+        sim.store_next(Err(chat_core::StoreError::Full("disk".into())))
+            .is_some()
+    );
     sim.store_next(Err(chat_core::StoreError::Full("disk".into())));
     sim.expect_error(3, ErrorCode::StorageUnavailable, Some(2));
     sim.expect_error(1, ErrorCode::StorageUnavailable, Some(3));
@@ -571,7 +590,11 @@ fn read_markers_move_forward_only_and_follow_the_user() {
     );
     sim.expect_nothing(3);
     assert_eq!(unread(&mut sim, 1), Some(1));
-    assert_eq!(unread(&mut sim, 2), Some(1), "the same user's other session");
+    assert_eq!(
+        unread(&mut sim, 2),
+        Some(1),
+        "the same user's other session"
+    );
     // Back is no move: nothing echoed, the count stays.
     sim.say(2, json!({"type":"read","room":"general","seq":1}));
     sim.expect_nothing(1);

@@ -26,7 +26,14 @@ fn room(s: &str) -> RoomName {
 }
 
 fn msg(r: &str, seq: u64, user: &str, body: &str) -> Arc<Message> {
-    Arc::new(Message::new(room(r), Seq(seq), ts(), name(user), body.into(), None))
+    Arc::new(Message::new(
+        room(r),
+        Seq(seq),
+        ts(),
+        name(user),
+        body.into(),
+        None,
+    ))
 }
 
 fn welcome(epoch: &str) -> ServerFrame {

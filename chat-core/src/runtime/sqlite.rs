@@ -66,7 +66,8 @@ const READER_CACHE_KIB: u32 = 256;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes `user_version` from `i` to `i + 1`.
 /// The epoch row is written by the code, since it needs randomness.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
@@ -81,7 +82,8 @@ const MIGRATIONS: &[&str] = &["
         client_id TEXT
     );
     CREATE UNIQUE INDEX messages_by_room ON messages (room, seq);
-", "
+",
+    "
     ALTER TABLE messages ADD COLUMN kind TEXT;
     ALTER TABLE messages ADD COLUMN target INTEGER;
     ALTER TABLE messages ADD COLUMN extra TEXT;
@@ -96,14 +98,14 @@ const MIGRATIONS: &[&str] = &["
         seq  INTEGER NOT NULL,
         PRIMARY KEY (user, room)
     ) WITHOUT ROWID;
-"];
+",
+];
 
 const INSERT: &str = "INSERT INTO messages \
      (room, seq, ts, user, body, client_id, kind, target, extra, reply_to) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 /// Every column of an entry, as [`row_to_message`] reads them.
-const COLUMNS: &str =
-    "seq, ts, user, body, client_id, kind, target, extra, reply_to, edited_at, deleted, reactions, rev";
+const COLUMNS: &str = "seq, ts, user, body, client_id, kind, target, extra, reply_to, edited_at, deleted, reactions, rev";
 const PAGE: &str = "SELECT seq, ts, user, body, client_id, kind, target, extra, reply_to, \
      edited_at, deleted, reactions, rev FROM messages \
      WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
@@ -500,7 +502,9 @@ fn row_to_message(room: &RoomName, row: &rusqlite::Row<'_>) -> Result<Message, S
     }
     m.reply_to = int(8)?.map(from_sql_seq).transpose()?;
     m.edited_at = match int(9)? {
-        Some(ms) => Some(DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| corrupt("edited_at"))?),
+        Some(ms) => {
+            Some(DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| corrupt("edited_at"))?)
+        }
         None => None,
     };
     m.deleted = int(10)?.unwrap_or(0) != 0;
@@ -545,7 +549,10 @@ fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
     let reactions = if msg.reactions.is_empty() {
         None
     } else {
-        Some(serde_json::to_string(&msg.reactions).map_err(|e| StoreError::Unavailable(e.to_string()))?)
+        Some(
+            serde_json::to_string(&msg.reactions)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        )
     };
     conn.prepare_cached(UPDATE_STATE)
         .map_err(e)?
@@ -1080,7 +1087,13 @@ mod tests {
         assert_eq!(page[3], react);
         // A delete blanks the message and its edits' text, and survives a reopen.
         store
-            .append(&[Arc::new(change("general", 5, "alice", EntryKind::Delete, 1))])
+            .append(&[Arc::new(change(
+                "general",
+                5,
+                "alice",
+                EntryKind::Delete,
+                1,
+            ))])
             .unwrap();
         store.close().unwrap();
         drop(store);
@@ -1091,7 +1104,11 @@ mod tests {
         assert_eq!(recent[0].rev, Some(Seq(5)));
         assert_eq!(recent[2].kind, EntryKind::Edit);
         assert!(recent[2].body.is_empty(), "the edit's text is gone too");
-        assert_eq!(recent[1].reply_to, Some(Seq(1)), "a reply keeps its reference");
+        assert_eq!(
+            recent[1].reply_to,
+            Some(Seq(1)),
+            "a reply keeps its reference"
+        );
     }
 
     /// A file written by the release before these changes (schema 1, kept in
@@ -1117,7 +1134,9 @@ mod tests {
         let (page, more) = store.page(&room("general"), None, 10).unwrap();
         assert!(!more);
         assert_eq!(
-            page.iter().map(|m| (m.seq.0, &*m.body, m.client_id.as_deref())).collect::<Vec<_>>(),
+            page.iter()
+                .map(|m| (m.seq.0, &*m.body, m.client_id.as_deref()))
+                .collect::<Vec<_>>(),
             [(1, "hello from 0.x", Some("c-1")), (2, "hi alice", None)]
         );
         assert!(page.iter().all(|m| m.is_plain()));
@@ -1126,6 +1145,9 @@ mod tests {
         store.append(&[Arc::new(edit)]).unwrap();
         let (page, _) = store.page(&room("general"), None, 10).unwrap();
         assert_eq!(&*page[0].body, "hello from 1.x");
-        assert_eq!(store.page(&room("@alice,bob"), None, 10).unwrap().0.len(), 1);
+        assert_eq!(
+            store.page(&room("@alice,bob"), None, 10).unwrap().0.len(),
+            1
+        );
     }
 }

@@ -711,7 +711,14 @@ mod tests {
             })
             .unwrap();
         let mut room = Room::new(RoomName::parse("general", 64, 32).unwrap());
-        let msg = Arc::new(Message::new(room.name.clone(), Seq(1), DateTime::<Utc>::from_timestamp_millis(0).unwrap(), alice, "first".into(), Some(first.as_str().into())));
+        let msg = Arc::new(Message::new(
+            room.name.clone(),
+            Seq(1),
+            DateTime::<Utc>::from_timestamp_millis(0).unwrap(),
+            alice,
+            "first".into(),
+            Some(first.as_str().into()),
+        ));
         let frame = Encoded::message(&msg);
         room.push_history(Posted::new(msg, frame, &author), 10);
         assert_eq!(

@@ -36,7 +36,12 @@ impl State {
             return Ok(()); // forward only; an older marker changes nothing
         }
         *marker = seq;
-        let others: Vec<_> = u.sessions.iter().copied().filter(|s| *s != caller.sid).collect();
+        let others: Vec<_> = u
+            .sessions
+            .iter()
+            .copied()
+            .filter(|s| *s != caller.sid)
+            .collect();
         let frame = ServerFrame::Read { room, seq };
         for sid in others {
             self.out.send_to(sid, &frame);

@@ -86,7 +86,14 @@ impl State {
             .map_err(|code| room_unavailable(code, &room_name))?;
         let author = env.users.display_name(user);
         let acker = Acker::Session(caller.sid, id);
-        let mut msg = Message::new(room_name, Seq(0), caller.now.utc, author, body.into(), client_id);
+        let mut msg = Message::new(
+            room_name,
+            Seq(0),
+            caller.now.utc,
+            author,
+            body.into(),
+            client_id,
+        );
         msg.reply_to = reply_to;
         room.post_entry(&mut env, caller.now, user.clone(), msg, acker);
         Ok(())
