@@ -1069,7 +1069,7 @@ mod tests {
         let mut react = change("general", 4, "bob", EntryKind::React, 1);
         react.emoji = Some("👍".into());
         react.on = Some(true);
-        let mut engine = vec![msg("general", 1, "alice", "helo", Some("c1"))];
+        let mut engine = [msg("general", 1, "alice", "helo", Some("c1"))];
         store
             .append(&[engine[0].clone(), Arc::new(reply.clone())])
             .unwrap();
