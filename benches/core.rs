@@ -124,6 +124,7 @@ impl Fixture {
             to: None,
             body: BODY.into(),
             client_id: None,
+            reply_to: None,
         });
         Fixture {
             server,

@@ -109,6 +109,7 @@ async fn sender(
                     to: None,
                     body: format!("message {sent} from sender {i}"),
                     client_id: Some(format!("{i}-{sent}").into()),
+                    reply_to: None,
                 }))))
                 .await
                 .expect("hub runs");

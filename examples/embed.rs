@@ -183,6 +183,7 @@ fn send(id: u64, room: Option<&str>, to: Option<&str>, body: &str) -> ClientFram
         to: to.map(Into::into),
         body: body.into(),
         client_id: None,
+        reply_to: None,
     })
 }
 

@@ -106,6 +106,7 @@ impl Client {
             to: None,
             body: body.into(),
             client_id: client_id.map(chat_core::ClientMsgId::from),
+            reply_to: None,
         }))
         .await;
         id

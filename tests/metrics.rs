@@ -118,6 +118,7 @@ async fn metrics_move_with_what_clients_do() {
         to: None,
         body: "counted".into(),
         client_id: None,
+        reply_to: None,
     });
     ws.send(Message::text(serde_json::to_string(&post).unwrap()))
         .await

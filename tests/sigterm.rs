@@ -101,6 +101,7 @@ async fn sigterm_closes_every_client_with_1012_and_exits_0() {
             to: None,
             body: "before the restart".into(),
             client_id: None,
+            reply_to: None,
         }),
     )
     .await;

@@ -175,6 +175,7 @@ impl Client {
             to,
             body: body.into(),
             client_id: None,
+            reply_to: None,
         }))
         .await;
         self.answer(id).await

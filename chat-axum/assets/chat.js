@@ -925,7 +925,7 @@ function onJoined(f, req) {
   if (!hadCurrent) {
     // First load of this room: what arrived since the last visit counts as unread.
     const lastRead = state.read[room.name] ?? 0;
-    room.unread = messages.filter((m) => m.seq > lastRead && !isMine(m.user)).length;
+    room.unread = messages.filter((m) => m.kind === undefined && m.seq > lastRead && !isMine(m.user)).length;
   }
   saveRooms();
   const switchTo =
@@ -976,6 +976,9 @@ function learnPeer(room, name) {
 /** Adds a message; returns true if it was new. */
 function addMessage(room, m, { live }) {
   if (typeof m.seq !== 'number' || typeof m.user !== 'string' || typeof m.body !== 'string') return false;
+  // A change entry (an edit, delete or reaction: `kind` set) is not a message of its own;
+  // history and `joined` already carry the messages it changed in their current state.
+  if (m.kind !== undefined) return false;
   // Our own message being sent: the real one replaces the placeholder.
   if (m.client_id && isMine(m.user)) {
     const p = state.pending.get(m.client_id);

@@ -246,6 +246,7 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
             to: Some("bob".into()),
             body: "psst".into(),
             client_id: None,
+            reply_to: None,
         }))
         .await;
     let dm = as_message(&bob.recv().await).clone();
@@ -272,6 +273,7 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
             to: Some("nobody".into()),
             body: "hello?".into(),
             client_id: None,
+            reply_to: None,
         }))
         .await;
     assert!(matches!(
@@ -316,6 +318,7 @@ async fn three_users_presence_history_typing_direct_messages_and_leave() {
         to: Some("carol".into()),
         body: "fence".into(),
         client_id: None,
+        reply_to: None,
     }))
     .await;
     let fence = as_message(&carol.recv().await).clone();

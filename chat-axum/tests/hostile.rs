@@ -175,6 +175,7 @@ async fn a_frame_at_the_limit_is_read_and_one_byte_more_is_closed_with_1009() {
         to: None,
         body: "b".repeat(body_len),
         client_id: None,
+        reply_to: None,
     });
     let text = serde_json::to_string(&send).unwrap();
     assert_eq!(text.len(), MAX_FRAME);

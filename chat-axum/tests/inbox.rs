@@ -79,6 +79,7 @@ async fn a_flooding_sender_that_reads_is_not_a_slow_consumer() {
                 to: None,
                 body: format!("m{i}"),
                 client_id: None,
+                reply_to: None,
             });
             let text = serde_json::to_string(&frame).expect("serialize");
             sink.feed(Message::text(text)).await.expect("queue a send");
@@ -158,6 +159,7 @@ async fn burst_then_read_late(store: Option<Arc<dyn Store>>) {
                 to: None,
                 body: format!("m{i}"),
                 client_id: None,
+                reply_to: None,
             });
             let text = serde_json::to_string(&frame).expect("serialize");
             sink.feed(Message::text(text)).await.expect("queue a send");

@@ -359,6 +359,8 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
                 reject(code, &message);
                 return exit::REJECTED;
             }
+            // Changes to messages (edits, deletes, reactions) are not shown yet.
+            ClientEvent::Message { message, .. } if !message.kind.is_message() => {}
             ClientEvent::Message {
                 message, delivery, ..
             } => {

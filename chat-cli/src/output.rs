@@ -138,14 +138,14 @@ mod tests {
     use chrono::TimeZone;
 
     fn message(body: &str) -> Message {
-        Message {
-            room: RoomName::parse("general", 64, 32).unwrap(),
-            seq: Seq(7),
-            ts: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
-            user: UserName::parse("bob", 32).unwrap(),
-            body: body.into(),
-            client_id: Some("c-1".into()),
-        }
+        Message::new(
+            RoomName::parse("general", 64, 32).unwrap(),
+            Seq(7),
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            UserName::parse("bob", 32).unwrap(),
+            body.into(),
+            Some("c-1".into()),
+        )
     }
 
     #[test]

@@ -229,6 +229,8 @@ fn print_event(
         ClientEvent::Joined { room: name, .. } if room.is_none() || answers.is_some() => {
             *room = Some(name.clone());
         }
+        // Changes to messages (edits, deletes, reactions) are not shown yet.
+        ClientEvent::Message { message, .. } if !message.kind.is_message() => {}
         ClientEvent::Message {
             message, delivery, ..
         } if *delivery != Delivery::Backlog => {

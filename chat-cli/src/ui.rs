@@ -250,6 +250,8 @@ impl App {
                     self.note = Some(format!("left {}", escape(room.as_str())));
                 }
             }
+            // Changes to messages (edits, deletes, reactions) are not shown yet.
+            ClientEvent::Message { message, .. } if !message.kind.is_message() => {}
             ClientEvent::Message {
                 message,
                 delivery,

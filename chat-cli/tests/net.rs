@@ -133,6 +133,7 @@ async fn a_stuck_send_does_not_stop_reading_or_the_dead_server_check() {
                 to: None,
                 body: body.clone(),
                 client_id: None,
+                reply_to: None,
             }),
         );
     }

@@ -49,6 +49,24 @@ pub enum ClientFrame {
     },
     /// Post a message to a room (`room`) or to a user (`to`, a direct message).
     Send(SendRequest),
+    /// Change the body of one of the user's own messages (within the edit window).
+    Edit(EditRequest),
+    /// Delete a message: the author's own, or any as the room's moderator or owner. A
+    /// tombstone stays in its place.
+    Delete(DeleteRequest),
+    /// Add (`on: true`) or remove this user's reaction to a message.
+    React(ReactRequest),
+    /// Move this user's read marker in a room forward to `seq` (never back). Not
+    /// answered; the user's other sessions get `read`.
+    Read {
+        /// Request id, echoed in an `error`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// The last seq read.
+        seq: Seq,
+    },
     /// Ask for a page of history, newest `limit` messages before `before`, oldest first.
     History(HistoryRequest),
     /// List rooms with member counts.
@@ -230,6 +248,9 @@ impl ClientFrame {
             ClientFrame::Hello(HelloRequest { id, .. })
             | ClientFrame::Join(JoinRequest { id, .. })
             | ClientFrame::Send(SendRequest { id, .. })
+            | ClientFrame::Edit(EditRequest { id, .. })
+            | ClientFrame::Delete(DeleteRequest { id, .. })
+            | ClientFrame::React(ReactRequest { id, .. })
             | ClientFrame::History(HistoryRequest { id, .. })
             | ClientFrame::Leave { id, .. }
             | ClientFrame::Rooms { id }
@@ -242,6 +263,7 @@ impl ClientFrame {
             | ClientFrame::SetRole { id, .. }
             | ClientFrame::Topic { id, .. }
             | ClientFrame::SlowMode { id, .. } => *id,
+            ClientFrame::Read { id, .. } => *id,
             ClientFrame::Typing { .. } => None,
         }
     }
@@ -301,7 +323,67 @@ pub struct SendRequest {
     /// original seq and not posted twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientMsgId>,
+    /// The seq of the message (of the same room) this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Seq>,
 }
+
+/// The `edit` frame: a new body for one of the user's own messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequest {
+    /// Request id, echoed in the `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Room name (for a direct room, `@a,b`).
+    pub room: String,
+    /// The message's seq.
+    pub seq: Seq,
+    /// The new text.
+    pub body: String,
+    /// Makes the edit idempotent, as for `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientMsgId>,
+}
+
+/// The `delete` frame: delete a message, leaving a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// Request id, echoed in the `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Room name.
+    pub room: String,
+    /// The message's seq.
+    pub seq: Seq,
+    /// Makes the delete idempotent, as for `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientMsgId>,
+}
+
+/// The `react` frame: add or remove this user's reaction with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactRequest {
+    /// Request id, echoed in the `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Room name.
+    pub room: String,
+    /// The message's seq.
+    pub seq: Seq,
+    /// One emoji (one grapheme, at most [`MAX_EMOJI_BYTES`] bytes).
+    pub emoji: String,
+    /// True to add the reaction, false to take it back.
+    pub on: bool,
+    /// Makes the reaction idempotent, as for `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientMsgId>,
+}
+
+/// Longest emoji of a reaction, in bytes of UTF-8.
+pub const MAX_EMOJI_BYTES: usize = 32;
 
 /// The `history` frame: a page of history, newest `limit` messages before `before`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +480,18 @@ pub enum ServerFrame {
     },
     /// A message posted to a room this session is in.
     Message(Arc<Message>),
+    /// A change to a message of a room this session is in (an entry whose
+    /// [`Message::kind`] is `edit`, `delete` or `react`, with its own seq): apply it
+    /// with [`Message::apply`]. The same object appears, with its `kind`, among the
+    /// messages of `joined` and `history`.
+    Change(Arc<Message>),
+    /// This user's read marker in a room moved (sent to the user's other sessions).
+    Read {
+        /// Room name.
+        room: RoomName,
+        /// The last seq read.
+        seq: Seq,
+    },
     /// The sender's confirmation of a `send`.
     Ack {
         /// Request id of the send.
@@ -602,7 +696,10 @@ pub enum ModAction {
     SlowMode,
 }
 
-/// A chat message as stored and delivered.
+/// An entry of a room's log, as stored and delivered: a chat message (in its current
+/// state: after its edits, a tombstone once deleted, with its reactions), or a change to
+/// one (`kind` `edit`, `delete` or `react`, naming its `target`). Every entry has its own
+/// seq in the room's one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Room (for direct messages, `@a,b`).
@@ -612,17 +709,157 @@ pub struct Message {
     /// Server timestamp (UTC, RFC 3339 with milliseconds).
     #[serde(with = "ts_millis")]
     pub ts: DateTime<Utc>,
-    /// Author.
+    /// Author (of a change: who made it).
     pub user: UserName,
-    /// Text.
+    /// Text; of an `edit`, the new text. Empty, and absent on the wire, for a deleted
+    /// message, a `delete` and a `react`.
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub body: Arc<str>,
+    /// What the entry is; absent on the wire for a message.
+    #[serde(default, skip_serializing_if = "EntryKind::is_message")]
+    pub kind: EntryKind,
+    /// A change: the seq of the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Seq>,
+    /// A `react`: the emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// A `react`: true when the reaction was added, false when taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
+    /// A message: the seq of the message it answers (which may since be deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Seq>,
+    /// A message: when it was last edited.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "ts_millis_opt"
+    )]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// A message: deleted. A tombstone keeps its seq, time and author, and loses its
+    /// body and reactions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// A message: its reactions, each emoji (in first-reaction order) with who reacted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// A message: the seq of the last change applied to it. A change whose seq is not
+    /// above it is already part of this state (see [`Message::apply`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<Seq>,
     /// The author's client id for this message, if it sent one. On the wire only to the
     /// author's own sessions (see [`Message::seen_by`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientMsgId>,
 }
 
+fn is_empty(s: &Arc<str>) -> bool {
+    s.is_empty()
+}
+
+/// What a log entry is ([`Message::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A chat message.
+    #[default]
+    Message,
+    /// A new body for `target`.
+    Edit,
+    /// `target` is deleted.
+    Delete,
+    /// `user` added (`on`) or took back a reaction with `emoji` to `target`.
+    React,
+}
+
+impl EntryKind {
+    /// Whether this is a chat message rather than a change to one.
+    #[must_use]
+    pub fn is_message(&self) -> bool {
+        *self == EntryKind::Message
+    }
+
+    /// The kind as stored and on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Message => "message",
+            EntryKind::Edit => "edit",
+            EntryKind::Delete => "delete",
+            EntryKind::React => "react",
+        }
+    }
+
+    /// The kind named by [`as_str`](Self::as_str).
+    #[must_use]
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        Some(match s {
+            "message" => EntryKind::Message,
+            "edit" => EntryKind::Edit,
+            "delete" => EntryKind::Delete,
+            "react" => EntryKind::React,
+            _ => return None,
+        })
+    }
+}
+
+/// One emoji's reactions to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// Who reacted with it, in the order they did.
+    pub users: Vec<UserName>,
+}
+
 impl Message {
+    /// A plain message: no reply, never edited, no reactions.
+    #[must_use]
+    pub fn new(
+        room: RoomName,
+        seq: Seq,
+        ts: DateTime<Utc>,
+        user: UserName,
+        body: Arc<str>,
+        client_id: Option<ClientMsgId>,
+    ) -> Message {
+        Message {
+            room,
+            seq,
+            ts,
+            user,
+            body,
+            kind: EntryKind::Message,
+            target: None,
+            emoji: None,
+            on: None,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: None,
+            client_id,
+        }
+    }
+
+    /// Whether the entry is a message with nothing but room, seq, time, author, body
+    /// and client id (most are).
+    #[must_use]
+    pub fn is_plain(&self) -> bool {
+        self.kind.is_message()
+            && self.target.is_none()
+            && self.emoji.is_none()
+            && self.on.is_none()
+            && self.reply_to.is_none()
+            && self.edited_at.is_none()
+            && !self.deleted
+            && self.reactions.is_empty()
+            && self.rev.is_none()
+            && !self.body.is_empty()
+    }
+
     /// The message as the user `reader` is sent it: with its `client_id` only if
     /// `reader` is its author (every other user gets it without).
     #[must_use]
@@ -634,6 +871,66 @@ impl Message {
             client_id: None,
             ..(**self).clone()
         })
+    }
+
+    /// Applies the change entry `change` to this message (its `target`), as the server
+    /// does and as a client holding the message should. Returns whether anything
+    /// changed. A change already part of this state (its seq not above [`rev`](Self::rev))
+    /// changes nothing, so applying the same entries again, or a message received in its
+    /// current state followed by the changes it already has, ends in the same state.
+    /// A deleted message stays deleted: an edit or reaction after the delete changes
+    /// nothing but `rev`.
+    pub fn apply(&mut self, change: &Message) -> bool {
+        if change.target != Some(self.seq)
+            || !self.kind.is_message()
+            || self.rev.is_some_and(|rev| change.seq <= rev)
+        {
+            return false;
+        }
+        self.rev = Some(change.seq);
+        if self.deleted {
+            return true;
+        }
+        match change.kind {
+            EntryKind::Message => return false,
+            EntryKind::Edit => {
+                self.body = change.body.clone();
+                self.edited_at = Some(change.ts);
+            }
+            EntryKind::Delete => {
+                self.deleted = true;
+                self.body = Arc::from("");
+                self.edited_at = None;
+                self.reactions = Vec::new();
+            }
+            EntryKind::React => {
+                let Some(emoji) = change.emoji.as_deref() else {
+                    return true;
+                };
+                let who = change.user.key();
+                let at = self.reactions.iter().position(|r| r.emoji == emoji);
+                match (change.on.unwrap_or(true), at) {
+                    (true, Some(i)) => {
+                        let users = &mut self.reactions[i].users;
+                        if !users.iter().any(|u| u.key() == who) {
+                            users.push(change.user.clone());
+                        }
+                    }
+                    (true, None) => self.reactions.push(Reaction {
+                        emoji: emoji.to_owned(),
+                        users: vec![change.user.clone()],
+                    }),
+                    (false, Some(i)) => {
+                        self.reactions[i].users.retain(|u| u.key() != who);
+                        if self.reactions[i].users.is_empty() {
+                            self.reactions.remove(i);
+                        }
+                    }
+                    (false, None) => {}
+                }
+            }
+        }
+        true
     }
 }
 
@@ -651,6 +948,11 @@ pub struct RoomInfo {
     /// Its topic, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// Messages after this user's read marker, not counting the user's own, deleted
+    /// ones or change entries (of the messages the server holds in memory). Absent
+    /// when none, or when the room is not in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
 }
 
 /// The server limits announced in `welcome`.
@@ -729,6 +1031,20 @@ pub enum ErrorCode {
     /// The room is in slow mode and this user posted less than its interval ago: the
     /// message says when they may send again.
     SlowMode,
+    /// The message is someone else's (an edit, or a delete by a member).
+    NotAuthor,
+    /// The message is deleted.
+    Gone,
+    /// No message has that seq in the room (or it is a change entry, or it is older
+    /// than the room's recent window).
+    NoSuchMessage,
+    /// The message is older than the server's edit window.
+    EditWindowPassed,
+    /// The reaction is not one emoji.
+    InvalidEmoji,
+    /// The server cannot do this in its present setup (e.g. changes to messages in
+    /// cluster mode, not yet built).
+    Unsupported,
 }
 
 impl ErrorCode {
@@ -759,6 +1075,12 @@ impl ErrorCode {
             ErrorCode::AuthExpired => "auth_expired",
             ErrorCode::AuthRevoked => "auth_revoked",
             ErrorCode::SlowMode => "slow_mode",
+            ErrorCode::NotAuthor => "not_author",
+            ErrorCode::Gone => "gone",
+            ErrorCode::NoSuchMessage => "no_such_message",
+            ErrorCode::EditWindowPassed => "edit_window_passed",
+            ErrorCode::InvalidEmoji => "invalid_emoji",
+            ErrorCode::Unsupported => "unsupported",
         }
     }
 }
@@ -823,6 +1145,22 @@ impl Encoded {
     /// message with their own send). See [`Encoded::message_for_author`].
     #[must_use]
     pub fn message(msg: &Arc<Message>) -> Encoded {
+        if !msg.is_plain() {
+            // An edited, replying, reacted or deleted message, or a change: rarer, and
+            // with optional fields serde writes in their order.
+            let lean = match msg.client_id {
+                Some(_) => Arc::new(Message {
+                    client_id: None,
+                    ..(**msg).clone()
+                }),
+                None => msg.clone(),
+            };
+            return Encoded::new(&if lean.kind.is_message() {
+                ServerFrame::Message(lean)
+            } else {
+                ServerFrame::Change(lean)
+            });
+        }
         // Written field by field rather than through serde's tagged-enum machinery (this
         // is every message's one encode); byte for byte what serde writes, less the
         // `client_id` (checked below and by the tests).
@@ -1073,6 +1411,25 @@ pub mod ts_millis {
     }
 }
 
+/// Optional timestamps on the wire, as [`ts_millis`].
+mod ts_millis_opt {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match ts {
+            Some(ts) => super::ts_millis::serialize(ts, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::ts_millis")] DateTime<Utc>);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(ts)| ts))
+    }
+}
+
 /// Formats a timestamp the way the protocol does.
 #[must_use]
 pub fn format_ts(ts: &DateTime<Utc>) -> String {
@@ -1105,14 +1462,14 @@ mod tests {
                 Utc.with_ymd_and_hms(12_345, 1, 1, 0, 0, 0).unwrap(),
             ),
         ] {
-            let full = Arc::new(super::Message {
-                room: crate::RoomName::parse("général", 64, 32).unwrap(),
-                seq: crate::Seq(1234),
+            let full = Arc::new(super::Message::new(
+                crate::RoomName::parse("général", 64, 32).unwrap(),
+                crate::Seq(1234),
                 ts,
-                user: crate::UserName::parse("Zoë", 32).unwrap(),
-                body: body.into(),
-                client_id: cid.map(Into::into),
-            });
+                crate::UserName::parse("Zoë", 32).unwrap(),
+                body.into(),
+                cid.map(Into::into),
+            ));
             let lean = super::Encoded::message(&full);
             let without = super::Message {
                 client_id: None,

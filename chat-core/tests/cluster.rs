@@ -56,14 +56,14 @@ impl Log {
         let entries = self.rooms.entry(room.clone()).or_default();
         let seq = Seq(entries.len() as u64 + 1);
         let ts = DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000 + seq.0 as i64).unwrap();
-        let m = Message {
-            room: room.clone(),
+        let m = Message::new(
+            room.clone(),
             seq,
             ts,
-            user: user.clone(),
-            body: body.into(),
-            client_id: cid.map(Into::into),
-        };
+            user.clone(),
+            body.into(),
+            cid.map(Into::into),
+        );
         entries.push(m.clone());
         if let Some(cid) = cid {
             self.ids.insert(

@@ -279,6 +279,9 @@ fn apply_setting(c: &mut Config, setting: &str) -> Result<(), String> {
             }
         }
         "durable" => c.durable = value == "true",
+        "cluster" => c.cluster = value == "true",
+        "edit_window_ms" => c.edit_window = Duration::from_millis(int()?),
+        "max_reactions_per_message" => c.max_reactions_per_message = size(int()?)?,
         "create_rooms_on_join" => c.create_rooms_on_join = value == "true",
         "default_rooms" => {
             c.default_rooms = value

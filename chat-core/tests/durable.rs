@@ -248,14 +248,14 @@ fn answers_nobody_asked_for_are_api_misuse() {
 // ---- restore and history from the store ----
 
 fn stored(room_name: &str, seq: u64, body: &str, client_id: Option<&str>) -> Message {
-    Message {
-        room: room(room_name),
-        seq: Seq(seq),
-        ts: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + seq as i64 * 1000).unwrap(),
-        user: chat_core::UserName::parse("alice", 32).unwrap(),
-        body: format!("{body}{seq}").into(),
-        client_id: client_id.map(Into::into),
-    }
+    Message::new(
+        room(room_name),
+        Seq(seq),
+        chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + seq as i64 * 1000).unwrap(),
+        chat_core::UserName::parse("alice", 32).unwrap(),
+        format!("{body}{seq}").into(),
+        client_id.map(Into::into),
+    )
 }
 
 /// A server restarted with general holding seqs 1..=500 in the store, 451..=500 restored.

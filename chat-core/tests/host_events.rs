@@ -76,6 +76,7 @@ async fn chat(from: &mut Connection, to: &mut Connection, prefix: &str, count: u
             to: None,
             body: format!("{prefix}{i}"),
             client_id: None,
+            reply_to: None,
         }))
         .await
         .expect("send");

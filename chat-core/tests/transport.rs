@@ -172,6 +172,7 @@ fn say(id: u64, body: &str) -> ClientFrame {
         to: None,
         body: body.into(),
         client_id: None,
+        reply_to: None,
     })
 }
 

@@ -1082,12 +1082,12 @@ fn ts(ms: i64) -> DateTime<Utc> {
 fn message(room: &RoomName, e: Entry) -> Message {
     let user =
         user_name(&e.user).unwrap_or_else(|| UserName::parse("unknown", 16).expect("a valid name"));
-    Message {
-        room: room.clone(),
-        seq: Seq(e.seq),
-        ts: ts(e.ts_ms),
+    Message::new(
+        room.clone(),
+        Seq(e.seq),
+        ts(e.ts_ms),
         user,
-        body: e.body.into(),
-        client_id: e.client_id.map(ClientMsgId::from),
-    }
+        e.body.into(),
+        e.client_id.map(ClientMsgId::from),
+    )
 }

@@ -413,6 +413,7 @@ impl Client {
             to: None,
             body: body.into(),
             client_id: client_id.map(Into::into),
+            reply_to: None,
         }))
         .await;
     }

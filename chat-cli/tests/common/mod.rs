@@ -347,6 +347,7 @@ impl Peer {
             to: None,
             body: body.into(),
             client_id: None,
+            reply_to: None,
         }))
         .await;
         match self

@@ -214,6 +214,7 @@ impl Client {
             to,
             body: p.body.clone(),
             client_id: Some(p.client_id.clone()),
+            reply_to: None,
         });
         self.requests.insert(
             id,

@@ -222,7 +222,8 @@ pub enum ClientEvent {
         /// The room.
         room: RoomName,
     },
-    /// A room message this client has not seen before.
+    /// A room message this client has not seen before, or a change to one (an entry
+    /// whose [`Message::kind`] is not `message`: apply it with [`Message::apply`]).
     Message {
         /// The message.
         message: Arc<Message>,

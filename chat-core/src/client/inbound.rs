@@ -40,7 +40,13 @@ impl Client {
                 self.rooms.remove(&room);
                 self.event(ClientEvent::Left { id, room });
             }
-            ServerFrame::Message(message) => self.on_message(message, Delivery::Live),
+            // A change has its seq in the room's order, as a message: it moves the cursor
+            // and comes out as a `Message` event whose `kind` says what it changes.
+            ServerFrame::Message(message) | ServerFrame::Change(message) => {
+                self.on_message(message, Delivery::Live);
+            }
+            // Another session of this user read up to a seq (no event yet).
+            ServerFrame::Read { .. } => {}
             ServerFrame::Ack {
                 id,
                 room,
@@ -285,7 +291,9 @@ impl Client {
         }
         state.cursor = Some(message.seq);
         // A message ends its author's typing indicator (the server sends no stop).
-        state.typing.remove(&message.user);
+        if message.kind.is_message() {
+            state.typing.remove(&message.user);
+        }
         let own = self
             .user
             .as_ref()

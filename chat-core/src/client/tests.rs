@@ -26,14 +26,14 @@ fn room(s: &str) -> RoomName {
 }
 
 fn msg(r: &str, seq: u64, user: &str, body: &str) -> Arc<Message> {
-    Arc::new(Message {
-        room: room(r),
-        seq: Seq(seq),
-        ts: ts(),
-        user: name(user),
-        body: body.into(),
-        client_id: None,
-    })
+    Arc::new(Message::new(
+        room(r),
+        Seq(seq),
+        ts(),
+        name(user),
+        body.into(),
+        None,
+    ))
 }
 
 fn welcome(epoch: &str) -> ServerFrame {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::store::{Restored, RestoredRoom, Store};
 use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
-use crate::protocol::{Message, Role};
+use crate::protocol::{EntryKind, Message, Role};
 use crate::server::{ModerationChange, StoreError};
 
 /// How hard a commit works to survive a crash. See [`SqliteStore`](SqliteStore#durability).
@@ -54,7 +54,7 @@ impl std::fmt::Display for Durability {
 }
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,12 +105,38 @@ const MIGRATIONS: &[&str] = &[
         slow_mode INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
 ",
+    "
+    ALTER TABLE messages ADD COLUMN kind TEXT;
+    ALTER TABLE messages ADD COLUMN target INTEGER;
+    ALTER TABLE messages ADD COLUMN extra TEXT;
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+    ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN reactions TEXT;
+    ALTER TABLE messages ADD COLUMN rev INTEGER;
+    CREATE TABLE read_markers (
+        user TEXT    NOT NULL,
+        room TEXT    NOT NULL,
+        seq  INTEGER NOT NULL,
+        PRIMARY KEY (user, room)
+    ) WITHOUT ROWID;
+",
 ];
 
-const INSERT: &str =
-    "INSERT INTO messages (room, seq, ts, user, body, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-const PAGE: &str = "SELECT seq, ts, user, body, client_id FROM messages \
+const INSERT: &str = "INSERT INTO messages \
+     (room, seq, ts, user, body, client_id, kind, target, extra, reply_to) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// Every column of an entry, as [`row_to_message`] reads them.
+const COLUMNS: &str = "seq, ts, user, body, client_id, kind, target, extra, reply_to, edited_at, deleted, reactions, rev";
+const PAGE: &str = "SELECT seq, ts, user, body, client_id, kind, target, extra, reply_to, \
+     edited_at, deleted, reactions, rev FROM messages \
      WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+/// The current state of a message, written in the transaction of the change to it.
+const UPDATE_STATE: &str = "UPDATE messages SET body = ?3, edited_at = ?4, deleted = ?5, \
+     reactions = ?6, rev = ?7 WHERE room = ?1 AND seq = ?2";
+/// A deleted message's text leaves the store with it: the bodies of its edits too.
+const BLANK_EDITS: &str = "UPDATE messages SET body = '' \
+     WHERE room = ?1 AND seq > ?2 AND target = ?2 AND kind = 'edit'";
 const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room LIMIT 1";
 
 /// A durable [`Store`] on an SQLite file (feature `sqlite`): the embedded default of the
@@ -648,14 +674,96 @@ fn row_to_message(room: &RoomName, row: &rusqlite::Row<'_>) -> Result<Message, S
         .as_str_or_null()
         .map_err(|e| StoreError::Corrupt(format!("corrupt client id in {room}#{seq}: {e}")))?
         .map(ClientMsgId::from);
-    Ok(Message {
-        room: room.clone(),
-        seq,
-        ts,
-        user,
-        body: Arc::from(body),
-        client_id,
-    })
+    let mut m = Message::new(room.clone(), seq, ts, user, Arc::from(body), client_id);
+    let corrupt = |what: &str| StoreError::Corrupt(format!("corrupt {what} in {room}#{seq}"));
+    let text = |i: usize| -> Result<Option<String>, StoreError> {
+        row.get::<_, Option<String>>(i).map_err(&get)
+    };
+    let int = |i: usize| -> Result<Option<i64>, StoreError> {
+        row.get::<_, Option<i64>>(i).map_err(&get)
+    };
+    if let Some(kind) = text(5)? {
+        m.kind = EntryKind::parse(&kind).ok_or_else(|| corrupt("kind"))?;
+    }
+    m.target = int(6)?.map(from_sql_seq).transpose()?;
+    if let Some(extra) = text(7)? {
+        let extra: Extra = serde_json::from_str(&extra).map_err(|_| corrupt("extra"))?;
+        m.emoji = Some(extra.emoji);
+        m.on = Some(extra.on);
+    }
+    m.reply_to = int(8)?.map(from_sql_seq).transpose()?;
+    m.edited_at = match int(9)? {
+        Some(ms) => {
+            Some(DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| corrupt("edited_at"))?)
+        }
+        None => None,
+    };
+    m.deleted = int(10)?.unwrap_or(0) != 0;
+    if let Some(r) = text(11)? {
+        m.reactions = serde_json::from_str(&r).map_err(|_| corrupt("reactions"))?;
+    }
+    m.rev = int(12)?.map(from_sql_seq).transpose()?;
+    Ok(m)
+}
+
+/// A reaction's emoji and whether it was added, as the `extra` column keeps them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Extra {
+    emoji: String,
+    on: bool,
+}
+
+/// Writes the change `m` into the current state of its target (read, changed by
+/// [`Message::apply`] as the engine changes it, written back): in the transaction that
+/// stores `m`.
+fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
+    let Some(target) = m.target else {
+        return Ok(());
+    };
+    let e = |e: rusqlite::Error| classify(&e, format!("changing {}#{target}: {e}", m.room));
+    let mut read = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND seq = ?2"
+        ))
+        .map_err(e)?;
+    let mut rows = read
+        .query(params![m.room.as_str(), to_sql_seq(target)])
+        .map_err(e)?;
+    let Some(row) = rows.next().map_err(e)? else {
+        return Ok(()); // not stored (a target out of reach changes nothing)
+    };
+    let mut msg = row_to_message(&m.room, row)?;
+    drop(rows);
+    if !msg.apply(m) {
+        return Ok(());
+    }
+    let reactions = if msg.reactions.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_string(&msg.reactions)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        )
+    };
+    conn.prepare_cached(UPDATE_STATE)
+        .map_err(e)?
+        .execute(params![
+            m.room.as_str(),
+            to_sql_seq(target),
+            &*msg.body,
+            msg.edited_at.map(|t| t.timestamp_millis()),
+            msg.deleted,
+            reactions,
+            msg.rev.map(to_sql_seq),
+        ])
+        .map_err(e)?;
+    if m.kind == EntryKind::Delete {
+        conn.prepare_cached(BLANK_EDITS)
+            .map_err(e)?
+            .execute(params![m.room.as_str(), to_sql_seq(target)])
+            .map_err(e)?;
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -724,6 +832,17 @@ impl Store for SqliteStore {
                 .prepare_cached(INSERT)
                 .map_err(err("preparing the insert"))?;
             for m in batch {
+                let extra = match (&m.emoji, m.on) {
+                    (Some(emoji), Some(on)) => Some(
+                        serde_json::to_string(&Extra {
+                            emoji: emoji.clone(),
+                            on,
+                        })
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                    ),
+                    _ => None,
+                };
+                let kind = (!m.kind.is_message()).then(|| m.kind.as_str());
                 insert
                     .execute(params![
                         m.room.as_str(),
@@ -732,8 +851,15 @@ impl Store for SqliteStore {
                         m.user.as_str(),
                         &*m.body,
                         m.client_id.as_deref(),
+                        kind,
+                        m.target.map(to_sql_seq),
+                        extra,
+                        m.reply_to.map(to_sql_seq),
                     ])
                     .map_err(|e| classify(&e, format!("storing {}#{}: {e}", m.room, m.seq)))?;
+                if !m.kind.is_message() {
+                    apply_change(&conn, m)?;
+                }
             }
             conn.execute_batch("COMMIT").map_err(err("committing"))
         })();
@@ -816,14 +942,14 @@ mod tests {
     use super::*;
 
     fn msg(room: &str, seq: u64, user: &str, body: &str, client_id: Option<&str>) -> Arc<Message> {
-        Arc::new(Message {
-            room: RoomName::parse(room, 64, 32).unwrap(),
-            seq: Seq(seq),
-            ts: DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + seq as i64).unwrap(),
-            user: UserName::parse(user, 32).unwrap(),
-            body: body.into(),
-            client_id: client_id.map(ClientMsgId::from),
-        })
+        Arc::new(Message::new(
+            RoomName::parse(room, 64, 32).unwrap(),
+            Seq(seq),
+            DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + seq as i64).unwrap(),
+            UserName::parse(user, 32).unwrap(),
+            body.into(),
+            client_id.map(ClientMsgId::from),
+        ))
     }
 
     fn room(name: &str) -> RoomName {
@@ -1143,5 +1269,105 @@ mod tests {
             .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 11);
+    }
+
+    fn change(room: &str, seq: u64, user: &str, kind: EntryKind, target: u64) -> Message {
+        let mut m = Message::clone(&msg(room, seq, user, "", None));
+        m.kind = kind;
+        m.target = Some(Seq(target));
+        m
+    }
+
+    #[test]
+    fn a_change_updates_its_message_in_the_same_commit_and_reads_back_in_current_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Full).unwrap();
+        let mut reply = Message::clone(&msg("general", 2, "bob", "what?", None));
+        reply.reply_to = Some(Seq(1));
+        let mut edit = change("general", 3, "alice", EntryKind::Edit, 1);
+        edit.body = "hello".into();
+        let mut react = change("general", 4, "bob", EntryKind::React, 1);
+        react.emoji = Some("👍".into());
+        react.on = Some(true);
+        let mut engine = [msg("general", 1, "alice", "helo", Some("c1"))];
+        store
+            .append(&[engine[0].clone(), Arc::new(reply.clone())])
+            .unwrap();
+        store
+            .append(&[Arc::new(edit.clone()), Arc::new(react.clone())])
+            .unwrap();
+        // The engine's own rule, applied to its copy: the store must agree.
+        Arc::make_mut(&mut engine[0]).apply(&edit);
+        Arc::make_mut(&mut engine[0]).apply(&react);
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert_eq!(page[0], *engine[0]);
+        assert_eq!((&*page[0].body, page[0].reactions.len()), ("hello", 1));
+        assert_eq!(page[1], reply);
+        assert_eq!(page[2], edit);
+        assert_eq!(page[3], react);
+        // A delete blanks the message and its edits' text, and survives a reopen.
+        store
+            .append(&[Arc::new(change(
+                "general",
+                5,
+                "alice",
+                EntryKind::Delete,
+                1,
+            ))])
+            .unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Full).unwrap();
+        let restored = store.load(10).unwrap();
+        let recent = &restored.rooms[0].recent;
+        assert!(recent[0].deleted && recent[0].body.is_empty() && recent[0].reactions.is_empty());
+        assert_eq!(recent[0].rev, Some(Seq(5)));
+        assert_eq!(recent[2].kind, EntryKind::Edit);
+        assert!(recent[2].body.is_empty(), "the edit's text is gone too");
+        assert_eq!(
+            recent[1].reply_to,
+            Some(Seq(1)),
+            "a reply keeps its reference"
+        );
+    }
+
+    /// A file written by the release before these changes (schema 1, kept in
+    /// tests/data) opens, migrates to the current schema in place, keeps every message
+    /// and its epoch, and takes changes afterwards.
+    #[test]
+    fn a_file_of_the_previous_release_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schema1.db"),
+            &path,
+        )
+        .unwrap();
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(store.epoch(), "5eed0f5eed0f5eed");
+        let version: i64 = store
+            .writer()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let (page, more) = store.page(&room("general"), None, 10).unwrap();
+        assert!(!more);
+        assert_eq!(
+            page.iter()
+                .map(|m| (m.seq.0, &*m.body, m.client_id.as_deref()))
+                .collect::<Vec<_>>(),
+            [(1, "hello from 0.x", Some("c-1")), (2, "hi alice", None)]
+        );
+        assert!(page.iter().all(|m| m.is_plain()));
+        let mut edit = change("general", 3, "alice", EntryKind::Edit, 1);
+        edit.body = "hello from 1.x".into();
+        store.append(&[Arc::new(edit)]).unwrap();
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert_eq!(&*page[0].body, "hello from 1.x");
+        assert_eq!(
+            store.page(&room("@alice,bob"), None, 10).unwrap().0.len(),
+            1
+        );
     }
 }

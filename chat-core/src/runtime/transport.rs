@@ -441,6 +441,7 @@ mod tests {
             to: None,
             body: body.into(),
             client_id: None,
+            reply_to: None,
         });
         serde_json::to_vec(&frame).expect("serialize")
     }

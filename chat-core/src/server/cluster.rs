@@ -15,7 +15,9 @@ use super::outputs::Output;
 use super::rooms::{Acker, Appending, Pending, Posted, Room};
 use super::{ApiMisuse, Env, Now, Server, State, StoreError};
 use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserKey, UserName};
-use crate::protocol::{ClientFrame, Encoded, ErrorCode, Message, ServerFrame};
+use crate::protocol::{
+    ClientFrame, DeleteRequest, EditRequest, Encoded, ErrorCode, Message, ReactRequest, ServerFrame,
+};
 
 /// What the shared log answered to an [`Output::Append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,14 +251,14 @@ impl State {
                 return Ok(());
             }
         };
-        let msg = Arc::new(Message {
-            room: room_name.clone(),
-            seq: appended.seq,
-            ts: appended.ts,
-            user: waiting.author,
-            body: waiting.body,
-            client_id: waiting.client_id,
-        });
+        let msg = Arc::new(Message::new(
+            room_name.clone(),
+            appended.seq,
+            appended.ts,
+            waiting.author,
+            waiting.body,
+            waiting.client_id,
+        ));
         if appended.seq <= room.last_delivered {
             // Delivered already (its doorbell came first, or it is an old duplicate)...
             let known = room.find(appended.seq).cloned();
@@ -357,6 +359,15 @@ impl State {
             ClientFrame::Join(req) => self.room_for(user, &req.room).ok()?.0,
             ClientFrame::History(req) => self.room_for(user, &req.room).ok()?.0,
             ClientFrame::Members { room, .. } | ClientFrame::Typing { room, .. } => {
+                self.room_for(user, room).ok()?.0
+            }
+            // Changes are refused in cluster mode, without loading the room.
+            ClientFrame::Edit(EditRequest { room, .. })
+            | ClientFrame::Delete(DeleteRequest { room, .. })
+            | ClientFrame::React(ReactRequest { room, .. })
+            | ClientFrame::Read { room, .. }
+                if !self.config.cluster =>
+            {
                 self.room_for(user, room).ok()?.0
             }
             ClientFrame::Send(req) => match (&req.room, &req.to) {

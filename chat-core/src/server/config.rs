@@ -51,6 +51,10 @@ pub struct Config {
     pub max_rooms_per_session: usize,
     /// Messages kept in memory per room.
     pub history_window: usize,
+    /// How long after posting a message its author may edit it (15 minutes).
+    pub edit_window: Duration,
+    /// Most distinct emoji in the reactions to one message (20).
+    pub max_reactions_per_message: usize,
     /// Messages sent with `joined`.
     pub history_on_join: usize,
     /// Default history page.
@@ -122,6 +126,8 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_rooms_per_session: 100,
             history_window: 1000,
+            edit_window: Duration::from_secs(15 * 60),
+            max_reactions_per_message: 20,
             history_on_join: 50,
             history_page_default: 50,
             history_page_max: 1000,

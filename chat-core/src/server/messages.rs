@@ -24,8 +24,22 @@ impl Room {
         client_id: Option<ClientMsgId>,
         acker: Acker,
     ) {
+        let entry = Message::new(self.name.clone(), Seq(0), now.utc, author, body, client_id);
+        self.post_entry(env, now, key, entry, acker);
+    }
+
+    /// Posts a log entry by the user `key` (a message, or a change to one: the caller
+    /// checked it): `entry` has everything but its seq and time, which it gets here.
+    pub(super) fn post_entry(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Now,
+        key: UserKey,
+        mut entry: Message,
+        acker: Acker,
+    ) {
         let durable = env.config.durable;
-        if let Some(cid) = &client_id
+        if let Some(cid) = &entry.client_id
             && let Some(seq) = self.lookup_client_id(&key, cid)
         {
             if let Some(p) = self.pending.iter_mut().find(|p| p.posted.msg.seq == seq) {
@@ -40,23 +54,21 @@ impl Room {
             // without any answer.
         }
         if env.config.cluster {
+            // Only messages get here in cluster mode (changes are refused before).
             self.typing.remove(&key);
-            self.append(env, author, body, client_id, acker);
+            self.append(env, entry.user, entry.body, entry.client_id, acker);
             return;
         }
         let (seq, ts) = self.stamp(now.utc);
         // Sending ends the author's typing (clients clear it when the message arrives).
         // Cleared now, at acceptance, so typing that starts again while a durable
         // message waits for the store is kept and re-announced after the message.
-        self.typing.remove(&key);
-        let msg = Arc::new(Message {
-            room: self.name.clone(),
-            seq,
-            ts,
-            user: author,
-            body,
-            client_id,
-        });
+        if entry.kind.is_message() {
+            self.typing.remove(&key);
+        }
+        entry.seq = seq;
+        entry.ts = ts;
+        let msg = Arc::new(entry);
         let frame = Encoded::message(&msg);
         self.pending.push_back(Pending {
             posted: Posted::new(msg.clone(), frame, &key),
@@ -78,8 +90,13 @@ impl Room {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            if !p.posted.msg.kind.is_message() {
+                // The message changed takes its new state before the change goes out.
+                self.apply_change(&p.posted.msg);
+            }
             self.push_history(p.posted.clone(), window);
-            let typing_again = self.typing.contains_key(&p.author);
+            let typing_again =
+                p.posted.msg.kind.is_message() && self.typing.contains_key(&p.author);
             self.deliver(env, &p.posted, &p.author);
             if typing_again {
                 // Clients cleared the author's typing on the message; it started again

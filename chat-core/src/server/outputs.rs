@@ -283,7 +283,8 @@ pub enum Event {
     },
     /// A room was created.
     RoomCreated(RoomName),
-    /// A message was posted (delivered to the room's members).
+    /// A log entry was posted (delivered to the room's members): a message, or a
+    /// change to one (an edit, delete or reaction: see [`Message::kind`]).
     MessagePosted(Arc<Message>),
     /// The host or a room's moderator moderated a user in a room (kick, ban, unban,
     /// mute, unmute, set_role).

@@ -577,6 +577,12 @@ impl Room {
         };
         for msg in recent {
             self.last_ts = self.last_ts.max(msg.ts);
+            if !msg.kind.is_message() {
+                // A store keeps messages in their current state (which has this change,
+                // so applying it changes nothing); this holds the window right with one
+                // that keeps only the entries.
+                self.apply_change(&msg);
+            }
             let msg = Arc::new(msg);
             let frame = Encoded::message(&msg);
             let author = msg.user.key();
@@ -605,7 +611,41 @@ impl Room {
         }
     }
 
-    /// The timestamp of a message still in the window.
+    /// Applies a change entry to the message it targets, if the window holds it (see
+    /// [`Message::apply`]), and encodes the message's frame again.
+    pub fn apply_change(&mut self, change: &Message) {
+        let Some(target) = change.target else {
+            return;
+        };
+        let i = self.history.partition_point(|p| p.msg.seq < target);
+        if let Some(p) = self.history.get_mut(i).filter(|p| p.msg.seq == target)
+            && Arc::make_mut(&mut p.msg).apply(change)
+        {
+            p.frame = Encoded::message(&p.msg);
+        }
+        if change.kind == crate::protocol::EntryKind::Delete {
+            // A deleted message's text goes with it: its edits' bodies too.
+            for p in self.history.range_mut(i..) {
+                if p.msg.kind == crate::protocol::EntryKind::Edit
+                    && p.msg.target == Some(target)
+                    && !p.msg.body.is_empty()
+                {
+                    Arc::make_mut(&mut p.msg).body = Arc::from("");
+                    p.frame = Encoded::message(&p.msg);
+                }
+            }
+        }
+    }
+
+    /// Whether a change waiting for the store deletes the message `target`.
+    pub fn delete_pending(&self, target: Seq) -> bool {
+        self.pending.iter().any(|p| {
+            p.posted.msg.kind == crate::protocol::EntryKind::Delete
+                && p.posted.msg.target == Some(target)
+        })
+    }
+
+    /// The message (or entry) `seq`, if the window holds it.
     pub fn find(&self, seq: Seq) -> Option<&Arc<Message>> {
         let i = self.history.partition_point(|p| p.msg.seq < seq);
         self.history
@@ -671,14 +711,14 @@ mod tests {
             })
             .unwrap();
         let mut room = Room::new(RoomName::parse("general", 64, 32).unwrap());
-        let msg = Arc::new(Message {
-            room: room.name.clone(),
-            seq: Seq(1),
-            ts: DateTime::<Utc>::from_timestamp_millis(0).unwrap(),
-            user: alice,
-            body: "first".into(),
-            client_id: Some(first.as_str().into()),
-        });
+        let msg = Arc::new(Message::new(
+            room.name.clone(),
+            Seq(1),
+            DateTime::<Utc>::from_timestamp_millis(0).unwrap(),
+            alice,
+            "first".into(),
+            Some(first.as_str().into()),
+        ));
         let frame = Encoded::message(&msg);
         room.push_history(Posted::new(msg, frame, &author), 10);
         assert_eq!(

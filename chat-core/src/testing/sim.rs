@@ -528,6 +528,13 @@ impl Sim {
         if result.is_ok() {
             let room = self.store.entry(msg.room.clone()).or_default();
             debug_assert!(room.last().is_none_or(|m| m.seq < msg.seq));
+            // As a real store does: the message changed takes its new state in the same
+            // commit as the change.
+            if let Some(target) = msg.target
+                && let Ok(i) = room.binary_search_by_key(&target, |m| m.seq)
+            {
+                Arc::make_mut(&mut room[i]).apply(&msg);
+            }
             room.push(msg.clone());
         }
         self.input(Input::Persisted {
@@ -790,6 +797,8 @@ pub fn kind(f: &ServerFrame) -> &'static str {
         ServerFrame::Joined { .. } => "joined",
         ServerFrame::Left { .. } => "left",
         ServerFrame::Message(_) => "message",
+        ServerFrame::Change(_) => "change",
+        ServerFrame::Read { .. } => "read",
         ServerFrame::Ack { .. } => "ack",
         ServerFrame::History { .. } => "history",
         ServerFrame::Rooms { .. } => "rooms",

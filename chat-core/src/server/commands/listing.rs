@@ -30,6 +30,7 @@ impl State {
                 direct: !r.kind.has_membership(),
                 last_seq: r.last_delivered,
                 topic: self.access.get(&r.name).and_then(|a| a.topic.clone()),
+                unread: Some(self.unread(user, r)).filter(|n| *n > 0),
             })
             .collect();
         if !self.stored.is_empty() {
@@ -43,6 +44,7 @@ impl State {
                     direct: !kind.has_membership(),
                     last_seq,
                     topic: self.access.get(name).and_then(|a| a.topic.clone()),
+                    unread: None,
                 })
             }));
             rooms.sort_by(|a, b| a.name.cmp(&b.name));

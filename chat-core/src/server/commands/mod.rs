@@ -4,11 +4,16 @@
 //! Each command lives in its own module, as a method of the server's state that takes
 //! the calling session and returns `Result<(), Reject>`.
 
+mod change;
+mod delete;
+mod edit;
 mod hello;
 mod history;
 mod join;
 mod leave;
 mod listing;
+mod react;
+mod read;
 mod send;
 mod typing;
 
@@ -180,6 +185,10 @@ impl State {
             ClientFrame::Join(req) => self.join(caller, user, req),
             ClientFrame::Leave { id, room } => self.leave(caller, user, id, &room),
             ClientFrame::Send(req) => self.send(caller, user, req),
+            ClientFrame::Edit(req) => self.edit(caller, user, req),
+            ClientFrame::Delete(req) => self.delete(caller, user, req),
+            ClientFrame::React(req) => self.react(caller, user, req),
+            ClientFrame::Read { room, seq, .. } => self.read(caller, user, &room, seq),
             ClientFrame::History(req) => self.history(caller, user, req),
             ClientFrame::Rooms { id } => self.list_rooms(caller, user, id),
             ClientFrame::Members {

@@ -1,8 +1,9 @@
 //! `send`: post a message to a room, or to a user (a direct message).
 
+use super::change::Lookup;
 use super::{Caller, Reject, room_unavailable};
-use crate::ids::{RoomName, UserKey, UserName};
-use crate::protocol::{ErrorCode, SendRequest};
+use crate::ids::{RoomName, Seq, UserKey, UserName};
+use crate::protocol::{ErrorCode, Message, SendRequest};
 use crate::server::State;
 use crate::server::authz::forbidden;
 use crate::server::config::AuthMode;
@@ -23,6 +24,7 @@ impl State {
             to,
             body,
             client_id,
+            reply_to,
         } = req;
         if self.shutting_down {
             return Err(Reject::blameless(
@@ -50,6 +52,9 @@ impl State {
             .send
         {
             return Err(forbidden(format!("you may not send to {room_name}")));
+        }
+        if let Some(answered) = reply_to {
+            self.check_reply_to(&room_name, answered)?;
         }
         let slow = kind.has_membership();
         if slow {
@@ -81,9 +86,38 @@ impl State {
             .map_err(|code| room_unavailable(code, &room_name))?;
         let author = env.users.display_name(user);
         let acker = Acker::Session(caller.sid, id);
-        let author = (author, user.clone());
-        room.post(&mut env, caller.now, author, body.into(), client_id, acker);
+        let mut msg = Message::new(
+            room_name,
+            Seq(0),
+            caller.now.utc,
+            author,
+            body.into(),
+            client_id,
+        );
+        msg.reply_to = reply_to;
+        room.post_entry(&mut env, caller.now, user.clone(), msg, acker);
         Ok(())
+    }
+
+    /// A reply names a message of its room: a seq the room handed out, not a change
+    /// entry, not a deleted message (as far as the window shows; older seqs are taken
+    /// as they are).
+    fn check_reply_to(&self, room: &RoomName, answered: Seq) -> Result<(), Reject> {
+        if self.config.cluster {
+            return Err(Reject::blameless(
+                ErrorCode::Unsupported,
+                "replies are not yet in cluster mode",
+            ));
+        }
+        let last = self.rooms.get(room).map_or(Seq(0), |r| r.last_delivered);
+        if answered == Seq(0) || answered > last {
+            let msg = format!("no message {room}#{answered} to reply to");
+            return Err(Reject::new(ErrorCode::NoSuchMessage, msg));
+        }
+        match self.lookup(room, answered) {
+            Lookup::Message(_) | Lookup::Older => Ok(()),
+            _ => self.change_target(room, answered).map(|_| ()),
+        }
     }
 
     /// Resolves `to` into the direct room of the sender and that user.
