@@ -867,3 +867,39 @@ fn without_durable_mode_idle_rooms_keep_their_history_in_memory() {
     assert_eq!(bodies(&messages), ["kept"]);
     assert_eq!(listed(&mut sim, 1).len(), 2);
 }
+
+/// While a durable shutdown drains (a message still waits for the store), rooms stay in
+/// memory: an idle room is not unloaded when its time comes, nor to make way for a new
+/// room at `max_rooms`, and a join during the drain is answered from memory without
+/// asking the store for anything.
+#[test]
+fn during_a_durable_shutdown_no_room_leaves_memory() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(Config {
+        max_rooms: 3,
+        ..durable()
+    });
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.send(1, 1, "books", "kept");
+    sim.store_next(Ok(()));
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.join(1, "slow");
+    sim.send(1, 2, "slow", "pending");
+    sim.clear();
+    let now = sim.now;
+    sim.server.shutdown(now);
+    sim.drain();
+    sim.advance(idle + std::time::Duration::from_secs(1));
+    assert_eq!(sim.drained, 0, "a message still waits for the store");
+    assert_eq!(sim.server.room_count(), 3, "books stays while draining");
+    sim.say(1, json!({"type":"join","id":3,"room":"dance"}));
+    sim.expect_error(1, ErrorCode::LimitReached, Some(3));
+    assert_eq!(sim.server.room_count(), 3);
+    sim.join(1, "books");
+    assert!(sim.room_loads.is_empty(), "{:?}", sim.room_loads);
+    let ServerFrame::Joined { messages, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert_eq!(bodies(&messages), ["kept"]);
+}
