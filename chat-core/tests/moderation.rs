@@ -689,3 +689,55 @@ fn a_refused_moderator_is_told_exactly_why() {
     sim.expect_nothing(1);
     sim.expect_nothing(2);
 }
+
+/// The host's timed mute (`Server::mute_for`): the room is told with the reason and the
+/// length, the user's sends are refused until it has passed, then accepted (nobody is
+/// told when it ends). Bad names are an error and change nothing.
+#[test]
+fn the_hosts_timed_mute_is_told_with_its_reason_and_ends_by_itself() {
+    let mut sim = Sim::with(lobby());
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.clear();
+    assert!(
+        sim.server
+            .mute_for(sim.now, "@alice,bob", "bob", "calm", None)
+            .is_err()
+    );
+    sim.server
+        .mute_for(
+            sim.now,
+            "lobby",
+            "BOB",
+            "calm down",
+            Some(Duration::from_secs(120)),
+        )
+        .unwrap();
+    sim.drain();
+    for s in [1, 2] {
+        match &sim.take(s)[..] {
+            [
+                ServerFrame::Moderated {
+                    user,
+                    action: ModAction::Mute,
+                    reason: Some(reason),
+                    minutes: Some(2),
+                    by: None,
+                    ..
+                },
+            ] => assert_eq!((user.as_str(), reason.as_str()), ("bob", "calm down")),
+            other => panic!("session {s}: {other:?}"),
+        }
+    }
+    sim.send(2, 1, "lobby", "but");
+    sim.expect_error(2, ErrorCode::Forbidden, Some(1));
+    sim.expect_nothing(1);
+    sim.advance(Duration::from_secs(119));
+    sim.send(2, 2, "lobby", "but");
+    sim.expect_error(2, ErrorCode::Forbidden, Some(2));
+    sim.advance(Duration::from_secs(1));
+    sim.expect_nothing(1);
+    sim.send(2, 3, "lobby", "thanks");
+    sim.expect_kinds(2, &["message", "ack"]);
+    sim.expect_kinds(1, &["message"]);
+}
