@@ -903,3 +903,24 @@ fn during_a_durable_shutdown_no_room_leaves_memory() {
     };
     assert_eq!(bodies(&messages), ["kept"]);
 }
+
+/// The driver is asked to wake up when a room's idle time can end (`poll_timeout`), not
+/// at once: a room's first use arms its unload check `room_idle_unload` ahead, later uses
+/// do not move it, a room someone is in needs none, and the last one out arms it again.
+#[test]
+fn a_rooms_unload_check_is_scheduled_one_idle_period_after_its_use() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(durable());
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    let joined_at = sim.now.mono;
+    assert_eq!(sim.server.poll_timeout(), Some(joined_at + idle));
+    sim.advance(idle / 4);
+    sim.send(1, 1, "books", "hello");
+    sim.store_next(Ok(()));
+    assert_eq!(sim.server.poll_timeout(), Some(joined_at + idle));
+    sim.advance(idle);
+    assert_eq!(sim.server.poll_timeout(), None, "alice is in books");
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    assert_eq!(sim.server.poll_timeout(), Some(sim.now.mono + idle));
+}
