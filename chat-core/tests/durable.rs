@@ -924,3 +924,20 @@ fn a_rooms_unload_check_is_scheduled_one_idle_period_after_its_use() {
     sim.say(1, json!({"type":"leave","room":"books"}));
     assert_eq!(sim.server.poll_timeout(), Some(sim.now.mono + idle));
 }
+
+/// Unloading keeps a room's name only if it has messages to load back: a room with none
+/// (here restored empty) is forgotten once idle, not listed for ever.
+#[test]
+fn an_idle_room_without_messages_is_forgotten_not_kept_as_stored() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(durable());
+    sim.server
+        .restore_room(room("empty"), Seq(0), Vec::new(), true);
+    sim.hello(1, "alice");
+    sim.clear();
+    assert!(listed_room(&mut sim, 1, "empty").is_some());
+    sim.advance(idle + std::time::Duration::from_secs(1));
+    assert_eq!(sim.server.room_count(), 1);
+    assert_eq!(sim.server.stored_room_count(), 0);
+    assert_eq!(listed_room(&mut sim, 1, "empty"), None);
+}
