@@ -1101,6 +1101,19 @@ fn a_user_gone_for_good_releases_the_name() {
     assert_eq!(c.nodes[0].name_releases, ["alice"]);
 }
 
+/// A single server (no cluster) holds names itself: nothing is reserved in or released
+/// from a log when a user comes and goes for good.
+#[test]
+fn a_single_server_neither_reserves_nor_releases_names() {
+    let mut sim = Sim::new();
+    sim.hello(1, "alice");
+    sim.disconnect(1);
+    sim.advance(Duration::from_secs(60));
+    sim.hello(2, "alice");
+    assert!(sim.name_claims.is_empty(), "{:?}", sim.name_claims);
+    assert!(sim.name_releases.is_empty(), "{:?}", sim.name_releases);
+}
+
 /// A new cluster epoch: every session is told to reconnect (1012), every room is
 /// dropped to be read again, and a new hello sees the new epoch.
 #[test]

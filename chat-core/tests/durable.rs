@@ -706,3 +706,238 @@ fn at_the_room_limit_only_a_room_nobody_is_in_leaves_memory_for_a_new_one() {
         ]
     );
 }
+
+/// `room` as `listed` shows it, if it is listed.
+fn listed_room(sim: &mut Sim, s: u64, room: &str) -> Option<(String, usize, u64)> {
+    listed(sim, s).into_iter().find(|(name, ..)| name == room)
+}
+
+/// The idle time counts from a room's last use: a join (or post) while its unload timer
+/// runs puts the unload off to `room_idle_unload` after that use, not to the timer's
+/// first expiry, and not a whole period later either.
+#[test]
+fn a_room_used_while_its_unload_timer_runs_leaves_memory_idle_after_its_last_use() {
+    let idle = durable().room_idle_unload;
+    let second = std::time::Duration::from_secs(1);
+    let mut sim = Sim::with(durable());
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.send(1, 1, "books", "hello");
+    sim.store_next(Ok(()));
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.advance(idle / 2);
+    // Used again half way: in and out.
+    sim.join(1, "books");
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.clear();
+    sim.advance(idle / 2 + second);
+    assert_eq!(sim.server.room_count(), 2, "used {:?} ago", idle / 2);
+    sim.advance(idle / 2 - second * 2);
+    assert_eq!(sim.server.room_count(), 2, "used {:?} ago", idle - second);
+    sim.advance(second * 2);
+    assert_eq!(sim.server.room_count(), 1, "idle for {:?}", idle + second);
+    assert_eq!(
+        listed_room(&mut sim, 1, "books"),
+        Some(("books".into(), 0, 1))
+    );
+}
+
+/// A room whose last message the store has not confirmed yet stays in memory, idle or
+/// not (the message lives only there until then); it leaves once it is settled and has
+/// been idle again.
+#[test]
+fn a_room_waiting_for_the_store_stays_in_memory_until_it_has_answered() {
+    let idle = durable().room_idle_unload;
+    let second = std::time::Duration::from_secs(1);
+    let mut sim = Sim::with(durable());
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.send(1, 1, "books", "slow disk");
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.clear();
+    sim.advance(idle + second);
+    assert_eq!(sim.server.room_count(), 2, "the message is still pending");
+    sim.store_next(Ok(()));
+    sim.clear();
+    assert_eq!(sim.server.room_count(), 2);
+    sim.advance(idle);
+    assert_eq!(sim.server.room_count(), 1, "settled and idle");
+    sim.join(1, "books");
+    assert_eq!(sim.room_loads, [room("books")]);
+    sim.answer_room_loads();
+    let ServerFrame::Joined { messages, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert_eq!(bodies(&messages), ["slow disk"]);
+}
+
+/// Rooms restored at startup that nobody uses leave memory once idle, as rooms that
+/// were used do: the clock starts with the first input.
+#[test]
+fn a_restored_room_nobody_uses_leaves_memory_once_idle() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(durable());
+    let recent = (1..=3).map(|s| stored("books", s, "old", None)).collect();
+    sim.server.restore_room(room("books"), Seq(3), recent, true);
+    sim.hello(1, "alice");
+    sim.clear();
+    assert_eq!(sim.server.room_count(), 2);
+    sim.advance(idle + std::time::Duration::from_secs(1));
+    assert_eq!(sim.server.room_count(), 1);
+    assert_eq!(sim.server.stored_room_count(), 1);
+    assert_eq!(
+        listed_room(&mut sim, 1, "books"),
+        Some(("books".into(), 0, 3))
+    );
+}
+
+/// `Server::add_stored_room` (what the runtime does at startup for every room of the
+/// store): the room is listed with its last seq without being loaded, counted by
+/// `stored_room_count`, and loaded from the store when someone joins it, its seq going
+/// on. A room already in memory is left alone, and a lower seq does not lower it.
+#[test]
+fn rooms_registered_from_the_store_are_listed_and_loaded_on_first_use() {
+    let mut sim = Sim::with(durable());
+    let books: Vec<_> = (1..=3)
+        .map(|s| Arc::new(stored("books", s, "old", None)))
+        .collect();
+    sim.store.insert(room("books"), books);
+    sim.server.add_stored_room(room("books"), Seq(3));
+    sim.server.add_stored_room(room("books"), Seq(2));
+    sim.server.add_stored_room(room("chess"), Seq(7));
+    assert_eq!(sim.server.stored_room_count(), 2);
+    assert_eq!(sim.server.room_count(), 0);
+    sim.hello(1, "alice");
+    sim.clear();
+    // general is in memory now: registering it changes nothing.
+    sim.server.add_stored_room(room("general"), Seq(9));
+    assert_eq!(sim.server.stored_room_count(), 2);
+    assert_eq!(
+        listed(&mut sim, 1),
+        [
+            ("books".into(), 0, 3),
+            ("chess".into(), 0, 7),
+            ("general".into(), 1, 0)
+        ]
+    );
+    sim.join(1, "books");
+    assert_eq!(sim.room_loads, [room("books")]);
+    sim.answer_room_loads();
+    let ServerFrame::Joined {
+        messages, last_seq, ..
+    } = sim.take_one(1)
+    else {
+        panic!()
+    };
+    assert_eq!(bodies(&messages), ["old1", "old2", "old3"]);
+    assert_eq!(last_seq, Seq(3));
+    assert_eq!(sim.server.stored_room_count(), 1);
+    assert_eq!(sim.server.room_count(), 2);
+    sim.send(1, 1, "books", "new");
+    assert_eq!(sim.persists[0].seq, Seq(4));
+}
+
+/// Without a store a room's messages live only in memory: an idle room keeps them, is
+/// never unloaded (not after `room_idle_unload`, not to make way for a new room at
+/// `max_rooms`), and `add_stored_room` has nothing to load from.
+#[test]
+fn without_durable_mode_idle_rooms_keep_their_history_in_memory() {
+    let config = Config {
+        max_rooms: 2,
+        ..common::unlimited()
+    };
+    let idle = config.room_idle_unload;
+    let mut sim = Sim::with(config);
+    sim.server.add_stored_room(room("chess"), Seq(7));
+    assert_eq!(sim.server.stored_room_count(), 0);
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.send(1, 1, "books", "kept");
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.clear();
+    sim.advance(idle * 3);
+    assert_eq!(sim.server.room_count(), 2);
+    sim.say(1, json!({"type":"join","id":2,"room":"dance"}));
+    sim.expect_error(1, ErrorCode::LimitReached, Some(2));
+    sim.join(1, "books");
+    assert!(sim.room_loads.is_empty(), "{:?}", sim.room_loads);
+    let ServerFrame::Joined { messages, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert_eq!(bodies(&messages), ["kept"]);
+    assert_eq!(listed(&mut sim, 1).len(), 2);
+}
+
+/// While a durable shutdown drains (a message still waits for the store), rooms stay in
+/// memory: an idle room is not unloaded when its time comes, nor to make way for a new
+/// room at `max_rooms`, and a join during the drain is answered from memory without
+/// asking the store for anything.
+#[test]
+fn during_a_durable_shutdown_no_room_leaves_memory() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(Config {
+        max_rooms: 3,
+        ..durable()
+    });
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    sim.send(1, 1, "books", "kept");
+    sim.store_next(Ok(()));
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    sim.join(1, "slow");
+    sim.send(1, 2, "slow", "pending");
+    sim.clear();
+    let now = sim.now;
+    sim.server.shutdown(now);
+    sim.drain();
+    sim.advance(idle + std::time::Duration::from_secs(1));
+    assert_eq!(sim.drained, 0, "a message still waits for the store");
+    assert_eq!(sim.server.room_count(), 3, "books stays while draining");
+    sim.say(1, json!({"type":"join","id":3,"room":"dance"}));
+    sim.expect_error(1, ErrorCode::LimitReached, Some(3));
+    assert_eq!(sim.server.room_count(), 3);
+    sim.join(1, "books");
+    assert!(sim.room_loads.is_empty(), "{:?}", sim.room_loads);
+    let ServerFrame::Joined { messages, .. } = sim.take_one(1) else {
+        panic!()
+    };
+    assert_eq!(bodies(&messages), ["kept"]);
+}
+
+/// The driver is asked to wake up when a room's idle time can end (`poll_timeout`), not
+/// at once: a room's first use arms its unload check `room_idle_unload` ahead, later uses
+/// do not move it, a room someone is in needs none, and the last one out arms it again.
+#[test]
+fn a_rooms_unload_check_is_scheduled_one_idle_period_after_its_use() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(durable());
+    sim.hello(1, "alice");
+    sim.join(1, "books");
+    let joined_at = sim.now.mono;
+    assert_eq!(sim.server.poll_timeout(), Some(joined_at + idle));
+    sim.advance(idle / 4);
+    sim.send(1, 1, "books", "hello");
+    sim.store_next(Ok(()));
+    assert_eq!(sim.server.poll_timeout(), Some(joined_at + idle));
+    sim.advance(idle);
+    assert_eq!(sim.server.poll_timeout(), None, "alice is in books");
+    sim.say(1, json!({"type":"leave","room":"books"}));
+    assert_eq!(sim.server.poll_timeout(), Some(sim.now.mono + idle));
+}
+
+/// Unloading keeps a room's name only if it has messages to load back: a room with none
+/// (here restored empty) is forgotten once idle, not listed for ever.
+#[test]
+fn an_idle_room_without_messages_is_forgotten_not_kept_as_stored() {
+    let idle = durable().room_idle_unload;
+    let mut sim = Sim::with(durable());
+    sim.server
+        .restore_room(room("empty"), Seq(0), Vec::new(), true);
+    sim.hello(1, "alice");
+    sim.clear();
+    assert!(listed_room(&mut sim, 1, "empty").is_some());
+    sim.advance(idle + std::time::Duration::from_secs(1));
+    assert_eq!(sim.server.room_count(), 1);
+    assert_eq!(sim.server.stored_room_count(), 0);
+    assert_eq!(listed_room(&mut sim, 1, "empty"), None);
+}

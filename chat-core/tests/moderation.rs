@@ -802,3 +802,183 @@ fn the_policys_role_holds_for_a_user_who_is_not_online() {
     sim.say(4, json!({"type":"join","id":3,"room":"lobby"}));
     sim.expect_error(4, ErrorCode::Forbidden, Some(3));
 }
+
+/// Each range of PROTOCOL.md's moderator commands holds up to its last value: a ban or
+/// mute of 5256000 minutes (ten years), a topic of 200 characters, slow mode of 86400
+/// seconds; one more is `invalid_request` and changes nothing. The host's own calls
+/// have the same bounds for the topic and slow mode.
+#[test]
+fn the_largest_values_in_range_are_accepted_and_one_more_is_refused() {
+    const TEN_YEARS_IN_MINUTES: u64 = 10 * 365 * 24 * 60;
+    let mut sim = three_in_the_lobby(lobby());
+    sim.server.set_role("lobby", "alice", Role::Owner).unwrap();
+    sim.drain();
+    sim.clear();
+    let topic = "t".repeat(200);
+    for (id, frame) in [
+        (
+            1,
+            json!({"type":"ban","id":1,"room":"lobby","user":"bob","minutes":TEN_YEARS_IN_MINUTES + 1}),
+        ),
+        (
+            2,
+            json!({"type":"mute","id":2,"room":"lobby","user":"carol","minutes":TEN_YEARS_IN_MINUTES + 1}),
+        ),
+        (
+            3,
+            json!({"type":"topic","id":3,"room":"lobby","topic":format!("{topic}t")}),
+        ),
+        (
+            4,
+            json!({"type":"slow_mode","id":4,"room":"lobby","seconds":86_401}),
+        ),
+    ] {
+        sim.say(1, frame);
+        let msg = sim.expect_error(1, ErrorCode::InvalidRequest, Some(id));
+        if id <= 2 {
+            assert!(msg.contains("1 to 5256000"), "{msg}");
+        }
+    }
+    sim.expect_nothing(2);
+    sim.expect_nothing(3);
+
+    sim.say(
+        1,
+        json!({"type":"mute","id":5,"room":"lobby","user":"carol","minutes":TEN_YEARS_IN_MINUTES}),
+    );
+    assert_eq!(done(&sim.take(1)), [(5, ModAction::Mute)]);
+    match &sim.take(3)[..] {
+        [ServerFrame::Moderated { minutes, .. }] => {
+            assert_eq!(*minutes, Some(TEN_YEARS_IN_MINUTES));
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.send(3, 6, "lobby", "muted for a decade?");
+    sim.expect_error(3, ErrorCode::Forbidden, Some(6));
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"ban","id":7,"room":"lobby","user":"bob","minutes":TEN_YEARS_IN_MINUTES}),
+    );
+    assert_eq!(done(&sim.take(1)), [(7, ModAction::Ban)]);
+    sim.expect_kinds(2, &["moderated", "left"]);
+    sim.say(2, json!({"type":"join","id":8,"room":"lobby"}));
+    sim.expect_error(2, ErrorCode::Forbidden, Some(8));
+
+    sim.say(
+        1,
+        json!({"type":"topic","id":9,"room":"lobby","topic":topic}),
+    );
+    assert_eq!(done(&sim.take(1)), [(9, ModAction::Topic)]);
+    assert_eq!(sim.server.topic(&room("lobby")), Some(topic.clone()));
+    sim.say(
+        1,
+        json!({"type":"slow_mode","id":10,"room":"lobby","seconds":86_400}),
+    );
+    assert_eq!(done(&sim.take(1)), [(10, ModAction::SlowMode)]);
+
+    assert!(sim.server.set_topic("lobby", &format!("{topic}u")).is_err());
+    assert_eq!(sim.server.topic(&room("lobby")), Some(topic));
+    sim.server.set_topic("lobby", &"u".repeat(200)).unwrap();
+    assert_eq!(sim.server.topic(&room("lobby")), Some("u".repeat(200)));
+    assert!(sim.server.set_slow_mode("lobby", 86_401).is_err());
+    sim.server.set_slow_mode("lobby", 86_400).unwrap();
+}
+
+/// A refusal says what stood in the way: giving roles is for owners (a moderator is
+/// told so, not that they are no moderator), and nobody acts on themselves (the action
+/// is named).
+#[test]
+fn a_refused_moderator_is_told_exactly_why() {
+    let mut sim = three_in_the_lobby(lobby());
+    sim.server
+        .set_role("lobby", "carol", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.clear();
+    sim.say(
+        3,
+        json!({"type":"set_role","id":1,"room":"lobby","user":"bob","role":"moderator"}),
+    );
+    let msg = sim.expect_error(3, ErrorCode::Forbidden, Some(1));
+    assert_eq!(msg, "only an owner of lobby may give roles");
+    sim.say(
+        2,
+        json!({"type":"kick","id":2,"room":"lobby","user":"alice"}),
+    );
+    let msg = sim.expect_error(2, ErrorCode::Forbidden, Some(2));
+    assert_eq!(msg, "you are not a moderator of lobby");
+    for (id, action) in [(3, "kick"), (4, "ban"), (5, "mute"), (6, "unban")] {
+        sim.say(
+            3,
+            json!({"type":action,"id":id,"room":"lobby","user":"carol"}),
+        );
+        let msg = sim.expect_error(3, ErrorCode::Forbidden, Some(id));
+        assert_eq!(msg, format!("you cannot {action} yourself"));
+    }
+    sim.expect_nothing(1);
+    sim.expect_nothing(2);
+}
+
+/// The host's timed mute (`Server::mute_for`): the room is told with the reason and the
+/// length, the user's sends are refused until it has passed, then the room is told it
+/// ended (`unmute`, reason `expired`, nobody named) and sends are accepted. Bad names
+/// are an error and change nothing.
+#[test]
+fn the_hosts_timed_mute_is_told_with_its_reason_and_ends_by_itself() {
+    let mut sim = Sim::with(lobby());
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.clear();
+    assert!(
+        sim.server
+            .mute_for(sim.now, "@alice,bob", "bob", "calm", None)
+            .is_err()
+    );
+    sim.server
+        .mute_for(
+            sim.now,
+            "lobby",
+            "BOB",
+            "calm down",
+            Some(Duration::from_secs(120)),
+        )
+        .unwrap();
+    sim.drain();
+    for s in [1, 2] {
+        match &sim.take(s)[..] {
+            [
+                ServerFrame::Moderated {
+                    user,
+                    action: ModAction::Mute,
+                    reason: Some(reason),
+                    minutes: Some(2),
+                    by: None,
+                    ..
+                },
+            ] => assert_eq!((user.as_str(), reason.as_str()), ("bob", "calm down")),
+            other => panic!("session {s}: {other:?}"),
+        }
+    }
+    sim.send(2, 1, "lobby", "but");
+    sim.expect_error(2, ErrorCode::Forbidden, Some(1));
+    sim.expect_nothing(1);
+    sim.advance(Duration::from_secs(119));
+    sim.send(2, 2, "lobby", "but");
+    sim.expect_error(2, ErrorCode::Forbidden, Some(2));
+    sim.advance(Duration::from_secs(1));
+    for s in [1, 2] {
+        assert_eq!(
+            moderated(&sim.take(s)),
+            [(
+                "bob".to_string(),
+                ModAction::Unmute,
+                Some(chat_core::EXPIRED_REASON.to_string())
+            )],
+            "session {s}"
+        );
+    }
+    sim.send(2, 3, "lobby", "thanks");
+    sim.expect_kinds(2, &["message", "ack"]);
+    sim.expect_kinds(1, &["message"]);
+}

@@ -236,3 +236,21 @@ fn the_host_policy_governs_reading_and_presence() {
     sim.expect_kinds(2, &["message"]);
     assert_eq!(sim.close_reason(2), None);
 }
+
+/// A policy that only decides permissions (a closure) gives nobody a role: its `role`
+/// answers `None`, as documented, so users hold the roles the room gives them.
+#[test]
+fn a_policy_that_only_decides_permissions_gives_no_roles() {
+    let policy = vault_policy();
+    let admin = Identity::new("ada").with_role("admin");
+    assert_eq!(policy.0.role(&admin, &room("vault")), None);
+    let mut sim = Sim::with(Config {
+        room_policy: Some(policy),
+        ..Config::default()
+    });
+    as_user(&mut sim, 1, admin, &["general"]);
+    assert_eq!(
+        sim.server.role("general", "ada"),
+        Ok(chat_core::protocol::Role::Member)
+    );
+}
