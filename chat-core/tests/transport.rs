@@ -378,3 +378,58 @@ async fn a_slow_consumer_learns_why_it_was_closed() {
     assert_eq!(close, (1013, "slow consumer".to_owned()));
     hub.shutdown().await;
 }
+
+/// A session's queue is bounded in bytes as well as in frames: with room for 1,024
+/// frames but only 64 KiB, a session that stops reading is closed as a slow consumer
+/// after about sixteen 4,000-byte messages, and when it reads at last it gets what was
+/// queued, in order, then the reason.
+#[tokio::test]
+async fn a_queue_is_bounded_in_bytes_as_well_as_in_frames() {
+    let hub = Hub::spawn(HubConfig {
+        outbound_queue: 1024,
+        outbound_bytes: 64 << 10,
+        ..HubConfig::default()
+    })
+    .await
+    .expect("hub");
+    let mut slow = hub.connect().await.expect("connect");
+    slow.send(ClientFrame::Hello(HelloRequest {
+        id: None,
+        version: chat_core::protocol::PROTOCOL_VERSION_1,
+        name: "slow".into(),
+        token: None,
+        rooms: None,
+    }))
+    .await
+    .expect("hub runs");
+    // It reads nothing from now on.
+    let body = "x".repeat(4000);
+    let mut published = 0;
+    while hub.stats().slow_consumers == 0 {
+        assert!(
+            published < 200,
+            "not closed after {published} messages: bounded in frames only"
+        );
+        hub.publish("general", "bot", &body).await.expect("publish");
+        published += 1;
+        tokio::task::yield_now().await;
+    }
+    assert!(published <= 20, "closed after {published} messages");
+    let mut messages = 0;
+    while let Some(frame) = slow.recv().await {
+        match frame {
+            ServerFrame::Message(m) => {
+                messages += 1;
+                assert_eq!(m.seq.0, messages, "in order, no gap");
+            }
+            ServerFrame::Welcome { .. } | ServerFrame::Joined { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!((10..=16).contains(&messages), "{messages} messages queued");
+    assert_eq!(
+        slow.close_reason(),
+        Some(chat_core::CloseReason::SlowConsumer)
+    );
+    hub.shutdown().await;
+}

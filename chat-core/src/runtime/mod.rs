@@ -77,6 +77,12 @@ pub struct HubConfig {
     pub store: Option<Arc<dyn Store>>,
     /// Frames queued per connection before the core's slow-consumer policy applies.
     pub outbound_queue: usize,
+    /// Bytes of frames queued per connection before the same policy applies (a single
+    /// frame larger than this still goes into an empty queue). With
+    /// [`HubConfig::outbound_queue`] it bounds what one connection that stops reading
+    /// can make the server hold: at most this many bytes of frames, or the frame count,
+    /// whichever comes first. Default 4 MiB.
+    pub outbound_bytes: usize,
     /// Inputs queued for the driver task before connections wait.
     pub inbox: usize,
     /// The identity hook for [`crate::AuthMode::Host`].
@@ -94,6 +100,7 @@ impl Default for HubConfig {
             core: Config::default(),
             store: None,
             outbound_queue: 1024,
+            outbound_bytes: 4 << 20,
             inbox: 4096,
             authenticator: None,
             cluster: None,
@@ -107,6 +114,7 @@ impl std::fmt::Debug for HubConfig {
             .field("core", &self.core)
             .field("store", &self.store.is_some())
             .field("outbound_queue", &self.outbound_queue)
+            .field("outbound_bytes", &self.outbound_bytes)
             .field("inbox", &self.inbox)
             .field("cluster", &self.cluster.is_some())
             .finish_non_exhaustive()
@@ -258,7 +266,7 @@ struct HubInner {
     tx: mpsc::Sender<Cmd>,
     control: mpsc::UnboundedSender<Cmd>,
     next_session: AtomicU64,
-    outbound_queue: usize,
+    outbound: outbox::Limit,
     events: broadcast::Sender<Event>,
     streams: Arc<events::Registry>,
     stats: Arc<Counters>,
@@ -273,6 +281,7 @@ impl Hub {
             mut core,
             store,
             outbound_queue,
+            outbound_bytes,
             inbox,
             authenticator,
             cluster,
@@ -403,7 +412,10 @@ impl Hub {
                 tx,
                 control,
                 next_session: AtomicU64::new(1),
-                outbound_queue: outbound_queue.max(1),
+                outbound: outbox::Limit {
+                    frames: outbound_queue.max(1),
+                    bytes: outbound_bytes.max(1),
+                },
                 events,
                 streams,
                 stats,
@@ -431,7 +443,7 @@ impl Hub {
         identity: Option<crate::Identity>,
     ) -> Result<Connection, HubClosed> {
         let session = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = outbox::outbox(self.inner.outbound_queue);
+        let (tx, rx) = outbox::outbox(self.inner.outbound);
         self.inner
             .tx
             .send(Cmd::Connect {

@@ -42,6 +42,9 @@ struct State {
     /// Frames the session is still owed for input its transport handed over, not yet
     /// settled by the driver (transport rule 3 counts them with the queued frames).
     owed: usize,
+    /// The bytes of the queued frames (a frame shared with other sessions counts in
+    /// full in each queue that holds it).
+    bytes: usize,
 }
 
 /// Slots an empty queue keeps: a queue drained after a backlog (a slow reader, a
@@ -65,15 +68,26 @@ impl State {
         }
     }
 
-    /// Whether the queue, with the answers still owed, is half full or more.
-    fn filling(&self, capacity: usize) -> bool {
-        2 * (self.frames.len() + self.owed) >= capacity
+    /// Whether the queue, with the answers still owed, is half full or more, in frames
+    /// or in bytes.
+    fn filling(&self, limit: Limit) -> bool {
+        2 * (self.frames.len() + self.owed) >= limit.frames || 2 * self.bytes >= limit.bytes
     }
+}
+
+/// What one queue holds at most: frames, and bytes of frames.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    /// Frames ([`HubConfig::outbound_queue`](super::HubConfig::outbound_queue)).
+    pub(crate) frames: usize,
+    /// Bytes ([`HubConfig::outbound_bytes`](super::HubConfig::outbound_bytes)); one frame
+    /// larger than this is still taken into an empty queue.
+    pub(crate) bytes: usize,
 }
 
 struct Shared {
     state: Mutex<State>,
-    capacity: usize,
+    limit: Limit,
 }
 
 impl Shared {
@@ -85,8 +99,8 @@ impl Shared {
     }
 }
 
-/// A bounded queue for one session, holding at most `capacity` items.
-pub(crate) fn outbox(capacity: usize) -> (OutboxTx, Outbox) {
+/// A bounded queue for one session, holding at most `limit` frames and bytes.
+pub(crate) fn outbox(limit: Limit) -> (OutboxTx, Outbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
@@ -96,8 +110,12 @@ pub(crate) fn outbox(capacity: usize) -> (OutboxTx, Outbox) {
             sender_gone: false,
             receiver_gone: false,
             owed: 0,
+            bytes: 0,
         }),
-        capacity: capacity.max(1),
+        limit: Limit {
+            frames: limit.frames.max(1),
+            bytes: limit.bytes.max(1),
+        },
     });
     (
         OutboxTx {
@@ -123,9 +141,17 @@ impl OutboxTx {
         if state.receiver_gone {
             return Err(Refused::Closed);
         }
-        if state.frames.len() >= self.shared.capacity {
+        let len = match &item {
+            Outbound::Frame(frame) => frame.bytes().len(),
+            Outbound::Close(_) => 0,
+        };
+        let limit = self.shared.limit;
+        if state.frames.len() >= limit.frames
+            || (!state.frames.is_empty() && state.bytes.saturating_add(len) > limit.bytes)
+        {
             return Err(Refused::Full);
         }
+        state.bytes += len;
         state.frames.push_back(item);
         let waker = state.waker.take();
         drop(state);
@@ -142,9 +168,9 @@ impl OutboxTx {
     /// when this takes it below half, as its transport may have stopped reading for them.
     pub(crate) fn settle(&self, n: usize) {
         let mut state = self.shared.lock();
-        let was = state.filling(self.shared.capacity);
+        let was = state.filling(self.shared.limit);
         state.owed = state.owed.saturating_sub(n);
-        let waker = if was && !state.filling(self.shared.capacity) {
+        let waker = if was && !state.filling(self.shared.limit) {
             state.waker.take()
         } else {
             None
@@ -224,6 +250,7 @@ impl Outbox {
         if n > 0 {
             into.reserve(n);
             into.extend(state.frames.drain(..n));
+            state.bytes = state.bytes.saturating_sub(bytes);
             state.give_back();
         }
         if state.frames.is_empty()
@@ -274,10 +301,23 @@ impl Outbox {
     /// consumer ([`HubConfig::outbound_queue`](super::HubConfig::outbound_queue)).
     #[must_use]
     pub fn capacity(&self) -> usize {
-        self.shared.capacity
+        self.shared.limit.frames
     }
 
-    /// Whether the queue is half full or more, counting the answers the session is still
+    /// How many bytes of frames wait in the queue now.
+    #[must_use]
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().bytes
+    }
+
+    /// How many bytes of frames the queue holds before the engine closes the session as
+    /// a slow consumer ([`HubConfig::outbound_bytes`](super::HubConfig::outbound_bytes)).
+    #[must_use]
+    pub fn capacity_bytes(&self) -> usize {
+        self.shared.limit.bytes
+    }
+
+    /// Whether the queue is half full or more (in frames or in bytes), counting the answers the session is still
     /// owed for input already handed to the hub (an ack and its own message for each
     /// send, one frame for anything else) as if they were queued: a transport hands over
     /// no more of the peer's input until its writer has taken the queue below half and
@@ -287,7 +327,7 @@ impl Outbox {
     /// its reader when the answers settle below half with nothing to write.
     #[must_use]
     pub fn is_filling(&self) -> bool {
-        self.shared.lock().filling(self.shared.capacity)
+        self.shared.lock().filling(self.shared.limit)
     }
 
     /// How many frames the session is still owed for input handed to the hub that has
@@ -316,6 +356,7 @@ impl Drop for Outbox {
         let mut state = self.shared.lock();
         state.receiver_gone = true;
         state.frames = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -325,7 +366,8 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("Outbox")
             .field("queued", &state.frames.len())
             .field("owed", &state.owed)
-            .field("capacity", &self.shared.capacity)
+            .field("bytes", &state.bytes)
+            .field("limit", &self.shared.limit)
             .field("close", &state.close)
             .field("ended", &state.sender_gone)
             .finish()
@@ -354,11 +396,71 @@ mod tests {
         }))
     }
 
+    /// A queue bounded in frames only.
+    fn frames_only(frames: usize) -> Limit {
+        Limit {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+
     fn frames(n: usize) -> BatchLimit {
         BatchLimit {
             frames: n,
             bytes: usize::MAX,
         }
+    }
+
+    /// A queue full in bytes refuses the next frame while it holds others, an empty
+    /// queue takes a frame of any size, and the bytes taken out are given back.
+    #[test]
+    fn a_queue_is_bounded_in_bytes_and_gives_them_back_when_read() {
+        let one = frame(100);
+        let size = match &one {
+            Outbound::Frame(f) => f.bytes().len(),
+            Outbound::Close(_) => unreachable!(),
+        };
+        let (tx, mut rx) = outbox(Limit {
+            frames: 100,
+            bytes: 3 * size,
+        });
+        for _ in 0..3 {
+            tx.try_send(frame(100)).expect("room in bytes");
+        }
+        assert_eq!(rx.queued_bytes(), 3 * size);
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut got = Vec::new();
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(2)),
+            Poll::Ready(2)
+        );
+        assert_eq!(rx.queued_bytes(), size);
+        tx.try_send(frame(100)).expect("room again");
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(9)),
+            Poll::Ready(2)
+        );
+        assert_eq!(rx.queued_bytes(), 0);
+        // Bigger than the whole bound: an empty queue still takes it.
+        tx.try_send(frame(10 * size))
+            .expect("an empty queue takes any frame");
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
+    }
+
+    /// Half the bytes queued is "filling" (rule 3 stops reading the peer), whatever
+    /// the frame count.
+    #[test]
+    fn half_the_bytes_queued_is_filling() {
+        let (tx, rx) = outbox(Limit {
+            frames: 1000,
+            bytes: 1000,
+        });
+        tx.try_send(frame(300)).expect("room");
+        assert!(!rx.is_filling());
+        tx.try_send(frame(300)).expect("room");
+        assert!(rx.is_filling());
     }
 
     fn kinds(items: &[Outbound]) -> Vec<&'static str> {
@@ -371,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_burst_wakes_the_consumer_once_and_is_taken_in_one_batch() {
-        let (tx, mut rx) = outbox(8);
+        let (tx, mut rx) = outbox(frames_only(8));
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -397,7 +499,7 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_its_byte_budget_but_always_takes_one() {
-        let (tx, mut rx) = outbox(8);
+        let (tx, mut rx) = outbox(frames_only(8));
         let (small, big) = (frame(10), frame(1000));
         for f in [&small, &small, &small, &big] {
             tx.try_send(f.clone()).unwrap();
@@ -433,7 +535,7 @@ mod tests {
         // A slow reader's backlog fills the queue to its limit; once the reader has
         // caught up the queue must not keep the backlog's slots (40 bytes each, for
         // every connection that ever fell behind).
-        let (tx, mut rx) = outbox(1024);
+        let (tx, mut rx) = outbox(frames_only(1024));
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         for round in 0..2 {
@@ -457,7 +559,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_still_ends_with_its_close() {
-        let (tx, mut rx) = outbox(2);
+        let (tx, mut rx) = outbox(frames_only(2));
         tx.try_send(frame(1)).unwrap();
         tx.try_send(frame(1)).unwrap();
         assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
@@ -486,7 +588,7 @@ mod tests {
         assert_eq!(kinds(&got), ["frame", "frame", "close"]);
 
         // With room, the close comes in the same batch as the frames before it.
-        let (tx, mut rx) = outbox(2);
+        let (tx, mut rx) = outbox(frames_only(2));
         tx.try_send(frame(1)).unwrap();
         tx.close(CloseReason::Flood);
         let mut got = Vec::new();
@@ -496,14 +598,14 @@ mod tests {
         );
         assert_eq!(kinds(&got), ["frame", "close"]);
 
-        let (tx, rx) = outbox(2);
+        let (tx, rx) = outbox(frames_only(2));
         drop(rx);
         assert_eq!(tx.try_send(frame(1)), Err(Refused::Closed));
     }
 
     #[test]
     fn dropping_the_sender_ends_the_queue_without_a_close_and_wakes_the_consumer() {
-        let (tx, mut rx) = outbox(2);
+        let (tx, mut rx) = outbox(frames_only(2));
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -532,7 +634,7 @@ mod tests {
     /// them), once, and settling that does not cross half wakes nobody.
     #[test]
     fn settling_owed_answers_below_half_wakes_the_waiting_consumer_once() {
-        let (tx, mut rx) = outbox(8);
+        let (tx, mut rx) = outbox(frames_only(8));
         let owed = rx.owed_handle();
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
