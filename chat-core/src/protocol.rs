@@ -1199,6 +1199,60 @@ impl Encoded {
         }
     }
 
+    /// The `ack` of a send, written field by field as [`Encoded::message`] is (every
+    /// send has one); byte for byte what serde writes for [`ServerFrame::Ack`] (checked
+    /// below and by the tests).
+    #[must_use]
+    pub fn ack(id: Option<RequestId>, msg: &Message, duplicate: bool) -> Encoded {
+        let room = msg.room.as_str();
+        let cid = msg.client_id.as_ref().map(ClientMsgId::as_str);
+        let mut out = Vec::with_capacity(100 + room.len() + cid.map_or(0, str::len));
+        out.extend_from_slice(br#"{"type":"ack""#);
+        if let Some(id) = id {
+            out.extend_from_slice(br#","id":"#);
+            out.extend_from_slice(itoa(id.0, &mut [0; 20]));
+        }
+        out.extend_from_slice(br#","room":"#);
+        serde_json::to_writer(&mut out, room).expect("a string always serializes");
+        out.extend_from_slice(br#","seq":"#);
+        out.extend_from_slice(itoa(msg.seq.0, &mut [0; 20]));
+        out.extend_from_slice(br#","ts":"#);
+        match ts_millis::write_fast(&msg.ts, &mut [0; 24]) {
+            Some(ts) => {
+                out.push(b'"');
+                out.extend_from_slice(ts.as_bytes());
+                out.push(b'"');
+            }
+            None => serde_json::to_writer(&mut out, &format_ts(&msg.ts))
+                .expect("a string always serializes"),
+        }
+        if let Some(cid) = cid {
+            out.extend_from_slice(br#","client_id":"#);
+            serde_json::to_writer(&mut out, cid).expect("a string always serializes");
+        }
+        out.extend_from_slice(if duplicate {
+            br#","duplicate":true}"#
+        } else {
+            br#","duplicate":false}"#
+        });
+        debug_assert_eq!(
+            out,
+            serde_json::to_vec(&ServerFrame::Ack {
+                id,
+                room: msg.room.clone(),
+                seq: msg.seq,
+                ts: msg.ts,
+                client_id: msg.client_id.clone(),
+                duplicate,
+            })
+            .expect("serializes")
+        );
+        Encoded {
+            bytes: Bytes::from(out),
+            ephemeral: false,
+        }
+    }
+
     /// The `message` frame for the author's own sessions, from the frame of
     /// [`Encoded::message`]: the same with the author's `client_id` as its last field.
     /// Byte for byte what [`Encoded::new`] writes for the message.
@@ -1370,34 +1424,36 @@ pub mod ts_millis {
     /// `None` otherwise.
     pub(crate) fn write_fast<'a>(ts: &DateTime<Utc>, buf: &'a mut [u8; 24]) -> Option<&'a str> {
         use chrono::{Datelike, Timelike};
-        let year = u32::try_from(ts.year()).ok().filter(|y| *y <= 9999)?;
-        let nanos = ts.nanosecond();
+        // One conversion to the naive UTC date and time: each accessor of a
+        // `DateTime<Utc>` converts again.
+        let naive = ts.naive_utc();
+        let (date, time) = (naive.date(), naive.time());
+        let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+        let nanos = time.nanosecond();
         if nanos >= 1_000_000_000 {
             return None; // a leap second: let chrono spell it
         }
-        let mut put = |at: usize, value: u32, digits: u32| {
-            for i in 0..digits {
-                let d = value / 10u32.pow(digits - 1 - i) % 10;
-                buf[at + i as usize] = b'0' + d as u8;
-            }
+        let two = |buf: &mut [u8; 24], at: usize, v: u32| {
+            buf[at] = b'0' + (v / 10) as u8;
+            buf[at + 1] = b'0' + (v % 10) as u8;
         };
-        put(0, year, 4);
-        put(5, ts.month(), 2);
-        put(8, ts.day(), 2);
-        put(11, ts.hour(), 2);
-        put(14, ts.minute(), 2);
-        put(17, ts.second(), 2);
-        put(20, nanos / 1_000_000, 3);
-        for (at, c) in [
-            (4, b'-'),
-            (7, b'-'),
-            (10, b'T'),
-            (13, b':'),
-            (16, b':'),
-            (19, b'.'),
-        ] {
-            buf[at] = c;
-        }
+        let secs = time.num_seconds_from_midnight();
+        two(buf, 0, year / 100);
+        two(buf, 2, year % 100);
+        buf[4] = b'-';
+        two(buf, 5, date.month());
+        buf[7] = b'-';
+        two(buf, 8, date.day());
+        buf[10] = b'T';
+        two(buf, 11, secs / 3600);
+        buf[13] = b':';
+        two(buf, 14, secs / 60 % 60);
+        buf[16] = b':';
+        two(buf, 17, secs % 60);
+        buf[19] = b'.';
+        let millis = nanos / 1_000_000;
+        buf[20] = b'0' + (millis / 100) as u8;
+        two(buf, 21, millis % 100);
         buf[23] = b'Z';
         std::str::from_utf8(buf).ok()
     }
@@ -1482,6 +1538,46 @@ mod tests {
                 let mine = super::Encoded::message_for_author(&lean, cid);
                 assert_eq!(mine, serde((*full).clone()));
             }
+        }
+    }
+
+    /// The hand-written `ack` is exactly what serde writes, with and without a request
+    /// id and a client id, for a duplicate or not, with any timestamp.
+    #[test]
+    fn ack_frames_match_serde() {
+        for (id, cid, duplicate, ts) in [
+            (
+                Some(7),
+                Some("c-1"),
+                false,
+                Utc.timestamp_opt(1_767_323_045, 42_000_000).unwrap(),
+            ),
+            (None, None, true, Utc.timestamp_opt(0, 0).unwrap()),
+            (
+                Some(u64::MAX),
+                Some("ü\"x"),
+                true,
+                Utc.with_ymd_and_hms(12_345, 1, 1, 0, 0, 0).unwrap(),
+            ),
+        ] {
+            let msg = super::Message::new(
+                crate::RoomName::parse("général", 64, 32).unwrap(),
+                crate::Seq(1234),
+                ts,
+                crate::UserName::parse("Zoë", 32).unwrap(),
+                "hi".into(),
+                cid.map(Into::into),
+            );
+            let id = id.map(crate::RequestId);
+            let serde = super::Encoded::new(&super::ServerFrame::Ack {
+                id,
+                room: msg.room.clone(),
+                seq: msg.seq,
+                ts: msg.ts,
+                client_id: msg.client_id.clone(),
+                duplicate,
+            });
+            assert_eq!(super::Encoded::ack(id, &msg, duplicate), serde);
         }
     }
 

@@ -169,15 +169,8 @@ impl Env<'_> {
         match acker {
             Acker::Session(sid, id) => {
                 if self.out.is_open(*sid) {
-                    let frame = ServerFrame::Ack {
-                        id: *id,
-                        room: msg.room.clone(),
-                        seq: msg.seq,
-                        ts: msg.ts,
-                        client_id: msg.client_id.clone(),
-                        duplicate,
-                    };
-                    self.out.send_to(*sid, &frame);
+                    self.out
+                        .send_encoded(*sid, Encoded::ack(*id, msg, duplicate));
                 }
             }
             Acker::Host(ticket) => {
