@@ -734,6 +734,8 @@ fn a_user_seen_by_a_joiner_within_the_tick_is_told_as_a_leave() {
 fn above_the_threshold_counts_replace_names_and_the_list_is_paged() {
     let mut sim = Sim::with(Config {
         presence_threshold: 3,
+        // The count's own cadence is the next test's.
+        presence_count_tick: TICK,
         ..Config::default()
     });
     for (s, name) in [(1, "ann"), (2, "ben"), (3, "cy")] {
@@ -837,4 +839,63 @@ fn a_blind_version_2_session_gets_no_presence_and_no_list() {
     sim.expect_nothing(2);
     sim.say(2, json!({"type":"members","id":1,"room":"general"}));
     sim.expect_error(2, ErrorCode::Forbidden, Some(1));
+}
+
+/// Above the threshold the count goes out at most once per `presence_count_tick` (1 s
+/// by default): a stream of joins into a big room costs each member one frame a
+/// second, not one per 50 ms tick, and the count is right once the second is over.
+/// At or below the threshold the 50 ms tick is unchanged.
+#[test]
+fn above_the_threshold_the_count_goes_out_once_a_second() {
+    let mut sim = Sim::with(Config {
+        presence_threshold: 3,
+        ..Config::default()
+    });
+    let count_tick = Config::default().presence_count_tick;
+    assert_eq!(count_tick, Duration::from_secs(1));
+    for (s, name) in [(1, "ann"), (2, "ben"), (3, "cy")] {
+        sim.hello_v2(s, name);
+    }
+    sim.advance(TICK);
+    sim.clear();
+    // Twelve joins, one every 50 ms: the room is above the threshold from the first.
+    for i in 0..12u64 {
+        sim.hello_v2(10 + i, &format!("user{i}"));
+        sim.advance(TICK);
+    }
+    sim.advance(count_tick);
+    let frames = diffs(&sim.take(1));
+    assert!(
+        (1..=2).contains(&frames.len()),
+        "one count frame per second, not one per tick: {frames:?}"
+    );
+    assert_eq!(frames.last(), Some(&(vec![], vec![], None, 15)));
+    // Back at the threshold: the whole list, on the 50 ms tick of a small room.
+    for i in 0..12u64 {
+        sim.disconnect(10 + i);
+    }
+    sim.advance(Config::default().presence_grace + count_tick);
+    sim.clear();
+    sim.hello_v2(30, "dot");
+    sim.advance(TICK);
+    assert_eq!(diffs(&sim.take(1)), [], "above the threshold: not yet");
+    sim.advance(count_tick);
+    assert_eq!(
+        diffs(&sim.take(1)),
+        [(vec![], vec![], None, 4)],
+        "above the threshold again: a count, within the second"
+    );
+    sim.say(30, json!({"type":"leave","room":"general"}));
+    sim.advance(TICK);
+    assert_eq!(
+        diffs(&sim.take(1)),
+        [(vec![], vec![], Some(s(&["ann", "ben", "cy"])), 3)]
+    );
+    sim.say(3, json!({"type":"leave","room":"general"}));
+    sim.advance(TICK);
+    assert_eq!(
+        diffs(&sim.take(1)),
+        [(vec![], s(&["cy"]), None, 2)],
+        "a small room keeps the 50 ms tick"
+    );
 }

@@ -486,7 +486,7 @@ fn presence_op() -> impl Strategy<Value = PresenceOp> {
         2 => (0..8usize, 0..2usize).prop_map(|(n, room)| PresenceOp::Join { n, room }),
         2 => (0..8usize, 0..2usize).prop_map(|(n, room)| PresenceOp::Leave { n, room }),
         1 => (0..8usize).prop_map(|n| PresenceOp::Disconnect { n }),
-        2 => prop_oneof![Just(10u64), Just(49), Just(50), Just(6_000)]
+        2 => prop_oneof![Just(10u64), Just(49), Just(50), Just(999), Just(6_000)]
             .prop_map(|ms| PresenceOp::Advance { ms }),
     ]
 }
@@ -509,7 +509,9 @@ fn blind(user: &str, room: &str) -> bool {
     user == "dee" && room == "b"
 }
 
-fn run_presence(ops: &[PresenceOp]) -> Result<(), TestCaseError> {
+/// Runs `ops` with `count_tick` as [`Config::presence_count_tick`]; views are checked
+/// after every advance of at least the longest tick.
+fn run_presence(ops: &[PresenceOp], count_tick: Duration) -> Result<(), TestCaseError> {
     use chat_core::protocol::ServerFrame;
     use chat_core::testing::Sim;
     use chat_core::{Identity, Permissions, RoomName, SessionId, SharedPolicy};
@@ -525,6 +527,7 @@ fn run_presence(ops: &[PresenceOp]) -> Result<(), TestCaseError> {
     let mut sim = Sim::with(Config {
         default_rooms: vec![],
         presence_threshold: THRESHOLD,
+        presence_count_tick: count_tick,
         room_policy: Some(policy),
         frame_rate: Rate {
             burst: 1_000_000,
@@ -629,7 +632,8 @@ fn run_presence(ops: &[PresenceOp]) -> Result<(), TestCaseError> {
             }
         }
         // A whole tick after the last change: every version-2 view is the truth.
-        if matches!(op, PresenceOp::Advance { ms } if *ms >= 50) {
+        let longest = count_tick.max(Duration::from_millis(50));
+        if matches!(op, PresenceOp::Advance { ms } if Duration::from_millis(*ms) >= longest) {
             for &(s, user, v2) in &open {
                 if !v2 {
                     continue;
@@ -683,6 +687,13 @@ proptest! {
     /// presence at all.
     #[test]
     fn coalesced_presence_converges_to_the_truth(ops in proptest::collection::vec(presence_op(), 1..60)) {
-        run_presence(&ops)?;
+        run_presence(&ops, Duration::from_millis(50))?;
+    }
+
+    /// The same with the default count cadence (a room above the threshold hears its
+    /// count at most once a second): views converge once a second has passed.
+    #[test]
+    fn presence_with_a_slower_count_converges_to_the_truth(ops in proptest::collection::vec(presence_op(), 1..60)) {
+        run_presence(&ops, Config::default().presence_count_tick)?;
     }
 }

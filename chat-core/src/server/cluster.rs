@@ -607,7 +607,8 @@ impl Room {
             }
         };
         env.fan_out_presence(self, &Encoded::new(&frame), None, Some(&key));
-        self.note_presence(user, joined, mono, env.config.presence_tick)
+        let tick = env.config.presence_tick_for(self.presence_count());
+        self.note_presence(user, joined, mono, tick)
     }
 }
 

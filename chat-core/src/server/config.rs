@@ -70,6 +70,11 @@ pub struct Config {
     /// came and went, and `joined` lists only the first page of members (`members`
     /// pages the rest).
     pub presence_threshold: usize,
+    /// Version 2: above [`Config::presence_threshold`], the count goes out at most this
+    /// often (a busy room's members need its size, not twenty updates a second of it):
+    /// joins and leaves are gathered for this long instead of
+    /// [`Config::presence_tick`]. Default 1 s.
+    pub presence_count_tick: Duration,
     /// How long a typing indicator lasts unless renewed.
     pub typing_expiry: Duration,
     /// Typing frames accepted per session (excess is dropped silently).
@@ -134,6 +139,7 @@ impl Default for Config {
             presence_grace: Duration::from_secs(5),
             presence_tick: Duration::from_millis(50),
             presence_threshold: 200,
+            presence_count_tick: Duration::from_secs(1),
             typing_expiry: Duration::from_secs(6),
             typing_rate: Rate {
                 burst: 4,
@@ -162,6 +168,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How long a room of `count` users gathers presence changes before its tick.
+    #[must_use]
+    pub(crate) fn presence_tick_for(&self, count: usize) -> Duration {
+        if count > self.presence_threshold {
+            self.presence_tick.max(self.presence_count_tick)
+        } else {
+            self.presence_tick
+        }
+    }
+
     /// The limits as announced to clients.
     #[must_use]
     pub fn limits(&self) -> Limits {

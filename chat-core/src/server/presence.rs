@@ -132,10 +132,10 @@ impl State {
         user: &UserName,
         present: bool,
     ) {
-        let tick = self.config.presence_tick;
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
+        let tick = self.config.presence_tick_for(room.presence_count());
         if let Some(at) = room.note_presence(user, present, now.mono, tick) {
             self.timers.arm(at, Timer::Presence(room_name.clone()));
         }
