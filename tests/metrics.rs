@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use chat_core::RequestId;
 use chat_core::protocol::{
-    ClientFrame, HelloRequest, PROTOCOL_VERSION_1 as PROTOCOL_VERSION, SendRequest, ServerFrame,
+    ClientFrame, EditRequest, HelloRequest, PROTOCOL_VERSION_1 as PROTOCOL_VERSION, SendRequest,
+    ServerFrame,
 };
 use common::{ServerProcess, get, sample};
 use futures::{SinkExt, StreamExt};
@@ -123,7 +124,36 @@ async fn metrics_move_with_what_clients_do() {
     ws.send(Message::text(serde_json::to_string(&post).unwrap()))
         .await
         .unwrap();
-    while !matches!(recv(&mut ws).await, ServerFrame::Ack { .. }) {}
+    let seq = loop {
+        if let ServerFrame::Ack { seq, .. } = recv(&mut ws).await {
+            break seq;
+        }
+    };
+    // An edit of it: a change, counted as one, not as a message.
+    let edit = ClientFrame::Edit(EditRequest {
+        id: Some(RequestId(2)),
+        room: "general".into(),
+        seq,
+        body: "counted, edited".into(),
+        client_id: None,
+    });
+    ws.send(Message::text(serde_json::to_string(&edit).unwrap()))
+        .await
+        .unwrap();
+    while !matches!(
+        recv(&mut ws).await,
+        ServerFrame::Ack {
+            id: Some(RequestId(2)),
+            ..
+        }
+    ) {}
+    let counted = wait_for(&addr, r#"chat_changes_total{kind="edit"}"#, 1.0).await;
+    assert_eq!(sample(&counted, "chat_messages_total"), 1.0, "{counted}");
+    assert_eq!(
+        sample(&counted, r#"chat_changes_total{kind="edit"}"#),
+        1.0,
+        "{counted}"
+    );
 
     // A second connection from the same address: over the per-address cap of 1.
     match tokio_tungstenite::connect_async(&url).await {

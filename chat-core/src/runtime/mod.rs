@@ -1239,9 +1239,12 @@ impl Driver {
     fn on_event(&mut self, event: Event) {
         self.relay(&event);
         match &event {
-            Event::MessagePosted(_) => {
+            Event::MessagePosted(m) if m.kind.is_message() => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("chat_messages_total").increment(1);
+            }
+            Event::MessagePosted(m) => {
+                metrics::counter!("chat_changes_total", "kind" => m.kind.as_str()).increment(1);
             }
             Event::Rejected { code, .. } => {
                 metrics::counter!("chat_errors_total", "code" => code.as_str()).increment(1);
