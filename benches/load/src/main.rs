@@ -813,10 +813,16 @@ async fn receive(
     match shared.proto.classify(text) {
         In::Message(ts) => {
             shared.received.set(shared.received.get() + 1);
-            // Socket.IO has no ack: a sender's own copy answers its message (each
-            // sender's messages come back in the order it sent them).
-            if shared.proto == Proto::Sio && ts.is_some() && mine.front() == ts.as_ref() {
-                mine.pop_front();
+            // Socket.IO has no ack: a sender's own copy answers its message. Not
+            // necessarily in the order it sent them: socketioxide runs each event's
+            // handler as its own task, so two of one sender's messages can be emitted
+            // out of order (matching only the oldest leaked a slot per swap, and the
+            // saturated mode stalled after ~15 messages per sender).
+            if shared.proto == Proto::Sio
+                && let Some(ts) = ts
+                && let Some(i) = mine.iter().position(|m| *m == ts)
+            {
+                mine.remove(i);
             }
             if let Some(ts) = ts {
                 shared
