@@ -1045,7 +1045,7 @@ async fn moderation_lane(
 async fn fetch_moderation(shared: Shared, room: RoomName) {
     let mut log = shared.log.clone();
     let result = log
-        .read_moderation(&room, Utc::now())
+        .read_moderation(&room)
         .await
         .map_err(|e| StoreError::Unavailable(format!("redis: {e}")));
     let _ = shared

@@ -15,7 +15,8 @@
 //!
 //! `<holder>` is empty for a sanction that binds the name, else the hash of the
 //! anonymous token it binds (docs/PROTOCOL.md). A ban or mute whose end has passed is
-//! left in place and skipped by readers: every server ends it by itself.
+//! left in place (until it is given again or lifted): every server ends it by itself,
+//! and a server that did not hold it skips it.
 
 use chat_core::protocol::Role;
 use chat_core::{ModerationChange, RoomName, UserName};
@@ -48,15 +49,14 @@ impl RedisLog {
     }
 
     /// `room`'s moderation state, as changes to apply to an empty state: roles, bans
-    /// and mutes still in force at `now`, topic, slow mode. Fields that do not parse
-    /// (another program's) are skipped.
+    /// and mutes (with their ends, ended ones too), topic, slow mode. Fields that do not
+    /// parse (another program's) are skipped.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn read_moderation(
         &mut self,
         room: &RoomName,
-        now: DateTime<Utc>,
     ) -> Result<Vec<ModerationChange>, Error> {
         let fields: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.keys.moderation(room.as_str()))
@@ -64,7 +64,7 @@ impl RedisLog {
             .await?;
         Ok(fields
             .into_iter()
-            .filter_map(|(f, v)| decode(room, &f, &v, now))
+            .filter_map(|(f, v)| decode(room, &f, &v))
             .collect())
     }
 }
@@ -121,9 +121,8 @@ fn sanction(
     (String::new(), field, format!("{ends},{user}"))
 }
 
-/// One field back as a change; `None` for a field that does not parse, or a ban or
-/// mute that has ended.
-fn decode(room: &RoomName, field: &str, value: &str, now: DateTime<Utc>) -> Option<ModerationChange> {
+/// One field back as a change; `None` for a field that does not parse.
+fn decode(room: &RoomName, field: &str, value: &str) -> Option<ModerationChange> {
     let room = room.clone();
     let name = |s: &str| UserName::parse(s, usize::MAX).ok().filter(|u| u.as_str() == s);
     match field {
@@ -158,9 +157,6 @@ fn decode(room: &RoomName, field: &str, value: &str, now: DateTime<Utc>) -> Opti
             } else {
                 Some(DateTime::from_timestamp_millis(first.parse().ok()?)?)
             };
-            if until.is_some_and(|u| u <= now) {
-                return None; // ended: every server lifted it by itself
-            }
             let holder = (!holder.is_empty()).then(|| holder.to_owned());
             Some(if kind == "ban" {
                 ModerationChange::Ban {
@@ -220,16 +216,11 @@ mod tests {
             },
         ] {
             let (_, field, value) = encode(&change).unwrap();
-            assert_eq!(decode(&room, &field, &value, now), Some(change));
+            assert_eq!(decode(&room, &field, &value), Some(change));
         }
-        // An ended ban reads as nothing.
-        let ended = ModerationChange::Ban {
-            room: room.clone(),
-            user: bob,
-            until: Some(now),
-            holder: None,
-        };
-        let (_, field, value) = encode(&ended).unwrap();
-        assert_eq!(decode(&room, &field, &value, now), None);
+        // Not ours: skipped.
+        assert_eq!(decode(&room, "ban,bob,", "soon,bob"), None);
+        assert_eq!(decode(&room, "ban,bob,", "1,alice"), None);
+        assert_eq!(decode(&room, "kick,bob,", "1,bob"), None);
     }
 }

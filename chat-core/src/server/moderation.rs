@@ -743,7 +743,7 @@ impl Server {
         let Some(asked) = self.st.mod_asked.remove(&room) else {
             return;
         };
-        let Ok(changes) = result else {
+        let Ok(mut changes) = result else {
             return; // keep what this server has; the next catch-up asks again
         };
         let st = &mut self.st;
@@ -754,6 +754,18 @@ impl Server {
         }
         let access = st.access.entry(room.clone()).or_default();
         let old = std::mem::take(&mut access.sanctions);
+        // A sanction that has ended is lifted (and told) by the servers that held it,
+        // each once; one this server never held is no news here.
+        changes.retain(|c| match c.sanction() {
+            Some((kind, user, Some(Some(until)), holder)) if until <= now.utc => {
+                let subject = Subject {
+                    key: user.key(),
+                    holder: holder.map(str::to_owned),
+                };
+                old.of(kind).contains_key(&subject)
+            }
+            _ => true,
+        });
         access.roles.clear();
         access.topic = None;
         access.slow_mode = 0;
