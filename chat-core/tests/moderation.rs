@@ -139,6 +139,12 @@ fn a_ban_keeps_the_user_out_of_the_room_its_history_and_its_listing_until_it_exp
     sim.say(2, json!({"type":"join","id":7,"room":"lobby"}));
     sim.expect_error(2, ErrorCode::Forbidden, Some(7));
     sim.server.unban("lobby", "bob").unwrap();
+    sim.drain();
+    // Lifted by the host: bob, outside the room, is told too.
+    assert_eq!(
+        moderated(&sim.take(2)),
+        [("bob".to_owned(), ModAction::Unban, None)]
+    );
     sim.say(2, json!({"type":"join","id":8,"room":"lobby"}));
     sim.expect_kinds(2, &["joined"]);
 }
