@@ -1737,7 +1737,11 @@ async fn a_server_started_later_knows_the_rooms_moderation_state() {
         let done = carol
             .until(|f| f["type"] == "done" || f["type"] == "error")
             .await;
-        assert_eq!((done["type"].as_str(), done["id"].as_u64()), (Some("done"), Some(id)), "{done}");
+        assert_eq!(
+            (done["type"].as_str(), done["id"].as_u64()),
+            (Some("done"), Some(id)),
+            "{done}"
+        );
     }
 
     // C starts after all of it, and heard none of it.

@@ -1487,7 +1487,11 @@ fn the_logs_moderation_state_bans_here_and_binds_the_token_not_the_name() {
     sim.clear();
     // Every catch-up of all rooms asks for the state again; the answer bans bob.
     sim.input(Input::CatchUp { room: None });
-    assert!(sim.moderation_fetches.contains(&room), "{:?}", sim.moderation_fetches);
+    assert!(
+        sim.moderation_fetches.contains(&room),
+        "{:?}",
+        sim.moderation_fetches
+    );
     let ban = chat_core::ModerationChange::Ban {
         room: room.clone(),
         user: bob.clone(),
@@ -1516,7 +1520,10 @@ fn the_logs_moderation_state_bans_here_and_binds_the_token_not_the_name() {
     assert_eq!(again, holder, "the same token, the same holder");
     sim.say(2, json!({"type": "join", "id": 3, "room": "lobby"}));
     load_with(&mut sim, std::slice::from_ref(&ban));
-    assert!(forbidden(&mut sim, 2, 3), "bob with his token is still banned");
+    assert!(
+        forbidden(&mut sim, 2, 3),
+        "bob with his token is still banned"
+    );
     sim.disconnect(2);
     sim.advance(Duration::from_secs(60));
     // Someone else takes the freed name: another holder, not banned.
@@ -1526,7 +1533,9 @@ fn the_logs_moderation_state_bans_here_and_binds_the_token_not_the_name() {
     load_with(&mut sim, std::slice::from_ref(&ban));
     let frames = sim.take(3);
     assert!(
-        frames.iter().any(|f| matches!(f, ServerFrame::Joined { id: Some(i), .. } if i.0 == 4)),
+        frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Joined { id: Some(i), .. } if i.0 == 4)),
         "the next holder of the name joins: {frames:?}"
     );
     // A read asked before this server's own change is stale: the host bans the new
@@ -1545,5 +1554,8 @@ fn the_logs_moderation_state_bans_here_and_binds_the_token_not_the_name() {
     sim.clear();
     sim.say(3, json!({"type": "join", "id": 5, "room": "lobby"}));
     assert!(sim.room_loads.is_empty());
-    assert!(forbidden(&mut sim, 3, 5), "the stale read did not lift the ban");
+    assert!(
+        forbidden(&mut sim, 3, 5),
+        "the stale read did not lift the ban"
+    );
 }

@@ -994,7 +994,9 @@ fn an_anonymous_ban_binds_the_user_holding_the_name_not_the_next_holder() {
     let mut sim = Sim::with(lobby());
     sim.hello(1, "alice");
     let token = sim.hello(2, "bob");
-    sim.server.ban(sim.now, "lobby", "bob", "spam", None).unwrap();
+    sim.server
+        .ban(sim.now, "lobby", "bob", "spam", None)
+        .unwrap();
     sim.drain();
     // Bob leaves and comes back within the grace period with his token: still bob,
     // still banned.
@@ -1077,12 +1079,17 @@ fn a_manual_unban_and_unmute_reach_the_users_sessions_outside_the_room() {
     sim.server.mute("lobby", "bob", true).unwrap();
     sim.drain();
     sim.clear();
-    sim.server.set_role("lobby", "alice", Role::Moderator).unwrap();
+    sim.server
+        .set_role("lobby", "alice", Role::Moderator)
+        .unwrap();
     sim.drain();
     sim.clear();
     sim.say(2, json!({"type":"leave","room":"lobby"}));
     sim.clear();
-    sim.say(1, json!({"type":"unmute","id":7,"room":"lobby","user":"bob"}));
+    sim.say(
+        1,
+        json!({"type":"unmute","id":7,"room":"lobby","user":"bob"}),
+    );
     let told = [("bob".to_owned(), ModAction::Unmute, None)];
     assert_eq!(moderated(&sim.take(2)), told);
     assert!(matches!(

@@ -1004,10 +1004,7 @@ async fn publish_control(shared: Shared, control: chat_core::runtime::ClusterCon
 /// Writes moderation changes in the order made ([`ClusterRequest::SaveModeration`]),
 /// each tried every 500 ms for 2 s, answers each, then publishes the action that made
 /// it (even when the write failed: the servers that hear it carry it out).
-async fn moderation_lane(
-    shared: Shared,
-    mut changes: mpsc::UnboundedReceiver<ModerationLane>,
-) {
+async fn moderation_lane(shared: Shared, mut changes: mpsc::UnboundedReceiver<ModerationLane>) {
     let mut log = shared.log.clone();
     while let Some((ticket, change, relay)) = changes.recv().await {
         let mut result = Ok(());

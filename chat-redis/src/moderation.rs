@@ -124,12 +124,18 @@ fn sanction(
 /// One field back as a change; `None` for a field that does not parse.
 fn decode(room: &RoomName, field: &str, value: &str) -> Option<ModerationChange> {
     let room = room.clone();
-    let name = |s: &str| UserName::parse(s, usize::MAX).ok().filter(|u| u.as_str() == s);
+    let name = |s: &str| {
+        UserName::parse(s, usize::MAX)
+            .ok()
+            .filter(|u| u.as_str() == s)
+    };
     match field {
-        "topic" => return Some(ModerationChange::Topic {
-            room,
-            topic: value.to_owned(),
-        }),
+        "topic" => {
+            return Some(ModerationChange::Topic {
+                room,
+                topic: value.to_owned(),
+            });
+        }
         "slow" => {
             return Some(ModerationChange::SlowMode {
                 room,

@@ -297,7 +297,8 @@ impl State {
             for room in self.rooms.keys() {
                 if RoomKind::of(room).has_membership() {
                     self.mod_asked.insert(room.clone(), self.mod_changes);
-                    self.out.push(Output::FetchModeration { room: room.clone() });
+                    self.out
+                        .push(Output::FetchModeration { room: room.clone() });
                 }
             }
         }

@@ -615,7 +615,12 @@ impl Server {
         let change = if let Some((kind, given)) = op.sanction() {
             let subject = st.subject_of(&key);
             let holder = subject.holder().map(str::to_owned);
-            let held = st.access.entry(r.clone()).or_default().sanctions.of_mut(kind);
+            let held = st
+                .access
+                .entry(r.clone())
+                .or_default()
+                .sanctions
+                .of_mut(kind);
             if given {
                 held.insert(subject.clone(), until);
                 if let Some(at) = until {
@@ -1134,7 +1139,12 @@ impl State {
         let room = change.room().clone();
         if let Some((kind, user, given, holder)) = change.sanction() {
             let key = user.key();
-            let held = self.access.entry(room.clone()).or_default().sanctions.of_mut(kind);
+            let held = self
+                .access
+                .entry(room.clone())
+                .or_default()
+                .sanctions
+                .of_mut(kind);
             match given {
                 Some(until) => {
                     let subject = Subject {
