@@ -1789,3 +1789,58 @@ async fn a_server_started_later_knows_the_rooms_moderation_state() {
     dave_d.send_until_acked(ROOM, "and from D", "d3").await;
     drop((a, c, d));
 }
+
+/// A ban relayed while a server's subscription is dead is not lost: the server reads
+/// the room's moderation state from Redis once it has subscribed again (and at every
+/// periodic check), takes the banned user's session there out of the room and keeps
+/// him out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_missed_by_a_dead_subscription_is_read_from_redis() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let (a, admin_a) = node_with_admin(&redis);
+    let b = node_at(&proxy.url());
+    let mut carol = Client::connect(&a.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["bob", "carol"].map(String::from).into();
+    for c in [&mut carol, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    let answer = admin_post(
+        &admin_a,
+        "/role",
+        &format!("room={ROOM}&user=carol&role=moderator"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    bob.until(|f| f["type"] == "moderated" && f["action"] == "set_role")
+        .await;
+
+    // B's pub/sub goes silent: the relayed ban never reaches it.
+    proxy.blackhole_subscribers();
+    carol
+        .frame(json!({"type": "ban", "id": 95, "room": ROOM, "user": "bob", "reason": "spam"}))
+        .await;
+    let done = carol
+        .until(|f| f["type"] == "done" || f["type"] == "error")
+        .await;
+    assert_eq!(done["type"], "done", "{done}");
+    // B finds out from Redis: bob leaves the room there (no `moderated`: the action
+    // itself was missed) and may not come back.
+    let left = bob.until(|f| f["type"] == "left").await;
+    assert_eq!(left["room"], ROOM, "{left}");
+    let again = bob.join(ROOM, None).await;
+    assert_eq!(
+        (again["type"].as_str(), again["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{again}"
+    );
+    carol
+        .pump(WAIT, "bob gone", |c| !c.members.contains("bob"))
+        .await;
+    drop((a, b));
+}
