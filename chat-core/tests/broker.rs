@@ -339,11 +339,15 @@ async fn moderation_is_written_through_the_broker_before_the_host_is_answered() 
     .await
     .expect("cluster mode starts");
     let inbox = broker.inbox.lock().unwrap().clone().expect("started");
-    let host = hub.clone();
-    let mut ban = tokio::spawn(async move {
-        host.ban("lobby", "bob", "spam", Some(Duration::from_millis(300)))
+    let ban = hub.ban("lobby", "bob", "spam", Some(Duration::from_millis(300)));
+    tokio::pin!(ban);
+    // The host waits for the write.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut ban)
             .await
-    });
+            .is_err(),
+        "answered before the write"
+    );
     let ClusterRequest::SaveModeration {
         ticket,
         change,
@@ -366,20 +370,13 @@ async fn moderation_is_written_through_the_broker_before_the_host_is_answered() 
         ),
         "the action is published after the write: {relay:?}"
     );
-    // The host waits for the write.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut ban)
-            .await
-            .is_err(),
-        "answered before the write"
-    );
     inbox
         .answer(Input::ModerationSaved {
             ticket,
             result: Ok(()),
         })
         .unwrap();
-    let answer = tokio::time::timeout(WAIT, ban).await.unwrap().unwrap();
+    let answer = tokio::time::timeout(WAIT, ban).await.unwrap();
     assert_eq!(answer, Ok(Ok(0)));
     // The ban ends here by itself: nothing goes to the broker for it.
     tokio::time::sleep(Duration::from_millis(600)).await;
