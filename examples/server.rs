@@ -320,6 +320,7 @@ async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Resul
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::post;
     use std::collections::HashMap;
+    use subtle::ConstantTimeEq as _;
 
     anyhow::ensure!(
         addr.ip().is_loopback(),
@@ -341,8 +342,10 @@ async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Resul
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        // In constant time (subtle): a byte-by-byte `==` stops at the first difference,
+        // so its timing would tell an attacker how much of a guess is right.
         match given {
-            Some(t) if t.as_bytes() == admin.token.as_bytes() => Ok(()),
+            Some(t) if bool::from(t.as_bytes().ct_eq(admin.token.as_bytes())) => Ok(()),
             _ => Err((
                 StatusCode::UNAUTHORIZED,
                 "a bearer token is needed\n".into(),

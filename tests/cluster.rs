@@ -1693,3 +1693,154 @@ async fn revoke_and_moderation_reach_every_server() {
     );
     drop((a, b));
 }
+
+/// Moderation state lives in Redis (docs/CLUSTER.md, "Moderation state"): a server
+/// started after a ban, a mute, a role and a topic were given on another server knows
+/// them all when it loads the room. The banned user (the same anonymous user: his
+/// token) cannot join there, the muted one reads but cannot send, the topic is in
+/// `joined`, and the moderator's role holds there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_later_knows_the_rooms_moderation_state() {
+    let redis = Redis::start();
+    let (a, admin_a) = node_with_admin(&redis);
+    let mut carol = Client::connect(&a.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    let mut bob = Client::connect(&a.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let mut dave = Client::connect(&a.addr, "dave").await;
+    dave.join(ROOM, None).await;
+    let answer = admin_post(
+        &admin_a,
+        "/role",
+        &format!("room={ROOM}&user=carol&role=moderator"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    carol
+        .until(|f| f["type"] == "moderated" && f["action"] == "set_role")
+        .await;
+    for (id, frame) in [
+        (
+            91,
+            json!({"type": "ban", "id": 91, "room": ROOM, "user": "bob", "reason": "spam", "minutes": 10}),
+        ),
+        (
+            92,
+            json!({"type": "mute", "id": 92, "room": ROOM, "user": "dave"}),
+        ),
+        (
+            93,
+            json!({"type": "topic", "id": 93, "room": ROOM, "topic": "release on friday"}),
+        ),
+    ] {
+        carol.frame(frame).await;
+        let done = carol
+            .until(|f| f["type"] == "done" || f["type"] == "error")
+            .await;
+        assert_eq!(
+            (done["type"].as_str(), done["id"].as_u64()),
+            (Some("done"), Some(id)),
+            "{done}"
+        );
+    }
+
+    // C starts after all of it, and heard none of it.
+    let c = node(&redis);
+    let mut bob_c = Client::connect_as(&c.addr, "bob", Some(&bob.token)).await;
+    let refused = bob_c.join(ROOM, None).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "bob is still banned on C: {refused}"
+    );
+    let mut dave_c = Client::connect_as(&c.addr, "dave", Some(&dave.token)).await;
+    let joined = dave_c.join(ROOM, None).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["topic"], "release on friday", "{joined}");
+    let id = dave_c.send(ROOM, "may I speak?", "d1").await;
+    let error = dave_c
+        .until(|f| f["type"] == "error" || f["type"] == "ack")
+        .await;
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_u64()),
+        (Some("forbidden"), Some(id)),
+        "dave is still muted on C: {error}"
+    );
+    // Carol's role holds on C: she lifts the mute from there.
+    let mut carol_c = Client::connect_as(&c.addr, "carol", Some(&carol.token)).await;
+    let joined = carol_c.join(ROOM, None).await;
+    assert_eq!(joined["role"], "moderator", "{joined}");
+    carol_c
+        .frame(json!({"type": "unmute", "id": 94, "room": ROOM, "user": "dave"}))
+        .await;
+    let done = carol_c
+        .until(|f| f["type"] == "done" || f["type"] == "error")
+        .await;
+    assert_eq!(done["type"], "done", "{done}");
+    dave_c
+        .until(|f| f["type"] == "moderated" && f["action"] == "unmute")
+        .await;
+    dave_c.send_until_acked(ROOM, "thanks", "d2").await;
+    // A server started after the unmute knows that too: dave may post there.
+    let d = node(&redis);
+    let mut dave_d = Client::connect_as(&d.addr, "dave", Some(&dave.token)).await;
+    let joined = dave_d.join(ROOM, None).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    dave_d.send_until_acked(ROOM, "and from D", "d3").await;
+    drop((a, c, d));
+}
+
+/// A ban relayed while a server's subscription is dead is not lost: the server reads
+/// the room's moderation state from Redis once it has subscribed again (and at every
+/// periodic check), takes the banned user's session there out of the room and keeps
+/// him out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_missed_by_a_dead_subscription_is_read_from_redis() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let (a, admin_a) = node_with_admin(&redis);
+    let b = node_at(&proxy.url());
+    let mut carol = Client::connect(&a.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    let mut bob = Client::connect(&b.addr, "bob").await;
+    bob.join(ROOM, None).await;
+    let both: BTreeSet<String> = ["bob", "carol"].map(String::from).into();
+    for c in [&mut carol, &mut bob] {
+        let want = both.clone();
+        c.pump(WAIT, "both present", move |c| c.members == want)
+            .await;
+    }
+    let answer = admin_post(
+        &admin_a,
+        "/role",
+        &format!("room={ROOM}&user=carol&role=moderator"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    bob.until(|f| f["type"] == "moderated" && f["action"] == "set_role")
+        .await;
+
+    // B's pub/sub goes silent: the relayed ban never reaches it.
+    proxy.blackhole_subscribers();
+    carol
+        .frame(json!({"type": "ban", "id": 95, "room": ROOM, "user": "bob", "reason": "spam"}))
+        .await;
+    let done = carol
+        .until(|f| f["type"] == "done" || f["type"] == "error")
+        .await;
+    assert_eq!(done["type"], "done", "{done}");
+    // B finds out from Redis: bob leaves the room there (no `moderated`: the action
+    // itself was missed) and may not come back.
+    let left = bob.until(|f| f["type"] == "left").await;
+    assert_eq!(left["room"], ROOM, "{left}");
+    let again = bob.join(ROOM, None).await;
+    assert_eq!(
+        (again["type"].as_str(), again["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{again}"
+    );
+    carol
+        .pump(WAIT, "bob gone", |c| !c.members.contains("bob"))
+        .await;
+    drop((a, b));
+}

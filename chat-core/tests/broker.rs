@@ -316,3 +316,98 @@ async fn spawn_refuses_what_cluster_mode_cannot_be() {
         "{with_store:?}"
     );
 }
+
+/// Cluster mode: a moderation change goes to the broker to be written into the shared
+/// state, with the action to relay after it; the host's call returns once the broker
+/// has answered. A timed ban's end is neither relayed nor written (every server ends
+/// it by itself), and an action another server relayed is carried out without being
+/// written again.
+#[tokio::test]
+async fn moderation_is_written_through_the_broker_before_the_host_is_answered() {
+    use chat_core::ModerationChange;
+    use chat_core::protocol::ModAction;
+    use chat_core::runtime::ClusterControl;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let broker = Arc::new(Scripted {
+        inbox: Mutex::new(None),
+        requests: tx,
+    });
+    let hub = Hub::spawn(HubConfig {
+        cluster: Some(broker.clone()),
+        ..HubConfig::default()
+    })
+    .await
+    .expect("cluster mode starts");
+    let inbox = broker.inbox.lock().unwrap().clone().expect("started");
+    let ban = hub.ban("lobby", "bob", "spam", Some(Duration::from_millis(300)));
+    tokio::pin!(ban);
+    // The host waits for the write.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut ban)
+            .await
+            .is_err(),
+        "answered before the write"
+    );
+    let ClusterRequest::SaveModeration {
+        ticket,
+        change,
+        relay,
+    } = request(&mut rx).await
+    else {
+        panic!("SaveModeration first")
+    };
+    assert!(
+        matches!(&change, ModerationChange::Ban { user, until: Some(_), .. } if user.as_str() == "bob"),
+        "{change:?}"
+    );
+    assert!(
+        matches!(
+            &relay,
+            Some(ClusterControl::Moderated {
+                action: ModAction::Ban,
+                ..
+            })
+        ),
+        "the action is published after the write: {relay:?}"
+    );
+    inbox
+        .answer(Input::ModerationSaved {
+            ticket,
+            result: Ok(()),
+        })
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, ban).await.unwrap();
+    assert_eq!(answer, Ok(Ok(0)));
+    // The ban ends here by itself: nothing goes to the broker for it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "the end is neither relayed nor written"
+    );
+    // Another server's action is carried out here (reported to this host) without a
+    // write.
+    let mut events = hub.events();
+    inbox
+        .relayed(ClusterControl::Topic {
+            room: chat_core::RoomName::parse("lobby", 64, 32).unwrap(),
+            topic: "from elsewhere".into(),
+            by: None,
+        })
+        .await
+        .unwrap();
+    let topic = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(chat_core::Event::TopicChanged { topic, .. }) = events.recv().await {
+                return topic;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(topic, "from elsewhere");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "a relayed action is not written again"
+    );
+}

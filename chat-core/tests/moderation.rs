@@ -139,6 +139,12 @@ fn a_ban_keeps_the_user_out_of_the_room_its_history_and_its_listing_until_it_exp
     sim.say(2, json!({"type":"join","id":7,"room":"lobby"}));
     sim.expect_error(2, ErrorCode::Forbidden, Some(7));
     sim.server.unban("lobby", "bob").unwrap();
+    sim.drain();
+    // Lifted by the host: bob, outside the room, is told too.
+    assert_eq!(
+        moderated(&sim.take(2)),
+        [("bob".to_owned(), ModAction::Unban, None)]
+    );
     sim.say(2, json!({"type":"join","id":8,"room":"lobby"}));
     sim.expect_kinds(2, &["joined"]);
 }
@@ -981,4 +987,113 @@ fn the_hosts_timed_mute_is_told_with_its_reason_and_ends_by_itself() {
     sim.send(2, 3, "lobby", "thanks");
     sim.expect_kinds(2, &["message", "ack"]);
     sim.expect_kinds(1, &["message"]);
+}
+
+#[test]
+fn an_anonymous_ban_binds_the_user_holding_the_name_not_the_next_holder() {
+    let mut sim = Sim::with(lobby());
+    sim.hello(1, "alice");
+    let token = sim.hello(2, "bob");
+    sim.server
+        .ban(sim.now, "lobby", "bob", "spam", None)
+        .unwrap();
+    sim.drain();
+    // Bob leaves and comes back within the grace period with his token: still bob,
+    // still banned.
+    sim.disconnect(2);
+    sim.advance(Duration::from_secs(2));
+    sim.hello_with_token(3, "bob", &token);
+    sim.clear();
+    sim.say(3, json!({"type":"join","id":1,"room":"lobby"}));
+    sim.expect_error(3, ErrorCode::Forbidden, Some(1));
+    // He leaves for good: once the grace period is over the name is free, and whoever
+    // takes it next is another user, whom bob's ban does not bind.
+    sim.disconnect(3);
+    sim.advance(Duration::from_secs(10));
+    let other = sim.hello(4, "bob");
+    assert_ne!(other, token);
+    let joined = sim.take(4);
+    assert!(
+        joined.iter().any(|f| kind(f) == "joined"),
+        "the new bob joins the lobby: {joined:?}"
+    );
+    sim.send(4, 2, "lobby", "hi, I am new here");
+    sim.expect_kinds(4, &["message", "ack"]);
+    // The original bob, with his old token, is not the new holder: refused.
+    sim.hello_as(5, "bob", Some(&token));
+    sim.expect_error(5, ErrorCode::NameTaken, None);
+}
+
+#[test]
+fn a_host_identity_stays_banned_by_its_id_whoever_connects() {
+    // Host mode: the id is the host's user for good, so the ban binds it.
+    let mut sim = Sim::with(lobby());
+    sim.connect_as(1, Identity::new("bob"));
+    sim.say(1, json!({"type":"hello","version":1,"name":"ignored"}));
+    sim.server.ban(sim.now, "lobby", "bob", "", None).unwrap();
+    sim.drain();
+    sim.disconnect(1);
+    sim.advance(Duration::from_secs(10));
+    sim.connect_as(2, Identity::new("bob"));
+    sim.say(2, json!({"type":"hello","version":1,"name":"ignored"}));
+    sim.clear();
+    sim.say(2, json!({"type":"join","id":1,"room":"lobby"}));
+    sim.expect_error(2, ErrorCode::Forbidden, Some(1));
+}
+
+#[test]
+fn a_ban_given_while_nobody_holds_the_name_binds_the_name() {
+    let mut sim = Sim::with(lobby());
+    sim.hello(1, "alice");
+    sim.server.ban(sim.now, "lobby", "bob", "", None).unwrap();
+    sim.drain();
+    sim.hello(2, "bob");
+    sim.clear();
+    sim.say(2, json!({"type":"join","id":1,"room":"lobby"}));
+    sim.expect_error(2, ErrorCode::Forbidden, Some(1));
+    sim.server.unban("lobby", "bob").unwrap();
+    sim.drain();
+    sim.clear();
+    sim.say(2, json!({"type":"join","id":2,"room":"lobby"}));
+    sim.expect_kinds(2, &["joined"]);
+}
+
+#[test]
+fn a_manual_unban_and_unmute_reach_the_users_sessions_outside_the_room() {
+    let mut sim = Sim::with(Config {
+        default_rooms: vec!["lobby".into(), "side".into()],
+        ..Config::default()
+    });
+    sim.hello(1, "alice");
+    sim.hello(2, "bob");
+    sim.server.ban(sim.now, "lobby", "bob", "", None).unwrap();
+    sim.drain();
+    sim.clear();
+    // Bob is out of the lobby (in "side" only); the host lifts the ban.
+    sim.server.unban("lobby", "bob").unwrap();
+    sim.drain();
+    let told = [("bob".to_owned(), ModAction::Unban, None)];
+    assert_eq!(moderated(&sim.take(2)), told, "bob learns he may come back");
+    assert_eq!(moderated(&sim.take(1)), told, "the room is told");
+    // A moderator's unmute of a user who left the room reaches them too.
+    sim.server.mute("lobby", "bob", true).unwrap();
+    sim.drain();
+    sim.clear();
+    sim.server
+        .set_role("lobby", "alice", Role::Moderator)
+        .unwrap();
+    sim.drain();
+    sim.clear();
+    sim.say(2, json!({"type":"leave","room":"lobby"}));
+    sim.clear();
+    sim.say(
+        1,
+        json!({"type":"unmute","id":7,"room":"lobby","user":"bob"}),
+    );
+    let told = [("bob".to_owned(), ModAction::Unmute, None)];
+    assert_eq!(moderated(&sim.take(2)), told);
+    assert!(matches!(
+        &sim.take(1)[..],
+        [ServerFrame::Moderated { .. }, ServerFrame::Done { .. }]
+    ));
 }

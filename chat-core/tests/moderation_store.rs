@@ -237,11 +237,13 @@ async fn a_timed_ban_that_ended_while_the_server_was_down_is_lifted_at_startup()
                     room: room.clone(),
                     user: bob.clone(),
                     until: Some(ago),
+                    holder: None,
                 },
                 ModerationChange::Ban {
                     room: room.clone(),
                     user: UserName::parse("eve", 32).unwrap(),
                     until: None,
+                    holder: None,
                 },
             ])
             .unwrap();
@@ -279,6 +281,7 @@ async fn a_timed_ban_that_ended_while_the_server_was_down_is_lifted_at_startup()
             room,
             user: UserName::parse("eve", 32).unwrap(),
             until: None,
+            holder: None,
         }]
     );
 }

@@ -330,7 +330,14 @@ fn the_model_sees_moderation_last_and_end() {
         },
         moderate(0, 2, ModOp::Topic(Some(1))),
     ];
-    let log = Harness::new(durable_and_tight())
+    // Host identities: a sanction binds the user id, so it is stored and outlives a
+    // restart. (An anonymous user's binds their token, which does not outlive the
+    // process: docs/PROTOCOL.md, "Who a sanction binds".)
+    let config = Config {
+        auth: AuthMode::Host,
+        ..durable_and_tight()
+    };
+    let log = Harness::new(config)
         .run(&ops)
         .unwrap_or_else(|e| panic!("{e}"));
     let count = |pat: &str| log.iter().filter(|l| l.contains(pat)).count();

@@ -174,6 +174,7 @@ impl Broker for RedisBroker {
         let rooms = Rooms::default();
         let (rejoin_tx, rejoin) = mpsc::unbounded_channel();
         let (typing_tx, typing) = mpsc::unbounded_channel();
+        let (moderation_tx, moderation) = mpsc::unbounded_channel();
         let shared = Shared {
             node: self.node.clone(),
             epoch: Arc::new(Mutex::new(self.epoch.clone())),
@@ -194,11 +195,13 @@ impl Broker for RedisBroker {
             dirty: BTreeSet::new(),
             presence_busy: false,
             typing: typing_tx,
+            moderation: moderation_tx,
         };
         let mut tasks = self.tasks.lock().expect("not poisoned");
         tasks.push(tokio::spawn(worker.run(requests, rejoin)));
         tasks.push(tokio::spawn(bells_task(shared.clone(), bells)));
         tasks.push(tokio::spawn(typing_task(shared.clone(), typing)));
+        tasks.push(tokio::spawn(moderation_lane(shared.clone(), moderation)));
         tasks.push(tokio::spawn(heartbeat_task(shared, rejoin_tx)));
     }
 
@@ -347,7 +350,16 @@ struct Worker {
     presence_busy: bool,
     /// Typing indicators to publish, in order.
     typing: mpsc::UnboundedSender<(RoomName, UserName, bool)>,
+    /// Moderation changes to write, in order, with the actions to publish after.
+    moderation: mpsc::UnboundedSender<ModerationLane>,
 }
+
+/// A moderation change to write, its ticket, and the action to publish once written.
+type ModerationLane = (
+    u64,
+    chat_core::ModerationChange,
+    Option<chat_core::runtime::ClusterControl>,
+);
 
 impl Worker {
     async fn run(
@@ -502,6 +514,18 @@ impl Worker {
             }
             ClusterRequest::Relay(control) => {
                 tokio::spawn(publish_control(self.shared.clone(), control));
+            }
+            ClusterRequest::SaveModeration {
+                ticket,
+                change,
+                relay,
+            } => {
+                // One lane: changes are written in the order made, each before the
+                // action that made it is published.
+                let _ = self.moderation.send((ticket, change, relay));
+            }
+            ClusterRequest::FetchModeration { room } => {
+                tokio::spawn(fetch_moderation(self.shared.clone(), room));
             }
             other => tracing::error!(request = ?other, "cluster request this broker does not know"),
         }
@@ -977,8 +1001,59 @@ async fn publish_control(shared: Shared, control: chat_core::runtime::ClusterCon
     }
 }
 
-/// Answers [`ClusterRequest::LoadRoom`].
+/// Writes moderation changes in the order made ([`ClusterRequest::SaveModeration`]),
+/// each tried every 500 ms for 2 s, answers each, then publishes the action that made
+/// it (even when the write failed: the servers that hear it carry it out).
+async fn moderation_lane(shared: Shared, mut changes: mpsc::UnboundedReceiver<ModerationLane>) {
+    let mut log = shared.log.clone();
+    while let Some((ticket, change, relay)) = changes.recv().await {
+        let mut result = Ok(());
+        for attempt in 0..5 {
+            match log.save_moderation(&change).await {
+                Ok(()) => {
+                    result = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "writing a moderation change to redis failed");
+                    result = Err(StoreError::Unavailable(format!("redis: {e}")));
+                    if attempt < 4 {
+                        shared.pause(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        if shared
+            .inbox
+            .answer(Input::ModerationSaved { ticket, result })
+            .is_err()
+        {
+            return;
+        }
+        if let Some(control) = relay {
+            tokio::spawn(publish_control(shared.clone(), control));
+        }
+    }
+}
+
+/// Answers [`ClusterRequest::FetchModeration`] (and a [`ClusterRequest::LoadRoom`]'s
+/// first part): nothing is answered when Redis does not (the engine keeps what it has
+/// and asks again at the next catch-up).
+async fn fetch_moderation(shared: Shared, room: RoomName) {
+    let mut log = shared.log.clone();
+    let result = log
+        .read_moderation(&room)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("redis: {e}")));
+    let _ = shared
+        .inbox
+        .answer(Input::ModerationLoaded { room, result });
+}
+
+/// Answers [`ClusterRequest::LoadRoom`]: the room's moderation state first (so that
+/// what waited for the room is checked against it), then the room.
 async fn load_room(shared: Shared, room: RoomName) {
+    fetch_moderation(shared.clone(), room.clone()).await;
     let mut log = shared.log.clone();
     let result = log
         .read_latest(room.as_str(), shared.options.log.window)

@@ -70,6 +70,13 @@ impl Keys {
         format!("{}:{}:on:{node}", self.prefix, Self::tag(room))
     }
 
+    /// The room's moderation state: roles, bans and mutes with their ends, topic and
+    /// slow mode (docs/CLUSTER.md, "Moderation state").
+    #[must_use]
+    pub fn moderation(&self, room: &str) -> String {
+        format!("{}:{}:mod", self.prefix, Self::tag(room))
+    }
+
     /// The room's doorbell channel.
     #[must_use]
     pub fn channel(&self, room: &str) -> String {

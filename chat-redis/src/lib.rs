@@ -17,6 +17,9 @@
 //!   clients when seqs are no longer comparable.
 //! - [`RedisLog::claim_name`], [`RedisLog::shared_secret`]: anonymous names held
 //!   cluster-wide, one token secret for every node.
+//! - [`RedisLog::save_moderation`] / [`RedisLog::read_moderation`]: each room's
+//!   moderation state (roles, bans and mutes with their ends, topic, slow mode), the
+//!   truth every node reads when it loads the room and at each catch-up.
 //! - [`Subscriber`]: the node's doorbell listener, which re-subscribes after every
 //!   reconnect and proves with a probe through its own channel that its subscriptions
 //!   deliver; a full queue marks a room behind instead of dropping silently.
@@ -46,6 +49,7 @@ mod broker;
 mod conn;
 mod doorbell;
 mod keys;
+mod moderation;
 mod subscriber;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -268,6 +272,7 @@ struct Scripts {
     presence: Script,
     claim: Script,
     epoch: Script,
+    moderation: Script,
 }
 
 impl Scripts {
@@ -278,6 +283,7 @@ impl Scripts {
             presence: Script::new(include_str!("lua/presence.lua")),
             claim: Script::new(include_str!("lua/claim.lua")),
             epoch: Script::new(include_str!("lua/epoch.lua")),
+            moderation: Script::new(include_str!("lua/moderation.lua")),
         }
     }
 }

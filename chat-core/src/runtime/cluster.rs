@@ -45,7 +45,8 @@ pub enum ClusterRequest {
         /// The last seq delivered here.
         after: Seq,
     },
-    /// Listen to the room's news, then read it; answer [`Input::RoomLoaded`].
+    /// Listen to the room's news, then read it; answer [`Input::ModerationLoaded`] with
+    /// its moderation state, then [`Input::RoomLoaded`].
     LoadRoom {
         /// The room.
         room: RoomName,
@@ -120,6 +121,25 @@ pub enum ClusterRequest {
     /// must do too (a revocation, a moderation action): publish it to them; theirs come
     /// back through [`BrokerInbox::relayed`].
     Relay(ClusterControl),
+    /// Write a change to a room's moderation state into the log (the state every server
+    /// reads when it loads the room, and again at each catch-up), then publish `relay`
+    /// (if any) as [`ClusterRequest::Relay`] does; answer [`Input::ModerationSaved`]
+    /// with the ticket. A change whose `until` has passed needs no lifting: readers
+    /// skip ended sanctions.
+    SaveModeration {
+        /// Echo in the answer.
+        ticket: u64,
+        /// The change.
+        change: crate::ModerationChange,
+        /// The action that made it, for the other servers.
+        relay: Option<ClusterControl>,
+    },
+    /// Read a room's moderation state; answer [`Input::ModerationLoaded`]. A
+    /// [`ClusterRequest::LoadRoom`] answers it too, before [`Input::RoomLoaded`].
+    FetchModeration {
+        /// The room.
+        room: RoomName,
+    },
 }
 
 /// A host or moderator action carried out on one server, for every other server of the
@@ -250,6 +270,7 @@ impl ClusterRequest {
             },
             Output::FetchLog { room, after } => ClusterRequest::FetchLog { room, after },
             Output::LoadRoom { room } => ClusterRequest::LoadRoom { room },
+            Output::FetchModeration { room } => ClusterRequest::FetchModeration { room },
             Output::UnloadRoom { room } => ClusterRequest::UnloadRoom { room },
             Output::Presence {
                 room,

@@ -39,7 +39,7 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::ids::{ClientMsgId, RoomName, SessionId};
-use crate::protocol::{Encoded, ErrorCode, Message};
+use crate::protocol::{Encoded, ErrorCode, Message, ModAction};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Server,
     StoreError,
@@ -401,6 +401,9 @@ impl Hub {
             shutting_down: false,
             cluster,
             relaying: false,
+            held_relays: std::collections::VecDeque::new(),
+            cluster_saves: std::collections::BTreeSet::new(),
+            cluster_barriers: Vec::new(),
         };
         tokio::spawn(async move {
             driver.run().await;
@@ -820,6 +823,14 @@ struct Driver {
     cluster: Option<Arc<dyn Broker>>,
     /// Carrying out an action another server relayed: its events are not relayed again.
     relaying: bool,
+    /// Cluster mode: actions to relay, held until the drain reaches the change they
+    /// make (published once the change is in the shared log), or its end.
+    held_relays: std::collections::VecDeque<ClusterControl>,
+    /// Cluster mode: moderation changes handed to the broker, not answered yet.
+    cluster_saves: std::collections::BTreeSet<u64>,
+    /// Cluster mode: `Hub` moderation calls waiting for the changes handed to the
+    /// broker before them (the tickets left, the first error).
+    cluster_barriers: Vec<ClusterBarrier>,
     /// Transport rule 3's count: the peer input being handled, its session and the
     /// answers it owes ([`transport::answers`]), until the drain after it parks it or
     /// the driver settles it.
@@ -831,6 +842,13 @@ struct Driver {
     parked: HashMap<(RoomName, u64), (SessionId, usize)>,
     /// Answers to settle after the current drain.
     settling: Vec<(SessionId, usize)>,
+}
+
+/// A `Hub` moderation call waiting for its changes to reach the shared log.
+struct ClusterBarrier {
+    tickets: std::collections::BTreeSet<u64>,
+    error: Option<StoreError>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// Inputs handled per wake-up before outputs are drained: bounds latency under load
@@ -934,6 +952,11 @@ impl Driver {
                             self.settling.push(owed);
                         }
                     }
+                    Input::ModerationSaved { ticket, result }
+                        if self.cluster_saves.remove(ticket) =>
+                    {
+                        self.cluster_saved(*ticket, result);
+                    }
                     Input::Disconnected { session } if self.sessions.remove(*session).is_some() => {
                         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -962,6 +985,13 @@ impl Driver {
             }
             Cmd::Barrier(reply) => match &self.writer {
                 Some(w) => w.submit(Item::Barrier(reply)),
+                None if !self.cluster_saves.is_empty() => {
+                    self.cluster_barriers.push(ClusterBarrier {
+                        tickets: self.cluster_saves.clone(),
+                        error: None,
+                        reply,
+                    });
+                }
                 None => {
                     let _ = reply.send(Ok(()));
                 }
@@ -1047,6 +1077,9 @@ impl Driver {
                             close_session(s, reason);
                         }
                     }
+                    Output::SaveModeration { ticket, change } if self.cluster.is_some() => {
+                        self.save_in_cluster(ticket, change);
+                    }
                     Output::SaveModeration { ticket, change } => match &self.writer {
                         Some(w) => w.submit(Item::Moderation(ticket, change)),
                         None => self.deferred.push(Input::ModerationSaved {
@@ -1093,6 +1126,7 @@ impl Driver {
                     o @ (Output::Append { .. }
                     | Output::LoadRoom { .. }
                     | Output::FetchLog { .. }
+                    | Output::FetchModeration { .. }
                     | Output::UnloadRoom { .. }
                     | Output::Presence { .. }
                     | Output::FetchPresence { .. }
@@ -1113,6 +1147,12 @@ impl Driver {
                     }
                     Output::Event(event) => self.on_event(event),
                     Output::Drained => drained = true,
+                }
+            }
+            // Actions that changed no stored state (a kick, a revocation): published now.
+            if let Some(broker) = &self.cluster {
+                for control in self.held_relays.drain(..) {
+                    broker.submit(ClusterRequest::Relay(control));
                 }
             }
             self.stats.frames_out.fetch_add(out, Ordering::Relaxed);
@@ -1159,7 +1199,6 @@ impl Driver {
     /// Carries out an action another server relayed, as that server did (the same
     /// moderator named in the frames).
     fn apply_relayed(&mut self, now: Now, control: ClusterControl) {
-        use crate::protocol::ModAction;
         use crate::server::ModOp;
         let server = &mut self.server;
         match control {
@@ -1197,10 +1236,61 @@ impl Driver {
         }
     }
 
+    /// Cluster mode: a moderation change goes into the shared log, with the action
+    /// that made it to publish once it is there (so that a server that hears the
+    /// action and then reads the log finds the change). A change a relayed action
+    /// made here is not written again: the server that acted wrote it.
+    fn save_in_cluster(&mut self, ticket: u64, change: crate::ModerationChange) {
+        let relay = self.held_relays.pop_front();
+        match &self.cluster {
+            Some(broker) if !self.relaying => {
+                self.cluster_saves.insert(ticket);
+                broker.submit(ClusterRequest::SaveModeration {
+                    ticket,
+                    change,
+                    relay,
+                });
+            }
+            _ => self.deferred.push(Input::ModerationSaved {
+                ticket,
+                result: Ok(()),
+            }),
+        }
+    }
+
+    /// Cluster mode: the broker's answer for a moderation change; the `Hub` calls that
+    /// waited for it are answered once every change before them is.
+    fn cluster_saved(&mut self, ticket: u64, result: &Result<(), StoreError>) {
+        for barrier in &mut self.cluster_barriers {
+            if barrier.tickets.remove(&ticket)
+                && let Err(e) = result
+            {
+                barrier.error.get_or_insert_with(|| e.clone());
+            }
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cluster_barriers)
+            .into_iter()
+            .partition(|b| b.tickets.is_empty());
+        self.cluster_barriers = waiting;
+        for b in done {
+            let _ = b.reply.send(b.error.map_or(Ok(()), Err));
+        }
+    }
+
     /// A moderation event of this server, for the other servers to carry out too.
-    fn relay(&self, event: &Event) {
-        let Some(broker) = &self.cluster else { return };
-        if self.relaying {
+    /// The end of a timed ban or mute is not relayed: every server ends it by itself.
+    fn relay(&mut self, event: &Event) {
+        if self.cluster.is_none() || self.relaying {
+            return;
+        }
+        if let Event::Moderated {
+            action: ModAction::Unban | ModAction::Unmute,
+            reason: Some(reason),
+            by: None,
+            ..
+        } = event
+            && reason == crate::EXPIRED_REASON
+        {
             return;
         }
         let control = match event {
@@ -1233,7 +1323,8 @@ impl Driver {
             },
             _ => return,
         };
-        broker.submit(ClusterRequest::Relay(control));
+        // Published with the change it makes (`save_in_cluster`), or at the drain's end.
+        self.held_relays.push_back(control);
     }
 
     fn on_event(&mut self, event: Event) {

@@ -511,6 +511,14 @@ fn save_change(conn: &Connection, change: &ModerationChange) -> Result<(), Store
                     role_name(*role)
                 ])
             }),
+        // Bound to an anonymous token, which does not outlive the process: not kept
+        // (the engine does not hand such a change to a single server's store).
+        ModerationChange::Ban {
+            holder: Some(_), ..
+        }
+        | ModerationChange::Mute {
+            holder: Some(_), ..
+        } => Ok(0),
         ModerationChange::Ban { user, until, .. } => sanction(user, "ban", *until),
         ModerationChange::Unban { user, .. } => lift(user, "ban"),
         ModerationChange::Mute { user, until, .. } => sanction(user, "mute", *until),
@@ -577,8 +585,18 @@ fn load_moderation(conn: &Connection) -> Result<Vec<ModerationChange>, StoreErro
         };
         let (room, user) = (room(r)?, user(u)?);
         changes.push(match kind.as_str() {
-            "ban" => ModerationChange::Ban { room, user, until },
-            "mute" => ModerationChange::Mute { room, user, until },
+            "ban" => ModerationChange::Ban {
+                room,
+                user,
+                until,
+                holder: None,
+            },
+            "mute" => ModerationChange::Mute {
+                room,
+                user,
+                until,
+                holder: None,
+            },
             other => return Err(StoreError::Corrupt(format!("corrupt sanction {other:?}"))),
         });
     }

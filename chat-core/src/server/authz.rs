@@ -229,6 +229,8 @@ pub(crate) struct Access {
     pub slow_mode: u32,
     /// Slow mode: when each member last posted here.
     pub last_post: BTreeMap<UserKey, Instant>,
+    /// `State::mod_changes` at this room's last moderation change here.
+    pub changed: u64,
 }
 
 /// Every room's access, by name, kept apart from the rooms so that it holds before a
@@ -263,11 +265,13 @@ impl State {
             None => rules,
         };
         // A moderator's sanction holds whatever the rules and the policy say.
-        if let Some(s) = access.map(|a| &a.sanctions) {
-            if s.is_banned(key, now) {
+        if let Some(s) = access.map(|a| &a.sanctions).filter(|s| !s.is_empty()) {
+            use super::moderation::SanctionKind;
+            let holder = self.holder_of(key);
+            if s.holds(SanctionKind::Ban, key, holder.as_deref(), now) {
                 perms = Permissions::NONE;
             }
-            if s.is_muted(key, now) {
+            if s.holds(SanctionKind::Mute, key, holder.as_deref(), now) {
                 perms.send = false;
             }
         }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
+use super::kind::RoomKind;
 use super::outputs::Output;
 use super::rooms::{Acker, Appending, Pending, Posted, Room};
 use super::{ApiMisuse, Env, Now, Server, State, StoreError};
@@ -290,6 +291,17 @@ impl State {
 
     /// Doorbells may have been missed: read the log after what each room delivered.
     pub(super) fn on_catch_up(&mut self, only: Option<&RoomName>) {
+        if only.is_none() && self.config.cluster {
+            // A catch-up of every room (a new subscription, or the periodic check):
+            // the moderation state may have changed unheard too.
+            for room in self.rooms.keys() {
+                if RoomKind::of(room).has_membership() {
+                    self.mod_asked.insert(room.clone(), self.mod_changes);
+                    self.out
+                        .push(Output::FetchModeration { room: room.clone() });
+                }
+            }
+        }
         for room in self.rooms.values_mut() {
             if only.is_some_and(|r| *r != room.name) || room.cluster.fetching {
                 continue;
@@ -394,6 +406,10 @@ impl State {
     pub(super) fn park(&mut self, room: RoomName, parked: Parked) {
         let waiting = self.loading.waiting.entry(room.clone()).or_default();
         if waiting.is_empty() {
+            if self.config.cluster {
+                // The load answers with the room's moderation state first.
+                self.mod_asked.insert(room.clone(), self.mod_changes);
+            }
             self.out.push(Output::LoadRoom { room });
         }
         waiting.push(parked);

@@ -138,6 +138,20 @@ pub enum Input {
         /// the room gets `storage_unavailable`).
         result: Result<super::cluster::LoadedRoom, StoreError>,
     },
+    /// Cluster mode: a room's moderation state (roles, bans and mutes with their
+    /// ends, topic, slow mode) as the shared log holds it, answering
+    /// [`Output::FetchModeration`](super::Output::FetchModeration) or, before its
+    /// [`Input::RoomLoaded`], an [`Output::LoadRoom`](super::Output::LoadRoom). It
+    /// replaces this server's copy of the room's state, unless this server changed the
+    /// room's state since it asked (then the next read brings that change too). Local
+    /// sessions of a user it newly bans leave the room.
+    ModerationLoaded {
+        /// The room.
+        room: RoomName,
+        /// The state as changes to apply to an empty one, or why it could not be read
+        /// (the server keeps what it has).
+        result: Result<Vec<super::ModerationChange>, StoreError>,
+    },
     /// Cluster mode: a presence announcement of the log.
     Presence {
         /// The room.

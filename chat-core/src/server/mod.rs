@@ -95,7 +95,13 @@ struct State {
     access: authz::AccessTable,
     /// Durable mode: moderation changes handed to the store, by ticket, with the
     /// moderator waiting for each (if any).
-    saving: BTreeMap<u64, Option<moderation::PendingSave>>,
+    saving: BTreeMap<u64, (RoomName, Option<moderation::PendingSave>)>,
+    /// Counts moderation changes made here (each room's access entry keeps the count
+    /// at its last change).
+    mod_changes: u64,
+    /// Cluster mode: rooms whose moderation state was asked of the log, with
+    /// `mod_changes` at the time (a change made since makes the answer stale).
+    mod_asked: BTreeMap<RoomName, u64>,
     shutting_down: bool,
     drained: bool,
 }
@@ -148,6 +154,8 @@ impl Server {
                 unarmed: Vec::new(),
                 access,
                 saving: BTreeMap::new(),
+                mod_changes: 0,
+                mod_asked: BTreeMap::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -258,6 +266,9 @@ impl Server {
             Input::Typing { room, user, active } => {
                 self.st.on_remote_typing(now, &room, &user, active);
             }
+            Input::ModerationLoaded { room, result } => {
+                self.on_moderation_loaded(now, room, result);
+            }
             Input::Presence { room, announced } => self.st.on_presence(now, &room, announced),
             Input::PresenceSnapshot { room, pv, users } => {
                 self.st.on_presence_snapshot(now, &room, pv, users);
@@ -301,8 +312,8 @@ impl Server {
                 Timer::Unload(room) => self.st.on_unload_due(at, &room),
                 Timer::Expiry(session) => self.on_identity_expired(now, session),
                 Timer::Presence(room) => self.st.on_presence_tick(at, &room),
-                Timer::Sanction(room, user, kind) => {
-                    self.on_sanction_expired(at, &room, &user, kind);
+                Timer::Sanction(room, subject, kind) => {
+                    self.on_sanction_expired(at, &room, &subject, kind);
                 }
             }
         }

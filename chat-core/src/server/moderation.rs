@@ -44,24 +44,77 @@ use crate::protocol::{
 /// `invalid_request` (leave `minutes` out for good).
 pub const MAX_SANCTION_MINUTES: u64 = 10 * 365 * 24 * 60;
 
+/// Whom a ban or mute binds (docs/PROTOCOL.md, "Who a sanction binds"). Ordered by
+/// user first, so that sanctions ending at one instant end in user order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Subject {
+    /// The user's key.
+    pub key: UserKey,
+    /// `None`: whoever holds the name (a host identity, the host's user for good; or
+    /// an anonymous name nobody held on this server when the sanction was given).
+    /// `Some`: one anonymous holding of the name, the user whose token hashes to this
+    /// (the hash that reserves the name in cluster mode): a later holder of the freed
+    /// name is another user, not bound by it.
+    pub holder: Option<String>,
+}
+
+impl Subject {
+    /// The anonymous holder, if the sanction binds one.
+    pub fn holder(&self) -> Option<&str> {
+        self.holder.as_deref()
+    }
+}
+
 /// Bans and mutes of one room, each until when (`None`: for good).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Sanctions {
     /// Banned users.
-    pub banned: BTreeMap<UserKey, Option<Instant>>,
+    pub banned: BTreeMap<Subject, Option<Instant>>,
     /// Muted users.
-    pub muted: BTreeMap<UserKey, Option<Instant>>,
+    pub muted: BTreeMap<Subject, Option<Instant>>,
 }
 
 impl Sanctions {
-    /// Whether `user` is banned at `now`.
-    pub fn is_banned(&self, user: &UserKey, now: Instant) -> bool {
-        in_force(self.banned.get(user), now)
+    /// The bans or the mutes.
+    pub fn of(&self, kind: SanctionKind) -> &BTreeMap<Subject, Option<Instant>> {
+        match kind {
+            SanctionKind::Ban => &self.banned,
+            SanctionKind::Mute => &self.muted,
+        }
     }
 
-    /// Whether `user` is muted at `now`.
-    pub fn is_muted(&self, user: &UserKey, now: Instant) -> bool {
-        in_force(self.muted.get(user), now)
+    /// The bans or the mutes, to change.
+    pub fn of_mut(&mut self, kind: SanctionKind) -> &mut BTreeMap<Subject, Option<Instant>> {
+        match kind {
+            SanctionKind::Ban => &mut self.banned,
+            SanctionKind::Mute => &mut self.muted,
+        }
+    }
+
+    /// Whether the user `key` (holding the name as `holder`, in anonymous mode) is
+    /// under a sanction of `kind` at `now`.
+    pub fn holds(
+        &self,
+        kind: SanctionKind,
+        key: &UserKey,
+        holder: Option<&str>,
+        now: Instant,
+    ) -> bool {
+        let held = self.of(kind);
+        if held.is_empty() {
+            return false;
+        }
+        let subject = |holder: Option<&str>| Subject {
+            key: key.clone(),
+            holder: holder.map(str::to_owned),
+        };
+        in_force(held.get(&subject(None)), now)
+            || holder.is_some_and(|h| in_force(held.get(&subject(Some(h))), now))
+    }
+
+    /// Whether there is nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.banned.is_empty() && self.muted.is_empty()
     }
 }
 
@@ -78,6 +131,74 @@ pub const EXPIRED_REASON: &str = "expired";
 pub(crate) enum SanctionKind {
     Ban,
     Mute,
+}
+
+impl SanctionKind {
+    /// The change that gives (`until: Some(end)`) or lifts (`None`) this sanction.
+    fn change(
+        self,
+        room: RoomName,
+        user: UserName,
+        given: Option<Option<DateTime<Utc>>>,
+        holder: Option<String>,
+    ) -> ModerationChange {
+        match (self, given) {
+            (SanctionKind::Ban, Some(until)) => ModerationChange::Ban {
+                room,
+                user,
+                until,
+                holder,
+            },
+            (SanctionKind::Mute, Some(until)) => ModerationChange::Mute {
+                room,
+                user,
+                until,
+                holder,
+            },
+            (SanctionKind::Ban, None) => ModerationChange::Unban { room, user },
+            (SanctionKind::Mute, None) => ModerationChange::Unmute { room, user },
+        }
+    }
+
+    /// The action that lifts it.
+    fn lifted(self) -> ModAction {
+        match self {
+            SanctionKind::Ban => ModAction::Unban,
+            SanctionKind::Mute => ModAction::Unmute,
+        }
+    }
+}
+
+impl ModerationChange {
+    /// A ban or mute given (`Some(until)`) or lifted (`None`), as its kind, user,
+    /// `until` and holder.
+    #[allow(clippy::type_complexity)]
+    fn sanction(
+        &self,
+    ) -> Option<(
+        SanctionKind,
+        &UserName,
+        Option<Option<DateTime<Utc>>>,
+        Option<&str>,
+    )> {
+        match self {
+            ModerationChange::Ban {
+                user,
+                until,
+                holder,
+                ..
+            } => Some((SanctionKind::Ban, user, Some(*until), holder.as_deref())),
+            ModerationChange::Mute {
+                user,
+                until,
+                holder,
+                ..
+            } => Some((SanctionKind::Mute, user, Some(*until), holder.as_deref())),
+            ModerationChange::Unban { user, .. } => Some((SanctionKind::Ban, user, None, None)),
+            ModerationChange::Unmute { user, .. } => Some((SanctionKind::Mute, user, None, None)),
+            _ => None,
+        }
+    }
 }
 
 /// One change to a public room's moderation state, as the store keeps it (durable
@@ -105,6 +226,11 @@ pub enum ModerationChange {
         user: UserName,
         /// When the ban ends (UTC), if it does.
         until: Option<DateTime<Utc>>,
+        /// Anonymous mode: the one holding of the name it binds (a hash of the user's
+        /// token, as the cluster's name reservations keep it); `None`: whoever holds
+        /// the name (a host identity, or a name nobody held when it was given).
+        /// A single server keeps no change with a holder: tokens do not outlive it.
+        holder: Option<String>,
     },
     /// `user`'s ban from `room` is lifted.
     Unban {
@@ -121,6 +247,11 @@ pub enum ModerationChange {
         user: UserName,
         /// When the mute ends (UTC), if it does.
         until: Option<DateTime<Utc>>,
+        /// Anonymous mode: the one holding of the name it binds (a hash of the user's
+        /// token, as the cluster's name reservations keep it); `None`: whoever holds
+        /// the name (a host identity, or a name nobody held when it was given).
+        /// A single server keeps no change with a holder: tokens do not outlive it.
+        holder: Option<String>,
     },
     /// `user`'s mute in `room` is lifted.
     Unmute {
@@ -201,6 +332,17 @@ impl Op {
             Op::SetRole(_) => ModAction::SetRole,
             Op::Topic(_) => ModAction::Topic,
             Op::SlowMode(_) => ModAction::SlowMode,
+        }
+    }
+
+    /// A ban or mute given (`true`) or lifted (`false`).
+    fn sanction(&self) -> Option<(SanctionKind, bool)> {
+        match self {
+            Op::Ban { .. } => Some((SanctionKind::Ban, true)),
+            Op::Mute { .. } => Some((SanctionKind::Mute, true)),
+            Op::Unban => Some((SanctionKind::Ban, false)),
+            Op::Unmute => Some((SanctionKind::Mute, false)),
+            _ => None,
         }
     }
 
@@ -399,6 +541,8 @@ impl Server {
     ) -> usize {
         let action = op.action();
         let st = &mut self.st;
+        st.mod_changes += 1;
+        st.access.entry(room.clone()).or_default().changed = st.mod_changes;
         match (&op, user) {
             (Op::Topic(topic), _) => {
                 let topic = topic.clone();
@@ -461,60 +605,48 @@ impl Server {
             role,
             by,
         };
-        st.tell(room, user, tell);
+        let frame = st.tell(room, user, tell);
         let until = length.and_then(|d| now.and_then(|now| now.mono.checked_add(d)));
         let until_utc = length.and_then(|d| {
             let d = chrono::Duration::from_std(d).ok()?;
             now.and_then(|now| now.utc.checked_add_signed(d))
         });
-        let access = st.access.entry(room.clone()).or_default();
         let (r, u) = (room.clone(), st.users.display_name(&key));
-        let change = match op {
-            Op::Kick { .. } | Op::Topic(_) | Op::SlowMode(_) => None,
-            Op::Ban { .. } => {
-                access.sanctions.banned.insert(key.clone(), until);
+        let change = if let Some((kind, given)) = op.sanction() {
+            let subject = st.subject_of(&key);
+            let holder = subject.holder().map(str::to_owned);
+            let held = st
+                .access
+                .entry(r.clone())
+                .or_default()
+                .sanctions
+                .of_mut(kind);
+            if given {
+                held.insert(subject.clone(), until);
                 if let Some(at) = until {
-                    let timer = Timer::Sanction(r.clone(), key.clone(), SanctionKind::Ban);
-                    st.timers.arm(at, timer);
+                    st.timers.arm(at, Timer::Sanction(r.clone(), subject, kind));
                 }
-                Some(ModerationChange::Ban {
-                    room: r,
-                    user: u,
-                    until: until_utc,
-                })
+            } else {
+                // Every ban (mute) of the name is lifted, whichever holding it binds.
+                held.retain(|s, _| s.key != key);
+                // The user learns it even when not in the room (a ban took them out).
+                self.tell_outside(room, &key, None, &frame);
             }
-            Op::Unban => {
-                access.sanctions.banned.remove(&key);
-                Some(ModerationChange::Unban { room: r, user: u })
+            Some(kind.change(r, u, given.then_some(until_utc), holder))
+        } else if let Op::SetRole(role) = op {
+            let access = self.st.access.entry(r.clone()).or_default();
+            if role == Role::Member {
+                access.roles.remove(&key);
+            } else {
+                access.roles.insert(key.clone(), role);
             }
-            Op::Mute { .. } => {
-                access.sanctions.muted.insert(key.clone(), until);
-                if let Some(at) = until {
-                    let timer = Timer::Sanction(r.clone(), key.clone(), SanctionKind::Mute);
-                    st.timers.arm(at, timer);
-                }
-                Some(ModerationChange::Mute {
-                    room: r,
-                    user: u,
-                    until: until_utc,
-                })
-            }
-            Op::Unmute => {
-                access.sanctions.muted.remove(&key);
-                Some(ModerationChange::Unmute { room: r, user: u })
-            }
-            Op::SetRole(role) => {
-                if role == Role::Member {
-                    access.roles.remove(&key);
-                } else {
-                    access.roles.insert(key.clone(), role);
-                }
-                Some(ModerationChange::Role {
-                    room: r,
-                    user: u,
-                    role,
-                })
-            }
+            Some(ModerationChange::Role {
+                room: r,
+                user: u,
+                role,
+            })
+        } else {
+            None // a kick changes no state
         };
         let left = match (action, now) {
             (ModAction::Kick | ModAction::Ban, Some(now)) => self.remove_user(now, room, &key),
@@ -524,54 +656,18 @@ impl Server {
         left
     }
 
-    /// A timed ban or mute ran out (its timer, armed at `at`, fired): lifted, and told
-    /// like the host's `unban`/`unmute` with the reason [`EXPIRED_REASON`], to the
-    /// room and to the user's sessions outside it; the host gets its event, and the
-    /// store the change. Stale when the sanction was lifted or given again since.
-    pub(super) fn on_sanction_expired(
+    /// Sends `frame` (a `moderated` the room was told) to `key`'s sessions outside the
+    /// room too, when the user is the one `holder` names (any holder: `None`).
+    fn tell_outside(
         &mut self,
-        at: Instant,
         room: &RoomName,
         key: &UserKey,
-        kind: SanctionKind,
+        holder: Option<&str>,
+        frame: &Encoded,
     ) {
-        let Some(access) = self.st.access.get_mut(room) else {
-            return;
-        };
-        let held = match kind {
-            SanctionKind::Ban => &mut access.sanctions.banned,
-            SanctionKind::Mute => &mut access.sanctions.muted,
-        };
-        if held.get(key) != Some(&Some(at)) {
-            return;
+        if holder.is_some() && self.st.subject_of(key).holder() != holder {
+            return; // another user holds the name now
         }
-        held.remove(key);
-        let user = self.st.users.display_name(key);
-        let (action, change) = match kind {
-            SanctionKind::Ban => (
-                ModAction::Unban,
-                ModerationChange::Unban {
-                    room: room.clone(),
-                    user: user.clone(),
-                },
-            ),
-            SanctionKind::Mute => (
-                ModAction::Unmute,
-                ModerationChange::Unmute {
-                    room: room.clone(),
-                    user: user.clone(),
-                },
-            ),
-        };
-        let tell = Tell {
-            action,
-            reason: EXPIRED_REASON,
-            minutes: None,
-            role: None,
-            by: None,
-        };
-        let frame = self.st.tell(room, &user, tell);
-        // The user learns it even when not in the room (a ban took them out of it).
         let outside: Vec<SessionId> = self
             .sessions
             .iter()
@@ -582,7 +678,46 @@ impl Server {
         for sid in outside {
             self.st.out.send_encoded(sid, frame.clone());
         }
-        self.st.save(Some(change), None);
+    }
+
+    /// A timed ban or mute ran out (its timer, armed at `at`, fired): lifted, and told
+    /// like the host's `unban`/`unmute` with the reason [`EXPIRED_REASON`], to the
+    /// room and to the user's sessions outside it; the host gets its event, and the
+    /// store the change. Stale when the sanction was lifted or given again since.
+    pub(super) fn on_sanction_expired(
+        &mut self,
+        at: Instant,
+        room: &RoomName,
+        subject: &Subject,
+        kind: SanctionKind,
+    ) {
+        let Some(access) = self.st.access.get_mut(room) else {
+            return;
+        };
+        let held = access.sanctions.of_mut(kind);
+        if held.get(subject) != Some(&Some(at)) {
+            return;
+        }
+        held.remove(subject);
+        let key = &subject.key;
+        let user = self.st.users.display_name(key);
+        let tell = Tell {
+            action: kind.lifted(),
+            reason: EXPIRED_REASON,
+            minutes: None,
+            role: None,
+            by: None,
+        };
+        let frame = self.st.tell(room, &user, tell);
+        // The user learns it even when not in the room (a ban took them out of it).
+        self.tell_outside(room, key, subject.holder(), &frame);
+        // Cluster mode: the shared state keeps the end with the sanction, and every
+        // server ends it by itself; nothing to write. A single server never stored a
+        // sanction bound to an anonymous holder (`State::save`).
+        if !self.st.config.cluster && subject.holder.is_none() {
+            let change = kind.change(room.clone(), user, None, None);
+            self.st.save(Some(change), None);
+        }
     }
 
     /// Puts stored moderation state back (durable mode, at startup, before any input):
@@ -594,46 +729,96 @@ impl Server {
         now: Now,
         changes: impl IntoIterator<Item = ModerationChange>,
     ) {
-        let instant = |until: Option<DateTime<Utc>>| {
-            until.map(|u| now.mono + (u - now.utc).to_std().unwrap_or_default())
-        };
         for change in changes {
-            let st = &mut self.st;
-            let access = st.access.entry(change.room().clone()).or_default();
-            match change {
-                ModerationChange::Role { user, role, .. } => {
-                    if role == Role::Member {
-                        access.roles.remove(&user.key());
-                    } else {
-                        access.roles.insert(user.key(), role);
-                    }
-                }
-                ModerationChange::Ban { room, user, until } => {
-                    let at = instant(until);
-                    access.sanctions.banned.insert(user.key(), at);
-                    if let Some(at) = at {
-                        let timer = Timer::Sanction(room, user.key(), SanctionKind::Ban);
+            self.st.apply_change(now, change);
+        }
+    }
+
+    /// Cluster mode: a room's moderation state as the shared log holds it (see
+    /// [`Input::ModerationLoaded`](super::Input::ModerationLoaded)). Replaces this
+    /// server's copy unless it changed the room's state since it asked, or a change of
+    /// its own is still being written. A ban or mute whose end moved by less than a
+    /// second keeps its timer; local sessions of a user it newly bans leave the room.
+    pub(super) fn on_moderation_loaded(
+        &mut self,
+        now: Now,
+        room: RoomName,
+        result: Result<Vec<ModerationChange>, StoreError>,
+    ) {
+        let Some(asked) = self.st.mod_asked.remove(&room) else {
+            return;
+        };
+        let Ok(mut changes) = result else {
+            return; // keep what this server has; the next catch-up asks again
+        };
+        let st = &mut self.st;
+        let changed = st.access.get(&room).map_or(0, |a| a.changed);
+        let writing = st.saving.values().any(|(r, _)| *r == room);
+        if changed > asked || writing {
+            return;
+        }
+        let access = st.access.entry(room.clone()).or_default();
+        let old = std::mem::take(&mut access.sanctions);
+        // A sanction that has ended is lifted (and told) by the servers that held it,
+        // each once; one this server never held is no news here.
+        changes.retain(|c| match c.sanction() {
+            Some((kind, user, Some(Some(until)), holder)) if until <= now.utc => {
+                let subject = Subject {
+                    key: user.key(),
+                    holder: holder.map(str::to_owned),
+                };
+                old.of(kind).contains_key(&subject)
+            }
+            _ => true,
+        });
+        access.roles.clear();
+        access.topic = None;
+        access.slow_mode = 0;
+        let last_post = std::mem::take(&mut access.last_post);
+        // Applied without timers, then the timers armed where the end moved.
+        let mut timers = std::mem::take(&mut st.timers);
+        for change in changes {
+            st.apply_change(now, change);
+        }
+        std::mem::swap(&mut st.timers, &mut timers);
+        let access = st.access.entry(room.clone()).or_default();
+        access.last_post = last_post;
+        for kind in [SanctionKind::Ban, SanctionKind::Mute] {
+            let fresh = access.sanctions.of_mut(kind);
+            for (subject, at) in fresh.iter_mut() {
+                match (old.of(kind).get(subject), *at) {
+                    (Some(&before), now_at) if close(before, now_at) => *at = before,
+                    (_, Some(at)) => {
+                        let timer = Timer::Sanction(room.clone(), subject.clone(), kind);
                         st.timers.arm(at, timer);
                     }
+                    _ => {}
                 }
-                ModerationChange::Unban { user, .. } => {
-                    access.sanctions.banned.remove(&user.key());
-                }
-                ModerationChange::Mute { room, user, until } => {
-                    let at = instant(until);
-                    access.sanctions.muted.insert(user.key(), at);
-                    if let Some(at) = at {
-                        let timer = Timer::Sanction(room, user.key(), SanctionKind::Mute);
-                        st.timers.arm(at, timer);
-                    }
-                }
-                ModerationChange::Unmute { user, .. } => {
-                    access.sanctions.muted.remove(&user.key());
-                }
-                ModerationChange::Topic { topic, .. } => {
-                    access.topic = (!topic.is_empty()).then_some(topic);
-                }
-                ModerationChange::SlowMode { seconds, .. } => access.slow_mode = seconds,
+            }
+        }
+        // Users the state bans who are here in the room, and were not banned before.
+        let here: Vec<UserKey> = self
+            .sessions
+            .values()
+            .filter(|s| s.rooms.contains(&room))
+            .filter_map(|s| match &s.phase {
+                Phase::Ready(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for key in here {
+            let holder = self.st.holder_of(&key);
+            let holder = holder.as_deref();
+            let Some(access) = self.st.access.get(&room) else {
+                break;
+            };
+            let banned = access
+                .sanctions
+                .holds(SanctionKind::Ban, &key, holder, now.mono);
+            if banned && !old.holds(SanctionKind::Ban, &key, holder, now.mono) {
+                self.remove_user(now, &room, &key);
             }
         }
     }
@@ -646,7 +831,7 @@ impl Server {
         ticket: u64,
         result: Result<(), StoreError>,
     ) -> Result<(), ApiMisuse> {
-        let waiting = self
+        let (_, waiting) = self
             .st
             .saving
             .remove(&ticket)
@@ -802,6 +987,16 @@ impl Server {
     }
 }
 
+/// Whether two ends of a sanction are the same end, read twice (each read of the
+/// shared state turns its UTC end into an instant anew).
+fn close(a: Option<Instant>, b: Option<Instant>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_secs(1),
+        _ => false,
+    }
+}
+
 /// "a" or "an" before a role.
 fn an(role: Role) -> &'static str {
     match role {
@@ -919,6 +1114,72 @@ struct Tell<'a> {
 }
 
 impl State {
+    /// Whom a sanction on `key` binds now: in anonymous mode the user holding the name
+    /// here (by a hash of their token), else the name.
+    pub(crate) fn subject_of(&self, key: &UserKey) -> Subject {
+        Subject {
+            key: key.clone(),
+            holder: self.holder_of(key),
+        }
+    }
+
+    /// The anonymous holder of `key` here, if any: the hash of its token that the
+    /// cluster's name reservations keep too (the same on every server).
+    pub(crate) fn holder_of(&self, key: &UserKey) -> Option<String> {
+        let token = self.users.get(key)?.token.as_deref()?;
+        Some(super::names::holder(&self.config.secret, token, key))
+    }
+
+    /// Applies one stored change, telling nothing (a restart, or the shared state in
+    /// cluster mode). A ban or mute with an end arms its timer.
+    fn apply_change(&mut self, now: Now, change: ModerationChange) {
+        let instant = |until: Option<DateTime<Utc>>| {
+            until.map(|u| now.mono + (u - now.utc).to_std().unwrap_or_default())
+        };
+        let room = change.room().clone();
+        if let Some((kind, user, given, holder)) = change.sanction() {
+            let key = user.key();
+            let held = self
+                .access
+                .entry(room.clone())
+                .or_default()
+                .sanctions
+                .of_mut(kind);
+            match given {
+                Some(until) => {
+                    let subject = Subject {
+                        key,
+                        holder: holder.map(str::to_owned),
+                    };
+                    let at = instant(until);
+                    held.insert(subject.clone(), at);
+                    if let Some(at) = at {
+                        self.timers.arm(at, Timer::Sanction(room, subject, kind));
+                    }
+                }
+                None => held.retain(|s, _| s.key != key),
+            }
+            return;
+        }
+        let access = self.access.entry(room).or_default();
+        match change {
+            ModerationChange::Role { user, role, .. } => {
+                if role == Role::Member {
+                    access.roles.remove(&user.key());
+                } else {
+                    access.roles.insert(user.key(), role);
+                }
+            }
+            ModerationChange::Topic { topic, .. } => {
+                access.topic = (!topic.is_empty()).then_some(topic);
+            }
+            ModerationChange::SlowMode { seconds, .. } => access.slow_mode = seconds,
+            _ => {}
+        }
+    }
+}
+
+impl State {
     /// A public room and a user, both valid.
     fn target(&self, room: &str, user: &str) -> Result<(RoomName, UserName), String> {
         let room = self.public_room(room)?;
@@ -956,11 +1217,18 @@ impl State {
     /// Durable mode: hands `change` to the store, and keeps `ack` until its answer.
     /// Otherwise (or with no change: a kick) `ack` is sent now.
     fn save(&mut self, change: Option<ModerationChange>, ack: Option<PendingSave>) {
+        // A sanction bound to an anonymous holding lasts as long as the token it binds:
+        // a single server's tokens do not outlive the process, so it is not stored (a
+        // stored one would bind the name after a restart). Cluster mode shares tokens.
+        let bound = change
+            .as_ref()
+            .and_then(ModerationChange::sanction)
+            .is_some_and(|(_, _, _, holder)| holder.is_some());
         match change {
-            Some(change) if self.config.durable => {
+            Some(change) if self.config.cluster || (self.config.durable && !bound) => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
-                self.saving.insert(ticket, ack);
+                self.saving.insert(ticket, (change.room().clone(), ack));
                 self.out.push(Output::SaveModeration { ticket, change });
             }
             _ => {

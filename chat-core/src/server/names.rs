@@ -109,7 +109,7 @@ impl Server {
 /// Who holds a reserved name, as the log keeps it: a keyed hash of the token and the
 /// name's key, the same on every server (they share the secret) and useless to whoever
 /// reads the log (the token is the user's proof of identity).
-fn holder(secret: &[u8; 32], token: &str, key: &UserKey) -> String {
+pub(super) fn holder(secret: &[u8; 32], token: &str, key: &UserKey) -> String {
     let mut input = Vec::with_capacity(token.len() + key.as_str().len() + 1);
     input.extend_from_slice(token.as_bytes());
     input.push(0);

@@ -36,8 +36,9 @@ pub enum Output {
     /// Durable mode: store this message, then answer with [`Input::Persisted`](super::Input::Persisted).
     /// Messages come in seq order per room; answer in the same order.
     Persist(Arc<Message>),
-    /// Durable mode: store this change to a room's moderation state (roles, bans,
-    /// mutes, topic, slow mode), then answer with
+    /// Durable mode, and cluster mode (into the shared log, which other servers read
+    /// it from: [`Output::FetchModeration`]): store this change to a room's moderation
+    /// state (roles, bans, mutes, topic, slow mode), then answer with
     /// [`Input::ModerationSaved`](super::Input::ModerationSaved). The moderator's
     /// `done` waits for the answer. Changes come in the order they were made; store
     /// them in that order.
@@ -93,6 +94,14 @@ pub enum Output {
     /// history page): listen to its doorbells, then read it from the log and answer with
     /// [`Input::RoomLoaded`](super::Input::RoomLoaded). What needs the room waits.
     LoadRoom {
+        /// The room.
+        room: RoomName,
+    },
+    /// Cluster mode: read the room's moderation state from the shared log and answer
+    /// with [`Input::ModerationLoaded`](super::Input::ModerationLoaded) (asked for every
+    /// room in memory at each catch-up of all rooms: after the broker re-subscribes, and
+    /// periodically). A [`Output::LoadRoom`] answers it too, before `RoomLoaded`.
+    FetchModeration {
         /// The room.
         room: RoomName,
     },

@@ -23,7 +23,11 @@ pub(crate) enum Timer {
     /// Version 2: a room's coalesced joins and leaves are sent.
     Presence(RoomName),
     /// A timed ban or mute ends.
-    Sanction(RoomName, UserKey, super::moderation::SanctionKind),
+    Sanction(
+        RoomName,
+        super::moderation::Subject,
+        super::moderation::SanctionKind,
+    ),
 }
 
 /// Armed timers, earliest first (ties in [`Timer`] order, so firing is deterministic).

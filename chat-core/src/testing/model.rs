@@ -401,6 +401,11 @@ pub(crate) struct MMod {
     last_post: BTreeMap<String, u64>,
 }
 
+/// The user key of a sanction's subject (`key`, or `key` NUL token).
+fn user_of(subject: &str) -> &str {
+    subject.split('\0').next().unwrap_or(subject)
+}
+
 fn in_force(until: Option<&Option<u64>>, t: u64) -> bool {
     until.is_some_and(|u| u.is_none_or(|u| t < u))
 }
@@ -1296,13 +1301,30 @@ impl Model {
     fn is_banned(&self, room: &str, key: &str) -> bool {
         self.moderation
             .get(room)
-            .is_some_and(|m| in_force(m.banned.get(key), self.t))
+            .is_some_and(|m| self.held(&m.banned, key))
     }
 
     fn is_muted(&self, room: &str, key: &str) -> bool {
         self.moderation
             .get(room)
-            .is_some_and(|m| in_force(m.muted.get(key), self.t))
+            .is_some_and(|m| self.held(&m.muted, key))
+    }
+
+    /// Whether a sanction in `held` binds `key` now: one on the name, or one on the
+    /// anonymous holding of it the user has now (its token).
+    fn held(&self, held: &BTreeMap<String, Option<u64>>, key: &str) -> bool {
+        in_force(held.get(key), self.t)
+            || self.subject(key) != key && in_force(held.get(&self.subject(key)), self.t)
+    }
+
+    /// Whom a sanction on `key` binds: `key` NUL the user's token in anonymous mode
+    /// (the engine binds the token's hash: one holding of the name), else `key`. The
+    /// NUL sorts before every name character, as the engine orders (user, holder).
+    fn subject(&self, key: &str) -> String {
+        match self.users.get(key).and_then(|u| u.token.as_deref()) {
+            Some(token) => format!("{key}\0{token}"),
+            None => key.to_owned(),
+        }
     }
 
     /// A user's role in a public room (no host policy here).
@@ -1388,6 +1410,7 @@ impl Model {
             ModOp::SlowMode(_) => (ModAction::SlowMode, None),
         };
         let t = self.t;
+        let subject = self.subject(&target);
         let m = self.moderation.entry(room.to_owned()).or_default();
         match action {
             ModOp::Topic(topic) => {
@@ -1414,16 +1437,16 @@ impl Model {
                 let until = |m: Option<u64>| m.map(|m| t + m * 60_000);
                 match action {
                     ModOp::Ban(minutes) => {
-                        m.banned.insert(target.clone(), until(minutes));
+                        m.banned.insert(subject.clone(), until(minutes));
                     }
                     ModOp::Unban => {
-                        m.banned.remove(&target);
+                        m.banned.retain(|s, _| user_of(s) != target);
                     }
                     ModOp::Mute(minutes) => {
-                        m.muted.insert(target.clone(), until(minutes));
+                        m.muted.insert(subject.clone(), until(minutes));
                     }
                     ModOp::Unmute => {
-                        m.muted.remove(&target);
+                        m.muted.retain(|s, _| user_of(s) != target);
                     }
                     ModOp::SetRole(Role::Member) => {
                         m.roles.remove(&target);
@@ -1449,6 +1472,9 @@ impl Model {
                 self.tell_room(room, &obs);
                 if matches!(action, ModOp::Kick | ModOp::Ban(_)) {
                     self.remove_user(room, &target);
+                }
+                if matches!(action, ModOp::Unban | ModOp::Unmute) {
+                    self.tell_outside(room, &target, &obs);
                 }
             }
         }
@@ -1491,13 +1517,14 @@ impl Model {
 
     /// A timed ban (`ban`) or mute ran out: told to the room and the user's sessions
     /// outside it.
-    fn sanction_ended(&mut self, room: &str, key: &str, ban: bool) {
+    fn sanction_ended(&mut self, room: &str, subject: &str, ban: bool) {
         let m = self.moderation.get_mut(room).expect("the sanction's room");
         if ban {
-            m.banned.remove(key);
+            m.banned.remove(subject);
         } else {
-            m.muted.remove(key);
+            m.muted.remove(subject);
         }
+        let key = user_of(subject);
         let obs = Obs::Moderated {
             room: room.to_owned(),
             user: self.display(key),
@@ -1512,6 +1539,14 @@ impl Model {
             by: None,
         };
         self.tell_room(room, &obs);
+        // Only the holding the sanction bound: a later holder of the name is not told.
+        if subject == key || self.subject(key) == subject {
+            self.tell_outside(room, key, &obs);
+        }
+    }
+
+    /// `obs` to the sessions of `key` outside `room` too.
+    fn tell_outside(&mut self, room: &str, key: &str, obs: &Obs) {
         let outside: Vec<u64> = self
             .sessions
             .iter()
@@ -1565,6 +1600,10 @@ impl Model {
         }
         for m in self.moderation.values_mut() {
             m.last_post.clear();
+            // Sanctions bound to an anonymous token are not stored: tokens do not
+            // outlive the process.
+            m.banned.retain(|s, _| !s.contains('\0'));
+            m.muted.retain(|s, _| !s.contains('\0'));
         }
         self.config = config;
         self.sessions.clear();

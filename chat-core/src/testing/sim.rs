@@ -114,6 +114,8 @@ pub struct Sim {
     pub room_unloads: Vec<RoomName>,
     /// Cluster mode: `Output::Presence` requests: (room, user, entered).
     pub presence: Vec<(RoomName, UserName, bool)>,
+    /// Cluster mode: `Output::FetchModeration` requests.
+    pub moderation_fetches: Vec<RoomName>,
     /// Cluster mode: `Output::FetchPresence` requests.
     pub presence_fetches: Vec<RoomName>,
     /// Cluster mode: `Output::ClaimName` requests: (session, key, holder).
@@ -175,6 +177,7 @@ impl Sim {
             room_loads: Vec::new(),
             presence: Vec::new(),
             presence_fetches: Vec::new(),
+            moderation_fetches: Vec::new(),
             room_unloads: Vec::new(),
             name_claims: Vec::new(),
             name_releases: Vec::new(),
@@ -460,6 +463,10 @@ impl Sim {
             } => {
                 self.log.push(format!("presence {room} {user} {entered}"));
                 self.presence.push((room, user, entered));
+            }
+            Output::FetchModeration { room } => {
+                self.log.push(format!("fetch-moderation {room}"));
+                self.moderation_fetches.push(room);
             }
             Output::FetchPresence { room } => {
                 self.log.push(format!("fetch-presence {room}"));
