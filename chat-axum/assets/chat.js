@@ -895,14 +895,16 @@ function refreshMessage(room, item, focusSel = undefined) {
   if (room === currentRoom()) changeTimeline(room, apply);
   else apply();
   if (refocus) (item.node.querySelector(refocus) ?? item.node.querySelector('[data-testid="react-open"]') ?? item.node)?.focus();
-  // Replies quoting it show its new state.
-  if (item.kind === 'msg') {
-    for (const reply of room.items) {
-      if (reply !== item && reply.replyTo === item.key[1] && (reply.kind === 'pending' || reply.key[0] === item.key[0])) {
-        const was = reply.node;
-        const quote = was.querySelector(':scope .reply-quote');
-        if (quote) quote.replaceWith(replyQuote(reply));
-      }
+  refreshQuotes(room, item);
+}
+
+/** Replies quoting `item` show its current state (or, once it is loaded, show it at all). */
+function refreshQuotes(room, item) {
+  if (item.kind !== 'msg') return;
+  for (const reply of room.items) {
+    if (reply !== item && reply.replyTo === item.key[1] && (reply.kind === 'pending' || reply.key[0] === item.key[0])) {
+      const quote = reply.node.querySelector('.reply-quote');
+      if (quote) quote.replaceWith(replyQuote(reply));
     }
   }
 }
@@ -1524,6 +1526,7 @@ function addMessage(room, m, { live }) {
   }
   const item = msgItem(m);
   if (!insertItem(room, item)) return false;
+  refreshQuotes(room, item);
   if (live && room.pageFrom === null) {
     // The first message of a room that was empty when we joined: it is the beginning.
     room.pageFrom = m.seq;
