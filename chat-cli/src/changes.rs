@@ -45,7 +45,7 @@ impl RawIds {
     }
 
     /// A fresh request id and client id.
-    pub fn next(&mut self) -> (RequestId, ClientMsgId) {
+    pub fn fresh(&mut self) -> (RequestId, ClientMsgId) {
         let n = self.next;
         self.next += 1;
         (
@@ -202,8 +202,8 @@ mod tests {
     #[test]
     fn raw_ids_never_meet_the_clients_and_client_ids_differ() {
         let mut ids = RawIds::new();
-        let (a, ca) = ids.next();
-        let (b, cb) = ids.next();
+        let (a, ca) = ids.fresh();
+        let (b, cb) = ids.fresh();
         assert!(a.0 >= RAW_ID_BASE && b.0 == a.0 + 1);
         assert_ne!(ca, cb);
     }

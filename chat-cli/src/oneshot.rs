@@ -163,7 +163,7 @@ pub async fn change(
 ) -> i32 {
     let deadline = Some(Instant::now() + timeout);
     let mut joins = Vec::new();
-    let (id, client_id) = RawIds::new().next();
+    let (id, client_id) = RawIds::new().fresh();
     loop {
         let event = match next_or_timeout(&mut session, deadline).await {
             Ok(event) => event,

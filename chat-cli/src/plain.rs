@@ -402,7 +402,7 @@ fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
 
 /// Writes a change to a message of `room` (a refusal comes back as an error line).
 fn transmit(session: &mut Session, ids: &mut RawIds, room: &RoomName, change: &Change) {
-    let (id, client_id) = ids.next();
+    let (id, client_id) = ids.fresh();
     if !session.transmit(change.frame(room.as_str(), id, client_id)) {
         eprintln!("chat-cli: not connected: {} not sent", change.describe());
     }

@@ -693,7 +693,7 @@ impl App {
             self.note = Some(format!("not connected: {} not sent", change.describe()));
             return;
         }
-        let (id, client_id) = self.ids.next();
+        let (id, client_id) = self.ids.fresh();
         let mut frame = change.frame(room.as_str(), id, client_id);
         if room.direct_users().is_some()
             && let ClientFrame::Send(send) = &mut frame
@@ -1025,13 +1025,17 @@ fn render_entry(entry: &Entry, entries: &[Entry], width: usize) -> Vec<Line<'sta
                 };
                 out.extend(wrap(&[(format!("         {text}"), dim)], width, 11));
             }
-            let body_lines = if msg.deleted {
-                Vec::new()
+            // A tombstone has one line: "(deleted)".
+            let body_lines: Vec<Option<String>> = if msg.deleted {
+                vec![None]
             } else {
                 escape_lines(&msg.body)
+                    .into_iter()
+                    .map(|l| Some(l.into_owned()))
+                    .collect()
             };
             let last = body_lines.len().saturating_sub(1);
-            for i in 0..=last {
+            for (i, body_line) in body_lines.into_iter().enumerate() {
                 let mut segments = Vec::new();
                 if i == 0 {
                     segments.push((format!("{} ", clock(&msg.ts)), dim));
@@ -1041,12 +1045,15 @@ fn render_entry(entry: &Entry, entries: &[Entry], width: usize) -> Vec<Line<'sta
                 } else {
                     segments.push(("         ".to_owned(), Style::new()));
                 }
-                if msg.deleted {
-                    segments.push(("(deleted)".to_owned(), dim.add_modifier(Modifier::ITALIC)));
-                } else {
-                    segments.push((body_lines[i].clone().into_owned(), Style::new()));
-                    if i == last && msg.edited_at.is_some() {
-                        segments.push((" (edited)".to_owned(), dim));
+                match body_line {
+                    None => {
+                        segments.push(("(deleted)".to_owned(), dim.add_modifier(Modifier::ITALIC)))
+                    }
+                    Some(line) => {
+                        segments.push((line, Style::new()));
+                        if i == last && msg.edited_at.is_some() {
+                            segments.push((" (edited)".to_owned(), dim));
+                        }
                     }
                 }
                 out.extend(wrap(&segments, width, 9));

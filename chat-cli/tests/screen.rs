@@ -445,7 +445,7 @@ async fn edits_deletes_reactions_and_replies_live() {
     );
     screen.type_text(&format!("/edit {seq} mine now"));
     screen.key(KeyCode::Enter);
-    screen.until_shows(&format!("error not_author: ")).await;
+    screen.until_shows("error not_author: ").await;
     screen.until_shows(&format!("(edit of #{seq})")).await;
     // The same reaction again takes it back.
     screen.type_text(&format!("/react {seq} 👍"));
