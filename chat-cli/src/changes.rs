@@ -32,7 +32,7 @@ impl Default for RawIds {
 }
 
 impl RawIds {
-    /// Ids from [`RAW_ID_BASE`] on, and client ids with a random prefix.
+    /// Ids from 2^48 on, and client ids with a random prefix.
     #[must_use]
     pub fn new() -> RawIds {
         RawIds {
