@@ -136,6 +136,19 @@ describe('messages live on', () => {
     await expectQuote(bySeq(bob, replySeq), [aliceName, 'message deleted']);
     await expectTexts(bob.bodies(), ['me too', 'great']);
 
+    // A reply quoting markup shows it as text; nothing runs.
+    const hostile = '<img src=x onerror="window.__xss=1"><b>bold</b>';
+    await alice.say(hostile);
+    await bob.waitForBody(hostile);
+    const hostileSeq = await seqOf(bob, hostile);
+    await bySeq(bob, hostileSeq).getByTestId('reply').click();
+    await expectTexts(bob.id('reply-bar-text'), [`Replying to ${aliceName}: ${hostile}`]);
+    await bob.say('no markup here');
+    await alice.waitForBody('no markup here');
+    const quotedSeq = await seqOf(alice, 'no markup here');
+    await expectQuote(bySeq(alice, quotedSeq), [aliceName, hostile]);
+    assert.equal(await alice.page.locator('#timeline-host img, #timeline-host b').count(), 0, 'no element made from the text');
+
     await alice.check();
     await bob.check();
   });
