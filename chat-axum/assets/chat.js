@@ -208,6 +208,9 @@ const ui = {
   composer: $('composer'),
   composerLabel: $('composer-label'),
   composerError: $('composer-error'),
+  replyBar: $('reply-bar'),
+  replyBarText: $('reply-bar-text'),
+  replyCancel: $('reply-cancel'),
   memberList: $('member-list'),
   membersH: $('members-h'),
   announcer: $('announcer'),
@@ -288,6 +291,7 @@ class Room {
     this.mutedUsers = new Set(); // folded names of others muted while we watched
     this.modOpen = null; // the member whose moderation panel is open
     this.editingTopic = false;
+    this.replyTo = null; // the message quoted above the composer: { seq, ep, user, snippet }
   }
 
   peerFromName() {
@@ -334,6 +338,7 @@ function isMine(user) {
 
 /** Inserts an item at its place; returns false for a duplicate message. */
 function insertItem(room, item) {
+  item.room = room.name;
   if (item.kind === 'msg') {
     const k = `${item.key[0]}:${item.key[1]}`;
     if (room.byKey.has(k)) return false;
@@ -437,6 +442,11 @@ function render(item) {
   const li = el('li', `notice ${item.kind}`);
   li.dataset.testid = item.kind === 'notice' ? 'notice' : 'marker';
   li.append(dayDivider());
+  if (item.kind === 'unread') {
+    li.dataset.testid = 'unread-separator';
+    li.setAttribute('role', 'separator');
+    li.setAttribute('aria-label', item.text);
+  }
   const p = el('p', 'notice-text');
   if (item.kind === 'mod') {
     li.dataset.testid = 'mod-notice';
@@ -461,7 +471,7 @@ function renderMessage(item) {
   li.append(dayDivider());
   const mine = isMine(item.user);
   if (mine) li.classList.add('mine');
-  if (item.kind === 'msg' && !mine && mentionsMe(item.body)) li.classList.add('mention');
+  if (item.kind === 'msg' && !mine && !item.deleted && mentionsMe(item.body)) li.classList.add('mention');
   const avatar = el('span', `avatar ${colorClass(item.user)}`, initial(item.user));
   avatar.setAttribute('aria-hidden', 'true');
   const main = el('div', 'msg-main');
@@ -480,14 +490,54 @@ function renderMessage(item) {
     status.textContent = 'sending…';
   }
   head.append(status);
-  const body = el('div', 'body');
-  body.dir = 'auto';
-  body.dataset.testid = 'body';
-  appendBody(body, item.body);
-  main.append(head, body);
+  main.append(head);
+  if (item.replyTo !== null && item.replyTo !== undefined) main.append(replyQuote(item));
+  if (item.deleted) {
+    li.classList.add('deleted');
+    li.dataset.deleted = 'true';
+    const tomb = el('p', 'tombstone', 'message deleted');
+    tomb.dataset.testid = 'tombstone';
+    main.append(tomb);
+  } else if (item.editing) {
+    main.append(editForm(item));
+  } else {
+    const line = el('div', 'body-line');
+    const body = el('div', 'body');
+    body.dir = 'auto';
+    body.dataset.testid = 'body';
+    appendBody(body, item.body);
+    line.append(body);
+    if (item.editedAt) {
+      const edited = el('span', 'edited', '(edited)');
+      edited.dataset.testid = 'edited';
+      const d = new Date(item.editedAt);
+      edited.title = Number.isNaN(d.getTime()) ? 'edited' : `edited ${fullFmt.format(d)}`;
+      line.append(edited);
+    }
+    main.append(line);
+  }
+  if (item.kind === 'msg' && !item.deleted) {
+    main.append(reactionsRow(item));
+    main.append(actionsBar(item));
+  }
+  if (item.kind === 'msg' && item.confirming && !item.deleted) main.append(confirmDelete(item));
+  if (item.error) {
+    const err = el('p', 'form-error msg-error', item.error);
+    err.setAttribute('role', 'alert');
+    err.dataset.testid = 'msg-error';
+    main.append(err);
+  }
   li.append(avatar, main);
   li.dataset.user = item.user;
   return li;
+}
+
+function cleanReactions(list) {
+  if (!Array.isArray(list)) return [];
+  return list
+    .filter((r) => r && typeof r.emoji === 'string' && Array.isArray(r.users))
+    .map((r) => ({ emoji: r.emoji, users: r.users.filter((u) => typeof u === 'string') }))
+    .filter((r) => r.users.length > 0);
 }
 
 function msgItem(m) {
@@ -495,11 +545,481 @@ function msgItem(m) {
     kind: 'msg',
     key: [state.ep, m.seq, 0],
     user: m.user,
-    body: m.body,
+    body: m.deleted === true || typeof m.body !== 'string' ? '' : m.body,
     ts: m.ts,
     date: new Date(m.ts),
     clientId: m.client_id ?? null,
+    editedAt: typeof m.edited_at === 'string' ? m.edited_at : null,
+    deleted: m.deleted === true,
+    reactions: cleanReactions(m.reactions),
+    replyTo: Number.isInteger(m.reply_to) ? m.reply_to : null,
+    rev: Number.isInteger(m.rev) ? m.rev : m.seq,
   };
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages live on: edits, deletes, reactions, replies (docs/PROTOCOL.md, "Messages live
+// on"). Every change is an entry with its own seq; a message holds `rev`, the seq of the
+// last change applied, so applying a change twice (live, then again in a history page or
+// a resume) changes nothing. A change whose message this page does not hold is ignored:
+// when that message is loaded later it comes in its current state.
+
+const QUICK_EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
+const SNIPPET_CHARS = 80;
+
+function snippet(body) {
+  const flat = body.replace(/\s+/gu, ' ').trim();
+  const chars = [...flat];
+  return chars.length > SNIPPET_CHARS ? `${chars.slice(0, SNIPPET_CHARS).join('')}…` : flat;
+}
+
+/** The quote above a reply: the original's author and a snippet; a button to go there. */
+function replyQuote(item) {
+  const room = state.rooms.get(item.room ?? state.current);
+  const target = room ? room.byKey.get(`${item.key[0] === Number.MAX_SAFE_INTEGER ? state.ep : item.key[0]}:${item.replyTo}`) : null;
+  const arrow = el('span', 'reply-arrow', '↩');
+  arrow.setAttribute('aria-hidden', 'true');
+  if (!target) {
+    const q = el('p', 'reply-quote missing');
+    q.dataset.testid = 'reply-quote';
+    q.append(arrow, document.createTextNode(' Reply to an earlier message'));
+    return q;
+  }
+  const q = el('button', 'reply-quote');
+  q.type = 'button';
+  q.dataset.testid = 'reply-quote';
+  q.dataset.target = String(item.replyTo);
+  const who = el('bdi', 'reply-author', target.user);
+  who.dataset.testid = 'reply-author';
+  const text = el('span', 'reply-snippet', target.deleted ? 'message deleted' : snippet(target.body));
+  text.dataset.testid = 'reply-snippet';
+  if (target.deleted) text.classList.add('gone');
+  else text.dir = 'auto';
+  q.append(arrow, ' ', who, ': ', text);
+  q.setAttribute('aria-label', `In reply to ${target.user}: ${target.deleted ? 'message deleted' : snippet(target.body)}. Go to that message.`);
+  q.addEventListener('click', () => {
+    const node = target.node;
+    if (!node?.isConnected) return;
+    stuck = false;
+    node.scrollIntoView({ block: 'center' });
+    node.classList.remove('flash');
+    void node.offsetWidth; // restart the highlight
+    node.classList.add('flash');
+    node.tabIndex = -1;
+    node.focus({ preventScroll: true });
+  });
+  return q;
+}
+
+function reactionsRow(item) {
+  const row = el('div', 'reactions');
+  row.dataset.testid = 'reactions';
+  for (const r of item.reactions) {
+    const mine = r.users.some(isMine);
+    const chip = el('button', 'chip');
+    chip.type = 'button';
+    chip.dataset.testid = 'reaction';
+    chip.dataset.emoji = r.emoji;
+    chip.setAttribute('aria-pressed', String(mine));
+    if (mine) chip.classList.add('own');
+    const who = r.users.join(', ');
+    chip.title = `${who} reacted with ${r.emoji}`;
+    chip.setAttribute('aria-label', `${r.emoji} ${r.users.length}: ${who}. ${mine ? 'Remove your reaction' : 'Add yours'}`);
+    const e = el('span', 'chip-emoji', r.emoji);
+    e.setAttribute('aria-hidden', 'true');
+    const n = el('span', 'chip-count', String(r.users.length));
+    n.dataset.testid = 'reaction-count';
+    n.setAttribute('aria-hidden', 'true');
+    const tip = el('span', 'chip-who', who);
+    tip.dataset.testid = 'reaction-who';
+    tip.setAttribute('aria-hidden', 'true');
+    chip.append(e, n, tip);
+    chip.addEventListener('click', () => react(item, r.emoji, !mine));
+    row.append(chip);
+  }
+  return row;
+}
+
+function actionsBar(item) {
+  const room = currentRoomOf(item);
+  const bar = el('div', 'msg-actions');
+  bar.dataset.testid = 'msg-actions';
+  const button = (text, testid, label, onClick) => {
+    const b = el('button', 'act-btn', text);
+    b.type = 'button';
+    b.dataset.testid = testid;
+    b.setAttribute('aria-label', label);
+    b.title = label;
+    b.addEventListener('click', onClick);
+    bar.append(b);
+    return b;
+  };
+  const summary = `${item.user}'s message`;
+  const open = button('☺+', 'react-open', `Add a reaction to ${summary}`, () => {
+    item.picker = !item.picker;
+    refreshMessage(room, item, item.picker ? '[data-testid="picker"] button' : '[data-testid="react-open"]');
+  });
+  open.setAttribute('aria-haspopup', 'true');
+  open.setAttribute('aria-expanded', String(Boolean(item.picker)));
+  button('Reply', 'reply', `Reply to ${summary}`, () => startReply(room, item));
+  if (isMine(item.user)) {
+    button('Edit', 'edit', `Edit your message`, () => {
+      item.editing = { draft: item.body };
+      item.error = null;
+      refreshMessage(room, item, '[data-testid="edit-input"]');
+    });
+  }
+  if (isMine(item.user) || canModerate(room)) {
+    button('Delete', 'delete', isMine(item.user) ? 'Delete your message' : `Delete ${summary}`, () => {
+      item.confirming = true;
+      refreshMessage(room, item, '[data-testid="delete-confirm"]');
+    });
+  }
+  if (item.picker) bar.append(picker(item));
+  return bar;
+}
+
+/** The reaction picker: a few common emoji and the ones already on the message; arrows
+ *  move, Enter picks, Escape closes. */
+function picker(item) {
+  const room = currentRoomOf(item);
+  const menu = el('div', 'picker');
+  menu.dataset.testid = 'picker';
+  menu.setAttribute('role', 'menu');
+  menu.setAttribute('aria-label', 'Reactions');
+  const all = [...QUICK_EMOJI];
+  for (const r of item.reactions) if (!all.includes(r.emoji)) all.push(r.emoji);
+  for (const emoji of all) {
+    const on = item.reactions.find((r) => r.emoji === emoji)?.users.some(isMine) ?? false;
+    const b = el('button', 'pick', emoji);
+    b.type = 'button';
+    b.dataset.emoji = emoji;
+    b.setAttribute('role', 'menuitemcheckbox');
+    b.setAttribute('aria-checked', String(on));
+    b.setAttribute('aria-label', on ? `Remove your ${emoji}` : `React with ${emoji}`);
+    b.tabIndex = -1;
+    b.addEventListener('click', () => {
+      item.picker = false;
+      react(item, emoji, !on);
+      refreshMessage(room, item, '[data-testid="react-open"]');
+    });
+    menu.append(b);
+  }
+  menu.firstElementChild.tabIndex = 0;
+  // Focus leaving the picker (Tab, a click elsewhere) closes it, without moving focus.
+  menu.addEventListener('focusout', (e) => {
+    if (menu.contains(e.relatedTarget) || !item.picker) return;
+    item.picker = false;
+    menu.remove();
+    item.node?.querySelector('[data-testid="react-open"]')?.setAttribute('aria-expanded', 'false');
+  });
+  menu.addEventListener('keydown', (e) => {
+    const items = [...menu.querySelectorAll('button')];
+    const i = items.indexOf(document.activeElement);
+    let next = null;
+    if (e.key === 'ArrowRight' || e.key === 'ArrowDown') next = items[(i + 1) % items.length];
+    else if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') next = items[(i - 1 + items.length) % items.length];
+    else if (e.key === 'Home') next = items[0];
+    else if (e.key === 'End') next = items[items.length - 1];
+    else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      item.picker = false;
+      refreshMessage(room, item, '[data-testid="react-open"]');
+      return;
+    }
+    if (next) {
+      e.preventDefault();
+      for (const b of items) b.tabIndex = -1;
+      next.tabIndex = 0;
+      next.focus();
+    }
+  });
+  return menu;
+}
+
+function editForm(item) {
+  const room = currentRoomOf(item);
+  const form = el('form', 'edit-form');
+  form.dataset.testid = 'edit-form';
+  form.noValidate = true;
+  const label = el('label', 'sr-only', 'Edit your message');
+  const box = el('textarea', 'edit-input');
+  box.dataset.testid = 'edit-input';
+  box.rows = 2;
+  box.value = item.editing.draft;
+  box.id = `edit-${item.key[1]}`;
+  label.htmlFor = box.id;
+  const hint = el('p', 'edit-hint', 'Enter saves · Escape cancels');
+  hint.id = `edit-hint-${item.key[1]}`;
+  box.setAttribute('aria-describedby', hint.id);
+  const save = el('button', 'btn btn-small btn-primary', 'Save');
+  save.type = 'submit';
+  save.dataset.testid = 'edit-save';
+  const cancel = el('button', 'link-btn', 'Cancel');
+  cancel.type = 'button';
+  cancel.dataset.testid = 'edit-cancel';
+  const close = () => {
+    item.editing = null;
+    refreshMessage(room, item, '[data-testid="edit"]');
+  };
+  box.addEventListener('input', () => {
+    item.editing.draft = box.value;
+  });
+  box.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+      e.preventDefault();
+      form.requestSubmit();
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      close();
+    }
+  });
+  cancel.addEventListener('click', close);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const body = box.value;
+    if (!body.trim()) {
+      item.error = 'An edit cannot be empty: delete the message instead.';
+      refreshMessage(room, item, '[data-testid="edit-input"]');
+      return;
+    }
+    const bytes = utf8Length(body);
+    if (bytes > state.limits.max_body_bytes) {
+      item.error = `Too long: ${bytes} bytes, the limit is ${state.limits.max_body_bytes}.`;
+      refreshMessage(room, item, '[data-testid="edit-input"]');
+      return;
+    }
+    if (body !== item.body) change(item, { type: 'edit', body }, 'edit');
+    close();
+  });
+  const row = el('div', 'edit-row');
+  row.append(hint, cancel, save);
+  form.append(label, box, row);
+  return form;
+}
+
+function confirmDelete(item) {
+  const room = currentRoomOf(item);
+  const box = el('div', 'confirm');
+  box.dataset.testid = 'confirm';
+  box.setAttribute('role', 'group');
+  box.setAttribute('aria-label', 'Delete this message?');
+  const yes = el('button', 'btn btn-small btn-danger', 'Delete');
+  yes.type = 'button';
+  yes.dataset.testid = 'delete-confirm';
+  const no = el('button', 'link-btn', 'Cancel');
+  no.type = 'button';
+  no.dataset.testid = 'delete-cancel';
+  const close = () => {
+    item.confirming = false;
+    refreshMessage(room, item, '[data-testid="delete"]');
+  };
+  yes.addEventListener('click', () => {
+    item.confirming = false;
+    change(item, { type: 'delete' }, 'delete');
+    refreshMessage(room, item, '[data-testid="delete"]');
+  });
+  no.addEventListener('click', close);
+  box.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      close();
+    }
+  });
+  box.append(el('span', 'confirm-text', 'Delete this message?'), yes, no);
+  return box;
+}
+
+function currentRoomOf(item) {
+  return state.rooms.get(item.room) ?? currentRoom();
+}
+
+/** Sends an edit, delete or reaction of `item`; a refusal is shown on the message. */
+function change(item, frame, what) {
+  const room = currentRoomOf(item);
+  if (!room || item.kind !== 'msg') return;
+  item.error = null;
+  const id = request({ ...frame, room: room.name, seq: item.key[1], client_id: uuid() }, { kind: 'change', what, room: room.name, seq: item.key[1], ep: item.key[0] });
+  if (id === null) {
+    item.error = 'Not connected: try again when the chat is back.';
+    refreshMessage(room, item);
+  }
+}
+
+function react(item, emoji, on) {
+  change(item, { type: 'react', emoji, on }, 'react');
+}
+
+const CHANGE_ERRORS = {
+  not_author: 'Only its author can do that.',
+  gone: 'That message was deleted.',
+  no_such_message: 'That message is too old to change.',
+  edit_window_passed: 'Too late to edit: messages can be edited only for a while after they are sent.',
+  invalid_body: 'An edit cannot be empty.',
+  invalid_emoji: 'That is not a single emoji.',
+  limit_reached: 'This message has as many different reactions as it can have.',
+  rate_limited: 'Too many changes at once; try again in a moment.',
+  unsupported: 'This server does not support that yet.',
+};
+
+function onChangeError(req, code, message) {
+  const room = state.rooms.get(req.room);
+  const item = room?.byKey.get(`${req.ep}:${req.seq}`);
+  if (!item) return;
+  const verb = { edit: 'Not edited', delete: 'Not deleted', react: 'Reaction not changed' }[req.what] ?? 'Not done';
+  let reason = CHANGE_ERRORS[code] ?? message;
+  if (code === 'body_too_large') reason = `longer than ${state.limits.max_body_bytes} bytes.`;
+  if (code === 'forbidden') reason = room.muted ? 'you are muted in this room.' : 'you may not do that in this room.';
+  item.error = `${verb}: ${reason.charAt(0).toLowerCase()}${reason.slice(1)}`;
+  refreshMessage(room, item);
+}
+
+/** Draws a message again after its state changed; focus stays on the same control. */
+function refreshMessage(room, item, focusSel = undefined) {
+  if (!room || !item.node) return;
+  const old = item.node;
+  let refocus = focusSel;
+  if (refocus === undefined && old.contains(document.activeElement)) {
+    const a = document.activeElement;
+    if (a.dataset.testid) refocus = `[data-testid="${a.dataset.testid}"]${a.dataset.emoji ? `[data-emoji="${CSS.escape(a.dataset.emoji)}"]` : ''}`;
+  }
+  const apply = () => {
+    item.node = render(item);
+    old.replaceWith(item.node);
+    const i = room.items.indexOf(item);
+    if (i >= 0) decorate(room, i);
+  };
+  if (room === currentRoom()) changeTimeline(room, apply);
+  else apply();
+  if (refocus) (item.node.querySelector(refocus) ?? item.node.querySelector('[data-testid="react-open"]') ?? item.node)?.focus();
+  refreshQuotes(room, item);
+}
+
+/** Replies quoting `item` show its current state (or, once it is loaded, show it at all). */
+function refreshQuotes(room, item) {
+  if (item.kind !== 'msg') return;
+  for (const reply of room.items) {
+    if (reply !== item && reply.replyTo === item.key[1] && (reply.kind === 'pending' || reply.key[0] === item.key[0])) {
+      const quote = reply.node.querySelector('.reply-quote');
+      if (quote) quote.replaceWith(replyQuote(reply));
+    }
+  }
+}
+
+/** Applies a change entry to the message it names; true when something changed. */
+function applyChange(room, c) {
+  if (!Number.isInteger(c.seq)) return false;
+  if (c.kind === 'erase') {
+    // Every earlier message of the user becomes a tombstone.
+    if (typeof c.user !== 'string') return false;
+    let any = false;
+    for (const item of [...room.byKey.values()]) {
+      if (item.key[0] !== state.ep || item.key[1] >= c.seq || c.seq <= item.rev || fold(item.user) !== fold(c.user)) continue;
+      item.rev = c.seq;
+      if (!item.deleted) tombstone(item);
+      refreshMessage(room, item);
+      any = true;
+    }
+    return any;
+  }
+  if (!Number.isInteger(c.target)) return false;
+  const item = room.byKey.get(`${state.ep}:${c.target}`);
+  if (!item || c.seq <= item.rev) return false;
+  item.rev = c.seq;
+  if (item.deleted) return false;
+  if (c.kind === 'edit' && typeof c.body === 'string') {
+    item.body = c.body;
+    item.editedAt = typeof c.ts === 'string' ? c.ts : new Date().toISOString();
+  } else if (c.kind === 'delete') {
+    tombstone(item);
+  } else if (c.kind === 'react' && typeof c.emoji === 'string' && typeof c.user === 'string') {
+    const r = item.reactions.find((x) => x.emoji === c.emoji);
+    if (c.on) {
+      if (!r) item.reactions.push({ emoji: c.emoji, users: [c.user] });
+      else if (!r.users.some((u) => fold(u) === fold(c.user))) r.users.push(c.user);
+    } else if (r) {
+      r.users = r.users.filter((u) => fold(u) !== fold(c.user));
+      if (!r.users.length) item.reactions.splice(item.reactions.indexOf(r), 1);
+    }
+  } else {
+    return false;
+  }
+  refreshMessage(room, item);
+  return true;
+}
+
+function tombstone(item) {
+  item.deleted = true;
+  item.body = '';
+  item.editedAt = null;
+  item.reactions = [];
+  item.editing = null;
+  item.confirming = false;
+  item.picker = false;
+}
+
+/** A newer copy of a message the page holds (a history page, a resync): take its state. */
+function updateFrom(room, item, m) {
+  const fresh = msgItem(m);
+  if (fresh.rev <= item.rev) return;
+  Object.assign(item, {
+    body: fresh.body,
+    editedAt: fresh.editedAt,
+    deleted: fresh.deleted,
+    reactions: fresh.reactions,
+    rev: fresh.rev,
+  });
+  if (item.deleted) tombstone(item);
+  refreshMessage(room, item);
+}
+
+/** "Reply" on a message: quote it above the composer. */
+function startReply(room, item) {
+  if (!room) return;
+  room.replyTo = { seq: item.key[1], ep: item.key[0], user: item.user, snippet: snippet(item.body) };
+  renderReplyBar();
+  ui.composer.focus();
+}
+
+function cancelReply() {
+  const room = currentRoom();
+  if (room) room.replyTo = null;
+  renderReplyBar();
+}
+
+function renderReplyBar() {
+  const r = currentRoom()?.replyTo;
+  ui.replyBar.hidden = !r;
+  if (!r) {
+    ui.replyBarText.replaceChildren();
+    return;
+  }
+  const who = el('bdi', 'reply-author', r.user);
+  const text = el('span', 'reply-snippet', r.snippet);
+  text.dir = 'auto';
+  ui.replyBarText.replaceChildren('Replying to ', who, ': ', text);
+}
+
+// ---------------------------------------------------------------------------------------
+// Unread: the separator above the first message not read yet when a room is opened.
+
+function placeUnreadSeparator(room) {
+  const old = room.items.find((it) => it.kind === 'unread');
+  if (old) removeItem(room, old);
+  if (room.unread <= 0) return;
+  let left = room.unread;
+  let first = null;
+  for (let i = room.items.length - 1; i >= 0 && left > 0; i--) {
+    const it = room.items[i];
+    if (it.kind !== 'msg' || it.key[0] !== state.ep || isMine(it.user) || it.deleted) continue;
+    first = it;
+    left--;
+  }
+  if (!first) return;
+  insertItem(room, { kind: 'unread', key: [first.key[0], first.key[1], -2], text: 'Unread messages' });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -779,6 +1299,10 @@ function handleFrame(f) {
       return onLeft(f);
     case 'message':
       return onMessage(f);
+    case 'change':
+      return onChange(f);
+    case 'read':
+      return onReadEcho(f);
     case 'ack':
       state.requests.delete(f.id);
       return onAck(f, req);
@@ -925,7 +1449,13 @@ function onJoined(f, req) {
   if (!hadCurrent) {
     // First load of this room: what arrived since the last visit counts as unread.
     const lastRead = state.read[room.name] ?? 0;
-    room.unread = messages.filter((m) => m.kind === undefined && m.seq > lastRead && !isMine(m.user)).length;
+    room.unread = messages.filter((m) => m.kind === undefined && !m.deleted && m.seq > lastRead && !isMine(m.user)).length;
+    // The server's marker may be behind what this browser read (it does not keep markers
+    // across a restart): move it up; it never goes back.
+    if (lastRead > 0 && lastRead <= (f.last_seq ?? 0)) {
+      send({ type: 'read', room: room.name, seq: lastRead });
+      requestRoomsSoon();
+    }
   }
   saveRooms();
   const switchTo =
@@ -975,10 +1505,20 @@ function learnPeer(room, name) {
 
 /** Adds a message; returns true if it was new. */
 function addMessage(room, m, { live }) {
-  if (typeof m.seq !== 'number' || typeof m.user !== 'string' || typeof m.body !== 'string') return false;
-  // A change entry (an edit, delete or reaction: `kind` set) is not a message of its own;
-  // history and `joined` already carry the messages it changed in their current state.
-  if (m.kind !== undefined) return false;
+  if (!Number.isInteger(m.seq) || typeof m.user !== 'string') return false;
+  // A change entry (an edit, delete or reaction: `kind` set) is not a message of its own:
+  // it is applied to the message it names, when the page holds it.
+  if (m.kind !== undefined) {
+    if (live && m.seq > (room.cursor ?? 0)) room.cursor = m.seq;
+    applyChange(room, m);
+    return false;
+  }
+  if (typeof m.body !== 'string' && m.deleted !== true) return false;
+  const held = room.byKey.get(`${state.ep}:${m.seq}`);
+  if (held) {
+    updateFrom(room, held, m);
+    return false;
+  }
   // Our own message being sent: the real one replaces the placeholder.
   if (m.client_id && isMine(m.user)) {
     const p = state.pending.get(m.client_id);
@@ -986,6 +1526,7 @@ function addMessage(room, m, { live }) {
   }
   const item = msgItem(m);
   if (!insertItem(room, item)) return false;
+  refreshQuotes(room, item);
   if (live && room.pageFrom === null) {
     // The first message of a room that was empty when we joined: it is the beginning.
     room.pageFrom = m.seq;
@@ -998,7 +1539,7 @@ function addMessage(room, m, { live }) {
     const lastRead = state.read[room.name] ?? 0;
     const seen = room === currentRoom() && !document.hidden;
     if (live && m.seq > lastRead && !seen) room.unread++;
-    if (live && room === currentRoom()) announce(`${m.user}: ${m.body}`);
+    if (live && room === currentRoom()) announce(`${m.user}: ${m.body ?? ''}`);
   }
   return true;
 }
@@ -1011,6 +1552,26 @@ function onMessage(f) {
   const added = changeTimeline(room, () => addMessage(room, f, { live: true }), { live: true, mine: mine && room === currentRoom() });
   if (!added) return;
   if (room === currentRoom() && !document.hidden) markRead(room);
+  renderRoomList();
+}
+
+function onChange(f) {
+  if (typeof f.room !== 'string') return;
+  const room = state.rooms.get(f.room);
+  if (!room) return;
+  addMessage(room, f, { live: true });
+}
+
+/** Another session of ours read up to `seq`: what is before it is not unread here either. */
+function onReadEcho(f) {
+  const room = state.rooms.get(f.room);
+  if (!room || !Number.isInteger(f.seq)) return;
+  if (f.seq > (state.read[room.name] ?? 0)) {
+    state.read[room.name] = f.seq;
+    store.set('read', state.read);
+  }
+  const after = room.items.filter((it) => it.kind === 'msg' && it.key[0] === state.ep && it.key[1] > f.seq && !isMine(it.user) && !it.deleted).length;
+  room.unread = Math.min(room.unread, after);
   renderRoomList();
 }
 
@@ -1041,6 +1602,13 @@ function onHistory(f) {
 function onRooms(f) {
   if (!Array.isArray(f.rooms)) return;
   state.publicRooms = f.rooms.filter((r) => !r.direct);
+  for (const r of f.rooms) {
+    // The server counts unread messages from the read marker all our sessions share.
+    const held = state.rooms.get(r.name);
+    if (held && (held.joined || held.direct) && !(held === currentRoom() && !document.hidden)) {
+      held.unread = Number.isInteger(r.unread) && r.unread > 0 ? r.unread : 0;
+    }
+  }
   for (const r of f.rooms) {
     if (!r.direct || r.last_seq === 0 || state.rooms.has(r.name)) continue;
     // A conversation someone started with us while we were away: load it.
@@ -1193,6 +1761,7 @@ function onError(f, req) {
   }
   if (req?.kind === 'send') return onSendError(f, req, code, message);
   if (req?.kind === 'mod') return onModError(req, code, message);
+  if (req?.kind === 'change') return onChangeError(req, code, message);
   if (req?.kind === 'join') {
     ui.joinError.textContent = code === 'invalid_room' ? `That room name is not allowed: ${message}` : message;
     ui.joinRoom.setAttribute('aria-invalid', 'true');
@@ -1216,7 +1785,7 @@ function onError(f, req) {
     showComposerError(message);
     return;
   }
-  if (code === 'not_member' || code === 'invalid_room' || code === 'too_many_rooms') {
+  if (code === 'not_member' || code === 'invalid_room' || code === 'too_many_rooms' || code === 'no_such_message') {
     // Errors without an id: a room from an earlier visit that is no longer allowed, or
     // typing in a room we just left. Nothing the user needs to act on.
     return;
@@ -1531,16 +2100,17 @@ function pendingKey() {
   return [Number.MAX_SAFE_INTEGER, state.pendingSeq, 0];
 }
 
-function sendMessage(room, body) {
+function sendMessage(room, body, replyTo = null) {
   const p = {
     clientId: uuid(),
     room: room.name,
     to: room.direct ? room.peer : null,
     body,
+    replyTo,
     failed: false,
     retryTimer: null,
   };
-  p.item = { kind: 'pending', key: pendingKey(), user: state.me, body, date: new Date(), clientId: p.clientId };
+  p.item = { kind: 'pending', key: pendingKey(), user: state.me, body, date: new Date(), clientId: p.clientId, replyTo, reactions: [] };
   state.pending.set(p.clientId, p);
   changeTimeline(room, () => insertItem(room, p.item), { mine: true });
   resend(p);
@@ -1550,6 +2120,7 @@ function resend(p) {
   clearTimeout(p.retryTimer);
   p.retryTimer = null;
   const frame = { type: 'send', body: p.body, client_id: p.clientId };
+  if (p.replyTo !== null && p.replyTo !== undefined) frame.reply_to = p.replyTo;
   if (p.to) frame.to = p.to;
   else frame.room = p.room;
   if (p.failed) {
@@ -1598,6 +2169,7 @@ function onAck(f, req) {
   // reconnect), show it from the ack.
   const room = getRoom(f.room);
   const m = { room: f.room, seq: f.seq, ts: f.ts, user: state.me, body: p.body, client_id: clientId };
+  if (p.replyTo !== null && p.replyTo !== undefined) m.reply_to = p.replyTo;
   const current = currentRoom();
   changeTimeline(room, () => addMessage(room, m, { live: false }), { mine: true });
   if (room.direct) rememberDm(room.name);
@@ -1874,6 +2446,8 @@ function selectRoom(name, { focus = false } = {}) {
   if (!room) return;
   const prev = currentRoom();
   if (prev && prev !== room) {
+    const sep = prev.items.find((it) => it.kind === 'unread');
+    if (sep) removeItem(prev, sep);
     prev.stickBottom = stuck;
     prev.scrollTop = ui.scroller.scrollTop;
     stopTyping();
@@ -1894,6 +2468,7 @@ function selectRoom(name, { focus = false } = {}) {
   }
   ui.jump.hidden = room.newBelow === 0 || room.stickBottom;
   markRead(room);
+  renderReplyBar();
   renderMembers();
   renderRoomState();
   renderTopic();
@@ -1922,11 +2497,16 @@ function showNoRoom() {
 }
 
 function markRead(room) {
+  if (room.unread > 0 && room === currentRoom()) changeTimeline(room, () => placeUnreadSeparator(room));
   room.unread = 0;
   room.newBelow = isAtBottom() ? 0 : room.newBelow;
-  if (room.cursor !== null && (state.read[room.name] ?? 0) !== room.cursor) {
+  // The server hears of it (and our other sessions with it) only while the reader can see
+  // the room: the page is visible and has the focus.
+  if (room !== currentRoom() || document.hidden || !document.hasFocus()) return;
+  if (room.cursor !== null && room.cursor > (state.read[room.name] ?? 0)) {
     state.read[room.name] = room.cursor;
     store.set('read', state.read);
+    send({ type: 'read', room: room.name, seq: room.cursor });
   }
 }
 
@@ -2126,7 +2706,15 @@ ui.composer.addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
     e.preventDefault();
     ui.composerForm.requestSubmit();
+  } else if (e.key === 'Escape' && currentRoom()?.replyTo) {
+    e.preventDefault();
+    e.stopPropagation();
+    cancelReply();
   }
+});
+ui.replyCancel.addEventListener('click', () => {
+  cancelReply();
+  ui.composer.focus();
 });
 
 ui.composer.addEventListener('input', () => {
@@ -2157,7 +2745,10 @@ ui.composerForm.addEventListener('submit', (e) => {
   autosize();
   // The server ends our typing indicator when the message is posted; just forget it.
   state.typingSent = { room: null, at: 0 };
-  sendMessage(room, body);
+  const reply = room.replyTo && room.replyTo.ep === state.ep ? room.replyTo.seq : null;
+  room.replyTo = null;
+  renderReplyBar();
+  sendMessage(room, body, reply);
   ui.composer.focus();
 });
 
@@ -2277,13 +2868,15 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'Escape') closeDrawers();
 });
 
-document.addEventListener('visibilitychange', () => {
+function seen() {
   const room = currentRoom();
   if (!document.hidden && room) {
     markRead(room);
     renderRoomList();
   }
-});
+}
+document.addEventListener('visibilitychange', seen);
+window.addEventListener('focus', seen);
 
 // Header "leave" control lives in the room title bar; added here to keep the HTML simple.
 const leaveBtn = el('button', 'link-btn leave-btn', 'Leave');

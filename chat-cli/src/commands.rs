@@ -1,5 +1,6 @@
 //! What a line typed by the user means: a message, or a `/command`.
 
+use chat_core::Seq;
 use chat_core::client::Moderation;
 
 /// A parsed input line.
@@ -30,6 +31,29 @@ pub enum Line {
     /// `/mute USER [MINUTES] [REASON]`, `/unmute USER`, `/topic TEXT`: a moderator's
     /// command in the current room.
     Moderate(Moderation),
+    /// `/edit SEQ TEXT`: a new text for one's own message in the current room.
+    Edit {
+        /// The message.
+        seq: Seq,
+        /// The new text.
+        text: String,
+    },
+    /// `/delete SEQ`: delete a message of the current room.
+    Delete(Seq),
+    /// `/react SEQ EMOJI`: add the reaction, or take it back when it is there already.
+    React {
+        /// The message.
+        seq: Seq,
+        /// One emoji.
+        emoji: String,
+    },
+    /// `/reply SEQ TEXT`: a message of the current room answering message SEQ.
+    Reply {
+        /// The message answered.
+        seq: Seq,
+        /// The text.
+        text: String,
+    },
     /// `/help`
     Help,
     /// `/quit`
@@ -46,6 +70,10 @@ pub const HELP: &[&str] = &[
     "/who              list who is in the current room",
     "/more             list more of a big room's members",
     "/msg USER TEXT    send a direct message",
+    "/reply SEQ TEXT   answer message #SEQ",
+    "/edit SEQ TEXT    change your message #SEQ",
+    "/delete SEQ       delete message #SEQ (yours; moderators: any)",
+    "/react SEQ EMOJI  react to #SEQ (again: take it back)",
     "/history [N]      show N earlier messages of this room (default: the server's page)",
     "/kick USER [WHY]  moderators: take USER out of this room",
     "/ban USER [MIN] [WHY]  moderators: keep USER out of this room (MIN minutes, or for good)",
@@ -142,10 +170,48 @@ pub fn parse(line: &str) -> Result<Line, String> {
         "unban" => arg("USER").map(|user| Line::Moderate(Moderation::Unban { user })),
         "unmute" => arg("USER").map(|user| Line::Moderate(Moderation::Unmute { user })),
         "topic" => arg("TEXT").map(|t| Line::Moderate(Moderation::Topic(t))),
+        "edit" => {
+            let (seq, text) = seq_and_rest(rest).ok_or("usage: /edit SEQ TEXT")?;
+            if text.is_empty() {
+                return Err("usage: /edit SEQ TEXT".to_owned());
+            }
+            Ok(Line::Edit { seq, text })
+        }
+        "delete" | "del" => match seq_and_rest(rest) {
+            Some((seq, more)) if more.is_empty() => Ok(Line::Delete(seq)),
+            _ => Err("usage: /delete SEQ".to_owned()),
+        },
+        "react" => match seq_and_rest(rest) {
+            Some((seq, emoji)) if !emoji.is_empty() && !emoji.contains(char::is_whitespace) => {
+                Ok(Line::React { seq, emoji })
+            }
+            _ => Err("usage: /react SEQ EMOJI".to_owned()),
+        },
+        "reply" | "re" => {
+            let (seq, text) = seq_and_rest(rest).ok_or("usage: /reply SEQ TEXT")?;
+            if text.is_empty() {
+                return Err("usage: /reply SEQ TEXT".to_owned());
+            }
+            Ok(Line::Reply { seq, text })
+        }
         "help" | "?" => Ok(Line::Help),
         "quit" | "exit" | "q" => Ok(Line::Quit),
         _ => Err(format!("unknown command /{word} (try /help)")),
     }
+}
+
+/// A message's seq (`12` or `#12`) and the rest, trimmed; `None` without a number.
+fn seq_and_rest(rest: &str) -> Option<(Seq, String)> {
+    let (first, more) = match rest.split_once(char::is_whitespace) {
+        Some((first, more)) => (first, more.trim()),
+        None => (rest, ""),
+    };
+    let seq = first
+        .strip_prefix('#')
+        .unwrap_or(first)
+        .parse::<u64>()
+        .ok()?;
+    Some((Seq(seq), more.to_owned()))
 }
 
 /// The first word (a user name) and the rest, trimmed; `None` without a user.
@@ -235,6 +301,32 @@ mod tests {
         );
         assert!(parse("/kick").unwrap_err().contains("usage"));
         assert!(parse("/topic").unwrap_err().contains("usage"));
+        assert_eq!(
+            parse("/edit 4 hello  world"),
+            Ok(Line::Edit {
+                seq: Seq(4),
+                text: "hello  world".into()
+            })
+        );
+        assert!(parse("/edit 4").unwrap_err().contains("usage"));
+        assert!(parse("/edit x hi").unwrap_err().contains("usage"));
+        assert_eq!(parse("/delete #7"), Ok(Line::Delete(Seq(7))));
+        assert!(parse("/delete 7 8").is_err());
+        assert_eq!(
+            parse("/react 7 👍"),
+            Ok(Line::React {
+                seq: Seq(7),
+                emoji: "👍".into()
+            })
+        );
+        assert!(parse("/react 7").is_err());
+        assert_eq!(
+            parse("/reply 3 me too"),
+            Ok(Line::Reply {
+                seq: Seq(3),
+                text: "me too".into()
+            })
+        );
         assert_eq!(parse("/help"), Ok(Line::Help));
         assert_eq!(parse("/quit"), Ok(Line::Quit));
         assert!(

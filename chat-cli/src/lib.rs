@@ -18,6 +18,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod changes;
 pub mod commands;
 pub mod input;
 pub mod net;

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use chat_cli::changes::Change;
 use chat_cli::net::{NetOptions, Reconnect};
 use chat_cli::oneshot::{self, Common};
 use chat_cli::session::Session;
@@ -32,6 +33,8 @@ Examples:
   chat-cli send --room general hello       one message, prints ROOM#SEQ
   chat-cli tail --room general --json      follow a room as JSON lines
   chat-cli history --room general --limit 20
+  chat-cli edit --room general 42 'fixed text'   change your message #42
+  chat-cli react --room general 42 👍           react to #42 (--off takes it back)
 
 In the full-screen chat, type /help for commands and keys.";
 
@@ -41,9 +44,25 @@ Examples:
   echo 'multi-word from a pipe' | chat-cli send --room ops
   seq=$(chat-cli send --room ops hi) && echo \"posted as $seq\"   # ops#42
 
+  chat-cli send --room ops --reply-to 42 'on it'             answers message #42
+
 Prints ROOM#SEQ (the room as the server normalized it and the message's sequence
 number) once the server has stored the message. On rejection prints `CODE: message`
 on stderr and exits 1.";
+
+const CHANGE_EXAMPLES: &str = "\
+Examples:
+  chat-cli --name alice edit --room general 42 'hello world'
+  chat-cli --name alice delete --room general 42
+  chat-cli --name bob react --room general 42 👍
+  chat-cli --name bob react --room general 42 👍 --off
+
+SEQ is the message's sequence number (what `send` printed after the #, or `seq` in
+`history --json`). Prints ROOM#SEQ of the change once the server has stored it. The
+server refuses, with `CODE: message` on stderr and exit code 1: someone else's
+message (not_author; a room's moderators and owners may delete any), a deleted one
+(gone), an unknown or too old seq (no_such_message), an edit after the edit window
+(edit_window_passed), more than one emoji (limit_reached, invalid_emoji).";
 
 const TAIL_EXAMPLES: &str = "\
 Examples:
@@ -53,7 +72,10 @@ Examples:
   chat-cli tail --room ops --json | jq -r .body
 
 Plain lines are `HH:MM:SS <user> body` (local time); --json lines are objects with
-room, seq, ts (RFC 3339, UTC), user, body (and client_id when the author sent one).
+room, seq, ts (RFC 3339, UTC), user, body (and client_id when the author sent one,
+reply_to for a reply). Edits, deletes and reactions come as their own lines:
+`HH:MM:SS <user> edited #SEQ: text`, `deleted #SEQ`, `reacted 👍 to #SEQ`; in JSON
+with kind, target (and emoji, on). --count counts messages only.
 When the connection drops, tail reconnects and resumes after the last message it
 printed: nothing is missed or printed twice.";
 
@@ -63,8 +85,11 @@ Examples:
   chat-cli history --room general --limit 10 --before 120
   chat-cli history --room general --json > general.jsonl
 
-Messages are printed oldest first. When older ones exist, stderr says which
---before fetches the previous page.";
+Messages are printed oldest first, each as it is now: `(edited)` after an edited
+text, `(deleted)` for a deleted message, `↪#SEQ` before a reply, reactions after it as
+`[👍 alice, bob]`. --json objects carry edited_at, deleted, reactions
+([{emoji, users}]) and reply_to when the message has them. When older ones exist,
+stderr says which --before fetches the previous page.";
 
 /// A terminal chat client: full-screen chat for people, one-shot commands for scripts.
 #[derive(Debug, Parser)]
@@ -103,6 +128,67 @@ enum Sub {
     /// Print a page of a room's history, oldest first.
     #[command(after_help = HISTORY_EXAMPLES, after_long_help = format!("{HISTORY_EXAMPLES}\n\n{EXIT_CODES}"))]
     History(HistoryArgs),
+    /// Change the text of one of your messages and print ROOM#SEQ of the edit.
+    #[command(after_help = CHANGE_EXAMPLES, after_long_help = format!("{CHANGE_EXAMPLES}\n\n{EXIT_CODES}"))]
+    Edit(EditArgs),
+    /// Delete a message (yours; any as the room's moderator) and print ROOM#SEQ of the delete.
+    #[command(after_help = CHANGE_EXAMPLES, after_long_help = format!("{CHANGE_EXAMPLES}\n\n{EXIT_CODES}"))]
+    Delete(DeleteArgs),
+    /// React to a message with an emoji (or take the reaction back with --off).
+    #[command(after_help = CHANGE_EXAMPLES, after_long_help = format!("{CHANGE_EXAMPLES}\n\n{EXIT_CODES}"))]
+    React(ReactArgs),
+}
+
+#[derive(Debug, Args)]
+struct EditArgs {
+    /// The room of the message.
+    #[arg(long, value_name = "ROOM")]
+    room: String,
+    /// The message's sequence number.
+    #[arg(value_name = "SEQ")]
+    seq: u64,
+    /// The new text; words are joined with spaces. Read from stdin when absent.
+    #[arg(
+        value_name = "TEXT",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    text: Vec<String>,
+    /// Seconds to wait for the server's acknowledgement.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// The room of the message.
+    #[arg(long, value_name = "ROOM")]
+    room: String,
+    /// The message's sequence number.
+    #[arg(value_name = "SEQ")]
+    seq: u64,
+    /// Seconds to wait for the server's acknowledgement.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
+}
+
+#[derive(Debug, Args)]
+struct ReactArgs {
+    /// The room of the message.
+    #[arg(long, value_name = "ROOM")]
+    room: String,
+    /// The message's sequence number.
+    #[arg(value_name = "SEQ")]
+    seq: u64,
+    /// One emoji.
+    #[arg(value_name = "EMOJI")]
+    emoji: String,
+    /// Take your reaction with EMOJI back instead of adding it.
+    #[arg(long)]
+    off: bool,
+    /// Seconds to wait for the server's acknowledgement.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +199,9 @@ struct SendArgs {
     /// Seconds to wait for the server's acknowledgement.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     timeout: f64,
+    /// Answer the message with this sequence number (of the same room).
+    #[arg(long, value_name = "SEQ")]
+    reply_to: Option<u64>,
     /// The message; words are joined with spaces. Read from stdin when absent.
     #[arg(
         value_name = "TEXT",
@@ -211,21 +300,70 @@ async fn run(cli: Cli) -> i32 {
             let Some(limit) = timeout(args.timeout) else {
                 return usage("--timeout must be a positive number of seconds");
             };
-            let body = if args.text.is_empty() {
-                let mut body = String::new();
-                if std::io::Read::read_to_string(&mut std::io::stdin(), &mut body).is_err() {
-                    return usage("stdin is not text");
-                }
-                body.trim_end_matches(['\n', '\r']).to_owned()
-            } else {
-                args.text.join(" ")
+            let Some(body) = text_or_stdin(args.text) else {
+                return usage("stdin is not text");
             };
             let session = Session::start_with_tokens(
                 NetOptions::new(&cli.url, Reconnect::AfterFirst),
                 config(Some(vec![])),
                 TokenCache::default_location(),
             );
-            interruptible(oneshot::send(session, common, args.room, body, limit)).await
+            match args.reply_to {
+                Some(seq) => {
+                    let reply = Change::Reply {
+                        reply_to: Seq(seq),
+                        body,
+                    };
+                    interruptible(oneshot::change(session, common, args.room, reply, limit)).await
+                }
+                None => interruptible(oneshot::send(session, common, args.room, body, limit)).await,
+            }
+        }
+        Some(Sub::Edit(args)) => {
+            let Some(body) = text_or_stdin(args.text) else {
+                return usage("stdin is not text");
+            };
+            let edit = Change::Edit {
+                seq: Seq(args.seq),
+                body,
+            };
+            one_change(
+                &cli.url,
+                config(Some(vec![])),
+                common,
+                args.room,
+                edit,
+                args.timeout,
+            )
+            .await
+        }
+        Some(Sub::Delete(args)) => {
+            let delete = Change::Delete { seq: Seq(args.seq) };
+            one_change(
+                &cli.url,
+                config(Some(vec![])),
+                common,
+                args.room,
+                delete,
+                args.timeout,
+            )
+            .await
+        }
+        Some(Sub::React(args)) => {
+            let react = Change::React {
+                seq: Seq(args.seq),
+                emoji: args.emoji,
+                on: !args.off,
+            };
+            one_change(
+                &cli.url,
+                config(Some(vec![])),
+                common,
+                args.room,
+                react,
+                args.timeout,
+            )
+            .await
         }
         Some(Sub::Tail(args)) => {
             let session = Session::start_with_tokens(
@@ -285,6 +423,37 @@ async fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// The words of TEXT joined with spaces, or stdin (without its last line break) when
+/// there are none; `None` when stdin is not text.
+fn text_or_stdin(words: Vec<String>) -> Option<String> {
+    if !words.is_empty() {
+        return Some(words.join(" "));
+    }
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut body).ok()?;
+    Some(body.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// `edit`, `delete`, `react`: one change in its own session.
+async fn one_change(
+    url: &str,
+    config: ClientConfig,
+    common: Common,
+    room: String,
+    change: Change,
+    timeout_secs: f64,
+) -> i32 {
+    let Some(limit) = timeout(timeout_secs) else {
+        return usage("--timeout must be a positive number of seconds");
+    };
+    let session = Session::start_with_tokens(
+        NetOptions::new(url, Reconnect::AfterFirst),
+        config,
+        TokenCache::default_location(),
+    );
+    interruptible(oneshot::change(session, common, room, change, limit)).await
 }
 
 /// Runs a non-interactive mode; Ctrl-C ends it with [`exit::INTERRUPTED`].

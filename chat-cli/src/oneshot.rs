@@ -1,4 +1,5 @@
-//! The script-friendly subcommands: `send`, `tail` and `history`. Each opens its own
+//! The script-friendly subcommands: `send`, `tail`, `history`, and the changes `edit`,
+//! `delete`, `react` (and `send --reply-to`). Each opens its own
 //! session, joins the room (creating it if new), does one thing, and exits with a code
 //! from [`crate::exit`].
 
@@ -11,6 +12,7 @@ use chat_core::protocol::Message;
 use chat_core::{ClientMsgId, RequestId, RoomName, Seq, protocol::ErrorCode};
 use tokio::time::{Instant, sleep_until};
 
+use crate::changes::{Change, RawIds};
 use crate::exit;
 use crate::output;
 use crate::sanitize::escape;
@@ -146,6 +148,69 @@ pub async fn send(
     }
 }
 
+/// `edit`, `delete`, `react`, `send --reply-to`: does one [`Change`] to a message of
+/// `room` and prints `ROOM#SEQ` (the change's seq; a reply's) once the server has
+/// stored it. If the connection drops first, it reconnects and sends it again with the
+/// same client id, so it is done once. A refusal (`not_author`, `gone`,
+/// `no_such_message`, `edit_window_passed`, …) is printed as `chat-cli: CODE: message`
+/// on stderr and exits with [`exit::REJECTED`].
+pub async fn change(
+    mut session: Session,
+    common: Common,
+    room: String,
+    change: Change,
+    timeout: Duration,
+) -> i32 {
+    let deadline = Some(Instant::now() + timeout);
+    let mut joins = Vec::new();
+    let (id, client_id) = RawIds::new().fresh();
+    loop {
+        let event = match next_or_timeout(&mut session, deadline).await {
+            Ok(event) => event,
+            Err(code) => return code,
+        };
+        let event = match common_event(&mut session, event, &common, &joins) {
+            Ok(Some(event)) => event,
+            Ok(None) => continue,
+            Err(code) => return code,
+        };
+        match event {
+            ClientEvent::Welcome { resumed, .. } => {
+                // The join goes first; the server handles frames in order. After a
+                // reconnect the client rejoins by itself, and the change goes again.
+                if !resumed {
+                    joins.push(session.with(|c| c.join(&room)));
+                }
+                session.transmit(change.frame(&room, id, client_id.clone()));
+            }
+            ClientEvent::Acked {
+                room,
+                seq,
+                client_id: Some(acked),
+                ..
+            } if acked == client_id => {
+                println!("{}#{}", escape(room.as_str()), seq);
+                return exit::OK;
+            }
+            ClientEvent::Rejected {
+                id: Some(rejected),
+                code,
+                message,
+                ..
+            } if rejected == id => {
+                eprintln!(
+                    "chat-cli: {code}: {} ({} in {})",
+                    escape(&message),
+                    change.describe(),
+                    escape(&room)
+                );
+                return exit::REJECTED;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Options of `history`.
 #[derive(Debug, Clone)]
 pub struct HistoryArgs {
@@ -161,8 +226,10 @@ pub struct HistoryArgs {
     pub timeout: Duration,
 }
 
-/// `history`: prints one page of history, oldest first. When older messages exist, says
-/// on stderr which `--before` gets the next page.
+/// `history`: prints one page of history, oldest first, each message in its current
+/// state (edited, deleted, reactions, what it replies to; the page's change entries are
+/// already part of it and not printed). When older messages exist, says on stderr which
+/// `--before` gets the next page.
 pub async fn history(mut session: Session, common: Common, args: HistoryArgs) -> i32 {
     let deadline = Some(Instant::now() + args.timeout);
     let mut joins = Vec::new();
@@ -192,7 +259,7 @@ pub async fn history(mut session: Session, common: Common, args: HistoryArgs) ->
                 ..
             } if id.is_some() && id == request => {
                 let mut out = std::io::stdout().lock();
-                for m in &messages {
+                for m in messages.iter().filter(|m| m.kind.is_message()) {
                     let _ = writeln!(out, "{}", line(m, args.json));
                 }
                 let _ = out.flush();
@@ -327,9 +394,10 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
                 else {
                     continue;
                 };
+                let got = messages.iter().filter(|m| m.kind.is_message()).count();
                 fetch.wanted = fetch
                     .wanted
-                    .saturating_sub(u32::try_from(messages.len()).unwrap_or(u32::MAX));
+                    .saturating_sub(u32::try_from(got).unwrap_or(u32::MAX));
                 let oldest = messages.first().map(|m| m.seq);
                 fetch.pages.push(messages);
                 match oldest {
@@ -344,8 +412,17 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
                         }));
                     }
                     _ => {
+                        // Pages hold messages in their current state: their change
+                        // entries are not news.
                         let fetch = fetching.take().expect("fetching");
-                        to_print.extend(fetch.pages.into_iter().rev().flatten());
+                        to_print.extend(
+                            fetch
+                                .pages
+                                .into_iter()
+                                .rev()
+                                .flatten()
+                                .filter(|m| m.kind.is_message()),
+                        );
                         to_print.append(&mut held);
                     }
                 }
@@ -359,8 +436,6 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
                 reject(code, &message);
                 return exit::REJECTED;
             }
-            // Changes to messages (edits, deletes, reactions) are not shown yet.
-            ClientEvent::Message { message, .. } if !message.kind.is_message() => {}
             ClientEvent::Message {
                 message, delivery, ..
             } => {
@@ -383,6 +458,11 @@ pub async fn tail(mut session: Session, common: Common, args: TailArgs) -> i32 {
                 if writeln!(out, "{}", line(&m, args.json)).is_err() {
                     // Whoever read the output is gone (`tail | head -1`): done.
                     return exit::OK;
+                }
+                // Changes (edits, deletes, reactions) are printed, but `--count`
+                // counts messages.
+                if !m.kind.is_message() {
+                    continue;
                 }
                 printed += 1;
                 if args.count.is_some_and(|n| printed >= n) {

@@ -3,6 +3,7 @@
 use chat_core::protocol::{Message, format_ts};
 use chrono::{DateTime, Local, Utc};
 
+use crate::changes;
 use crate::sanitize::{escape, json_string};
 
 /// `HH:MM:SS` in the local time zone.
@@ -11,18 +12,22 @@ pub fn clock(ts: &DateTime<Utc>) -> String {
     ts.with_timezone(&Local).format("%H:%M:%S").to_string()
 }
 
-/// `HH:MM:SS <user> body`, escaped: one line whatever the body holds.
+/// `HH:MM:SS <user> body`, escaped: one line whatever the body holds. A reply starts
+/// with `↪#SEQ`, an edited message ends with `(edited)`, a deleted one reads
+/// `(deleted)`, reactions follow as `[👍 alice, bob]`; a change entry reads
+/// `HH:MM:SS <user> edited #SEQ: text` (or `deleted #SEQ`, `reacted 👍 to #SEQ`, `took
+/// back 👍 from #SEQ`).
 #[must_use]
 pub fn plain(msg: &Message) -> String {
     format!(
         "{} <{}> {}",
         clock(&msg.ts),
         escape(msg.user.as_str()),
-        escape(&msg.body)
+        entry_text(msg)
     )
 }
 
-/// `HH:MM:SS [room] <user> body`, for output that mixes rooms.
+/// `HH:MM:SS [room] <user> body`, for output that mixes rooms (the rest as [`plain`]).
 #[must_use]
 pub fn plain_in_room(msg: &Message) -> String {
     format!(
@@ -30,12 +35,33 @@ pub fn plain_in_room(msg: &Message) -> String {
         clock(&msg.ts),
         escape(msg.room.as_str()),
         escape(msg.user.as_str()),
-        escape(&msg.body)
+        entry_text(msg)
     )
 }
 
+/// What [`plain`] shows after the author.
+fn entry_text(msg: &Message) -> String {
+    if let Some(change) = changes::change_text(msg) {
+        return change;
+    }
+    let mut text = String::new();
+    if let Some(seq) = msg.reply_to {
+        text.push_str(&format!("↪#{seq} "));
+    }
+    text.push_str(&changes::body_text(msg));
+    let reactions = changes::reactions_text(msg);
+    if !reactions.is_empty() {
+        text.push(' ');
+        text.push_str(&reactions);
+    }
+    text
+}
+
 /// One JSON object on one line: `room`, `seq`, `ts` (RFC 3339), `user`, `body`, and
-/// `client_id` when the author sent one. Valid JSON and terminal-safe for any input.
+/// `client_id` when the author sent one; `reply_to`, `edited_at`, `deleted` and
+/// `reactions` (`[{"emoji":…,"users":[…]}]`) when the message has them; a change entry
+/// has `kind` (`edit`, `delete`, `react`), `target`, and `emoji` and `on` for a
+/// reaction. Valid JSON and terminal-safe for any input.
 #[must_use]
 pub fn json(msg: &Message) -> String {
     let mut line = format!(
@@ -49,6 +75,42 @@ pub fn json(msg: &Message) -> String {
     if let Some(id) = &msg.client_id {
         line.push_str(",\"client_id\":");
         line.push_str(&json_string(id));
+    }
+    if !msg.kind.is_message() {
+        line.push_str(&format!(",\"kind\":{}", json_string(msg.kind.as_str())));
+    }
+    if let Some(target) = msg.target {
+        line.push_str(&format!(",\"target\":{}", target.0));
+    }
+    if let Some(emoji) = &msg.emoji {
+        line.push_str(&format!(",\"emoji\":{}", json_string(emoji)));
+    }
+    if let Some(on) = msg.on {
+        line.push_str(&format!(",\"on\":{on}"));
+    }
+    if let Some(seq) = msg.reply_to {
+        line.push_str(&format!(",\"reply_to\":{}", seq.0));
+    }
+    if let Some(at) = &msg.edited_at {
+        line.push_str(&format!(",\"edited_at\":{}", json_string(&format_ts(at))));
+    }
+    if msg.deleted {
+        line.push_str(",\"deleted\":true");
+    }
+    if !msg.reactions.is_empty() {
+        let list: Vec<String> = msg
+            .reactions
+            .iter()
+            .map(|r| {
+                let users: Vec<String> = r.users.iter().map(|u| json_string(u.as_str())).collect();
+                format!(
+                    "{{\"emoji\":{},\"users\":[{}]}}",
+                    json_string(&r.emoji),
+                    users.join(",")
+                )
+            })
+            .collect();
+        line.push_str(&format!(",\"reactions\":[{}]", list.join(",")));
     }
     line.push('}');
     line
@@ -160,6 +222,40 @@ mod tests {
         assert_eq!(v["user"], "bob");
         assert_eq!(v["body"], "hi \"there\"\n\x1b[2J\u{202e}");
         assert_eq!(v["client_id"], "c-1");
+    }
+
+    #[test]
+    fn json_lines_carry_the_current_state() {
+        let mut msg = message("hello");
+        msg.reply_to = Some(Seq(3));
+        msg.edited_at = Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 5, 0).unwrap());
+        msg.reactions = vec![chat_core::protocol::Reaction {
+            emoji: "👍".into(),
+            users: vec![
+                UserName::parse("ann", 32).unwrap(),
+                UserName::parse("bob", 32).unwrap(),
+            ],
+        }];
+        let v: serde_json::Value = serde_json::from_str(&json(&msg)).unwrap();
+        assert_eq!(v["reply_to"], 3);
+        assert_eq!(v["edited_at"], "2026-01-02T03:05:00.000Z");
+        assert_eq!(
+            v["reactions"],
+            serde_json::json!([{"emoji":"👍","users":["ann","bob"]}])
+        );
+        assert!(v.get("deleted").is_none());
+        let line = plain(&msg);
+        assert!(
+            line.ends_with(" <bob> ↪#3 hello (edited) [👍 ann, bob]"),
+            "{line}"
+        );
+        msg.deleted = true;
+        msg.body = "".into();
+        msg.reactions.clear();
+        msg.edited_at = None;
+        let v: serde_json::Value = serde_json::from_str(&json(&msg)).unwrap();
+        assert_eq!(v["deleted"], true);
+        assert!(plain(&msg).ends_with(" <bob> ↪#3 (deleted)"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use chat_core::{RoomName, protocol::ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::changes::{Change, RawIds};
 use crate::commands::{self, HELP};
 use crate::exit;
 use crate::output::{clock, plain_in_room};
@@ -43,6 +44,7 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
     // to the millisecond): sent again before anything else, so lines keep their order.
     let mut retry: Option<(Target, String)> = None;
     let mut asked: Asked<&'static str> = Asked::default();
+    let mut ids = RawIds::new();
     let mut eof = false;
     let mut eof_deadline = None;
     let mut code = exit::OK;
@@ -68,7 +70,15 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
             }
             let line = queue.pop_front().expect("not empty");
             let target = room.clone().expect("checked");
-            if command(&mut session, &line, &target, &mut room, &mut asked) == Some(true) {
+            if command(
+                &mut session,
+                &line,
+                &target,
+                &mut room,
+                &mut asked,
+                &mut ids,
+            ) == Some(true)
+            {
                 queue.clear();
                 eof = true;
             }
@@ -152,6 +162,7 @@ fn command(
     target: &RoomName,
     room: &mut Option<RoomName>,
     asked: &mut Asked<&'static str>,
+    ids: &mut RawIds,
 ) -> Option<bool> {
     let parsed = match commands::parse(line) {
         Ok(parsed) => parsed,
@@ -204,6 +215,33 @@ fn command(
             let id = session.with(|c| c.moderate(target.as_str(), action));
             asked.insert(id, "moderate");
         }
+        commands::Line::Edit { seq, text } => {
+            transmit(session, ids, target, &Change::Edit { seq, body: text });
+        }
+        commands::Line::Delete(seq) => transmit(session, ids, target, &Change::Delete { seq }),
+        // This mode keeps no messages, so it cannot tell whether the reaction is there:
+        // `/react` always adds.
+        commands::Line::React { seq, emoji } => {
+            transmit(
+                session,
+                ids,
+                target,
+                &Change::React {
+                    seq,
+                    emoji,
+                    on: true,
+                },
+            );
+        }
+        commands::Line::Reply { seq, text } => transmit(
+            session,
+            ids,
+            target,
+            &Change::Reply {
+                reply_to: seq,
+                body: text,
+            },
+        ),
         commands::Line::Help => {
             for line in HELP {
                 println!("{line}");
@@ -229,8 +267,8 @@ fn print_event(
         ClientEvent::Joined { room: name, .. } if room.is_none() || answers.is_some() => {
             *room = Some(name.clone());
         }
-        // Changes to messages (edits, deletes, reactions) are not shown yet.
-        ClientEvent::Message { message, .. } if !message.kind.is_message() => {}
+        // Messages, and changes to them (edits, deletes, reactions) as lines of their
+        // own: "edited #4: text".
         ClientEvent::Message {
             message, delivery, ..
         } if *delivery != Delivery::Backlog => {
@@ -277,7 +315,8 @@ fn print_event(
             );
         }
         ClientEvent::History { messages, .. } => {
-            for m in messages {
+            // Messages in their current state: the page's change entries are part of it.
+            for m in messages.iter().filter(|m| m.kind.is_message()) {
                 let _ = writeln!(out, "{}", plain_in_room(m));
             }
         }
@@ -359,4 +398,12 @@ fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
         }
     });
     rx
+}
+
+/// Writes a change to a message of `room` (a refusal comes back as an error line).
+fn transmit(session: &mut Session, ids: &mut RawIds, room: &RoomName, change: &Change) {
+    let (id, client_id) = ids.fresh();
+    if !session.transmit(change.frame(room.as_str(), id, client_id)) {
+        eprintln!("chat-cli: not connected: {} not sent", change.describe());
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, ClientEvent, Command, Delivery, Phase};
-use chat_core::protocol::{Message, ModAction};
+use chat_core::protocol::{ClientFrame, Message, ModAction};
 use chat_core::{ClientMsgId, RoomName, Seq, UserName, protocol::ErrorCode};
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -26,6 +26,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 use unicode_width::UnicodeWidthChar;
 
+use crate::changes::{self, Change, RawIds};
 use crate::commands::{self, HELP};
 use crate::input::LineEditor;
 use crate::output::clock;
@@ -79,6 +80,15 @@ impl RoomView {
         }
     }
 
+    /// The message `seq` in the scrollback.
+    fn message_mut(&mut self, seq: Option<Seq>) -> Option<&mut Arc<Message>> {
+        let seq = seq?;
+        self.entries.iter_mut().rev().find_map(|e| match e {
+            Entry::Message { msg, .. } if msg.seq == seq => Some(msg),
+            _ => None,
+        })
+    }
+
     fn oldest_seq(&self) -> Option<Seq> {
         self.entries.iter().find_map(|e| match e {
             Entry::Message { msg, .. } => Some(msg.seq),
@@ -125,6 +135,12 @@ pub struct App {
     /// chose the name explicitly: then it is reported, not changed).
     fallback_name: Option<String>,
     typing: Option<(RoomName, Instant)>,
+    /// Frames for the driver to write ([`App::take_frames`]): edits, deletes, reactions
+    /// and replies, which the client has no commands for.
+    outbox: Vec<ClientFrame>,
+    /// Those changes, by request id, to say which one the server refused.
+    changes: Asked<Change>,
+    ids: RawIds,
 }
 
 /// A key the screen did not consume.
@@ -153,7 +169,16 @@ impl App {
             switch_on_ack: None,
             fallback_name,
             typing: None,
+            outbox: Vec::new(),
+            changes: Asked::default(),
+            ids: RawIds::new(),
         }
+    }
+
+    /// The frames to write now (see [`crate::session::Session::transmit`]); the driver
+    /// calls this after every key and event.
+    pub fn take_frames(&mut self) -> Vec<ClientFrame> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// Whether the user asked to quit.
@@ -213,6 +238,7 @@ impl App {
 
     fn on_client_event(&mut self, event: &ClientEvent, client: &mut Client) {
         let answers = self.asked.answer(event);
+        let change = self.changes.answer(event);
         match event {
             ClientEvent::Welcome {
                 user,
@@ -250,8 +276,15 @@ impl App {
                     self.note = Some(format!("left {}", escape(room.as_str())));
                 }
             }
-            // Changes to messages (edits, deletes, reactions) are not shown yet.
-            ClientEvent::Message { message, .. } if !message.kind.is_message() => {}
+            // An edit, delete or reaction: applied to the message it names, when shown
+            // (the rule of `Message::apply` makes applying it twice harmless).
+            ClientEvent::Message { message, .. } if !message.kind.is_message() => {
+                if let Some(view) = self.rooms.iter_mut().find(|r| r.name == message.room)
+                    && let Some(msg) = view.message_mut(message.target)
+                {
+                    Arc::make_mut(msg).apply(message);
+                }
+            }
             ClientEvent::Message {
                 message,
                 delivery,
@@ -291,9 +324,11 @@ impl App {
                     return;
                 };
                 let oldest = view.oldest_seq();
+                // Messages come in their current state; the page's change entries are
+                // part of it already.
                 let older: Vec<Entry> = messages
                     .iter()
-                    .filter(|m| oldest.is_none_or(|o| m.seq < o))
+                    .filter(|m| m.kind.is_message() && oldest.is_none_or(|o| m.seq < o))
                     .map(|m| Entry::Message {
                         own: client.user().is_some_and(|me| me.key() == m.user.key()),
                         msg: m.clone(),
@@ -420,7 +455,7 @@ impl App {
                         format!(" (not sent: {})", escape(&short))
                     }
                     Some(Command::Join { room }) => format!(" (joining {})", escape(room)),
-                    _ => String::new(),
+                    _ => change.map_or_else(String::new, |c| format!(" ({})", c.describe())),
                 };
                 let text = format!("error {code}: {}{what}", escape(message));
                 self.note = Some(text.clone());
@@ -609,6 +644,36 @@ impl App {
                 }
                 None => self.note = Some("not in any room".into()),
             },
+            commands::Line::Edit { seq, text } => {
+                self.change(client, Change::Edit { seq, body: text });
+            }
+            commands::Line::Delete(seq) => self.change(client, Change::Delete { seq }),
+            commands::Line::React { seq, emoji } => {
+                // The same emoji again takes the reaction back.
+                let me = client.user().map(UserName::key);
+                let mine = self.rooms.get_mut(self.current).is_some_and(|view| {
+                    view.message_mut(Some(seq)).is_some_and(|m| {
+                        m.reactions.iter().any(|r| {
+                            r.emoji == emoji && r.users.iter().any(|u| Some(u.key()) == me)
+                        })
+                    })
+                });
+                self.change(
+                    client,
+                    Change::React {
+                        seq,
+                        emoji,
+                        on: !mine,
+                    },
+                );
+            }
+            commands::Line::Reply { seq, text } => self.change(
+                client,
+                Change::Reply {
+                    reply_to: seq,
+                    body: text,
+                },
+            ),
             commands::Line::Help => {
                 for line in HELP {
                     self.notice(None, (*line).to_owned());
@@ -616,6 +681,29 @@ impl App {
             }
             commands::Line::Quit => self.quit = true,
         }
+    }
+
+    /// Queues a change to a message of the current room (see [`App::take_frames`]).
+    fn change(&mut self, client: &Client, change: Change) {
+        let Some(room) = self.current_room().cloned() else {
+            self.note = Some("not in any room".into());
+            return;
+        };
+        if client.phase() != Phase::Ready {
+            self.note = Some(format!("not connected: {} not sent", change.describe()));
+            return;
+        }
+        let (id, client_id) = self.ids.fresh();
+        let mut frame = change.frame(room.as_str(), id, client_id);
+        if room.direct_users().is_some()
+            && let ClientFrame::Send(send) = &mut frame
+        {
+            // A direct message goes to the other user.
+            send.room = None;
+            send.to = Some(self.direct_peer(&room, client));
+        }
+        self.outbox.push(frame);
+        self.changes.insert(id, change);
     }
 
     fn update_typing(&mut self, client: &mut Client) {
@@ -888,7 +976,7 @@ fn draw_chat(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
     // Wrap from the newest entry backwards until the screen (plus the scroll) is full.
     let mut lines: Vec<Line<'static>> = Vec::new();
     for entry in entries.iter().rev() {
-        let mut wrapped = render_entry(entry, width);
+        let mut wrapped = render_entry(entry, entries, width);
         wrapped.append(&mut lines);
         lines = wrapped;
         if lines.len() >= height + scroll {
@@ -904,8 +992,10 @@ fn draw_chat(frame: &mut Frame, area: Rect, app: &App, client: &Client) {
     frame.render_widget(Paragraph::new(visible), inner);
 }
 
-/// The lines of one scrollback entry, wrapped to `width` columns.
-fn render_entry(entry: &Entry, width: usize) -> Vec<Line<'static>> {
+/// The lines of one scrollback entry, wrapped to `width` columns. A message shows its
+/// seq (what `/edit`, `/delete`, `/react` and `/reply` name), the message it replies to
+/// (looked up in `entries`), "(edited)", "(deleted)" and its reactions.
+fn render_entry(entry: &Entry, entries: &[Entry], width: usize) -> Vec<Line<'static>> {
     let dim = Style::new().fg(Color::DarkGray);
     match entry {
         Entry::Message { msg, own } => {
@@ -914,17 +1004,70 @@ fn render_entry(entry: &Entry, width: usize) -> Vec<Line<'static>> {
                 name_style = name_style.add_modifier(Modifier::BOLD);
             }
             let mut out = Vec::new();
-            for (i, body_line) in escape_lines(&msg.body).into_iter().enumerate() {
+            if let Some(target) = msg.reply_to {
+                let quoted = entries.iter().rev().find_map(|e| match e {
+                    Entry::Message { msg: m, .. } if m.seq == target => Some(m),
+                    _ => None,
+                });
+                let text = match quoted {
+                    Some(m) if m.deleted => {
+                        format!("↪ #{target} <{}> (deleted)", escape(m.user.as_str()))
+                    }
+                    Some(m) => {
+                        let first = escape_lines(&m.body).into_iter().next().unwrap_or_default();
+                        let mut snippet: String = first.chars().take(40).collect();
+                        if first.chars().count() > 40 {
+                            snippet.push('…');
+                        }
+                        format!("↪ #{target} <{}> {snippet}", escape(m.user.as_str()))
+                    }
+                    None => format!("↪ #{target}"),
+                };
+                out.extend(wrap(&[(format!("         {text}"), dim)], width, 11));
+            }
+            // A tombstone has one line: "(deleted)".
+            let body_lines: Vec<Option<String>> = if msg.deleted {
+                vec![None]
+            } else {
+                escape_lines(&msg.body)
+                    .into_iter()
+                    .map(|l| Some(l.into_owned()))
+                    .collect()
+            };
+            let last = body_lines.len().saturating_sub(1);
+            for (i, body_line) in body_lines.into_iter().enumerate() {
                 let mut segments = Vec::new();
                 if i == 0 {
                     segments.push((format!("{} ", clock(&msg.ts)), dim));
+                    segments.push((format!("#{} ", msg.seq), dim));
                     segments.push((format!("<{}>", escape(msg.user.as_str())), name_style));
                     segments.push((" ".to_owned(), Style::new()));
                 } else {
                     segments.push(("         ".to_owned(), Style::new()));
                 }
-                segments.push((body_line.into_owned(), Style::new()));
+                match body_line {
+                    None => {
+                        segments.push(("(deleted)".to_owned(), dim.add_modifier(Modifier::ITALIC)))
+                    }
+                    Some(line) => {
+                        segments.push((line, Style::new()));
+                        if i == last && msg.edited_at.is_some() {
+                            segments.push((" (edited)".to_owned(), dim));
+                        }
+                    }
+                }
                 out.extend(wrap(&segments, width, 9));
+            }
+            let reactions = changes::reactions_text(msg);
+            if !reactions.is_empty() {
+                out.extend(wrap(
+                    &[(
+                        format!("         {reactions}"),
+                        Style::new().fg(Color::Yellow),
+                    )],
+                    width,
+                    9,
+                ));
             }
             out
         }

@@ -79,6 +79,10 @@ impl Screen {
         let app = &mut self.app;
         self.session
             .with(|client| app.on_key(KeyEvent::new(code, modifiers), client));
+        // What the driver (tui.rs) does after every key: write the app's own frames.
+        for frame in self.app.take_frames() {
+            self.session.transmit(frame);
+        }
     }
 
     fn type_text(&mut self, text: &str) {
@@ -154,9 +158,9 @@ async fn a_conversation_with_members_typing_and_the_input_line() {
         "│                ││                                          ││                │",
         "│                ││         * connected as carol             ││                │",
         "│                ││HH:MM:SS * alice joined                   ││                │",
-        "│                ││HH:MM:SS <alice> hi carol, long time no   ││                │",
-        "│                ││         see                              ││                │",
-        "│                ││HH:MM:SS <carol> hello alice              ││                │",
+        "│                ││HH:MM:SS #1 <alice> hi carol, long time   ││                │",
+        "│                ││         no see                           ││                │",
+        "│                ││HH:MM:SS #2 <carol> hello alice           ││                │",
         "└────────────────┘└──────────────────────────────────────────┘└────────────────┘",
         " online · #general · alice is typing… · you are carol",
         "> >a draft",
@@ -324,7 +328,8 @@ async fn history_pages_back_into_the_scrollback() {
 async fn hostile_text_is_shown_escaped_never_raw() {
     let server = TestServer::start().await;
     let url = server.url();
-    let mut screen = Screen::open(&url, "jay", Some(&["general"]), 120, 40);
+    // Wide enough that each payload fits on its line after the time, seq and author.
+    let mut screen = Screen::open(&url, "jay", Some(&["general"]), 140, 40);
     screen.until_shows("you are jay").await;
     let mut mallory = Peer::join(&url, "mallory", &["general"]).await;
     for (payload, _) in HOSTILE {
@@ -394,4 +399,79 @@ async fn the_screen_reconnects_and_resumes_every_room() {
     );
     // Exactly once: "before" is not repeated by the resume.
     assert_eq!(text.matches("<bot> before").count(), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletes_reactions_and_replies_live() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut screen = Screen::open(&url, "kim", Some(&["general"]), 100, 16);
+    screen.until_shows("you are kim").await;
+    let mut lee = Peer::join(&url, "lee", &["general"]).await;
+    let seq = lee.say("general", "helo").await;
+    // Each message shows its seq: what the commands name.
+    screen.until_shows(&format!("#{seq} <lee> helo")).await;
+
+    // Another user's edit, live.
+    lee.send_frame(&ClientFrame::Edit(chat_core::protocol::EditRequest {
+        id: Some(RequestId(50)),
+        room: "general".into(),
+        seq,
+        body: "hello".into(),
+        client_id: None,
+    }))
+    .await;
+    screen
+        .until_shows(&format!("#{seq} <lee> hello (edited)"))
+        .await;
+
+    // Our reaction, reply and a refused edit, from the input line.
+    screen.type_text(&format!("/react {seq} 👍"));
+    screen.key(KeyCode::Enter);
+    // (A wide character takes two cells: the buffer holds it and a blank.)
+    let has_reaction = |rows: &[String]| rows.iter().any(|r| r.contains("[👍  kim]"));
+    screen.until("the reaction", has_reaction).await;
+    screen.type_text(&format!("/reply {seq} welcome back"));
+    screen.key(KeyCode::Enter);
+    let rows = screen.until_shows("<kim> welcome back").await;
+    let at = rows
+        .iter()
+        .position(|r| r.contains("<kim> welcome back"))
+        .expect("shown");
+    assert!(
+        rows[at - 1].contains(&format!("↪ #{seq} <lee> hello")),
+        "the quote above the reply:\n{}",
+        rows.join("\n")
+    );
+    screen.type_text(&format!("/edit {seq} mine now"));
+    screen.key(KeyCode::Enter);
+    screen.until_shows("error not_author: ").await;
+    screen.until_shows(&format!("(edit of #{seq})")).await;
+    // The same reaction again takes it back.
+    screen.type_text(&format!("/react {seq} 👍"));
+    screen.key(KeyCode::Enter);
+    screen
+        .until("the reaction gone", |rows| !has_reaction(rows))
+        .await;
+
+    // lee deletes the message: a tombstone, and the quote says so.
+    lee.send_frame(&ClientFrame::Delete(chat_core::protocol::DeleteRequest {
+        id: Some(RequestId(51)),
+        room: "general".into(),
+        seq,
+        client_id: None,
+    }))
+    .await;
+    let rows = screen.until_shows(&format!("#{seq} <lee> (deleted)")).await;
+    assert!(
+        rows.iter()
+            .any(|r| r.contains(&format!("↪ #{seq} <lee> (deleted)"))),
+        "{}",
+        rows.join("\n")
+    );
+    assert!(
+        !rows.iter().any(|r| r.contains("hello")),
+        "the text is gone:\n{}",
+        rows.join("\n")
+    );
 }
