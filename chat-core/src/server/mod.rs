@@ -53,6 +53,7 @@ pub use limits::Rate;
 pub(crate) use limits::TokenBucket;
 /// A moderation operation, for the runtime to carry out one relayed from another server
 /// (cluster mode).
+#[cfg(feature = "runtime")]
 pub(crate) use moderation::Op as ModOp;
 
 pub use moderation::{EXPIRED_REASON, ModerationChange};
