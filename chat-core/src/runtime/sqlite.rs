@@ -7,10 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::store::{Restored, RestoredRoom, Store};
+use super::store::{Pruned, Restored, RestoredRoom, Store};
 use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
 use crate::protocol::{EntryKind, Message, Role};
-use crate::server::{ModerationChange, StoreError};
+use crate::server::{ModerationChange, Retention, StoreError};
 
 /// How hard a commit works to survive a crash. See [`SqliteStore`](SqliteStore#durability).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +121,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, room)
     ) WITHOUT ROWID;
 ",
+    "
+    CREATE TABLE retention (
+        room       TEXT PRIMARY KEY NOT NULL,
+        max_age_ms INTEGER,
+        max_count  INTEGER
+    ) WITHOUT ROWID;
+",
 ];
 
 const INSERT: &str = "INSERT INTO messages \
@@ -222,7 +229,13 @@ pub struct SqliteStore {
     epoch: String,
     durability: Durability,
     busy_timeout: Duration,
+    /// Retention: the last room a pruning step looked at (the next step goes on after
+    /// it, so every room gets its turn).
+    prune_after: Mutex<String>,
 }
+
+/// Rooms one pruning step looks at, at most.
+const PRUNE_ROOMS_PER_STEP: usize = 256;
 
 enum Reads {
     /// A file: read connections of their own, opened on demand, a few kept idle.
@@ -297,10 +310,13 @@ impl SqliteStore {
                 )));
             }
         }
+        // secure_delete: what is deleted or overwritten (a deleted or erased message's
+        // text, what retention prunes) is zeroed in the file, not left in free space.
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {};
              PRAGMA journal_size_limit = {};
-             PRAGMA temp_store = MEMORY;",
+             PRAGMA temp_store = MEMORY;
+             PRAGMA secure_delete = ON;",
             durability.pragma(),
             64 * 1024 * 1024,
         ))
@@ -320,6 +336,7 @@ impl SqliteStore {
             epoch,
             durability,
             busy_timeout: BUSY_TIMEOUT,
+            prune_after: Mutex::new(String::new()),
         })
     }
 
@@ -375,6 +392,26 @@ impl SqliteStore {
 
     fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.writer.lock().map_err(poisoned)
+    }
+
+    /// Runs `f` on the writer's connection in one `BEGIN IMMEDIATE … COMMIT`
+    /// transaction, rolled back if it fails.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.writer()?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(err("starting a write"))?;
+        let result = f(&conn).and_then(|t| {
+            conn.execute_batch("COMMIT")
+                .map_err(err("committing"))
+                .map(|()| t)
+        });
+        if result.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        result
     }
 }
 
@@ -717,6 +754,9 @@ struct Extra {
 /// [`Message::apply`] as the engine changes it, written back): in the transaction that
 /// stores `m`.
 fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
+    if m.kind == EntryKind::Erase {
+        return apply_erase(conn, m);
+    }
     let Some(target) = m.target else {
         return Ok(());
     };
@@ -764,6 +804,158 @@ fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
             .map_err(e)?;
     }
     Ok(())
+}
+
+/// Writes a message's current state (after [`Message::apply`]) back to its row.
+fn write_state(conn: &Connection, msg: &Message) -> Result<(), StoreError> {
+    let e = |e: rusqlite::Error| classify(&e, format!("changing {}#{}: {e}", msg.room, msg.seq));
+    let reactions = if msg.reactions.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_string(&msg.reactions)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        )
+    };
+    conn.prepare_cached(UPDATE_STATE)
+        .map_err(e)?
+        .execute(params![
+            msg.room.as_str(),
+            to_sql_seq(msg.seq),
+            &*msg.body,
+            msg.edited_at.map(|t| t.timestamp_millis()),
+            msg.deleted,
+            reactions,
+            msg.rev.map(to_sql_seq),
+        ])
+        .map_err(e)?;
+    Ok(())
+}
+
+/// An `erase` entry, in the transaction that stores it: every message of its user in the
+/// room before it becomes a tombstone (the engine's [`Message::apply`]), the user's
+/// reactions leave the others, and the user's edits lose their text. One pass over the
+/// room's rows: erasure is rare, and this keeps no index on users.
+fn apply_erase(conn: &Connection, erase: &Message) -> Result<(), StoreError> {
+    let room = &erase.room;
+    let e = |e: rusqlite::Error| classify(&e, format!("erasing in {room}: {e}"));
+    let who = erase.user.key();
+    let mut read = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND seq < ?2 \
+             AND (kind IS NULL OR kind = 'edit') ORDER BY seq"
+        ))
+        .map_err(e)?;
+    let mut rows = read
+        .query(params![room.as_str(), to_sql_seq(erase.seq)])
+        .map_err(e)?;
+    let mut changed = Vec::new();
+    while let Some(row) = rows.next().map_err(e)? {
+        let mut msg = row_to_message(room, row)?;
+        if msg.kind == EntryKind::Edit {
+            if msg.user.key() == who && !msg.body.is_empty() {
+                msg.body = Arc::from("");
+                changed.push(msg);
+            }
+        } else if msg.apply(erase) {
+            changed.push(msg);
+        }
+    }
+    drop(rows);
+    for msg in &changed {
+        if msg.kind == EntryKind::Edit {
+            conn.prepare_cached("UPDATE messages SET body = '' WHERE room = ?1 AND seq = ?2")
+                .map_err(e)?
+                .execute(params![room.as_str(), to_sql_seq(msg.seq)])
+                .map_err(e)?;
+        } else {
+            write_state(conn, msg)?;
+        }
+    }
+    Ok(())
+}
+
+/// One step of retention on the writer's connection, in its own transaction: see
+/// [`Store::prune`].
+fn prune_step(
+    conn: &Connection,
+    after: &mut String,
+    policy: &dyn Fn(&RoomName) -> Option<Retention>,
+    now: DateTime<Utc>,
+    budget: usize,
+) -> Result<Pruned, StoreError> {
+    let e = err("pruning");
+    let mut done = Pruned::default();
+    let mut left = budget;
+    let mut next = conn.prepare_cached(NEXT_ROOM).map_err(&e)?;
+    let mut bounds = conn
+        .prepare_cached("SELECT min(seq), max(seq) FROM messages WHERE room = ?1")
+        .map_err(&e)?;
+    let mut newer = conn
+        .prepare_cached(
+            "SELECT seq FROM messages WHERE room = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1",
+        )
+        .map_err(&e)?;
+    let mut delete = conn
+        .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq < ?2")
+        .map_err(&e)?;
+    for _ in 0..PRUNE_ROOMS_PER_STEP {
+        let Some(name) = next
+            .query_row(params![after.as_str()], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(&e)?
+        else {
+            // Every room had its turn: the next sweep starts from the first.
+            after.clear();
+            return Ok(done);
+        };
+        let prev = std::mem::replace(after, name.clone());
+        let Ok(room) = RoomName::parse(&name, usize::MAX, usize::MAX) else {
+            continue; // not a room this build knows how to name: left alone
+        };
+        let Some(p) = policy(&room).filter(|p| !p.keeps_all()) else {
+            continue;
+        };
+        let (first, last): (i64, i64) = bounds
+            .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&e)?;
+        let (first, last) = (from_sql_seq(first)?, from_sql_seq(last)?);
+        // The first seq the policy keeps, from the two ends of the room's index.
+        let mut keep = Seq(1);
+        if let Some(n) = p.max_count {
+            keep = keep.max(Seq(last.0.saturating_sub(n.max(1)) + 1));
+        }
+        if let Some(age) = p.max_age {
+            let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let young: Option<i64> = newer
+                .query_row(params![name, cutoff.timestamp_millis()], |r| r.get(0))
+                .optional()
+                .map_err(&e)?;
+            keep = keep.max(young.map_or(Ok(last), from_sql_seq)?);
+        }
+        let keep = keep.min(last);
+        if first >= keep {
+            continue;
+        }
+        if left == 0 {
+            done.more = true;
+            *after = prev;
+            return Ok(done);
+        }
+        let upto = Seq(keep.0.min(first.0.saturating_add(left as u64)));
+        let n = delete
+            .execute(params![name, to_sql_seq(upto)])
+            .map_err(&e)?;
+        left = left.saturating_sub(n.max(1));
+        done.rooms.push((room, upto));
+        if upto < keep {
+            done.more = true;
+            *after = prev; // this room again, first, next time
+            return Ok(done);
+        }
+    }
+    done.more = true;
+    Ok(done)
 }
 
 impl Store for SqliteStore {
@@ -868,6 +1060,14 @@ impl Store for SqliteStore {
             // already, e.g. after an I/O error).
             let _ = conn.execute_batch("ROLLBACK");
         }
+        if result.is_ok()
+            && matches!(self.reads, Reads::Pool { .. })
+            && batch.iter().any(|m| m.kind == EntryKind::Erase)
+        {
+            // The erased text is zeroed in the new pages (secure_delete); the old pages
+            // in the main file go now rather than at the next automatic checkpoint.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
         result
     }
 
@@ -906,6 +1106,147 @@ impl Store for SqliteStore {
             let result = load_moderation(conn);
             let _ = conn.execute_batch("COMMIT");
             result
+        })
+    }
+
+    fn save_read_markers(&self, markers: &[(UserName, RoomName, Seq)]) -> Result<(), StoreError> {
+        if markers.is_empty() {
+            return Ok(());
+        }
+        self.write(|conn| {
+            let mut upsert = conn
+                .prepare_cached(
+                    "INSERT INTO read_markers (user, room, seq) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (user, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+                )
+                .map_err(err("preparing a read marker"))?;
+            for (user, room, seq) in markers {
+                upsert
+                    .execute(params![user.key().as_str(), room.as_str(), to_sql_seq(*seq)])
+                    .map_err(err("storing a read marker"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn load_read_markers(&self) -> Result<Vec<(UserName, RoomName, Seq)>, StoreError> {
+        self.read(|conn| {
+            let get = err("reading read markers");
+            let mut stmt = conn
+                .prepare("SELECT user, room, seq FROM read_markers ORDER BY user, room")
+                .map_err(&get)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(&get)?;
+            let mut markers = Vec::new();
+            for row in rows {
+                let (user, room, seq) = row.map_err(&get)?;
+                let user = UserName::parse(&user, usize::MAX).map_err(|e| {
+                    StoreError::Corrupt(format!("corrupt user {user:?} in read_markers: {e}"))
+                })?;
+                let room = RoomName::parse(&room, usize::MAX, usize::MAX).map_err(|e| {
+                    StoreError::Corrupt(format!("corrupt room {room:?} in read_markers: {e}"))
+                })?;
+                markers.push((user, room, from_sql_seq(seq)?));
+            }
+            Ok(markers)
+        })
+    }
+
+    fn save_retention(&self, room: &RoomName, policy: Option<Retention>) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            match policy {
+                Some(p) => conn.execute(
+                    "INSERT OR REPLACE INTO retention (room, max_age_ms, max_count) \
+                     VALUES (?1, ?2, ?3)",
+                    params![
+                        room.as_str(),
+                        p.max_age.map(ms),
+                        p.max_count.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+                    ],
+                ),
+                None => conn.execute(
+                    "DELETE FROM retention WHERE room = ?1",
+                    params![room.as_str()],
+                ),
+            }
+            .map(|_| ())
+            .map_err(err("storing a retention policy"))
+        })
+    }
+
+    fn load_retention(&self) -> Result<Vec<(RoomName, Retention)>, StoreError> {
+        self.read(|conn| {
+            let get = err("reading retention policies");
+            let mut stmt = conn
+                .prepare("SELECT room, max_age_ms, max_count FROM retention ORDER BY room")
+                .map_err(&get)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(&get)?;
+            let mut policies = Vec::new();
+            for row in rows {
+                let (room, age, count) = row.map_err(&get)?;
+                let room = RoomName::parse(&room, usize::MAX, usize::MAX).map_err(|e| {
+                    StoreError::Corrupt(format!("corrupt room {room:?} in retention: {e}"))
+                })?;
+                let corrupt = || StoreError::Corrupt(format!("corrupt retention of {room}"));
+                let max_age = age
+                    .map(|ms| u64::try_from(ms).map(Duration::from_millis))
+                    .transpose()
+                    .map_err(|_| corrupt())?;
+                let max_count = count
+                    .map(u64::try_from)
+                    .transpose()
+                    .map_err(|_| corrupt())?;
+                policies.push((room, Retention { max_age, max_count }));
+            }
+            Ok(policies)
+        })
+    }
+
+    fn prune(
+        &self,
+        policy: &dyn Fn(&RoomName) -> Option<Retention>,
+        now: DateTime<Utc>,
+        budget: usize,
+    ) -> Result<Pruned, StoreError> {
+        let mut after = self.prune_after.lock().map_err(poisoned)?;
+        let mut cursor = after.clone();
+        let done = self.write(|conn| prune_step(conn, &mut cursor, policy, now, budget))?;
+        *after = cursor;
+        Ok(done)
+    }
+
+    fn rooms_of(&self, user: &UserName) -> Result<Vec<RoomName>, StoreError> {
+        let key = user.key();
+        self.read(|conn| {
+            let get = err("finding a user's rooms");
+            let mut stmt = conn
+                .prepare("SELECT room, user FROM messages GROUP BY room, user")
+                .map_err(&get)?;
+            let mut rows = stmt.query([]).map_err(&get)?;
+            let mut rooms: Vec<RoomName> = Vec::new();
+            while let Some(row) = rows.next().map_err(&get)? {
+                let (room, name): (String, String) =
+                    (row.get(0).map_err(&get)?, row.get(1).map_err(&get)?);
+                if UserName::parse(&name, usize::MAX).is_ok_and(|n| n.key() == key)
+                    && rooms.last().is_none_or(|r| r.as_str() != room)
+                    && let Ok(room) = RoomName::parse(&room, usize::MAX, usize::MAX)
+                {
+                    rooms.push(room);
+                }
+            }
+            Ok(rooms)
         })
     }
 

@@ -83,6 +83,12 @@ pub(crate) enum Parked {
         body: String,
         client_id: Option<ClientMsgId>,
     },
+    /// A host's erasure of a user in the room.
+    Erase {
+        ticket: u64,
+        room: RoomName,
+        user: UserName,
+    },
 }
 
 impl Room {
@@ -454,6 +460,9 @@ impl Server {
                         } => self
                             .st
                             .on_publish(now, ticket, &room, &user, body, client_id),
+                        Parked::Erase { ticket, room, user } => {
+                            self.st.on_erase(now, ticket, room, user);
+                        }
                     }
                 }
                 self.st.loading.empty.remove(&room);
@@ -471,7 +480,7 @@ impl Server {
                                 .out
                                 .error(sid, id, ErrorCode::StorageUnavailable, msg);
                         }
-                        Parked::Publish { ticket, .. } => self.st.out.push(Output::Published {
+                        Parked::Publish { ticket, .. } | Parked::Erase { ticket, .. } => self.st.out.push(Output::Published {
                             ticket,
                             result: Err(ErrorCode::StorageUnavailable),
                         }),

@@ -47,7 +47,7 @@ use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
 pub use authz::{Identity, Permissions, RoomAccess, RoomPolicy, SharedPolicy};
 pub use cluster::{Announced, Appended, LoadedRoom};
-pub use config::{AuthMode, Config};
+pub use config::{AuthMode, Config, Retention};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
 pub(crate) use limits::TokenBucket;
@@ -96,6 +96,10 @@ struct State {
     /// Durable mode: moderation changes handed to the store, by ticket, with the
     /// moderator waiting for each (if any).
     saving: BTreeMap<u64, Option<moderation::PendingSave>>,
+    /// Read markers by user and room: the last seq read (`commands/read.rs`). An
+    /// anonymous user's go with the user (its grace period); a host identity's are
+    /// kept (in durable mode stored, and restored at startup).
+    markers: BTreeMap<UserKey, BTreeMap<RoomName, Seq>>,
     shutting_down: bool,
     drained: bool,
 }
@@ -117,6 +121,8 @@ struct HistoryTicket {
     reader: UserKey,
     /// Anonymous mode, direct rooms: no message older than this (`Users::direct_floor`).
     floor: Option<chrono::DateTime<chrono::Utc>>,
+    /// The page's cursor (only seqs below it).
+    before: Option<Seq>,
 }
 
 impl Server {
@@ -148,6 +154,7 @@ impl Server {
                 unarmed: Vec::new(),
                 access,
                 saving: BTreeMap::new(),
+                markers: BTreeMap::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -282,6 +289,8 @@ impl Server {
             } => self
                 .st
                 .on_publish(now, ticket, &room, &user, body, client_id),
+            Input::Erase { ticket, room, user } => self.st.on_erase(now, ticket, room, user),
+            Input::Pruned { room, first_kept } => self.st.on_pruned(&room, first_kept),
         }
         Ok(())
     }

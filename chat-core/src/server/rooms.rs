@@ -570,9 +570,11 @@ impl Room {
     pub fn restore(&mut self, last_seq: Seq, recent: Vec<Message>, complete: bool, window: usize) {
         self.last_seq = self.last_seq.max(last_seq);
         self.last_delivered = self.last_delivered.max(last_seq);
+        // Complete: nothing older is stored, though retention may have pruned the
+        // oldest (the first kept seq is then above 1, and a resume from before it a gap).
         self.floor = match recent.first() {
-            _ if complete => Seq(0),
             Some(first) => Seq(first.seq.0.saturating_sub(1)),
+            None if complete => Seq(0),
             None => last_seq,
         };
         for msg in recent {
@@ -614,6 +616,10 @@ impl Room {
     /// Applies a change entry to the message it targets, if the window holds it (see
     /// [`Message::apply`]), and encodes the message's frame again.
     pub fn apply_change(&mut self, change: &Message) {
+        if change.kind == crate::protocol::EntryKind::Erase {
+            self.apply_erase(change);
+            return;
+        }
         let Some(target) = change.target else {
             return;
         };
@@ -635,6 +641,43 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// An `erase` entry: every message of its user in the window before it becomes a
+    /// tombstone, the user's reactions go, and the bodies of the user's edits too.
+    fn apply_erase(&mut self, erase: &Message) {
+        let who = erase.user.key();
+        for p in self.history.iter_mut() {
+            if p.msg.seq >= erase.seq {
+                break;
+            }
+            let edit_text = p.msg.kind == crate::protocol::EntryKind::Edit
+                && p.msg.user.key() == who
+                && !p.msg.body.is_empty();
+            if edit_text {
+                Arc::make_mut(&mut p.msg).body = Arc::from("");
+                p.frame = Encoded::message(&p.msg);
+            } else if p.msg.kind.is_message() {
+                let touched = p.msg.user.key() == who
+                    || p.msg
+                        .reactions
+                        .iter()
+                        .any(|r| r.users.iter().any(|u| u.key() == who));
+                if touched && Arc::make_mut(&mut p.msg).apply(erase) {
+                    p.frame = Encoded::message(&p.msg);
+                }
+            }
+        }
+    }
+
+    /// The store's retention deleted every entry below `first_kept`: the window lets go
+    /// of them, and a resume from before them is a gap (`after`), a page below them
+    /// comes from the store (which says the gap).
+    pub fn prune(&mut self, first_kept: Seq) {
+        while self.history.front().is_some_and(|p| p.msg.seq < first_kept) {
+            self.history.pop_front();
+        }
+        self.floor = self.floor.max(Seq(first_kept.0.saturating_sub(1)));
     }
 
     /// Whether a change waiting for the store deletes the message `target`.

@@ -56,13 +56,16 @@ impl State {
         };
         match page {
             Page::Memory { messages, has_more } => {
-                let (messages, has_more) = above_floor(messages, has_more, floor);
+                let (messages, has_more, cut) = above_floor(messages, has_more, floor);
+                let first_seq = gap(&messages, has_more, cut, before);
                 let messages = messages.iter().map(|m| m.seen_by(user)).collect();
                 let frame = ServerFrame::History {
                     id,
                     room: room_name,
                     messages,
                     has_more,
+                    gap: first_seq.is_some(),
+                    first_seq,
                 };
                 self.out.send_to(caller.sid, &frame);
             }
@@ -77,6 +80,7 @@ impl State {
                         room: room_name.clone(),
                         reader: user.clone(),
                         floor,
+                        before,
                     },
                 );
                 self.out.push(Output::LoadHistory {
@@ -105,7 +109,8 @@ impl State {
                 if !self.out.is_open(t.session) {
                     return Ok(());
                 }
-                let (messages, has_more) = above_floor(messages, has_more, t.floor);
+                let (messages, has_more, cut) = above_floor(messages, has_more, t.floor);
+                let first_seq = gap(&messages, has_more, cut, t.before);
                 let messages = messages
                     .into_iter()
                     .map(|mut m| {
@@ -120,6 +125,8 @@ impl State {
                     room: t.room,
                     messages,
                     has_more,
+                    gap: first_seq.is_some(),
+                    first_seq,
                 };
                 self.out.send_to(t.session, &frame);
             }
@@ -135,16 +142,36 @@ impl State {
 
 /// A page without the messages from before `floor` (a direct room's messages from before
 /// an anonymous reader took its name): then nothing older is left to page to either.
+/// The third value says whether the floor cut the page.
 fn above_floor<M: std::borrow::Borrow<Message>>(
     mut messages: Vec<M>,
     has_more: bool,
     floor: Option<DateTime<Utc>>,
-) -> (Vec<M>, bool) {
+) -> (Vec<M>, bool, bool) {
     let Some(floor) = floor else {
-        return (messages, has_more);
+        return (messages, has_more, false);
     };
     let before = messages.len();
     messages.retain(|m| m.borrow().ts >= floor);
     let cut = messages.len() < before;
-    (messages, has_more && !cut)
+    (messages, has_more && !cut, cut)
+}
+
+/// The explicit gap of a page that reached the oldest entry the server keeps: when
+/// nothing older is left (`has_more` false) but the room's seqs did not start there
+/// (they start at 1), older entries existed and are gone (pruned by retention, or out
+/// of the in-memory window without a store). Then the first seq kept: the page's first,
+/// or for an empty page the cursor it was asked below. Not for a page a direct room's
+/// floor cut (those messages are hidden from this reader, not gone).
+fn gap<M: std::borrow::Borrow<Message>>(
+    messages: &[M],
+    has_more: bool,
+    cut: bool,
+    before: Option<crate::ids::Seq>,
+) -> Option<crate::ids::Seq> {
+    if has_more || cut {
+        return None;
+    }
+    let bottom = messages.first().map(|m| m.borrow().seq).or(before)?;
+    (bottom.0 > 1).then_some(bottom)
 }
