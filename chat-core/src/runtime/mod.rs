@@ -1698,7 +1698,8 @@ fn commit_group(
     }
     if !batch.is_empty() {
         let started = std::time::Instant::now();
-        let result = guarded(|| store.append(&batch));
+        // The read markers ride in the messages' transaction: no commit of their own.
+        let result = guarded(|| store.append_with_markers(&batch, &markers));
         metrics::histogram!("chat_commit_seconds").record(started.elapsed());
         if let Err(e) = &result {
             tracing::warn!(error = %e, messages = batch.len(), "store append failed");
@@ -1728,7 +1729,8 @@ fn commit_group(
             }
         }
     }
-    if !markers.is_empty()
+    if batch.is_empty()
+        && !markers.is_empty()
         && let Err(e) = guarded(|| store.save_read_markers(&markers))
     {
         // Not refused to anyone: a lost marker shows a few messages as unread again.

@@ -806,6 +806,28 @@ fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Read markers, in the writer's open transaction: by the user's key, forward only.
+fn upsert_markers(
+    conn: &Connection,
+    markers: &[(UserName, RoomName, Seq)],
+) -> Result<(), StoreError> {
+    if markers.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO read_markers (user, room, seq) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+        )
+        .map_err(err("preparing a read marker"))?;
+    for (user, room, seq) in markers {
+        upsert
+            .execute(params![user.key().as_str(), room.as_str(), to_sql_seq(*seq)])
+            .map_err(err("storing a read marker"))?;
+    }
+    Ok(())
+}
+
 /// Writes a message's current state (after [`Message::apply`]) back to its row.
 fn write_state(conn: &Connection, msg: &Message) -> Result<(), StoreError> {
     let e = |e: rusqlite::Error| classify(&e, format!("changing {}#{}: {e}", msg.room, msg.seq));
@@ -1013,8 +1035,16 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, batch: &[Arc<Message>]) -> Result<(), StoreError> {
+        self.append_with_markers(batch, &[])
+    }
+
+    fn append_with_markers(
+        &self,
+        batch: &[Arc<Message>],
+        markers: &[(UserName, RoomName, Seq)],
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return self.save_read_markers(markers);
         }
         let conn = self.writer()?;
         conn.execute_batch("BEGIN IMMEDIATE")
@@ -1053,6 +1083,8 @@ impl Store for SqliteStore {
                     apply_change(&conn, m)?;
                 }
             }
+            drop(insert);
+            upsert_markers(&conn, markers)?;
             conn.execute_batch("COMMIT").map_err(err("committing"))
         })();
         if result.is_err() && !conn.is_autocommit() {
@@ -1113,20 +1145,7 @@ impl Store for SqliteStore {
         if markers.is_empty() {
             return Ok(());
         }
-        self.write(|conn| {
-            let mut upsert = conn
-                .prepare_cached(
-                    "INSERT INTO read_markers (user, room, seq) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (user, room) DO UPDATE SET seq = max(seq, excluded.seq)",
-                )
-                .map_err(err("preparing a read marker"))?;
-            for (user, room, seq) in markers {
-                upsert
-                    .execute(params![user.key().as_str(), room.as_str(), to_sql_seq(*seq)])
-                    .map_err(err("storing a read marker"))?;
-            }
-            Ok(())
-        })
+        self.write(|conn| upsert_markers(conn, markers))
     }
 
     fn load_read_markers(&self) -> Result<Vec<(UserName, RoomName, Seq)>, StoreError> {
@@ -1710,5 +1729,217 @@ mod tests {
             store.page(&room("@alice,bob"), None, 10).unwrap().0.len(),
             1
         );
+    }
+
+    fn plain_at(room: &str, seq: u64, user: &str, body: &str, ts_ms: i64) -> Arc<Message> {
+        Arc::new(Message::new(
+            RoomName::parse(room, 64, 32).unwrap(),
+            Seq(seq),
+            DateTime::<Utc>::from_timestamp_millis(ts_ms).unwrap(),
+            UserName::parse(user, 32).unwrap(),
+            body.into(),
+            None,
+        ))
+    }
+
+    /// Retention by count and by age: small steps within the budget, never the newest
+    /// entry, and a room with no policy untouched.
+    #[test]
+    fn pruning_deletes_what_the_policy_no_longer_keeps_in_small_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Normal).unwrap();
+        let t0 = 1_700_000_000_000;
+        let batch: Vec<_> = (1..=100)
+            .flat_map(|s| {
+                [
+                    plain_at("count", s, "alice", "x", t0 + s as i64),
+                    plain_at("age", s, "alice", "x", t0 + s as i64 * 1000),
+                    plain_at("keep", s, "alice", "x", t0),
+                ]
+            })
+            .collect();
+        store.append(&batch).unwrap();
+        let policy = |room: &RoomName| match room.as_str() {
+            "count" => Some(Retention {
+                max_age: None,
+                max_count: Some(10),
+            }),
+            "age" => Some(Retention {
+                max_age: Some(Duration::from_secs(30)),
+                max_count: None,
+            }),
+            _ => None,
+        };
+        // "now" is 100 s after the first: the age room keeps seqs 70..=100.
+        let now = DateTime::<Utc>::from_timestamp_millis(t0 + 100_000).unwrap();
+        let mut steps = 0;
+        let mut firsts = std::collections::BTreeMap::new();
+        loop {
+            let done = store.prune(&policy, now, 25).unwrap();
+            for (room, first) in done.rooms {
+                firsts.insert(room.as_str().to_owned(), first);
+            }
+            steps += 1;
+            if !done.more {
+                break;
+            }
+            assert!(steps < 20, "pruning ends");
+        }
+        assert!(steps >= 7, "at most 25 per step: {steps} steps for 159 entries");
+        let count = |room: &str| store.page(&RoomName::parse(room, 64, 32).unwrap(), None, 1000).unwrap().0;
+        assert_eq!(count("count").first().unwrap().seq, Seq(91));
+        assert_eq!(count("count").len(), 10);
+        assert_eq!(count("age").first().unwrap().seq, Seq(70));
+        assert_eq!(count("keep").len(), 100);
+        assert_eq!(firsts["count"], Seq(91));
+        assert_eq!(firsts["age"], Seq(70));
+        // Everything old: the newest entry stays, so the room's seq carries on.
+        let later = now + chrono::Duration::days(1);
+        while store.prune(&policy, later, 1000).unwrap().more {}
+        let age = count("age");
+        assert_eq!(age.iter().map(|m| m.seq).collect::<Vec<_>>(), [Seq(100)]);
+        let restored = store.load(0).unwrap();
+        assert_eq!(restored.rooms.iter().find(|r| r.room.as_str() == "age").unwrap().last_seq, Seq(100));
+    }
+
+    #[test]
+    fn read_markers_and_retention_policies_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let (alice, general) = (UserName::parse("Alice", 32).unwrap(), room("general"));
+        store
+            .save_read_markers(&[
+                (alice.clone(), general.clone(), Seq(5)),
+                (alice.clone(), general.clone(), Seq(3)), // never back
+                (alice.clone(), room("rust"), Seq(2)),
+            ])
+            .unwrap();
+        let policy = Retention {
+            max_age: Some(Duration::from_secs(86_400)),
+            max_count: Some(500),
+        };
+        store.save_retention(&general, Some(policy)).unwrap();
+        store.save_retention(&room("rust"), Some(Retention::default())).unwrap();
+        store.save_retention(&room("rust"), None).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let markers = store.load_read_markers().unwrap();
+        let shown: Vec<_> = markers
+            .iter()
+            .map(|(u, r, s)| (u.as_str().to_owned(), r.as_str().to_owned(), s.0))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("alice".to_owned(), "general".to_owned(), 5),
+                ("alice".to_owned(), "rust".to_owned(), 2)
+            ],
+            "by the user's key, forward only"
+        );
+        assert_eq!(store.load_retention().unwrap(), [(general, policy)]);
+    }
+
+    /// An erase entry makes the user's messages tombstones in the file, takes the
+    /// user's reactions off others' messages and blanks the user's edits.
+    #[test]
+    fn an_erase_entry_tombstones_the_users_messages_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let mut edit = change("general", 3, "alice", EntryKind::Edit, 1);
+        edit.body = "secret edited".into();
+        let mut react = change("general", 4, "alice", EntryKind::React, 2);
+        react.emoji = Some("👍".into());
+        react.on = Some(true);
+        store
+            .append(&[
+                msg("general", 1, "alice", "secret one", None),
+                msg("general", 2, "bob", "bob stays", None),
+                Arc::new(edit),
+                Arc::new(react),
+                msg("general", 5, "ALICE", "secret two", None),
+            ])
+            .unwrap();
+        let mut erase = change("general", 6, "alice", EntryKind::Erase, 0);
+        erase.target = None;
+        store.append(&[Arc::new(erase)]).unwrap();
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert!(page[0].deleted && page[0].body.is_empty());
+        assert_eq!((page[0].rev, page[0].user.as_str()), (Some(Seq(6)), "alice"));
+        assert_eq!(page[0].ts, msg("general", 1, "alice", "", None).ts, "the tombstone keeps its time");
+        assert!(!page[1].deleted && page[1].reactions.is_empty(), "alice's reaction is gone");
+        assert_eq!(&*page[1].body, "bob stays");
+        assert!(page[2].body.is_empty(), "the edit's text is gone");
+        assert!(page[4].deleted, "a name differing in case is the same user");
+        assert_eq!(page[5].kind, EntryKind::Erase);
+        store.close().unwrap();
+        drop(store);
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in ["secret one", "secret edited", "secret two"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} is still in the file"
+            );
+        }
+    }
+
+    /// A file of schema version 3 (kept in tests/data, written with version 3's
+    /// migrations) opens, migrates to the current version and keeps its messages in
+    /// their current state, its read markers and its moderation.
+    #[test]
+    fn a_file_of_schema_version_3_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schema3.db"),
+            &path,
+        )
+        .unwrap();
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(store.epoch(), "3333feed3333feed");
+        let version: i64 = store
+            .writer()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert_eq!(page.len(), 5);
+        assert_eq!(&*page[0].body, "hello from schema 3 (edited)");
+        assert_eq!(page[0].reactions[0].users[0].as_str(), "bob");
+        assert_eq!(page[1].reply_to, Some(Seq(1)));
+        let markers = store.load_read_markers().unwrap();
+        assert_eq!(markers.len(), 1);
+        assert_eq!(markers[0].2, Seq(2));
+        assert!(store.load_retention().unwrap().is_empty());
+        assert_eq!(store.load_moderation().unwrap().len(), 1);
+        let policy = Retention {
+            max_age: None,
+            max_count: Some(2),
+        };
+        store.save_retention(&room("general"), Some(policy)).unwrap();
+        let now = Utc::now();
+        while store.prune(&|_: &RoomName| Some(policy), now, 10).unwrap().more {}
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
+    fn rooms_of_finds_every_room_a_user_wrote_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        let rooms = |name: &str| -> Vec<String> {
+            store
+                .rooms_of(&UserName::parse(name, 32).unwrap())
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect()
+        };
+        assert_eq!(rooms("ALICE"), ["general"]);
+        assert_eq!(rooms("bob"), ["@alice,bob"]);
+        assert!(rooms("carol").is_empty());
     }
 }

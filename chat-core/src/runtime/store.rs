@@ -82,6 +82,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A group of messages and the read markers that came with it, committed together
+    /// (the writer's group commit: one transaction, one sync, for both). The default
+    /// appends, then saves the markers.
+    fn append_with_markers(
+        &self,
+        batch: &[Arc<Message>],
+        markers: &[(UserName, RoomName, Seq)],
+    ) -> Result<(), StoreError> {
+        self.append(batch)?;
+        self.save_read_markers(markers)
+    }
+
     /// Every stored read marker; read once at startup. The default: none.
     fn load_read_markers(&self) -> Result<Vec<(UserName, RoomName, Seq)>, StoreError> {
         Ok(Vec::new())

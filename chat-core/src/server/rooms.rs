@@ -141,6 +141,9 @@ pub(crate) struct Room {
     history: VecDeque<Posted>,
     /// Messages with seq ≤ floor are not in the window (evicted, or only in the store).
     floor: Seq,
+    /// Durable mode: nothing below this seq is kept anywhere (retention pruned it);
+    /// 0 when not known. When `floor` is below it, the window holds all there is.
+    first_kept: Seq,
     /// The last seq handed out (including messages still pending in the store).
     pub last_seq: Seq,
     /// The last seq delivered to members.
@@ -270,6 +273,7 @@ impl Room {
             typing: BTreeMap::new(),
             history: VecDeque::new(),
             floor: Seq(0),
+            first_kept: Seq(0),
             last_seq: Seq(0),
             last_delivered: Seq(0),
             last_ts: DateTime::<Utc>::MIN_UTC,
@@ -577,6 +581,9 @@ impl Room {
             None if complete => Seq(0),
             None => last_seq,
         };
+        if complete && let Some(first) = recent.first() {
+            self.first_kept = first.seq;
+        }
         for msg in recent {
             self.last_ts = self.last_ts.max(msg.ts);
             if !msg.kind.is_message() {
@@ -678,6 +685,7 @@ impl Room {
             self.history.pop_front();
         }
         self.floor = self.floor.max(Seq(first_kept.0.saturating_sub(1)));
+        self.first_kept = self.first_kept.max(first_kept);
     }
 
     /// Whether a change waiting for the store deletes the message `target`.
@@ -717,7 +725,9 @@ impl Room {
         let end = before.unwrap_or(Seq(u64::MAX));
         let idx = self.history.partition_point(|p| p.msg.seq < end);
         let start = idx.saturating_sub(limit);
-        let older_elsewhere = self.floor > Seq(0) && end.0 > 1;
+        // Older messages in the store: some left the window, and not because they were
+        // pruned (then the window holds all that is kept).
+        let older_elsewhere = self.floor > Seq(0) && end.0 > 1 && self.floor >= self.first_kept;
         if idx - start < limit && older_elsewhere && durable {
             return Page::Store;
         }
