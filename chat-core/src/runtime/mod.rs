@@ -1450,6 +1450,14 @@ impl Driver {
                     ..Default::default()
                 }
             });
+            // What retention pruned, read after the page (a step in between only makes
+            // it newer than the page's oldest entries, which the engine then drops), and
+            // told first: the room's gap is known before what waits for the room runs.
+            if result.is_ok()
+                && let Ok(Some(first_kept)) = store.first_kept(&room)
+            {
+                let _ = control.send(Cmd::Pruned(vec![(room.clone(), first_kept)]));
+            }
             let _ = control.send(Cmd::Input(Input::RoomLoaded { room, result }));
         });
     }

@@ -127,6 +127,10 @@ const MIGRATIONS: &[&str] = &[
         max_age_ms INTEGER,
         max_count  INTEGER
     ) WITHOUT ROWID;
+    CREATE TABLE pruned (
+        room       TEXT PRIMARY KEY NOT NULL,
+        first_kept INTEGER NOT NULL
+    ) WITHOUT ROWID;
 ",
 ];
 
@@ -968,6 +972,12 @@ fn prune_step(
         let n = delete
             .execute(params![name, to_sql_seq(upto)])
             .map_err(&e)?;
+        conn.prepare_cached(
+            "INSERT INTO pruned (room, first_kept) VALUES (?1, ?2) \
+             ON CONFLICT (room) DO UPDATE SET first_kept = max(first_kept, excluded.first_kept)",
+        )
+        .and_then(|mut s| s.execute(params![name, to_sql_seq(upto)]))
+        .map_err(&e)?;
         left = left.saturating_sub(n.max(1));
         done.rooms.push((room, upto));
         if upto < keep {
@@ -1244,6 +1254,19 @@ impl Store for SqliteStore {
         let done = self.write(|conn| prune_step(conn, &mut cursor, policy, now, budget))?;
         *after = cursor;
         Ok(done)
+    }
+
+    fn first_kept(&self, room: &RoomName) -> Result<Option<Seq>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT first_kept FROM pruned WHERE room = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![room.as_str()], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
+                .map_err(err("reading what was pruned"))?
+                .map(from_sql_seq)
+                .transpose()
+        })
     }
 
     fn rooms_of(&self, user: &UserName) -> Result<Vec<RoomName>, StoreError> {
@@ -1793,6 +1816,8 @@ mod tests {
         assert_eq!(count("keep").len(), 100);
         assert_eq!(firsts["count"], Seq(91));
         assert_eq!(firsts["age"], Seq(70));
+        assert_eq!(store.first_kept(&room("count")).unwrap(), Some(Seq(91)));
+        assert_eq!(store.first_kept(&room("keep")).unwrap(), None);
         // Everything old: the newest entry stays, so the room's seq carries on.
         let later = now + chrono::Duration::days(1);
         while store.prune(&policy, later, 1000).unwrap().more {}

@@ -126,6 +126,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(Pruned::default())
     }
 
+    /// The oldest seq of `room` that retention kept, if it pruned the room (everything
+    /// below it is gone). The default: `None`.
+    fn first_kept(&self, room: &RoomName) -> Result<Option<Seq>, StoreError> {
+        let _ = room;
+        Ok(None)
+    }
+
     /// The rooms holding entries by `user` (erasure: `Hub::erase_user`). The default
     /// finds them with [`Store::load`] and [`Store::page`].
     fn rooms_of(&self, user: &UserName) -> Result<Vec<RoomName>, StoreError> {
@@ -187,6 +194,7 @@ pub struct MemoryStore {
     moderation: Mutex<Vec<ModerationChange>>,
     markers: Mutex<BTreeMap<(UserName, RoomName), Seq>>,
     retention: Mutex<BTreeMap<RoomName, Retention>>,
+    pruned: Mutex<BTreeMap<RoomName, Seq>>,
     epoch: String,
 }
 
@@ -199,6 +207,7 @@ impl MemoryStore {
             moderation: Mutex::default(),
             markers: Mutex::default(),
             retention: Mutex::default(),
+            pruned: Mutex::default(),
             epoch: epoch.into(),
         }
     }
@@ -276,6 +285,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn first_kept(&self, room: &RoomName) -> Result<Option<Seq>, StoreError> {
+        Ok(lock(&self.pruned)?.get(room).copied())
+    }
+
     fn prune(
         &self,
         policy: &dyn Fn(&RoomName) -> Option<Retention>,
@@ -302,6 +315,7 @@ impl Store for MemoryStore {
             msgs.drain(..n);
             left -= n;
             done.rooms.push((room.clone(), msgs[0].seq));
+            lock(&self.pruned)?.insert(room.clone(), msgs[0].seq);
             if n < below {
                 done.more = true;
                 break;

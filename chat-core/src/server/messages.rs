@@ -318,8 +318,13 @@ impl State {
     /// The store pruned `room` below `first_kept` ([`Input::Pruned`](super::Input::Pruned)):
     /// the window lets go of those entries too.
     pub(super) fn on_pruned(&mut self, room: &RoomName, first_kept: Seq) {
-        if let Some(r) = self.rooms.get_mut(room) {
-            r.prune(first_kept);
+        match self.rooms.get_mut(room) {
+            Some(r) => r.prune(first_kept),
+            // Told when the room is loaded (`Server::restore_room`).
+            None => {
+                let known = self.pruned.entry(room.clone()).or_insert(first_kept);
+                *known = (*known).max(first_kept);
+            }
         }
     }
 

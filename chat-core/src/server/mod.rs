@@ -100,6 +100,9 @@ struct State {
     /// anonymous user's go with the user (its grace period); a host identity's are
     /// kept (in durable mode stored, and restored at startup).
     markers: BTreeMap<UserKey, BTreeMap<RoomName, Seq>>,
+    /// Durable mode: rooms not in memory whose oldest entries retention pruned, with the
+    /// oldest seq kept: applied when the room is loaded.
+    pruned: BTreeMap<RoomName, Seq>,
     shutting_down: bool,
     drained: bool,
 }
@@ -121,8 +124,6 @@ struct HistoryTicket {
     reader: UserKey,
     /// Anonymous mode, direct rooms: no message older than this (`Users::direct_floor`).
     floor: Option<chrono::DateTime<chrono::Utc>>,
-    /// The page's cursor (only seqs below it).
-    before: Option<Seq>,
 }
 
 impl Server {
@@ -155,6 +156,7 @@ impl Server {
                 access,
                 saving: BTreeMap::new(),
                 markers: BTreeMap::new(),
+                pruned: BTreeMap::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -333,11 +335,16 @@ impl Server {
             .remove(&room)
             .map_or(last_seq, |s| s.max(last_seq));
         self.st.unarmed.push(room.clone());
-        self.st
+        let pruned = self.st.pruned.remove(&room);
+        let r = self
+            .st
             .rooms
             .entry(room.clone())
-            .or_insert_with(|| Room::new(room))
-            .restore(last_seq, recent, complete, window);
+            .or_insert_with(|| Room::new(room));
+        r.restore(last_seq, recent, complete, window);
+        if let Some(first_kept) = pruned {
+            r.prune(first_kept);
+        }
     }
 
     /// Starts a graceful shutdown: new hellos are refused; once every pending message is

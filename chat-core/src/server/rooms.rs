@@ -574,16 +574,13 @@ impl Room {
     pub fn restore(&mut self, last_seq: Seq, recent: Vec<Message>, complete: bool, window: usize) {
         self.last_seq = self.last_seq.max(last_seq);
         self.last_delivered = self.last_delivered.max(last_seq);
-        // Complete: nothing older is stored, though retention may have pruned the
-        // oldest (the first kept seq is then above 1, and a resume from before it a gap).
+        // Complete: nothing older is stored. (What retention pruned below it is told
+        // apart by `prune`; a first seq above 1 alone may be a seq that never committed.)
         self.floor = match recent.first() {
+            _ if complete => Seq(0),
             Some(first) => Seq(first.seq.0.saturating_sub(1)),
-            None if complete => Seq(0),
             None => last_seq,
         };
-        if complete && let Some(first) = recent.first() {
-            self.first_kept = first.seq;
-        }
         for msg in recent {
             self.last_ts = self.last_ts.max(msg.ts);
             if !msg.kind.is_message() {
@@ -686,6 +683,19 @@ impl Room {
         }
         self.floor = self.floor.max(Seq(first_kept.0.saturating_sub(1)));
         self.first_kept = self.first_kept.max(first_kept);
+    }
+
+    /// The oldest seq kept anywhere, when entries below it are known to be gone: pruned
+    /// by the store's retention, or (without a store) out of the window. `None`: nothing
+    /// known to be gone.
+    pub fn gone_below(&self, durable: bool) -> Option<Seq> {
+        if self.first_kept > Seq(1) {
+            Some(self.first_kept)
+        } else if !durable && self.floor > Seq(0) {
+            Some(self.floor.next())
+        } else {
+            None
+        }
     }
 
     /// Whether a change waiting for the store deletes the message `target`.

@@ -41,8 +41,13 @@ impl State {
         {
             return Err(forbidden(format!("you may not read {room_name}")));
         }
+        let durable = self.config.durable || self.config.cluster;
+        let gone_below = self
+            .rooms
+            .get(&room_name)
+            .and_then(|r| r.gone_below(durable));
         let page = match self.rooms.get(&room_name) {
-            Some(room) => room.page(before, limit, self.config.durable || self.config.cluster),
+            Some(room) => room.page(before, limit, durable),
             // A direct room nobody has written to yet.
             None => Page::Memory {
                 messages: vec![],
@@ -57,7 +62,7 @@ impl State {
         match page {
             Page::Memory { messages, has_more } => {
                 let (messages, has_more, cut) = above_floor(messages, has_more, floor);
-                let first_seq = gap(&messages, has_more, cut, before);
+                let first_seq = gap(has_more, cut, gone_below);
                 let messages = messages.iter().map(|m| m.seen_by(user)).collect();
                 let frame = ServerFrame::History {
                     id,
@@ -80,7 +85,6 @@ impl State {
                         room: room_name.clone(),
                         reader: user.clone(),
                         floor,
-                        before,
                     },
                 );
                 self.out.push(Output::LoadHistory {
@@ -110,7 +114,9 @@ impl State {
                     return Ok(());
                 }
                 let (messages, has_more, cut) = above_floor(messages, has_more, t.floor);
-                let first_seq = gap(&messages, has_more, cut, t.before);
+                let durable = self.config.durable || self.config.cluster;
+                let gone_below = self.rooms.get(&t.room).and_then(|r| r.gone_below(durable));
+                let first_seq = gap(has_more, cut, gone_below);
                 let messages = messages
                     .into_iter()
                     .map(|mut m| {
@@ -157,21 +163,15 @@ fn above_floor<M: std::borrow::Borrow<Message>>(
     (messages, has_more && !cut, cut)
 }
 
-/// The explicit gap of a page that reached the oldest entry the server keeps: when
-/// nothing older is left (`has_more` false) but the room's seqs did not start there
-/// (they start at 1), older entries existed and are gone (pruned by retention, or out
-/// of the in-memory window without a store). Then the first seq kept: the page's first,
-/// or for an empty page the cursor it was asked below. Not for a page a direct room's
-/// floor cut (those messages are hidden from this reader, not gone).
-fn gap<M: std::borrow::Borrow<Message>>(
-    messages: &[M],
-    has_more: bool,
-    cut: bool,
-    before: Option<crate::ids::Seq>,
-) -> Option<crate::ids::Seq> {
+/// The explicit gap of a page that reached the oldest entry the server keeps: nothing
+/// older is left (`has_more` false) and entries below `gone_below` are known to be gone
+/// (pruned by retention, or out of the in-memory window without a store). Then the
+/// oldest seq kept. Not for a page a direct room's floor cut (those messages are hidden
+/// from this reader, not gone), nor for seqs that never held a message (a post the store
+/// refused keeps its seq unused).
+fn gap(has_more: bool, cut: bool, gone_below: Option<crate::ids::Seq>) -> Option<crate::ids::Seq> {
     if has_more || cut {
         return None;
     }
-    let bottom = messages.first().map(|m| m.borrow().seq).or(before)?;
-    (bottom.0 > 1).then_some(bottom)
+    gone_below
 }
