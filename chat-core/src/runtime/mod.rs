@@ -1622,13 +1622,7 @@ impl Writer {
                                 break;
                             }
                         }
-                        commit_group(
-                            &*store,
-                            &control,
-                            items,
-                            &mut policies,
-                            &mut since_barrier,
-                        );
+                        commit_group(&*store, &control, items, &mut policies, &mut since_barrier);
                     }
                     if policies.any() && (more || Instant::now() >= prune_at) {
                         let started = std::time::Instant::now();

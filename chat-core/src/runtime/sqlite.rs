@@ -826,7 +826,11 @@ fn upsert_markers(
         .map_err(err("preparing a read marker"))?;
     for (user, room, seq) in markers {
         upsert
-            .execute(params![user.key().as_str(), room.as_str(), to_sql_seq(*seq)])
+            .execute(params![
+                user.key().as_str(),
+                room.as_str(),
+                to_sql_seq(*seq)
+            ])
             .map_err(err("storing a read marker"))?;
     }
     Ok(())
@@ -1166,7 +1170,11 @@ impl Store for SqliteStore {
                 .map_err(&get)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(&get)?;
             let mut markers = Vec::new();
@@ -1808,8 +1816,16 @@ mod tests {
             }
             assert!(steps < 20, "pruning ends");
         }
-        assert!(steps >= 7, "at most 25 per step: {steps} steps for 159 entries");
-        let count = |room: &str| store.page(&RoomName::parse(room, 64, 32).unwrap(), None, 1000).unwrap().0;
+        assert!(
+            steps >= 7,
+            "at most 25 per step: {steps} steps for 159 entries"
+        );
+        let count = |room: &str| {
+            store
+                .page(&RoomName::parse(room, 64, 32).unwrap(), None, 1000)
+                .unwrap()
+                .0
+        };
         assert_eq!(count("count").first().unwrap().seq, Seq(91));
         assert_eq!(count("count").len(), 10);
         assert_eq!(count("age").first().unwrap().seq, Seq(70));
@@ -1824,7 +1840,15 @@ mod tests {
         let age = count("age");
         assert_eq!(age.iter().map(|m| m.seq).collect::<Vec<_>>(), [Seq(100)]);
         let restored = store.load(0).unwrap();
-        assert_eq!(restored.rooms.iter().find(|r| r.room.as_str() == "age").unwrap().last_seq, Seq(100));
+        assert_eq!(
+            restored
+                .rooms
+                .iter()
+                .find(|r| r.room.as_str() == "age")
+                .unwrap()
+                .last_seq,
+            Seq(100)
+        );
     }
 
     #[test]
@@ -1845,7 +1869,9 @@ mod tests {
             max_count: Some(500),
         };
         store.save_retention(&general, Some(policy)).unwrap();
-        store.save_retention(&room("rust"), Some(Retention::default())).unwrap();
+        store
+            .save_retention(&room("rust"), Some(Retention::default()))
+            .unwrap();
         store.save_retention(&room("rust"), None).unwrap();
         store.close().unwrap();
         drop(store);
@@ -1892,9 +1918,19 @@ mod tests {
         store.append(&[Arc::new(erase)]).unwrap();
         let (page, _) = store.page(&room("general"), None, 10).unwrap();
         assert!(page[0].deleted && page[0].body.is_empty());
-        assert_eq!((page[0].rev, page[0].user.as_str()), (Some(Seq(6)), "alice"));
-        assert_eq!(page[0].ts, msg("general", 1, "alice", "", None).ts, "the tombstone keeps its time");
-        assert!(!page[1].deleted && page[1].reactions.is_empty(), "alice's reaction is gone");
+        assert_eq!(
+            (page[0].rev, page[0].user.as_str()),
+            (Some(Seq(6)), "alice")
+        );
+        assert_eq!(
+            page[0].ts,
+            msg("general", 1, "alice", "", None).ts,
+            "the tombstone keeps its time"
+        );
+        assert!(
+            !page[1].deleted && page[1].reactions.is_empty(),
+            "alice's reaction is gone"
+        );
         assert_eq!(&*page[1].body, "bob stays");
         assert!(page[2].body.is_empty(), "the edit's text is gone");
         assert!(page[4].deleted, "a name differing in case is the same user");
@@ -1944,9 +1980,15 @@ mod tests {
             max_age: None,
             max_count: Some(2),
         };
-        store.save_retention(&room("general"), Some(policy)).unwrap();
+        store
+            .save_retention(&room("general"), Some(policy))
+            .unwrap();
         let now = Utc::now();
-        while store.prune(&|_: &RoomName| Some(policy), now, 10).unwrap().more {}
+        while store
+            .prune(&|_: &RoomName| Some(policy), now, 10)
+            .unwrap()
+            .more
+        {}
         let (page, _) = store.page(&room("general"), None, 10).unwrap();
         assert_eq!(page.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [4, 5]);
     }

@@ -480,10 +480,12 @@ impl Server {
                                 .out
                                 .error(sid, id, ErrorCode::StorageUnavailable, msg);
                         }
-                        Parked::Publish { ticket, .. } | Parked::Erase { ticket, .. } => self.st.out.push(Output::Published {
-                            ticket,
-                            result: Err(ErrorCode::StorageUnavailable),
-                        }),
+                        Parked::Publish { ticket, .. } | Parked::Erase { ticket, .. } => {
+                            self.st.out.push(Output::Published {
+                                ticket,
+                                result: Err(ErrorCode::StorageUnavailable),
+                            })
+                        }
                     }
                 }
             }

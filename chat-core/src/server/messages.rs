@@ -360,7 +360,6 @@ pub(super) fn check_body(body: &str, max: usize) -> Result<(), (ErrorCode, Strin
     Ok(())
 }
 
-
 impl super::Server {
     /// The rooms in memory whose window holds an entry by `user` or a reaction of the
     /// user's (erasure: the store is asked for the rest).

@@ -419,7 +419,8 @@ impl Sim {
                 self.persists.push(msg);
             }
             Output::SaveReadMarker { user, room, seq } => {
-                self.log.push(format!("save read marker {user} {room} {seq}"));
+                self.log
+                    .push(format!("save read marker {user} {room} {seq}"));
             }
             Output::SaveModeration { ticket, change } => {
                 self.log
