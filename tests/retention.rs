@@ -211,7 +211,7 @@ async fn retain_messages_bounds_the_file_and_post_erase_leaves_tombstones() {
     assert!(rows.len() <= 11, "bounded: {} rows", rows.len());
     for (seq, user, body, deleted) in &rows {
         if user == "alice" && *seq <= 30 {
-            assert!(deleted && body.is_empty(), "#{seq} is a tombstone");
+            assert!(*deleted && body.is_empty(), "#{seq} is a tombstone");
         }
     }
     assert!(rows.iter().any(|r| r.2 == "bob stays"));
