@@ -972,7 +972,8 @@ impl Message {
             .reactions
             .iter()
             .any(|r| r.users.iter().any(|u| u.key() == who));
-        if !(mine && !self.deleted) && !reacted {
+        let tombstone = mine && !self.deleted;
+        if !tombstone && !reacted {
             return false;
         }
         self.rev = Some(change.seq);
