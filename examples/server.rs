@@ -27,8 +27,13 @@
 //! a second listener for the operator, apart from the chat's, where `POST /revoke`
 //! (form field `user`) closes every session of a user (`Hub::revoke_user`, on every
 //! server in cluster mode) and `POST /role` (`room`, `user`, `role`: `owner`,
-//! `moderator` or `member`) gives a room role (`Hub::set_role`), each with
-//! `Authorization: Bearer <token>`. It prints `admin on http://ADDR` once listening.
+//! `moderator` or `member`) gives a room role (`Hub::set_role`) and `POST /erase`
+//! (`user`) erases every message of a user, leaving tombstones (`Hub::erase_user`), each
+//! with `Authorization: Bearer <token>`. It prints `admin on http://ADDR` once listening.
+//!
+//! Retention (single server): `--retain-days N` deletes messages older than N days and
+//! `--retain-messages N` keeps each room's newest N entries, in the background; without
+//! either the file keeps everything and grows with the history.
 //!
 //! Ctrl-C or SIGTERM: stops accepting, tells every client to reconnect (close 1012),
 //! waits for every connection to finish (at most `--drain-secs`), commits what is
@@ -108,7 +113,7 @@ struct Args {
     /// (`redis://host:port/db`). History lives there; `--db` is not used.
     #[arg(long, env = "CHAT_REDIS")]
     redis: Option<String>,
-    /// The host's controls (`POST /revoke`, `POST /role`) on this loopback address
+    /// The host's controls (`POST /revoke`, `POST /role`, `POST /erase`) on this loopback address
     /// (port 0: any free port); needs the token in `CHAT_ADMIN_TOKEN`. Off by default.
     #[arg(long, env = "CHAT_ADMIN_ADDR")]
     admin_addr: Option<SocketAddr>,
@@ -116,6 +121,14 @@ struct Args {
     /// environment to the command line, which other local users can read.
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Retention (single server): delete messages older than this many days, in every
+    /// room. Off by default: everything is kept.
+    #[arg(long, env = "CHAT_RETAIN_DAYS")]
+    retain_days: Option<u32>,
+    /// Retention (single server): keep at most this many of each room's newest entries
+    /// (messages and changes). Off by default.
+    #[arg(long, env = "CHAT_RETAIN_MESSAGES")]
+    retain_messages: Option<u64>,
 }
 
 /// Cluster mode's link to the shared Redis.
@@ -191,6 +204,18 @@ async fn main() -> anyhow::Result<()> {
         },
         ..chat_core::Config::default()
     };
+    if args.retain_days.is_some() || args.retain_messages.is_some() {
+        anyhow::ensure!(
+            args.redis.is_none(),
+            "--retain-days and --retain-messages are for a single server (not with --redis)"
+        );
+        core.retention = Some(chat_core::Retention {
+            max_age: args
+                .retain_days
+                .map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+            max_count: args.retain_messages,
+        });
+    }
     // Sends are frames too: keep the frame limit above the send limit.
     core.frame_rate = Rate {
         burst: core.frame_rate.burst.max(args.send_burst.saturating_mul(2)),
@@ -390,9 +415,22 @@ async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Resul
         };
         run.await.unwrap_or_else(|e| e)
     }
+    async fn erase(State(admin): State<Admin>, headers: HeaderMap, form: Form) -> Reply {
+        let run = async {
+            allowed(&admin, &headers)?;
+            let user = field(&form, "user")?;
+            match admin.hub.erase_user(user).await {
+                Ok(Ok(n)) => Ok((StatusCode::OK, format!("erased in {n} rooms\n"))),
+                Ok(Err(e)) => Err((StatusCode::BAD_REQUEST, format!("{e}\n"))),
+                Err(_) => Err((StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned())),
+            }
+        };
+        run.await.unwrap_or_else(|e| e)
+    }
     let app = axum::Router::new()
         .route("/revoke", post(revoke))
         .route("/role", post(role))
+        .route("/erase", post(erase))
         .with_state(Admin {
             hub,
             token: token.into(),

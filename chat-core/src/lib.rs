@@ -114,7 +114,7 @@ pub use ids::{
 pub use server::{
     Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, EXPIRED_REASON,
     Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate,
-    Recipients, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
+    Recipients, Retention, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -481,7 +481,7 @@ pub enum ServerFrame {
     /// A message posted to a room this session is in.
     Message(Arc<Message>),
     /// A change to a message of a room this session is in (an entry whose
-    /// [`Message::kind`] is `edit`, `delete` or `react`, with its own seq): apply it
+    /// [`Message::kind`] is `edit`, `delete`, `react` or `erase`, with its own seq): apply it
     /// with [`Message::apply`]. The same object appears, with its `kind`, among the
     /// messages of `joined` and `history`.
     Change(Arc<Message>),
@@ -521,6 +521,15 @@ pub enum ServerFrame {
         messages: Vec<Arc<Message>>,
         /// Whether older messages exist.
         has_more: bool,
+        /// True when older messages existed but the server no longer keeps them (the
+        /// room's retention pruned them, or, without a store, they left the in-memory
+        /// window): `has_more` is then false, and `first_seq` is the oldest seq still
+        /// kept. Absent (false) otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        gap: bool,
+        /// With `gap`: nothing below this seq can be paged any more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_seq: Option<Seq>,
     },
     /// Reply to `rooms`.
     Rooms {
@@ -772,6 +781,10 @@ pub enum EntryKind {
     Delete,
     /// `user` added (`on`) or took back a reaction with `emoji` to `target`.
     React,
+    /// The host erased `user` (the right to be forgotten): every message of the user
+    /// in the room is a tombstone from here on, and the user's reactions are gone. It
+    /// has no `target`: it applies to every message of the room ([`Message::apply`]).
+    Erase,
 }
 
 impl EntryKind {
@@ -789,6 +802,7 @@ impl EntryKind {
             EntryKind::Edit => "edit",
             EntryKind::Delete => "delete",
             EntryKind::React => "react",
+            EntryKind::Erase => "erase",
         }
     }
 
@@ -800,6 +814,7 @@ impl EntryKind {
             "edit" => EntryKind::Edit,
             "delete" => EntryKind::Delete,
             "react" => EntryKind::React,
+            "erase" => EntryKind::Erase,
             _ => return None,
         })
     }
@@ -880,7 +895,15 @@ impl Message {
     /// current state followed by the changes it already has, ends in the same state.
     /// A deleted message stays deleted: an edit or reaction after the delete changes
     /// nothing but `rev`.
+    ///
+    /// An `erase` has no target: it applies to every message of its room before it. A
+    /// message of the erased user becomes a tombstone, and the user's reactions leave
+    /// every other message; a message it does not touch is not changed (not even its
+    /// `rev`).
     pub fn apply(&mut self, change: &Message) -> bool {
+        if change.kind == EntryKind::Erase {
+            return self.erase(change);
+        }
         if change.target != Some(self.seq)
             || !self.kind.is_message()
             || self.rev.is_some_and(|rev| change.seq <= rev)
@@ -892,7 +915,7 @@ impl Message {
             return true;
         }
         match change.kind {
-            EntryKind::Message => return false,
+            EntryKind::Message | EntryKind::Erase => return false,
             EntryKind::Edit => {
                 self.body = change.body.clone();
                 self.edited_at = Some(change.ts);
@@ -929,6 +952,41 @@ impl Message {
                     (false, None) => {}
                 }
             }
+        }
+        true
+    }
+}
+
+impl Message {
+    /// [`Message::apply`] for an `erase` entry.
+    fn erase(&mut self, change: &Message) -> bool {
+        if !self.kind.is_message()
+            || change.seq <= self.seq
+            || self.rev.is_some_and(|rev| change.seq <= rev)
+        {
+            return false;
+        }
+        let who = change.user.key();
+        let mine = self.user.key() == who;
+        let reacted = self
+            .reactions
+            .iter()
+            .any(|r| r.users.iter().any(|u| u.key() == who));
+        let tombstone = mine && !self.deleted;
+        if !tombstone && !reacted {
+            return false;
+        }
+        self.rev = Some(change.seq);
+        if mine {
+            self.deleted = true;
+            self.body = Arc::from("");
+            self.edited_at = None;
+            self.reactions = Vec::new();
+        } else {
+            for r in &mut self.reactions {
+                r.users.retain(|u| u.key() != who);
+            }
+            self.reactions.retain(|r| !r.users.is_empty());
         }
         true
     }

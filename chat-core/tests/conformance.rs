@@ -476,6 +476,28 @@ impl Replay<'_> {
                 };
                 self.input(Input::Persisted { room, seq, result })
             }
+            Some("erase") => {
+                // @erase ROOM USER: the host's `Hub::erase_user` in one room.
+                let (Some(room), Some(user)) = (words.next(), words.next()) else {
+                    return Err("@erase ROOM USER".into());
+                };
+                let room = chat_core::RoomName::parse(room, 64, 32).map_err(|e| e.to_string())?;
+                let user = chat_core::UserName::parse(user, 32).map_err(|e| e.to_string())?;
+                self.input(Input::Erase {
+                    ticket: 0,
+                    room,
+                    user,
+                })
+            }
+            Some("prune") => {
+                // @prune ROOM SEQ: the store's retention kept nothing below SEQ.
+                let (Some(room), Some(seq)) = (words.next(), words.next()) else {
+                    return Err("@prune ROOM SEQ".into());
+                };
+                let room = chat_core::RoomName::parse(room, 64, 32).map_err(|e| e.to_string())?;
+                let first_kept = Seq(seq.parse().map_err(|_| "@prune ROOM SEQ")?);
+                self.input(Input::Pruned { room, first_kept })
+            }
             _ => Err(format!("unknown directive @{directive}")),
         }
     }

@@ -321,6 +321,7 @@ fn history_older_than_the_window_is_loaded_from_the_store() {
             room: r,
             messages,
             has_more,
+            ..
         } => {
             assert_eq!(id, Some(RequestId(9)));
             assert_eq!(r, room("general"));

@@ -85,6 +85,15 @@ struct Cli {
     /// check.
     #[arg(long)]
     targets: bool,
+    /// Retention in the server under test: it keeps each room's newest N entries
+    /// (`--retain-messages` of the example server), so the database's size should level
+    /// off; the report's `db MiB` column shows it. Off by default (the file grows).
+    #[arg(long)]
+    retain_messages: Option<u64>,
+    /// Retention in the server under test: messages older than N days are deleted
+    /// (`--retain-days`).
+    #[arg(long)]
+    retain_days: Option<u32>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -338,7 +347,16 @@ async fn soak(cli: Cli) -> anyhow::Result<i32> {
         addr: format!("127.0.0.1:{port}"),
         db: db.clone(),
         log,
-        extra: Vec::new(),
+        extra: {
+            let mut extra = Vec::new();
+            if let Some(n) = cli.retain_messages {
+                extra.extend(["--retain-messages".to_owned(), n.to_string()]);
+            }
+            if let Some(n) = cli.retain_days {
+                extra.extend(["--retain-days".to_owned(), n.to_string()]);
+            }
+            extra
+        },
     };
     let load_start = loadavg();
     let t0 = Instant::now();

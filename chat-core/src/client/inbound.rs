@@ -82,6 +82,7 @@ impl Client {
                 room,
                 messages,
                 has_more,
+                ..
             } => {
                 if let Some(id) = id {
                     self.requests.remove(&id);

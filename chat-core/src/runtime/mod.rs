@@ -41,14 +41,14 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::ids::{ClientMsgId, RoomName, SessionId};
 use crate::protocol::{Encoded, ErrorCode, Message, ModAction};
 use crate::server::{
-    AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Server,
-    StoreError,
+    AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Retention,
+    Server, StoreError,
 };
 pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest};
 pub use events::{EventStream, HostEvent};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
-pub use store::{MemoryStore, Restored, RestoredRoom, Store};
+pub use store::{MemoryStore, Pruned, Restored, RestoredRoom, Store};
 use transport::{Connection, Outbound};
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
@@ -253,6 +253,19 @@ enum Cmd {
         client_id: Option<ClientMsgId>,
         reply: oneshot::Sender<Result<Arc<Message>, ErrorCode>>,
     },
+    /// [`Hub::erase_user`] in one room: answered with the `erase` entry.
+    Erase {
+        room: RoomName,
+        user: crate::ids::UserName,
+        reply: oneshot::Sender<Result<Arc<Message>, ErrorCode>>,
+    },
+    /// [`Hub::set_retention`]: handed to the writer, which stores and enforces it.
+    Retention {
+        room: RoomName,
+        policy: Retention,
+    },
+    /// The writer's retention pruned these rooms below these seqs.
+    Pruned(Vec<(RoomName, crate::ids::Seq)>),
     Shutdown,
 }
 
@@ -272,6 +285,8 @@ struct HubInner {
     stats: Arc<Counters>,
     done: watch::Receiver<bool>,
     limits: crate::protocol::Limits,
+    /// Read by [`Hub::erase_user`] to find the rooms a user wrote in.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Hub {
@@ -367,6 +382,20 @@ impl Hub {
                 .map_err(|e| StoreError::Unavailable(e.to_string()))??;
             server.restore_moderation(now(), changes);
         }
+        let mut policies = Vec::new();
+        if let Some(store) = &store {
+            let store2 = store.clone();
+            let markers = tokio::task::spawn_blocking(move || store2.load_read_markers())
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            server.restore_read_markers(markers);
+            let store = store.clone();
+            policies = tokio::task::spawn_blocking(move || store.load_retention())
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        }
+        let default_retention = server.config().retention;
+        let hub_store = store.clone();
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
         if let Some(broker) = &cluster {
@@ -378,7 +407,7 @@ impl Hub {
         let stats = Arc::new(Counters::default());
         let writer = store
             .as_ref()
-            .map(|s| Writer::start(s.clone(), control.clone()));
+            .map(|s| Writer::start(s.clone(), control.clone(), default_retention, policies));
         let driver = Driver {
             server,
             rx,
@@ -424,6 +453,7 @@ impl Hub {
                 stats,
                 done,
                 limits,
+                store: hub_store,
             }),
         })
     }
@@ -626,6 +656,101 @@ impl Hub {
         let room = room.to_owned();
         self.moderation(move |s, _| s.set_slow_mode(&room, seconds))
             .await
+    }
+
+    /// Sets a room's own retention policy (durable mode), in place of
+    /// [`Config::retention`] for that room; `Retention::default()` keeps everything.
+    /// Returns once the policy is stored; the store's writer then deletes, in the
+    /// background and in small batches between its commits, what the policy no longer
+    /// keeps, and the room's window follows. A resume or history page below what was
+    /// pruned gets the protocol's explicit gap (docs/PROTOCOL.md, "Retention").
+    /// Without a store: `Err` (the window, 1000 messages by default, bounds memory).
+    pub async fn set_retention(
+        &self,
+        room: &str,
+        policy: Retention,
+    ) -> Result<Result<(), String>, HubClosed> {
+        if self.inner.store.is_none() {
+            return Ok(Err("retention needs a store".into()));
+        }
+        let raw = room.to_owned();
+        let parsed = self
+            .host(move |server, _| {
+                let c = server.config();
+                RoomName::parse(&raw, c.max_room_chars, c.max_name_chars).map_err(|e| e.to_string())
+            })
+            .await?;
+        let room = match parsed {
+            Ok(room) => room,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.inner
+            .control
+            .send(Cmd::Retention { room, policy })
+            .map_err(|_| HubClosed)?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(Cmd::Barrier(reply))
+            .map_err(|_| HubClosed)?;
+        Ok(rx
+            .await
+            .map_err(|_| HubClosed)?
+            .map_err(|e| format!("not stored: {e}")))
+    }
+
+    /// Erases `user` (the right to be forgotten): in every room where the user wrote
+    /// (in the store and in every window), an `erase` entry is posted, which makes each
+    /// of the user's messages a tombstone (seq, time and author stay; text, edits and
+    /// reactions go) and takes the user's reactions off other messages. Connected
+    /// clients get it as a `change` of kind `erase`. Returns the number of rooms, once
+    /// every entry is stored and delivered. Keeping the user out is the identity
+    /// hook's part (see [`Hub::revoke_user`]).
+    pub async fn erase_user(&self, user: &str) -> Result<Result<usize, String>, HubClosed> {
+        let raw = user.to_owned();
+        let found = self
+            .host(move |server, _| {
+                crate::ids::UserName::parse(&raw, server.config().max_name_chars)
+                    .map(|name| {
+                        let rooms = server.rooms_with_user(&name);
+                        (name, rooms)
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        let (name, mut rooms) = match found {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(store) = self.inner.store.clone() {
+            let who = name.clone();
+            let stored = tokio::task::spawn_blocking(move || store.rooms_of(&who)).await;
+            match stored {
+                Ok(Ok(more)) => rooms.extend(more),
+                Ok(Err(e)) => return Ok(Err(format!("reading the store: {e}"))),
+                Err(e) => return Ok(Err(format!("reading the store: {e}"))),
+            }
+        }
+        rooms.sort();
+        rooms.dedup();
+        let mut waiting = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let (reply, rx) = oneshot::channel();
+            let cmd = Cmd::Erase {
+                room: room.clone(),
+                user: name.clone(),
+                reply,
+            };
+            self.inner.tx.send(cmd).await.map_err(|_| HubClosed)?;
+            waiting.push((room, rx));
+        }
+        let n = waiting.len();
+        for (room, rx) in waiting {
+            if let Err(code) = rx.await.map_err(|_| HubClosed)? {
+                return Ok(Err(format!("erasing in {room}: {}", code.as_str())));
+            }
+        }
+        Ok(Ok(n))
     }
 
     /// Runs a moderation call `f` on the engine's task, then, with a store, waits until
@@ -1017,6 +1142,22 @@ impl Driver {
                     },
                 );
             }
+            Cmd::Erase { room, user, reply } => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.publishes.insert(ticket, reply);
+                self.feed(now, Input::Erase { ticket, room, user });
+            }
+            Cmd::Retention { room, policy } => {
+                if let Some(w) = &self.writer {
+                    w.submit(Item::Retention(room, policy));
+                }
+            }
+            Cmd::Pruned(rooms) => {
+                for (room, first_kept) in rooms {
+                    self.feed(now, Input::Pruned { room, first_kept });
+                }
+            }
             Cmd::Shutdown => {
                 if !self.shutting_down {
                     self.shutting_down = true;
@@ -1087,6 +1228,11 @@ impl Driver {
                             result: Err(StoreError::Unavailable("no store".into())),
                         }),
                     },
+                    Output::SaveReadMarker { user, room, seq } => {
+                        if let Some(w) = &self.writer {
+                            w.submit(Item::ReadMarker(user, room, seq));
+                        }
+                    }
                     Output::Persist(msg) => match &self.writer {
                         Some(w) => {
                             if self.answering.is_some() {
@@ -1410,6 +1556,14 @@ impl Driver {
                     ..Default::default()
                 }
             });
+            // What retention pruned, read after the page (a step in between only makes
+            // it newer than the page's oldest entries, which the engine then drops), and
+            // told first: the room's gap is known before what waits for the room runs.
+            if result.is_ok()
+                && let Ok(Some(first_kept)) = store.first_kept(&room)
+            {
+                let _ = control.send(Cmd::Pruned(vec![(room.clone(), first_kept)]));
+            }
             let _ = control.send(Cmd::Input(Input::RoomLoaded { room, result }));
         });
     }
@@ -1479,12 +1633,21 @@ fn hex(bytes: &[u8]) -> String {
 enum Item {
     Message(Arc<Message>),
     Moderation(u64, ModerationChange),
+    ReadMarker(crate::ids::UserName, RoomName, crate::ids::Seq),
+    Retention(RoomName, Retention),
     Barrier(oneshot::Sender<Result<(), StoreError>>),
 }
 
+/// Retention: how often the writer starts a pass over the rooms, and how many entries
+/// one step deletes at most (a step runs between two group commits: a send waits for
+/// one step at most, never for a big delete).
+const PRUNE_EVERY: Duration = Duration::from_secs(2);
+const PRUNE_BUDGET: usize = 500;
+
 /// The store's writer thread: takes every message and moderation change submitted while
-/// the previous commit ran and commits them as one group (messages, then changes), then
-/// reports each to the driver, and answers the barriers of the group.
+/// the previous commit ran and commits them as one group (messages, then changes, then
+/// read markers), then reports each to the driver, and answers the barriers of the
+/// group. Between groups it enforces retention, one small step at a time.
 struct Writer {
     tx: Mutex<Option<std::sync::mpsc::Sender<Item>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1493,63 +1656,102 @@ struct Writer {
 /// Runs a store call, turning a panic into a failure instead of killing the thread,
 /// which would leave every later item pending forever (and a graceful shutdown
 /// waiting for them).
-fn guarded(f: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(StoreError::Unavailable("the store panicked".into())))
 }
 
+/// The rooms' retention policies as the writer holds them.
+struct Policies {
+    default: Option<Retention>,
+    rooms: HashMap<RoomName, Retention>,
+}
+
+impl Policies {
+    fn of(&self, room: &RoomName) -> Option<Retention> {
+        self.rooms
+            .get(room)
+            .copied()
+            .or(self.default)
+            .filter(|p| !p.keeps_all())
+    }
+
+    fn any(&self) -> bool {
+        self.default.is_some_and(|p| !p.keeps_all()) || self.rooms.values().any(|p| !p.keeps_all())
+    }
+}
+
 impl Writer {
-    fn start(store: Arc<dyn Store>, control: mpsc::UnboundedSender<Cmd>) -> Writer {
+    fn start(
+        store: Arc<dyn Store>,
+        control: mpsc::UnboundedSender<Cmd>,
+        default: Option<Retention>,
+        rooms: Vec<(RoomName, Retention)>,
+    ) -> Writer {
         let (tx, rx) = std::sync::mpsc::channel::<Item>();
+        let mut policies = Policies {
+            default,
+            rooms: rooms.into_iter().collect(),
+        };
         let thread = std::thread::Builder::new()
             .name("chat-store-writer".into())
             .spawn(move || {
                 // The moderation commits' outcome since the last barrier answered.
                 let mut since_barrier: Result<(), StoreError> = Ok(());
-                while let Ok(first) = rx.recv() {
-                    let mut items = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        items.push(more);
-                        if items.len() >= 4096 {
-                            break;
+                // Retention: when the next pass is due, and whether the last step
+                // stopped for its budget (then the next one runs after the next group).
+                let mut prune_at = Instant::now();
+                let mut more = false;
+                loop {
+                    let first = if policies.any() {
+                        let wait = if more {
+                            Duration::ZERO
+                        } else {
+                            prune_at.saturating_duration_since(Instant::now())
+                        };
+                        match rx.recv_timeout(wait) {
+                            Ok(item) => Some(item),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                         }
-                    }
-                    let mut batch = Vec::new();
-                    let mut changes = Vec::new();
-                    let mut tickets = Vec::new();
-                    let mut barriers = Vec::new();
-                    for item in items {
-                        match item {
-                            Item::Message(m) => batch.push(m),
-                            Item::Moderation(ticket, change) => {
-                                tickets.push(ticket);
-                                changes.push(change);
+                    } else {
+                        match rx.recv() {
+                            Ok(item) => Some(item),
+                            Err(_) => break,
+                        }
+                    };
+                    if let Some(first) = first {
+                        let mut items = vec![first];
+                        while let Ok(more) = rx.try_recv() {
+                            items.push(more);
+                            if items.len() >= 4096 {
+                                break;
                             }
-                            Item::Barrier(reply) => barriers.push(reply),
                         }
+                        commit_group(&*store, &control, items, &mut policies, &mut since_barrier);
                     }
-                    if !batch.is_empty() {
+                    if policies.any() && (more || Instant::now() >= prune_at) {
                         let started = std::time::Instant::now();
-                        let result = guarded(|| store.append(&batch));
-                        metrics::histogram!("chat_commit_seconds").record(started.elapsed());
-                        if let Err(e) = &result {
-                            tracing::warn!(error = %e, messages = batch.len(), "store append failed");
-                            metrics::counter!("chat_store_errors_total").increment(1);
+                        let result = guarded(|| {
+                            store.prune(&|room| policies.of(room), Utc::now(), PRUNE_BUDGET)
+                        });
+                        metrics::histogram!("chat_prune_seconds").record(started.elapsed());
+                        match result {
+                            Ok(done) => {
+                                more = done.more;
+                                if !done.rooms.is_empty() {
+                                    let _ = control.send(Cmd::Pruned(done.rooms));
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "retention failed");
+                                metrics::counter!("chat_store_errors_total").increment(1);
+                                more = false;
+                            }
                         }
-                        let messages = batch.iter().map(|m| (m.room.clone(), m.seq)).collect();
-                        let _ = control.send(Cmd::Persisted { messages, result });
-                    }
-                    if !changes.is_empty() {
-                        let result = guarded(|| store.save_moderation(&changes));
-                        if let Err(e) = &result {
-                            tracing::warn!(error = %e, changes = changes.len(), "storing moderation failed");
-                            metrics::counter!("chat_store_errors_total").increment(1);
-                            since_barrier = result.clone();
+                        if !more {
+                            prune_at = Instant::now() + PRUNE_EVERY;
                         }
-                        let _ = control.send(Cmd::ModerationSaved { tickets, result });
-                    }
-                    for reply in barriers {
-                        let _ = reply.send(std::mem::replace(&mut since_barrier, Ok(())));
                     }
                 }
             })
@@ -1572,6 +1774,79 @@ impl Writer {
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+/// One group of the writer: messages in one commit, then moderation changes, retention
+/// policies and read markers; the driver told, the barriers answered.
+fn commit_group(
+    store: &dyn Store,
+    control: &mpsc::UnboundedSender<Cmd>,
+    items: Vec<Item>,
+    policies: &mut Policies,
+    since_barrier: &mut Result<(), StoreError>,
+) {
+    let mut batch = Vec::new();
+    let mut changes = Vec::new();
+    let mut tickets = Vec::new();
+    let mut markers = Vec::new();
+    let mut retention = Vec::new();
+    let mut barriers = Vec::new();
+    for item in items {
+        match item {
+            Item::Message(m) => batch.push(m),
+            Item::Moderation(ticket, change) => {
+                tickets.push(ticket);
+                changes.push(change);
+            }
+            Item::ReadMarker(user, room, seq) => markers.push((user, room, seq)),
+            Item::Retention(room, policy) => retention.push((room, policy)),
+            Item::Barrier(reply) => barriers.push(reply),
+        }
+    }
+    if !batch.is_empty() {
+        let started = std::time::Instant::now();
+        // The read markers ride in the messages' transaction: no commit of their own.
+        let result = guarded(|| store.append_with_markers(&batch, &markers));
+        metrics::histogram!("chat_commit_seconds").record(started.elapsed());
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, messages = batch.len(), "store append failed");
+            metrics::counter!("chat_store_errors_total").increment(1);
+        }
+        let messages = batch.iter().map(|m| (m.room.clone(), m.seq)).collect();
+        let _ = control.send(Cmd::Persisted { messages, result });
+    }
+    if !changes.is_empty() {
+        let result = guarded(|| store.save_moderation(&changes));
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, changes = changes.len(), "storing moderation failed");
+            metrics::counter!("chat_store_errors_total").increment(1);
+            *since_barrier = result.clone();
+        }
+        let _ = control.send(Cmd::ModerationSaved { tickets, result });
+    }
+    for (room, policy) in retention {
+        match guarded(|| store.save_retention(&room, Some(policy))) {
+            Ok(()) => {
+                policies.rooms.insert(room, policy);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, room = %room, "storing a retention policy failed");
+                metrics::counter!("chat_store_errors_total").increment(1);
+                *since_barrier = Err(e);
+            }
+        }
+    }
+    if batch.is_empty()
+        && !markers.is_empty()
+        && let Err(e) = guarded(|| store.save_read_markers(&markers))
+    {
+        // Not refused to anyone: a lost marker shows a few messages as unread again.
+        tracing::warn!(error = %e, markers = markers.len(), "storing read markers failed");
+        metrics::counter!("chat_store_errors_total").increment(1);
+    }
+    for reply in barriers {
+        let _ = reply.send(std::mem::replace(since_barrier, Ok(())));
     }
 }
 

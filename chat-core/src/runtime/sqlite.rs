@@ -7,10 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::store::{Restored, RestoredRoom, Store};
+use super::store::{Pruned, Restored, RestoredRoom, Store};
 use crate::ids::{ClientMsgId, RoomName, Seq, UserName};
 use crate::protocol::{EntryKind, Message, Role};
-use crate::server::{ModerationChange, StoreError};
+use crate::server::{ModerationChange, Retention, StoreError};
 
 /// How hard a commit works to survive a crash. See [`SqliteStore`](SqliteStore#durability).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +121,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, room)
     ) WITHOUT ROWID;
 ",
+    "
+    CREATE TABLE retention (
+        room       TEXT PRIMARY KEY NOT NULL,
+        max_age_ms INTEGER,
+        max_count  INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE pruned (
+        room       TEXT PRIMARY KEY NOT NULL,
+        first_kept INTEGER NOT NULL
+    ) WITHOUT ROWID;
+",
 ];
 
 const INSERT: &str = "INSERT INTO messages \
@@ -222,7 +233,13 @@ pub struct SqliteStore {
     epoch: String,
     durability: Durability,
     busy_timeout: Duration,
+    /// Retention: the last room a pruning step looked at (the next step goes on after
+    /// it, so every room gets its turn).
+    prune_after: Mutex<String>,
 }
+
+/// Rooms one pruning step looks at, at most.
+const PRUNE_ROOMS_PER_STEP: usize = 256;
 
 enum Reads {
     /// A file: read connections of their own, opened on demand, a few kept idle.
@@ -297,10 +314,13 @@ impl SqliteStore {
                 )));
             }
         }
+        // secure_delete: what is deleted or overwritten (a deleted or erased message's
+        // text, what retention prunes) is zeroed in the file, not left in free space.
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {};
              PRAGMA journal_size_limit = {};
-             PRAGMA temp_store = MEMORY;",
+             PRAGMA temp_store = MEMORY;
+             PRAGMA secure_delete = ON;",
             durability.pragma(),
             64 * 1024 * 1024,
         ))
@@ -320,6 +340,7 @@ impl SqliteStore {
             epoch,
             durability,
             busy_timeout: BUSY_TIMEOUT,
+            prune_after: Mutex::new(String::new()),
         })
     }
 
@@ -375,6 +396,26 @@ impl SqliteStore {
 
     fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.writer.lock().map_err(poisoned)
+    }
+
+    /// Runs `f` on the writer's connection in one `BEGIN IMMEDIATE … COMMIT`
+    /// transaction, rolled back if it fails.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.writer()?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(err("starting a write"))?;
+        let result = f(&conn).and_then(|t| {
+            conn.execute_batch("COMMIT")
+                .map_err(err("committing"))
+                .map(|()| t)
+        });
+        if result.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        result
     }
 }
 
@@ -735,6 +776,9 @@ struct Extra {
 /// [`Message::apply`] as the engine changes it, written back): in the transaction that
 /// stores `m`.
 fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
+    if m.kind == EntryKind::Erase {
+        return apply_erase(conn, m);
+    }
     let Some(target) = m.target else {
         return Ok(());
     };
@@ -782,6 +826,190 @@ fn apply_change(conn: &Connection, m: &Message) -> Result<(), StoreError> {
             .map_err(e)?;
     }
     Ok(())
+}
+
+/// Read markers, in the writer's open transaction: by the user's key, forward only.
+fn upsert_markers(
+    conn: &Connection,
+    markers: &[(UserName, RoomName, Seq)],
+) -> Result<(), StoreError> {
+    if markers.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO read_markers (user, room, seq) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+        )
+        .map_err(err("preparing a read marker"))?;
+    for (user, room, seq) in markers {
+        upsert
+            .execute(params![
+                user.key().as_str(),
+                room.as_str(),
+                to_sql_seq(*seq)
+            ])
+            .map_err(err("storing a read marker"))?;
+    }
+    Ok(())
+}
+
+/// Writes a message's current state (after [`Message::apply`]) back to its row.
+fn write_state(conn: &Connection, msg: &Message) -> Result<(), StoreError> {
+    let e = |e: rusqlite::Error| classify(&e, format!("changing {}#{}: {e}", msg.room, msg.seq));
+    let reactions = if msg.reactions.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_string(&msg.reactions)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        )
+    };
+    conn.prepare_cached(UPDATE_STATE)
+        .map_err(e)?
+        .execute(params![
+            msg.room.as_str(),
+            to_sql_seq(msg.seq),
+            &*msg.body,
+            msg.edited_at.map(|t| t.timestamp_millis()),
+            msg.deleted,
+            reactions,
+            msg.rev.map(to_sql_seq),
+        ])
+        .map_err(e)?;
+    Ok(())
+}
+
+/// An `erase` entry, in the transaction that stores it: every message of its user in the
+/// room before it becomes a tombstone (the engine's [`Message::apply`]), the user's
+/// reactions leave the others, and the user's edits lose their text. One pass over the
+/// room's rows: erasure is rare, and this keeps no index on users.
+fn apply_erase(conn: &Connection, erase: &Message) -> Result<(), StoreError> {
+    let room = &erase.room;
+    let e = |e: rusqlite::Error| classify(&e, format!("erasing in {room}: {e}"));
+    let who = erase.user.key();
+    let mut read = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND seq < ?2 \
+             AND (kind IS NULL OR kind = 'edit') ORDER BY seq"
+        ))
+        .map_err(e)?;
+    let mut rows = read
+        .query(params![room.as_str(), to_sql_seq(erase.seq)])
+        .map_err(e)?;
+    let mut changed = Vec::new();
+    while let Some(row) = rows.next().map_err(e)? {
+        let mut msg = row_to_message(room, row)?;
+        if msg.kind == EntryKind::Edit {
+            if msg.user.key() == who && !msg.body.is_empty() {
+                msg.body = Arc::from("");
+                changed.push(msg);
+            }
+        } else if msg.apply(erase) {
+            changed.push(msg);
+        }
+    }
+    drop(rows);
+    for msg in &changed {
+        if msg.kind == EntryKind::Edit {
+            conn.prepare_cached("UPDATE messages SET body = '' WHERE room = ?1 AND seq = ?2")
+                .map_err(e)?
+                .execute(params![room.as_str(), to_sql_seq(msg.seq)])
+                .map_err(e)?;
+        } else {
+            write_state(conn, msg)?;
+        }
+    }
+    Ok(())
+}
+
+/// One step of retention on the writer's connection, in its own transaction: see
+/// [`Store::prune`].
+fn prune_step(
+    conn: &Connection,
+    after: &mut String,
+    policy: &dyn Fn(&RoomName) -> Option<Retention>,
+    now: DateTime<Utc>,
+    budget: usize,
+) -> Result<Pruned, StoreError> {
+    let e = err("pruning");
+    let mut done = Pruned::default();
+    let mut left = budget;
+    let mut next = conn.prepare_cached(NEXT_ROOM).map_err(&e)?;
+    let mut bounds = conn
+        .prepare_cached("SELECT min(seq), max(seq) FROM messages WHERE room = ?1")
+        .map_err(&e)?;
+    let mut newer = conn
+        .prepare_cached(
+            "SELECT seq FROM messages WHERE room = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1",
+        )
+        .map_err(&e)?;
+    let mut delete = conn
+        .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq < ?2")
+        .map_err(&e)?;
+    for _ in 0..PRUNE_ROOMS_PER_STEP {
+        let Some(name) = next
+            .query_row(params![after.as_str()], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(&e)?
+        else {
+            // Every room had its turn: the next sweep starts from the first.
+            after.clear();
+            return Ok(done);
+        };
+        let prev = std::mem::replace(after, name.clone());
+        let Ok(room) = RoomName::parse(&name, usize::MAX, usize::MAX) else {
+            continue; // not a room this build knows how to name: left alone
+        };
+        let Some(p) = policy(&room).filter(|p| !p.keeps_all()) else {
+            continue;
+        };
+        let (first, last): (i64, i64) = bounds
+            .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&e)?;
+        let (first, last) = (from_sql_seq(first)?, from_sql_seq(last)?);
+        // The first seq the policy keeps, from the two ends of the room's index.
+        let mut keep = Seq(1);
+        if let Some(n) = p.max_count {
+            keep = keep.max(Seq(last.0.saturating_sub(n.max(1)) + 1));
+        }
+        if let Some(age) = p.max_age {
+            let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let young: Option<i64> = newer
+                .query_row(params![name, cutoff.timestamp_millis()], |r| r.get(0))
+                .optional()
+                .map_err(&e)?;
+            keep = keep.max(young.map_or(Ok(last), from_sql_seq)?);
+        }
+        let keep = keep.min(last);
+        if first >= keep {
+            continue;
+        }
+        if left == 0 {
+            done.more = true;
+            *after = prev;
+            return Ok(done);
+        }
+        let upto = Seq(keep.0.min(first.0.saturating_add(left as u64)));
+        let n = delete
+            .execute(params![name, to_sql_seq(upto)])
+            .map_err(&e)?;
+        conn.prepare_cached(
+            "INSERT INTO pruned (room, first_kept) VALUES (?1, ?2) \
+             ON CONFLICT (room) DO UPDATE SET first_kept = max(first_kept, excluded.first_kept)",
+        )
+        .and_then(|mut s| s.execute(params![name, to_sql_seq(upto)]))
+        .map_err(&e)?;
+        left = left.saturating_sub(n.max(1));
+        done.rooms.push((room, upto));
+        if upto < keep {
+            done.more = true;
+            *after = prev; // this room again, first, next time
+            return Ok(done);
+        }
+    }
+    done.more = true;
+    Ok(done)
 }
 
 impl Store for SqliteStore {
@@ -839,8 +1067,16 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, batch: &[Arc<Message>]) -> Result<(), StoreError> {
+        self.append_with_markers(batch, &[])
+    }
+
+    fn append_with_markers(
+        &self,
+        batch: &[Arc<Message>],
+        markers: &[(UserName, RoomName, Seq)],
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return self.save_read_markers(markers);
         }
         let conn = self.writer()?;
         conn.execute_batch("BEGIN IMMEDIATE")
@@ -879,12 +1115,22 @@ impl Store for SqliteStore {
                     apply_change(&conn, m)?;
                 }
             }
+            drop(insert);
+            upsert_markers(&conn, markers)?;
             conn.execute_batch("COMMIT").map_err(err("committing"))
         })();
         if result.is_err() && !conn.is_autocommit() {
             // Leaves the connection ready for the next group (SQLite may have rolled back
             // already, e.g. after an I/O error).
             let _ = conn.execute_batch("ROLLBACK");
+        }
+        if result.is_ok()
+            && matches!(self.reads, Reads::Pool { .. })
+            && batch.iter().any(|m| m.kind == EntryKind::Erase)
+        {
+            // The erased text is zeroed in the new pages (secure_delete); the old pages
+            // in the main file go now rather than at the next automatic checkpoint.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
         result
     }
@@ -924,6 +1170,151 @@ impl Store for SqliteStore {
             let result = load_moderation(conn);
             let _ = conn.execute_batch("COMMIT");
             result
+        })
+    }
+
+    fn save_read_markers(&self, markers: &[(UserName, RoomName, Seq)]) -> Result<(), StoreError> {
+        if markers.is_empty() {
+            return Ok(());
+        }
+        self.write(|conn| upsert_markers(conn, markers))
+    }
+
+    fn load_read_markers(&self) -> Result<Vec<(UserName, RoomName, Seq)>, StoreError> {
+        self.read(|conn| {
+            let get = err("reading read markers");
+            let mut stmt = conn
+                .prepare("SELECT user, room, seq FROM read_markers ORDER BY user, room")
+                .map_err(&get)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(&get)?;
+            let mut markers = Vec::new();
+            for row in rows {
+                let (user, room, seq) = row.map_err(&get)?;
+                let user = UserName::parse(&user, usize::MAX).map_err(|e| {
+                    StoreError::Corrupt(format!("corrupt user {user:?} in read_markers: {e}"))
+                })?;
+                let room = RoomName::parse(&room, usize::MAX, usize::MAX).map_err(|e| {
+                    StoreError::Corrupt(format!("corrupt room {room:?} in read_markers: {e}"))
+                })?;
+                markers.push((user, room, from_sql_seq(seq)?));
+            }
+            Ok(markers)
+        })
+    }
+
+    fn save_retention(&self, room: &RoomName, policy: Option<Retention>) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            match policy {
+                Some(p) => conn.execute(
+                    "INSERT OR REPLACE INTO retention (room, max_age_ms, max_count) \
+                     VALUES (?1, ?2, ?3)",
+                    params![
+                        room.as_str(),
+                        p.max_age.map(ms),
+                        p.max_count.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+                    ],
+                ),
+                None => conn.execute(
+                    "DELETE FROM retention WHERE room = ?1",
+                    params![room.as_str()],
+                ),
+            }
+            .map(|_| ())
+            .map_err(err("storing a retention policy"))
+        })
+    }
+
+    fn load_retention(&self) -> Result<Vec<(RoomName, Retention)>, StoreError> {
+        self.read(|conn| {
+            let get = err("reading retention policies");
+            let mut stmt = conn
+                .prepare("SELECT room, max_age_ms, max_count FROM retention ORDER BY room")
+                .map_err(&get)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(&get)?;
+            let mut policies = Vec::new();
+            for row in rows {
+                let (room, age, count) = row.map_err(&get)?;
+                let room = RoomName::parse(&room, usize::MAX, usize::MAX).map_err(|e| {
+                    StoreError::Corrupt(format!("corrupt room {room:?} in retention: {e}"))
+                })?;
+                let corrupt = || StoreError::Corrupt(format!("corrupt retention of {room}"));
+                let max_age = age
+                    .map(|ms| u64::try_from(ms).map(Duration::from_millis))
+                    .transpose()
+                    .map_err(|_| corrupt())?;
+                let max_count = count
+                    .map(u64::try_from)
+                    .transpose()
+                    .map_err(|_| corrupt())?;
+                policies.push((room, Retention { max_age, max_count }));
+            }
+            Ok(policies)
+        })
+    }
+
+    fn prune(
+        &self,
+        policy: &dyn Fn(&RoomName) -> Option<Retention>,
+        now: DateTime<Utc>,
+        budget: usize,
+    ) -> Result<Pruned, StoreError> {
+        let mut after = self.prune_after.lock().map_err(poisoned)?;
+        let mut cursor = after.clone();
+        let done = self.write(|conn| prune_step(conn, &mut cursor, policy, now, budget))?;
+        *after = cursor;
+        Ok(done)
+    }
+
+    fn first_kept(&self, room: &RoomName) -> Result<Option<Seq>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT first_kept FROM pruned WHERE room = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![room.as_str()], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
+                .map_err(err("reading what was pruned"))?
+                .map(from_sql_seq)
+                .transpose()
+        })
+    }
+
+    fn rooms_of(&self, user: &UserName) -> Result<Vec<RoomName>, StoreError> {
+        let key = user.key();
+        self.read(|conn| {
+            let get = err("finding a user's rooms");
+            let mut stmt = conn
+                .prepare("SELECT room, user FROM messages GROUP BY room, user")
+                .map_err(&get)?;
+            let mut rows = stmt.query([]).map_err(&get)?;
+            let mut rooms: Vec<RoomName> = Vec::new();
+            while let Some(row) = rows.next().map_err(&get)? {
+                let (room, name): (String, String) =
+                    (row.get(0).map_err(&get)?, row.get(1).map_err(&get)?);
+                if UserName::parse(&name, usize::MAX).is_ok_and(|n| n.key() == key)
+                    && rooms.last().is_none_or(|r| r.as_str() != room)
+                    && let Ok(room) = RoomName::parse(&room, usize::MAX, usize::MAX)
+                {
+                    rooms.push(room);
+                }
+            }
+            Ok(rooms)
         })
     }
 
@@ -1387,5 +1778,253 @@ mod tests {
             store.page(&room("@alice,bob"), None, 10).unwrap().0.len(),
             1
         );
+    }
+
+    fn plain_at(room: &str, seq: u64, user: &str, body: &str, ts_ms: i64) -> Arc<Message> {
+        Arc::new(Message::new(
+            RoomName::parse(room, 64, 32).unwrap(),
+            Seq(seq),
+            DateTime::<Utc>::from_timestamp_millis(ts_ms).unwrap(),
+            UserName::parse(user, 32).unwrap(),
+            body.into(),
+            None,
+        ))
+    }
+
+    /// Retention by count and by age: small steps within the budget, never the newest
+    /// entry, and a room with no policy untouched.
+    #[test]
+    fn pruning_deletes_what_the_policy_no_longer_keeps_in_small_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Normal).unwrap();
+        let t0 = 1_700_000_000_000;
+        let batch: Vec<_> = (1..=100)
+            .flat_map(|s| {
+                [
+                    plain_at("count", s, "alice", "x", t0 + s as i64),
+                    plain_at("age", s, "alice", "x", t0 + s as i64 * 1000),
+                    plain_at("keep", s, "alice", "x", t0),
+                ]
+            })
+            .collect();
+        store.append(&batch).unwrap();
+        let policy = |room: &RoomName| match room.as_str() {
+            "count" => Some(Retention {
+                max_age: None,
+                max_count: Some(10),
+            }),
+            "age" => Some(Retention {
+                max_age: Some(Duration::from_secs(30)),
+                max_count: None,
+            }),
+            _ => None,
+        };
+        // "now" is 100 s after the first: the age room keeps seqs 70..=100.
+        let now = DateTime::<Utc>::from_timestamp_millis(t0 + 100_000).unwrap();
+        let mut steps = 0;
+        let mut firsts = std::collections::BTreeMap::new();
+        loop {
+            let done = store.prune(&policy, now, 25).unwrap();
+            for (room, first) in done.rooms {
+                firsts.insert(room.as_str().to_owned(), first);
+            }
+            steps += 1;
+            if !done.more {
+                break;
+            }
+            assert!(steps < 20, "pruning ends");
+        }
+        assert!(
+            steps >= 7,
+            "at most 25 per step: {steps} steps for 159 entries"
+        );
+        let count = |room: &str| {
+            store
+                .page(&RoomName::parse(room, 64, 32).unwrap(), None, 1000)
+                .unwrap()
+                .0
+        };
+        assert_eq!(count("count").first().unwrap().seq, Seq(91));
+        assert_eq!(count("count").len(), 10);
+        assert_eq!(count("age").first().unwrap().seq, Seq(70));
+        assert_eq!(count("keep").len(), 100);
+        assert_eq!(firsts["count"], Seq(91));
+        assert_eq!(firsts["age"], Seq(70));
+        assert_eq!(store.first_kept(&room("count")).unwrap(), Some(Seq(91)));
+        assert_eq!(store.first_kept(&room("keep")).unwrap(), None);
+        // Everything old: the newest entry stays, so the room's seq carries on.
+        let later = now + chrono::Duration::days(1);
+        while store.prune(&policy, later, 1000).unwrap().more {}
+        let age = count("age");
+        assert_eq!(age.iter().map(|m| m.seq).collect::<Vec<_>>(), [Seq(100)]);
+        let restored = store.load(0).unwrap();
+        assert_eq!(
+            restored
+                .rooms
+                .iter()
+                .find(|r| r.room.as_str() == "age")
+                .unwrap()
+                .last_seq,
+            Seq(100)
+        );
+    }
+
+    #[test]
+    fn read_markers_and_retention_policies_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let (alice, general) = (UserName::parse("Alice", 32).unwrap(), room("general"));
+        store
+            .save_read_markers(&[
+                (alice.clone(), general.clone(), Seq(5)),
+                (alice.clone(), general.clone(), Seq(3)), // never back
+                (alice.clone(), room("rust"), Seq(2)),
+            ])
+            .unwrap();
+        let policy = Retention {
+            max_age: Some(Duration::from_secs(86_400)),
+            max_count: Some(500),
+        };
+        store.save_retention(&general, Some(policy)).unwrap();
+        store
+            .save_retention(&room("rust"), Some(Retention::default()))
+            .unwrap();
+        store.save_retention(&room("rust"), None).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let markers = store.load_read_markers().unwrap();
+        let shown: Vec<_> = markers
+            .iter()
+            .map(|(u, r, s)| (u.as_str().to_owned(), r.as_str().to_owned(), s.0))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("alice".to_owned(), "general".to_owned(), 5),
+                ("alice".to_owned(), "rust".to_owned(), 2)
+            ],
+            "by the user's key, forward only"
+        );
+        assert_eq!(store.load_retention().unwrap(), [(general, policy)]);
+    }
+
+    /// An erase entry makes the user's messages tombstones in the file, takes the
+    /// user's reactions off others' messages and blanks the user's edits.
+    #[test]
+    fn an_erase_entry_tombstones_the_users_messages_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let mut edit = change("general", 3, "alice", EntryKind::Edit, 1);
+        edit.body = "secret edited".into();
+        let mut react = change("general", 4, "alice", EntryKind::React, 2);
+        react.emoji = Some("👍".into());
+        react.on = Some(true);
+        store
+            .append(&[
+                msg("general", 1, "alice", "secret one", None),
+                msg("general", 2, "bob", "bob stays", None),
+                Arc::new(edit),
+                Arc::new(react),
+                msg("general", 5, "ALICE", "secret two", None),
+            ])
+            .unwrap();
+        let mut erase = change("general", 6, "alice", EntryKind::Erase, 0);
+        erase.target = None;
+        store.append(&[Arc::new(erase)]).unwrap();
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert!(page[0].deleted && page[0].body.is_empty());
+        assert_eq!(
+            (page[0].rev, page[0].user.as_str()),
+            (Some(Seq(6)), "alice")
+        );
+        assert_eq!(
+            page[0].ts,
+            msg("general", 1, "alice", "", None).ts,
+            "the tombstone keeps its time"
+        );
+        assert!(
+            !page[1].deleted && page[1].reactions.is_empty(),
+            "alice's reaction is gone"
+        );
+        assert_eq!(&*page[1].body, "bob stays");
+        assert!(page[2].body.is_empty(), "the edit's text is gone");
+        assert!(page[4].deleted, "a name differing in case is the same user");
+        assert_eq!(page[5].kind, EntryKind::Erase);
+        store.close().unwrap();
+        drop(store);
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in ["secret one", "secret edited", "secret two"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} is still in the file"
+            );
+        }
+    }
+
+    /// A file of schema version 3 (kept in tests/data, written with version 3's
+    /// migrations) opens, migrates to the current version and keeps its messages in
+    /// their current state, its read markers and its moderation.
+    #[test]
+    fn a_file_of_schema_version_3_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schema3.db"),
+            &path,
+        )
+        .unwrap();
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(store.epoch(), "3333feed3333feed");
+        let version: i64 = store
+            .writer()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert_eq!(page.len(), 5);
+        assert_eq!(&*page[0].body, "hello from schema 3 (edited)");
+        assert_eq!(page[0].reactions[0].users[0].as_str(), "bob");
+        assert_eq!(page[1].reply_to, Some(Seq(1)));
+        let markers = store.load_read_markers().unwrap();
+        assert_eq!(markers.len(), 1);
+        assert_eq!(markers[0].2, Seq(2));
+        assert!(store.load_retention().unwrap().is_empty());
+        assert_eq!(store.load_moderation().unwrap().len(), 1);
+        let policy = Retention {
+            max_age: None,
+            max_count: Some(2),
+        };
+        store
+            .save_retention(&room("general"), Some(policy))
+            .unwrap();
+        let now = Utc::now();
+        while store
+            .prune(&|_: &RoomName| Some(policy), now, 10)
+            .unwrap()
+            .more
+        {}
+        let (page, _) = store.page(&room("general"), None, 10).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
+    fn rooms_of_finds_every_room_a_user_wrote_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(dir.path());
+        let rooms = |name: &str| -> Vec<String> {
+            store
+                .rooms_of(&UserName::parse(name, 32).unwrap())
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect()
+        };
+        assert_eq!(rooms("ALICE"), ["general"]);
+        assert_eq!(rooms("bob"), ["@alice,bob"]);
+        assert!(rooms("carol").is_empty());
     }
 }

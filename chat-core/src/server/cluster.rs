@@ -84,6 +84,12 @@ pub(crate) enum Parked {
         body: String,
         client_id: Option<ClientMsgId>,
     },
+    /// A host's erasure of a user in the room.
+    Erase {
+        ticket: u64,
+        room: RoomName,
+        user: UserName,
+    },
 }
 
 impl Room {
@@ -470,6 +476,9 @@ impl Server {
                         } => self
                             .st
                             .on_publish(now, ticket, &room, &user, body, client_id),
+                        Parked::Erase { ticket, room, user } => {
+                            self.st.on_erase(now, ticket, room, user);
+                        }
                     }
                 }
                 self.st.loading.empty.remove(&room);
@@ -487,10 +496,12 @@ impl Server {
                                 .out
                                 .error(sid, id, ErrorCode::StorageUnavailable, msg);
                         }
-                        Parked::Publish { ticket, .. } => self.st.out.push(Output::Published {
-                            ticket,
-                            result: Err(ErrorCode::StorageUnavailable),
-                        }),
+                        Parked::Publish { ticket, .. } | Parked::Erase { ticket, .. } => {
+                            self.st.out.push(Output::Published {
+                                ticket,
+                                result: Err(ErrorCode::StorageUnavailable),
+                            })
+                        }
                     }
                 }
             }

@@ -115,6 +115,34 @@ pub struct Config {
     /// The host's rule for public rooms' permissions, asked after the rooms' own rules
     /// (see [`RoomPolicy`](super::RoomPolicy)).
     pub room_policy: Option<SharedPolicy>,
+    /// Durable mode: how long messages are kept in rooms that have no policy of their
+    /// own (`Hub::set_retention`). `None` (the default) keeps everything. The store's
+    /// writer enforces it in the background; see [`Retention`].
+    pub retention: Option<Retention>,
+}
+
+/// How much of a room's history the store keeps (durable mode): messages older than
+/// `max_age`, and all but the newest `max_count` entries, are deleted in the background
+/// by the store's writer, in small batches between its commits. A `None` limit does not
+/// apply; a policy with neither keeps everything.
+///
+/// What was pruned is gone for good: a resume or a history page that reaches below the
+/// oldest kept seq gets the protocol's explicit gap (docs/PROTOCOL.md, "Retention"),
+/// never a silent hole. A room's newest entry is always kept, so its seq carries on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Delete entries older than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many of the newest entries (messages and changes alike).
+    pub max_count: Option<u64>,
+}
+
+impl Retention {
+    /// Whether the policy keeps everything.
+    #[must_use]
+    pub fn keeps_all(&self) -> bool {
+        self.max_age.is_none() && self.max_count.is_none()
+    }
 }
 
 impl Default for Config {
@@ -163,6 +191,7 @@ impl Default for Config {
             shutdown_retry_after: Duration::from_secs(2),
             rooms: Vec::new(),
             room_policy: None,
+            retention: None,
         }
     }
 }

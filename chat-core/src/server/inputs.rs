@@ -218,6 +218,28 @@ pub enum Input {
         /// Optional idempotency key, as in `send`.
         client_id: Option<ClientMsgId>,
     },
+    /// The host erases `user` in `room` (the right to be forgotten): an `erase` entry
+    /// is posted (loading the room first if it left memory), which makes every message
+    /// of the user a tombstone and takes the user's reactions away, in the window and,
+    /// in durable mode, in the store. Answered by
+    /// [`Output::Published`](super::Output::Published) with the entry.
+    Erase {
+        /// Echoed in [`Output::Published`](super::Output::Published).
+        ticket: u64,
+        /// The room.
+        room: RoomName,
+        /// Whose messages.
+        user: UserName,
+    },
+    /// Durable mode: the store's retention deleted every entry of `room` below
+    /// `first_kept`. The window lets go of them too, and a resume or a history page
+    /// that reaches below it is told the gap.
+    Pruned {
+        /// The room.
+        room: RoomName,
+        /// The oldest seq still kept.
+        first_kept: Seq,
+    },
 }
 
 /// A storage failure reported by the driver. Clients see `storage_unavailable` either

@@ -262,6 +262,65 @@ impl State {
         }
     }
 
+    /// The host erases `user` in `room` ([`Input::Erase`](super::Input::Erase)): an
+    /// `erase` entry, posted as the host's publish is.
+    pub(super) fn on_erase(&mut self, now: Now, ticket: u64, room: RoomName, user: UserName) {
+        let refused = if self.shutting_down {
+            Some(ErrorCode::ShuttingDown)
+        } else if self.config.cluster {
+            Some(ErrorCode::Unsupported)
+        } else {
+            None
+        };
+        if let Some(code) = refused {
+            self.out.push(Output::Published {
+                ticket,
+                result: Err(code),
+            });
+            return;
+        }
+        if self.needs_load(&room) {
+            let parked = super::cluster::Parked::Erase {
+                ticket,
+                room: room.clone(),
+                user,
+            };
+            self.park(room, parked);
+            return;
+        }
+        match self.open_room(&room, |_, _| false) {
+            Ok((room, mut env)) => {
+                let mut entry = Message::new(
+                    room.name.clone(),
+                    Seq(0),
+                    now.utc,
+                    user.clone(),
+                    Arc::from(""),
+                    None,
+                );
+                entry.kind = crate::protocol::EntryKind::Erase;
+                room.post_entry(&mut env, now, user.key(), entry, Acker::Host(ticket));
+            }
+            Err(code) => self.out.push(Output::Published {
+                ticket,
+                result: Err(code),
+            }),
+        }
+    }
+
+    /// The store pruned `room` below `first_kept` ([`Input::Pruned`](super::Input::Pruned)):
+    /// the window lets go of those entries too.
+    pub(super) fn on_pruned(&mut self, room: &RoomName, first_kept: Seq) {
+        match self.rooms.get_mut(room) {
+            Some(r) => r.prune(first_kept),
+            // Told when the room is loaded (`Server::restore_room`).
+            None => {
+                let known = self.pruned.entry(room.clone()).or_insert(first_kept);
+                *known = (*known).max(first_kept);
+            }
+        }
+    }
+
     fn publish_checked(
         &self,
         room: &str,
@@ -292,4 +351,27 @@ pub(super) fn check_body(body: &str, max: usize) -> Result<(), (ErrorCode, Strin
         return Err((ErrorCode::InvalidBody, "body must not be empty".to_owned()));
     }
     Ok(())
+}
+
+impl super::Server {
+    /// The rooms in memory whose window holds an entry by `user` or a reaction of the
+    /// user's (erasure: the store is asked for the rest).
+    #[must_use]
+    pub fn rooms_with_user(&self, user: &UserName) -> Vec<RoomName> {
+        let key = user.key();
+        self.st
+            .rooms
+            .values()
+            .filter(|r| {
+                r.latest(usize::MAX).any(|p| {
+                    p.msg.user.key() == key
+                        || p.msg
+                            .reactions
+                            .iter()
+                            .any(|x| x.users.iter().any(|u| u.key() == key))
+                })
+            })
+            .map(|r| r.name.clone())
+            .collect()
+    }
 }

@@ -47,7 +47,7 @@ use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
 pub use authz::{Identity, Permissions, RoomAccess, RoomPolicy, SharedPolicy};
 pub use cluster::{Announced, Appended, LoadedRoom};
-pub use config::{AuthMode, Config};
+pub use config::{AuthMode, Config, Retention};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
 pub(crate) use limits::TokenBucket;
@@ -103,6 +103,13 @@ struct State {
     /// Cluster mode: rooms whose moderation state was asked of the log, with
     /// `mod_changes` at the time (a change made since makes the answer stale).
     mod_asked: BTreeMap<RoomName, u64>,
+    /// Read markers by user and room: the last seq read (`commands/read.rs`). An
+    /// anonymous user's go with the user (its grace period); a host identity's are
+    /// kept (in durable mode stored, and restored at startup).
+    markers: BTreeMap<UserKey, BTreeMap<RoomName, Seq>>,
+    /// Durable mode: rooms not in memory whose oldest entries retention pruned, with the
+    /// oldest seq kept: applied when the room is loaded.
+    pruned: BTreeMap<RoomName, Seq>,
     shutting_down: bool,
     drained: bool,
 }
@@ -157,6 +164,8 @@ impl Server {
                 saving: BTreeMap::new(),
                 mod_changes: 0,
                 mod_asked: BTreeMap::new(),
+                markers: BTreeMap::new(),
+                pruned: BTreeMap::new(),
                 shutting_down: false,
                 drained: false,
             },
@@ -294,6 +303,8 @@ impl Server {
             } => self
                 .st
                 .on_publish(now, ticket, &room, &user, body, client_id),
+            Input::Erase { ticket, room, user } => self.st.on_erase(now, ticket, room, user),
+            Input::Pruned { room, first_kept } => self.st.on_pruned(&room, first_kept),
         }
         Ok(())
     }
@@ -336,11 +347,16 @@ impl Server {
             .remove(&room)
             .map_or(last_seq, |s| s.max(last_seq));
         self.st.unarmed.push(room.clone());
-        self.st
+        let pruned = self.st.pruned.remove(&room);
+        let r = self
+            .st
             .rooms
             .entry(room.clone())
-            .or_insert_with(|| Room::new(room))
-            .restore(last_seq, recent, complete, window);
+            .or_insert_with(|| Room::new(room));
+        r.restore(last_seq, recent, complete, window);
+        if let Some(first_kept) = pruned {
+            r.prune(first_kept);
+        }
     }
 
     /// Starts a graceful shutdown: new hellos are refused; once every pending message is

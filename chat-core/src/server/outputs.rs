@@ -48,6 +48,19 @@ pub enum Output {
         /// The change.
         change: super::ModerationChange,
     },
+    /// Durable mode: store a host identity's read marker (the last seq it read in the
+    /// room; see [`Server::restore_read_markers`](super::Server::restore_read_markers)).
+    /// Not answered: nothing waits for it, and a marker lost in a crash only shows a
+    /// few messages as unread again. Markers come in the order they moved; a later one
+    /// of the same user and room replaces an earlier one.
+    SaveReadMarker {
+        /// The user (a host identity).
+        user: UserName,
+        /// The room.
+        room: RoomName,
+        /// The last seq read.
+        seq: Seq,
+    },
     /// Durable mode: read a history page the window does not hold, then answer with
     /// [`Input::HistoryLoaded`](super::Input::HistoryLoaded).
     LoadHistory {

@@ -117,7 +117,13 @@ impl State {
             .is_some_and(|u| u.sessions.is_empty() && u.grace_until == Some(at));
         if expired {
             let name = self.users.display_name(key);
+            let anonymous = self.users.get(key).is_some_and(|u| u.token.is_some());
             self.users.remove(key);
+            if anonymous {
+                // An anonymous user's read markers live as long as the user: the name
+                // may go to someone else now. A host identity's stay (`commands/read.rs`).
+                self.markers.remove(key);
+            }
             self.release_name(&name);
         }
     }

@@ -141,6 +141,9 @@ pub(crate) struct Room {
     history: VecDeque<Posted>,
     /// Messages with seq ≤ floor are not in the window (evicted, or only in the store).
     floor: Seq,
+    /// Durable mode: nothing below this seq is kept anywhere (retention pruned it);
+    /// 0 when not known. When `floor` is below it, the window holds all there is.
+    first_kept: Seq,
     /// The last seq handed out (including messages still pending in the store).
     pub last_seq: Seq,
     /// The last seq delivered to members.
@@ -270,6 +273,7 @@ impl Room {
             typing: BTreeMap::new(),
             history: VecDeque::new(),
             floor: Seq(0),
+            first_kept: Seq(0),
             last_seq: Seq(0),
             last_delivered: Seq(0),
             last_ts: DateTime::<Utc>::MIN_UTC,
@@ -570,6 +574,8 @@ impl Room {
     pub fn restore(&mut self, last_seq: Seq, recent: Vec<Message>, complete: bool, window: usize) {
         self.last_seq = self.last_seq.max(last_seq);
         self.last_delivered = self.last_delivered.max(last_seq);
+        // Complete: nothing older is stored. (What retention pruned below it is told
+        // apart by `prune`; a first seq above 1 alone may be a seq that never committed.)
         self.floor = match recent.first() {
             _ if complete => Seq(0),
             Some(first) => Seq(first.seq.0.saturating_sub(1)),
@@ -614,6 +620,10 @@ impl Room {
     /// Applies a change entry to the message it targets, if the window holds it (see
     /// [`Message::apply`]), and encodes the message's frame again.
     pub fn apply_change(&mut self, change: &Message) {
+        if change.kind == crate::protocol::EntryKind::Erase {
+            self.apply_erase(change);
+            return;
+        }
         let Some(target) = change.target else {
             return;
         };
@@ -634,6 +644,57 @@ impl Room {
                     p.frame = Encoded::message(&p.msg);
                 }
             }
+        }
+    }
+
+    /// An `erase` entry: every message of its user in the window before it becomes a
+    /// tombstone, the user's reactions go, and the bodies of the user's edits too.
+    fn apply_erase(&mut self, erase: &Message) {
+        let who = erase.user.key();
+        for p in self.history.iter_mut() {
+            if p.msg.seq >= erase.seq {
+                break;
+            }
+            let edit_text = p.msg.kind == crate::protocol::EntryKind::Edit
+                && p.msg.user.key() == who
+                && !p.msg.body.is_empty();
+            if edit_text {
+                Arc::make_mut(&mut p.msg).body = Arc::from("");
+                p.frame = Encoded::message(&p.msg);
+            } else if p.msg.kind.is_message() {
+                let touched = p.msg.user.key() == who
+                    || p.msg
+                        .reactions
+                        .iter()
+                        .any(|r| r.users.iter().any(|u| u.key() == who));
+                if touched && Arc::make_mut(&mut p.msg).apply(erase) {
+                    p.frame = Encoded::message(&p.msg);
+                }
+            }
+        }
+    }
+
+    /// The store's retention deleted every entry below `first_kept`: the window lets go
+    /// of them, and a resume from before them is a gap (`after`), a page below them
+    /// comes from the store (which says the gap).
+    pub fn prune(&mut self, first_kept: Seq) {
+        while self.history.front().is_some_and(|p| p.msg.seq < first_kept) {
+            self.history.pop_front();
+        }
+        self.floor = self.floor.max(Seq(first_kept.0.saturating_sub(1)));
+        self.first_kept = self.first_kept.max(first_kept);
+    }
+
+    /// The oldest seq kept anywhere, when entries below it are known to be gone: pruned
+    /// by the store's retention, or (without a store) out of the window. `None`: nothing
+    /// known to be gone.
+    pub fn gone_below(&self, durable: bool) -> Option<Seq> {
+        if self.first_kept > Seq(1) {
+            Some(self.first_kept)
+        } else if !durable && self.floor > Seq(0) {
+            Some(self.floor.next())
+        } else {
+            None
         }
     }
 
@@ -674,7 +735,9 @@ impl Room {
         let end = before.unwrap_or(Seq(u64::MAX));
         let idx = self.history.partition_point(|p| p.msg.seq < end);
         let start = idx.saturating_sub(limit);
-        let older_elsewhere = self.floor > Seq(0) && end.0 > 1;
+        // Older messages in the store: some left the window, and not because they were
+        // pruned (then the window holds all that is kept).
+        let older_elsewhere = self.floor > Seq(0) && end.0 > 1 && self.floor >= self.first_kept;
         if idx - start < limit && older_elsewhere && durable {
             return Page::Store;
         }

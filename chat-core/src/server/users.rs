@@ -20,8 +20,6 @@ pub(crate) struct User {
     /// When the name was taken: in anonymous mode the user reads direct messages from
     /// then on only, none of an earlier holder's of the name.
     pub claimed_at: DateTime<Utc>,
-    /// The user's read marker per room: the last seq read (see `commands/read.rs`).
-    pub read: BTreeMap<crate::ids::RoomName, crate::ids::Seq>,
 }
 
 /// Every known user, by key, and the counter that makes each anonymous claim's token new.
@@ -117,7 +115,6 @@ impl Users {
                 grace_until: None,
                 // At the millisecond, as messages are stamped (`Room::stamp`).
                 claimed_at: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now),
-                read: BTreeMap::new(),
             }
         })
     }

@@ -184,6 +184,7 @@ pub(crate) fn observe(f: &ServerFrame) -> Obs {
             room,
             messages,
             has_more,
+            ..
         } => Obs::History {
             id: id.map(|i| i.0),
             room: room.to_string(),

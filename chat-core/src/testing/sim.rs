@@ -421,6 +421,10 @@ impl Sim {
                 self.log.push(format!("persist {msg:?}"));
                 self.persists.push(msg);
             }
+            Output::SaveReadMarker { user, room, seq } => {
+                self.log
+                    .push(format!("save read marker {user} {room} {seq}"));
+            }
             Output::SaveModeration { ticket, change } => {
                 self.log
                     .push(format!("save moderation {ticket} {change:?}"));

@@ -41,8 +41,13 @@ impl State {
         {
             return Err(forbidden(format!("you may not read {room_name}")));
         }
+        let durable = self.config.durable || self.config.cluster;
+        let gone_below = self
+            .rooms
+            .get(&room_name)
+            .and_then(|r| r.gone_below(durable));
         let page = match self.rooms.get(&room_name) {
-            Some(room) => room.page(before, limit, self.config.durable || self.config.cluster),
+            Some(room) => room.page(before, limit, durable),
             // A direct room nobody has written to yet.
             None => Page::Memory {
                 messages: vec![],
@@ -56,13 +61,16 @@ impl State {
         };
         match page {
             Page::Memory { messages, has_more } => {
-                let (messages, has_more) = above_floor(messages, has_more, floor);
+                let (messages, has_more, cut) = above_floor(messages, has_more, floor);
+                let first_seq = gap(has_more, cut, gone_below);
                 let messages = messages.iter().map(|m| m.seen_by(user)).collect();
                 let frame = ServerFrame::History {
                     id,
                     room: room_name,
                     messages,
                     has_more,
+                    gap: first_seq.is_some(),
+                    first_seq,
                 };
                 self.out.send_to(caller.sid, &frame);
             }
@@ -105,7 +113,10 @@ impl State {
                 if !self.out.is_open(t.session) {
                     return Ok(());
                 }
-                let (messages, has_more) = above_floor(messages, has_more, t.floor);
+                let (messages, has_more, cut) = above_floor(messages, has_more, t.floor);
+                let durable = self.config.durable || self.config.cluster;
+                let gone_below = self.rooms.get(&t.room).and_then(|r| r.gone_below(durable));
+                let first_seq = gap(has_more, cut, gone_below);
                 let messages = messages
                     .into_iter()
                     .map(|mut m| {
@@ -120,6 +131,8 @@ impl State {
                     room: t.room,
                     messages,
                     has_more,
+                    gap: first_seq.is_some(),
+                    first_seq,
                 };
                 self.out.send_to(t.session, &frame);
             }
@@ -135,16 +148,30 @@ impl State {
 
 /// A page without the messages from before `floor` (a direct room's messages from before
 /// an anonymous reader took its name): then nothing older is left to page to either.
+/// The third value says whether the floor cut the page.
 fn above_floor<M: std::borrow::Borrow<Message>>(
     mut messages: Vec<M>,
     has_more: bool,
     floor: Option<DateTime<Utc>>,
-) -> (Vec<M>, bool) {
+) -> (Vec<M>, bool, bool) {
     let Some(floor) = floor else {
-        return (messages, has_more);
+        return (messages, has_more, false);
     };
     let before = messages.len();
     messages.retain(|m| m.borrow().ts >= floor);
     let cut = messages.len() < before;
-    (messages, has_more && !cut)
+    (messages, has_more && !cut, cut)
+}
+
+/// The explicit gap of a page that reached the oldest entry the server keeps: nothing
+/// older is left (`has_more` false) and entries below `gone_below` are known to be gone
+/// (pruned by retention, or out of the in-memory window without a store). Then the
+/// oldest seq kept. Not for a page a direct room's floor cut (those messages are hidden
+/// from this reader, not gone), nor for seqs that never held a message (a post the store
+/// refused keeps its seq unused).
+fn gap(has_more: bool, cut: bool, gone_below: Option<crate::ids::Seq>) -> Option<crate::ids::Seq> {
+    if has_more || cut {
+        return None;
+    }
+    gone_below
 }

@@ -1,0 +1,218 @@
+//! Retention and erasure in the real example server on an SQLite file:
+//! `--retain-messages` keeps the file to the newest entries of each room (history says
+//! the gap), and the admin port's `POST /erase` leaves tombstones and none of the user's
+//! text in the file.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use chat_core::protocol::{EntryKind, ServerFrame};
+use common::ServerProcess;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Upper bound for any one wait (not a speed assertion).
+const WAIT: Duration = Duration::from_secs(30);
+const ADMIN_TOKEN: &str = "retention-test-admin-token";
+
+fn start_server(db: &Path, admin: &str) -> ServerProcess {
+    let mut args: Vec<std::ffi::OsString> = ["--durability", "full", "--db"]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    args.push(db.into());
+    args.extend(
+        [
+            "--send-burst",
+            "100000",
+            "--send-rate",
+            "100000",
+            "--retain-messages",
+            "10",
+            "--admin-addr",
+            admin,
+            "--admin-token",
+            ADMIN_TOKEN,
+        ]
+        .map(Into::into),
+    );
+    ServerProcess::start(args)
+}
+
+async fn read(ws: &mut Socket) -> Option<ServerFrame> {
+    loop {
+        match ws.next().await? {
+            Ok(Ws::Text(t)) => return serde_json::from_str(&t).ok(),
+            Ok(Ws::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn until<T>(ws: &mut Socket, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = read(ws).await.expect("connection open");
+            if let Some(t) = pick(frame) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the frame comes")
+}
+
+async fn connect(addr: &str, name: &str) -> Socket {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("connect");
+    let hello = json!({"type":"hello","version":2,"name":name,"rooms":[{"room":"general"}]});
+    ws.send(Ws::text(hello.to_string())).await.unwrap();
+    until(&mut ws, |f| {
+        matches!(f, ServerFrame::Joined { .. }).then_some(())
+    })
+    .await;
+    ws
+}
+
+async fn say(ws: &mut Socket, frame: Value) {
+    ws.send(Ws::text(frame.to_string())).await.unwrap();
+}
+
+/// `POST path` with a form body to the host's controls; the whole answer as text.
+async fn admin_post(addr: &str, path: &str, form: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin port");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
+
+fn file_holds(db: &Path, text: &str) -> bool {
+    let wal = db.with_extension("db-wal");
+    [db, wal.as_path()].iter().any(|p| {
+        std::fs::read(p).is_ok_and(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
+    })
+}
+
+#[tokio::test]
+async fn retain_messages_bounds_the_file_and_post_erase_leaves_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let admin = {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        format!("127.0.0.1:{port}")
+    };
+    let server = start_server(&db, &admin);
+    let mut alice = connect(&server.addr, "alice").await;
+    let mut bob = connect(&server.addr, "bob").await;
+    for i in 1..=30 {
+        say(
+            &mut alice,
+            json!({"type":"send","id":i,"room":"general","body":format!("alice secret {i}")}),
+        )
+        .await;
+        until(&mut alice, |f| match f {
+            ServerFrame::Ack { .. } => Some(()),
+            ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+            _ => None,
+        })
+        .await;
+    }
+    say(
+        &mut bob,
+        json!({"type":"send","id":1,"room":"general","body":"bob stays"}),
+    )
+    .await;
+    until(&mut bob, |f| {
+        matches!(f, ServerFrame::Ack { .. }).then_some(())
+    })
+    .await;
+
+    // The store prunes in the background: the newest page comes to say the gap.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (seqs, first_seq) = loop {
+        say(
+            &mut bob,
+            json!({"type":"history","id":7,"room":"general","limit":100}),
+        )
+        .await;
+        let page = until(&mut bob, |f| match f {
+            ServerFrame::History {
+                messages,
+                gap,
+                first_seq,
+                has_more,
+                ..
+            } => Some((messages, gap, first_seq, has_more)),
+            _ => None,
+        })
+        .await;
+        // Wait for the step that pruned all it will (an earlier one may have run
+        // while the messages were coming).
+        if page.1 && page.2.map(|s| s.0) == Some(22) {
+            assert!(!page.3, "nothing more to page");
+            break (page.0.iter().map(|m| m.seq.0).collect::<Vec<_>>(), page.2);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seqs, (22..=31).collect::<Vec<_>>());
+    assert_eq!(first_seq.map(|s| s.0), Some(22));
+
+    let answer = admin_post(&admin, "/erase", "user=alice").await;
+    assert!(answer.contains("erased in 1 rooms"), "{answer}");
+    let erase = until(&mut bob, |f| match f {
+        ServerFrame::Change(m) if m.kind == EntryKind::Erase => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(erase.user.as_str(), "alice");
+    let refused = admin_post(&admin, "/erase", "user=").await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    drop((alice, bob));
+
+    server.signal("-TERM");
+    assert!(server.wait().success());
+    for i in 1..=30 {
+        let secret = format!("alice secret {i}");
+        assert!(!file_holds(&db, &secret), "{secret:?} is still in the file");
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(i64, String, String, bool)> = conn
+        .prepare("SELECT seq, user, body, deleted FROM messages ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(rows.len() <= 11, "bounded: {} rows", rows.len());
+    for (seq, user, body, deleted) in &rows {
+        if user == "alice" && *seq <= 30 {
+            assert!(*deleted && body.is_empty(), "#{seq} is a tombstone");
+        }
+    }
+    assert!(rows.iter().any(|r| r.2 == "bob stays"));
+}
