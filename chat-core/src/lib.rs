@@ -112,8 +112,8 @@ pub use ids::{
     is_invisible,
 };
 pub use server::{
-    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, EXPIRED_REASON,
-    Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate,
+    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, ChangeRules, CloseReason, Config,
+    EXPIRED_REASON, EntryDetail, Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate,
     Recipients, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
 };
 

@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use chat_core::protocol::{ErrorCode, Message, ServerFrame};
+use chat_core::protocol::{EntryKind, ErrorCode, Message, ServerFrame};
 use chat_core::testing::Sim;
 use chat_core::{
-    Announced, Appended, Config, Identity, Input, LoadedRoom, Permissions, RoomName, Seq,
-    SharedPolicy, StoreError, UserKey, UserName,
+    Announced, Appended, Config, EntryDetail, Identity, Input, LoadedRoom, Permissions, RoomName,
+    Seq, SharedPolicy, StoreError, UserKey, UserName,
 };
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -36,6 +36,92 @@ struct Log {
 type UserSessions = (UserName, BTreeMap<usize, u64>);
 
 impl Log {
+    /// `commit.lua`: an entry (a message, or a change checked against its target's
+    /// current state and applied to it in the same step), or the refusal.
+    fn commit(
+        &mut self,
+        room: &RoomName,
+        user: &UserName,
+        body: &str,
+        cid: Option<&str>,
+        detail: &EntryDetail,
+    ) -> Result<(Message, bool), (ErrorCode, String)> {
+        if let Some(cid) = cid
+            && self.ids.contains_key(&(
+                room.clone(),
+                user.key().as_str().to_owned(),
+                cid.to_string(),
+            ))
+        {
+            return Ok(self.append(room, user, body, Some(cid)));
+        }
+        let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
+        let entries = self.rooms.get(room).cloned().unwrap_or_default();
+        let ts = DateTime::<Utc>::from_timestamp_millis(
+            1_767_000_000_000 + entries.len() as i64 + 1,
+        )
+        .unwrap();
+        let target_of = |seq: Seq| -> Result<Option<Message>, (ErrorCode, String)> {
+            let none = |why: &str| Err((ErrorCode::NoSuchMessage, why.to_owned()));
+            if seq == Seq(0) || seq.0 > entries.len() as u64 {
+                return none("unknown");
+            }
+            if seq < floor {
+                return Ok(None);
+            }
+            let m = entries[usize::try_from(seq.0 - 1).unwrap()].clone();
+            if !m.kind.is_message() {
+                return none("a change");
+            }
+            if m.deleted {
+                return Err((ErrorCode::Gone, "deleted".into()));
+            }
+            Ok(Some(m))
+        };
+        if detail.kind.is_message() {
+            if let Some(r) = detail.reply_to {
+                target_of(r)?;
+            }
+        } else {
+            let t = target_of(detail.target.unwrap())?
+                .ok_or((ErrorCode::NoSuchMessage, "older".to_owned()))?;
+            let own = t.user.key() == user.key();
+            let authored = match detail.kind {
+                EntryKind::Edit => own,
+                EntryKind::Delete => own || detail.rules.any_author,
+                _ => true,
+            };
+            if !authored {
+                return Err((ErrorCode::NotAuthor, "not yours".into()));
+            }
+            if detail.kind == EntryKind::Edit
+                && (ts - t.ts).to_std().unwrap_or_default() > detail.rules.edit_window
+            {
+                return Err((ErrorCode::EditWindowPassed, "too late".into()));
+            }
+            let emoji = detail.emoji.as_deref();
+            if detail.kind == EntryKind::React
+                && detail.on == Some(true)
+                && !t.reactions.iter().any(|r| Some(r.emoji.as_str()) == emoji)
+                && t.reactions.len() >= detail.rules.max_reactions
+            {
+                return Err((ErrorCode::LimitReached, "too many".into()));
+            }
+        }
+        let (mut m, dup) = self.append(room, user, body, cid);
+        m.kind = detail.kind;
+        m.target = detail.target;
+        m.emoji = detail.emoji.clone();
+        m.on = detail.on;
+        m.reply_to = detail.reply_to;
+        let entries = self.rooms.get_mut(room).unwrap();
+        *entries.last_mut().unwrap() = m.clone();
+        if let Some(t) = m.target {
+            entries[usize::try_from(t.0 - 1).unwrap()].apply(&m);
+        }
+        Ok((m, dup))
+    }
+
     fn append(
         &mut self,
         room: &RoomName,
@@ -192,12 +278,16 @@ fn config() -> Config {
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
+        Cluster::with(n, config())
+    }
+
+    fn with(n: usize, config: Config) -> Cluster {
         Cluster {
             nodes: (0..n)
                 .map(|i| {
                     Sim::with(Config {
                         node: i as u64 + 1,
-                        ..config()
+                        ..config.clone()
                     })
                 })
                 .collect(),
@@ -214,11 +304,30 @@ impl Cluster {
     fn commit_all(&mut self) {
         for n in 0..self.nodes.len() {
             let asked = std::mem::take(&mut self.nodes[n].appends);
-            for (room, ticket, user, body, cid) in asked {
-                let (m, duplicate) = self.log.append(&room, &user, &body, cid.as_deref());
+            for (room, ticket, user, body, cid, detail) in asked {
+                let (m, duplicate) =
+                    match self
+                        .log
+                        .commit(&room, &user, &body, cid.as_deref(), &detail)
+                    {
+                        Ok(done) => done,
+                        Err((code, why)) => {
+                            self.nodes[n].input(Input::Appended {
+                                room,
+                                ticket,
+                                result: Err(StoreError::Refused(code, why)),
+                            });
+                            continue;
+                        }
+                    };
                 if !duplicate {
+                    // The doorbell carries the entry as committed.
+                    let mut bell = m.clone();
+                    if bell.kind.is_message() {
+                        bell.rev = None;
+                    }
                     for b in &mut self.bells {
-                        b.push_back(m.clone());
+                        b.push_back(bell.clone());
                     }
                 }
                 self.nodes[n].input(Input::Appended {
@@ -537,7 +646,7 @@ fn the_authors_doorbell_before_the_reply_delivers_once() {
     c.hello(0, 1, "alice");
     c.nodes[0].clear();
     send(&mut c.nodes[0], 1, 7, "quick", None);
-    let (room, ticket, user, body, _) = c.nodes[0].appends.remove(0);
+    let (room, ticket, user, body, ..) = c.nodes[0].appends.remove(0);
     let (m, _) = c.log.append(&room, &user, &body, None);
     c.nodes[0].input(Input::RoomLog {
         room: room.clone(),
@@ -567,7 +676,7 @@ fn a_resend_through_another_server_is_acked_as_a_duplicate() {
     send(&mut c.nodes[0], 1, 1, "only once", Some("m-77"));
     // The append reached the log; server 0 dies before alice saw anything. Server 1 got
     // the doorbell.
-    let (room, _, user, body, cid) = c.nodes[0].appends.remove(0);
+    let (room, _, user, body, cid, _) = c.nodes[0].appends.remove(0);
     let (m, _) = c.log.append(&room, &user, &body, cid.as_deref());
     c.bells[1].push_back(m);
     c.ring(1, usize::MAX);
@@ -1426,4 +1535,191 @@ fn an_old_presence_announcement_changes_nothing() {
     });
     assert_eq!(c.members(0, "general"), ["alice"]);
     c.nodes[0].expect_nothing(1);
+}
+
+/// What a client makes of the frames it got: each message by seq, with the change
+/// entries applied to it (as the page and the CLI do), in the order they came.
+fn view(frames: Vec<ServerFrame>, into: &mut BTreeMap<Seq, Message>) {
+    let mut take = |m: Message| {
+        if m.kind.is_message() {
+            let mut m = m;
+            m.client_id = None;
+            match into.get(&m.seq) {
+                // A message already held (a joined after live frames): its newer state wins.
+                Some(old) if old.rev >= m.rev => {}
+                _ => {
+                    into.insert(m.seq, m);
+                }
+            }
+        } else if let Some(t) = m.target.and_then(|t| into.get_mut(&t)) {
+            t.apply(&m);
+        }
+    };
+    for f in frames {
+        match f {
+            ServerFrame::Message(m) => take((*m).clone()),
+            ServerFrame::Joined { messages, .. } => messages.into_iter().for_each(&mut take),
+            _ => {}
+        }
+    }
+}
+
+/// A message's state as a short string: body, (edited), (deleted), reactions, reply.
+fn state(m: &Message) -> String {
+    let mut s = format!("{}:{}", m.seq.0, m.body);
+    if m.edited_at.is_some() {
+        s.push_str(" edited");
+    }
+    if m.deleted {
+        s.push_str(" deleted");
+    }
+    for r in &m.reactions {
+        let who: Vec<&str> = r.users.iter().map(|u| u.as_str()).collect();
+        s.push_str(&format!(" {}={}", r.emoji, who.join("+")));
+    }
+    if let Some(r) = m.reply_to {
+        s.push_str(&format!(" re{}", r.0));
+    }
+    s
+}
+
+fn states(view: &BTreeMap<Seq, Message>) -> Vec<String> {
+    view.values().map(state).collect()
+}
+
+fn change(sim: &mut Sim, s: u64, id: u64, frame: serde_json::Value) {
+    let mut f = frame;
+    f["id"] = json!(id);
+    f["room"] = json!("general");
+    sim.say(s, f);
+}
+
+/// Edits, reactions, a reply and a delete made on one server reach the other live, in
+/// the room's one seq order; a server that loads the room afterwards gives a joiner the
+/// messages in their current state; a resume there gets the changes it missed.
+#[test]
+fn changes_cross_servers_and_a_later_joiner_sees_the_current_state() {
+    let mut c = Cluster::new(3);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    let mut bob = BTreeMap::new();
+    view(c.nodes[1].take(2), &mut bob);
+    send(&mut c.nodes[0], 1, 1, "helo", None);
+    send(&mut c.nodes[0], 1, 2, "second", None);
+    c.settle();
+    c.nodes[1].say(
+        2,
+        json!({"type": "send", "id": 3, "room": "general", "body": "re: helo", "reply_to": 1}),
+    );
+    c.settle();
+    change(&mut c.nodes[0], 1, 4, json!({"type": "edit", "seq": 1, "body": "hello"}));
+    change(&mut c.nodes[0], 1, 5, json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}));
+    c.settle();
+    change(&mut c.nodes[1], 2, 6, json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}));
+    c.settle();
+    // Bob's view after the edit and reactions, before alice deletes "second".
+    let mut live = bob.clone();
+    view(c.nodes[1].take(2), &mut live);
+    assert_eq!(
+        states(&live),
+        ["1:hello edited 🎉=bob", "2:second 👍=alice", "3:re: helo re1"]
+    );
+    // carol follows bob's view from here on, resuming on server 2 after seq 5.
+    change(&mut c.nodes[0], 1, 7, json!({"type": "delete", "seq": 2}));
+    c.settle();
+    view(c.nodes[1].take(2), &mut live);
+    assert_eq!(
+        states(&live),
+        ["1:hello edited 🎉=bob", "2: deleted", "3:re: helo re1"]
+    );
+    let errors: Vec<String> = seen(&mut c.nodes[0], 1)
+        .into_iter()
+        .filter(|s| s.starts_with("error"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // dave joins on server 2, which never held the room: the current state.
+    c.hello(2, 3, "dave");
+    let mut dave = BTreeMap::new();
+    view(c.nodes[2].take(3), &mut dave);
+    assert_eq!(states(&dave), states(&live));
+    // bob's second device resumes on server 2 after seq 4 (it had the three messages
+    // as they were then): the changes it missed arrive and leave it where bob is.
+    let mut device: BTreeMap<Seq, Message> = bob
+        .iter()
+        .filter(|(s, _)| s.0 <= 3)
+        .map(|(s, m)| (*s, m.clone()))
+        .collect();
+    view(c.nodes[1].take(2), &mut BTreeMap::new());
+    for m in c.log.rooms.values().next().unwrap().iter().take(3) {
+        let mut m = m.clone();
+        m.rev = None;
+        m.body = ["helo", "second", "re: helo"][m.seq.0 as usize - 1].into();
+        m.deleted = false;
+        m.edited_at = None;
+        m.reactions.clear();
+        device.insert(m.seq, m);
+    }
+    c.nodes[2].connect(4);
+    let token = c.tokens["bob"].clone();
+    c.nodes[2].say(
+        4,
+        json!({"type": "hello", "version": 1, "name": "bob", "token": token, "rooms": [{"room": "general", "since": 3}]}),
+    );
+    c.answer_claims();
+    c.settle();
+    view(c.nodes[2].take(4), &mut device);
+    assert_eq!(states(&device), states(&live));
+}
+
+/// Two servers each accept a change to one message against their own window; the log
+/// takes the first and refuses the second by the message's state at that moment: the
+/// second author gets the rule's error (not a retry) and nothing changes.
+#[test]
+fn the_log_refuses_the_second_of_two_conflicting_changes() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello_at(1, 2, "alice");
+    c.answer_loads();
+    c.hello(1, 3, "bob");
+    send(&mut c.nodes[0], 1, 1, "oops", None);
+    c.settle();
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    // Both of alice's sessions act before either server hears of the other's change.
+    change(&mut c.nodes[0], 1, 2, json!({"type": "delete", "seq": 1}));
+    change(&mut c.nodes[1], 2, 3, json!({"type": "edit", "seq": 1, "body": "fixed"}));
+    assert_eq!(c.nodes[0].appends.len() + c.nodes[1].appends.len(), 2);
+    c.settle();
+    let second: Vec<String> = seen(&mut c.nodes[1], 2)
+        .into_iter()
+        .filter(|s| !s.starts_with('m'))
+        .collect();
+    assert_eq!(second, ["error Gone"]);
+    let mut bob = BTreeMap::new();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    let log = &c.log.rooms[&room];
+    assert_eq!(log.len(), 2, "the edit took no seq");
+    view(c.nodes[1].take(3), &mut bob);
+    c.hello(1, 4, "carol");
+    view(c.nodes[1].take(4), &mut bob);
+    assert_eq!(states(&bob), ["1: deleted"]);
+
+    // The reaction limit is the log's too: with one emoji allowed, two servers' first
+    // reactions with different emoji are one reaction and one `limit_reached`.
+    let one = Config {
+        max_reactions_per_message: 1,
+        ..config()
+    };
+    let mut c = Cluster::with(2, one);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    send(&mut c.nodes[0], 1, 1, "vote", None);
+    c.settle();
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    change(&mut c.nodes[0], 1, 2, json!({"type": "react", "seq": 1, "emoji": "👍", "on": true}));
+    change(&mut c.nodes[1], 2, 3, json!({"type": "react", "seq": 1, "emoji": "👎", "on": true}));
+    c.settle();
+    assert!(seen(&mut c.nodes[1], 2).contains(&"error LimitReached".to_owned()));
+    assert_eq!(c.log.rooms[&room][0].reactions.len(), 1);
 }

@@ -36,6 +36,13 @@ impl State {
             return Ok(()); // forward only; an older marker changes nothing
         }
         *marker = seq;
+        if self.config.cluster {
+            self.out.push(crate::server::Output::ShareRead {
+                room: room.clone(),
+                user: u.name.clone(),
+                seq,
+            });
+        }
         let others: Vec<_> = u
             .sessions
             .iter()
@@ -51,6 +58,30 @@ impl State {
 }
 
 impl State {
+    /// Cluster mode: read markers of `user` from the shared log, each taken if it is
+    /// ahead of the marker here and told to the user's sessions here.
+    pub(in crate::server) fn on_read_markers(
+        &mut self,
+        user: &crate::ids::UserName,
+        markers: Vec<(crate::ids::RoomName, Seq)>,
+    ) {
+        let Some(u) = self.users.get_mut(&user.key()) else {
+            return;
+        };
+        let sessions: Vec<_> = u.sessions.iter().copied().collect();
+        for (room, seq) in markers {
+            let marker = u.read.entry(room.clone()).or_insert(Seq(0));
+            if seq <= *marker {
+                continue;
+            }
+            *marker = seq;
+            let frame = ServerFrame::Read { room, seq };
+            for &sid in &sessions {
+                self.out.send_to(sid, &frame);
+            }
+        }
+    }
+
     /// The messages of `room` after `user`'s read marker that `user` has to read: not
     /// the user's own, not deleted, not change entries (of the room's window).
     pub(super) fn unread(&self, user: &UserKey, room: &crate::server::rooms::Room) -> u64 {
