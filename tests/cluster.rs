@@ -362,7 +362,7 @@ impl Client {
                     self.message(m);
                 }
             }
-            Some("message") => self.message(f),
+            Some("message" | "change") => self.message(f),
             Some("ack") => {
                 let cid = s(&f["client_id"]);
                 let seq = f["seq"].as_u64().unwrap();

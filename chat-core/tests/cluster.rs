@@ -32,6 +32,13 @@ struct Log {
     names: BTreeMap<String, String>,
 }
 
+/// The log's clock: the time the test started (as the servers' simulated clocks do),
+/// plus a millisecond per seq.
+fn log_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| Utc::now().timestamp_millis())
+}
+
 /// A user's name and sessions per server.
 type UserSessions = (UserName, BTreeMap<usize, u64>);
 
@@ -58,7 +65,7 @@ impl Log {
         let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
         let entries = self.rooms.get(room).cloned().unwrap_or_default();
         let ts = DateTime::<Utc>::from_timestamp_millis(
-            1_767_000_000_000 + entries.len() as i64 + 1,
+            log_ms() + entries.len() as i64 + 1,
         )
         .unwrap();
         let target_of = |seq: Seq| -> Result<Option<Message>, (ErrorCode, String)> {
@@ -141,7 +148,7 @@ impl Log {
         }
         let entries = self.rooms.entry(room.clone()).or_default();
         let seq = Seq(entries.len() as u64 + 1);
-        let ts = DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000 + seq.0 as i64).unwrap();
+        let ts = DateTime::<Utc>::from_timestamp_millis(log_ms() + seq.0 as i64).unwrap();
         let m = Message::new(
             room.clone(),
             seq,
@@ -1557,8 +1564,8 @@ fn view(frames: Vec<ServerFrame>, into: &mut BTreeMap<Seq, Message>) {
     };
     for f in frames {
         match f {
-            ServerFrame::Message(m) => take((*m).clone()),
-            ServerFrame::Joined { messages, .. } => messages.into_iter().for_each(&mut take),
+            ServerFrame::Message(m) | ServerFrame::Change(m) => take((*m).clone()),
+            ServerFrame::Joined { messages, .. } => messages.into_iter().for_each(|m| take((*m).clone())),
             _ => {}
         }
     }
@@ -1688,7 +1695,13 @@ fn the_log_refuses_the_second_of_two_conflicting_changes() {
     // Both of alice's sessions act before either server hears of the other's change.
     change(&mut c.nodes[0], 1, 2, json!({"type": "delete", "seq": 1}));
     change(&mut c.nodes[1], 2, 3, json!({"type": "edit", "seq": 1, "body": "fixed"}));
-    assert_eq!(c.nodes[0].appends.len() + c.nodes[1].appends.len(), 2);
+    assert_eq!(
+        c.nodes[0].appends.len() + c.nodes[1].appends.len(),
+        2,
+        "{:?} {:?}",
+        c.nodes[0].peek(1),
+        c.nodes[1].peek(2)
+    );
     c.settle();
     let second: Vec<String> = seen(&mut c.nodes[1], 2)
         .into_iter()

@@ -805,7 +805,7 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
             for f in sim.take(s) {
                 match &f {
                     ServerFrame::Welcome { token: Some(t), .. } => c.token = Some(t.clone()),
-                    ServerFrame::Message(m) => c.take(m),
+                    ServerFrame::Message(m) | ServerFrame::Change(m) => c.take(m),
                     ServerFrame::Joined { messages, .. } => messages.iter().for_each(|m| c.take(m)),
                     ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. }
                         if actor == Some((u, i.0)) =>
