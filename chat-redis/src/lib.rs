@@ -438,22 +438,9 @@ impl RedisLog {
         epoch: &Epoch,
         post: Post<'_>,
     ) -> Result<Committed, Error> {
-        let cid = post.client_id.unwrap_or("");
-        let reply: Result<Value, _> = self
-            .scripts
-            .commit
-            .key(self.keys.meta(room))
-            .key(self.keys.log(room))
-            .key(self.keys.idempotency(room, post.user, cid))
-            .arg(epoch.as_str())
-            .arg(post.user)
-            .arg(post.body)
-            .arg(cid)
-            .arg(self.options.window)
-            .arg(self.options.idempotency_ttl.as_secs().max(1))
-            .arg(self.keys.channel(room))
-            .invoke_async(&mut self.conn)
-            .await;
+        let mut inv = self.scripts.commit.prepare_invoke();
+        self.commit_args(&mut inv, room, epoch, &post);
+        let reply: Result<Value, _> = inv.invoke_async(&mut self.conn).await;
         committed(reply)
     }
 
