@@ -1042,9 +1042,6 @@ pub enum ErrorCode {
     EditWindowPassed,
     /// The reaction is not one emoji.
     InvalidEmoji,
-    /// The server cannot do this in its present setup (e.g. changes to messages in
-    /// cluster mode, not yet built).
-    Unsupported,
 }
 
 impl ErrorCode {
@@ -1080,7 +1077,6 @@ impl ErrorCode {
             ErrorCode::NoSuchMessage => "no_such_message",
             ErrorCode::EditWindowPassed => "edit_window_passed",
             ErrorCode::InvalidEmoji => "invalid_emoji",
-            ErrorCode::Unsupported => "unsupported",
         }
     }
 }
