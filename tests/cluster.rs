@@ -1751,7 +1751,13 @@ impl Client {
             c.acks.contains_key(&cid) || c.errors.len() > errors
         })
         .await;
-        assert_eq!(self.errors.len(), errors, "{}: {:?}", self.name, self.errors);
+        assert_eq!(
+            self.errors.len(),
+            errors,
+            "{}: {:?}",
+            self.name,
+            self.errors
+        );
         self.acks[&cid].0
     }
 }
@@ -1767,8 +1773,18 @@ async fn edits_reactions_replies_and_deletes_cross_servers() {
     let mut c = node(&redis);
     let mut dave = Client::connect(&c.addr, "dave").await;
     dave.join(ROOM, None).await;
-    assert_eq!(alice.post(json!({"type": "send", "body": "helo"}), "a-1").await, 1);
-    assert_eq!(alice.post(json!({"type": "send", "body": "second"}), "a-2").await, 2);
+    assert_eq!(
+        alice
+            .post(json!({"type": "send", "body": "helo"}), "a-1")
+            .await,
+        1
+    );
+    assert_eq!(
+        alice
+            .post(json!({"type": "send", "body": "second"}), "a-2")
+            .await,
+        2
+    );
     let reply = json!({"type": "send", "body": "re: helo", "reply_to": 1});
     assert_eq!(bob.post(reply, "b-1").await, 3);
     dave.pump(WAIT, "the first three", |c| c.current.len() == 3)
@@ -1786,18 +1802,25 @@ async fn edits_reactions_replies_and_deletes_cross_servers() {
     })
     .await;
     alice
-        .post(json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}), "a-4")
+        .post(
+            json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}),
+            "a-4",
+        )
         .await;
     bob.pump(WAIT, "alice's reaction, live", |c| {
         c.current.get(&2).is_some_and(|m| !m.reactions.is_empty())
     })
     .await;
-    bob.post(json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}), "b-2")
-        .await;
-    alice.pump(WAIT, "bob's reaction, live", |c| {
-        c.current.get(&1).is_some_and(|m| !m.reactions.is_empty())
-    })
+    bob.post(
+        json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}),
+        "b-2",
+    )
     .await;
+    alice
+        .pump(WAIT, "bob's reaction, live", |c| {
+            c.current.get(&1).is_some_and(|m| !m.reactions.is_empty())
+        })
+        .await;
     // Someone else's message, from the other server: refused with the rule's code.
     bob.frame(json!({"type": "edit", "id": 900, "room": ROOM, "seq": 1, "body": "mine now"}))
         .await;
@@ -1811,10 +1834,14 @@ async fn edits_reactions_replies_and_deletes_cross_servers() {
     .await;
     let want = ["1:hello edited 🎉=bob", "2: deleted", "3:re: helo re1"];
     assert_eq!(bob.states(), want);
-    alice.pump(WAIT, "alice's view", |c| c.states() == want).await;
-    // The change to a deleted message is refused on the other server too.
-    bob.frame(json!({"type": "react", "id": 901, "room": ROOM, "seq": 2, "emoji": "👍", "on": true}))
+    alice
+        .pump(WAIT, "alice's view", |c| c.states() == want)
         .await;
+    // The change to a deleted message is refused on the other server too.
+    bob.frame(
+        json!({"type": "react", "id": 901, "room": ROOM, "seq": 2, "emoji": "👍", "on": true}),
+    )
+    .await;
     let refused = bob.until(|f| f["type"] == "error").await;
     assert_eq!(refused["code"], "gone", "{refused}");
     bob.errors.clear();
@@ -1835,7 +1862,10 @@ async fn edits_reactions_replies_and_deletes_cross_servers() {
     let firsts: Vec<Value> = page["messages"].as_array().unwrap().clone();
     assert_eq!(firsts[0]["body"], "hello", "{page}");
     assert_eq!(firsts[1]["deleted"], true, "{page}");
-    assert!(firsts[1].get("body").is_none(), "a tombstone has no text: {page}");
+    assert!(
+        firsts[1].get("body").is_none(),
+        "a tombstone has no text: {page}"
+    );
 
     // dave's server was killed before the changes: he resumes on B after seq 3 with
     // the three messages as he had them, and the changes he missed bring him to the same
@@ -1882,29 +1912,50 @@ async fn read_markers_cross_servers_and_unread_is_right_on_each() {
     let mut alice2 = Client::connect_as(&b.addr, "alice", Some(&alice.token)).await;
     alice2.join(ROOM, None).await;
     for i in 1..=4 {
-        bob.post(json!({"type": "send", "body": format!("m{i}")}), &format!("b-{i}"))
-            .await;
+        bob.post(
+            json!({"type": "send", "body": format!("m{i}")}),
+            &format!("b-{i}"),
+        )
+        .await;
     }
-    alice.pump(WAIT, "four messages", |c| c.seen.len() == 4).await;
-    alice2.pump(WAIT, "four messages", |c| c.seen.len() == 4).await;
+    alice
+        .pump(WAIT, "four messages", |c| c.seen.len() == 4)
+        .await;
+    alice2
+        .pump(WAIT, "four messages", |c| c.seen.len() == 4)
+        .await;
     assert_eq!(unread(&mut alice2).await, 4);
     // alice reads up to 3 on A: her session on B is told, and counts one unread.
-    alice.frame(json!({"type": "read", "room": ROOM, "seq": 3})).await;
-    alice2.pump(WAIT, "the marker from A", |c| c.reads == [3]).await;
+    alice
+        .frame(json!({"type": "read", "room": ROOM, "seq": 3}))
+        .await;
+    alice2
+        .pump(WAIT, "the marker from A", |c| c.reads == [3])
+        .await;
     assert_eq!(unread(&mut alice2).await, 1);
     assert_eq!(unread(&mut alice).await, 1);
     // Forward only: an older marker from B changes nothing anywhere.
-    alice2.frame(json!({"type": "read", "room": ROOM, "seq": 1})).await;
+    alice2
+        .frame(json!({"type": "read", "room": ROOM, "seq": 1}))
+        .await;
     assert_eq!(unread(&mut alice2).await, 1);
     assert_eq!(unread(&mut alice).await, 1);
     // Durable in Redis: a server alice never used reads her marker when she comes.
     let c = node(&redis);
     let mut alice3 = Client::connect_as(&c.addr, "alice", Some(&alice.token)).await;
-    alice3.pump(WAIT, "the stored marker", |c| c.reads == [3]).await;
+    alice3
+        .pump(WAIT, "the stored marker", |c| c.reads == [3])
+        .await;
     alice3.join(ROOM, None).await;
     assert_eq!(unread(&mut alice3).await, 1);
     let stored = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "HGET", "chat:reads:{alice}", ROOM])
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "HGET",
+            "chat:reads:{alice}",
+            ROOM,
+        ])
         .output()
         .expect("redis-cli runs");
     assert_eq!(String::from_utf8_lossy(&stored.stdout).trim(), "3");

@@ -113,8 +113,8 @@ pub use ids::{
 };
 pub use server::{
     Announced, ApiMisuse, Appended, AuthMode, AuthRefused, ChangeRules, CloseReason, Config,
-    EXPIRED_REASON, EntryDetail, Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate,
-    Recipients, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
+    EXPIRED_REASON, EntryDetail, Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output,
+    Permissions, Rate, Recipients, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

@@ -64,10 +64,8 @@ impl Log {
         }
         let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
         let entries = self.rooms.get(room).cloned().unwrap_or_default();
-        let ts = DateTime::<Utc>::from_timestamp_millis(
-            log_ms() + entries.len() as i64 + 1,
-        )
-        .unwrap();
+        let ts =
+            DateTime::<Utc>::from_timestamp_millis(log_ms() + entries.len() as i64 + 1).unwrap();
         let target_of = |seq: Seq| -> Result<Option<Message>, (ErrorCode, String)> {
             let none = |why: &str| Err((ErrorCode::NoSuchMessage, why.to_owned()));
             if seq == Seq(0) || seq.0 > entries.len() as u64 {
@@ -1565,7 +1563,9 @@ fn view(frames: Vec<ServerFrame>, into: &mut BTreeMap<Seq, Message>) {
     for f in frames {
         match f {
             ServerFrame::Message(m) | ServerFrame::Change(m) => take((*m).clone()),
-            ServerFrame::Joined { messages, .. } => messages.into_iter().for_each(|m| take((*m).clone())),
+            ServerFrame::Joined { messages, .. } => {
+                messages.into_iter().for_each(|m| take((*m).clone()))
+            }
             _ => {}
         }
     }
@@ -1619,17 +1619,36 @@ fn changes_cross_servers_and_a_later_joiner_sees_the_current_state() {
         json!({"type": "send", "id": 3, "room": "general", "body": "re: helo", "reply_to": 1}),
     );
     c.settle();
-    change(&mut c.nodes[0], 1, 4, json!({"type": "edit", "seq": 1, "body": "hello"}));
-    change(&mut c.nodes[0], 1, 5, json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}));
+    change(
+        &mut c.nodes[0],
+        1,
+        4,
+        json!({"type": "edit", "seq": 1, "body": "hello"}),
+    );
+    change(
+        &mut c.nodes[0],
+        1,
+        5,
+        json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}),
+    );
     c.settle();
-    change(&mut c.nodes[1], 2, 6, json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}));
+    change(
+        &mut c.nodes[1],
+        2,
+        6,
+        json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}),
+    );
     c.settle();
     // Bob's view after the edit and reactions, before alice deletes "second".
     let mut live = bob.clone();
     view(c.nodes[1].take(2), &mut live);
     assert_eq!(
         states(&live),
-        ["1:hello edited 🎉=bob", "2:second 👍=alice", "3:re: helo re1"]
+        [
+            "1:hello edited 🎉=bob",
+            "2:second 👍=alice",
+            "3:re: helo re1"
+        ]
     );
     // carol follows bob's view from here on, resuming on server 2 after seq 5.
     change(&mut c.nodes[0], 1, 7, json!({"type": "delete", "seq": 2}));
@@ -1694,7 +1713,12 @@ fn the_log_refuses_the_second_of_two_conflicting_changes() {
     c.nodes[1].clear();
     // Both of alice's sessions act before either server hears of the other's change.
     change(&mut c.nodes[0], 1, 2, json!({"type": "delete", "seq": 1}));
-    change(&mut c.nodes[1], 2, 3, json!({"type": "edit", "seq": 1, "body": "fixed"}));
+    change(
+        &mut c.nodes[1],
+        2,
+        3,
+        json!({"type": "edit", "seq": 1, "body": "fixed"}),
+    );
     assert_eq!(
         c.nodes[0].appends.len() + c.nodes[1].appends.len(),
         2,
@@ -1730,8 +1754,18 @@ fn the_log_refuses_the_second_of_two_conflicting_changes() {
     c.settle();
     c.nodes[0].clear();
     c.nodes[1].clear();
-    change(&mut c.nodes[0], 1, 2, json!({"type": "react", "seq": 1, "emoji": "👍", "on": true}));
-    change(&mut c.nodes[1], 2, 3, json!({"type": "react", "seq": 1, "emoji": "👎", "on": true}));
+    change(
+        &mut c.nodes[0],
+        1,
+        2,
+        json!({"type": "react", "seq": 1, "emoji": "👍", "on": true}),
+    );
+    change(
+        &mut c.nodes[1],
+        2,
+        3,
+        json!({"type": "react", "seq": 1, "emoji": "👎", "on": true}),
+    );
     c.settle();
     assert!(seen(&mut c.nodes[1], 2).contains(&"error LimitReached".to_owned()));
     assert_eq!(c.log.rooms[&room][0].reactions.len(), 1);
@@ -1743,17 +1777,39 @@ fn the_log_refuses_the_second_of_two_conflicting_changes() {
 /// room's last seq plus one (unknown seqs and change entries are named too).
 #[derive(Debug, Clone)]
 enum Step {
-    Send { u: usize, reply: Option<u64> },
-    Edit { u: usize, target: u64 },
-    Delete { u: usize, target: u64 },
-    React { u: usize, target: u64, emoji: usize, on: bool },
+    Send {
+        u: usize,
+        reply: Option<u64>,
+    },
+    Edit {
+        u: usize,
+        target: u64,
+    },
+    Delete {
+        u: usize,
+        target: u64,
+    },
+    React {
+        u: usize,
+        target: u64,
+        emoji: usize,
+        on: bool,
+    },
     /// Up to `k` doorbells reach server `n` (the others wait: it lags).
-    Ring { n: usize, k: usize },
+    Ring {
+        n: usize,
+        k: usize,
+    },
     /// Server `n` loses its next doorbell (and reads the log when it resubscribes).
-    Lose { n: usize },
+    Lose {
+        n: usize,
+    },
     /// The user's connection drops; it comes back on the other server, resuming
     /// after the last seq it saw (or joining afresh).
-    Move { u: usize, resume: bool },
+    Move {
+        u: usize,
+        resume: bool,
+    },
 }
 
 const STEP_USERS: [&str; 3] = ["ann", "ben", "cat"];
@@ -1830,7 +1886,12 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
         let node = u % 2;
         c.hello(node, next_session, name);
         let token = c.nodes[node].token_of(next_session);
-        viewers.push(Viewer { node, session: next_session, token, view: BTreeMap::new() });
+        viewers.push(Viewer {
+            node,
+            session: next_session,
+            token,
+            view: BTreeMap::new(),
+        });
         next_session += 1;
         c.catch_up(0);
         c.catch_up(1);
@@ -1841,12 +1902,39 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
         let last = model.last_seq();
         let pick = |t: u64| 1 + t % (last + 1);
         let (u, post) = match st {
-            Step::Send { u, reply } => (*u, Post::Send { body: format!("m{i}"), reply_to: reply.map(pick) }),
-            Step::Edit { u, target } => (*u, Post::Edit { target: pick(*target), body: format!("e{i}") }),
-            Step::Delete { u, target } => (*u, Post::Delete { target: pick(*target) }),
-            Step::React { u, target, emoji, on } => {
-                (*u, Post::React { target: pick(*target), emoji: STEP_EMOJI[*emoji].into(), on: *on })
-            }
+            Step::Send { u, reply } => (
+                *u,
+                Post::Send {
+                    body: format!("m{i}"),
+                    reply_to: reply.map(pick),
+                },
+            ),
+            Step::Edit { u, target } => (
+                *u,
+                Post::Edit {
+                    target: pick(*target),
+                    body: format!("e{i}"),
+                },
+            ),
+            Step::Delete { u, target } => (
+                *u,
+                Post::Delete {
+                    target: pick(*target),
+                },
+            ),
+            Step::React {
+                u,
+                target,
+                emoji,
+                on,
+            } => (
+                *u,
+                Post::React {
+                    target: pick(*target),
+                    emoji: STEP_EMOJI[*emoji].into(),
+                    on: *on,
+                },
+            ),
             Step::Ring { n, k } => {
                 c.ring(*n, *k);
                 c.answer_fetches();
@@ -1914,7 +2002,11 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
         let got = match answer.as_slice() {
             [ServerFrame::Ack { seq, duplicate, .. }] => Ok((seq.0, *duplicate)),
             [ServerFrame::Error { code, .. }] => Err(*code),
-            other => return Err(TestCaseError::fail(format!("step {i} {st:?}: answered {other:?}"))),
+            other => {
+                return Err(TestCaseError::fail(format!(
+                    "step {i} {st:?}: answered {other:?}"
+                )));
+            }
         };
         prop_assert_eq!(got, want, "step {} {:?}", i, st);
     }
@@ -1923,7 +2015,13 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
     let truth = model.view();
     for (u, v) in viewers.iter().enumerate() {
         let shown: Vec<MessageView> = v.view.values().map(MessageView::of).collect();
-        prop_assert_eq!(&shown, &truth, "{}'s view (on server {})", STEP_USERS[u], v.node);
+        prop_assert_eq!(
+            &shown,
+            &truth,
+            "{}'s view (on server {})",
+            STEP_USERS[u],
+            v.node
+        );
     }
     Ok(())
 }
@@ -1933,7 +2031,12 @@ impl Viewer {
     /// change entry after it is given again on resume, and applying it again changes
     /// nothing).
     fn last_seen(&self) -> u64 {
-        self.view.values().filter_map(|m| m.rev).map(|s| s.0).max().unwrap_or(0)
+        self.view
+            .values()
+            .filter_map(|m| m.rev)
+            .map(|s| s.0)
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -699,16 +699,37 @@ const MAX_REACTIONS: usize = 2;
 /// one (so unknown seqs and change entries are named too).
 #[derive(Debug, Clone)]
 enum Change {
-    Send { u: usize, reply: Option<u64> },
-    Edit { u: usize, target: u64 },
-    Delete { u: usize, target: u64 },
-    React { u: usize, target: u64, emoji: usize, on: bool },
+    Send {
+        u: usize,
+        reply: Option<u64>,
+    },
+    Edit {
+        u: usize,
+        target: u64,
+    },
+    Delete {
+        u: usize,
+        target: u64,
+    },
+    React {
+        u: usize,
+        target: u64,
+        emoji: usize,
+        on: bool,
+    },
     /// The user's last post again, with its client id (a lost ack).
-    Resend { u: usize },
+    Resend {
+        u: usize,
+    },
     /// The user's connection drops.
-    Drop { u: usize },
+    Drop {
+        u: usize,
+    },
     /// The user comes back: resuming after the last seq it saw, or joining afresh.
-    Back { u: usize, resume: bool },
+    Back {
+        u: usize,
+        resume: bool,
+    },
 }
 
 fn change_op() -> impl Strategy<Value = Change> {
@@ -789,7 +810,8 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
         } else {
             c.view.clear();
         }
-        let mut hello = json!({"type": "hello", "version": 1, "name": CHANGE_USERS[u], "rooms": [spec]});
+        let mut hello =
+            json!({"type": "hello", "version": 1, "name": CHANGE_USERS[u], "rooms": [spec]});
         if let Some(t) = &c.token {
             hello["token"] = json!(t);
         }
@@ -807,7 +829,8 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
                     ServerFrame::Welcome { token: Some(t), .. } => c.token = Some(t.clone()),
                     ServerFrame::Message(m) | ServerFrame::Change(m) => c.take(m),
                     ServerFrame::Joined { messages, .. } => messages.iter().for_each(|m| c.take(m)),
-                    ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. }
+                    ServerFrame::Ack { id: Some(i), .. }
+                    | ServerFrame::Error { id: Some(i), .. }
                         if actor == Some((u, i.0)) =>
                     {
                         answer.push(f.clone());
@@ -829,12 +852,38 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
         let last = model.last_seq();
         let pick = |t: u64| 1 + t % (last + 1);
         let (u, post) = match op {
-            Change::Send { u, reply } => (*u, Some(Post::Send { body: format!("m{i}"), reply_to: reply.map(pick) })),
-            Change::Edit { u, target } => (*u, Some(Post::Edit { target: pick(*target), body: format!("e{i}") })),
-            Change::Delete { u, target } => (*u, Some(Post::Delete { target: pick(*target) })),
-            Change::React { u, target, emoji, on } => (
+            Change::Send { u, reply } => (
                 *u,
-                Some(Post::React { target: pick(*target), emoji: EMOJI[*emoji].into(), on: *on }),
+                Some(Post::Send {
+                    body: format!("m{i}"),
+                    reply_to: reply.map(pick),
+                }),
+            ),
+            Change::Edit { u, target } => (
+                *u,
+                Some(Post::Edit {
+                    target: pick(*target),
+                    body: format!("e{i}"),
+                }),
+            ),
+            Change::Delete { u, target } => (
+                *u,
+                Some(Post::Delete {
+                    target: pick(*target),
+                }),
+            ),
+            Change::React {
+                u,
+                target,
+                emoji,
+                on,
+            } => (
+                *u,
+                Some(Post::React {
+                    target: pick(*target),
+                    emoji: EMOJI[*emoji].into(),
+                    on: *on,
+                }),
             ),
             Change::Resend { u } => (*u, None),
             Change::Drop { u } => {
@@ -867,7 +916,9 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
                         }
                         f
                     }
-                    Post::Edit { target, body } => json!({"type": "edit", "seq": target, "body": body}),
+                    Post::Edit { target, body } => {
+                        json!({"type": "edit", "seq": target, "body": body})
+                    }
                     Post::Delete { target } => json!({"type": "delete", "seq": target}),
                     Post::React { target, emoji, on } => {
                         json!({"type": "react", "seq": target, "emoji": emoji, "on": on})
@@ -890,7 +941,11 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
         let got = match answer.as_slice() {
             [ServerFrame::Ack { seq, duplicate, .. }] => Ok((seq.0, *duplicate)),
             [ServerFrame::Error { code, .. }] => Err(*code),
-            other => return Err(TestCaseError::fail(format!("step {i} {op:?}: answered {other:?}"))),
+            other => {
+                return Err(TestCaseError::fail(format!(
+                    "step {i} {op:?}: answered {other:?}"
+                )));
+            }
         };
         prop_assert_eq!(got, want, "step {} {:?}", i, op);
     }
@@ -911,8 +966,17 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
     // A newcomer's joined gives the same.
     let s = next_session;
     sim.connect(s);
-    sim.say(s, json!({"type": "hello", "version": 1, "name": "dave", "rooms": [{"room": "general"}]}));
-    let mut dave = ChangeClient { session: Some(s), token: None, view: Default::default(), last: 0, last_post: None };
+    sim.say(
+        s,
+        json!({"type": "hello", "version": 1, "name": "dave", "rooms": [{"room": "general"}]}),
+    );
+    let mut dave = ChangeClient {
+        session: Some(s),
+        token: None,
+        view: Default::default(),
+        last: 0,
+        last_post: None,
+    };
     for f in sim.take(s) {
         if let ServerFrame::Joined { messages, .. } = &f {
             messages.iter().for_each(|m| dave.take(m));

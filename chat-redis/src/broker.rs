@@ -1035,9 +1035,7 @@ async fn load_read_markers(shared: Shared, user: UserName) {
         .into_iter()
         .filter_map(|(room, seq)| Some((RoomName::key_of(&room)?, Seq(seq))))
         .collect();
-    let _ = shared
-        .inbox
-        .answer(Input::ReadMarkers { user, markers });
+    let _ = shared.inbox.answer(Input::ReadMarkers { user, markers });
 }
 
 /// Answers [`ClusterRequest::LoadRoom`].

@@ -86,7 +86,12 @@ fn show(e: &Entry) -> String {
             _ if !e.body.is_empty() => format!(" {}", e.body),
             _ => String::new(),
         };
-        format!("{}:{}>{}{extra}", e.seq, e.kind.as_str(), e.target.unwrap_or(0))
+        format!(
+            "{}:{}>{}{extra}",
+            e.seq,
+            e.kind.as_str(),
+            e.target.unwrap_or(0)
+        )
     }
 }
 
@@ -97,7 +102,10 @@ async fn changes_update_the_current_state_and_reads_give_it_with_the_entries() {
     let epoch = log.cluster_epoch().await.unwrap();
     let (a, b) = ("Alice", "bob");
     assert_eq!(commit(&mut log, &epoch, a, "helo", None).await.unwrap(), 1);
-    assert_eq!(commit(&mut log, &epoch, a, "second", None).await.unwrap(), 2);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "second", None).await.unwrap(),
+        2
+    );
     let reply = EntryDetail {
         reply_to: Some(Seq(1)),
         ..EntryDetail::default()
@@ -109,11 +117,21 @@ async fn changes_update_the_current_state_and_reads_give_it_with_the_entries() {
         3
     );
     let edit = detail(EntryKind::Edit, 1);
-    commit(&mut log, &epoch, a, "hello", Some(&edit)).await.unwrap();
-    commit(&mut log, &epoch, b, "", Some(&react(1, "🎉", true))).await.unwrap();
-    commit(&mut log, &epoch, a, "", Some(&react(1, "🎉", true))).await.unwrap();
-    commit(&mut log, &epoch, b, "", Some(&react(1, "🎉", false))).await.unwrap();
-    commit(&mut log, &epoch, a, "", Some(&react(2, "👍", true))).await.unwrap();
+    commit(&mut log, &epoch, a, "hello", Some(&edit))
+        .await
+        .unwrap();
+    commit(&mut log, &epoch, b, "", Some(&react(1, "🎉", true)))
+        .await
+        .unwrap();
+    commit(&mut log, &epoch, a, "", Some(&react(1, "🎉", true)))
+        .await
+        .unwrap();
+    commit(&mut log, &epoch, b, "", Some(&react(1, "🎉", false)))
+        .await
+        .unwrap();
+    commit(&mut log, &epoch, a, "", Some(&react(2, "👍", true)))
+        .await
+        .unwrap();
     let read = log.read_latest("general", 100).await.unwrap();
     let shown: Vec<String> = read.entries.iter().map(show).collect();
     assert_eq!(
@@ -133,14 +151,23 @@ async fn changes_update_the_current_state_and_reads_give_it_with_the_entries() {
 
     // A delete leaves a tombstone; the edit's text goes with the message.
     let del = detail(EntryKind::Delete, 1);
-    assert_eq!(commit(&mut log, &epoch, a, "", Some(&del)).await.unwrap(), 9);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "", Some(&del)).await.unwrap(),
+        9
+    );
     let read = log.read_after("general", 0, 100).await.unwrap();
     assert_eq!(show(&read.entries[0]), "1: deleted");
     let edit_entry = &read.entries[3];
-    assert!(edit_entry.state.as_ref().unwrap().deleted, "the edit knows its target is gone");
+    assert!(
+        edit_entry.state.as_ref().unwrap().deleted,
+        "the edit knows its target is gone"
+    );
     // A history page reads the same way.
     let (page, more) = log.read_before("general", Some(3), 10).await.unwrap();
-    assert_eq!(page.iter().map(show).collect::<Vec<_>>(), ["1: deleted", "2:second 👍=Alice"]);
+    assert_eq!(
+        page.iter().map(show).collect::<Vec<_>>(),
+        ["1: deleted", "2:second 👍=Alice"]
+    );
     assert!(!more);
 }
 
@@ -149,10 +176,14 @@ async fn a_change_that_breaks_a_rule_is_refused_and_writes_nothing() {
     let redis = RedisServer::start();
     let mut log = redis.log().await;
     let epoch = log.cluster_epoch().await.unwrap();
-    commit(&mut log, &epoch, "alice", "mine", None).await.unwrap();
+    commit(&mut log, &epoch, "alice", "mine", None)
+        .await
+        .unwrap();
     commit(&mut log, &epoch, "Zoë", "hers", None).await.unwrap();
     let edit = detail(EntryKind::Edit, 1);
-    commit(&mut log, &epoch, "alice", "mine!", Some(&edit)).await.unwrap();
+    commit(&mut log, &epoch, "alice", "mine!", Some(&edit))
+        .await
+        .unwrap();
     let top = || async {
         let mut l = redis.log().await;
         l.read_after("general", 0, 100).await.unwrap().top
@@ -163,10 +194,19 @@ async fn a_change_that_breaks_a_rule_is_refused_and_writes_nothing() {
     // Unicode letters do not matter: the key decides).
     let r = commit(&mut log, &epoch, "bob", "x", Some(&edit)).await;
     assert_eq!(refused(r), "not_author");
-    let r = commit(&mut log, &epoch, "bob", "", Some(&detail(EntryKind::Delete, 1))).await;
+    let r = commit(
+        &mut log,
+        &epoch,
+        "bob",
+        "",
+        Some(&detail(EntryKind::Delete, 1)),
+    )
+    .await;
     assert_eq!(refused(r), "not_author");
     let theirs = detail(EntryKind::Edit, 2);
-    commit(&mut log, &epoch, "ZOË", "hers!", Some(&theirs)).await.unwrap();
+    commit(&mut log, &epoch, "ZOË", "hers!", Some(&theirs))
+        .await
+        .unwrap();
     // ...unless a moderator deletes it.
     let moderated = EntryDetail {
         rules: ChangeRules {
@@ -175,7 +215,9 @@ async fn a_change_that_breaks_a_rule_is_refused_and_writes_nothing() {
         },
         ..detail(EntryKind::Delete, 2)
     };
-    commit(&mut log, &epoch, "bob", "", Some(&moderated)).await.unwrap();
+    commit(&mut log, &epoch, "bob", "", Some(&moderated))
+        .await
+        .unwrap();
     assert_eq!(top().await, 5);
     // A deleted message: no edit, no reaction, no reply, no second delete.
     let r = commit(&mut log, &epoch, "Zoë", "again", Some(&theirs)).await;
@@ -218,15 +260,24 @@ async fn a_change_that_breaks_a_rule_is_refused_and_writes_nothing() {
         },
         ..react(1, emoji, true)
     };
-    commit(&mut log, &epoch, "alice", "", Some(&limited("👍"))).await.unwrap();
-    commit(&mut log, &epoch, "bob", "", Some(&limited("🎉"))).await.unwrap();
+    commit(&mut log, &epoch, "alice", "", Some(&limited("👍")))
+        .await
+        .unwrap();
+    commit(&mut log, &epoch, "bob", "", Some(&limited("🎉")))
+        .await
+        .unwrap();
     let r = commit(&mut log, &epoch, "bob", "", Some(&limited("🚀"))).await;
     assert_eq!(refused(r), "limit_reached");
-    commit(&mut log, &epoch, "carol", "", Some(&limited("👍"))).await.unwrap();
+    commit(&mut log, &epoch, "carol", "", Some(&limited("👍")))
+        .await
+        .unwrap();
     // Nothing refused took a seq: 5 + three reactions.
     assert_eq!(top().await, 8);
     let read = log.read_after("general", 0, 100).await.unwrap();
-    assert_eq!(show(&read.entries[0]), "1:mine! edited 👍=alice+carol 🎉=bob");
+    assert_eq!(
+        show(&read.entries[0]),
+        "1:mine! edited 👍=alice+carol 🎉=bob"
+    );
     assert_eq!(show(&read.entries[1]), "2: deleted");
 }
 
@@ -238,7 +289,9 @@ async fn two_nodes_racing_cannot_both_change_a_deleted_message() {
     let redis = RedisServer::start();
     let mut log = redis.log().await;
     let epoch = log.cluster_epoch().await.unwrap();
-    commit(&mut log, &epoch, "alice", "target", None).await.unwrap();
+    commit(&mut log, &epoch, "alice", "target", None)
+        .await
+        .unwrap();
     let editor = {
         let mut log = redis.log().await;
         let epoch = epoch.clone();
@@ -246,7 +299,12 @@ async fn two_nodes_racing_cannot_both_change_a_deleted_message() {
             let mut outcomes = Vec::new();
             // Until the delete has been seen a few times (bounded).
             for i in 0..100_000 {
-                if outcomes.iter().filter(|r: &&Result<u64, String>| r.is_err()).count() >= 5 {
+                if outcomes
+                    .iter()
+                    .filter(|r: &&Result<u64, String>| r.is_err())
+                    .count()
+                    >= 5
+                {
                     break;
                 }
                 let d = if i % 2 == 0 {
@@ -264,24 +322,38 @@ async fn two_nodes_racing_cannot_both_change_a_deleted_message() {
         })
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let deleted = commit(&mut log, &epoch, "alice", "", Some(&detail(EntryKind::Delete, 1)))
-        .await
-        .unwrap();
+    let deleted = commit(
+        &mut log,
+        &epoch,
+        "alice",
+        "",
+        Some(&detail(EntryKind::Delete, 1)),
+    )
+    .await
+    .unwrap();
     let outcomes = editor.await.unwrap();
     for r in &outcomes {
         match r {
-            Ok(seq) => assert!(*seq < deleted, "a change committed after the delete ({seq})"),
+            Ok(seq) => assert!(
+                *seq < deleted,
+                "a change committed after the delete ({seq})"
+            ),
             Err(code) => assert_eq!(code, "gone"),
         }
     }
-    assert!(outcomes.iter().any(Result::is_err), "the race was not a race");
+    assert!(
+        outcomes.iter().any(Result::is_err),
+        "the race was not a race"
+    );
     let read = log.read_after("general", 0, 1000).await.unwrap();
     assert_eq!(show(&read.entries[0]), "1: deleted");
     assert_eq!(read.top, deleted, "no entry after the delete");
 
     // Ten nodes each add a different emoji at once with a limit of three: three win.
     let mut tasks = Vec::new();
-    commit(&mut log, &epoch, "alice", "vote", None).await.unwrap();
+    commit(&mut log, &epoch, "alice", "vote", None)
+        .await
+        .unwrap();
     let target = read.top + 1;
     for (i, emoji) in ["😀", "😃", "😄", "😁", "😆", "😅", "😂", "🤣", "😊", "😇"]
         .into_iter()
@@ -335,7 +407,10 @@ async fn a_change_rings_the_doorbell_with_its_kind_and_target_and_a_resend_is_a_
         panic!("an entry doorbell");
     };
     assert_eq!(show(&entry), "2:react>1 👍🏽+");
-    assert_eq!((entry.user.as_str(), entry.client_id.as_deref()), ("bob", Some("r-1")));
+    assert_eq!(
+        (entry.user.as_str(), entry.client_id.as_deref()),
+        ("bob", Some("r-1"))
+    );
     // The stream has the same entry.
     let read = log.read_after("general", 1, 10).await.unwrap();
     assert_eq!(read.entries, [entry]);
@@ -350,7 +425,9 @@ async fn a_change_rings_the_doorbell_with_its_kind_and_target_and_a_resend_is_a_
         reply_to: Some(Seq(1)),
         ..EntryDetail::default()
     };
-    commit(&mut log, &epoch, "bob", "re", Some(&reply)).await.unwrap();
+    commit(&mut log, &epoch, "bob", "re", Some(&reply))
+        .await
+        .unwrap();
     let msg = tokio::time::timeout(Duration::from_secs(5), sub.on_message().next())
         .await
         .expect("the doorbell rings")

@@ -15,9 +15,7 @@ use super::outputs::Output;
 use super::rooms::{Acker, Appending, Pending, Posted, Room};
 use super::{ApiMisuse, Env, Now, Server, State, StoreError};
 use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserKey, UserName};
-use crate::protocol::{
-    ClientFrame, Encoded, EntryKind, ErrorCode, Message, ServerFrame,
-};
+use crate::protocol::{ClientFrame, Encoded, EntryKind, ErrorCode, Message, ServerFrame};
 
 /// What the shared log answered to an [`Output::Append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +144,10 @@ impl Room {
     ) {
         let author = entry.user.key();
         if let Some(cid) = &entry.client_id
-            && let Some(waiting) = self.cluster.appending.values_mut().find(|a| {
-                a.entry.client_id.as_ref() == Some(cid) && a.entry.user.key() == author
-            })
+            && let Some(waiting) =
+                self.cluster.appending.values_mut().find(|a| {
+                    a.entry.client_id.as_ref() == Some(cid) && a.entry.user.key() == author
+                })
         {
             waiting.ackers.push(acker);
             return;

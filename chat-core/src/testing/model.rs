@@ -1866,7 +1866,8 @@ impl ChangeModel {
             }
         }
         let seq = self.last_seq() + 1;
-        self.client_ids.insert((key.clone(), client_id.to_owned()), seq);
+        self.client_ids
+            .insert((key.clone(), client_id.to_owned()), seq);
         let target = match post {
             Post::Send { body, reply_to } => {
                 let m = MessageView {
