@@ -2055,3 +2055,81 @@ proptest! {
         run_steps(&steps)?;
     }
 }
+
+/// Read markers in cluster mode: a `read` is shared through the log (`ShareRead`), a
+/// user's first session on a server asks for the user's markers (`LoadReadMarkers`),
+/// and markers from the log move the user's marker here forward only, each told to the
+/// user's sessions here as `read` and counted by `unread`.
+#[test]
+fn read_markers_are_shared_through_the_log() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    assert_eq!(
+        c.nodes[0]
+            .read_marker_loads
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"],
+        "the first session asks for the user's markers"
+    );
+    c.hello(1, 2, "bob");
+    for i in 1..=3 {
+        send(&mut c.nodes[1], 2, i, &format!("m{i}"), None);
+    }
+    c.settle();
+    c.hello_at(1, 3, "alice");
+    c.answer_loads();
+    let loads: Vec<&str> = c.nodes[1]
+        .read_marker_loads
+        .iter()
+        .map(|u| u.as_str())
+        .collect();
+    assert_eq!(loads, ["bob", "alice"], "each user's first session on 1");
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    c.nodes[0].say(1, json!({"type": "read", "room": "general", "seq": 2}));
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    let shared = std::mem::take(&mut c.nodes[0].shared_reads);
+    assert_eq!(shared.len(), 1);
+    assert_eq!(
+        (&shared[0].0, shared[0].1.as_str(), shared[0].2),
+        (&room, "alice", Seq(2))
+    );
+    // The log's announcement reaches server 1: alice's session there is told.
+    let alice = UserName::parse("alice", 32).unwrap();
+    c.nodes[1].input(Input::ReadMarkers {
+        user: alice.clone(),
+        markers: vec![(room.clone(), Seq(2))],
+    });
+    let reads = |sim: &mut Sim, s: u64| -> Vec<u64> {
+        sim.take(s)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Read { seq, .. } => Some(seq.0),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reads(&mut c.nodes[1], 3), [2]);
+    let unread = |sim: &mut Sim, s: u64| -> Option<u64> {
+        sim.say(s, json!({"type": "rooms", "id": 9}));
+        sim.take(s).into_iter().find_map(|f| match f {
+            ServerFrame::Rooms { rooms, .. } => Some(rooms[0].unread.unwrap_or(0)),
+            _ => None,
+        })
+    };
+    assert_eq!(unread(&mut c.nodes[1], 3), Some(1));
+    // Forward only: an older marker (a late announcement, a stale load) changes nothing.
+    c.nodes[1].input(Input::ReadMarkers {
+        user: alice.clone(),
+        markers: vec![(room.clone(), Seq(1))],
+    });
+    assert!(reads(&mut c.nodes[1], 3).is_empty());
+    assert_eq!(unread(&mut c.nodes[1], 3), Some(1));
+    // bob has no session of alice's: his marker is untouched, and nobody else is told.
+    assert!(reads(&mut c.nodes[1], 2).is_empty());
+    // A marker that does not move is not shared again.
+    c.nodes[0].say(1, json!({"type": "read", "room": "general", "seq": 1}));
+    assert!(c.nodes[0].shared_reads.is_empty());
+}
