@@ -310,21 +310,23 @@ impl Cluster {
         for n in 0..self.nodes.len() {
             let asked = std::mem::take(&mut self.nodes[n].appends);
             for (room, ticket, user, body, cid, detail) in asked {
-                let (m, duplicate) =
-                    match self
-                        .log
-                        .commit(&room, &user, &body, cid.as_deref(), &detail)
-                    {
-                        Ok(done) => done,
-                        Err((code, why)) => {
-                            self.nodes[n].input(Input::Appended {
-                                room,
-                                ticket,
-                                result: Err(StoreError::Refused(code, why)),
-                            });
-                            continue;
-                        }
-                    };
+                let (m, duplicate) = match self.log.commit(
+                    &room,
+                    &user,
+                    &body,
+                    cid.as_deref(),
+                    &detail.map(|d| *d).unwrap_or_default(),
+                ) {
+                    Ok(done) => done,
+                    Err((code, why)) => {
+                        self.nodes[n].input(Input::Appended {
+                            room,
+                            ticket,
+                            result: Err(StoreError::Refused(code, why)),
+                        });
+                        continue;
+                    }
+                };
                 if !duplicate {
                     // The doorbell carries the entry as committed.
                     let mut bell = m.clone();

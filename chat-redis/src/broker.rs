@@ -324,7 +324,7 @@ struct PendingAppend {
     user: UserName,
     body: Arc<str>,
     client_id: Option<ClientMsgId>,
-    detail: chat_core::EntryDetail,
+    detail: Option<Box<chat_core::EntryDetail>>,
 }
 
 /// A lane's batch, done.
@@ -538,7 +538,7 @@ impl Worker {
                     user: p.user.as_str(),
                     body: &p.body,
                     client_id: p.client_id.as_ref().map(ClientMsgId::as_str),
-                    detail: (p.detail != chat_core::EntryDetail::default()).then_some(&p.detail),
+                    detail: p.detail.as_deref(),
                 })
                 .collect();
             let results: Vec<Result<crate::Committed, StoreError>> =

@@ -38,9 +38,9 @@ pub enum ClusterRequest {
         body: Arc<str>,
         /// The author's message id (the log's idempotency key).
         client_id: Option<ClientMsgId>,
-        /// A change's kind, target and rules, a reply's target (the default for a
-        /// plain message).
-        detail: crate::server::EntryDetail,
+        /// A change's kind, target and rules, a reply's target (`None`: a plain
+        /// message).
+        detail: Option<Box<crate::server::EntryDetail>>,
     },
     /// Keep a user's read marker in a room (forward only) and tell the other servers
     /// holding the room; theirs reach the engine as [`Input::ReadMarkers`].

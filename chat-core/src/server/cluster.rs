@@ -64,16 +64,20 @@ pub struct ChangeRules {
 }
 
 impl EntryDetail {
-    /// The detail of `entry` (a message or a change, as the commands build it).
-    pub(crate) fn of(entry: &Message, rules: ChangeRules) -> EntryDetail {
-        EntryDetail {
+    /// The detail of `entry` (a message or a change, as the commands build it); `None`
+    /// for a plain message.
+    pub(crate) fn of(entry: &Message, rules: ChangeRules) -> Option<EntryDetail> {
+        if entry.kind.is_message() && entry.reply_to.is_none() {
+            return None;
+        }
+        Some(EntryDetail {
             kind: entry.kind,
             target: entry.target,
             emoji: entry.emoji.clone(),
             on: entry.on,
             reply_to: entry.reply_to,
             rules,
-        }
+        })
     }
 }
 
@@ -165,7 +169,7 @@ impl Room {
             user: entry.user.clone(),
             body: entry.body.clone(),
             client_id: entry.client_id.clone(),
-            detail: EntryDetail::of(&entry, rules),
+            detail: EntryDetail::of(&entry, rules).map(Box::new),
         });
         self.cluster.appending.insert(
             ticket,

@@ -92,8 +92,9 @@ pub enum Output {
         /// The author's message id, for the log's idempotency check.
         client_id: Option<ClientMsgId>,
         /// What the entry is beyond a message's text: a change's kind and target, a
-        /// reply's target.
-        detail: super::cluster::EntryDetail,
+        /// reply's target (`None`: a plain message; boxed, so that every other output
+        /// stays small).
+        detail: Option<Box<super::cluster::EntryDetail>>,
     },
     /// Cluster mode: a user's read marker in a room moved forward here. Keep it in the
     /// shared log (forward only, durable) and tell the other servers holding the room,

@@ -63,14 +63,15 @@ impl From<Vec<u8>> for Say {
 }
 
 /// An `Output::Append` as the Sim records it: (room, ticket, user, body, client id,
-/// the entry's detail: a change's kind and target, a reply's target).
+/// the entry's detail: a change's kind and target, a reply's target; `None` for a plain
+/// message).
 pub type AppendAsked = (
     RoomName,
     u64,
     UserName,
     Arc<str>,
     Option<ClientMsgId>,
-    crate::EntryDetail,
+    Option<Box<crate::EntryDetail>>,
 );
 
 /// A server, its simulated clock, and everything it has said so far.
