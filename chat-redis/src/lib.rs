@@ -5,7 +5,9 @@
 //! command, every key of a room under the room's hash tag (so one script touches one
 //! slot, and the layout works on Redis Cluster and Valkey unchanged).
 //!
-//! - [`RedisLog::commit`]: one message into a room's log: idempotency check, epoch check,
+//! - [`RedisLog::commit`]: one entry into a room's log (a message, or an edit, delete or
+//!   reaction checked against its target's current state, which the same script
+//!   updates; a refusal is [`Error::Refused`]): idempotency check, epoch check,
 //!   the next seq (no holes: a seq exists only with its entry), the entry appended to the
 //!   room's stream under that seq, the doorbell published, all in one script.
 //! - [`RedisLog::read_after`] / [`RedisLog::read_latest`]: the exact suffix after a seq
@@ -15,6 +17,8 @@
 //! - [`RedisLog::heartbeat`] / [`RedisLog::dead_nodes`]: node liveness.
 //! - [`RedisLog::cluster_epoch`] / [`RedisLog::replace_epoch`]: the epoch that tells
 //!   clients when seqs are no longer comparable.
+//! - [`RedisLog::share_read`] / [`RedisLog::read_markers`]: a user's read markers, forward
+//!   only, announced to the other nodes holding the room.
 //! - [`RedisLog::claim_name`], [`RedisLog::shared_secret`]: anonymous names held
 //!   cluster-wide, one token secret for every node.
 //! - [`Subscriber`]: the node's doorbell listener, which re-subscribes after every
@@ -425,7 +429,7 @@ impl RedisLog {
         &self.keys
     }
 
-    /// Commits one message to `room`'s log under `epoch` (see the crate docs). A retry
+    /// Commits one entry to `room`'s log under `epoch` (see the crate docs). A retry
     /// after an error is safe when the post has a client id: if the first attempt ran,
     /// the retry returns its seq with `duplicate: true`.
     ///
