@@ -159,7 +159,7 @@ impl Fixture {
     /// (every 500 changes, first a new message to change). Returns the frames queued.
     fn change_one(&mut self, kind: Change) -> usize {
         let mut frames = 0;
-        if self.changes % 500 == 0 {
+        if self.changes.is_multiple_of(500) {
             frames += self.send_one();
             let room = RoomName::parse("bench", 64, 32).expect("a room name");
             self.target = self.server.last_seq(&room).expect("the bench room");

@@ -1168,7 +1168,7 @@ fn message(room: &RoomName, e: Entry) -> Message {
     m.emoji = e.emoji;
     m.on = e.on;
     m.reply_to = e.reply_to.map(Seq);
-    if let Some(st) = e.state {
+    if let Some(st) = e.state.map(|st| *st) {
         if m.kind.is_message() {
             m.rev = st.rev.map(Seq);
             if st.deleted {

@@ -258,7 +258,7 @@ pub struct Entry {
     pub reply_to: Option<u64>,
     /// As read from the log (not in doorbells): a message's current state when it was
     /// ever changed; an edit's target's (whose deletion takes the edit's text too).
-    pub state: Option<MessageState>,
+    pub state: Option<Box<MessageState>>,
 }
 
 /// The current state of a changed message, as `commit.lua` keeps it beside the stream.
@@ -641,7 +641,7 @@ impl RedisLog {
         for (e, st) in entries.iter_mut().zip(states) {
             let st = text(Some(st))?;
             if !st.is_empty() {
-                e.state = Some(MessageState::parse(&st)?);
+                e.state = Some(Box::new(MessageState::parse(&st)?));
             }
         }
         Ok(LogRead {
