@@ -950,11 +950,11 @@ fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
         prop_assert_eq!(got, want, "step {} {:?}", i, op);
     }
     // Everyone comes back (resuming) and shows the room as the model does.
-    for u in 0..CHANGE_USERS.len() {
-        if clients[u].session.is_none() {
+    for (u, c) in clients.iter_mut().enumerate() {
+        if c.session.is_none() {
             let s = next_session;
             next_session += 1;
-            connect(&mut sim, &mut clients[u], u, s, true);
+            connect(&mut sim, c, u, s, true);
         }
     }
     drain(&mut sim, &mut clients, None);
