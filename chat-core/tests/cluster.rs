@@ -36,7 +36,7 @@ struct Log {
 /// plus a millisecond per seq.
 fn log_ms() -> i64 {
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| Utc::now().timestamp_millis())
+    *START.get_or_init(|| chat_core::testing::base_now().utc.timestamp_millis())
 }
 
 /// A user's name and sessions per server.
