@@ -78,7 +78,7 @@ pub enum Output {
     /// Cluster mode: append this entry (a message, or a change to one) to the room's
     /// shared log, then answer with [`Input::Appended`](super::Input::Appended) (the room
     /// and the ticket). A change is checked by the log against the target's current
-    /// state ([`EntryDetail::rules`]) in the same atomic step that appends it; a refusal
+    /// state ([`EntryDetail::rules`](super::EntryDetail::rules)) in the same atomic step that appends it; a refusal
     /// is answered with [`StoreError::Refused`](super::StoreError::Refused).
     Append {
         /// The room.
