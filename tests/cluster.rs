@@ -1785,6 +1785,9 @@ async fn edits_reactions_replies_and_deletes_cross_servers() {
             .await,
         2
     );
+    // bob answers what he has seen (his server may not have it before).
+    bob.pump(WAIT, "alice's two messages", |c| c.current.len() == 2)
+        .await;
     let reply = json!({"type": "send", "body": "re: helo", "reply_to": 1});
     assert_eq!(bob.post(reply, "b-1").await, 3);
     dave.pump(WAIT, "the first three", |c| c.current.len() == 3)
