@@ -6,6 +6,12 @@
 //!
 //! - `send/room_10`, `send/room_100`, `send/room_10000`: one send into a room of that
 //!   many member sessions; throughput is sends per second.
+//! - `edit/room_10`, `react/room_10`: one change into the same room of 10: an edit of
+//!   the sender's newest message, or its reaction (added, then taken back, in turn). The
+//!   entry takes a seq and fans out to every member as a message does; the window's copy
+//!   of the target is changed and encoded again. Every 500 changes the sender posts a new
+//!   message to change (so the target stays in the window and the edit window): 1 send in
+//!   501 iterations is part of the figure.
 //! - `fanout/per_extra_recipient`: the marginal cost of one more recipient, measured
 //!   directly as (time of a send into 10,000 members − time of a send into 100) / 9,900,
 //!   alternating the two rooms within each sample.
@@ -34,17 +40,18 @@
 //!
 //! ```text
 //! CORE_BENCH_MIN_OF=1 cargo bench --bench core
+//! CORE_BENCH_MIN_OF=changes cargo bench --bench core
 //! ```
 
 use chat_core::RequestId;
-use chat_core::protocol::{HelloRequest, JoinRequest, SendRequest};
+use chat_core::protocol::{EditRequest, HelloRequest, JoinRequest, ReactRequest, SendRequest};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chat_core::protocol::{
     ClientFrame, JoinSpec, PROTOCOL_VERSION, PROTOCOL_VERSION_1, ServerFrame,
 };
-use chat_core::{Config, Input, Now, Output, Rate, Server, SessionId};
+use chat_core::{Config, Input, Now, Output, Rate, RoomName, Seq, Server, SessionId};
 use criterion::{Criterion, Throughput, criterion_group};
 
 const BODY: &str = "hello everyone, this is a typical short chat message";
@@ -60,6 +67,18 @@ struct Fixture {
     now: Now,
     sender: SessionId,
     send: ClientFrame,
+    /// The change benches: changes posted so far, and the message they change.
+    changes: u64,
+    target: Seq,
+}
+
+/// What a change bench posts.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// An edit of the sender's newest message.
+    Edit,
+    /// The sender's reaction to it, added and taken back in turn.
+    React,
 }
 
 /// Connects `session` and hands the server its `hello` (outputs left to the caller).
@@ -131,7 +150,48 @@ impl Fixture {
             now,
             sender: SessionId(1),
             send,
+            changes: 0,
+            target: Seq(0),
         }
+    }
+
+    /// One change to the sender's newest message and everything it causes, drained
+    /// (every 500 changes, first a new message to change). Returns the frames queued.
+    fn change_one(&mut self, kind: Change) -> usize {
+        let mut frames = 0;
+        if self.changes.is_multiple_of(500) {
+            frames += self.send_one();
+            let room = RoomName::parse("bench", 64, 32).expect("a room name");
+            self.target = self.server.last_seq(&room).expect("the bench room");
+        }
+        self.changes += 1;
+        let frame = match kind {
+            Change::Edit => ClientFrame::Edit(EditRequest {
+                id: Some(RequestId(2)),
+                room: "bench".into(),
+                seq: self.target,
+                body: BODY.into(),
+                client_id: None,
+            }),
+            Change::React => ClientFrame::React(ReactRequest {
+                id: Some(RequestId(3)),
+                room: "bench".into(),
+                seq: self.target,
+                emoji: "👍".into(),
+                on: self.changes % 2 == 1,
+                client_id: None,
+            }),
+        };
+        self.server
+            .handle_input(
+                self.now,
+                Input::Received {
+                    session: self.sender,
+                    frame: Ok(frame),
+                },
+            )
+            .expect("valid input");
+        frames + drain(&mut self.server)
     }
 
     /// One send and everything it causes, drained. Returns the number of frames queued.
@@ -302,6 +362,39 @@ fn sends(c: &mut Criterion) {
     group.finish();
 }
 
+fn changes(c: &mut Criterion) {
+    for (name, kind) in [("edit", Change::Edit), ("react", Change::React)] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(1));
+        let mut fixture = None;
+        group.bench_function("room_10", |b| {
+            let f = fixture.get_or_insert_with(|| {
+                let mut f = Fixture::new(10);
+                // Every member gets the change, and the sender its ack (after the first
+                // message to change and its 11 frames).
+                assert_eq!(f.change_one(kind), 22);
+                assert_eq!(f.change_one(kind), 11, "{kind:?} refused");
+                f
+            });
+            b.iter(|| black_box(f.change_one(kind)));
+        });
+        group.finish();
+    }
+}
+
+/// The fastest of `batches` runs of `batch` changes, per change, in nanoseconds.
+fn fastest_change(f: &mut Fixture, kind: Change, batch: u32, batches: u32) -> f64 {
+    let mut best = Duration::MAX;
+    for _ in 0..batches {
+        let start = Instant::now();
+        for _ in 0..batch {
+            black_box(f.change_one(kind));
+        }
+        best = best.min(start.elapsed());
+    }
+    best.as_secs_f64() * 1e9 / f64::from(batch)
+}
+
 fn per_recipient(c: &mut Criterion) {
     let (small_n, big_n) = (100u32, 10_000u32);
     let mut fixtures = None;
@@ -340,6 +433,9 @@ fn fastest(f: &mut Fixture, batch: u32, batches: u32) -> f64 {
 }
 
 fn min_of_batches() {
+    if std::env::var("CORE_BENCH_MIN_OF").is_ok_and(|v| v == "changes") {
+        return min_of_changes();
+    }
     let (mut f10, mut f100, mut f10k) = (Fixture::new(10), Fixture::new(100), Fixture::new(10_000));
     // Fill the history windows (1000 messages) so every send also evicts, as in steady state.
     for _ in 0..1100 {
@@ -372,7 +468,33 @@ fn min_of_batches() {
     }
 }
 
-criterion_group!(benches, sends, per_recipient, join_storm);
+/// `CORE_BENCH_MIN_OF=changes`: a send, an edit and a reaction into a room of 10, each
+/// the fastest of many short batches, in turn.
+fn min_of_changes() {
+    let (mut send, mut edit, mut react) = (Fixture::new(10), Fixture::new(10), Fixture::new(10));
+    // Full windows (1000 entries), so every post also evicts, as in steady state.
+    for _ in 0..1100 {
+        send.send_one();
+        edit.change_one(Change::Edit);
+        react.change_one(Change::React);
+    }
+    for round in 1..=5 {
+        let t_send = fastest(&mut send, 200, 300);
+        let t_edit = fastest_change(&mut edit, Change::Edit, 200, 300);
+        let t_react = fastest_change(&mut react, Change::React, 200, 300);
+        println!(
+            "round {round}: room_10 send {t_send:.0} ns ({:.0}k/s) | edit {t_edit:.0} ns ({:.0}k/s, {:.2}x a send) | \
+             react {t_react:.0} ns ({:.0}k/s, {:.2}x a send)",
+            1e6 / t_send,
+            1e6 / t_edit,
+            t_edit / t_send,
+            1e6 / t_react,
+            t_react / t_send,
+        );
+    }
+}
+
+criterion_group!(benches, sends, changes, per_recipient, join_storm);
 
 fn main() {
     if std::env::var_os("CORE_BENCH_MIN_OF").is_some() {

@@ -6,7 +6,15 @@
 //! cargo bench --bench durable
 //! BENCH_MESSAGES=500 BENCH_ROOMS=100 cargo bench --bench durable
 //! BENCH_STORES=memory,full cargo bench --bench durable
+//! BENCH_MIX=1 BENCH_STORES=full cargo bench --bench durable
 //! ```
+//!
+//! `BENCH_MIX=1`: mixed traffic instead of messages only. Each sender's posts go in
+//! turn: a message, an edit of its newest acknowledged message, its reaction to that
+//! message (added, then taken back, in turn); so a third of the entries are messages, a
+//! third edits, a third reactions, and a change (with a store) is written with its
+//! target's new state in the same transaction. Before its first message is acked a
+//! sender only sends messages.
 //!
 //! Every sender is an in-process session (`hub.connect()`): it says hello, joins its room
 //! (`BENCH_ROOMS` rooms, senders spread evenly, so each message is also delivered to the
@@ -17,7 +25,7 @@
 //! with the best throughput (the least disturbed by other load on the machine) and the
 //! median throughput. Not a timed test: it prints a markdown table.
 
-use chat_core::protocol::{HelloRequest, SendRequest};
+use chat_core::protocol::{EditRequest, HelloRequest, ReactRequest, SendRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +53,8 @@ struct Params {
     rooms: usize,
     messages: usize,
     in_flight: usize,
+    /// Mixed traffic: messages, edits and reactions in turn.
+    mix: bool,
 }
 
 struct Outcome {
@@ -99,18 +109,45 @@ async fn sender(
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut sent_at = vec![Instant::now(); p.messages];
     let (mut sent, mut acked) = (0usize, 0usize);
+    // Mixed traffic: the seq of this sender's newest acknowledged message, and the
+    // request ids that were messages.
+    let mut newest: Option<u64> = None;
+    let mut was_message = vec![false; p.messages];
     while acked < p.messages {
         while sent < p.messages && sent - acked < p.in_flight {
             sent_at[sent] = Instant::now();
+            let id = Some(chat_core::RequestId(sent as u64));
+            let client_id = Some(format!("{i}-{sent}").into());
+            let frame = match (p.mix, newest, sent % 3) {
+                (true, Some(seq), 1) => ClientFrame::Edit(EditRequest {
+                    id,
+                    room: room.clone(),
+                    seq: chat_core::Seq(seq),
+                    body: format!("message {sent} from sender {i}, edited"),
+                    client_id,
+                }),
+                (true, Some(seq), 2) => ClientFrame::React(ReactRequest {
+                    id,
+                    room: room.clone(),
+                    seq: chat_core::Seq(seq),
+                    emoji: "👍".into(),
+                    on: sent % 6 == 2,
+                    client_id,
+                }),
+                _ => {
+                    was_message[sent] = true;
+                    ClientFrame::Send(SendRequest {
+                        id,
+                        room: Some(room.clone()),
+                        to: None,
+                        body: format!("message {sent} from sender {i}"),
+                        client_id,
+                        reply_to: None,
+                    })
+                }
+            };
             inbound
-                .send(PeerFrame::Text(&json(ClientFrame::Send(SendRequest {
-                    id: Some(chat_core::RequestId(sent as u64)),
-                    room: Some(room.clone()),
-                    to: None,
-                    body: format!("message {sent} from sender {i}"),
-                    client_id: Some(format!("{i}-{sent}").into()),
-                    reply_to: None,
-                }))))
+                .send(PeerFrame::Text(&json(frame)))
                 .await
                 .expect("hub runs");
             sent += 1;
@@ -129,6 +166,9 @@ async fn sender(
                             other => panic!("unexpected {other:?}"),
                         });
                         assert!(!bytes.windows(16).any(|w| w == br#""duplicate":true"#));
+                        if p.mix && was_message[id as usize] {
+                            newest = newest.max(ack_seq(bytes));
+                        }
                         let us = sent_at[id as usize].elapsed().as_micros() as u64;
                         latency.saturating_record(us.max(1));
                         acked += 1;
@@ -146,6 +186,14 @@ async fn sender(
 /// The `id` of an encoded ack: `{"type":"ack","id":N,…`.
 fn ack_id(bytes: &[u8]) -> Option<u64> {
     let rest = bytes.strip_prefix(br#"{"type":"ack","id":"#)?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// The `seq` of an encoded ack (`…,"seq":N,…`).
+fn ack_seq(bytes: &[u8]) -> Option<u64> {
+    let at = bytes.windows(6).position(|w| w == br#""seq":"#)?;
+    let rest = &bytes[at + 6..];
     let end = rest.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
@@ -237,6 +285,7 @@ fn main() {
         rooms: env("BENCH_ROOMS", 10).max(1),
         messages: env("BENCH_MESSAGES", if quick { 20 } else { 2000 }),
         in_flight: env("BENCH_IN_FLIGHT", 8).max(1),
+        mix: env("BENCH_MIX", 0) == 1,
     });
     let runs = env("BENCH_RUNS", if quick { 1 } else { 3 }).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -274,10 +323,15 @@ fn main() {
         ),
     ];
     println!(
-        "\n{} senders in {} rooms, {} messages each, {} in flight per sender, {} cores, load average {}\n",
+        "\n{} senders in {} rooms, {} {} each, {} in flight per sender, {} cores, load average {}\n",
         p.senders,
         p.rooms,
         p.messages,
+        if p.mix {
+            "posts (messages, edits and reactions in turn)"
+        } else {
+            "messages"
+        },
         p.in_flight,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         std::fs::read_to_string("/proc/loadavg")

@@ -176,6 +176,11 @@ struct Client {
     errors: Vec<(u64, String)>,
     /// The token from `welcome`: the same user's proof on any server.
     token: String,
+    /// seq → each message of the room in its current state: as it came, with the change
+    /// entries that came after it applied (as the page and the CLI do).
+    current: BTreeMap<u64, chat_core::protocol::Message>,
+    /// `read` frames of the room: the seqs, in order.
+    reads: Vec<u64>,
 }
 
 impl Client {
@@ -222,6 +227,8 @@ impl Client {
             gap: false,
             errors: Vec::new(),
             token: String::new(),
+            current: BTreeMap::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -355,7 +362,7 @@ impl Client {
                     self.message(m);
                 }
             }
-            Some("message") => self.message(f),
+            Some("message" | "change") => self.message(f),
             Some("ack") => {
                 let cid = s(&f["client_id"]);
                 let seq = f["seq"].as_u64().unwrap();
@@ -373,6 +380,7 @@ impl Client {
             Some("error") => self
                 .errors
                 .push((f["id"].as_u64().unwrap_or(0), s(&f["code"]))),
+            Some("read") => self.reads.push(f["seq"].as_u64().unwrap()),
             _ => {}
         }
     }
@@ -381,8 +389,17 @@ impl Client {
         let seq = m["seq"].as_u64().unwrap();
         let entry = (
             m["user"].as_str().unwrap().to_owned(),
-            m["body"].as_str().unwrap().to_owned(),
+            // Absent for a deleted message, a delete and a reaction.
+            m["body"].as_str().unwrap_or_default().to_owned(),
         );
+        let mut msg: chat_core::protocol::Message =
+            serde_json::from_value(m.clone()).expect("a message frame");
+        msg.client_id = None;
+        if msg.kind.is_message() {
+            self.current.insert(seq, msg);
+        } else if let Some(t) = msg.target.and_then(|t| self.current.get_mut(&t.0)) {
+            t.apply(&msg);
+        }
         self.order.push(seq);
         let prior = self.seen.insert(seq, entry.clone());
         assert!(
@@ -1843,4 +1860,260 @@ async fn a_ban_missed_by_a_dead_subscription_is_read_from_redis() {
         .pump(WAIT, "bob gone", |c| !c.members.contains("bob"))
         .await;
     drop((a, b));
+}
+
+/// A message's current state as a short string: body, edited, deleted, reactions, reply.
+fn state_of(m: &chat_core::protocol::Message) -> String {
+    let mut s = format!("{}:{}", m.seq.0, m.body);
+    if m.edited_at.is_some() {
+        s.push_str(" edited");
+    }
+    if m.deleted {
+        s.push_str(" deleted");
+    }
+    for r in &m.reactions {
+        let who: Vec<&str> = r.users.iter().map(|u| u.as_str()).collect();
+        s.push_str(&format!(" {}={}", r.emoji, who.join("+")));
+    }
+    if let Some(r) = m.reply_to {
+        s.push_str(&format!(" re{}", r.0));
+    }
+    s
+}
+
+impl Client {
+    /// The room's messages as this client holds them now.
+    fn states(&self) -> Vec<String> {
+        self.current.values().map(state_of).collect()
+    }
+
+    /// Sends a change frame (`edit`, `delete`, `react`) or a reply with a client id and
+    /// waits for its ack; returns the seq the log gave it.
+    async fn post(&mut self, mut frame: Value, cid: &str) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = json!(id);
+        frame["room"] = json!(ROOM);
+        frame["client_id"] = json!(cid);
+        self.frame(frame).await;
+        let errors = self.errors.len();
+        let cid = cid.to_owned();
+        self.pump(WAIT, "the ack", |c| {
+            c.acks.contains_key(&cid) || c.errors.len() > errors
+        })
+        .await;
+        assert_eq!(
+            self.errors.len(),
+            errors,
+            "{}: {:?}",
+            self.name,
+            self.errors
+        );
+        self.acks[&cid].0
+    }
+}
+
+/// Edits, reactions, a reply and a delete in cluster mode, as processes: alice on A
+/// changes her messages, bob on B sees each change live; carol, joining on B afterwards,
+/// gets the messages in their current state; dave, whose server C was killed before the
+/// changes, resumes on B with `since` and ends with the same view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_reactions_replies_and_deletes_cross_servers() {
+    let redis = Redis::start();
+    let (a, b, mut alice, mut bob) = pair(&redis).await;
+    let mut c = node(&redis);
+    let mut dave = Client::connect(&c.addr, "dave").await;
+    dave.join(ROOM, None).await;
+    assert_eq!(
+        alice
+            .post(json!({"type": "send", "body": "helo"}), "a-1")
+            .await,
+        1
+    );
+    assert_eq!(
+        alice
+            .post(json!({"type": "send", "body": "second"}), "a-2")
+            .await,
+        2
+    );
+    // bob answers what he has seen (his server may not have it before).
+    bob.pump(WAIT, "alice's two messages", |c| c.current.len() == 2)
+        .await;
+    let reply = json!({"type": "send", "body": "re: helo", "reply_to": 1});
+    assert_eq!(bob.post(reply, "b-1").await, 3);
+    dave.pump(WAIT, "the first three", |c| c.current.len() == 3)
+        .await;
+    let since = 3;
+    let dave_token = dave.token.clone();
+    c.crash();
+    drop(dave);
+
+    alice
+        .post(json!({"type": "edit", "seq": 1, "body": "hello"}), "a-3")
+        .await;
+    bob.pump(WAIT, "the edit, live", |c| {
+        c.current.get(&1).is_some_and(|m| &*m.body == "hello")
+    })
+    .await;
+    alice
+        .post(
+            json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}),
+            "a-4",
+        )
+        .await;
+    bob.pump(WAIT, "alice's reaction, live", |c| {
+        c.current.get(&2).is_some_and(|m| !m.reactions.is_empty())
+    })
+    .await;
+    bob.post(
+        json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}),
+        "b-2",
+    )
+    .await;
+    alice
+        .pump(WAIT, "bob's reaction, live", |c| {
+            c.current.get(&1).is_some_and(|m| !m.reactions.is_empty())
+        })
+        .await;
+    // Someone else's message, from the other server: refused with the rule's code.
+    bob.frame(json!({"type": "edit", "id": 900, "room": ROOM, "seq": 1, "body": "mine now"}))
+        .await;
+    let refused = bob.until(|f| f["type"] == "error").await;
+    assert_eq!(refused["code"], "not_author", "{refused}");
+    bob.errors.clear();
+    alice.post(json!({"type": "delete", "seq": 2}), "a-5").await;
+    bob.pump(WAIT, "the delete, live", |c| {
+        c.current.get(&2).is_some_and(|m| m.deleted)
+    })
+    .await;
+    let want = ["1:hello edited 🎉=bob", "2: deleted", "3:re: helo re1"];
+    assert_eq!(bob.states(), want);
+    alice
+        .pump(WAIT, "alice's view", |c| c.states() == want)
+        .await;
+    // The change to a deleted message is refused on the other server too.
+    bob.frame(
+        json!({"type": "react", "id": 901, "room": ROOM, "seq": 2, "emoji": "👍", "on": true}),
+    )
+    .await;
+    let refused = bob.until(|f| f["type"] == "error").await;
+    assert_eq!(refused["code"], "gone", "{refused}");
+    bob.errors.clear();
+
+    // carol joins on B afterwards: the current state.
+    let mut carol = Client::connect(&b.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    assert_eq!(carol.states(), want);
+    // A fourth server, which never held the room, loads it from Redis in that state.
+    let d = node(&redis);
+    let mut erin = Client::connect(&d.addr, "erin").await;
+    erin.join(ROOM, None).await;
+    assert_eq!(erin.states(), want);
+    // A history page holds the current state too.
+    erin.frame(json!({"type": "history", "id": 77, "room": ROOM, "before": 4, "limit": 10}))
+        .await;
+    let page = erin.until(|f| f["type"] == "history").await;
+    let firsts: Vec<Value> = page["messages"].as_array().unwrap().clone();
+    assert_eq!(firsts[0]["body"], "hello", "{page}");
+    assert_eq!(firsts[1]["deleted"], true, "{page}");
+    assert!(
+        firsts[1].get("body").is_none(),
+        "a tombstone has no text: {page}"
+    );
+
+    // dave's server was killed before the changes: he resumes on B after seq 3 with
+    // the three messages as he had them, and the changes he missed bring him to the same
+    // view.
+    let mut dave = Client::connect_as(&b.addr, "dave", Some(&dave_token)).await;
+    for m in bob.current.values().take(3) {
+        let mut old = m.clone();
+        old.body = ["helo", "second", "re: helo"][usize::try_from(m.seq.0 - 1).unwrap()].into();
+        old.deleted = false;
+        old.edited_at = None;
+        old.reactions.clear();
+        old.rev = None;
+        dave.current.insert(m.seq.0, old);
+    }
+    let joined = dave.join(ROOM, Some(since)).await;
+    assert_eq!(joined["gap"], false, "{joined}");
+    assert_eq!(dave.states(), want);
+    drop((a, b, d));
+}
+
+/// The `unread` count of the room in the client's `rooms` listing (0 when absent).
+async fn unread(c: &mut Client) -> u64 {
+    let id = c.next_id;
+    c.next_id += 1;
+    c.frame(json!({"type": "rooms", "id": id})).await;
+    let rooms = c.until(|f| f["type"] == "rooms").await;
+    let lobby = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == ROOM)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {ROOM} in {rooms}"));
+    lobby["unread"].as_u64().unwrap_or(0)
+}
+
+/// Read markers in cluster mode: kept in Redis (one hash per user), told to the user's
+/// sessions on other servers, and `unread` right on every server, including one the
+/// user comes to later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_markers_cross_servers_and_unread_is_right_on_each() {
+    let redis = Redis::start();
+    let (a, b, mut alice, mut bob) = pair(&redis).await;
+    let mut alice2 = Client::connect_as(&b.addr, "alice", Some(&alice.token)).await;
+    alice2.join(ROOM, None).await;
+    for i in 1..=4 {
+        bob.post(
+            json!({"type": "send", "body": format!("m{i}")}),
+            &format!("b-{i}"),
+        )
+        .await;
+    }
+    alice
+        .pump(WAIT, "four messages", |c| c.seen.len() == 4)
+        .await;
+    alice2
+        .pump(WAIT, "four messages", |c| c.seen.len() == 4)
+        .await;
+    assert_eq!(unread(&mut alice2).await, 4);
+    // alice reads up to 3 on A: her session on B is told, and counts one unread.
+    alice
+        .frame(json!({"type": "read", "room": ROOM, "seq": 3}))
+        .await;
+    alice2
+        .pump(WAIT, "the marker from A", |c| c.reads == [3])
+        .await;
+    assert_eq!(unread(&mut alice2).await, 1);
+    assert_eq!(unread(&mut alice).await, 1);
+    // Forward only: an older marker from B changes nothing anywhere.
+    alice2
+        .frame(json!({"type": "read", "room": ROOM, "seq": 1}))
+        .await;
+    assert_eq!(unread(&mut alice2).await, 1);
+    assert_eq!(unread(&mut alice).await, 1);
+    // Durable in Redis: a server alice never used reads her marker when she comes.
+    let c = node(&redis);
+    let mut alice3 = Client::connect_as(&c.addr, "alice", Some(&alice.token)).await;
+    alice3
+        .pump(WAIT, "the stored marker", |c| c.reads == [3])
+        .await;
+    alice3.join(ROOM, None).await;
+    assert_eq!(unread(&mut alice3).await, 1);
+    let stored = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "HGET",
+            "chat:reads:{alice}",
+            ROOM,
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert_eq!(String::from_utf8_lossy(&stored.stdout).trim(), "3");
+    // bob's counts are his own.
+    assert_eq!(unread(&mut bob).await, 0);
+    drop((a, b, c));
 }

@@ -112,9 +112,10 @@ pub use ids::{
     is_invisible,
 };
 pub use server::{
-    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, CloseReason, Config, EXPIRED_REASON,
-    Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output, Permissions, Rate,
-    Recipients, Retention, RoomAccess, RoomPolicy, Server, SharedPolicy, StoreError,
+    Announced, ApiMisuse, Appended, AuthMode, AuthRefused, ChangeRules, CloseReason, Config,
+    EXPIRED_REASON, EntryDetail, Event, Identity, Input, LoadedRoom, ModerationChange, Now, Output,
+    Permissions, Rate, Recipients, Retention, RoomAccess, RoomPolicy, Server, SharedPolicy,
+    StoreError,
 };
 
 /// The crate README's examples, compiled as doctests so they stay true.

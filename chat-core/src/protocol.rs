@@ -1100,7 +1100,7 @@ pub enum ErrorCode {
     EditWindowPassed,
     /// The reaction is not one emoji.
     InvalidEmoji,
-    /// The server cannot do this in its present setup (e.g. changes to messages in
+    /// The server does not do this in its present setup (the host's erasure of a user in
     /// cluster mode, not yet built).
     Unsupported,
 }

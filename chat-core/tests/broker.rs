@@ -95,6 +95,11 @@ async fn a_hub_with_a_broker_posts_through_it() {
         ServerFrame::Welcome { epoch, .. } => assert_eq!(epoch, EPOCH),
         other => panic!("{other:?}"),
     }
+    // Her first session here asks for her read markers (kept by the log).
+    let ClusterRequest::LoadReadMarkers { user } = request(&mut rx).await else {
+        panic!("LoadReadMarkers after the welcome")
+    };
+    assert_eq!(user.as_str(), "alice");
     // The room is loaded through the broker before the join is answered.
     alice
         .send(frame(r#"{"type":"join","id":1,"room":"lobby"}"#))
@@ -210,6 +215,10 @@ async fn a_send_waiting_for_the_log_is_owed_until_the_log_answers() {
     assert!(matches!(
         next(&mut alice).await,
         ServerFrame::Welcome { .. }
+    ));
+    assert!(matches!(
+        request(&mut rx).await,
+        ClusterRequest::LoadReadMarkers { .. }
     ));
     alice
         .send(frame(r#"{"type":"join","id":1,"room":"lobby"}"#))

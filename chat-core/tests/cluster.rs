@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use chat_core::protocol::{ErrorCode, Message, ServerFrame};
+use chat_core::protocol::{EntryKind, ErrorCode, Message, ServerFrame};
 use chat_core::testing::Sim;
 use chat_core::{
-    Announced, Appended, Config, Identity, Input, LoadedRoom, Permissions, RoomName, Seq,
-    SharedPolicy, StoreError, UserKey, UserName,
+    Announced, Appended, Config, EntryDetail, Identity, Input, LoadedRoom, Permissions, RoomName,
+    Seq, SharedPolicy, StoreError, UserKey, UserName,
 };
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -32,10 +32,101 @@ struct Log {
     names: BTreeMap<String, String>,
 }
 
+/// The log's clock: the time the test started (as the servers' simulated clocks do),
+/// plus a millisecond per seq.
+fn log_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| chat_core::testing::base_now().utc.timestamp_millis())
+}
+
 /// A user's name and sessions per server.
 type UserSessions = (UserName, BTreeMap<usize, u64>);
 
 impl Log {
+    /// `commit.lua`: an entry (a message, or a change checked against its target's
+    /// current state and applied to it in the same step), or the refusal.
+    fn commit(
+        &mut self,
+        room: &RoomName,
+        user: &UserName,
+        body: &str,
+        cid: Option<&str>,
+        detail: &EntryDetail,
+    ) -> Result<(Message, bool), (ErrorCode, String)> {
+        if let Some(cid) = cid
+            && self.ids.contains_key(&(
+                room.clone(),
+                user.key().as_str().to_owned(),
+                cid.to_string(),
+            ))
+        {
+            return Ok(self.append(room, user, body, Some(cid)));
+        }
+        let floor = self.trimmed_below.get(room).copied().unwrap_or(Seq(1));
+        let entries = self.rooms.get(room).cloned().unwrap_or_default();
+        let ts =
+            DateTime::<Utc>::from_timestamp_millis(log_ms() + entries.len() as i64 + 1).unwrap();
+        let target_of = |seq: Seq| -> Result<Option<Message>, (ErrorCode, String)> {
+            let none = |why: &str| Err((ErrorCode::NoSuchMessage, why.to_owned()));
+            if seq == Seq(0) || seq.0 > entries.len() as u64 {
+                return none("unknown");
+            }
+            if seq < floor {
+                return Ok(None);
+            }
+            let m = entries[usize::try_from(seq.0 - 1).unwrap()].clone();
+            if !m.kind.is_message() {
+                return none("a change");
+            }
+            if m.deleted {
+                return Err((ErrorCode::Gone, "deleted".into()));
+            }
+            Ok(Some(m))
+        };
+        if detail.kind.is_message() {
+            if let Some(r) = detail.reply_to {
+                target_of(r)?;
+            }
+        } else {
+            let t = target_of(detail.target.unwrap())?
+                .ok_or((ErrorCode::NoSuchMessage, "older".to_owned()))?;
+            let own = t.user.key() == user.key();
+            let authored = match detail.kind {
+                EntryKind::Edit => own,
+                EntryKind::Delete => own || detail.rules.any_author,
+                _ => true,
+            };
+            if !authored {
+                return Err((ErrorCode::NotAuthor, "not yours".into()));
+            }
+            if detail.kind == EntryKind::Edit
+                && (ts - t.ts).to_std().unwrap_or_default() > detail.rules.edit_window
+            {
+                return Err((ErrorCode::EditWindowPassed, "too late".into()));
+            }
+            let emoji = detail.emoji.as_deref();
+            if detail.kind == EntryKind::React
+                && detail.on == Some(true)
+                && !t.reactions.iter().any(|r| Some(r.emoji.as_str()) == emoji)
+                && t.reactions.len() >= detail.rules.max_reactions
+            {
+                return Err((ErrorCode::LimitReached, "too many".into()));
+            }
+        }
+        let (mut m, dup) = self.append(room, user, body, cid);
+        m.kind = detail.kind;
+        m.target = detail.target;
+        m.emoji = detail.emoji.clone();
+        m.on = detail.on;
+        m.reply_to = detail.reply_to;
+        let entries = self.rooms.get_mut(room).unwrap();
+        *entries.last_mut().unwrap() = m.clone();
+        if let Some(t) = m.target {
+            entries[usize::try_from(t.0 - 1).unwrap()].apply(&m);
+        }
+        Ok((m, dup))
+    }
+
     fn append(
         &mut self,
         room: &RoomName,
@@ -55,7 +146,7 @@ impl Log {
         }
         let entries = self.rooms.entry(room.clone()).or_default();
         let seq = Seq(entries.len() as u64 + 1);
-        let ts = DateTime::<Utc>::from_timestamp_millis(1_767_000_000_000 + seq.0 as i64).unwrap();
+        let ts = DateTime::<Utc>::from_timestamp_millis(log_ms() + seq.0 as i64).unwrap();
         let m = Message::new(
             room.clone(),
             seq,
@@ -192,12 +283,16 @@ fn config() -> Config {
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
+        Cluster::with(n, config())
+    }
+
+    fn with(n: usize, config: Config) -> Cluster {
         Cluster {
             nodes: (0..n)
                 .map(|i| {
                     Sim::with(Config {
                         node: i as u64 + 1,
-                        ..config()
+                        ..config.clone()
                     })
                 })
                 .collect(),
@@ -214,11 +309,32 @@ impl Cluster {
     fn commit_all(&mut self) {
         for n in 0..self.nodes.len() {
             let asked = std::mem::take(&mut self.nodes[n].appends);
-            for (room, ticket, user, body, cid) in asked {
-                let (m, duplicate) = self.log.append(&room, &user, &body, cid.as_deref());
+            for (room, ticket, user, body, cid, detail) in asked {
+                let (m, duplicate) = match self.log.commit(
+                    &room,
+                    &user,
+                    &body,
+                    cid.as_deref(),
+                    &detail.map(|d| *d).unwrap_or_default(),
+                ) {
+                    Ok(done) => done,
+                    Err((code, why)) => {
+                        self.nodes[n].input(Input::Appended {
+                            room,
+                            ticket,
+                            result: Err(StoreError::Refused(code, why)),
+                        });
+                        continue;
+                    }
+                };
                 if !duplicate {
+                    // The doorbell carries the entry as committed.
+                    let mut bell = m.clone();
+                    if bell.kind.is_message() {
+                        bell.rev = None;
+                    }
                     for b in &mut self.bells {
-                        b.push_back(m.clone());
+                        b.push_back(bell.clone());
                     }
                 }
                 self.nodes[n].input(Input::Appended {
@@ -537,7 +653,7 @@ fn the_authors_doorbell_before_the_reply_delivers_once() {
     c.hello(0, 1, "alice");
     c.nodes[0].clear();
     send(&mut c.nodes[0], 1, 7, "quick", None);
-    let (room, ticket, user, body, _) = c.nodes[0].appends.remove(0);
+    let (room, ticket, user, body, ..) = c.nodes[0].appends.remove(0);
     let (m, _) = c.log.append(&room, &user, &body, None);
     c.nodes[0].input(Input::RoomLog {
         room: room.clone(),
@@ -567,7 +683,7 @@ fn a_resend_through_another_server_is_acked_as_a_duplicate() {
     send(&mut c.nodes[0], 1, 1, "only once", Some("m-77"));
     // The append reached the log; server 0 dies before alice saw anything. Server 1 got
     // the doorbell.
-    let (room, _, user, body, cid) = c.nodes[0].appends.remove(0);
+    let (room, _, user, body, cid, _) = c.nodes[0].appends.remove(0);
     let (m, _) = c.log.append(&room, &user, &body, cid.as_deref());
     c.bells[1].push_back(m);
     c.ring(1, usize::MAX);
@@ -1558,4 +1674,596 @@ fn the_logs_moderation_state_bans_here_and_binds_the_token_not_the_name() {
         forbidden(&mut sim, 3, 5),
         "the stale read did not lift the ban"
     );
+}
+
+/// What a client makes of the frames it got: each message by seq, with the change
+/// entries applied to it (as the page and the CLI do), in the order they came.
+fn view(frames: Vec<ServerFrame>, into: &mut BTreeMap<Seq, Message>) {
+    let mut take = |m: Message| {
+        if m.kind.is_message() {
+            let mut m = m;
+            m.client_id = None;
+            match into.get(&m.seq) {
+                // A message already held (a joined after live frames): its newer state wins.
+                Some(old) if old.rev >= m.rev => {}
+                _ => {
+                    into.insert(m.seq, m);
+                }
+            }
+        } else if let Some(t) = m.target.and_then(|t| into.get_mut(&t)) {
+            t.apply(&m);
+        }
+    };
+    for f in frames {
+        match f {
+            ServerFrame::Message(m) | ServerFrame::Change(m) => take((*m).clone()),
+            ServerFrame::Joined { messages, .. } => {
+                messages.into_iter().for_each(|m| take((*m).clone()))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A message's state as a short string: body, (edited), (deleted), reactions, reply.
+fn state(m: &Message) -> String {
+    let mut s = format!("{}:{}", m.seq.0, m.body);
+    if m.edited_at.is_some() {
+        s.push_str(" edited");
+    }
+    if m.deleted {
+        s.push_str(" deleted");
+    }
+    for r in &m.reactions {
+        let who: Vec<&str> = r.users.iter().map(|u| u.as_str()).collect();
+        s.push_str(&format!(" {}={}", r.emoji, who.join("+")));
+    }
+    if let Some(r) = m.reply_to {
+        s.push_str(&format!(" re{}", r.0));
+    }
+    s
+}
+
+fn states(view: &BTreeMap<Seq, Message>) -> Vec<String> {
+    view.values().map(state).collect()
+}
+
+fn change(sim: &mut Sim, s: u64, id: u64, frame: serde_json::Value) {
+    let mut f = frame;
+    f["id"] = json!(id);
+    f["room"] = json!("general");
+    sim.say(s, f);
+}
+
+/// Edits, reactions, a reply and a delete made on one server reach the other live, in
+/// the room's one seq order; a server that loads the room afterwards gives a joiner the
+/// messages in their current state; a resume there gets the changes it missed.
+#[test]
+fn changes_cross_servers_and_a_later_joiner_sees_the_current_state() {
+    let mut c = Cluster::new(3);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    let mut bob = BTreeMap::new();
+    view(c.nodes[1].take(2), &mut bob);
+    send(&mut c.nodes[0], 1, 1, "helo", None);
+    send(&mut c.nodes[0], 1, 2, "second", None);
+    c.settle();
+    c.nodes[1].say(
+        2,
+        json!({"type": "send", "id": 3, "room": "general", "body": "re: helo", "reply_to": 1}),
+    );
+    c.settle();
+    change(
+        &mut c.nodes[0],
+        1,
+        4,
+        json!({"type": "edit", "seq": 1, "body": "hello"}),
+    );
+    change(
+        &mut c.nodes[0],
+        1,
+        5,
+        json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}),
+    );
+    c.settle();
+    change(
+        &mut c.nodes[1],
+        2,
+        6,
+        json!({"type": "react", "seq": 1, "emoji": "🎉", "on": true}),
+    );
+    c.settle();
+    // Bob's view after the edit and reactions, before alice deletes "second".
+    let mut live = bob.clone();
+    view(c.nodes[1].take(2), &mut live);
+    assert_eq!(
+        states(&live),
+        [
+            "1:hello edited 🎉=bob",
+            "2:second 👍=alice",
+            "3:re: helo re1"
+        ]
+    );
+    // carol follows bob's view from here on, resuming on server 2 after seq 5.
+    change(&mut c.nodes[0], 1, 7, json!({"type": "delete", "seq": 2}));
+    c.settle();
+    view(c.nodes[1].take(2), &mut live);
+    assert_eq!(
+        states(&live),
+        ["1:hello edited 🎉=bob", "2: deleted", "3:re: helo re1"]
+    );
+    let errors: Vec<String> = seen(&mut c.nodes[0], 1)
+        .into_iter()
+        .filter(|s| s.starts_with("error"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // dave joins on server 2, which never held the room: the current state.
+    c.hello(2, 3, "dave");
+    let mut dave = BTreeMap::new();
+    view(c.nodes[2].take(3), &mut dave);
+    assert_eq!(states(&dave), states(&live));
+    // bob's second device resumes on server 2 after seq 4 (it had the three messages
+    // as they were then): the changes it missed arrive and leave it where bob is.
+    let mut device: BTreeMap<Seq, Message> = bob
+        .iter()
+        .filter(|(s, _)| s.0 <= 3)
+        .map(|(s, m)| (*s, m.clone()))
+        .collect();
+    view(c.nodes[1].take(2), &mut BTreeMap::new());
+    for m in c.log.rooms.values().next().unwrap().iter().take(3) {
+        let mut m = m.clone();
+        m.rev = None;
+        m.body = ["helo", "second", "re: helo"][m.seq.0 as usize - 1].into();
+        m.deleted = false;
+        m.edited_at = None;
+        m.reactions.clear();
+        device.insert(m.seq, m);
+    }
+    c.nodes[2].connect(4);
+    let token = c.tokens["bob"].clone();
+    c.nodes[2].say(
+        4,
+        json!({"type": "hello", "version": 1, "name": "bob", "token": token, "rooms": [{"room": "general", "since": 3}]}),
+    );
+    c.answer_claims();
+    c.settle();
+    view(c.nodes[2].take(4), &mut device);
+    assert_eq!(states(&device), states(&live));
+}
+
+/// Two servers each accept a change to one message against their own window; the log
+/// takes the first and refuses the second by the message's state at that moment: the
+/// second author gets the rule's error (not a retry) and nothing changes.
+#[test]
+fn the_log_refuses_the_second_of_two_conflicting_changes() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello_at(1, 2, "alice");
+    c.answer_loads();
+    c.hello(1, 3, "bob");
+    send(&mut c.nodes[0], 1, 1, "oops", None);
+    c.settle();
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    // Both of alice's sessions act before either server hears of the other's change.
+    change(&mut c.nodes[0], 1, 2, json!({"type": "delete", "seq": 1}));
+    change(
+        &mut c.nodes[1],
+        2,
+        3,
+        json!({"type": "edit", "seq": 1, "body": "fixed"}),
+    );
+    assert_eq!(
+        c.nodes[0].appends.len() + c.nodes[1].appends.len(),
+        2,
+        "{:?} {:?}",
+        c.nodes[0].peek(1),
+        c.nodes[1].peek(2)
+    );
+    c.settle();
+    let second: Vec<String> = seen(&mut c.nodes[1], 2)
+        .into_iter()
+        .filter(|s| !s.starts_with('m'))
+        .collect();
+    assert_eq!(second, ["error Gone"]);
+    let mut bob = BTreeMap::new();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    let log = &c.log.rooms[&room];
+    assert_eq!(log.len(), 2, "the edit took no seq");
+    view(c.nodes[1].take(3), &mut bob);
+    c.hello(1, 4, "carol");
+    view(c.nodes[1].take(4), &mut bob);
+    assert_eq!(states(&bob), ["1: deleted"]);
+
+    // The reaction limit is the log's too: with one emoji allowed, two servers' first
+    // reactions with different emoji are one reaction and one `limit_reached`.
+    let one = Config {
+        max_reactions_per_message: 1,
+        ..config()
+    };
+    let mut c = Cluster::with(2, one);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    send(&mut c.nodes[0], 1, 1, "vote", None);
+    c.settle();
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    change(
+        &mut c.nodes[0],
+        1,
+        2,
+        json!({"type": "react", "seq": 1, "emoji": "👍", "on": true}),
+    );
+    change(
+        &mut c.nodes[1],
+        2,
+        3,
+        json!({"type": "react", "seq": 1, "emoji": "👎", "on": true}),
+    );
+    c.settle();
+    assert!(seen(&mut c.nodes[1], 2).contains(&"error LimitReached".to_owned()));
+    assert_eq!(c.log.rooms[&room][0].reactions.len(), 1);
+}
+
+// ---- the change model over two servers ----
+
+/// One step of a change run over two servers. Targets are picks, taken modulo the
+/// room's last seq plus one (unknown seqs and change entries are named too).
+#[derive(Debug, Clone)]
+enum Step {
+    Send {
+        u: usize,
+        reply: Option<u64>,
+    },
+    Edit {
+        u: usize,
+        target: u64,
+    },
+    Delete {
+        u: usize,
+        target: u64,
+    },
+    React {
+        u: usize,
+        target: u64,
+        emoji: usize,
+        on: bool,
+    },
+    /// Up to `k` doorbells reach server `n` (the others wait: it lags).
+    Ring {
+        n: usize,
+        k: usize,
+    },
+    /// Server `n` loses its next doorbell (and reads the log when it resubscribes).
+    Lose {
+        n: usize,
+    },
+    /// The user's connection drops; it comes back on the other server, resuming
+    /// after the last seq it saw (or joining afresh).
+    Move {
+        u: usize,
+        resume: bool,
+    },
+}
+
+const STEP_USERS: [&str; 3] = ["ann", "ben", "cat"];
+const STEP_EMOJI: [&str; 3] = ["👍", "🎉", "🚀"];
+
+fn step() -> impl Strategy<Value = Step> {
+    let u = 0..STEP_USERS.len();
+    prop_oneof![
+        4 => (u.clone(), proptest::option::weighted(0.3, 0..64u64))
+            .prop_map(|(u, reply)| Step::Send { u, reply }),
+        3 => (u.clone(), 0..64u64).prop_map(|(u, target)| Step::Edit { u, target }),
+        2 => (u.clone(), 0..64u64).prop_map(|(u, target)| Step::Delete { u, target }),
+        4 => (u.clone(), 0..64u64, 0..STEP_EMOJI.len(), proptest::bool::weighted(0.7))
+            .prop_map(|(u, target, emoji, on)| Step::React { u, target, emoji, on }),
+        3 => (0..2usize, 0..4usize).prop_map(|(n, k)| Step::Ring { n, k }),
+        1 => (0..2usize).prop_map(|n| Step::Lose { n }),
+        1 => (u, any::<bool>()).prop_map(|(u, resume)| Step::Move { u, resume }),
+    ]
+}
+
+/// A user of the change runs: where it is connected, and the room as it shows it.
+struct Viewer {
+    node: usize,
+    session: u64,
+    token: String,
+    view: BTreeMap<Seq, Message>,
+}
+
+impl Cluster {
+    /// Server `n` hears everything the log has (the other may still lag).
+    fn catch_up(&mut self, n: usize) {
+        for _ in 0..100 {
+            self.ring(n, usize::MAX);
+            if std::mem::take(&mut self.lost[n]) {
+                self.nodes[n].input(Input::CatchUp { room: None });
+            }
+            self.answer_fetches();
+            self.answer_loads();
+            if self.nodes[n].fetches.is_empty() && self.bells[n].is_empty() {
+                return;
+            }
+        }
+        panic!("server {n} did not catch up");
+    }
+
+    /// Every viewer takes what it was sent; returns the frames answering request `id`.
+    fn drain_views(&mut self, viewers: &mut [Viewer], id: u64) -> Vec<ServerFrame> {
+        let mut answer = Vec::new();
+        for v in viewers.iter_mut() {
+            let mut frames = self.nodes[v.node].take(v.session);
+            let (mine, rest): (Vec<_>, Vec<_>) = frames.drain(..).partition(|f| {
+                matches!(f, ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. } if i.0 == id)
+            });
+            answer.extend(mine);
+            view(rest, &mut v.view);
+        }
+        answer
+    }
+}
+
+fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
+    use chat_core::testing::{ChangeModel, MessageView, Post};
+    let cfg = Config {
+        history_window: 1000,
+        history_on_join: 1000,
+        max_reactions_per_message: 2,
+        ..config()
+    };
+    let mut c = Cluster::with(2, cfg);
+    let mut model = ChangeModel::new(2);
+    let mut viewers = Vec::new();
+    let mut next_session = 1;
+    for (u, name) in STEP_USERS.iter().enumerate() {
+        let node = u % 2;
+        c.hello(node, next_session, name);
+        let token = c.nodes[node].token_of(next_session);
+        viewers.push(Viewer {
+            node,
+            session: next_session,
+            token,
+            view: BTreeMap::new(),
+        });
+        next_session += 1;
+        c.catch_up(0);
+        c.catch_up(1);
+    }
+    c.drain_views(&mut viewers, 0);
+    for (i, st) in steps.iter().enumerate() {
+        let id = 1000 + i as u64;
+        let last = model.last_seq();
+        let pick = |t: u64| 1 + t % (last + 1);
+        let (u, post) = match st {
+            Step::Send { u, reply } => (
+                *u,
+                Post::Send {
+                    body: format!("m{i}"),
+                    reply_to: reply.map(pick),
+                },
+            ),
+            Step::Edit { u, target } => (
+                *u,
+                Post::Edit {
+                    target: pick(*target),
+                    body: format!("e{i}"),
+                },
+            ),
+            Step::Delete { u, target } => (
+                *u,
+                Post::Delete {
+                    target: pick(*target),
+                },
+            ),
+            Step::React {
+                u,
+                target,
+                emoji,
+                on,
+            } => (
+                *u,
+                Post::React {
+                    target: pick(*target),
+                    emoji: STEP_EMOJI[*emoji].into(),
+                    on: *on,
+                },
+            ),
+            Step::Ring { n, k } => {
+                c.ring(*n, *k);
+                c.answer_fetches();
+                c.drain_views(&mut viewers, 0);
+                continue;
+            }
+            Step::Lose { n } => {
+                c.lose(*n);
+                continue;
+            }
+            Step::Move { u, resume } => {
+                let v = &mut viewers[*u];
+                c.nodes[v.node].disconnect(v.session);
+                let to = 1 - v.node;
+                let since = v.view.keys().next_back().map_or(0, |s| s.0);
+                let mut spec = json!({"room": "general"});
+                if *resume {
+                    // The last seq it was given (a change entry's too).
+                    spec["since"] = json!(since.max(v.last_seen()));
+                } else {
+                    v.view.clear();
+                }
+                c.nodes[to].connect(next_session);
+                c.nodes[to].say(
+                    next_session,
+                    json!({"type": "hello", "version": 1, "name": STEP_USERS[*u], "token": v.token, "rooms": [spec]}),
+                );
+                v.node = to;
+                v.session = next_session;
+                next_session += 1;
+                c.answer_claims();
+                c.answer_loads();
+                c.answer_fetches();
+                c.drain_views(&mut viewers, 0);
+                continue;
+            }
+        };
+        // The author's server has heard the whole log (its check then agrees with the
+        // log's); the other may lag behind.
+        let n = viewers[u].node;
+        c.catch_up(n);
+        c.drain_views(&mut viewers, 0);
+        let cid = format!("c{i}");
+        let mut frame = match &post {
+            Post::Send { body, reply_to } => {
+                let mut f = json!({"type": "send", "body": body});
+                if let Some(r) = reply_to {
+                    f["reply_to"] = json!(r);
+                }
+                f
+            }
+            Post::Edit { target, body } => json!({"type": "edit", "seq": target, "body": body}),
+            Post::Delete { target } => json!({"type": "delete", "seq": target}),
+            Post::React { target, emoji, on } => {
+                json!({"type": "react", "seq": target, "emoji": emoji, "on": on})
+            }
+        };
+        frame["id"] = json!(id);
+        frame["room"] = json!("general");
+        frame["client_id"] = json!(cid);
+        c.nodes[n].say(viewers[u].session, frame);
+        c.commit_all();
+        let want = model.post(STEP_USERS[u], &cid, &post);
+        let answer = c.drain_views(&mut viewers, id);
+        let got = match answer.as_slice() {
+            [ServerFrame::Ack { seq, duplicate, .. }] => Ok((seq.0, *duplicate)),
+            [ServerFrame::Error { code, .. }] => Err(*code),
+            other => {
+                return Err(TestCaseError::fail(format!(
+                    "step {i} {st:?}: answered {other:?}"
+                )));
+            }
+        };
+        prop_assert_eq!(got, want, "step {} {:?}", i, st);
+    }
+    c.settle();
+    c.drain_views(&mut viewers, 0);
+    let truth = model.view();
+    for (u, v) in viewers.iter().enumerate() {
+        let shown: Vec<MessageView> = v.view.values().map(MessageView::of).collect();
+        prop_assert_eq!(
+            &shown,
+            &truth,
+            "{}'s view (on server {})",
+            STEP_USERS[u],
+            v.node
+        );
+    }
+    Ok(())
+}
+
+impl Viewer {
+    /// The last seq this viewer was given, as far as its view tells (messages only: a
+    /// change entry after it is given again on resume, and applying it again changes
+    /// nothing).
+    fn last_seen(&self) -> u64 {
+        self.view
+            .values()
+            .filter_map(|m| m.rev)
+            .map(|s| s.0)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The change model over two servers: sends, replies, edits, deletes and reactions
+    /// by users on either server, one server lagging behind the log (doorbells rung late,
+    /// lost and read again), users moving to the other server (resuming or not). Every
+    /// post is acked or refused as the model says; at the end every user's view of
+    /// every message equals the model's.
+    #[test]
+    fn changes_over_two_servers_converge_to_the_model(
+        steps in proptest::collection::vec(step(), 1..50)
+    ) {
+        run_steps(&steps)?;
+    }
+}
+
+/// Read markers in cluster mode: a `read` is shared through the log (`ShareRead`), a
+/// user's first session on a server asks for the user's markers (`LoadReadMarkers`),
+/// and markers from the log move the user's marker here forward only, each told to the
+/// user's sessions here as `read` and counted by `unread`.
+#[test]
+fn read_markers_are_shared_through_the_log() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    assert_eq!(
+        c.nodes[0]
+            .read_marker_loads
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"],
+        "the first session asks for the user's markers"
+    );
+    c.hello(1, 2, "bob");
+    for i in 1..=3 {
+        send(&mut c.nodes[1], 2, i, &format!("m{i}"), None);
+    }
+    c.settle();
+    c.hello_at(1, 3, "alice");
+    c.answer_loads();
+    let loads: Vec<&str> = c.nodes[1]
+        .read_marker_loads
+        .iter()
+        .map(|u| u.as_str())
+        .collect();
+    assert_eq!(loads, ["bob", "alice"], "each user's first session on 1");
+    c.nodes[0].clear();
+    c.nodes[1].clear();
+    c.nodes[0].say(1, json!({"type": "read", "room": "general", "seq": 2}));
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    let shared = std::mem::take(&mut c.nodes[0].shared_reads);
+    assert_eq!(shared.len(), 1);
+    assert_eq!(
+        (&shared[0].0, shared[0].1.as_str(), shared[0].2),
+        (&room, "alice", Seq(2))
+    );
+    // The log's announcement reaches server 1: alice's session there is told.
+    let alice = UserName::parse("alice", 32).unwrap();
+    c.nodes[1].input(Input::ReadMarkers {
+        user: alice.clone(),
+        markers: vec![(room.clone(), Seq(2))],
+    });
+    let reads = |sim: &mut Sim, s: u64| -> Vec<u64> {
+        sim.take(s)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Read { seq, .. } => Some(seq.0),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reads(&mut c.nodes[1], 3), [2]);
+    let unread = |sim: &mut Sim, s: u64| -> Option<u64> {
+        sim.say(s, json!({"type": "rooms", "id": 9}));
+        sim.take(s).into_iter().find_map(|f| match f {
+            ServerFrame::Rooms { rooms, .. } => Some(rooms[0].unread.unwrap_or(0)),
+            _ => None,
+        })
+    };
+    assert_eq!(unread(&mut c.nodes[1], 3), Some(1));
+    // Forward only: an older marker (a late announcement, a stale load) changes nothing.
+    c.nodes[1].input(Input::ReadMarkers {
+        user: alice.clone(),
+        markers: vec![(room.clone(), Seq(1))],
+    });
+    assert!(reads(&mut c.nodes[1], 3).is_empty());
+    assert_eq!(unread(&mut c.nodes[1], 3), Some(1));
+    // bob has no session of alice's: his marker is untouched, and nobody else is told.
+    assert!(reads(&mut c.nodes[1], 2).is_empty());
+    // A marker that does not move is not shared again.
+    c.nodes[0].say(1, json!({"type": "read", "room": "general", "seq": 1}));
+    assert!(c.nodes[0].shared_reads.is_empty());
 }

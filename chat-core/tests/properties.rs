@@ -704,3 +704,319 @@ proptest! {
         run_presence(&ops, Config::default().presence_count_tick)?;
     }
 }
+
+// ---- changes to messages: edits, deletes, reactions, replies, resends, reconnects ----
+
+/// The users of the change runs, each with one connection at a time.
+const CHANGE_USERS: [&str; 3] = ["alice", "bob", "carol"];
+const EMOJI: [&str; 3] = ["👍", "🎉", "🚀"];
+/// Few, so that the limit is reached.
+const MAX_REACTIONS: usize = 2;
+
+/// One step of a change run. Targets are picks, taken modulo the room's last seq plus
+/// one (so unknown seqs and change entries are named too).
+#[derive(Debug, Clone)]
+enum Change {
+    Send {
+        u: usize,
+        reply: Option<u64>,
+    },
+    Edit {
+        u: usize,
+        target: u64,
+    },
+    Delete {
+        u: usize,
+        target: u64,
+    },
+    React {
+        u: usize,
+        target: u64,
+        emoji: usize,
+        on: bool,
+    },
+    /// The user's last post again, with its client id (a lost ack).
+    Resend {
+        u: usize,
+    },
+    /// The user's connection drops.
+    Drop {
+        u: usize,
+    },
+    /// The user comes back: resuming after the last seq it saw, or joining afresh.
+    Back {
+        u: usize,
+        resume: bool,
+    },
+}
+
+fn change_op() -> impl Strategy<Value = Change> {
+    let u = 0..CHANGE_USERS.len();
+    prop_oneof![
+        4 => (u.clone(), proptest::option::weighted(0.3, 0..64u64))
+            .prop_map(|(u, reply)| Change::Send { u, reply }),
+        3 => (u.clone(), 0..64u64).prop_map(|(u, target)| Change::Edit { u, target }),
+        2 => (u.clone(), 0..64u64).prop_map(|(u, target)| Change::Delete { u, target }),
+        4 => (u.clone(), 0..64u64, 0..EMOJI.len(), proptest::bool::weighted(0.7))
+            .prop_map(|(u, target, emoji, on)| Change::React { u, target, emoji, on }),
+        2 => u.clone().prop_map(|u| Change::Resend { u }),
+        1 => u.clone().prop_map(|u| Change::Drop { u }),
+        2 => (u, any::<bool>()).prop_map(|(u, resume)| Change::Back { u, resume }),
+    ]
+}
+
+/// A client of the change runs: its connection, and the room as it shows it (every
+/// message it was given, with the change entries that came after it applied).
+struct ChangeClient {
+    session: Option<u64>,
+    token: Option<String>,
+    view: std::collections::BTreeMap<u64, chat_core::protocol::Message>,
+    /// The highest seq it was given.
+    last: u64,
+    /// Its last post: the frame (with its client id) and what the model takes.
+    last_post: Option<(serde_json::Value, String, chat_core::testing::Post)>,
+}
+
+impl ChangeClient {
+    fn take(&mut self, m: &chat_core::protocol::Message) {
+        self.last = self.last.max(m.seq.0);
+        if m.kind.is_message() {
+            self.view.insert(m.seq.0, m.clone());
+        } else if let Some(t) = m.target.and_then(|t| self.view.get_mut(&t.0)) {
+            t.apply(m);
+        }
+    }
+}
+
+fn change_config() -> Config {
+    Config {
+        history_window: 1000,
+        history_on_join: 1000,
+        max_reactions_per_message: MAX_REACTIONS,
+        default_rooms: vec!["general".into()],
+        ..config()
+    }
+}
+
+/// Runs `ops` on one server and the model; after each post the author got the ack (seq,
+/// duplicate) or the error the model says; at the end every user, back and resumed,
+/// shows every message exactly as the model does.
+fn run_changes(ops: &[Change]) -> Result<(), TestCaseError> {
+    use chat_core::protocol::ServerFrame;
+    use chat_core::testing::{ChangeModel, MessageView, Post, Sim};
+    use serde_json::json;
+
+    let mut sim = Sim::with(change_config());
+    let mut model = ChangeModel::new(MAX_REACTIONS);
+    let mut next_session = 1u64;
+    let mut clients: Vec<ChangeClient> = CHANGE_USERS
+        .iter()
+        .map(|_| ChangeClient {
+            session: None,
+            token: None,
+            view: Default::default(),
+            last: 0,
+            last_post: None,
+        })
+        .collect();
+    // What a (re)connection does: hello with the room, resuming or not.
+    let connect = |sim: &mut Sim, c: &mut ChangeClient, u: usize, s: u64, resume: bool| {
+        sim.connect(s);
+        let mut spec = json!({"room": "general"});
+        if resume {
+            spec["since"] = json!(c.last);
+        } else {
+            c.view.clear();
+        }
+        let mut hello =
+            json!({"type": "hello", "version": 1, "name": CHANGE_USERS[u], "rooms": [spec]});
+        if let Some(t) = &c.token {
+            hello["token"] = json!(t);
+        }
+        sim.say(s, hello);
+        c.session = Some(s);
+    };
+    // Every connected client takes what it was sent; the frames answering request `id`
+    // of user `actor` are returned.
+    let drain = |sim: &mut Sim, clients: &mut [ChangeClient], actor: Option<(usize, u64)>| {
+        let mut answer = Vec::new();
+        for (u, c) in clients.iter_mut().enumerate() {
+            let Some(s) = c.session else { continue };
+            for f in sim.take(s) {
+                match &f {
+                    ServerFrame::Welcome { token: Some(t), .. } => c.token = Some(t.clone()),
+                    ServerFrame::Message(m) | ServerFrame::Change(m) => c.take(m),
+                    ServerFrame::Joined { messages, .. } => messages.iter().for_each(|m| c.take(m)),
+                    ServerFrame::Ack { id: Some(i), .. }
+                    | ServerFrame::Error { id: Some(i), .. }
+                        if actor == Some((u, i.0)) =>
+                    {
+                        answer.push(f.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        answer
+    };
+    for u in 0..CHANGE_USERS.len() {
+        let s = next_session;
+        next_session += 1;
+        connect(&mut sim, &mut clients[u], u, s, false);
+        drain(&mut sim, &mut clients, None);
+    }
+    for (i, op) in ops.iter().enumerate() {
+        let id = 1000 + i as u64;
+        let last = model.last_seq();
+        let pick = |t: u64| 1 + t % (last + 1);
+        let (u, post) = match op {
+            Change::Send { u, reply } => (
+                *u,
+                Some(Post::Send {
+                    body: format!("m{i}"),
+                    reply_to: reply.map(pick),
+                }),
+            ),
+            Change::Edit { u, target } => (
+                *u,
+                Some(Post::Edit {
+                    target: pick(*target),
+                    body: format!("e{i}"),
+                }),
+            ),
+            Change::Delete { u, target } => (
+                *u,
+                Some(Post::Delete {
+                    target: pick(*target),
+                }),
+            ),
+            Change::React {
+                u,
+                target,
+                emoji,
+                on,
+            } => (
+                *u,
+                Some(Post::React {
+                    target: pick(*target),
+                    emoji: EMOJI[*emoji].into(),
+                    on: *on,
+                }),
+            ),
+            Change::Resend { u } => (*u, None),
+            Change::Drop { u } => {
+                if let Some(s) = clients[*u].session.take() {
+                    sim.disconnect(s);
+                }
+                drain(&mut sim, &mut clients, None);
+                continue;
+            }
+            Change::Back { u, resume } => {
+                if clients[*u].session.is_none() {
+                    let s = next_session;
+                    next_session += 1;
+                    connect(&mut sim, &mut clients[*u], *u, s, *resume);
+                }
+                drain(&mut sim, &mut clients, None);
+                continue;
+            }
+        };
+        let c = &mut clients[u];
+        let Some(s) = c.session else { continue };
+        let (mut frame, cid, post) = match post {
+            Some(post) => {
+                let cid = format!("c{i}");
+                let frame = match &post {
+                    Post::Send { body, reply_to } => {
+                        let mut f = json!({"type": "send", "body": body});
+                        if let Some(r) = reply_to {
+                            f["reply_to"] = json!(r);
+                        }
+                        f
+                    }
+                    Post::Edit { target, body } => {
+                        json!({"type": "edit", "seq": target, "body": body})
+                    }
+                    Post::Delete { target } => json!({"type": "delete", "seq": target}),
+                    Post::React { target, emoji, on } => {
+                        json!({"type": "react", "seq": target, "emoji": emoji, "on": on})
+                    }
+                };
+                (frame, cid, post)
+            }
+            None => match c.last_post.clone() {
+                Some(p) => p,
+                None => continue,
+            },
+        };
+        frame["room"] = json!("general");
+        frame["client_id"] = json!(cid);
+        c.last_post = Some((frame.clone(), cid.clone(), post.clone()));
+        frame["id"] = json!(id);
+        sim.say(s, frame);
+        let answer = drain(&mut sim, &mut clients, Some((u, id)));
+        let want = model.post(CHANGE_USERS[u], &cid, &post);
+        let got = match answer.as_slice() {
+            [ServerFrame::Ack { seq, duplicate, .. }] => Ok((seq.0, *duplicate)),
+            [ServerFrame::Error { code, .. }] => Err(*code),
+            other => {
+                return Err(TestCaseError::fail(format!(
+                    "step {i} {op:?}: answered {other:?}"
+                )));
+            }
+        };
+        prop_assert_eq!(got, want, "step {} {:?}", i, op);
+    }
+    // Everyone comes back (resuming) and shows the room as the model does.
+    for (u, c) in clients.iter_mut().enumerate() {
+        if c.session.is_none() {
+            let s = next_session;
+            next_session += 1;
+            connect(&mut sim, c, u, s, true);
+        }
+    }
+    drain(&mut sim, &mut clients, None);
+    let truth = model.view();
+    for (u, c) in clients.iter().enumerate() {
+        let shown: Vec<MessageView> = c.view.values().map(MessageView::of).collect();
+        prop_assert_eq!(&shown, &truth, "{}'s view", CHANGE_USERS[u]);
+    }
+    // A newcomer's joined gives the same.
+    let s = next_session;
+    sim.connect(s);
+    sim.say(
+        s,
+        json!({"type": "hello", "version": 1, "name": "dave", "rooms": [{"room": "general"}]}),
+    );
+    let mut dave = ChangeClient {
+        session: Some(s),
+        token: None,
+        view: Default::default(),
+        last: 0,
+        last_post: None,
+    };
+    for f in sim.take(s) {
+        if let ServerFrame::Joined { messages, .. } = &f {
+            messages.iter().for_each(|m| dave.take(m));
+        }
+    }
+    let shown: Vec<MessageView> = dave.view.values().map(MessageView::of).collect();
+    prop_assert_eq!(&shown, &truth, "a newcomer's view");
+    sim.assert_no_violations();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest_config(cases(128)))]
+
+    /// Random interleavings of sends, replies, edits, deletes, reactions (added and
+    /// taken back), resends and reconnections (resumed or fresh): every post is acked
+    /// or refused as the model says, and at the end every client's view of every
+    /// message (text, edited, deleted, reactions, reply) equals the model's.
+    #[test]
+    fn every_view_of_changed_messages_converges_to_the_model(
+        ops in proptest::collection::vec(change_op(), 1..60)
+    ) {
+        run_changes(&ops)?;
+    }
+}

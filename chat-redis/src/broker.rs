@@ -327,6 +327,7 @@ struct PendingAppend {
     user: UserName,
     body: Arc<str>,
     client_id: Option<ClientMsgId>,
+    detail: Option<Box<chat_core::EntryDetail>>,
 }
 
 /// A lane's batch, done.
@@ -433,6 +434,7 @@ impl Worker {
                 user,
                 body,
                 client_id,
+                detail,
             } => {
                 self.appends
                     .entry(room.clone())
@@ -442,6 +444,7 @@ impl Worker {
                         user,
                         body,
                         client_id,
+                        detail,
                     });
                 if !self.committing.contains(&room) {
                     self.start_batch(room);
@@ -512,6 +515,12 @@ impl Worker {
             ClusterRequest::Typing { room, user, active } => {
                 let _ = self.typing.send((room, user, active));
             }
+            ClusterRequest::ShareRead { room, user, seq } => {
+                tokio::spawn(share_read(self.shared.clone(), room, user, seq));
+            }
+            ClusterRequest::LoadReadMarkers { user } => {
+                tokio::spawn(load_read_markers(self.shared.clone(), user));
+            }
             ClusterRequest::Relay(control) => {
                 tokio::spawn(publish_control(self.shared.clone(), control));
             }
@@ -553,6 +562,7 @@ impl Worker {
                     user: p.user.as_str(),
                     body: &p.body,
                     client_id: p.client_id.as_ref().map(ClientMsgId::as_str),
+                    detail: p.detail.as_deref(),
                 })
                 .collect();
             let results: Vec<Result<crate::Committed, StoreError>> =
@@ -561,6 +571,9 @@ impl Worker {
                         .into_iter()
                         .map(|r| {
                             r.map_err(|e| {
+                                if let Error::Refused { code, why } = &e {
+                                    return refused(code, why);
+                                }
                                 if let Error::StaleEpoch(newer) = &e {
                                     tracing::error!(room = %room, newer = %newer, "the cluster epoch changed under this node");
                                     let (shared, newer) = (shared.clone(), newer.clone());
@@ -701,6 +714,18 @@ async fn bells_task(shared: Shared, mut bells: mpsc::Receiver<Bell>) {
                             room: name,
                             gap_before: None,
                             fetched: false,
+                        }
+                    }
+                    Doorbell::Read { node, seq, user } => {
+                        if node == shared.node {
+                            continue;
+                        }
+                        let Some(user) = user_name(&user) else {
+                            continue;
+                        };
+                        Input::ReadMarkers {
+                            user,
+                            markers: vec![(name, Seq(seq))],
                         }
                     }
                     Doorbell::Typing { node, active, user } => {
@@ -1036,6 +1061,24 @@ async fn moderation_lane(shared: Shared, mut changes: mpsc::UnboundedReceiver<Mo
     }
 }
 
+/// Keeps a user's read marker ([`ClusterRequest::ShareRead`]), trying again every
+/// 500 ms for 10 s while Redis does not take it (the script is idempotent).
+async fn share_read(shared: Shared, room: RoomName, user: UserName, seq: Seq) {
+    let mut log = shared.log.clone();
+    for attempt in 0..20 {
+        match log
+            .share_read(room.as_str(), &shared.node, user.as_str(), seq.0)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if attempt == 19 => {
+                tracing::warn!(error = %e, room = %room, "a read marker was not kept in redis");
+            }
+            Err(_) => shared.pause(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// Answers [`ClusterRequest::FetchModeration`] (and a [`ClusterRequest::LoadRoom`]'s
 /// first part): nothing is answered when Redis does not (the engine keeps what it has
 /// and asks again at the next catch-up).
@@ -1048,6 +1091,24 @@ async fn fetch_moderation(shared: Shared, room: RoomName) {
     let _ = shared
         .inbox
         .answer(Input::ModerationLoaded { room, result });
+}
+
+/// Answers [`ClusterRequest::LoadReadMarkers`] (retried until Redis answers: a user's
+/// unread counts on this server wait for it).
+async fn load_read_markers(shared: Shared, user: UserName) {
+    let mut log = shared.log.clone();
+    let Some(markers) = retrying!(
+        shared,
+        "read markers",
+        log.read_markers(user.as_str()).await
+    ) else {
+        return;
+    };
+    let markers = markers
+        .into_iter()
+        .filter_map(|(room, seq)| Some((RoomName::key_of(&room)?, Seq(seq))))
+        .collect();
+    let _ = shared.inbox.answer(Input::ReadMarkers { user, markers });
 }
 
 /// Answers [`ClusterRequest::LoadRoom`]: the room's moderation state first (so that
@@ -1151,18 +1212,62 @@ fn ts(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// An entry of the log as the engine's message. An author that is not a valid name
-/// (someone else's write on our stream) is counted as foreign and shown as `unknown`: the
-/// entry keeps its seq, so no hole opens.
+/// A refusal of `commit.lua` as the engine's: the protocol's code, which the author
+/// gets as its error (a code the engine does not know is `storage_unavailable`).
+fn refused(code: &str, why: &str) -> StoreError {
+    match serde_json::from_value::<chat_core::protocol::ErrorCode>(serde_json::Value::String(
+        code.to_owned(),
+    )) {
+        Ok(code) => StoreError::Refused(code, why.to_owned()),
+        Err(_) => StoreError::Unavailable(format!("redis refused ({code}): {why}")),
+    }
+}
+
+/// An entry of the log as the engine's message: a message in its current state when
+/// the read carried one, a change as committed (an edit of a deleted message without
+/// its text). An author that is not a valid name (someone else's write on our stream) is
+/// counted as foreign and shown as `unknown`: the entry keeps its seq, so no hole opens.
 fn message(room: &RoomName, e: Entry) -> Message {
-    let user =
-        user_name(&e.user).unwrap_or_else(|| UserName::parse("unknown", 16).expect("a valid name"));
-    Message::new(
+    let unknown = || UserName::parse("unknown", 16).expect("a valid name");
+    let user = user_name(&e.user).unwrap_or_else(unknown);
+    let mut m = Message::new(
         room.clone(),
         Seq(e.seq),
         ts(e.ts_ms),
         user,
         e.body.into(),
         e.client_id.map(ClientMsgId::from),
-    )
+    );
+    m.kind = e.kind;
+    m.target = e.target.map(Seq);
+    m.emoji = e.emoji;
+    m.on = e.on;
+    m.reply_to = e.reply_to.map(Seq);
+    if let Some(st) = e.state.map(|st| *st) {
+        if m.kind.is_message() {
+            m.rev = st.rev.map(Seq);
+            if st.deleted {
+                m.deleted = true;
+                m.body = Arc::from("");
+            } else {
+                if let Some(body) = st.body {
+                    m.body = body.into();
+                }
+                m.edited_at = st.edited_ms.map(ts);
+                m.reactions = st
+                    .reactions
+                    .into_iter()
+                    .map(|(emoji, users)| chat_core::protocol::Reaction {
+                        emoji,
+                        users: users.iter().filter_map(|u| user_name(u)).collect(),
+                    })
+                    .filter(|r| !r.users.is_empty())
+                    .collect();
+            }
+        } else if m.kind == chat_core::protocol::EntryKind::Edit && st.deleted {
+            // The edited message is deleted: its text goes, the edits' too.
+            m.body = Arc::from("");
+        }
+    }
+    m
 }

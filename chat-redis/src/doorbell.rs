@@ -11,7 +11,7 @@ const MAX_DOORBELL_BYTES: usize = 256 * 1024;
 /// A doorbell published by `commit` or by a presence change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Doorbell {
-    /// A message was committed.
+    /// An entry was committed: a message (`m|...`), or a change or a reply (`e|...`).
     Message {
         /// The epoch it was committed under.
         epoch: Epoch,
@@ -27,6 +27,15 @@ pub enum Doorbell {
         /// When, milliseconds since 1970.
         ts_ms: i64,
         /// Who.
+        user: String,
+    },
+    /// A user's read marker in the room moved forward on a node (stored first).
+    Read {
+        /// The node that published it.
+        node: String,
+        /// The last seq the user read.
+        seq: u64,
+        /// Whose marker.
         user: String,
     },
     /// A typing indicator of another node's user (at most once, never stored).
@@ -64,8 +73,10 @@ impl Doorbell {
         let s = std::str::from_utf8(payload).map_err(|_| Foreign::Malformed("not UTF-8"))?;
         match s.as_bytes().first() {
             Some(b'm') => message(s),
+            Some(b'e') => change(s),
             Some(b'p') => presence(s),
             Some(b't') => typing(s),
+            Some(b'r') => read(s),
             _ => Err(Foreign::Malformed("unknown kind")),
         }
     }
@@ -107,8 +118,28 @@ fn message(s: &str) -> Result<Doorbell, Foreign> {
             user: user.to_owned(),
             body: body.to_owned(),
             client_id: (!cid.is_empty()).then(|| cid.to_owned()),
+            ..Entry::default()
         },
     })
+}
+
+/// `e|<epoch>|<seq>|<the entry's stream fields as a JSON object>`: a change, or a reply.
+fn change(s: &str) -> Result<Doorbell, Foreign> {
+    let mut parts = s.splitn(4, '|');
+    let (Some("e"), Some(epoch), Some(seq), Some(json)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Foreign::Malformed("entry fields"));
+    };
+    let epoch = Epoch::parse(epoch.to_owned()).map_err(|_| Foreign::Malformed("epoch"))?;
+    let seq: u64 = number(seq)?;
+    let fields: std::collections::HashMap<String, String> =
+        serde_json::from_str(json).map_err(|_| Foreign::Malformed("entry JSON"))?;
+    let entry = crate::fields_entry(seq, &fields).ok_or(Foreign::Malformed("entry"))?;
+    if entry.user.is_empty() || seq == 0 {
+        return Err(Foreign::Malformed("empty user or seq 0"));
+    }
+    Ok(Doorbell::Message { epoch, entry })
 }
 
 /// `p|<pv>|<+ or ->|<ts>|<user>`
@@ -135,6 +166,24 @@ fn presence(s: &str) -> Result<Doorbell, Foreign> {
         pv: number(pv)?,
         joined,
         ts_ms: number(ts)?,
+        user: user.to_owned(),
+    })
+}
+
+/// `r|<node>|<seq>|<user>`
+fn read(s: &str) -> Result<Doorbell, Foreign> {
+    let mut parts = s.splitn(4, '|');
+    let (Some("r"), Some(node), Some(seq), Some(user)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Foreign::Malformed("read fields"));
+    };
+    if node.is_empty() || user.is_empty() {
+        return Err(Foreign::Malformed("empty node or user"));
+    }
+    Ok(Doorbell::Read {
+        node: node.to_owned(),
+        seq: number(seq)?,
         user: user.to_owned(),
     })
 }

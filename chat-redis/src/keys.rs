@@ -46,6 +46,13 @@ impl Keys {
         format!("{}:{}:log", self.prefix, Self::tag(room))
     }
 
+    /// The room's state hash: message seq → the current state of a message that was
+    /// changed (edited, deleted, reacted to), updated by the change's commit.
+    #[must_use]
+    pub fn state(&self, room: &str) -> String {
+        format!("{}:{}:state", self.prefix, Self::tag(room))
+    }
+
     /// The idempotency key of one client message id of one user in the room. The user
     /// and id are length-prefixed, so no pair of them can name another pair's key.
     #[must_use]
@@ -112,6 +119,13 @@ impl Keys {
     #[must_use]
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
+    }
+
+    /// A user's read markers: room → the last seq the user read there, under the
+    /// user's key (folded name) as its own hash tag.
+    #[must_use]
+    pub fn reads(&self, user_key: &str) -> String {
+        format!("{}:reads:{}", self.prefix, Self::tag(user_key))
     }
 
     /// An anonymous name's holder.

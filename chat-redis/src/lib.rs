@@ -5,7 +5,9 @@
 //! command, every key of a room under the room's hash tag (so one script touches one
 //! slot, and the layout works on Redis Cluster and Valkey unchanged).
 //!
-//! - [`RedisLog::commit`]: one message into a room's log: idempotency check, epoch check,
+//! - [`RedisLog::commit`]: one entry into a room's log (a message, or an edit, delete or
+//!   reaction checked against its target's current state, which the same script
+//!   updates; a refusal is [`Error::Refused`]): idempotency check, epoch check,
 //!   the next seq (no holes: a seq exists only with its entry), the entry appended to the
 //!   room's stream under that seq, the doorbell published, all in one script.
 //! - [`RedisLog::read_after`] / [`RedisLog::read_latest`]: the exact suffix after a seq
@@ -15,6 +17,8 @@
 //! - [`RedisLog::heartbeat`] / [`RedisLog::dead_nodes`]: node liveness.
 //! - [`RedisLog::cluster_epoch`] / [`RedisLog::replace_epoch`]: the epoch that tells
 //!   clients when seqs are no longer comparable.
+//! - [`RedisLog::share_read`] / [`RedisLog::read_markers`]: a user's read markers, forward
+//!   only, announced to the other nodes holding the room.
 //! - [`RedisLog::claim_name`], [`RedisLog::shared_secret`]: anonymous names held
 //!   cluster-wide, one token secret for every node.
 //! - [`RedisLog::save_moderation`] / [`RedisLog::read_moderation`]: each room's
@@ -103,6 +107,16 @@ pub enum Error {
     /// Redis answered something our scripts never return (another program on our keys).
     #[error("unexpected reply from redis: {0}")]
     Malformed(String),
+    /// A change (or a reply) broke a rule checked against its target's current state:
+    /// the protocol's error code (`gone`, `not_author`, `no_such_message`,
+    /// `edit_window_passed`, `limit_reached`) and why. Nothing was written.
+    #[error("refused ({code}): {why}")]
+    Refused {
+        /// The error code, as on the wire.
+        code: String,
+        /// Why, in words.
+        why: String,
+    },
 }
 
 impl Error {
@@ -125,7 +139,7 @@ impl Error {
                         )
                     )
             }
-            Error::StaleEpoch(_) | Error::Malformed(_) => false,
+            Error::StaleEpoch(_) | Error::Malformed(_) | Error::Refused { .. } => false,
         }
     }
 }
@@ -181,15 +195,32 @@ impl std::fmt::Display for Epoch {
     }
 }
 
-/// A message to commit.
+/// An entry to commit: a message, or a change to one.
 #[derive(Debug, Clone, Copy)]
 pub struct Post<'a> {
-    /// Its author.
+    /// Its author (of a change: who makes it).
     pub user: &'a str,
-    /// Its text.
+    /// Its text (of an edit: the new text; empty for a delete or a reaction).
     pub body: &'a str,
     /// The client's message id, for idempotent resends (`None`: every commit posts).
     pub client_id: Option<&'a str>,
+    /// A change's kind, target and rules, or a reply's target (`None`: a plain
+    /// message). The script checks a change against the target's current state and
+    /// updates that state in the same step ([`Error::Refused`] when a rule says no).
+    pub detail: Option<&'a chat_core::EntryDetail>,
+}
+
+impl<'a> Post<'a> {
+    /// A plain message.
+    #[must_use]
+    pub fn message(user: &'a str, body: &'a str, client_id: Option<&'a str>) -> Post<'a> {
+        Post {
+            user,
+            body,
+            client_id,
+            detail: None,
+        }
+    }
 }
 
 /// What [`RedisLog::commit`] did.
@@ -206,8 +237,8 @@ pub struct Committed {
     pub epoch: Epoch,
 }
 
-/// One message of a room's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry of a room's log: a message (as read, in its current state), or a change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Entry {
     /// Its seq.
     pub seq: u64,
@@ -215,10 +246,78 @@ pub struct Entry {
     pub ts_ms: i64,
     /// Its author.
     pub user: String,
-    /// Its text.
+    /// Its text, as committed.
     pub body: String,
     /// The author's message id, if it sent one.
     pub client_id: Option<String>,
+    /// What it is (a message unless a change's kind is given).
+    pub kind: chat_core::protocol::EntryKind,
+    /// A change: the seq of the message it changes.
+    pub target: Option<u64>,
+    /// A reaction: the emoji.
+    pub emoji: Option<String>,
+    /// A reaction: added or taken back.
+    pub on: Option<bool>,
+    /// A message: the seq it answers.
+    pub reply_to: Option<u64>,
+    /// As read from the log (not in doorbells): a message's current state when it was
+    /// ever changed; an edit's target's (whose deletion takes the edit's text too).
+    pub state: Option<Box<MessageState>>,
+}
+
+/// The current state of a changed message, as `commit.lua` keeps it beside the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageState {
+    /// The text after the last edit (`None`: never edited, the committed text).
+    pub body: Option<String>,
+    /// When it was last edited, milliseconds since 1970.
+    pub edited_ms: Option<i64>,
+    /// Deleted: a tombstone.
+    pub deleted: bool,
+    /// Its reactions: each emoji (in first-reaction order) with who reacted, in order.
+    pub reactions: Vec<(String, Vec<String>)>,
+    /// The seq of the last change applied.
+    pub rev: Option<u64>,
+}
+
+impl MessageState {
+    /// Parses the JSON `commit.lua` writes (`b`, `e`, `d`, `r`, `v`).
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for anything else.
+    pub fn parse(json: &str) -> Result<MessageState, Error> {
+        use serde_json::Value;
+        let bad = || Error::Malformed(format!("message state {json:.80?}"));
+        let v: Value = serde_json::from_str(json).map_err(|_| bad())?;
+        let obj = v.as_object().ok_or_else(bad)?;
+        let int = |k: &str| obj.get(k).and_then(Value::as_f64).map(|f| f as i64);
+        let mut reactions = Vec::new();
+        // An empty Lua table is encoded as `{}`: no reactions either way.
+        if let Some(Value::Array(list)) = obj.get("r") {
+            for r in list {
+                let [emoji, users] = r.as_array().map(Vec::as_slice).ok_or_else(bad)? else {
+                    return Err(bad());
+                };
+                let emoji = emoji.as_str().ok_or_else(bad)?.to_owned();
+                let users = match users {
+                    Value::Array(us) => us
+                        .iter()
+                        .map(|u| u.get(1).and_then(Value::as_str).map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(bad)?,
+                    _ => Vec::new(),
+                };
+                reactions.push((emoji, users));
+            }
+        }
+        Ok(MessageState {
+            body: obj.get("b").and_then(Value::as_str).map(str::to_owned),
+            edited_ms: int("e"),
+            deleted: int("d").is_some_and(|d| d != 0),
+            reactions,
+            rev: int("v").and_then(|v| u64::try_from(v).ok()),
+        })
+    }
 }
 
 /// A read of a room's log and meta, taken at one instant.
@@ -273,6 +372,7 @@ struct Scripts {
     claim: Script,
     epoch: Script,
     moderation: Script,
+    read_marker: Script,
 }
 
 impl Scripts {
@@ -284,6 +384,7 @@ impl Scripts {
             claim: Script::new(include_str!("lua/claim.lua")),
             epoch: Script::new(include_str!("lua/epoch.lua")),
             moderation: Script::new(include_str!("lua/moderation.lua")),
+            read_marker: Script::new(include_str!("lua/read_marker.lua")),
         }
     }
 }
@@ -334,7 +435,7 @@ impl RedisLog {
         &self.keys
     }
 
-    /// Commits one message to `room`'s log under `epoch` (see the crate docs). A retry
+    /// Commits one entry to `room`'s log under `epoch` (see the crate docs). A retry
     /// after an error is safe when the post has a client id: if the first attempt ran,
     /// the retry returns its seq with `duplicate: true`.
     ///
@@ -347,13 +448,32 @@ impl RedisLog {
         epoch: &Epoch,
         post: Post<'_>,
     ) -> Result<Committed, Error> {
+        let mut inv = self.scripts.commit.prepare_invoke();
+        self.commit_args(&mut inv, room, epoch, &post);
+        let reply: Result<Value, _> = inv.invoke_async(&mut self.conn).await;
+        committed(reply)
+    }
+
+    /// The keys and arguments of one `commit.lua` run (see the script's header).
+    fn commit_args(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        room: &str,
+        epoch: &Epoch,
+        post: &Post<'_>,
+    ) {
         let cid = post.client_id.unwrap_or("");
-        let reply: Result<Value, _> = self
-            .scripts
-            .commit
-            .key(self.keys.meta(room))
+        let seq = |s: Option<chat_core::Seq>| s.map_or(String::new(), |s| s.0.to_string());
+        let d = post.detail.cloned().unwrap_or_default();
+        let kind = if d.kind.is_message() {
+            ""
+        } else {
+            d.kind.as_str()
+        };
+        inv.key(self.keys.meta(room))
             .key(self.keys.log(room))
             .key(self.keys.idempotency(room, post.user, cid))
+            .key(self.keys.state(room))
             .arg(epoch.as_str())
             .arg(post.user)
             .arg(post.body)
@@ -361,9 +481,15 @@ impl RedisLog {
             .arg(self.options.window)
             .arg(self.options.idempotency_ttl.as_secs().max(1))
             .arg(self.keys.channel(room))
-            .invoke_async(&mut self.conn)
-            .await;
-        committed(reply)
+            .arg(kind)
+            .arg(seq(d.target))
+            .arg(d.emoji.as_deref().unwrap_or(""))
+            .arg(if d.on.unwrap_or(true) { "1" } else { "0" })
+            .arg(seq(d.reply_to))
+            .arg(u64::try_from(d.rules.edit_window.as_millis()).unwrap_or(u64::MAX))
+            .arg(d.rules.max_reactions)
+            .arg(if d.rules.any_author { "1" } else { "0" })
+            .arg(chat_core::fold(post.user));
     }
 
     /// Commits several messages to `room`'s log in one pipeline (one round trip), in
@@ -379,18 +505,8 @@ impl RedisLog {
         posts: &[Post<'_>],
     ) -> Result<Vec<Result<Committed, Error>>, Error> {
         let invocation = |post: &Post<'_>| {
-            let cid = post.client_id.unwrap_or("");
             let mut inv = self.scripts.commit.prepare_invoke();
-            inv.key(self.keys.meta(room))
-                .key(self.keys.log(room))
-                .key(self.keys.idempotency(room, post.user, cid))
-                .arg(epoch.as_str())
-                .arg(post.user)
-                .arg(post.body)
-                .arg(cid)
-                .arg(self.options.window)
-                .arg(self.options.idempotency_ttl.as_secs().max(1))
-                .arg(self.keys.channel(room));
+            self.commit_args(&mut inv, room, epoch, post);
             inv
         };
         let invocations: Vec<_> = posts.iter().map(invocation).collect();
@@ -443,7 +559,8 @@ impl RedisLog {
         after: u64,
         max: usize,
     ) -> Result<LogRead, Error> {
-        self.read(room, "after", after, max, false).await
+        self.read(room, "after", &after.to_string(), max, false)
+            .await
     }
 
     /// The latest `max` entries (in seq order), the room's meta and who is present: what
@@ -452,7 +569,7 @@ impl RedisLog {
     /// # Errors
     /// As [`RedisLog::read_after`].
     pub async fn read_latest(&mut self, room: &str, max: usize) -> Result<LogRead, Error> {
-        let mut read = self.read(room, "latest", 0, max, true).await?;
+        let mut read = self.read(room, "latest", "0", max, true).await?;
         read.entries.reverse();
         Ok(read)
     }
@@ -473,21 +590,10 @@ impl RedisLog {
             Some(b) => format!("({b}-0"),
             None => "+".to_owned(),
         };
-        let reply: Value = redis::cmd("XREVRANGE")
-            .arg(self.keys.log(room))
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit.saturating_add(1))
-            .query_async(&mut self.conn)
+        let read = self
+            .read(room, "before", &end, limit.saturating_add(1), false)
             .await?;
-        let Value::Array(items) = reply else {
-            return Err(Error::Malformed(format!("XREVRANGE: {reply:?}")));
-        };
-        let mut entries = items
-            .into_iter()
-            .map(entry)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut entries = read.entries;
         let more = entries.len() > limit;
         entries.truncate(limit);
         entries.reverse();
@@ -498,7 +604,7 @@ impl RedisLog {
         &mut self,
         room: &str,
         mode: &str,
-        after: u64,
+        from: &str,
         max: usize,
         users: bool,
     ) -> Result<LogRead, Error> {
@@ -508,13 +614,14 @@ impl RedisLog {
             .key(self.keys.meta(room))
             .key(self.keys.log(room))
             .key(self.keys.users(room))
+            .key(self.keys.state(room))
             .arg(mode)
-            .arg(after)
+            .arg(from)
             .arg(max.max(1))
             .arg(if users { "1" } else { "0" })
             .invoke_async(&mut self.conn)
             .await?;
-        let mut it = array(reply, 5)?.into_iter();
+        let mut it = array(reply, 6)?.into_iter();
         let epoch = text(it.next())?;
         let epoch = if epoch.is_empty() {
             None
@@ -523,7 +630,7 @@ impl RedisLog {
         };
         let top = uint(it.next())?;
         let pv = uint(it.next())?;
-        let entries = match it.next() {
+        let mut entries = match it.next() {
             Some(Value::Array(items)) => items
                 .into_iter()
                 .map(entry)
@@ -534,6 +641,15 @@ impl RedisLog {
             Some(Value::Array(flat)) => pairs(flat)?,
             other => return Err(Error::Malformed(format!("users: {other:?}"))),
         };
+        let Some(Value::Array(states)) = it.next() else {
+            return Err(Error::Malformed("states".into()));
+        };
+        for (e, st) in entries.iter_mut().zip(states) {
+            let st = text(Some(st))?;
+            if !st.is_empty() {
+                e.state = Some(Box::new(MessageState::parse(&st)?));
+            }
+        }
         Ok(LogRead {
             epoch,
             top,
@@ -629,7 +745,9 @@ impl RedisLog {
     /// # Errors
     /// Redis errors.
     pub async fn present(&mut self, room: &str) -> Result<(u64, Vec<(String, u64)>), Error> {
-        let read = self.read(room, "after", u64::MAX / 2, 1, true).await?;
+        let read = self
+            .read(room, "after", &(u64::MAX / 2).to_string(), 1, true)
+            .await?;
         Ok((read.pv, read.users))
     }
 
@@ -805,6 +923,53 @@ impl RedisLog {
 }
 
 impl RedisLog {
+    /// Moves `user`'s read marker in `room` forward to `seq` (never back) and, when it
+    /// moved, tells the other nodes holding the room on its channel (`node`: the
+    /// publisher, which skips its own). True when it moved. Idempotent: a retry after a
+    /// lost reply changes nothing.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn share_read(
+        &mut self,
+        room: &str,
+        node: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<bool, Error> {
+        let moved: i64 = self
+            .scripts
+            .read_marker
+            .key(self.keys.reads(&chat_core::fold(user)))
+            .arg(room)
+            .arg(seq)
+            .arg(self.keys.channel(room))
+            .arg(node)
+            .arg(user)
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Every read marker of `user`: room → the last seq read.
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Malformed`] for a marker that is not a number.
+    pub async fn read_markers(&mut self, user: &str) -> Result<Vec<(String, u64)>, Error> {
+        let flat: Value = redis::cmd("HGETALL")
+            .arg(self.keys.reads(&chat_core::fold(user)))
+            .query_async(&mut self.conn)
+            .await?;
+        match flat {
+            Value::Array(flat) => pairs(flat),
+            Value::Map(map) => map
+                .into_iter()
+                .map(|(k, v)| Ok((text(Some(k))?, uint(Some(v))?)))
+                .collect(),
+            other => Err(Error::Malformed(format!("read markers: {other:?}"))),
+        }
+    }
+
     /// Publishes a typing indicator of `user` on `room`'s channel for the other nodes
     /// (at most once, never stored); `node` is the publisher, which skips its own.
     ///
@@ -860,6 +1025,14 @@ impl RedisLog {
 fn committed(reply: redis::RedisResult<Value>) -> Result<Committed, Error> {
     let reply = match reply {
         Ok(v) => v,
+        Err(e) if e.code() == Some("REFUSED") => {
+            let detail = e.detail().unwrap_or_default().trim();
+            let (code, why) = detail.split_once(' ').unwrap_or((detail, ""));
+            return Err(Error::Refused {
+                code: code.to_owned(),
+                why: why.to_owned(),
+            });
+        }
         Err(e) if e.code() == Some("STALE_EPOCH") => {
             let newer = e.detail().unwrap_or_default().trim().to_owned();
             return Err(Error::StaleEpoch(Epoch::parse(newer)?));
@@ -939,27 +1112,44 @@ fn entry(v: Value) -> Result<Entry, Error> {
     let Some(Value::Array(fields)) = it.next() else {
         return Err(Error::Malformed("entry fields".into()));
     };
-    let (mut user, mut body, mut ts_ms, mut cid) = (None, None, None, None);
+    let mut map = std::collections::HashMap::new();
     let mut f = fields.into_iter();
     while let Some(k) = f.next() {
-        let k = text(Some(k))?;
-        let v = text(f.next())?;
-        match k.as_str() {
-            "u" => user = Some(v),
-            "b" => body = Some(v),
-            "t" => ts_ms = v.parse().ok(),
-            "c" => cid = Some(v),
-            _ => {}
-        }
+        map.insert(text(Some(k))?, text(f.next())?);
     }
-    match (user, body, ts_ms) {
-        (Some(user), Some(body), Some(ts_ms)) => Ok(Entry {
-            seq,
-            ts_ms,
-            user,
-            body,
-            client_id: cid.filter(|c| !c.is_empty()),
-        }),
-        _ => Err(Error::Malformed(format!("entry {seq} lacks a field"))),
+    fields_entry(seq, &map).ok_or_else(|| Error::Malformed(format!("entry {seq} lacks a field")))
+}
+
+/// An entry from its stream fields (`u`, `b`, `t`, `c`; a change's `k`, `g`, `j`, `o`; a
+/// reply's `r`), as `commit.lua` writes them (also in a change's doorbell).
+pub(crate) fn fields_entry(
+    seq: u64,
+    f: &std::collections::HashMap<String, String>,
+) -> Option<Entry> {
+    use chat_core::protocol::EntryKind;
+    let kind = match f.get("k").map(String::as_str) {
+        None | Some("") => EntryKind::Message,
+        Some("edit") => EntryKind::Edit,
+        Some("delete") => EntryKind::Delete,
+        Some("react") => EntryKind::React,
+        Some(_) => return None,
+    };
+    let num = |k: &str| f.get(k).filter(|v| !v.is_empty()).map(|v| v.parse::<u64>());
+    let target = num("g").transpose().ok()?;
+    if !kind.is_message() && target.is_none() {
+        return None;
     }
+    Some(Entry {
+        seq,
+        ts_ms: f.get("t")?.parse().ok()?,
+        user: f.get("u")?.clone(),
+        body: f.get("b")?.clone(),
+        client_id: f.get("c").filter(|c| !c.is_empty()).cloned(),
+        kind,
+        target,
+        emoji: f.get("j").filter(|_| kind == EntryKind::React).cloned(),
+        on: (kind == EntryKind::React).then(|| f.get("o").is_none_or(|o| o != "0")),
+        reply_to: num("r").transpose().ok()?,
+        state: None,
+    })
 }

@@ -22,6 +22,7 @@ async fn a_batch_commits_in_order_once_per_client_id_and_survives_a_script_flush
             user: "alice",
             body: b,
             client_id: Some(c),
+            detail: None,
         })
         .collect();
     // The same client id twice in one batch: posted once.
@@ -29,6 +30,7 @@ async fn a_batch_commits_in_order_once_per_client_id_and_survives_a_script_flush
         user: "alice",
         body: "m0 again",
         client_id: Some("c0"),
+        detail: None,
     });
     let out = log.commit_batch("general", &epoch, &posts).await.unwrap();
     let seqs: Vec<(u64, bool)> = out
@@ -52,6 +54,7 @@ async fn a_batch_commits_in_order_once_per_client_id_and_survives_a_script_flush
         user: "bob",
         body: "after the flush",
         client_id: None,
+        detail: None,
     }; 3];
     let out = log.commit_batch("general", &epoch, &more).await.unwrap();
     let seqs: Vec<u64> = out.into_iter().map(|r| r.unwrap().seq).collect();
@@ -70,6 +73,7 @@ async fn a_batch_under_an_old_epoch_is_refused_post_by_post() {
         user: "alice",
         body: "hi",
         client_id: None,
+        detail: None,
     };
     log.commit_batch("general", &new, &[post]).await.unwrap()[0]
         .as_ref()

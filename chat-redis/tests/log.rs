@@ -16,6 +16,7 @@ fn post<'a>(user: &'a str, body: &'a str, client_id: Option<&'a str>) -> Post<'a
         user,
         body,
         client_id,
+        detail: None,
     }
 }
 

@@ -48,6 +48,7 @@ async fn send(log: &mut RedisLog, epoch: &Epoch, body: &str) -> u64 {
         user: "alice",
         body,
         client_id: None,
+        detail: None,
     };
     log.commit("general", epoch, post).await.unwrap().seq
 }

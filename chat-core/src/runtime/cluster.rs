@@ -24,8 +24,9 @@ use crate::server::{Input, Output};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClusterRequest {
-    /// Commit a message; answer [`Input::Appended`] with the room and ticket. Appends of
-    /// one room must be committed in the order submitted.
+    /// Commit an entry (a message, or a change checked by its rules against the
+    /// target's current state in the same atomic step); answer [`Input::Appended`] with
+    /// the room and ticket. Appends of one room must be committed in the order submitted.
     Append {
         /// The room.
         room: RoomName,
@@ -37,6 +38,24 @@ pub enum ClusterRequest {
         body: Arc<str>,
         /// The author's message id (the log's idempotency key).
         client_id: Option<ClientMsgId>,
+        /// A change's kind, target and rules, a reply's target (`None`: a plain
+        /// message).
+        detail: Option<Box<crate::server::EntryDetail>>,
+    },
+    /// Keep a user's read marker in a room (forward only) and tell the other servers
+    /// holding the room; theirs reach the engine as [`Input::ReadMarkers`].
+    ShareRead {
+        /// The room.
+        room: RoomName,
+        /// Whose marker.
+        user: UserName,
+        /// The last seq read.
+        seq: Seq,
+    },
+    /// Read a user's read markers; answer [`Input::ReadMarkers`].
+    LoadReadMarkers {
+        /// Whose markers.
+        user: UserName,
     },
     /// Read the room's log after `after`; answer [`Input::RoomLog`] with `fetched: true`.
     FetchLog {
@@ -261,14 +280,18 @@ impl ClusterRequest {
                 user,
                 body,
                 client_id,
+                detail,
             } => ClusterRequest::Append {
                 room,
                 ticket,
                 user,
                 body,
                 client_id,
+                detail,
             },
             Output::FetchLog { room, after } => ClusterRequest::FetchLog { room, after },
+            Output::ShareRead { room, user, seq } => ClusterRequest::ShareRead { room, user, seq },
+            Output::LoadReadMarkers { user } => ClusterRequest::LoadReadMarkers { user },
             Output::LoadRoom { room } => ClusterRequest::LoadRoom { room },
             Output::FetchModeration { room } => ClusterRequest::FetchModeration { room },
             Output::UnloadRoom { room } => ClusterRequest::UnloadRoom { room },

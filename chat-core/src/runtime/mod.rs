@@ -1279,6 +1279,8 @@ impl Driver {
                     | Output::ClaimName { .. }
                     | Output::ReleaseName { .. }
                     | Output::LogRegressed { .. }
+                    | Output::ShareRead { .. }
+                    | Output::LoadReadMarkers { .. }
                     | Output::Typing { .. }) => {
                         if let (Some(_), Output::Append { room, ticket, .. }) = (&self.cluster, &o)
                             && self.answering.is_some()

@@ -16,9 +16,7 @@ use super::outputs::Output;
 use super::rooms::{Acker, Appending, Pending, Posted, Room};
 use super::{ApiMisuse, Env, Now, Server, State, StoreError};
 use crate::ids::{ClientMsgId, RoomName, Seq, SessionId, UserKey, UserName};
-use crate::protocol::{
-    ClientFrame, DeleteRequest, EditRequest, Encoded, ErrorCode, Message, ReactRequest, ServerFrame,
-};
+use crate::protocol::{ClientFrame, Encoded, EntryKind, ErrorCode, Message, ServerFrame};
 
 /// What the shared log answered to an [`Output::Append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +28,58 @@ pub struct Appended {
     /// The log already had this client id from this author: nothing new was appended,
     /// and `seq` and `ts` are the original's.
     pub duplicate: bool,
+}
+
+/// What an [`Output::Append`] carries besides a message's author, text and client id:
+/// for a change, its kind, target and what it carries, with the rules the log checks it
+/// by; for a message, the seq it replies to. A plain message has the default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntryDetail {
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// A change: the seq of the message it changes.
+    pub target: Option<Seq>,
+    /// A `react`: the emoji.
+    pub emoji: Option<String>,
+    /// A `react`: added (true) or taken back.
+    pub on: Option<bool>,
+    /// A message: the seq it answers.
+    pub reply_to: Option<Seq>,
+    /// A change: the rules the log checks against the target's current state.
+    pub rules: ChangeRules,
+}
+
+/// The rules a change is checked by in the shared log, atomically with its append (so
+/// two servers cannot both accept conflicting changes): the target is a message of the
+/// room, not deleted; an edit or delete is its author's (unless `any_author`); an edit
+/// comes within `edit_window` of the message; a reaction does not take the message
+/// over `max_reactions` distinct emoji.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChangeRules {
+    /// `Config::edit_window`.
+    pub edit_window: std::time::Duration,
+    /// `Config::max_reactions_per_message`.
+    pub max_reactions: usize,
+    /// A delete by the room's moderator or owner: anyone's message.
+    pub any_author: bool,
+}
+
+impl EntryDetail {
+    /// The detail of `entry` (a message or a change, as the commands build it); `None`
+    /// for a plain message.
+    pub(crate) fn of(entry: &Message, rules: ChangeRules) -> Option<EntryDetail> {
+        if entry.kind.is_message() && entry.reply_to.is_none() {
+            return None;
+        }
+        Some(EntryDetail {
+            kind: entry.kind,
+            target: entry.target,
+            emoji: entry.emoji.clone(),
+            on: entry.on,
+            reply_to: entry.reply_to,
+            rules,
+        })
+    }
 }
 
 /// A room as the shared log holds it, for [`Input::RoomLoaded`](super::Input::RoomLoaded).
@@ -93,44 +143,56 @@ pub(crate) enum Parked {
 }
 
 impl Room {
-    /// Cluster mode's post: the log hands out the seq. A resend of a client id still
-    /// waiting for the log waits with it.
+    /// Cluster mode's post of an entry (a message or a change, without its seq and
+    /// time): the log hands out the seq. A resend of a client id still waiting for the
+    /// log waits with it.
     pub(super) fn append(
         &mut self,
         env: &mut Env<'_>,
-        author: UserName,
-        body: Arc<str>,
-        client_id: Option<ClientMsgId>,
+        entry: Message,
+        any_author: bool,
         acker: Acker,
     ) {
-        if let Some(cid) = &client_id
-            && let Some(waiting) = self
-                .cluster
-                .appending
-                .values_mut()
-                .find(|a| a.client_id.as_ref() == Some(cid) && a.author.key() == author.key())
+        let author = entry.user.key();
+        if let Some(cid) = &entry.client_id
+            && let Some(waiting) =
+                self.cluster.appending.values_mut().find(|a| {
+                    a.entry.client_id.as_ref() == Some(cid) && a.entry.user.key() == author
+                })
         {
             waiting.ackers.push(acker);
             return;
         }
         let ticket = self.cluster.next_ticket;
         self.cluster.next_ticket += 1;
+        let rules = ChangeRules {
+            edit_window: env.config.edit_window,
+            max_reactions: env.config.max_reactions_per_message,
+            any_author,
+        };
         env.out.push(Output::Append {
             room: self.name.clone(),
             ticket,
-            user: author.clone(),
-            body: body.clone(),
-            client_id: client_id.clone(),
+            user: entry.user.clone(),
+            body: entry.body.clone(),
+            client_id: entry.client_id.clone(),
+            detail: EntryDetail::of(&entry, rules).map(Box::new),
         });
         self.cluster.appending.insert(
             ticket,
             Appending {
-                author,
-                body,
-                client_id,
+                entry,
                 ackers: vec![acker],
             },
         );
+    }
+
+    /// Whether a change waiting for the shared log deletes the message `target`.
+    pub(super) fn delete_appending(&self, target: Seq) -> bool {
+        self.cluster
+            .appending
+            .values()
+            .any(|a| a.entry.kind == EntryKind::Delete && a.entry.target == Some(target))
     }
 
     /// Takes entries of the log in any order and delivers, in seq order, every one that
@@ -163,7 +225,7 @@ impl Room {
     fn deliver_entry(&mut self, env: &mut Env<'_>, msg: Arc<Message>) {
         let key = msg.user.key();
         self.last_seq = self.last_seq.max(msg.seq);
-        if !self.cluster.acks.contains_key(&msg.seq) {
+        if msg.kind.is_message() && !self.cluster.acks.contains_key(&msg.seq) {
             // Another server's post ends its author's typing, as a local post does (the
             // clients clear it on the message), so the next `typing` is shown again.
             self.typing.remove(&key);
@@ -258,14 +320,10 @@ impl State {
                 return Ok(());
             }
         };
-        let msg = Arc::new(Message::new(
-            room_name.clone(),
-            appended.seq,
-            appended.ts,
-            waiting.author,
-            waiting.body,
-            waiting.client_id,
-        ));
+        let mut entry = waiting.entry;
+        entry.seq = appended.seq;
+        entry.ts = appended.ts;
+        let msg = Arc::new(entry);
         if appended.seq <= room.last_delivered {
             // Delivered already (its doorbell came first, or it is an old duplicate)...
             let known = room.find(appended.seq).cloned();
@@ -379,15 +437,10 @@ impl State {
             ClientFrame::Members { room, .. } | ClientFrame::Typing { room, .. } => {
                 self.room_for(user, room).ok()?.0
             }
-            // Changes are refused in cluster mode, without loading the room.
-            ClientFrame::Edit(EditRequest { room, .. })
-            | ClientFrame::Delete(DeleteRequest { room, .. })
-            | ClientFrame::React(ReactRequest { room, .. })
-            | ClientFrame::Read { room, .. }
-                if !self.config.cluster =>
-            {
-                self.room_for(user, room).ok()?.0
-            }
+            ClientFrame::Edit(req) => self.room_for(user, &req.room).ok()?.0,
+            ClientFrame::Delete(req) => self.room_for(user, &req.room).ok()?.0,
+            ClientFrame::React(req) => self.room_for(user, &req.room).ok()?.0,
+            ClientFrame::Read { room, .. } => self.room_for(user, room).ok()?.0,
             ClientFrame::Send(req) => match (&req.room, &req.to) {
                 (Some(room), None) => self.room_for(user, room).ok()?.0,
                 (None, Some(to)) => self.direct_room_to(user, to).ok()?.0,
@@ -639,8 +692,15 @@ impl Room {
     }
 }
 
-/// Whether two log entries are the same post (one author, one text, one client id):
-/// what a seq handed out twice tells apart.
+/// Whether two log entries are the same post (one author, one text, one client id, one
+/// kind and target): what a seq handed out twice tells apart. The window's copy of a
+/// message may have changed since (edited, deleted), so a message's text is compared
+/// only while it is unchanged.
 fn same_post(a: &Message, b: &Message) -> bool {
-    a.user.key() == b.user.key() && a.body == b.body && a.client_id == b.client_id
+    let text = a.rev.is_some() || b.rev.is_some() || a.body == b.body;
+    a.user.key() == b.user.key()
+        && text
+        && a.client_id == b.client_id
+        && a.kind == b.kind
+        && a.target == b.target
 }

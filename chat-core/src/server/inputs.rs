@@ -113,7 +113,8 @@ pub enum Input {
         /// The append's ticket.
         ticket: u64,
         /// The seq and time the log gave the message, or why it could not append it
-        /// (the sender gets `storage_unavailable`; nothing was acked).
+        /// (the sender gets `storage_unavailable`, or the code of a
+        /// [`StoreError::Refused`]; nothing was acked).
         result: Result<super::cluster::Appended, StoreError>,
     },
     /// Cluster mode: entries of a room's log, in any order, possibly already seen:
@@ -185,6 +186,17 @@ pub enum Input {
         session: SessionId,
         /// Held, taken by someone else, or unknown.
         result: Result<bool, StoreError>,
+    },
+    /// Cluster mode: a user's read markers from the shared log (the answer to
+    /// [`Output::LoadReadMarkers`](super::Output::LoadReadMarkers), or another server's
+    /// [`Output::ShareRead`](super::Output::ShareRead)): each moves the user's marker
+    /// here forward (never back), and one that moved is told to the user's sessions
+    /// here as a `read` frame. A user with no session here is skipped.
+    ReadMarkers {
+        /// Whose markers.
+        user: UserName,
+        /// Room and last seq read.
+        markers: Vec<(RoomName, Seq)>,
     },
     /// Cluster mode: the cluster's history epoch is now `epoch` (the shared log may have
     /// lost messages). Every session is closed with 1012 so that clients reconnect,
@@ -261,6 +273,11 @@ pub enum StoreError {
     /// The store is not there or failed otherwise (I/O, a lost thread, no store).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Cluster mode: the shared log refused a change (or a reply) by the rules it
+    /// checks against the target's current state, which another server changed
+    /// meanwhile: the author gets this code (`gone`, `not_author`, ...), not a retry.
+    #[error("refused ({0:?}): {1}")]
+    Refused(crate::protocol::ErrorCode, String),
 }
 
 impl StoreError {
@@ -271,7 +288,8 @@ impl StoreError {
             StoreError::Full(d)
             | StoreError::Busy(d)
             | StoreError::Corrupt(d)
-            | StoreError::Unavailable(d) => d,
+            | StoreError::Unavailable(d)
+            | StoreError::Refused(_, d) => d,
         }
     }
 }

@@ -25,17 +25,20 @@ impl Room {
         acker: Acker,
     ) {
         let entry = Message::new(self.name.clone(), Seq(0), now.utc, author, body, client_id);
-        self.post_entry(env, now, key, entry, acker);
+        self.post_entry(env, now, key, entry, false, acker);
     }
 
     /// Posts a log entry by the user `key` (a message, or a change to one: the caller
     /// checked it): `entry` has everything but its seq and time, which it gets here.
+    /// `any_author`: a delete by the room's moderator (cluster mode's log checks the
+    /// author otherwise).
     pub(super) fn post_entry(
         &mut self,
         env: &mut Env<'_>,
         now: Now,
         key: UserKey,
         mut entry: Message,
+        any_author: bool,
         acker: Acker,
     ) {
         let durable = env.config.durable;
@@ -54,9 +57,10 @@ impl Room {
             // without any answer.
         }
         if env.config.cluster {
-            // Only messages get here in cluster mode (changes are refused before).
-            self.typing.remove(&key);
-            self.append(env, entry.user, entry.body, entry.client_id, acker);
+            if entry.kind.is_message() {
+                self.typing.remove(&key);
+            }
+            self.append(env, entry, any_author, acker);
             return;
         }
         let (seq, ts) = self.stamp(now.utc);
@@ -151,14 +155,19 @@ impl Env<'_> {
     /// Tells everyone waiting for a message's ack that it was not stored (retryable).
     pub(super) fn refuse(&mut self, ackers: Vec<Acker>, e: &StoreError) {
         for acker in ackers {
+            let (code, msg) = match e {
+                // The shared log's rules said no: a definite answer, not a retry.
+                StoreError::Refused(code, why) => (*code, why.clone()),
+                _ => (
+                    ErrorCode::StorageUnavailable,
+                    format!("message not stored, retry later ({})", e.detail()),
+                ),
+            };
             match acker {
-                Acker::Session(sid, id) => {
-                    let msg = format!("message not stored, retry later ({})", e.detail());
-                    self.out.error(sid, id, ErrorCode::StorageUnavailable, msg);
-                }
+                Acker::Session(sid, id) => self.out.error(sid, id, code, msg),
                 Acker::Host(ticket) => self.out.push(Output::Published {
                     ticket,
-                    result: Err(ErrorCode::StorageUnavailable),
+                    result: Err(code),
                 }),
             }
         }
@@ -299,7 +308,7 @@ impl State {
                     None,
                 );
                 entry.kind = crate::protocol::EntryKind::Erase;
-                room.post_entry(&mut env, now, user.key(), entry, Acker::Host(ticket));
+                room.post_entry(&mut env, now, user.key(), entry, false, Acker::Host(ticket));
             }
             Err(code) => self.out.push(Output::Published {
                 ticket,

@@ -46,7 +46,7 @@ use crate::ids::{RequestId, RoomName, Seq, SessionId, UserKey, UserName};
 use crate::protocol::{Encoded, ErrorCode, Message, ServerFrame};
 
 pub use authz::{Identity, Permissions, RoomAccess, RoomPolicy, SharedPolicy};
-pub use cluster::{Announced, Appended, LoadedRoom};
+pub use cluster::{Announced, Appended, ChangeRules, EntryDetail, LoadedRoom};
 pub use config::{AuthMode, Config, Retention};
 pub use inputs::{ApiMisuse, AuthRefused, Input, Now, StoreError};
 pub use limits::Rate;
@@ -273,6 +273,7 @@ impl Server {
                 return self.on_name_claimed(now, session, result);
             }
             Input::EpochChanged { epoch } => self.on_epoch_changed(now, epoch),
+            Input::ReadMarkers { user, markers } => self.st.on_read_markers(&user, markers),
             Input::Typing { room, user, active } => {
                 self.st.on_remote_typing(now, &room, &user, active);
             }

@@ -89,19 +89,45 @@ pub enum Output {
         /// The posted message (or the earlier one, for a repeated client id), or why not.
         result: Result<Arc<Message>, ErrorCode>,
     },
-    /// Cluster mode: append this message to the room's shared log, then answer with
-    /// [`Input::Appended`](super::Input::Appended) (the room and the ticket).
+    /// Cluster mode: append this entry (a message, or a change to one) to the room's
+    /// shared log, then answer with [`Input::Appended`](super::Input::Appended) (the room
+    /// and the ticket). A change is checked by the log against the target's current
+    /// state ([`EntryDetail::rules`](super::EntryDetail::rules)) in the same atomic step that appends it; a refusal
+    /// is answered with [`StoreError::Refused`](super::StoreError::Refused).
     Append {
         /// The room.
         room: RoomName,
         /// Echo in the answer (unique per room).
         ticket: u64,
-        /// The author.
+        /// The author (of a change: who makes it).
         user: UserName,
-        /// The text.
+        /// The text (of an edit: the new text; empty for a delete or a reaction).
         body: Arc<str>,
         /// The author's message id, for the log's idempotency check.
         client_id: Option<ClientMsgId>,
+        /// What the entry is beyond a message's text: a change's kind and target, a
+        /// reply's target (`None`: a plain message; boxed, so that every other output
+        /// stays small).
+        detail: Option<Box<super::cluster::EntryDetail>>,
+    },
+    /// Cluster mode: a user's read marker in a room moved forward here. Keep it in the
+    /// shared log (forward only, durable) and tell the other servers holding the room,
+    /// whose sessions of the user get it through
+    /// [`Input::ReadMarkers`](super::Input::ReadMarkers).
+    ShareRead {
+        /// The room.
+        room: RoomName,
+        /// Whose marker.
+        user: UserName,
+        /// The last seq read.
+        seq: Seq,
+    },
+    /// Cluster mode: a user's first session on this server said hello: read the user's
+    /// read markers from the shared log and answer with
+    /// [`Input::ReadMarkers`](super::Input::ReadMarkers).
+    LoadReadMarkers {
+        /// Whose markers.
+        user: UserName,
     },
     /// Cluster mode: this server needs a room it does not hold (a join, a send, a
     /// history page): listen to its doorbells, then read it from the log and answer with

@@ -105,12 +105,10 @@ pub(crate) struct Follower {
     pub presence_fetching: bool,
 }
 
-/// A post waiting for the shared log's answer.
+/// A post waiting for the shared log's answer: the entry without its seq and time.
 #[derive(Debug)]
 pub(crate) struct Appending {
-    pub author: UserName,
-    pub body: Arc<str>,
-    pub client_id: Option<ClientMsgId>,
+    pub entry: Message,
     pub ackers: Vec<Acker>,
 }
 

@@ -66,6 +66,7 @@ mod ops;
 mod run;
 mod sim;
 
+pub use model::{ChangeModel, MessageView, Post};
 pub use ops::{ModOp, Op, Pick, ROOMS, RoomsChoice, SLOTS, Since, TokenChoice, USERS, WRONG_TOKEN};
 pub use ops::{hello, mod_op, op, ops};
 pub use run::{AuthHook, Harness};

@@ -1744,3 +1744,226 @@ fn above(page: &[MMsg], has_more: bool, floor: Option<u64>) -> (Vec<u64>, bool) 
     let cut = kept.len() < page.len();
     (kept, has_more && !cut)
 }
+
+// ---- changes to messages: the final view every client should reach ----
+
+/// One message as every client should end up showing it: its text after the last
+/// edit, whether it was edited or deleted, its reactions (each emoji in first-reaction
+/// order, with who reacted, in order), and the seq it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView {
+    /// The message's seq.
+    pub seq: u64,
+    /// Its author.
+    pub user: String,
+    /// Its text now (empty once deleted).
+    pub body: String,
+    /// Edited at least once (and not deleted since).
+    pub edited: bool,
+    /// Deleted: a tombstone.
+    pub deleted: bool,
+    /// Each emoji with who reacted with it.
+    pub reactions: Vec<(String, Vec<String>)>,
+    /// The seq it answers.
+    pub reply_to: Option<u64>,
+}
+
+impl MessageView {
+    /// A client's (or the server's) message as a view.
+    #[must_use]
+    pub fn of(m: &crate::protocol::Message) -> MessageView {
+        MessageView {
+            seq: m.seq.0,
+            user: m.user.to_string(),
+            body: m.body.to_string(),
+            edited: m.edited_at.is_some(),
+            deleted: m.deleted,
+            reactions: m
+                .reactions
+                .iter()
+                .map(|r| {
+                    let users = r.users.iter().map(ToString::to_string).collect();
+                    (r.emoji.clone(), users)
+                })
+                .collect(),
+            reply_to: m.reply_to.map(|s| s.0),
+        }
+    }
+}
+
+/// The rules of docs/LIFECYCLE.md for one room's messages and the changes to them,
+/// written from the text, not from the engine: which post is accepted (and with which
+/// seq) or refused (and with which error code), and the view of every message after
+/// each. A resend of a client id the room already took is acked as a duplicate of the
+/// original and changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeModel {
+    /// Every entry by seq: `Some` for a message, `None` for a change entry.
+    entries: BTreeMap<u64, Option<MessageView>>,
+    /// (user key, client id) → the seq it was posted as.
+    client_ids: BTreeMap<(String, String), u64>,
+    /// `Config::max_reactions_per_message`.
+    max_reactions: usize,
+}
+
+/// A post to a room, as the model takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Post {
+    /// `send`, maybe replying.
+    Send {
+        /// The text.
+        body: String,
+        /// The seq it answers.
+        reply_to: Option<u64>,
+    },
+    /// `edit`.
+    Edit {
+        /// The message.
+        target: u64,
+        /// The new text.
+        body: String,
+    },
+    /// `delete`.
+    Delete {
+        /// The message.
+        target: u64,
+    },
+    /// `react`.
+    React {
+        /// The message.
+        target: u64,
+        /// The emoji.
+        emoji: String,
+        /// Added or taken back.
+        on: bool,
+    },
+}
+
+impl ChangeModel {
+    /// An empty room whose messages take at most `max_reactions` distinct emoji.
+    #[must_use]
+    pub fn new(max_reactions: usize) -> ChangeModel {
+        ChangeModel {
+            max_reactions,
+            ..ChangeModel::default()
+        }
+    }
+
+    /// The room's last seq.
+    #[must_use]
+    pub fn last_seq(&self) -> u64 {
+        self.entries.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Every message of the room as it is now, by seq.
+    #[must_use]
+    pub fn view(&self) -> Vec<MessageView> {
+        self.entries.values().flatten().cloned().collect()
+    }
+
+    /// The message `seq` names, or the error a change (or a reply) naming it gets.
+    fn message_at(&self, seq: u64) -> Result<&MessageView, ErrorCode> {
+        match self.entries.get(&seq) {
+            Some(Some(m)) if m.deleted => Err(ErrorCode::Gone),
+            Some(Some(m)) => Ok(m),
+            _ => Err(ErrorCode::NoSuchMessage),
+        }
+    }
+
+    /// `user` posts `post` with `client_id`: the seq it was given and whether it was a
+    /// duplicate, or the error code it was refused with.
+    ///
+    /// # Errors
+    /// The code of the rule the post breaks.
+    pub fn post(
+        &mut self,
+        user: &str,
+        client_id: &str,
+        post: &Post,
+    ) -> Result<(u64, bool), ErrorCode> {
+        let key = user.to_lowercase();
+        if let Some(seq) = self.client_ids.get(&(key.clone(), client_id.to_owned())) {
+            return Ok((*seq, true));
+        }
+        match post {
+            Post::Send { reply_to, .. } => {
+                if let Some(r) = reply_to {
+                    self.message_at(*r)?;
+                }
+            }
+            Post::Edit { target, .. } | Post::Delete { target } => {
+                let m = self.message_at(*target)?;
+                if m.user.to_lowercase() != key {
+                    return Err(ErrorCode::NotAuthor);
+                }
+            }
+            Post::React { target, emoji, on } => {
+                let m = self.message_at(*target)?;
+                let known = m.reactions.iter().any(|(e, _)| e == emoji);
+                if *on && !known && m.reactions.len() >= self.max_reactions {
+                    return Err(ErrorCode::LimitReached);
+                }
+            }
+        }
+        let seq = self.last_seq() + 1;
+        self.client_ids
+            .insert((key.clone(), client_id.to_owned()), seq);
+        let target = match post {
+            Post::Send { body, reply_to } => {
+                let m = MessageView {
+                    seq,
+                    user: user.to_owned(),
+                    body: body.clone(),
+                    edited: false,
+                    deleted: false,
+                    reactions: Vec::new(),
+                    reply_to: *reply_to,
+                };
+                self.entries.insert(seq, Some(m));
+                return Ok((seq, false));
+            }
+            Post::Edit { target, .. } | Post::Delete { target } | Post::React { target, .. } => {
+                *target
+            }
+        };
+        self.entries.insert(seq, None);
+        let m = self
+            .entries
+            .get_mut(&target)
+            .and_then(Option::as_mut)
+            .expect("checked above");
+        match post {
+            Post::Edit { body, .. } => {
+                m.body.clone_from(body);
+                m.edited = true;
+            }
+            Post::Delete { .. } => {
+                m.deleted = true;
+                m.body.clear();
+                m.edited = false;
+                m.reactions.clear();
+            }
+            Post::React { emoji, on, .. } => {
+                let at = m.reactions.iter().position(|(e, _)| e == emoji);
+                match (on, at) {
+                    (true, Some(i)) => {
+                        let users = &mut m.reactions[i].1;
+                        if !users.iter().any(|u| u.to_lowercase() == key) {
+                            users.push(user.to_owned());
+                        }
+                    }
+                    (true, None) => m.reactions.push((emoji.clone(), vec![user.to_owned()])),
+                    (false, Some(i)) => {
+                        m.reactions[i].1.retain(|u| u.to_lowercase() != key);
+                        if m.reactions[i].1.is_empty() {
+                            m.reactions.remove(i);
+                        }
+                    }
+                    (false, None) => {}
+                }
+            }
+            Post::Send { .. } => unreachable!("returned above"),
+        }
+        Ok((seq, false))
+    }
+}

@@ -62,8 +62,17 @@ impl From<Vec<u8>> for Say {
     }
 }
 
-/// An `Output::Append` as the Sim records it: (room, ticket, user, body, client id).
-pub type AppendAsked = (RoomName, u64, UserName, Arc<str>, Option<ClientMsgId>);
+/// An `Output::Append` as the Sim records it: (room, ticket, user, body, client id,
+/// the entry's detail: a change's kind and target, a reply's target; `None` for a plain
+/// message).
+pub type AppendAsked = (
+    RoomName,
+    u64,
+    UserName,
+    Arc<str>,
+    Option<ClientMsgId>,
+    Option<Box<crate::EntryDetail>>,
+);
 
 /// A server, its simulated clock, and everything it has said so far.
 ///
@@ -106,7 +115,7 @@ pub struct Sim {
     /// The store stand-in's moderation changes, committed, in order: given back to
     /// [`Server::restore_moderation`] by [`Sim::restart`].
     pub moderation: Vec<ModerationChange>,
-    /// Cluster mode: `Output::Append` requests: (room, ticket, user, body, client id).
+    /// Cluster mode: `Output::Append` requests ([`AppendAsked`]).
     pub appends: Vec<AppendAsked>,
     /// `Output::LoadRoom` requests (cluster mode; durable mode: rooms unloaded idle).
     pub room_loads: Vec<RoomName>,
@@ -122,6 +131,10 @@ pub struct Sim {
     pub name_claims: Vec<(SessionId, String, String)>,
     /// Cluster mode: `Output::ReleaseName`s (keys).
     pub name_releases: Vec<String>,
+    /// Cluster mode: `Output::ShareRead`: (room, user, seq).
+    pub shared_reads: Vec<(RoomName, UserName, Seq)>,
+    /// Cluster mode: `Output::LoadReadMarkers` (users).
+    pub read_marker_loads: Vec<UserName>,
     /// Cluster mode: `Output::Typing`: (room, user, active).
     pub typings: Vec<(RoomName, UserName, bool)>,
     /// Cluster mode: `Output::LogRegressed`: (room, seq handed out again).
@@ -183,6 +196,8 @@ impl Sim {
             name_releases: Vec::new(),
             regressions: Vec::new(),
             typings: Vec::new(),
+            shared_reads: Vec::new(),
+            read_marker_loads: Vec::new(),
             fetches: Vec::new(),
             published: Vec::new(),
             authenticate: Vec::new(),
@@ -446,11 +461,13 @@ impl Sim {
                 user,
                 body,
                 client_id,
+                detail,
             } => {
                 self.log.push(format!(
-                    "append {room} {ticket} {user} {body:?} {client_id:?}"
+                    "append {room} {ticket} {user} {body:?} {client_id:?} {detail:?}"
                 ));
-                self.appends.push((room, ticket, user, body, client_id));
+                self.appends
+                    .push((room, ticket, user, body, client_id, detail));
             }
             Output::LoadRoom { room } => {
                 self.log.push(format!("load-room {room}"));
@@ -493,6 +510,14 @@ impl Sim {
             Output::Typing { room, user, active } => {
                 self.log.push(format!("typing {room} {user} {active}"));
                 self.typings.push((room, user, active));
+            }
+            Output::ShareRead { room, user, seq } => {
+                self.log.push(format!("share-read {room} {user} {seq:?}"));
+                self.shared_reads.push((room, user, seq));
+            }
+            Output::LoadReadMarkers { user } => {
+                self.log.push(format!("load-read-markers {user}"));
+                self.read_marker_loads.push(user);
             }
             Output::LogRegressed { room, seq } => {
                 self.log.push(format!("log-regressed {room} {seq:?}"));

@@ -11,26 +11,18 @@ use crate::server::authz::forbidden;
 use crate::server::rooms::Acker;
 
 impl State {
-    /// The room of a change, checked as for a `send`: the server takes changes here
-    /// (not in cluster mode, not while shutting down), the session is in the room and
-    /// may post in it.
+    /// The room of a change, checked as for a `send`: the server takes changes (it is
+    /// not shutting down), the session is in the room and may post in it.
     pub(super) fn change_room(
         &self,
         caller: &Caller<'_>,
         user: &UserKey,
         raw: &str,
-        what: &str,
     ) -> Result<RoomName, Reject> {
         if self.shutting_down {
             return Err(Reject::blameless(
                 ErrorCode::ShuttingDown,
                 "the server is shutting down",
-            ));
-        }
-        if self.config.cluster {
-            return Err(Reject::blameless(
-                ErrorCode::Unsupported,
-                format!("{what} is not yet in cluster mode"),
             ));
         }
         let (room, kind) = self.room_for(user, raw)?;
@@ -90,7 +82,9 @@ impl State {
         };
         match r.find(seq) {
             Some(m) if !m.kind.is_message() => Lookup::Change(m.kind),
-            Some(m) if m.deleted || r.delete_pending(seq) => Lookup::Deleted,
+            Some(m) if m.deleted || r.delete_pending(seq) || r.delete_appending(seq) => {
+                Lookup::Deleted
+            }
             Some(m) => Lookup::Message(m.clone()),
             None if seq > Seq(0) && seq <= r.last_delivered => Lookup::Older,
             None => Lookup::Unknown,
@@ -110,13 +104,14 @@ impl State {
     }
 
     /// Posts a checked change entry (its room, user, kind, target and what it carries
-    /// filled in) as the next entry of its room.
+    /// filled in) as the next entry of its room. `any_author`: a moderator's delete.
     pub(super) fn post_change(
         &mut self,
         caller: &mut Caller<'_>,
         user: &UserKey,
         id: Option<crate::ids::RequestId>,
         entry: Message,
+        any_author: bool,
     ) -> Result<(), Reject> {
         State::take_post(caller, self)?;
         let room_name = entry.room.clone();
@@ -124,7 +119,7 @@ impl State {
             .open_room(&room_name, |_, _| false)
             .map_err(|code| room_unavailable(code, &room_name))?;
         let acker = Acker::Session(caller.sid, id);
-        room.post_entry(&mut env, caller.now, user.clone(), entry, acker);
+        room.post_entry(&mut env, caller.now, user.clone(), entry, any_author, acker);
         Ok(())
     }
 }

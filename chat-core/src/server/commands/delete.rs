@@ -19,14 +19,14 @@ impl State {
             seq,
             client_id,
         } = req;
-        let room = self.change_room(caller, user, &room, "delete")?;
+        let room = self.change_room(caller, user, &room)?;
+        let moderator = {
+            let who = caller.session.identity.as_deref();
+            self.role(who, user, &room) >= Role::Moderator
+        };
         if !self.is_resend(&room, user, client_id.as_ref()) {
             let target = self.change_target(&room, seq)?;
-            let moderator = || {
-                let who = caller.session.identity.as_deref();
-                self.role(who, user, &room) >= Role::Moderator
-            };
-            if target.user.key() != *user && !moderator() {
+            if target.user.key() != *user && !moderator {
                 let msg = format!("{room}#{seq} is {}'s message", target.user);
                 return Err(Reject::new(ErrorCode::NotAuthor, msg));
             }
@@ -35,6 +35,6 @@ impl State {
         let mut entry = Message::new(room, Seq(0), caller.now.utc, author, "".into(), client_id);
         entry.kind = EntryKind::Delete;
         entry.target = Some(seq);
-        self.post_change(caller, user, id, entry)
+        self.post_change(caller, user, id, entry, moderator)
     }
 }

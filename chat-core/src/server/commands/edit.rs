@@ -20,7 +20,7 @@ impl State {
             body,
             client_id,
         } = req;
-        let room = self.change_room(caller, user, &room, "edit")?;
+        let room = self.change_room(caller, user, &room)?;
         check_body(&body, self.config.max_body_bytes)
             .map_err(|(code, msg)| Reject::new(code, msg))?;
         if !self.is_resend(&room, user, client_id.as_ref()) {
@@ -44,6 +44,6 @@ impl State {
         let mut entry = Message::new(room, Seq(0), caller.now.utc, author, body.into(), client_id);
         entry.kind = EntryKind::Edit;
         entry.target = Some(seq);
-        self.post_change(caller, user, id, entry)
+        self.post_change(caller, user, id, entry, false)
     }
 }

@@ -151,6 +151,13 @@ impl State {
         user.sessions.insert(caller.sid);
         user.grace_until = None;
         let (user_name, token) = (user.name.clone(), user.token.clone());
+        if self.config.cluster && user.sessions.len() == 1 {
+            // The user's markers live in the shared log: this server reads them once
+            // per stay of the user (a `read` frame tells the sessions when they come).
+            self.out.push(Output::LoadReadMarkers {
+                user: user_name.clone(),
+            });
+        }
         caller.session.phase = Phase::Ready(key.clone());
         if caller.session.identity.is_none() {
             caller.session.identity = Some(std::sync::Arc::new(Identity::new(user_name.as_str())));

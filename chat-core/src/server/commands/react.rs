@@ -22,7 +22,7 @@ impl State {
             on,
             client_id,
         } = req;
-        let room = self.change_room(caller, user, &room, "react")?;
+        let room = self.change_room(caller, user, &room)?;
         check_emoji(&emoji)?;
         if !self.is_resend(&room, user, client_id.as_ref()) {
             let target = self.change_target(&room, seq)?;
@@ -39,7 +39,7 @@ impl State {
         entry.target = Some(seq);
         entry.emoji = Some(emoji);
         entry.on = Some(on);
-        self.post_change(caller, user, id, entry)
+        self.post_change(caller, user, id, entry, false)
     }
 }
 

@@ -53,6 +53,15 @@ impl State {
                 seq,
             });
         }
+        if self.config.cluster {
+            // Shared through the log: the user's sessions on other servers are told,
+            // and a server the user comes to later loads it.
+            self.out.push(Output::ShareRead {
+                room: room.clone(),
+                user: u.name.clone(),
+                seq,
+            });
+        }
         let others: Vec<_> = u
             .sessions
             .iter()
@@ -68,6 +77,32 @@ impl State {
 }
 
 impl State {
+    /// Cluster mode: read markers of `user` from the shared log, each taken if it is
+    /// ahead of the marker here and told to the user's sessions here.
+    pub(in crate::server) fn on_read_markers(
+        &mut self,
+        user: &crate::ids::UserName,
+        markers: Vec<(crate::ids::RoomName, Seq)>,
+    ) {
+        let key = user.key();
+        let Some(u) = self.users.get(&key) else {
+            return;
+        };
+        let sessions: Vec<_> = u.sessions.iter().copied().collect();
+        let held = self.markers.entry(key).or_default();
+        for (room, seq) in markers {
+            let marker = held.entry(room.clone()).or_insert(Seq(0));
+            if seq <= *marker {
+                continue;
+            }
+            *marker = seq;
+            let frame = ServerFrame::Read { room, seq };
+            for &sid in &sessions {
+                self.out.send_to(sid, &frame);
+            }
+        }
+    }
+
     /// The messages of `room` after `user`'s read marker that `user` has to read: not
     /// the user's own, not deleted, not change entries (of the room's window).
     pub(super) fn unread(&self, user: &UserKey, room: &crate::server::rooms::Room) -> u64 {

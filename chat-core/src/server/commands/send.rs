@@ -53,7 +53,11 @@ impl State {
         {
             return Err(forbidden(format!("you may not send to {room_name}")));
         }
-        if let Some(answered) = reply_to {
+        if let Some(answered) = reply_to
+            && !self.is_resend(&room_name, user, client_id.as_ref())
+        {
+            // (A resend is acked again as a duplicate, whatever became of the message it
+            // answers since.)
             self.check_reply_to(&room_name, answered)?;
         }
         let slow = kind.has_membership();
@@ -95,7 +99,7 @@ impl State {
             client_id,
         );
         msg.reply_to = reply_to;
-        room.post_entry(&mut env, caller.now, user.clone(), msg, acker);
+        room.post_entry(&mut env, caller.now, user.clone(), msg, false, acker);
         Ok(())
     }
 
@@ -103,12 +107,6 @@ impl State {
     /// entry, not a deleted message (as far as the window shows; older seqs are taken
     /// as they are).
     fn check_reply_to(&self, room: &RoomName, answered: Seq) -> Result<(), Reject> {
-        if self.config.cluster {
-            return Err(Reject::blameless(
-                ErrorCode::Unsupported,
-                "replies are not yet in cluster mode",
-            ));
-        }
         let last = self.rooms.get(room).map_or(Seq(0), |r| r.last_delivered);
         if answered == Seq(0) || answered > last {
             let msg = format!("no message {room}#{answered} to reply to");
