@@ -1100,9 +1100,6 @@ pub enum ErrorCode {
     EditWindowPassed,
     /// The reaction is not one emoji.
     InvalidEmoji,
-    /// The server does not do this in its present setup (the host's erasure of a user in
-    /// cluster mode, not yet built).
-    Unsupported,
 }
 
 impl ErrorCode {
@@ -1138,7 +1135,6 @@ impl ErrorCode {
             ErrorCode::NoSuchMessage => "no_such_message",
             ErrorCode::EditWindowPassed => "edit_window_passed",
             ErrorCode::InvalidEmoji => "invalid_emoji",
-            ErrorCode::Unsupported => "unsupported",
         }
     }
 }

@@ -705,11 +705,15 @@ impl Hub {
     /// reactions go) and takes the user's reactions off other messages. Connected
     /// clients get it as a `change` of kind `erase`. Returns the number of rooms, once
     /// every entry is stored and delivered. Keeping the user out is the identity
-    /// hook's part (see [`Hub::revoke_user`]).
+    /// hook's part (see [`Hub::revoke_user`]). Not built for cluster mode: there it
+    /// answers an error and changes nothing.
     pub async fn erase_user(&self, user: &str) -> Result<Result<usize, String>, HubClosed> {
         let raw = user.to_owned();
         let found = self
             .host(move |server, _| {
+                if server.config().cluster {
+                    return Err("erasure is not built for cluster mode yet".to_owned());
+                }
                 crate::ids::UserName::parse(&raw, server.config().max_name_chars)
                     .map(|name| {
                         let rooms = server.rooms_with_user(&name);

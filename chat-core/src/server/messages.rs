@@ -277,7 +277,8 @@ impl State {
         let refused = if self.shutting_down {
             Some(ErrorCode::ShuttingDown)
         } else if self.config.cluster {
-            Some(ErrorCode::Unsupported)
+            // Not built for the shared log (`Hub::erase_user` says so before asking).
+            Some(ErrorCode::InvalidRequest)
         } else {
             None
         };
