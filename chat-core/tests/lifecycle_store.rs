@@ -6,9 +6,9 @@
 #![cfg(all(feature = "runtime", feature = "sqlite"))]
 #![allow(clippy::disallowed_methods)] // the tests wait on the wall clock, bounded
 
-use std::io::{BufRead, BufReader};
+mod child;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,33 +153,7 @@ async fn child_reads_then_waits() {
 async fn a_read_marker_before_an_acked_send_survives_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_reads_then_waits",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("LCSTORE_CHILD_DB", &db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run the child");
-    let stdout = child.stdout.take().unwrap();
-    let acked = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("ACKED"))
-    });
-    let acked = tokio::time::timeout(WAIT, acked)
-        .await
-        .expect("the child acks");
-    assert!(acked.unwrap(), "the child printed ACKED");
-    child.kill().expect("kill -9");
-    child.wait().unwrap();
+    child::run_until_acked_then_kill("child_reads_then_waits", "LCSTORE_CHILD_DB", &db, WAIT).await;
 
     let hub = hub_on(&db).await;
     let mut alice = user(&hub, "alice").await;

@@ -5,9 +5,9 @@
 #![cfg(all(feature = "runtime", feature = "sqlite"))]
 #![allow(clippy::disallowed_methods)] // the tests wait on the wall clock, bounded
 
-use std::io::{BufRead, BufReader};
+mod child;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,33 +188,8 @@ async fn child_moderates_then_waits() {
 async fn moderation_acked_before_a_kill_9_survives_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_moderates_then_waits",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("MODCORE_CHILD_DB", &db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run the child");
-    let stdout = child.stdout.take().unwrap();
-    let acked = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("ACKED"))
-    });
-    let acked = tokio::time::timeout(WAIT, acked)
-        .await
-        .expect("the child acks");
-    assert!(acked.unwrap(), "the child printed ACKED");
-    child.kill().expect("kill -9");
-    child.wait().unwrap();
+    child::run_until_acked_then_kill("child_moderates_then_waits", "MODCORE_CHILD_DB", &db, WAIT)
+        .await;
 
     let hub = hub_on(&db).await;
     check_enforced(&hub).await;
