@@ -6,7 +6,10 @@ use crate::ids::{ClientMsgId, RequestId, RoomName, Seq};
 use crate::protocol::ClientFrame;
 use crate::protocol::{HistoryRequest, JoinRequest, SendRequest};
 
-use super::{Client, ClientEvent, ClientOutput, Command, Moderation, PendingSend, Phase, Target};
+use super::{
+    Client, ClientEvent, ClientOutput, Command, MessageChange, Moderation, PendingSend, Phase,
+    Post, Target,
+};
 
 impl Client {
     /// Joins a room (created on first join), resuming from its cursor when this client
@@ -69,6 +72,93 @@ impl Client {
     /// Posts a message. It is sent now when welcomed, otherwise after the next welcome,
     /// and again after every reconnect until it is acknowledged or rejected.
     pub fn send(&mut self, target: Target, body: &str) -> ClientMsgId {
+        self.post(Post::Message {
+            target,
+            body: body.to_owned(),
+            reply_to: None,
+        })
+    }
+
+    /// Posts a message to a room answering the message `reply_to` (which the server
+    /// checks exists there). Pending and resent like [`send`](Self::send).
+    pub fn reply(&mut self, room: &str, reply_to: Seq, body: &str) -> ClientMsgId {
+        self.post(Post::Message {
+            target: Target::Room(room.to_owned()),
+            body: body.to_owned(),
+            reply_to: Some(reply_to),
+        })
+    }
+
+    /// Edits, deletes or reacts to a message of a room. Like a send it has a client id,
+    /// is sent now or after the next welcome, and again after every reconnect until the
+    /// server acknowledges it ([`ClientEvent::Acked`] with this client id: done once,
+    /// however often it was sent) or refuses it ([`ClientEvent::Rejected`] with
+    /// [`Command::Change`]). When the server's history epoch changes before that, it is
+    /// given up (the seq it names no longer means that message) and rejected with
+    /// `no_such_message`.
+    pub fn change(&mut self, room: &str, change: MessageChange) -> ClientMsgId {
+        self.post(Post::Change {
+            room: room.to_owned(),
+            change,
+        })
+    }
+
+    /// Replaces the text of one of this user's messages ([`change`](Self::change)).
+    pub fn edit(&mut self, room: &str, seq: Seq, body: &str) -> ClientMsgId {
+        let body = body.to_owned();
+        self.change(room, MessageChange::Edit { seq, body })
+    }
+
+    /// Deletes a message, leaving a tombstone ([`change`](Self::change)).
+    pub fn delete(&mut self, room: &str, seq: Seq) -> ClientMsgId {
+        self.change(room, MessageChange::Delete { seq })
+    }
+
+    /// Adds (`on`) or takes back this user's reaction to a message
+    /// ([`change`](Self::change)).
+    pub fn react(&mut self, room: &str, seq: Seq, emoji: &str, on: bool) -> ClientMsgId {
+        let emoji = emoji.to_owned();
+        self.change(room, MessageChange::React { seq, emoji, on })
+    }
+
+    /// Moves this user's read marker in a room forward to `seq` (never back): the
+    /// server keeps it, tells the user's other sessions, and counts `unread` from it.
+    /// Sent now when welcomed, otherwise after the next welcome. A room this client has
+    /// not joined, or a seq not above the marker it knows, sends nothing.
+    pub fn mark_read(&mut self, room: &str, seq: Seq) {
+        let Some(name) = self.known_room(room) else {
+            return;
+        };
+        let Some(state) = self.rooms.get_mut(&name) else {
+            return;
+        };
+        if state.read.is_some_and(|r| r >= seq) {
+            return;
+        }
+        state.read = Some(seq);
+        if self.phase == Phase::Ready {
+            self.transmit_read(&name, seq);
+        } else {
+            self.unsent_reads.insert(name);
+        }
+    }
+
+    pub(super) fn transmit_read(&mut self, room: &RoomName, seq: Seq) {
+        let id = self.request_id();
+        self.requests.insert(
+            id,
+            Command::Read {
+                room: room.as_str().to_owned(),
+            },
+        );
+        self.transmit(ClientFrame::Read {
+            id: Some(id),
+            room: room.as_str().to_owned(),
+            seq,
+        });
+    }
+
+    fn post(&mut self, post: Post) -> ClientMsgId {
         let n = self.next_send;
         self.next_send += 1;
         let client_id: ClientMsgId = format!("{}-{n}", self.config.client_id_prefix).into();
@@ -76,8 +166,7 @@ impl Client {
             n,
             PendingSend {
                 client_id: client_id.clone(),
-                target,
-                body: body.to_owned(),
+                post,
                 request: None,
             },
         );
@@ -204,26 +293,43 @@ impl Client {
             return;
         };
         p.request = Some(id);
-        let (room, to) = match &p.target {
-            Target::Room(room) => (Some(room.clone()), None),
-            Target::User(user) => (None, Some(user.clone())),
+        let client_id = p.client_id.clone();
+        let (frame, command) = match &p.post {
+            Post::Message {
+                target,
+                body,
+                reply_to,
+            } => {
+                let (room, to) = match target {
+                    Target::Room(room) => (Some(room.clone()), None),
+                    Target::User(user) => (None, Some(user.clone())),
+                };
+                let frame = ClientFrame::Send(SendRequest {
+                    id: Some(id),
+                    room,
+                    to,
+                    body: body.clone(),
+                    client_id: Some(client_id.clone()),
+                    reply_to: *reply_to,
+                });
+                let command = Command::Send {
+                    client_id,
+                    target: target.clone(),
+                    body: body.clone(),
+                };
+                (frame, command)
+            }
+            Post::Change { room, change } => {
+                let frame = change.frame(room.clone(), id, client_id.clone());
+                let command = Command::Change {
+                    client_id,
+                    room: room.clone(),
+                    change: change.clone(),
+                };
+                (frame, command)
+            }
         };
-        let frame = ClientFrame::Send(SendRequest {
-            id: Some(id),
-            room,
-            to,
-            body: p.body.clone(),
-            client_id: Some(p.client_id.clone()),
-            reply_to: None,
-        });
-        self.requests.insert(
-            id,
-            Command::Send {
-                client_id: p.client_id.clone(),
-                target: p.target.clone(),
-                body: p.body.clone(),
-            },
-        );
+        self.requests.insert(id, command);
         self.transmit(frame);
     }
 

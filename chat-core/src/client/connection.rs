@@ -3,10 +3,10 @@
 //! joins and sends made meanwhile go out), and what a lost connection forgets.
 
 use crate::ids::{RequestId, UserName};
-use crate::protocol::{ClientFrame, JoinSpec, Limits, PROTOCOL_VERSION};
+use crate::protocol::{ClientFrame, ErrorCode, JoinSpec, Limits, PROTOCOL_VERSION};
 use crate::protocol::{HelloRequest, JoinRequest};
 
-use super::{Client, ClientEvent, Command, Phase, RoomName};
+use super::{Client, ClientEvent, Command, Phase, Post, RoomName};
 
 impl Client {
     /// A connection opened: queues the `hello` that (re)starts the session, resuming
@@ -103,7 +103,9 @@ impl Client {
             // this hello then count as first joins.
             for room in self.rooms.values_mut() {
                 room.cursor = None;
+                room.read = None;
             }
+            self.unsent_reads.clear();
         }
         self.phase = Phase::Ready;
         self.welcomed_once = true;
@@ -136,10 +138,56 @@ impl Client {
                 since,
             }));
         }
+        // Changes and replies name seqs of the old epoch: given up, not resent.
+        if epoch_changed {
+            self.give_up_seq_posts();
+        }
+        // Read markers moved while offline.
+        for room in std::mem::take(&mut self.unsent_reads) {
+            if let Some(seq) = self.rooms.get(&room).and_then(|s| s.read) {
+                self.transmit_read(&room, seq);
+            }
+        }
         // Sends not acknowledged (made while offline, or lost with the last connection).
         let keys: Vec<u64> = self.pending.keys().copied().collect();
         for key in keys {
             self.transmit_pending(key);
+        }
+    }
+
+    /// Drops the pending posts that name a seq (changes, replies), each told as
+    /// rejected with `no_such_message`: under a new epoch that seq is another message.
+    fn give_up_seq_posts(&mut self) {
+        let keys: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.post.names_a_seq())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(p) = self.pending.remove(&key) else {
+                continue;
+            };
+            let command = match p.post {
+                Post::Message { target, body, .. } => Command::Send {
+                    client_id: p.client_id,
+                    target,
+                    body,
+                },
+                Post::Change { room, change } => Command::Change {
+                    client_id: p.client_id,
+                    room,
+                    change,
+                },
+            };
+            self.event(ClientEvent::Rejected {
+                id: None,
+                command: Some(command),
+                code: ErrorCode::NoSuchMessage,
+                message: "the server's history was reset (a new epoch): the seq it named \
+                          is gone"
+                    .into(),
+            });
         }
     }
 }

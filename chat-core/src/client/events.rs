@@ -6,7 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, UserName};
-use crate::protocol::{ClientFrame, ErrorCode, Limits, Message, ModAction, Role, RoomInfo};
+use crate::protocol::{
+    ClientFrame, DeleteRequest, EditRequest, ErrorCode, Limits, Message, ModAction, ReactRequest,
+    Role, RoomInfo,
+};
 
 /// Something for the driver to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +56,21 @@ pub enum Command {
         target: Target,
         /// Its text.
         body: String,
+    },
+    /// An edit, delete or reaction ([`Client::change`](super::Client::change)); it is no
+    /// longer pending.
+    Change {
+        /// Its client id.
+        client_id: ClientMsgId,
+        /// The room.
+        room: String,
+        /// What it was.
+        change: MessageChange,
+    },
+    /// A `read` (the read marker); see [`Client::mark_read`](super::Client::mark_read).
+    Read {
+        /// The room.
+        room: String,
     },
     /// A `history` request.
     History {
@@ -174,6 +192,77 @@ impl Moderation {
     }
 }
 
+/// A change to a message of a room, for [`Client::change`](super::Client::change)
+/// (docs/PROTOCOL.md, "Messages live on"). The server answers an `ack` (the change's own
+/// seq) or an error: `not_author`, `gone`, `no_such_message`, `edit_window_passed`,
+/// `limit_reached`, `forbidden`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageChange {
+    /// A new text for one of this user's messages (within the server's edit window).
+    Edit {
+        /// The message.
+        seq: Seq,
+        /// The new text.
+        body: String,
+    },
+    /// Delete a message, leaving a tombstone: one's own, or any as the room's moderator
+    /// or owner.
+    Delete {
+        /// The message.
+        seq: Seq,
+    },
+    /// Add (`on`) or take back this user's reaction with `emoji`.
+    React {
+        /// The message.
+        seq: Seq,
+        /// One emoji.
+        emoji: String,
+        /// Add or take back.
+        on: bool,
+    },
+}
+
+impl MessageChange {
+    /// The message it changes.
+    #[must_use]
+    pub fn seq(&self) -> Seq {
+        match self {
+            MessageChange::Edit { seq, .. }
+            | MessageChange::Delete { seq }
+            | MessageChange::React { seq, .. } => *seq,
+        }
+    }
+
+    /// Its frame for `room`.
+    pub(super) fn frame(&self, room: String, id: RequestId, client_id: ClientMsgId) -> ClientFrame {
+        let (id, client_id) = (Some(id), Some(client_id));
+        match self {
+            MessageChange::Edit { seq, body } => ClientFrame::Edit(EditRequest {
+                id,
+                room,
+                seq: *seq,
+                body: body.clone(),
+                client_id,
+            }),
+            MessageChange::Delete { seq } => ClientFrame::Delete(DeleteRequest {
+                id,
+                room,
+                seq: *seq,
+                client_id,
+            }),
+            MessageChange::React { seq, emoji, on } => ClientFrame::React(ReactRequest {
+                id,
+                room,
+                seq: *seq,
+                emoji: emoji.clone(),
+                on: *on,
+                client_id,
+            }),
+        }
+    }
+}
+
 /// Where a send goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -232,13 +321,21 @@ pub enum ClientEvent {
         /// Whether this client's user wrote it.
         own: bool,
     },
-    /// The server stored a send of this client.
+    /// This user's read marker in a room moved forward: another session (or device) of
+    /// the user read up to `seq`. [`RoomState::read`](super::RoomState::read) holds it.
+    Read {
+        /// The room.
+        room: RoomName,
+        /// The last seq read.
+        seq: Seq,
+    },
+    /// The server stored a send (or a change) of this client.
     Acked {
         /// The send's request id.
         id: Option<RequestId>,
         /// The room (for a direct message, `@a,b`).
         room: RoomName,
-        /// The message's seq.
+        /// The message's seq (a change's own seq).
         seq: Seq,
         /// The send's client id.
         client_id: Option<ClientMsgId>,
@@ -407,6 +504,7 @@ impl ClientEvent {
             | ClientEvent::Moderated { .. }
             | ClientEvent::Topic { .. }
             | ClientEvent::SlowMode { .. }
+            | ClientEvent::Read { .. }
             | ClientEvent::Goodbye { .. } => None,
         }
     }

@@ -45,8 +45,16 @@ impl Client {
             ServerFrame::Message(message) | ServerFrame::Change(message) => {
                 self.on_message(message, Delivery::Live);
             }
-            // Another session of this user read up to a seq (no event yet).
-            ServerFrame::Read { .. } => {}
+            // Another session of this user read up to a seq.
+            ServerFrame::Read { room, seq } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    if state.read.is_some_and(|r| r >= seq) {
+                        return;
+                    }
+                    state.read = Some(seq);
+                }
+                self.event(ClientEvent::Read { room, seq });
+            }
             ServerFrame::Ack {
                 id,
                 room,
@@ -312,7 +320,7 @@ impl Client {
             command = Some(Command::Hello);
         }
         match &command {
-            Some(Command::Send { client_id, .. }) => {
+            Some(Command::Send { client_id, .. } | Command::Change { client_id, .. }) => {
                 if code == ErrorCode::ShuttingDown {
                     // Not posted; the server is restarting. Sent again after reconnecting.
                     return;

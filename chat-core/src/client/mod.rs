@@ -56,21 +56,50 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::ids::{ClientMsgId, RequestId, RoomName, UserName};
+use crate::ids::{ClientMsgId, RequestId, RoomName, Seq, UserName};
 use crate::protocol::Limits;
 
 pub use backoff::Backoff;
 pub use config::{ClientConfig, Phase};
-pub use events::{ClientEvent, ClientOutput, Command, Delivery, Moderation, Target};
+pub use events::{ClientEvent, ClientOutput, Command, Delivery, MessageChange, Moderation, Target};
 pub use pacer::Pacer;
 pub use room::RoomState;
 
+/// A post waiting for its `ack`: sent again, with the same client id, after every
+/// reconnect until then.
 #[derive(Debug, Clone)]
 struct PendingSend {
     client_id: ClientMsgId,
-    target: Target,
-    body: String,
+    post: Post,
     request: Option<RequestId>,
+}
+
+/// What a pending post is.
+#[derive(Debug, Clone)]
+enum Post {
+    /// A message, perhaps answering another.
+    Message {
+        target: Target,
+        body: String,
+        reply_to: Option<Seq>,
+    },
+    /// A change to a message of a room.
+    Change { room: String, change: MessageChange },
+}
+
+impl Post {
+    /// Whether it names a seq (a change, a reply), which means nothing under another
+    /// history epoch.
+    fn names_a_seq(&self) -> bool {
+        matches!(
+            self,
+            Post::Change { .. }
+                | Post::Message {
+                    reply_to: Some(_),
+                    ..
+                }
+        )
+    }
 }
 
 /// The client state machine. See the [module docs](self).
@@ -88,8 +117,10 @@ pub struct Client {
     joining: BTreeMap<RequestId, String>,
     /// Rooms left but not yet confirmed: their late messages are dropped.
     leaving: BTreeSet<RoomName>,
-    /// Sends not yet acknowledged, in the order they were made.
+    /// Sends and changes not yet acknowledged, in the order they were made.
     pending: BTreeMap<u64, PendingSend>,
+    /// Rooms whose read marker moved while not connected: sent after the welcome.
+    unsent_reads: BTreeSet<RoomName>,
     requests: BTreeMap<RequestId, Command>,
     hello_id: Option<RequestId>,
     next_request: RequestId,
@@ -114,6 +145,7 @@ impl Client {
             joining: BTreeMap::new(),
             leaving: BTreeSet::new(),
             pending: BTreeMap::new(),
+            unsent_reads: BTreeSet::new(),
             requests: BTreeMap::new(),
             hello_id: None,
             next_request: RequestId(1),
@@ -165,13 +197,13 @@ impl Client {
         self.rooms.get(room)
     }
 
-    /// Sends not acknowledged yet.
+    /// Sends (and changes: edits, deletes, reactions) not acknowledged yet.
     #[must_use]
     pub fn pending_sends(&self) -> usize {
         self.pending.len()
     }
 
-    /// Whether a send with this client id is still waiting for its ack.
+    /// Whether a send or change with this client id is still waiting for its ack.
     #[must_use]
     pub fn is_pending(&self, client_id: &str) -> bool {
         self.pending.values().any(|p| &*p.client_id == client_id)

@@ -16,6 +16,10 @@ pub struct RoomState {
     /// Version 2: `members` holds only part of the room (it is above the server's
     /// presence threshold); [`Client::more_members`](super::Client::more_members) pages on.
     pub(super) partial: bool,
+    /// This user's read marker here, as far as this client knows (its own
+    /// [`Client::mark_read`](super::Client::mark_read) and the `read` echoes of the
+    /// user's other sessions).
+    pub(super) read: Option<Seq>,
 }
 
 impl RoomState {
@@ -44,6 +48,13 @@ impl RoomState {
     #[must_use]
     pub fn cursor(&self) -> Option<Seq> {
         self.cursor
+    }
+
+    /// The last seq this user has read here, as far as this client knows: what it
+    /// marked itself and what the user's other sessions marked (forward only).
+    #[must_use]
+    pub fn read(&self) -> Option<Seq> {
+        self.read
     }
 
     /// Who is typing right now.

@@ -597,3 +597,162 @@ fn commands_wait_for_the_welcome_except_typing() {
         ]
     );
 }
+
+#[test]
+fn changes_and_replies_are_resent_with_their_client_id_until_acked() {
+    use crate::protocol::{EditRequest, ReactRequest};
+    let mut c = ready(3);
+    let edit = c.edit("general", Seq(2), "fixed");
+    let react = c.react("general", Seq(1), "👍", true);
+    let reply = c.reply("general", Seq(1), "same here");
+    let (frames, _) = drain(&mut c);
+    assert!(
+        matches!(&frames[..], [
+            ClientFrame::Edit(EditRequest { seq: Seq(2), body, client_id: Some(e), .. }),
+            ClientFrame::React(ReactRequest { seq: Seq(1), emoji, on: true, client_id: Some(r), .. }),
+            ClientFrame::Send(SendRequest { reply_to: Some(Seq(1)), client_id: Some(p), .. }),
+        ] if body == "fixed" && emoji == "👍" && *e == edit && *r == react && *p == reply),
+        "{frames:?}"
+    );
+    assert_eq!(c.pending_sends(), 3);
+    // The connection drops before any ack: all three go again, same client ids.
+    c.disconnected();
+    c.connected();
+    c.handle_frame(welcome("e1"));
+    let (frames, _) = drain(&mut c);
+    let again: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Edit(EditRequest { client_id, .. })
+            | ClientFrame::React(ReactRequest { client_id, .. })
+            | ClientFrame::Send(SendRequest { client_id, .. }) => client_id.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, [edit.clone(), react.clone(), reply.clone()]);
+    // The edit's ack (a duplicate: the first copy had been applied) ends it.
+    c.handle_frame(ServerFrame::Ack {
+        id: None,
+        room: room("general"),
+        seq: Seq(4),
+        ts: ts(),
+        client_id: Some(edit),
+        duplicate: true,
+    });
+    assert_eq!(c.pending_sends(), 2);
+}
+
+#[test]
+fn a_refused_change_is_reported_with_its_command_and_not_resent() {
+    use crate::protocol::DeleteRequest;
+    let mut c = ready(3);
+    let cid = c.delete("general", Seq(2));
+    let (frames, _) = drain(&mut c);
+    let ClientFrame::Delete(DeleteRequest { id, .. }) = frames[0] else {
+        panic!("{frames:?}")
+    };
+    c.handle_frame(ServerFrame::Error {
+        id,
+        code: ErrorCode::NotAuthor,
+        message: "not yours".into(),
+    });
+    let (_, events) = drain(&mut c);
+    match &events[..] {
+        [
+            ClientEvent::Rejected {
+                command:
+                    Some(Command::Change {
+                        client_id,
+                        change: MessageChange::Delete { seq: Seq(2) },
+                        ..
+                    }),
+                code: ErrorCode::NotAuthor,
+                ..
+            },
+        ] => assert_eq!(*client_id, cid),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.pending_sends(), 0);
+    c.disconnected();
+    c.connected();
+    c.handle_frame(welcome("e1"));
+    let (frames, _) = drain(&mut c);
+    assert!(!frames.iter().any(|f| matches!(f, ClientFrame::Delete(_))));
+}
+
+#[test]
+fn a_new_epoch_gives_up_changes_and_replies_but_resends_plain_sends() {
+    let mut c = ready(3);
+    c.disconnected();
+    let plain = c.send_to_room("general", "still wanted");
+    let edit = c.edit("general", Seq(2), "fixed");
+    let reply = c.reply("general", Seq(2), "re");
+    c.connected();
+    c.handle_frame(welcome("e2"));
+    let (frames, events) = drain(&mut c);
+    let sent: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Send(SendRequest { client_id, .. }) => client_id.clone(),
+            ClientFrame::Edit(_) => panic!("an edit of an old epoch's seq went out"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [plain]);
+    let given_up: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Rejected {
+                command: Some(Command::Change { client_id, .. } | Command::Send { client_id, .. }),
+                code: ErrorCode::NoSuchMessage,
+                ..
+            } => Some(client_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(given_up, [edit, reply]);
+    assert_eq!(c.pending_sends(), 1);
+}
+
+#[test]
+fn the_read_marker_goes_forward_only_and_follows_the_other_sessions() {
+    let mut c = ready(9);
+    let general = room("general");
+    c.mark_read("general", Seq(5));
+    c.mark_read("general", Seq(4));
+    c.mark_read("nowhere", Seq(4));
+    let (frames, _) = drain(&mut c);
+    assert!(
+        matches!(&frames[..], [ClientFrame::Read { room, seq: Seq(5), .. }] if room == "general"),
+        "{frames:?}"
+    );
+    assert_eq!(c.room(&general).and_then(RoomState::read), Some(Seq(5)));
+    // Another session of the user read further: told once, kept.
+    c.handle_frame(ServerFrame::Read {
+        room: general.clone(),
+        seq: Seq(8),
+    });
+    c.handle_frame(ServerFrame::Read {
+        room: general.clone(),
+        seq: Seq(7),
+    });
+    let (_, events) = drain(&mut c);
+    assert!(
+        matches!(&events[..], [ClientEvent::Read { seq: Seq(8), .. }]),
+        "{events:?}"
+    );
+    assert_eq!(c.room(&general).and_then(RoomState::read), Some(Seq(8)));
+    // Marked while offline: sent after the welcome.
+    c.disconnected();
+    c.mark_read("general", Seq(9));
+    assert!(c.poll_output().is_none());
+    c.connected();
+    c.handle_frame(welcome("e1"));
+    let (frames, _) = drain(&mut c);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, ClientFrame::Read { seq: Seq(9), .. })),
+        "{frames:?}"
+    );
+}
