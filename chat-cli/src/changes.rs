@@ -1,59 +1,13 @@
-//! Edits, deletes, reactions and replies (docs/PROTOCOL.md, "Messages live on"): the
-//! frames for them, and how a message in its current state reads on one line.
-//!
-//! [`chat_core::client::Client`] has no commands for these frames, so the CLI writes
-//! them itself ([`crate::session::Session::transmit`]) with request ids from
-//! [`RawIds`], a range the client's own numbering never reaches. The server's answer
-//! still comes through the client: an [`Acked`](chat_core::client::ClientEvent::Acked)
-//! with the frame's `client_id`, or a [`Rejected`](chat_core::client::ClientEvent::Rejected)
-//! with its request id.
+//! Edits, deletes, reactions and replies (docs/PROTOCOL.md, "Messages live on"): what
+//! the user asked for, handed to [`chat_core::client::Client`]'s commands (which send it
+//! with a client id, and again after a reconnect until it is acknowledged), and how a
+//! message in its current state reads on one line.
 
-use chat_core::protocol::{
-    ClientFrame, DeleteRequest, EditRequest, EntryKind, Message, ReactRequest, SendRequest,
-};
-use chat_core::{ClientMsgId, RequestId, Seq};
+use chat_core::client::{Client, MessageChange, Target};
+use chat_core::protocol::{EntryKind, Message};
+use chat_core::{ClientMsgId, Seq};
 
 use crate::sanitize::escape;
-
-/// The first request id of [`RawIds`]: far above any id a `Client` hands out.
-const RAW_ID_BASE: u64 = 1 << 48;
-
-/// Request ids for frames the CLI writes itself.
-#[derive(Debug, Clone)]
-pub struct RawIds {
-    next: u64,
-    prefix: String,
-}
-
-impl Default for RawIds {
-    fn default() -> Self {
-        RawIds::new()
-    }
-}
-
-impl RawIds {
-    /// Ids from 2^48 on, and client ids with a random prefix.
-    #[must_use]
-    pub fn new() -> RawIds {
-        RawIds {
-            next: RAW_ID_BASE,
-            prefix: format!(
-                "cli-{:016x}",
-                getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()))
-            ),
-        }
-    }
-
-    /// A fresh request id and client id.
-    pub fn fresh(&mut self) -> (RequestId, ClientMsgId) {
-        let n = self.next;
-        self.next += 1;
-        (
-            RequestId(n),
-            ClientMsgId::from(format!("{}-{n}", self.prefix)),
-        )
-    }
-}
 
 /// Something done to a message of a room, or a reply to one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,42 +43,20 @@ pub enum Change {
 }
 
 impl Change {
-    /// The frame for `room`, with this request id and client id (which makes it
-    /// idempotent: sent again after a reconnect, it is done once).
-    #[must_use]
-    pub fn frame(&self, room: &str, id: RequestId, client_id: ClientMsgId) -> ClientFrame {
-        let room = room.to_owned();
-        let (id, client_id) = (Some(id), Some(client_id));
+    /// Hands it to the client for `room`; a reply in a direct room goes to
+    /// `direct_peer`, the other user. Returns its client id, echoed in the `ack`.
+    pub fn post(&self, client: &mut Client, room: &str, direct_peer: Option<&str>) -> ClientMsgId {
         match self {
-            Change::Edit { seq, body } => ClientFrame::Edit(EditRequest {
-                id,
-                room,
-                seq: *seq,
-                body: body.clone(),
-                client_id,
-            }),
-            Change::Delete { seq } => ClientFrame::Delete(DeleteRequest {
-                id,
-                room,
-                seq: *seq,
-                client_id,
-            }),
-            Change::React { seq, emoji, on } => ClientFrame::React(ReactRequest {
-                id,
-                room,
-                seq: *seq,
-                emoji: emoji.clone(),
-                on: *on,
-                client_id,
-            }),
-            Change::Reply { reply_to, body } => ClientFrame::Send(SendRequest {
-                id,
-                room: Some(room),
-                to: None,
-                body: body.clone(),
-                client_id,
-                reply_to: Some(*reply_to),
-            }),
+            Change::Edit { seq, body } => client.edit(room, *seq, body),
+            Change::Delete { seq } => client.delete(room, *seq),
+            Change::React { seq, emoji, on } => client.react(room, *seq, emoji, *on),
+            Change::Reply { reply_to, body } => {
+                let target = match direct_peer {
+                    Some(user) => Target::User(user.to_owned()),
+                    None => Target::Room(room.to_owned()),
+                };
+                client.reply(target, *reply_to, body)
+            }
         }
     }
 
@@ -138,6 +70,21 @@ impl Change {
             Change::React { seq, on: false, .. } => format!("taking back a reaction to #{seq}"),
             Change::Reply { reply_to, .. } => format!("reply to #{reply_to}"),
         }
+    }
+}
+
+/// What a change the client gave up or the server refused was, for an error message:
+/// "edit of #4".
+#[must_use]
+pub fn describe(change: &MessageChange) -> String {
+    match change {
+        MessageChange::Edit { seq, .. } => format!("edit of #{seq}"),
+        MessageChange::Delete { seq } => format!("delete of #{seq}"),
+        MessageChange::React { seq, on: true, .. } => format!("reaction to #{seq}"),
+        MessageChange::React { seq, on: false, .. } => {
+            format!("taking back a reaction to #{seq}")
+        }
+        other => format!("change of #{}", other.seq()),
     }
 }
 
@@ -200,35 +147,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raw_ids_never_meet_the_clients_and_client_ids_differ() {
-        let mut ids = RawIds::new();
-        let (a, ca) = ids.fresh();
-        let (b, cb) = ids.fresh();
-        assert!(a.0 >= RAW_ID_BASE && b.0 == a.0 + 1);
-        assert_ne!(ca, cb);
-    }
-
-    #[test]
-    fn frames_name_the_room_and_message() {
-        let (id, cid) = (RequestId(9), ClientMsgId::from("c"));
-        let frame = Change::React {
+    fn a_change_becomes_the_clients_frame_naming_the_room_and_message() {
+        use chat_core::client::{ClientConfig, ClientOutput};
+        let mut client = Client::new(ClientConfig::new("alice", "c"));
+        let cid = Change::React {
             seq: Seq(4),
             emoji: "👍".into(),
             on: false,
         }
-        .frame("general", id, cid.clone());
-        let json = serde_json::to_value(&frame).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"type":"react","id":9,"room":"general","seq":4,"emoji":"👍","on":false,"client_id":"c"})
-        );
+        .post(&mut client, "general", None);
         let reply = Change::Reply {
             reply_to: Seq(2),
             body: "yes".into(),
         }
-        .frame("general", id, cid);
-        let json = serde_json::to_value(&reply).unwrap();
-        assert_eq!(json["type"], "send");
-        assert_eq!(json["reply_to"], 2);
+        .post(&mut client, "@alice,bob", Some("bob"));
+        assert_ne!(cid, reply);
+        assert_eq!(client.pending_sends(), 2);
+        // Offline: both wait for the welcome.
+        assert!(client.poll_output().is_none());
+        client.connected();
+        let _hello = client.poll_output();
+        client.handle_frame(
+            serde_json::from_value(serde_json::json!({"type":"welcome","version":2,"session":1,
+                "user":"alice","epoch":"e","limits":serde_json::to_value(
+                    chat_core::Config::default().limits()).unwrap()}))
+            .unwrap(),
+        );
+        let frames: Vec<serde_json::Value> = std::iter::from_fn(|| client.poll_output())
+            .filter_map(|o| match o {
+                ClientOutput::Transmit(f) => Some(serde_json::to_value(&f).unwrap()),
+                ClientOutput::Event(_) => None,
+            })
+            .collect();
+        assert_eq!(frames[0]["type"], "react");
+        assert_eq!(frames[0]["room"], "general");
+        assert_eq!(frames[0]["seq"], 4);
+        assert_eq!(frames[0]["on"], false);
+        assert_eq!(frames[0]["client_id"], cid.to_string());
+        assert_eq!(frames[1]["type"], "send");
+        assert_eq!(frames[1]["to"], "bob");
+        assert_eq!(frames[1]["reply_to"], 2);
+    }
+
+    #[test]
+    fn a_refused_change_says_what_it_was() {
+        let change = MessageChange::React {
+            seq: Seq(3),
+            emoji: "🎉".into(),
+            on: false,
+        };
+        assert_eq!(describe(&change), "taking back a reaction to #3");
     }
 }

@@ -12,7 +12,7 @@ use chat_core::protocol::Message;
 use chat_core::{ClientMsgId, RequestId, RoomName, Seq, protocol::ErrorCode};
 use tokio::time::{Instant, sleep_until};
 
-use crate::changes::{Change, RawIds};
+use crate::changes::Change;
 use crate::exit;
 use crate::output;
 use crate::sanitize::escape;
@@ -163,7 +163,7 @@ pub async fn change(
 ) -> i32 {
     let deadline = Some(Instant::now() + timeout);
     let mut joins = Vec::new();
-    let (id, client_id) = RawIds::new().fresh();
+    let mut sent: Option<ClientMsgId> = None;
     loop {
         let event = match next_or_timeout(&mut session, deadline).await {
             Ok(event) => event,
@@ -175,29 +175,27 @@ pub async fn change(
             Err(code) => return code,
         };
         match event {
-            ClientEvent::Welcome { resumed, .. } => {
+            ClientEvent::Welcome { resumed: false, .. } => {
                 // The join goes first; the server handles frames in order. After a
-                // reconnect the client rejoins by itself, and the change goes again.
-                if !resumed {
-                    joins.push(session.with(|c| c.join(&room)));
-                }
-                session.transmit(change.frame(&room, id, client_id.clone()));
+                // reconnect the client rejoins and sends the change again by itself.
+                joins.push(session.with(|c| c.join(&room)));
+                sent = Some(session.with(|c| change.post(c, &room, None)));
             }
             ClientEvent::Acked {
                 room,
                 seq,
                 client_id: Some(acked),
                 ..
-            } if acked == client_id => {
+            } if Some(&acked) == sent.as_ref() => {
                 println!("{}#{}", escape(room.as_str()), seq);
                 return exit::OK;
             }
             ClientEvent::Rejected {
-                id: Some(rejected),
+                command: Some(Command::Change { client_id, .. } | Command::Send { client_id, .. }),
                 code,
                 message,
                 ..
-            } if rejected == id => {
+            } if Some(&client_id) == sent.as_ref() => {
                 eprintln!(
                     "chat-cli: {code}: {} ({} in {})",
                     escape(&message),

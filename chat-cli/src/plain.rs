@@ -18,7 +18,7 @@ use chat_core::{RoomName, protocol::ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use crate::changes::{Change, RawIds};
+use crate::changes::Change;
 use crate::commands::{self, HELP};
 use crate::exit;
 use crate::output::{clock, plain_in_room};
@@ -44,7 +44,6 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
     // to the millisecond): sent again before anything else, so lines keep their order.
     let mut retry: Option<(Target, String)> = None;
     let mut asked: Asked<&'static str> = Asked::default();
-    let mut ids = RawIds::new();
     let mut eof = false;
     let mut eof_deadline = None;
     let mut code = exit::OK;
@@ -70,15 +69,7 @@ pub async fn run(mut session: Session, fallback_name: Option<String>) -> i32 {
             }
             let line = queue.pop_front().expect("not empty");
             let target = room.clone().expect("checked");
-            if command(
-                &mut session,
-                &line,
-                &target,
-                &mut room,
-                &mut asked,
-                &mut ids,
-            ) == Some(true)
-            {
+            if command(&mut session, &line, &target, &mut room, &mut asked) == Some(true) {
                 queue.clear();
                 eof = true;
             }
@@ -162,7 +153,6 @@ fn command(
     target: &RoomName,
     room: &mut Option<RoomName>,
     asked: &mut Asked<&'static str>,
-    ids: &mut RawIds,
 ) -> Option<bool> {
     let parsed = match commands::parse(line) {
         Ok(parsed) => parsed,
@@ -216,15 +206,14 @@ fn command(
             asked.insert(id, "moderate");
         }
         commands::Line::Edit { seq, text } => {
-            transmit(session, ids, target, &Change::Edit { seq, body: text });
+            post(session, target, &Change::Edit { seq, body: text });
         }
-        commands::Line::Delete(seq) => transmit(session, ids, target, &Change::Delete { seq }),
+        commands::Line::Delete(seq) => post(session, target, &Change::Delete { seq }),
         // This mode keeps no messages, so it cannot tell whether the reaction is there:
         // `/react` always adds.
         commands::Line::React { seq, emoji } => {
-            transmit(
+            post(
                 session,
-                ids,
                 target,
                 &Change::React {
                     seq,
@@ -233,9 +222,8 @@ fn command(
                 },
             );
         }
-        commands::Line::Reply { seq, text } => transmit(
+        commands::Line::Reply { seq, text } => post(
             session,
-            ids,
             target,
             &Change::Reply {
                 reply_to: seq,
@@ -400,10 +388,9 @@ fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// Writes a change to a message of `room` (a refusal comes back as an error line).
-fn transmit(session: &mut Session, ids: &mut RawIds, room: &RoomName, change: &Change) {
-    let (id, client_id) = ids.fresh();
-    if !session.transmit(change.frame(room.as_str(), id, client_id)) {
-        eprintln!("chat-cli: not connected: {} not sent", change.describe());
-    }
+/// Hands a change to a message of `room` to the client, which sends it (after the next
+/// welcome when not connected) until it is acknowledged; a refusal comes back as an
+/// error line.
+fn post(session: &mut Session, room: &RoomName, change: &Change) {
+    session.with(|c| change.post(c, room.as_str(), None));
 }

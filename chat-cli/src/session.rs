@@ -4,8 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use chat_core::client::{Client, ClientConfig, ClientEvent, ClientOutput, Phase};
-use chat_core::protocol::ClientFrame;
+use chat_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
 
 use crate::net::{Net, NetEvent, NetOptions};
 use crate::tokens::TokenCache;
@@ -88,19 +87,6 @@ impl Session {
         let r = f(&mut self.client);
         self.flush();
         r
-    }
-
-    /// Writes a frame the client has no command for (edits, deletes, reactions, replies:
-    /// see [`crate::changes`]) on the current connection, once welcomed. Returns false,
-    /// sending nothing, when there is no such connection.
-    pub fn transmit(&mut self, frame: ClientFrame) -> bool {
-        match self.generation {
-            Some(generation) if self.client.phase() == Phase::Ready => {
-                self.net.send(generation, frame);
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Whether a connection is open.

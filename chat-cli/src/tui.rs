@@ -56,10 +56,6 @@ pub async fn run(mut session: Session, mut app: App) -> io::Result<i32> {
             _ = tick.tick() => session.with(|client| app.on_tick(client)),
             () = signals.recv() => app.quit(),
         }
-        for frame in app.take_frames() {
-            // Not connected (any more): the change is lost; the user sees no answer.
-            session.transmit(frame);
-        }
         if app.should_quit() {
             break;
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_core::client::{Client, ClientEvent, Command, Delivery, Phase};
-use chat_core::protocol::{ClientFrame, Message, ModAction};
+use chat_core::protocol::{Message, ModAction};
 use chat_core::{ClientMsgId, RoomName, Seq, UserName, protocol::ErrorCode};
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -26,7 +26,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 use unicode_width::UnicodeWidthChar;
 
-use crate::changes::{self, Change, RawIds};
+use crate::changes::{self, Change};
 use crate::commands::{self, HELP};
 use crate::input::LineEditor;
 use crate::output::clock;
@@ -89,6 +89,24 @@ impl RoomView {
         })
     }
 
+    fn newest_seq(&self) -> Option<Seq> {
+        self.entries.iter().rev().find_map(|e| match e {
+            Entry::Message { msg, .. } => Some(msg.seq),
+            _ => None,
+        })
+    }
+
+    /// Messages of others after `seq` in the scrollback, not deleted.
+    fn unread_after(&self, seq: Seq) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| {
+                matches!(e, Entry::Message { msg, own: false }
+                    if msg.seq > seq && msg.kind.is_message() && !msg.deleted)
+            })
+            .count()
+    }
+
     fn oldest_seq(&self) -> Option<Seq> {
         self.entries.iter().find_map(|e| match e {
             Entry::Message { msg, .. } => Some(msg.seq),
@@ -135,12 +153,6 @@ pub struct App {
     /// chose the name explicitly: then it is reported, not changed).
     fallback_name: Option<String>,
     typing: Option<(RoomName, Instant)>,
-    /// Frames for the driver to write ([`App::take_frames`]): edits, deletes, reactions
-    /// and replies, which the client has no commands for.
-    outbox: Vec<ClientFrame>,
-    /// Those changes, by request id, to say which one the server refused.
-    changes: Asked<Change>,
-    ids: RawIds,
 }
 
 /// A key the screen did not consume.
@@ -169,16 +181,7 @@ impl App {
             switch_on_ack: None,
             fallback_name,
             typing: None,
-            outbox: Vec::new(),
-            changes: Asked::default(),
-            ids: RawIds::new(),
         }
-    }
-
-    /// The frames to write now (see [`crate::session::Session::transmit`]); the driver
-    /// calls this after every key and event.
-    pub fn take_frames(&mut self) -> Vec<ClientFrame> {
-        std::mem::take(&mut self.outbox)
     }
 
     /// Whether the user asked to quit.
@@ -232,13 +235,27 @@ impl App {
                 self.typing = None;
             }
             SessionEvent::Failed { error } => self.conn = Conn::Failed(error.clone()),
-            SessionEvent::Client(event) => self.on_client_event(event, client),
+            SessionEvent::Client(event) => {
+                self.on_client_event(event, client);
+                self.mark_seen(client);
+            }
+        }
+    }
+
+    /// The room on screen is read up to its newest message: its read marker moves
+    /// there (the server tells the user's other sessions; nothing is sent when the
+    /// marker is there already).
+    fn mark_seen(&self, client: &mut Client) {
+        if let Some(view) = self.rooms.get(self.current)
+            && view.scroll == 0
+            && let Some(seq) = view.newest_seq()
+        {
+            client.mark_read(view.name.as_str(), seq);
         }
     }
 
     fn on_client_event(&mut self, event: &ClientEvent, client: &mut Client) {
         let answers = self.asked.answer(event);
-        let change = self.changes.answer(event);
         match event {
             ClientEvent::Welcome {
                 user,
@@ -283,6 +300,12 @@ impl App {
                     && let Some(msg) = view.message_mut(message.target)
                 {
                     Arc::make_mut(msg).apply(message);
+                }
+            }
+            // Another session of this user read the room up to `seq`.
+            ClientEvent::Read { room, seq } => {
+                if let Some(view) = self.rooms.iter_mut().find(|r| r.name == *room) {
+                    view.unread = view.unread.min(view.unread_after(*seq));
                 }
             }
             ClientEvent::Message {
@@ -455,7 +478,10 @@ impl App {
                         format!(" (not sent: {})", escape(&short))
                     }
                     Some(Command::Join { room }) => format!(" (joining {})", escape(room)),
-                    _ => change.map_or_else(String::new, |c| format!(" ({})", c.describe())),
+                    Some(Command::Change { change, .. }) => {
+                        format!(" ({})", changes::describe(change))
+                    }
+                    _ => String::new(),
                 };
                 let text = format!("error {code}: {}{what}", escape(message));
                 self.note = Some(text.clone());
@@ -533,6 +559,7 @@ impl App {
         if self.input.text() != before {
             self.update_typing(client);
         }
+        self.mark_seen(client);
         KeyOutcome::Handled
     }
 
@@ -683,27 +710,18 @@ impl App {
         }
     }
 
-    /// Queues a change to a message of the current room (see [`App::take_frames`]).
-    fn change(&mut self, client: &Client, change: Change) {
+    /// Hands a change to a message of the current room to the client, which sends it
+    /// (after the next welcome when not connected) until it is acknowledged.
+    fn change(&mut self, client: &mut Client, change: Change) {
         let Some(room) = self.current_room().cloned() else {
             self.note = Some("not in any room".into());
             return;
         };
-        if client.phase() != Phase::Ready {
-            self.note = Some(format!("not connected: {} not sent", change.describe()));
-            return;
-        }
-        let (id, client_id) = self.ids.fresh();
-        let mut frame = change.frame(room.as_str(), id, client_id);
-        if room.direct_users().is_some()
-            && let ClientFrame::Send(send) = &mut frame
-        {
-            // A direct message goes to the other user.
-            send.room = None;
-            send.to = Some(self.direct_peer(&room, client));
-        }
-        self.outbox.push(frame);
-        self.changes.insert(id, change);
+        let peer = room
+            .direct_users()
+            .is_some()
+            .then(|| self.direct_peer(&room, client));
+        change.post(client, room.as_str(), peer.as_deref());
     }
 
     fn update_typing(&mut self, client: &mut Client) {

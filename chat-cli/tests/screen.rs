@@ -79,10 +79,6 @@ impl Screen {
         let app = &mut self.app;
         self.session
             .with(|client| app.on_key(KeyEvent::new(code, modifiers), client));
-        // What the driver (tui.rs) does after every key: write the app's own frames.
-        for frame in self.app.take_frames() {
-            self.session.transmit(frame);
-        }
     }
 
     fn type_text(&mut self, text: &str) {
@@ -244,6 +240,51 @@ async fn unread_counts_and_switching_rooms() {
         .until("ops left", |rows| !rows.iter().any(|r| r.contains("#ops")))
         .await;
     assert!(rows[0].contains("┌#rust"), "{}", rows.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_marker_is_shared_with_the_users_other_sessions() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let mut screen = Screen::open(&url, "dana", Some(&["general", "rust"]), 80, 12);
+    screen.until_shows("#rust").await;
+    let token = screen
+        .session
+        .client()
+        .token()
+        .expect("anonymous token")
+        .to_owned();
+    let mut phone = Peer::join_with(&url, "dana", Some(&token), &["rust"]).await;
+    let mut eve = Peer::join(&url, "eve", &["rust"]).await;
+    eve.say("rust", "one").await;
+    let two = eve.say("rust", "two").await;
+    screen.until_shows("#rust (2)").await;
+
+    // Read on the other device: the screen's count goes.
+    phone
+        .send_frame(&ClientFrame::Read {
+            id: None,
+            room: "rust".into(),
+            seq: two,
+        })
+        .await;
+    let rows = screen
+        .until("the count cleared by the other session", |rows| {
+            rows.iter().any(|r| r.contains("│#rust          "))
+        })
+        .await;
+    assert!(rows[1].starts_with("│#general"), "{}", rows.join("\n"));
+
+    // Read on the screen: the other device is told.
+    let three = eve.say("rust", "three").await;
+    screen.until_shows("#rust (1)").await;
+    screen.key(KeyCode::Tab);
+    phone
+        .expect(
+            |f| matches!(f, ServerFrame::Read { room, seq } if room.as_str() == "rust" && *seq == three),
+            "the screen's read of #rust",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

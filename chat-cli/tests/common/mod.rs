@@ -302,6 +302,11 @@ pub struct Peer {
 impl Peer {
     /// Connects, says hello as `name` and joins `rooms`.
     pub async fn join(url: &str, name: &str, rooms: &[&str]) -> Peer {
+        Peer::join_with(url, name, None, rooms).await
+    }
+
+    /// [`Peer::join`] with a token: another session of the user who holds it.
+    pub async fn join_with(url: &str, name: &str, token: Option<&str>, rooms: &[&str]) -> Peer {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect in time")
@@ -311,7 +316,7 @@ impl Peer {
             id: None,
             version: PROTOCOL_VERSION,
             name: name.into(),
-            token: None,
+            token: token.map(str::to_owned),
             rooms: Some(
                 rooms
                     .iter()

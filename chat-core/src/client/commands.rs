@@ -79,11 +79,12 @@ impl Client {
         })
     }
 
-    /// Posts a message to a room answering the message `reply_to` (which the server
-    /// checks exists there). Pending and resent like [`send`](Self::send).
-    pub fn reply(&mut self, room: &str, reply_to: Seq, body: &str) -> ClientMsgId {
+    /// Posts a message answering the message `reply_to` of the room (or, for a
+    /// [`Target::User`], of the direct room with that user), which the server checks
+    /// exists there. Pending and resent like [`send`](Self::send).
+    pub fn reply(&mut self, target: Target, reply_to: Seq, body: &str) -> ClientMsgId {
         self.post(Post::Message {
-            target: Target::Room(room.to_owned()),
+            target,
             body: body.to_owned(),
             reply_to: Some(reply_to),
         })

@@ -604,7 +604,7 @@ fn changes_and_replies_are_resent_with_their_client_id_until_acked() {
     let mut c = ready(3);
     let edit = c.edit("general", Seq(2), "fixed");
     let react = c.react("general", Seq(1), "👍", true);
-    let reply = c.reply("general", Seq(1), "same here");
+    let reply = c.reply(Target::Room("general".into()), Seq(1), "same here");
     let (frames, _) = drain(&mut c);
     assert!(
         matches!(&frames[..], [
@@ -686,7 +686,7 @@ fn a_new_epoch_gives_up_changes_and_replies_but_resends_plain_sends() {
     c.disconnected();
     let plain = c.send_to_room("general", "still wanted");
     let edit = c.edit("general", Seq(2), "fixed");
-    let reply = c.reply("general", Seq(2), "re");
+    let reply = c.reply(Target::Room("general".into()), Seq(2), "re");
     c.connected();
     c.handle_frame(welcome("e2"));
     let (frames, events) = drain(&mut c);
