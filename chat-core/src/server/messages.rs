@@ -132,10 +132,10 @@ impl Room {
     /// but the author's own sessions, which get it with theirs (when it has one).
     fn deliver(&self, env: &mut Env<'_>, posted: &Posted, author: &UserKey) {
         let Some(cid) = &posted.msg.client_id else {
-            env.fan_out(self, &posted.frame, None, None);
+            env.fan_out(self, posted.frame(), None, None);
             return;
         };
-        env.fan_out(self, &posted.frame, None, Some(author));
+        env.fan_out(self, posted.frame(), None, Some(author));
         let Some(mine) = self.sessions_of(author, env.users) else {
             return;
         };
@@ -144,7 +144,7 @@ impl Room {
         for &sid in mine {
             if recipients.binary_search(&sid).is_ok() {
                 let frame =
-                    frame.get_or_insert_with(|| Encoded::message_for_author(&posted.frame, cid));
+                    frame.get_or_insert_with(|| Encoded::message_for_author(posted.frame(), cid));
                 env.out.send_encoded(sid, frame.clone());
             }
         }

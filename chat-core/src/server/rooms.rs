@@ -29,11 +29,13 @@ pub(crate) struct Member {
 }
 
 /// A message as kept in the window: the shared message and its frame, encoded once (as
-/// everyone but its author's sessions gets it: without `client_id`).
+/// everyone but its author's sessions gets it: without `client_id`). A change to the
+/// message drops the frame; it is encoded again when a `joined` next needs it, not per
+/// change (a message edited and reacted to many times is encoded once per join).
 #[derive(Debug, Clone)]
 pub(crate) struct Posted {
     pub msg: Arc<Message>,
-    pub frame: Encoded,
+    frame: std::cell::OnceCell<Encoded>,
     /// [`resend_key`] of its author and client id: a resend is looked for by comparing
     /// these in place, without following each message's pointers.
     resend_key: u32,
@@ -48,9 +50,21 @@ impl Posted {
             .map_or(0, |id| resend_key(author, id));
         Posted {
             msg,
-            frame,
+            frame: std::cell::OnceCell::from(frame),
             resend_key,
         }
+    }
+
+    /// The message's frame (as everyone but its author's sessions gets it).
+    pub fn frame(&self) -> &Encoded {
+        self.frame.get_or_init(|| Encoded::message(&self.msg))
+    }
+
+    /// The message as changed by `f`; its frame is encoded again when next needed.
+    /// Returns what `f` returns.
+    fn change<T>(&mut self, f: impl FnOnce(&mut Message) -> T) -> T {
+        self.frame = std::cell::OnceCell::new();
+        f(Arc::make_mut(&mut self.msg))
     }
 }
 
@@ -626,10 +640,8 @@ impl Room {
             return;
         };
         let i = self.history.partition_point(|p| p.msg.seq < target);
-        if let Some(p) = self.history.get_mut(i).filter(|p| p.msg.seq == target)
-            && Arc::make_mut(&mut p.msg).apply(change)
-        {
-            p.frame = Encoded::message(&p.msg);
+        if let Some(p) = self.history.get_mut(i).filter(|p| p.msg.seq == target) {
+            p.change(|m| m.apply(change));
         }
         if change.kind == crate::protocol::EntryKind::Delete {
             // A deleted message's text goes with it: its edits' bodies too.
@@ -638,8 +650,7 @@ impl Room {
                     && p.msg.target == Some(target)
                     && !p.msg.body.is_empty()
                 {
-                    Arc::make_mut(&mut p.msg).body = Arc::from("");
-                    p.frame = Encoded::message(&p.msg);
+                    p.change(|m| m.body = Arc::from(""));
                 }
             }
         }
@@ -657,16 +668,15 @@ impl Room {
                 && p.msg.user.key() == who
                 && !p.msg.body.is_empty();
             if edit_text {
-                Arc::make_mut(&mut p.msg).body = Arc::from("");
-                p.frame = Encoded::message(&p.msg);
+                p.change(|m| m.body = Arc::from(""));
             } else if p.msg.kind.is_message() {
                 let touched = p.msg.user.key() == who
                     || p.msg
                         .reactions
                         .iter()
                         .any(|r| r.users.iter().any(|u| u.key() == who));
-                if touched && Arc::make_mut(&mut p.msg).apply(erase) {
-                    p.frame = Encoded::message(&p.msg);
+                if touched {
+                    p.change(|m| m.apply(erase));
                 }
             }
         }

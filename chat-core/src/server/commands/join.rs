@@ -170,7 +170,7 @@ fn joined_frame(
     };
     let messages = messages
         .filter(|p| floor.is_none_or(|f| p.msg.ts >= f))
-        .map(|p| (&p.msg, &p.frame));
+        .map(|p| (&p.msg, p.frame()));
     let last_seq = room.last_delivered;
     let room_name: &RoomName = &room.name;
     let frame = Encoded::joined(
