@@ -2267,14 +2267,11 @@ async fn erase_crosses_servers_and_leaves_no_text_in_redis() {
     // History from both servers, in both rooms: no text of alice.
     carol.join("other", None).await;
     erin.join("other", None).await;
-    for (c, room) in [
-        (&mut carol, ROOM),
-        (&mut erin, ROOM),
-        (&mut carol, "other"),
-        (&mut erin, "other"),
-    ] {
-        let page = page_texts(c, room).await;
-        assert!(!page.contains("alice-secret"), "{room}: {page}");
+    for c in [&mut carol, &mut erin] {
+        for room in [ROOM, "other"] {
+            let page = page_texts(c, room).await;
+            assert!(!page.contains("alice-secret"), "{room}: {page}");
+        }
     }
     // Redis holds none of it, under any key.
     for (key, v) in dump_redis(&redis) {
