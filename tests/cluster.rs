@@ -2168,10 +2168,11 @@ async fn page_texts(c: &mut Client, room: &str) -> String {
     c.next_id += 1;
     c.frame(json!({"type": "history", "id": id, "room": room, "limit": 50}))
         .await;
-    let page = c
-        .until(|f| f["type"] == "history" && f["id"] == id)
-        .await;
-    assert!(page["messages"].as_array().is_some_and(|m| !m.is_empty()), "{page}");
+    let page = c.until(|f| f["type"] == "history" && f["id"] == id).await;
+    assert!(
+        page["messages"].as_array().is_some_and(|m| !m.is_empty()),
+        "{page}"
+    );
     page.to_string()
 }
 
@@ -2202,7 +2203,11 @@ async fn erase_crosses_servers_and_leaves_no_text_in_redis() {
     assert_eq!(alice.post(reply, "a-2").await, 3);
     let edit = json!({"type": "edit", "seq": 3, "body": "alice-secret-three"});
     assert_eq!(alice.post(edit, "a-3").await, 4);
-    assert_eq!(bob.post(json!({"type": "send", "body": "bob text"}), "b-2").await, 5);
+    assert_eq!(
+        bob.post(json!({"type": "send", "body": "bob text"}), "b-2")
+            .await,
+        5
+    );
     alice
         .pump(WAIT, "bob's message", |c| c.current.contains_key(&5))
         .await;
@@ -2221,8 +2226,10 @@ async fn erase_crosses_servers_and_leaves_no_text_in_redis() {
         "5:bob text 🎉=alice",
     ];
     for c in [&mut carol, &mut dave] {
-        c.pump(WAIT, "everything before the erase", |c| c.states() == before)
-            .await;
+        c.pump(WAIT, "everything before the erase", |c| {
+            c.states() == before
+        })
+        .await;
     }
     let since = 6;
     let dave_token = dave.token.clone();
@@ -2279,6 +2286,10 @@ async fn erase_crosses_servers_and_leaves_no_text_in_redis() {
         assert!(!v.contains("alice-secret"), "{key} holds {v}");
     }
     // The rooms go on.
-    assert_eq!(bob.post(json!({"type": "send", "body": "after"}), "b-3").await, 8);
+    assert_eq!(
+        bob.post(json!({"type": "send", "body": "after"}), "b-3")
+            .await,
+        8
+    );
     drop((a, b));
 }

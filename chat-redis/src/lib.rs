@@ -546,7 +546,10 @@ impl RedisLog {
         }
         let recorded: Vec<redis::RedisResult<Value>> = replies.drain(..record.len()).collect();
         {
-            let mut w = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut w = self
+                .writers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (pair, r) in record.into_iter().zip(recorded) {
                 match r {
                     Ok(_) if w.epoch == epoch.as_str() => {
@@ -589,8 +592,16 @@ impl RedisLog {
 
     /// The (user key, room) pairs of `posts` this process has not recorded yet under
     /// `epoch` (an erase records nothing: it is the host's, not the user's, writing).
-    fn writers_to_record(&self, room: &str, epoch: &Epoch, posts: &[Post<'_>]) -> Vec<(String, String)> {
-        let mut w = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn writers_to_record(
+        &self,
+        room: &str,
+        epoch: &Epoch,
+        posts: &[Post<'_>],
+    ) -> Vec<(String, String)> {
+        let mut w = self
+            .writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if w.epoch != epoch.as_str() || w.seen.len() >= WRITERS_REMEMBERED {
             // A new epoch may be a flushed Redis: record every pair again.
             w.epoch = epoch.as_str().to_owned();

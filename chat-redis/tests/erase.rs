@@ -115,7 +115,12 @@ fn show(e: &Entry) -> String {
     }
 }
 
-const ALICE_TEXTS: [&str; 4] = ["alpha-secret", "beta-secret", "gamma-secret", "delta-secret"];
+const ALICE_TEXTS: [&str; 4] = [
+    "alpha-secret",
+    "beta-secret",
+    "gamma-secret",
+    "delta-secret",
+];
 
 #[tokio::test]
 async fn an_erase_tombstones_the_user_and_leaves_no_text_of_theirs_in_the_stream() {
@@ -124,22 +129,40 @@ async fn an_erase_tombstones_the_user_and_leaves_no_text_of_theirs_in_the_stream
     let epoch = log.cluster_epoch().await.unwrap();
     let keys = log.keys().clone();
     let (a, b, c) = ("Alice", "bob", "carol");
-    commit(&mut log, &epoch, a, ALICE_TEXTS[0], None).await.unwrap(); // 1
+    commit(&mut log, &epoch, a, ALICE_TEXTS[0], None)
+        .await
+        .unwrap(); // 1
     commit(&mut log, &epoch, b, "bob one", None).await.unwrap(); // 2
     let reply = EntryDetail {
         reply_to: Some(Seq(2)),
         ..EntryDetail::default()
     };
-    commit(&mut log, &epoch, a, ALICE_TEXTS[1], Some(&reply)).await.unwrap(); // 3
-    commit(&mut log, &epoch, b, "", Some(&react(2, "👍", true))).await.unwrap(); // 4
-    commit(&mut log, &epoch, a, "", Some(&react(2, "🎉", true))).await.unwrap(); // 5
-    commit(&mut log, &epoch, a, "", Some(&react(2, "👍", true))).await.unwrap(); // 6
+    commit(&mut log, &epoch, a, ALICE_TEXTS[1], Some(&reply))
+        .await
+        .unwrap(); // 3
+    commit(&mut log, &epoch, b, "", Some(&react(2, "👍", true)))
+        .await
+        .unwrap(); // 4
+    commit(&mut log, &epoch, a, "", Some(&react(2, "🎉", true)))
+        .await
+        .unwrap(); // 5
+    commit(&mut log, &epoch, a, "", Some(&react(2, "👍", true)))
+        .await
+        .unwrap(); // 6
     let edit = detail(EntryKind::Edit, 1);
-    commit(&mut log, &epoch, a, ALICE_TEXTS[2], Some(&edit)).await.unwrap(); // 7
+    commit(&mut log, &epoch, a, ALICE_TEXTS[2], Some(&edit))
+        .await
+        .unwrap(); // 7
     commit(&mut log, &epoch, b, "bob two", None).await.unwrap(); // 8
-    commit(&mut log, &epoch, c, "", Some(&react(8, "👀", true))).await.unwrap(); // 9
-    commit(&mut log, &epoch, a, ALICE_TEXTS[3], None).await.unwrap(); // 10
-    commit(&mut log, &epoch, a, "", Some(&react(1, "🎉", true))).await.unwrap(); // 11
+    commit(&mut log, &epoch, c, "", Some(&react(8, "👀", true)))
+        .await
+        .unwrap(); // 9
+    commit(&mut log, &epoch, a, ALICE_TEXTS[3], None)
+        .await
+        .unwrap(); // 10
+    commit(&mut log, &epoch, a, "", Some(&react(1, "🎉", true)))
+        .await
+        .unwrap(); // 11
 
     // Every node's commits recorded where each user wrote (reactions too).
     assert_eq!(log.rooms_of("alice").await.unwrap(), ["general"]);
@@ -150,7 +173,12 @@ async fn an_erase_tombstones_the_user_and_leaves_no_text_of_theirs_in_the_stream
     assert_eq!(before.len(), 11);
     let is_alices = |e: &RawEntry| field(e, "u") == Some(b"Alice".as_slice());
 
-    assert_eq!(commit(&mut log, &epoch, a, "", Some(&erase())).await.unwrap(), 12);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "", Some(&erase()))
+            .await
+            .unwrap(),
+        12
+    );
 
     // No text of alice anywhere in the stream, in any field.
     let after = stream(&redis, &keys.log("general"));
@@ -235,18 +263,36 @@ async fn an_erase_tombstones_the_user_and_leaves_no_text_of_theirs_in_the_stream
     );
 
     // The seq counter and the stream go on: the next post is 13.
-    assert_eq!(commit(&mut log, &epoch, b, "bob three", None).await.unwrap(), 13);
+    assert_eq!(
+        commit(&mut log, &epoch, b, "bob three", None)
+            .await
+            .unwrap(),
+        13
+    );
     let more = log.read_after("general", 12, 10).await.unwrap();
-    assert_eq!(more.entries.iter().map(show).collect::<Vec<_>>(), ["13:bob three"]);
+    assert_eq!(
+        more.entries.iter().map(show).collect::<Vec<_>>(),
+        ["13:bob three"]
+    );
 
     // A second erase is harmless: one more entry, nothing else changes.
     let stream_then = stream(&redis, &keys.log("general"));
     let states_then = states(&redis, &keys.state("general"));
-    assert_eq!(commit(&mut log, &epoch, a, "", Some(&erase())).await.unwrap(), 14);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "", Some(&erase()))
+            .await
+            .unwrap(),
+        14
+    );
     let stream_now = stream(&redis, &keys.log("general"));
     assert_eq!(&stream_now[..13], stream_then.as_slice());
     assert_eq!(states(&redis, &keys.state("general")), states_then);
-    assert_eq!(commit(&mut log, &epoch, a, "alice again", None).await.unwrap(), 15);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "alice again", None)
+            .await
+            .unwrap(),
+        15
+    );
 }
 
 #[tokio::test]
@@ -256,17 +302,28 @@ async fn a_delete_takes_its_message_and_its_edits_text_out_of_the_stream() {
     let epoch = log.cluster_epoch().await.unwrap();
     let keys = log.keys().clone();
     let (a, b) = ("alice", "bob");
-    commit(&mut log, &epoch, a, "first-secret", None).await.unwrap(); // 1
+    commit(&mut log, &epoch, a, "first-secret", None)
+        .await
+        .unwrap(); // 1
     commit(&mut log, &epoch, b, "keep me", None).await.unwrap(); // 2
-    commit(&mut log, &epoch, a, "oops-secret", None).await.unwrap(); // 3
+    commit(&mut log, &epoch, a, "oops-secret", None)
+        .await
+        .unwrap(); // 3
     let edit = detail(EntryKind::Edit, 3);
-    commit(&mut log, &epoch, a, "oops-secret-edited", Some(&edit)).await.unwrap(); // 4
+    commit(&mut log, &epoch, a, "oops-secret-edited", Some(&edit))
+        .await
+        .unwrap(); // 4
     commit(&mut log, &epoch, b, "after", None).await.unwrap(); // 5
-    commit(&mut log, &epoch, a, "still here", None).await.unwrap(); // 6
+    commit(&mut log, &epoch, a, "still here", None)
+        .await
+        .unwrap(); // 6
     let before = stream(&redis, &keys.log("general"));
 
     let del = detail(EntryKind::Delete, 3);
-    assert_eq!(commit(&mut log, &epoch, a, "", Some(&del)).await.unwrap(), 7);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "", Some(&del)).await.unwrap(),
+        7
+    );
     let after = stream(&redis, &keys.log("general"));
     assert_eq!(after.len(), 7);
     for e in &after {
@@ -291,7 +348,10 @@ async fn a_delete_takes_its_message_and_its_edits_text_out_of_the_stream() {
     // The first message, deleted: the whole stream is rewritten from seq 1.
     let mid = after;
     let del = detail(EntryKind::Delete, 1);
-    assert_eq!(commit(&mut log, &epoch, a, "", Some(&del)).await.unwrap(), 8);
+    assert_eq!(
+        commit(&mut log, &epoch, a, "", Some(&del)).await.unwrap(),
+        8
+    );
     let after = stream(&redis, &keys.log("general"));
     assert_eq!(after.len(), 8);
     assert_eq!(after[0].0, "1-0");
@@ -326,16 +386,26 @@ async fn an_erase_in_a_trimmed_stream_drops_the_states_the_stream_no_longer_has(
     let mut log = redis.log_with(options).await;
     let epoch = log.cluster_epoch().await.unwrap();
     let keys = log.keys().clone();
-    commit(&mut log, &epoch, "alice", "old-secret", None).await.unwrap(); // 1
+    commit(&mut log, &epoch, "alice", "old-secret", None)
+        .await
+        .unwrap(); // 1
     let edit = detail(EntryKind::Edit, 1);
-    commit(&mut log, &epoch, "alice", "old-secret-edited", Some(&edit)).await.unwrap(); // 2
+    commit(&mut log, &epoch, "alice", "old-secret-edited", Some(&edit))
+        .await
+        .unwrap(); // 2
     for i in 0..300 {
-        commit(&mut log, &epoch, "bob", &format!("filler {i}"), None).await.unwrap();
+        commit(&mut log, &epoch, "bob", &format!("filler {i}"), None)
+            .await
+            .unwrap();
     }
-    commit(&mut log, &epoch, "alice", "new-secret", None).await.unwrap(); // 303
+    commit(&mut log, &epoch, "alice", "new-secret", None)
+        .await
+        .unwrap(); // 303
     let first = stream(&redis, &keys.log("general"));
     assert!(first[0].0 != "1-0", "the stream was trimmed");
-    commit(&mut log, &epoch, "alice", "", Some(&erase())).await.unwrap();
+    commit(&mut log, &epoch, "alice", "", Some(&erase()))
+        .await
+        .unwrap();
     for (_, v) in states(&redis, &keys.state("general")) {
         assert!(!v.contains("secret"), "{v}");
     }

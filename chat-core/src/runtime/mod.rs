@@ -44,9 +44,7 @@ use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Retention,
     Server, StoreError,
 };
-pub use cluster::{
-    Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest, RoomsFuture,
-};
+pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest, RoomsFuture};
 pub use events::{EventStream, HostEvent};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
