@@ -397,6 +397,11 @@ impl Client {
         msg.client_id = None;
         if msg.kind.is_message() {
             self.current.insert(seq, msg);
+        } else if msg.kind == chat_core::protocol::EntryKind::Erase {
+            // No target: every message before it (as the page and the CLI apply it).
+            for t in self.current.values_mut() {
+                t.apply(&msg);
+            }
         } else if let Some(t) = msg.target.and_then(|t| self.current.get_mut(&t.0)) {
             t.apply(&msg);
         }
@@ -2116,4 +2121,175 @@ async fn read_markers_cross_servers_and_unread_is_right_on_each() {
     // bob's counts are his own.
     assert_eq!(unread(&mut bob).await, 0);
     drop((a, b, c));
+}
+
+/// Every value under the key prefix `chat`, as bytes: strings, hashes (fields and
+/// values), streams (ids, fields and values), sets and sorted sets.
+fn dump_redis(redis: &Redis) -> Vec<(String, Vec<u8>)> {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut c = client.get_connection().expect("connect to redis");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("chat*").query(&mut c).unwrap();
+    assert!(!keys.is_empty());
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut c).unwrap();
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET").arg(&key).query(&mut c).unwrap()],
+            "hash" => redis::cmd("HGETALL").arg(&key).query(&mut c).unwrap(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).query(&mut c).unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query(&mut c)
+                .unwrap(),
+            "stream" => {
+                let entries: Vec<(Vec<u8>, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query(&mut c)
+                    .unwrap();
+                entries
+                    .into_iter()
+                    .flat_map(|(id, fields)| std::iter::once(id).chain(fields))
+                    .collect()
+            }
+            other => panic!("{key} is a {other}: not one of ours"),
+        };
+        out.extend(values.into_iter().map(|v| (key.clone(), v)));
+    }
+    out
+}
+
+/// The texts of every message of a `history` page.
+async fn page_texts(c: &mut Client, room: &str) -> String {
+    let id = c.next_id;
+    c.next_id += 1;
+    c.frame(json!({"type": "history", "id": id, "room": room, "limit": 50}))
+        .await;
+    let page = c.until(|f| f["type"] == "history" && f["id"] == id).await;
+    assert!(
+        page["messages"].as_array().is_some_and(|m| !m.is_empty()),
+        "{page}"
+    );
+    page.to_string()
+}
+
+/// Erasure in cluster mode, as processes: alice writes on A in two rooms (messages, a
+/// reply, an edit, a reaction) and bob reacts to hers; the host erases alice through B's
+/// `POST /erase`. carol on A sees the `erase` change live; erin joining on B afterwards
+/// and dave resuming on B after his server was killed see the tombstones; history from
+/// both servers holds no text of alice, and neither does anything under the key prefix
+/// in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_crosses_servers_and_leaves_no_text_in_redis() {
+    let redis = Redis::start();
+    let (b, admin) = node_with_admin(&redis);
+    let (a, b, mut alice, mut bob) = pair_on(node(&redis), b).await;
+    let mut carol = Client::connect(&a.addr, "carol").await;
+    carol.join(ROOM, None).await;
+    let mut c = node(&redis);
+    let mut dave = Client::connect(&c.addr, "dave").await;
+    dave.join(ROOM, None).await;
+
+    let m1 = json!({"type": "send", "body": "alice-secret-one"});
+    assert_eq!(alice.post(m1, "a-1").await, 1);
+    bob.pump(WAIT, "alice's message", |c| c.current.contains_key(&1))
+        .await;
+    let react = json!({"type": "react", "seq": 1, "emoji": "👍", "on": true});
+    assert_eq!(bob.post(react, "b-1").await, 2);
+    let reply = json!({"type": "send", "body": "alice-secret-two", "reply_to": 1});
+    assert_eq!(alice.post(reply, "a-2").await, 3);
+    let edit = json!({"type": "edit", "seq": 3, "body": "alice-secret-three"});
+    assert_eq!(alice.post(edit, "a-3").await, 4);
+    assert_eq!(
+        bob.post(json!({"type": "send", "body": "bob text"}), "b-2")
+            .await,
+        5
+    );
+    alice
+        .pump(WAIT, "bob's message", |c| c.current.contains_key(&5))
+        .await;
+    let react = json!({"type": "react", "seq": 5, "emoji": "🎉", "on": true});
+    assert_eq!(alice.post(react, "a-4").await, 6);
+    // A second room.
+    alice.join("other", None).await;
+    let id = alice.send("other", "alice-secret-four", "a-5").await;
+    let ack = alice
+        .until(|f| (f["type"] == "ack" || f["type"] == "error") && f["id"] == id)
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let before = [
+        "1:alice-secret-one 👍=bob",
+        "3:alice-secret-three edited re1",
+        "5:bob text 🎉=alice",
+    ];
+    for c in [&mut carol, &mut dave] {
+        c.pump(WAIT, "everything before the erase", |c| {
+            c.states() == before
+        })
+        .await;
+    }
+    let since = 6;
+    let dave_token = dave.token.clone();
+    c.crash();
+    drop(dave);
+
+    let answer = admin_post(&admin, "/erase", "user=alice").await;
+    assert!(answer.contains("erased in 2 rooms"), "{answer}");
+    let want = ["1: deleted", "3: deleted re1", "5:bob text"];
+    // carol, on the other server, sees the erase live.
+    carol
+        .pump(WAIT, "the erase, live", |c| c.states() == want)
+        .await;
+    assert!(carol.seen.get(&7).is_some_and(|(u, _)| u == "alice"));
+    bob.pump(WAIT, "the erase, live", |c| c.states() == want)
+        .await;
+
+    // erin joins on B afterwards: tombstones.
+    let mut erin = Client::connect(&b.addr, "erin").await;
+    erin.join(ROOM, None).await;
+    assert_eq!(erin.states(), want);
+    // dave's server was killed: he resumes on B after seq 6 and the erase he missed
+    // turns what he had into tombstones.
+    let mut dave = Client::connect_as(&b.addr, "dave", Some(&dave_token)).await;
+    for m in bob.current.values() {
+        let mut old = m.clone();
+        old.body = match m.seq.0 {
+            1 => "alice-secret-one",
+            3 => "alice-secret-three",
+            _ => "bob text",
+        }
+        .into();
+        old.deleted = false;
+        old.rev = None;
+        dave.current.insert(m.seq.0, old);
+    }
+    let joined = dave.join(ROOM, Some(since)).await;
+    assert_eq!(joined["gap"], false, "{joined}");
+    assert!(!joined.to_string().contains("alice-secret"), "{joined}");
+    assert_eq!(dave.states(), want);
+
+    // History from both servers, in both rooms: no text of alice.
+    carol.join("other", None).await;
+    erin.join("other", None).await;
+    for c in [&mut carol, &mut erin] {
+        for room in [ROOM, "other"] {
+            let page = page_texts(c, room).await;
+            assert!(!page.contains("alice-secret"), "{room}: {page}");
+        }
+    }
+    // Redis holds none of it, under any key.
+    for (key, v) in dump_redis(&redis) {
+        let v = String::from_utf8_lossy(&v);
+        assert!(!v.contains("alice-secret"), "{key} holds {v}");
+    }
+    // The rooms go on.
+    assert_eq!(
+        bob.post(json!({"type": "send", "body": "after"}), "b-3")
+            .await,
+        8
+    );
+    drop((a, b));
 }

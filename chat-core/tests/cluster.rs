@@ -87,7 +87,7 @@ impl Log {
             if let Some(r) = detail.reply_to {
                 target_of(r)?;
             }
-        } else {
+        } else if detail.kind != EntryKind::Erase {
             let t = target_of(detail.target.unwrap())?
                 .ok_or((ErrorCode::NoSuchMessage, "older".to_owned()))?;
             let own = t.user.key() == user.key();
@@ -123,6 +123,12 @@ impl Log {
         *entries.last_mut().unwrap() = m.clone();
         if let Some(t) = m.target {
             entries[usize::try_from(t.0 - 1).unwrap()].apply(&m);
+        }
+        if m.kind == EntryKind::Erase {
+            // Every message of the user before it: a tombstone; their reactions go.
+            for e in entries.iter_mut() {
+                e.apply(&m);
+            }
         }
         Ok((m, dup))
     }
@@ -1690,6 +1696,10 @@ fn view(frames: Vec<ServerFrame>, into: &mut BTreeMap<Seq, Message>) {
                     into.insert(m.seq, m);
                 }
             }
+        } else if m.kind == EntryKind::Erase {
+            into.values_mut().for_each(|t| {
+                t.apply(&m);
+            });
         } else if let Some(t) = m.target.and_then(|t| into.get_mut(&t)) {
             t.apply(&m);
         }
@@ -1829,6 +1839,67 @@ fn changes_cross_servers_and_a_later_joiner_sees_the_current_state() {
     c.settle();
     view(c.nodes[2].take(4), &mut device);
     assert_eq!(states(&device), states(&live));
+}
+
+/// The host erases alice on the server she is not on: the `erase` entry goes through
+/// the log, both servers deliver it in seq order and apply it to their windows (her
+/// messages tombstones, her reaction gone from bob's), the host's call is answered
+/// with the entry, and a server that loads the room afterwards gives the tombstones.
+#[test]
+fn an_erase_goes_through_the_log_and_every_server_applies_it() {
+    let mut c = Cluster::new(3);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    let mut alice = BTreeMap::new();
+    view(c.nodes[0].take(1), &mut alice);
+    send(&mut c.nodes[0], 1, 1, "mine", None);
+    c.settle();
+    send(&mut c.nodes[1], 2, 1, "bob's", None);
+    c.settle();
+    change(
+        &mut c.nodes[0],
+        1,
+        2,
+        json!({"type": "react", "seq": 2, "emoji": "👍", "on": true}),
+    );
+    change(
+        &mut c.nodes[0],
+        1,
+        3,
+        json!({"type": "edit", "seq": 1, "body": "mine, edited"}),
+    );
+    c.settle();
+    view(c.nodes[0].take(1), &mut alice);
+    assert_eq!(
+        states(&alice),
+        ["1:mine, edited edited", "2:bob's 👍=alice"]
+    );
+    let who = chat_core::UserName::parse("alice", 32).unwrap();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.nodes[1].input(Input::Erase {
+        ticket: 77,
+        room,
+        user: who,
+    });
+    c.settle();
+    let (ticket, result) = c.nodes[1].published.pop().expect("answered");
+    assert_eq!(ticket, 77);
+    let entry = result.expect("erased");
+    assert_eq!((entry.seq, entry.kind), (Seq(5), EntryKind::Erase));
+    let want = ["1: deleted", "2:bob's"];
+    let mut bob = BTreeMap::new();
+    view(c.nodes[1].take(2), &mut bob);
+    view(c.nodes[0].take(1), &mut alice);
+    assert_eq!(states(&alice), want);
+    assert_eq!(states(&bob), want);
+    // A server that loads the room afterwards: the tombstones.
+    c.hello(2, 3, "carol");
+    let mut carol = BTreeMap::new();
+    view(c.nodes[2].take(3), &mut carol);
+    assert_eq!(states(&carol), want);
+    for n in &c.nodes {
+        n.assert_no_violations();
+    }
 }
 
 /// Two servers each accept a change to one message against their own window; the log

@@ -229,6 +229,23 @@ impl Broker for RedisBroker {
             // lease): its clients reconnecting elsewhere meanwhile are not seen to leave.
         })
     }
+
+    /// The user's `wrote` set ([`crate::Keys::wrote`]), which every node's commits
+    /// keep; a member that is not a room name (someone else's write) is skipped.
+    fn rooms_of(&self, user: &UserName) -> chat_core::runtime::RoomsFuture<'_> {
+        let mut log = self.log.clone();
+        let user = user.clone();
+        Box::pin(async move {
+            let rooms = log
+                .rooms_of(user.as_str())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            Ok(rooms
+                .iter()
+                .filter_map(|r| RoomName::parse(r, usize::MAX, usize::MAX).ok())
+                .collect())
+        })
+    }
 }
 
 /// The rooms this node holds: their key in Redis → their name.

@@ -128,6 +128,14 @@ impl Keys {
         format!("{}:reads:{}", self.prefix, Self::tag(user_key))
     }
 
+    /// The rooms a user wrote in (posted or changed anything: messages, edits, deletes,
+    /// reactions), under the user's key (folded name) as its own hash tag: what
+    /// erasure (`Hub::erase_user`) reads to find every room of the user.
+    #[must_use]
+    pub fn wrote(&self, user_key: &str) -> String {
+        format!("{}:wrote:{}", self.prefix, Self::tag(user_key))
+    }
+
     /// An anonymous name's holder.
     #[must_use]
     pub fn name(&self, name: &str) -> String {

@@ -397,7 +397,20 @@ pub struct RedisLog {
     scripts: std::sync::Arc<Scripts>,
     keys: Keys,
     options: Options,
+    writers: std::sync::Arc<std::sync::Mutex<Writers>>,
 }
+
+/// The (user key, room) pairs this process already recorded in the users' `wrote` sets
+/// under the current epoch (so a send in steady state costs no extra command).
+#[derive(Debug, Default)]
+struct Writers {
+    epoch: String,
+    seen: std::collections::HashSet<(String, String)>,
+}
+
+/// At most this many pairs are remembered; then the memory starts again (a pair
+/// recorded twice costs one `SADD` that changes nothing).
+const WRITERS_REMEMBERED: usize = 4096;
 
 impl std::fmt::Debug for RedisLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -426,6 +439,7 @@ impl RedisLog {
             scripts: std::sync::Arc::new(Scripts::new()),
             keys: Keys::new(&options.prefix),
             options,
+            writers: std::sync::Arc::default(),
         })
     }
 
@@ -448,10 +462,11 @@ impl RedisLog {
         epoch: &Epoch,
         post: Post<'_>,
     ) -> Result<Committed, Error> {
-        let mut inv = self.scripts.commit.prepare_invoke();
-        self.commit_args(&mut inv, room, epoch, &post);
-        let reply: Result<Value, _> = inv.invoke_async(&mut self.conn).await;
-        committed(reply)
+        let mut out = self
+            .commit_batch(room, epoch, std::slice::from_ref(&post))
+            .await?;
+        out.pop()
+            .unwrap_or_else(|| Err(Error::Malformed("no reply to a commit".into())))
     }
 
     /// The keys and arguments of one `commit.lua` run (see the script's header).
@@ -495,6 +510,11 @@ impl RedisLog {
     /// Commits several messages to `room`'s log in one pipeline (one round trip), in
     /// order: each its own script run, as [`RedisLog::commit`], with its own outcome.
     ///
+    /// Each author's `wrote` set ([`Keys::wrote`], read by [`RedisLog::rooms_of`]) gets
+    /// the room in the same pipeline, before the scripts run, so no committed entry is
+    /// ever missing from it (a refused one may be recorded: erasing there finds nothing).
+    /// A pair already recorded by this process under the same epoch is not sent again.
+    ///
     /// # Errors
     /// The pipeline as a whole failed (the connection, the deadline): then any of the
     /// posts may or may not have been committed, and none was acked.
@@ -510,13 +530,36 @@ impl RedisLog {
             inv
         };
         let invocations: Vec<_> = posts.iter().map(invocation).collect();
+        let record = self.writers_to_record(room, epoch, posts);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        for (user_key, _) in &record {
+            pipe.cmd("SADD").arg(self.keys.wrote(user_key)).arg(room);
+        }
         for inv in &invocations {
             pipe.invoke_script(inv);
         }
         let mut conn = self.conn.clone();
         let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+        if replies.len() < record.len() {
+            return Err(Error::Malformed("a pipeline answered fewer replies".into()));
+        }
+        let recorded: Vec<redis::RedisResult<Value>> = replies.drain(..record.len()).collect();
+        {
+            let mut w = self
+                .writers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (pair, r) in record.into_iter().zip(recorded) {
+                match r {
+                    Ok(_) if w.epoch == epoch.as_str() => {
+                        w.seen.insert(pair);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, room, "recording a writer's room failed"),
+                }
+            }
+        }
         if replies
             .iter()
             .any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")))
@@ -545,6 +588,54 @@ impl RedisLog {
             }
         }
         Ok(replies.into_iter().map(committed).collect())
+    }
+
+    /// The (user key, room) pairs of `posts` this process has not recorded yet under
+    /// `epoch` (an erase records nothing: it is the host's, not the user's, writing).
+    fn writers_to_record(
+        &self,
+        room: &str,
+        epoch: &Epoch,
+        posts: &[Post<'_>],
+    ) -> Vec<(String, String)> {
+        let mut w = self
+            .writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.epoch != epoch.as_str() || w.seen.len() >= WRITERS_REMEMBERED {
+            // A new epoch may be a flushed Redis: record every pair again.
+            w.epoch = epoch.as_str().to_owned();
+            w.seen.clear();
+        }
+        let mut out: Vec<(String, String)> = Vec::new();
+        for post in posts {
+            if post
+                .detail
+                .is_some_and(|d| d.kind == chat_core::protocol::EntryKind::Erase)
+            {
+                continue;
+            }
+            let pair = (chat_core::fold(post.user), room.to_owned());
+            if !w.seen.contains(&pair) && !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+        out
+    }
+
+    /// The rooms where `user` wrote (posted or changed anything), as recorded by every
+    /// node's commits ([`Keys::wrote`]), sorted. Rooms written before this record
+    /// existed (an older version's commits) are not in it.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn rooms_of(&mut self, user: &str) -> Result<Vec<String>, Error> {
+        let mut rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.wrote(&chat_core::fold(user)))
+            .query_async(&mut self.conn)
+            .await?;
+        rooms.sort();
+        Ok(rooms)
     }
 
     /// At most `max` entries after seq `after`, in order, with the room's meta. Entries
@@ -1132,11 +1223,13 @@ pub(crate) fn fields_entry(
         Some("edit") => EntryKind::Edit,
         Some("delete") => EntryKind::Delete,
         Some("react") => EntryKind::React,
+        Some("erase") => EntryKind::Erase,
         Some(_) => return None,
     };
     let num = |k: &str| f.get(k).filter(|v| !v.is_empty()).map(|v| v.parse::<u64>());
     let target = num("g").transpose().ok()?;
-    if !kind.is_message() && target.is_none() {
+    // An erase applies to the whole room before it: it has no target.
+    if !kind.is_message() && kind != EntryKind::Erase && target.is_none() {
         return None;
     }
     Some(Entry {

@@ -377,6 +377,10 @@ impl BrokerInbox {
 /// A future a broker returns.
 pub type BrokerFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
+/// The answer of [`Broker::rooms_of`].
+pub type RoomsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<RoomName>, crate::server::StoreError>> + Send + 'a>>;
+
 /// The link between one hub and the log it shares with other processes (cluster mode).
 /// Given to [`HubConfig::cluster`](super::HubConfig::cluster), the hub runs in cluster
 /// mode: its epoch is the broker's, every post is committed through it, and rooms and
@@ -396,6 +400,19 @@ pub trait Broker: Send + Sync + 'static {
     /// Called once when the hub stops, after its last request: release what this
     /// process holds in the log (its presence), stop background work.
     fn stop(&self) -> BrokerFuture<'_>;
+    /// The rooms where `user` wrote (posted, edited, deleted or reacted) on any server,
+    /// as the log recorded them: what [`Hub::erase_user`](super::Hub::erase_user) erases
+    /// (with the rooms of this server's windows). A room may be named where the user
+    /// has nothing left. The default answers an error: a broker that keeps no such
+    /// record cannot erase (the call then changes nothing).
+    fn rooms_of(&self, user: &UserName) -> RoomsFuture<'_> {
+        let _ = user;
+        Box::pin(async {
+            Err(crate::server::StoreError::Unavailable(
+                "this broker does not record the rooms a user wrote in".into(),
+            ))
+        })
+    }
 }
 
 #[cfg(test)]

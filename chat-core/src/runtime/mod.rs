@@ -44,7 +44,7 @@ use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Retention,
     Server, StoreError,
 };
-pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest};
+pub use cluster::{Broker, BrokerFuture, BrokerInbox, ClusterControl, ClusterRequest, RoomsFuture};
 pub use events::{EventStream, HostEvent};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
@@ -287,6 +287,8 @@ struct HubInner {
     limits: crate::protocol::Limits,
     /// Read by [`Hub::erase_user`] to find the rooms a user wrote in.
     store: Option<Arc<dyn Store>>,
+    /// Cluster mode: asked by [`Hub::erase_user`] for the rooms a user wrote in.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl Hub {
@@ -396,6 +398,7 @@ impl Hub {
         }
         let default_retention = server.config().retention;
         let hub_store = store.clone();
+        let hub_broker = cluster.clone();
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
         if let Some(broker) = &cluster {
@@ -454,6 +457,7 @@ impl Hub {
                 done,
                 limits,
                 store: hub_store,
+                broker: hub_broker,
             }),
         })
     }
@@ -700,20 +704,19 @@ impl Hub {
     }
 
     /// Erases `user` (the right to be forgotten): in every room where the user wrote
-    /// (in the store and in every window), an `erase` entry is posted, which makes each
-    /// of the user's messages a tombstone (seq, time and author stay; text, edits and
-    /// reactions go) and takes the user's reactions off other messages. Connected
-    /// clients get it as a `change` of kind `erase`. Returns the number of rooms, once
-    /// every entry is stored and delivered. Keeping the user out is the identity
-    /// hook's part (see [`Hub::revoke_user`]). Not built for cluster mode: there it
-    /// answers an error and changes nothing.
+    /// (in the store and in every window; in cluster mode, every room the shared log
+    /// recorded the user writing in, on any server), an `erase` entry is posted, which
+    /// makes each of the user's messages a tombstone (seq, time and author stay; text,
+    /// edits and reactions go) and takes the user's reactions off other messages.
+    /// Connected clients get it as a `change` of kind `erase` (in cluster mode on every
+    /// server). Returns the number of rooms, once every entry is stored (committed to
+    /// the shared log) and delivered. In cluster mode the log also takes the user's
+    /// texts out of its stream (docs/CLUSTER.md, "Erasure"). Keeping the user out is the
+    /// identity hook's part (see [`Hub::revoke_user`]).
     pub async fn erase_user(&self, user: &str) -> Result<Result<usize, String>, HubClosed> {
         let raw = user.to_owned();
         let found = self
             .host(move |server, _| {
-                if server.config().cluster {
-                    return Err("erasure is not built for cluster mode yet".to_owned());
-                }
                 crate::ids::UserName::parse(&raw, server.config().max_name_chars)
                     .map(|name| {
                         let rooms = server.rooms_with_user(&name);
@@ -735,6 +738,13 @@ impl Hub {
                 Err(e) => return Ok(Err(format!("reading the store: {e}"))),
             }
         }
+        let cluster = self.inner.broker.is_some();
+        if let Some(broker) = &self.inner.broker {
+            match broker.rooms_of(&name).await {
+                Ok(more) => rooms.extend(more),
+                Err(e) => return Ok(Err(format!("reading the shared log: {e}"))),
+            }
+        }
         rooms.sort();
         rooms.dedup();
         let mut waiting = Vec::with_capacity(rooms.len());
@@ -748,10 +758,13 @@ impl Hub {
             self.inner.tx.send(cmd).await.map_err(|_| HubClosed)?;
             waiting.push((room, rx));
         }
-        let n = waiting.len();
+        let mut n = 0;
         for (room, rx) in waiting {
-            if let Err(code) = rx.await.map_err(|_| HubClosed)? {
-                return Ok(Err(format!("erasing in {room}: {}", code.as_str())));
+            match rx.await.map_err(|_| HubClosed)? {
+                Ok(_) => n += 1,
+                // The log recorded the room for a post it then refused: nothing there.
+                Err(ErrorCode::RoomNotFound) if cluster => {}
+                Err(code) => return Ok(Err(format!("erasing in {room}: {}", code.as_str()))),
             }
         }
         Ok(Ok(n))

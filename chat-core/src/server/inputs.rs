@@ -233,7 +233,8 @@ pub enum Input {
     /// The host erases `user` in `room` (the right to be forgotten): an `erase` entry
     /// is posted (loading the room first if it left memory), which makes every message
     /// of the user a tombstone and takes the user's reactions away, in the window and,
-    /// in durable mode, in the store. Answered by
+    /// in durable mode, in the store (in cluster mode, in the shared log, which every
+    /// server holding the room applies to its window). Answered by
     /// [`Output::Published`](super::Output::Published) with the entry.
     Erase {
         /// Echoed in [`Output::Published`](super::Output::Published).

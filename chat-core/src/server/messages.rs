@@ -272,20 +272,14 @@ impl State {
     }
 
     /// The host erases `user` in `room` ([`Input::Erase`](super::Input::Erase)): an
-    /// `erase` entry, posted as the host's publish is.
+    /// `erase` entry, posted as the host's publish is (in cluster mode committed to the
+    /// shared log, which tombstones the user's messages there, after loading the room
+    /// if this server does not hold it).
     pub(super) fn on_erase(&mut self, now: Now, ticket: u64, room: RoomName, user: UserName) {
-        let refused = if self.shutting_down {
-            Some(ErrorCode::ShuttingDown)
-        } else if self.config.cluster {
-            // Not built for the shared log (`Hub::erase_user` says so before asking).
-            Some(ErrorCode::InvalidRequest)
-        } else {
-            None
-        };
-        if let Some(code) = refused {
+        if self.shutting_down {
             self.out.push(Output::Published {
                 ticket,
-                result: Err(code),
+                result: Err(ErrorCode::ShuttingDown),
             });
             return;
         }

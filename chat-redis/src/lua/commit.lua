@@ -1,12 +1,15 @@
 #!lua
 -- One entry into a room's log, atomically (docs/CLUSTER.md, "A send"): a message, or a
 -- change to one (edit, delete, react) checked against the target's current state and
--- applied to it in the same step, so two nodes cannot both accept conflicting changes.
+-- applied to it in the same step, so two nodes cannot both accept conflicting changes;
+-- or the host's erasure of a user (erase: no target). A delete and an erase also take
+-- the text they remove out of the stream (its tail rewritten: "No text left behind").
 -- KEYS: 1 meta hash, 2 log stream, 3 idempotency key (set when ARGV[4] is not empty),
 --       4 state hash (target seq -> the message's current state, for changed messages)
 -- ARGV: 1 caller's epoch, 2 user, 3 body, 4 client id or "", 5 stream MAXLEN (~),
 --       6 idempotency key lifetime (s), 7 doorbell channel,
---       8 kind ("" for a message, "edit", "delete", "react"), 9 target seq or "",
+--       8 kind ("" for a message, "edit", "delete", "react", "erase"), 9 target seq
+--       or "",
 --       10 emoji or "", 11 on ("1" or "0"), 12 reply_to seq or "",
 --       13 edit window (ms), 14 most distinct emoji per message, 15 "1": any author
 --       (a moderator's delete), 16 the user's key (folded name)
@@ -79,8 +82,77 @@ local function message_at(seq)
   return f, s
 end
 
+-- An entry's fields as a table.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do
+    f[raw[i]] = raw[i + 1]
+  end
+  return f
+end
+
+-- An entry's seq, from its stream id.
+local function seq_of(id)
+  return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+end
+
+-- The author's key: written with the entry when it differs from the name; an entry
+-- without it has a name that is its own key (ASCII lower case).
+local function author_of(f)
+  return f.a or string.lower(f.u)
+end
+
+-- Takes text out of the stream: a stream entry cannot be changed in place, so the
+-- entries from the oldest one whose text goes (`entries[from]`) to the top are
+-- deleted, the stream's last id lowered to just below it (allowed since nothing above
+-- it remains), and the entries appended again with the same ids and fields, the text
+-- (`b`) of those `blank(fields)` names emptied. `entries` is XRANGE's answer from
+-- `entries[1]` to the top. Returns how many entries were written again.
+local function rewrite_tail(entries, blank)
+  local from
+  for i, e in ipairs(entries) do
+    local f = fields_of(e[2])
+    if f.b and f.b ~= '' and blank(f, seq_of(e[1])) then
+      from = i
+      break
+    end
+  end
+  if not from then
+    return 0
+  end
+  local ids = {}
+  for i = from, #entries do
+    table.insert(ids, entries[i][1])
+    if #ids == 500 then
+      redis.call('XDEL', log, unpack(ids))
+      ids = {}
+    end
+  end
+  if #ids > 0 then
+    redis.call('XDEL', log, unpack(ids))
+  end
+  redis.call('XSETID', log, string.format('%d', seq_of(entries[from][1]) - 1) .. '-0')
+  for i = from, #entries do
+    local id, raw = entries[i][1], entries[i][2]
+    local f = fields_of(raw)
+    local out = raw
+    if f.b and f.b ~= '' and blank(f, seq_of(id)) then
+      out = {}
+      for j = 1, #raw, 2 do
+        out[j] = raw[j]
+        out[j + 1] = (raw[j] == 'b') and '' or raw[j + 1]
+      end
+    end
+    redis.call('XADD', log, id, unpack(out))
+  end
+  return #entries - from + 1
+end
+
 local s, target_n
-if kind ~= '' then
+if kind == 'erase' then
+  -- The host's: nothing to check (the user may have nothing left here).
+  s = nil
+elseif kind ~= '' then
   target_n = tonumber(target)
   local f, st = message_at(target_n)
   if not f then
@@ -95,9 +167,7 @@ if kind ~= '' then
   if s.d then
     return refuse('gone', '#' .. target .. ' is deleted')
   end
-  -- The author's key: written with the entry when it differs from the name; an entry
-  -- without it has a name that is its own key (ASCII lower case).
-  local author = f.a or string.lower(f.u)
+  local author = author_of(f)
   if kind == 'edit' or (kind == 'delete' and ARGV[15] ~= '1') then
     if author ~= ukey then
       return refuse('not_author', '#' .. target .. ' is ' .. f.u .. "'s message")
@@ -141,7 +211,9 @@ if ukey ~= '' and ukey ~= user then
 end
 if kind ~= '' then
   table.insert(fields, 'k'); table.insert(fields, kind)
-  table.insert(fields, 'g'); table.insert(fields, target)
+  if kind ~= 'erase' then
+    table.insert(fields, 'g'); table.insert(fields, target)
+  end
   if kind == 'react' then
     table.insert(fields, 'j'); table.insert(fields, emoji)
     table.insert(fields, 'o'); table.insert(fields, on)
@@ -149,12 +221,74 @@ if kind ~= '' then
 elseif reply_to ~= '' then
   table.insert(fields, 'r'); table.insert(fields, reply_to)
 end
+if kind == 'delete' then
+  -- The deleted message's text and its edits' texts leave the stream.
+  rewrite_tail(redis.call('XRANGE', log, target .. '-0', '+'), function(f, at)
+    if at == target_n then
+      return true
+    end
+    return f.k == 'edit' and f.g == target
+  end)
+elseif kind == 'erase' then
+  -- Every message of the user still in the stream becomes a tombstone (as chat-core's
+  -- Message::apply of an erase makes it), the user's reactions leave other messages,
+  -- and the user's texts (messages and edits) leave the stream.
+  local all = redis.call('XRANGE', log, '-', '+')
+  for _, e in ipairs(all) do
+    local f = fields_of(e[2])
+    if not f.k or f.k == '' then
+      local at = e[1]
+      at = string.sub(at, 1, string.find(at, '-', 1, true) - 1)
+      local st = redis.call('HGET', state, at)
+      st = st and cjson.decode(st) or {}
+      if author_of(f) == ukey then
+        if not st.d then
+          redis.call('HSET', state, at, cjson.encode({d = 1, v = seq}))
+        end
+      elseif st.r then
+        local kept, touched = {}, false
+        for _, r in ipairs(st.r) do
+          local users = {}
+          for _, u in ipairs(r[2]) do
+            if u[1] == ukey then
+              touched = true
+            else
+              table.insert(users, u)
+            end
+          end
+          if #users > 0 then
+            table.insert(kept, {r[1], users})
+          end
+        end
+        if touched then
+          st.r = (#kept > 0) and kept or nil
+          st.v = seq
+          redis.call('HSET', state, at, cjson.encode(st))
+        end
+      end
+    end
+  end
+  -- States of messages the stream no longer holds (an edit's text among them) go.
+  if #all > 0 then
+    local floor = seq_of(all[1][1])
+    for _, k in ipairs(redis.call('HKEYS', state)) do
+      if tonumber(k) < floor then
+        redis.call('HDEL', state, k)
+      end
+    end
+  else
+    redis.call('DEL', state)
+  end
+  rewrite_tail(all, function(f)
+    return author_of(f) == ukey
+  end)
+end
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], seq_s .. '-0', unpack(fields))
 if cid ~= '' then
   redis.call('SET', idem, seq_s .. ':' .. ts_s, 'EX', ARGV[6])
 end
 
-if kind ~= '' then
+if kind ~= '' and kind ~= 'erase' then
   -- The target's new current state (as chat-core's Message::apply makes it): `b` the
   -- body after the last edit, `e` when, `d` deleted, `r` reactions (emoji, then
   -- {key, name} pairs in first-reaction order), `v` the seq of the last change.
