@@ -397,6 +397,9 @@ impl State {
         }
         if let Some(seq) = gap_before {
             room.skip_to(&mut env, seq);
+            // Nothing below `seq` is in the log any more: a history page that reaches
+            // it says the gap, with `seq` as the first kept.
+            room.prune(seq);
         }
         room.accept(&mut env, messages.into_iter().map(Arc::new));
     }
