@@ -320,3 +320,71 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
         "2"
     );
 }
+
+/// The figure in docs/CLUSTER.md ("Retention"): Redis' memory for one room's stream
+/// under a steady send rate, with `--retain-messages 100` (room `general`) and with a
+/// room whose own policy keeps everything (`kept`: only the stream's window cap of ~1000
+/// entries bounds it). Prints `MEMORY USAGE` of both streams every 1000 messages.
+/// Run by hand: `cargo test --test cluster_retention -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed; run by hand"]
+async fn stream_memory_under_a_steady_rate() {
+    let redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--redis",
+        &redis.url(),
+        "--send-burst",
+        "100000",
+        "--send-rate",
+        "100000",
+        "--retain-messages",
+        "100",
+        "--retain-sweep-secs",
+        "1",
+        "--admin-addr",
+        &admin,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let server = ServerProcess::start(args);
+    let answer = admin_post(&admin, "/retention", "room=kept").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (mut alice, _, _) = connect(&server.addr, "alice", None).await;
+    say(&mut alice, json!({"type":"join","room":"kept"})).await;
+    let total = 6000;
+    let body = "x".repeat(100);
+    for i in 1..=total {
+        for room in ["general", "kept"] {
+            say(
+                &mut alice,
+                json!({"type":"send","id":i,"room":room,"body":format!("{i:06} {body}")}),
+            )
+            .await;
+            until(&mut alice, |f| match f {
+                ServerFrame::Ack { .. } => Some(()),
+                ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+                _ => None,
+            })
+            .await;
+        }
+        // A steady rate: about 200 messages a second per room.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if i % 1000 == 0 {
+            let usage = |room: &str| {
+                let key = format!("chat:{{{room}}}:log");
+                (
+                    redis.cli(&["MEMORY", "USAGE", &key, "SAMPLES", "0"]),
+                    redis.cli(&["XLEN", &key]),
+                )
+            };
+            let (g, gl) = usage("general");
+            let (k, kl) = usage("kept");
+            println!(
+                "after {i} messages per room: general {g} bytes ({gl} entries), kept {k} bytes ({kl} entries)"
+            );
+        }
+    }
+}
