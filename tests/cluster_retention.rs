@@ -43,7 +43,14 @@ impl Redis {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -122,9 +129,7 @@ fn node(redis: &Redis, admin: Option<&str>) -> ServerProcess {
     .map(str::to_owned)
     .to_vec();
     if let Some(addr) = admin {
-        args.extend(
-            ["--admin-addr", addr, "--admin-token", ADMIN_TOKEN].map(str::to_owned),
-        );
+        args.extend(["--admin-addr", addr, "--admin-token", ADMIN_TOKEN].map(str::to_owned));
     }
     ServerProcess::start(args)
 }
@@ -179,7 +184,11 @@ async fn connect(addr: &str, name: &str, since: Option<u64>) -> (Socket, bool, V
 }
 
 /// A history page: its seqs, `has_more`, `gap`, `first_seq`.
-async fn history(ws: &mut Socket, id: u64, before: Option<u64>) -> (Vec<u64>, bool, bool, Option<u64>) {
+async fn history(
+    ws: &mut Socket,
+    id: u64,
+    before: Option<u64>,
+) -> (Vec<u64>, bool, bool, Option<u64>) {
     let mut frame = json!({"type":"history","id":id,"room":"general","limit":50});
     if let Some(b) = before {
         frame["before"] = json!(b);
@@ -297,10 +306,7 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
     // The room's own policy, set on A, holds for the whole cluster.
     let answer = admin_post(&admin, "/retention", "room=general&messages=2").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(
-        redis.cli(&["HGET", "chat:{general}:retain", "count"]),
-        "2"
-    );
+    assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
     redis.wait_stream_len(2);
     let deadline = Instant::now() + WAIT;
     let page = loop {
@@ -315,10 +321,7 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
     // Bad input: a clear refusal, nothing stored.
     let answer = admin_post(&admin, "/retention", "room=general&messages=lots").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert_eq!(
-        redis.cli(&["HGET", "chat:{general}:retain", "count"]),
-        "2"
-    );
+    assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
 }
 
 /// The figure in docs/CLUSTER.md ("Retention"): Redis' memory for one room's stream

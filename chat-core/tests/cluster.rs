@@ -2325,10 +2325,9 @@ fn a_server_holding_a_room_follows_a_retention_trim() {
         .take(2)
         .into_iter()
         .find_map(|f| match f {
-            ServerFrame::Joined { gap, messages, .. } => Some((
-                gap,
-                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
-            )),
+            ServerFrame::Joined { gap, messages, .. } => {
+                Some((gap, messages.iter().map(|m| m.seq.0).collect::<Vec<_>>()))
+            }
             _ => None,
         })
         .expect("joined");
@@ -2359,7 +2358,10 @@ fn a_trim_ahead_of_a_lagging_server_is_told_as_a_gap() {
     });
     c.nodes[1].input(Input::CatchUp { room: None });
     c.settle();
-    assert_eq!(seen(&mut c.nodes[1], 2), ["m1:m1", "gap..4", "m5:m5", "m6:m6"]);
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:m1", "gap..4", "m5:m5", "m6:m6"]
+    );
     // And its history says where the log starts now.
     c.nodes[1].say(
         2,
@@ -2375,7 +2377,11 @@ fn a_trim_ahead_of_a_lagging_server_is_told_as_a_gap() {
                 gap,
                 first_seq,
                 ..
-            } => Some((messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(), gap, first_seq)),
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                gap,
+                first_seq,
+            )),
             _ => None,
         })
         .expect("a history page");

@@ -15,13 +15,16 @@
 //! - Heartbeats every second; every node reaps the nodes whose lease ran out; every
 //!   `check_every` the engine reads each room's log after its top (a doorbell lost
 //!   between a reconnect and its re-subscription).
+//! - Retention: every `sweep_every` the node holding the period's lease sweeps every
+//!   room (`retain.lua`, bounded steps, its own connection); trims reach every node's
+//!   engine as `Input::Pruned` (the trim doorbell, catch-ups, room loads).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_core::protocol::Message;
 use chat_core::Retention;
+use chat_core::protocol::Message;
 use chat_core::runtime::{Broker, BrokerFuture, BrokerInbox, ClusterRequest};
 use chat_core::{
     Announced, Appended, ClientMsgId, Input, LoadedRoom, RoomName, Seq, StoreError, UserKey,
@@ -227,8 +230,7 @@ impl Broker for RedisBroker {
         &self,
         room: RoomName,
         policy: Retention,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>
-    {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             let mut log = self.log.clone();
             log.set_retention(room.as_str(), policy)

@@ -24,6 +24,10 @@
 //! - [`RedisLog::save_moderation`] / [`RedisLog::read_moderation`]: each room's
 //!   moderation state (roles, bans and mutes with their ends, topic, slow mode), the
 //!   truth every node reads when it loads the room and at each catch-up.
+//! - [`RedisLog::set_retention`] / [`RedisLog::retain`]: each room's retention policy,
+//!   and one bounded, atomic step of enforcing it (the stream trimmed by count and age,
+//!   the trimmed messages' state dropped, the first kept seq recorded and rung);
+//!   [`RedisLog::scan_rooms`] and [`RedisLog::take_sweep`] for the broker's sweeper.
 //! - [`Subscriber`]: the node's doorbell listener, which re-subscribes after every
 //!   reconnect and proves with a probe through its own channel that its subscriptions
 //!   deliver; a full queue marks a room behind instead of dropping silently.
@@ -752,10 +756,7 @@ impl RedisLog {
             .max_age
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string())
             .unwrap_or_default();
-        let count = default
-            .max_count
-            .map(|c| c.to_string())
-            .unwrap_or_default();
+        let count = default.max_count.map(|c| c.to_string()).unwrap_or_default();
         let reply: Value = self
             .scripts
             .retain
@@ -783,7 +784,11 @@ impl RedisLog {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn scan_rooms(&mut self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
+    pub async fn scan_rooms(
+        &mut self,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), Error> {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")

@@ -131,7 +131,10 @@ async fn a_count_policy_keeps_exactly_the_newest_entries_and_says_the_first_kept
     let latest = log.read_latest("general", 100).await.unwrap();
     assert_eq!((latest.first, latest.top), (8, 12));
     let (page, more) = log.read_before("general", Some(9), 50).await.unwrap();
-    assert_eq!((page.iter().map(|e| e.seq).collect::<Vec<_>>(), more), (vec![8], false));
+    assert_eq!(
+        (page.iter().map(|e| e.seq).collect::<Vec<_>>(), more),
+        (vec![8], false)
+    );
     // Already within the policy: nothing more goes, and seqs carry on.
     assert_eq!(
         log.retain("general", count(5), 500, None).await.unwrap(),
@@ -178,7 +181,10 @@ async fn an_age_policy_trims_by_the_entries_times_and_never_the_newest() {
     };
     // At base + 5.5 days, three days back is base + 2.5 days: days 0, 1 and 2 go.
     let now = base + 5 * day + day / 2;
-    let step = log.retain("general", Some(week), 500, Some(now)).await.unwrap();
+    let step = log
+        .retain("general", Some(week), 500, Some(now))
+        .await
+        .unwrap();
     assert_eq!((step.trimmed, step.first), (3, 4));
     assert_eq!(xlen(&mut c, &keys.log("general")).await, 3);
     // A year later everything is old, but the newest entry stays (its seq carries on).
@@ -188,7 +194,10 @@ async fn an_age_policy_trims_by_the_entries_times_and_never_the_newest() {
         .unwrap();
     assert_eq!((step.trimmed, step.first), (2, 6));
     let latest = log.read_latest("general", 10).await.unwrap();
-    assert_eq!(latest.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+    assert_eq!(
+        latest.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [6]
+    );
     assert_eq!((latest.first, latest.top), (6, 6));
 }
 
@@ -230,7 +239,9 @@ async fn a_rooms_own_policy_is_kept_read_back_and_beats_the_default() {
         max_count: Some(3),
     };
     log.set_retention("own", three).await.unwrap();
-    log.set_retention("kept", Retention::default()).await.unwrap();
+    log.set_retention("kept", Retention::default())
+        .await
+        .unwrap();
     assert_eq!(log.retention("own").await.unwrap(), Some(three));
     assert_eq!(
         log.retention("kept").await.unwrap(),
@@ -242,15 +253,35 @@ async fn a_rooms_own_policy_is_kept_read_back_and_beats_the_default() {
 
     let default = count(6);
     let first = |r: Retained| r.first;
-    assert_eq!(first(other.retain("own", default, 500, None).await.unwrap()), 6);
+    assert_eq!(
+        first(other.retain("own", default, 500, None).await.unwrap()),
+        6
+    );
     // A room whose own policy keeps everything keeps everything, whatever the default.
-    assert_eq!(other.retain("kept", default, 500, None).await.unwrap().trimmed, 0);
-    assert_eq!(first(other.retain("default", default, 500, None).await.unwrap()), 3);
+    assert_eq!(
+        other
+            .retain("kept", default, 500, None)
+            .await
+            .unwrap()
+            .trimmed,
+        0
+    );
+    assert_eq!(
+        first(other.retain("default", default, 500, None).await.unwrap()),
+        3
+    );
     // Without a default, a room without a policy keeps everything.
     for i in 9..=12 {
         send(&mut log, "default", &epoch, &format!("m{i}")).await;
     }
-    assert_eq!(other.retain("default", None, 500, None).await.unwrap().trimmed, 0);
+    assert_eq!(
+        other
+            .retain("default", None, 500, None)
+            .await
+            .unwrap()
+            .trimmed,
+        0
+    );
 }
 
 #[tokio::test]
@@ -305,5 +336,10 @@ async fn the_sweeper_finds_every_room_and_nothing_else() {
     // Only one node takes a period's lease.
     let mut other = redis.log().await;
     assert!(log.take_sweep("n1", Duration::from_secs(60)).await.unwrap());
-    assert!(!other.take_sweep("n2", Duration::from_secs(60)).await.unwrap());
+    assert!(
+        !other
+            .take_sweep("n2", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
 }
