@@ -343,3 +343,69 @@ async fn the_sweeper_finds_every_room_and_nothing_else() {
             .unwrap()
     );
 }
+
+/// Waits until `room`'s stream holds `n` entries (within a bound, not a speed claim).
+async fn wait_len(c: &mut redis::aio::MultiplexedConnection, log: &RedisLog, room: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let len = xlen(c, &log.keys().log(room)).await;
+        if len == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{room}'s stream holds {len} entries, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The broker's sweeper enforces `Config::retention` in rooms no server holds (written
+/// straight to the log here), and goes on after Redis went away and came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_trims_idle_rooms_and_outlives_a_redis_restart() {
+    use std::sync::Arc;
+
+    use chat_core::runtime::{Hub, HubConfig};
+    use chat_redis::{BrokerOptions, RedisBroker};
+
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let broker = RedisBroker::connect(
+        &redis.url(),
+        BrokerOptions {
+            sweep_every: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(100),
+            ..BrokerOptions::default()
+        },
+    )
+    .await
+    .expect("broker connects");
+    let hub = Hub::spawn(HubConfig {
+        core: chat_core::Config {
+            retention: count(3),
+            ..chat_core::Config::default()
+        },
+        cluster: Some(Arc::new(broker)),
+        ..HubConfig::default()
+    })
+    .await
+    .expect("cluster hub");
+    let mut log = redis.log().await;
+    let mut c = conn(&redis).await;
+    let epoch = log.cluster_epoch().await.unwrap();
+    for i in 1..=10 {
+        send(&mut log, "idle", &epoch, &format!("m{i}")).await;
+    }
+    wait_len(&mut c, &log, "idle", 3).await;
+
+    redis.restart();
+    let mut log = redis.log().await;
+    let mut c = conn(&redis).await;
+    for i in 1..=10 {
+        send(&mut log, "later", &epoch, &format!("m{i}")).await;
+    }
+    wait_len(&mut c, &log, "later", 3).await;
+    let read = log.read_latest("later", 10).await.unwrap();
+    assert_eq!((read.first, read.top), (8, 10));
+    hub.shutdown().await;
+}
