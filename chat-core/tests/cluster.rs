@@ -2387,3 +2387,53 @@ fn a_trim_ahead_of_a_lagging_server_is_told_as_a_gap() {
         .expect("a history page");
     assert_eq!(page, (vec![5, 6], true, Some(Seq(5))));
 }
+
+/// Word of a trim about a room this server neither holds nor is loading (late, from
+/// before the room left, perhaps from an older epoch) is not kept: the room's load says
+/// where its log starts, and a log that starts at 1 has no gap.
+#[test]
+fn a_trim_word_for_a_room_not_held_here_is_not_applied_to_a_later_load() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[0].say(1, json!({"type": "join", "id": 1, "room": "side"}));
+    c.settle();
+    for i in 1..=3 {
+        c.nodes[0].say(
+            1,
+            json!({"type": "send", "id": 10 + i, "room": "side", "body": format!("s{i}")}),
+        );
+    }
+    c.settle();
+    let side = RoomName::parse("side", 64, 32).unwrap();
+    c.nodes[1].input(Input::Pruned {
+        room: side,
+        first_kept: Seq(8),
+    });
+    c.nodes[1].say(2, json!({"type": "join", "id": 2, "room": "side"}));
+    c.settle();
+    c.nodes[1].clear();
+    c.nodes[1].say(
+        2,
+        json!({"type": "history", "id": 3, "room": "side", "limit": 50}),
+    );
+    c.settle();
+    let page = c.nodes[1]
+        .take(2)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::History {
+                messages,
+                gap,
+                first_seq,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                gap,
+                first_seq,
+            )),
+            _ => None,
+        })
+        .expect("a history page");
+    assert_eq!(page, (vec![1, 2, 3], false, None));
+}

@@ -121,6 +121,13 @@ pub(crate) struct Loading {
     empty: std::collections::BTreeSet<RoomName>,
 }
 
+impl Loading {
+    /// Whether `room` is being loaded from the log.
+    pub(crate) fn is_loading(&self, room: &RoomName) -> bool {
+        self.waiting.contains_key(room)
+    }
+}
+
 /// Something that needs a room this server does not hold yet.
 #[derive(Debug)]
 pub(crate) enum Parked {
@@ -423,6 +430,8 @@ impl Server {
             self.st.out.push(Output::UnloadRoom { room: name });
         }
         self.st.loading.empty.clear();
+        // What the old epoch's log had trimmed says nothing about the new one's seqs.
+        self.st.pruned.clear();
     }
 }
 

@@ -327,6 +327,10 @@ impl State {
         match self.rooms.get_mut(room) {
             Some(r) if cluster => r.prune(first_kept.min(r.last_delivered.next())),
             Some(r) => r.prune(first_kept),
+            // Cluster mode: a room not held here is told its first kept seq when it is
+            // loaded (a late word about a room that left is not kept: it could outlive
+            // an epoch change).
+            None if cluster && !self.loading.is_loading(room) => {}
             // Told when the room is loaded (`Server::restore_room`).
             None => {
                 let known = self.pruned.entry(room.clone()).or_insert(first_kept);
