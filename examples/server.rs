@@ -31,9 +31,13 @@
 //! (`user`) erases every message of a user, leaving tombstones (`Hub::erase_user`), each
 //! with `Authorization: Bearer <token>`. It prints `admin on http://ADDR` once listening.
 //!
-//! Retention (single server): `--retain-days N` deletes messages older than N days and
+//! Retention: `--retain-days N` deletes messages older than N days and
 //! `--retain-messages N` keeps each room's newest N entries, in the background; without
-//! either the file keeps everything and grows with the history.
+//! either the file keeps everything and grows with the history. In cluster mode they
+//! apply to the rooms' streams in Redis (give every server the same values; one server
+//! per `--retain-sweep-secs` sweeps). `POST /retention` on the admin port (`room`, and
+//! `messages` and/or `days`, neither: keep everything) sets one room's own policy
+//! (`Hub::set_retention`; in cluster mode for every server).
 //!
 //! Ctrl-C or SIGTERM: stops accepting, tells every client to reconnect (close 1012),
 //! waits for every connection to finish (at most `--drain-secs`), commits what is
@@ -121,14 +125,17 @@ struct Args {
     /// environment to the command line, which other local users can read.
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Retention (single server): delete messages older than this many days, in every
-    /// room. Off by default: everything is kept.
+    /// Retention: delete messages older than this many days, in every room (in cluster
+    /// mode, from the rooms' streams in Redis). Off by default: everything is kept.
     #[arg(long, env = "CHAT_RETAIN_DAYS")]
     retain_days: Option<u32>,
-    /// Retention (single server): keep at most this many of each room's newest entries
-    /// (messages and changes). Off by default.
+    /// Retention: keep at most this many of each room's newest entries (messages and
+    /// changes). Off by default.
     #[arg(long, env = "CHAT_RETAIN_MESSAGES")]
     retain_messages: Option<u64>,
+    /// Cluster mode: how often (seconds) one server sweeps every room for retention.
+    #[arg(long, env = "CHAT_RETAIN_SWEEP_SECS", default_value_t = 60.0)]
+    retain_sweep_secs: f64,
 }
 
 /// Cluster mode's link to the shared Redis.
@@ -175,7 +182,15 @@ async fn main() -> anyhow::Result<()> {
 
     let (store, cluster): (Option<Arc<dyn Store>>, Option<Cluster>) = match &args.redis {
         Some(url) => {
-            let broker = chat_redis::RedisBroker::connect(url, BrokerOptions::default())
+            anyhow::ensure!(
+                args.retain_sweep_secs.is_finite() && args.retain_sweep_secs > 0.0,
+                "--retain-sweep-secs must be a positive number"
+            );
+            let options = BrokerOptions {
+                sweep_every: Duration::from_secs_f64(args.retain_sweep_secs),
+                ..BrokerOptions::default()
+            };
+            let broker = chat_redis::RedisBroker::connect(url, options)
                 .await
                 .with_context(|| format!("connecting to redis at {url}"))?;
             tracing::info!(
@@ -205,10 +220,6 @@ async fn main() -> anyhow::Result<()> {
         ..chat_core::Config::default()
     };
     if args.retain_days.is_some() || args.retain_messages.is_some() {
-        anyhow::ensure!(
-            args.redis.is_none(),
-            "--retain-days and --retain-messages are for a single server (not with --redis)"
-        );
         core.retention = Some(chat_core::Retention {
             max_age: args
                 .retain_days
@@ -427,10 +438,34 @@ async fn serve_admin(addr: SocketAddr, token: String, hub: Hub) -> anyhow::Resul
         };
         run.await.unwrap_or_else(|e| e)
     }
+    async fn retention(State(admin): State<Admin>, headers: HeaderMap, form: Form) -> Reply {
+        let run = async {
+            allowed(&admin, &headers)?;
+            let room = field(&form, "room")?;
+            let number = |k: &str| -> Result<Option<u64>, Reply> {
+                form.get(k)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.parse::<u64>())
+                    .transpose()
+                    .map_err(|_| (StatusCode::BAD_REQUEST, format!("{k} must be a number\n")))
+            };
+            let policy = chat_core::Retention {
+                max_age: number("days")?.map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+                max_count: number("messages")?,
+            };
+            match admin.hub.set_retention(room, policy).await {
+                Ok(Ok(())) => Ok((StatusCode::OK, "stored\n".to_owned())),
+                Ok(Err(e)) => Err((StatusCode::BAD_REQUEST, format!("{e}\n"))),
+                Err(_) => Err((StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned())),
+            }
+        };
+        run.await.unwrap_or_else(|e| e)
+    }
     let app = axum::Router::new()
         .route("/revoke", post(revoke))
         .route("/role", post(role))
         .route("/erase", post(erase))
+        .route("/retention", post(retention))
         .with_state(Admin {
             hub,
             token: token.into(),

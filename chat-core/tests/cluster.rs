@@ -2338,3 +2338,173 @@ fn read_markers_are_shared_through_the_log() {
     c.nodes[0].say(1, json!({"type": "read", "room": "general", "seq": 1}));
     assert!(c.nodes[0].shared_reads.is_empty());
 }
+
+/// Retention trimmed the log below seq 8 (`Input::Pruned`, from the trim's doorbell or a
+/// catch-up): a server that held the room in its window lets go of what was trimmed, so
+/// a history page that reaches it says the gap with the first kept seq, and a resume
+/// from below it is a gap, not the trimmed messages from memory.
+#[test]
+fn a_server_holding_a_room_follows_a_retention_trim() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    for i in 1..=10 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.settle();
+    c.nodes[1].clear();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.trimmed_below.insert(room.clone(), Seq(8));
+    c.nodes[1].input(Input::Pruned {
+        room,
+        first_kept: Seq(8),
+    });
+    c.nodes[1].say(
+        2,
+        json!({"type": "history", "id": 5, "room": "general", "limit": 50}),
+    );
+    c.settle();
+    let page = c.nodes[1]
+        .take(2)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::History {
+                messages,
+                has_more,
+                gap,
+                first_seq,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                has_more,
+                gap,
+                first_seq,
+            )),
+            _ => None,
+        })
+        .expect("a history page");
+    assert_eq!(page, (vec![8, 9, 10], false, true, Some(Seq(8))));
+    // Bob leaves and resumes on server 1 from seq 2: the gap, and none of the trimmed
+    // messages.
+    c.nodes[1].say(2, json!({"type": "leave", "room": "general"}));
+    c.nodes[1].say(
+        2,
+        json!({"type": "join", "id": 6, "room": "general", "since": 2}),
+    );
+    c.settle();
+    let joined = c.nodes[1]
+        .take(2)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::Joined { gap, messages, .. } => {
+                Some((gap, messages.iter().map(|m| m.seq.0).collect::<Vec<_>>()))
+            }
+            _ => None,
+        })
+        .expect("joined");
+    assert!(joined.0, "a resume below the trim is a gap: {joined:?}");
+    assert!(joined.1.iter().all(|s| *s >= 8), "{joined:?}");
+}
+
+/// A server that has not delivered up to a trim yet lets go only of what it delivered;
+/// its catch-up then reads the log and tells its members the gap (nothing is skipped
+/// silently).
+#[test]
+fn a_trim_ahead_of_a_lagging_server_is_told_as_a_gap() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[1].clear();
+    for i in 1..=6 {
+        send(&mut c.nodes[0], 1, i, &format!("m{i}"), None);
+    }
+    c.commit_all();
+    c.ring(1, 1); // server 1 delivers seq 1 only
+    c.bells[1].clear();
+    let room = RoomName::parse("general", 64, 32).unwrap();
+    c.log.trimmed_below.insert(room.clone(), Seq(5));
+    c.nodes[1].input(Input::Pruned {
+        room,
+        first_kept: Seq(5),
+    });
+    c.nodes[1].input(Input::CatchUp { room: None });
+    c.settle();
+    assert_eq!(
+        seen(&mut c.nodes[1], 2),
+        ["m1:m1", "gap..4", "m5:m5", "m6:m6"]
+    );
+    // And its history says where the log starts now.
+    c.nodes[1].say(
+        2,
+        json!({"type": "history", "id": 7, "room": "general", "limit": 50}),
+    );
+    c.settle();
+    let page = c.nodes[1]
+        .take(2)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::History {
+                messages,
+                gap,
+                first_seq,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                gap,
+                first_seq,
+            )),
+            _ => None,
+        })
+        .expect("a history page");
+    assert_eq!(page, (vec![5, 6], true, Some(Seq(5))));
+}
+
+/// Word of a trim about a room this server neither holds nor is loading (late, from
+/// before the room left, perhaps from an older epoch) is not kept: the room's load says
+/// where its log starts, and a log that starts at 1 has no gap.
+#[test]
+fn a_trim_word_for_a_room_not_held_here_is_not_applied_to_a_later_load() {
+    let mut c = Cluster::new(2);
+    c.hello(0, 1, "alice");
+    c.hello(1, 2, "bob");
+    c.nodes[0].say(1, json!({"type": "join", "id": 1, "room": "side"}));
+    c.settle();
+    for i in 1..=3 {
+        c.nodes[0].say(
+            1,
+            json!({"type": "send", "id": 10 + i, "room": "side", "body": format!("s{i}")}),
+        );
+    }
+    c.settle();
+    let side = RoomName::parse("side", 64, 32).unwrap();
+    c.nodes[1].input(Input::Pruned {
+        room: side,
+        first_kept: Seq(8),
+    });
+    c.nodes[1].say(2, json!({"type": "join", "id": 2, "room": "side"}));
+    c.settle();
+    c.nodes[1].clear();
+    c.nodes[1].say(
+        2,
+        json!({"type": "history", "id": 3, "room": "side", "limit": 50}),
+    );
+    c.settle();
+    let page = c.nodes[1]
+        .take(2)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::History {
+                messages,
+                gap,
+                first_seq,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                gap,
+                first_seq,
+            )),
+            _ => None,
+        })
+        .expect("a history page");
+    assert_eq!(page, (vec![1, 2, 3], false, None));
+}

@@ -15,11 +15,15 @@
 //! - Heartbeats every second; every node reaps the nodes whose lease ran out; every
 //!   `check_every` the engine reads each room's log after its top (a doorbell lost
 //!   between a reconnect and its re-subscription).
+//! - Retention: every `sweep_every` the node holding the period's lease sweeps every
+//!   room (`retain.lua`, bounded steps, its own connection); trims reach every node's
+//!   engine as `Input::Pruned` (the trim doorbell, catch-ups, room loads).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_core::Retention;
 use chat_core::protocol::Message;
 use chat_core::runtime::{Broker, BrokerFuture, BrokerInbox, ClusterRequest};
 use chat_core::{
@@ -59,6 +63,12 @@ pub struct BrokerOptions {
     /// An anonymous name this node holds is reserved for this long and renewed every
     /// third of it; after the node dies (or lets it go) it is free again within it.
     pub name_lease: Duration,
+    /// Retention: one node per period (a lease in Redis) sweeps every room of the
+    /// prefix, enforcing each room's policy (or `Config::retention`).
+    pub sweep_every: Duration,
+    /// Retention: entries one call of `retain.lua` trims at most (one call never holds
+    /// Redis long; a room with more to trim gets further calls).
+    pub retain_budget: usize,
 }
 
 impl Default for BrokerOptions {
@@ -72,6 +82,8 @@ impl Default for BrokerOptions {
             max_batch: 256,
             fetch_max: 1000,
             name_lease: Duration::from_secs(30),
+            sweep_every: Duration::from_secs(60),
+            retain_budget: 500,
         }
     }
 }
@@ -89,6 +101,8 @@ pub struct RedisBroker {
     parked: Mutex<Option<mpsc::UnboundedReceiver<ClusterRequest>>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// `Config::retention`: the policy of rooms without their own.
+    retention: Arc<Mutex<Option<Retention>>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -128,6 +142,7 @@ impl RedisBroker {
             parked: Mutex::new(Some(parked)),
             stop,
             tasks: Mutex::new(Vec::new()),
+            retention: Arc::default(),
         })
     }
 
@@ -184,6 +199,7 @@ impl Broker for RedisBroker {
             rooms: rooms.clone(),
             options: self.options.clone(),
             stop: self.stop.subscribe(),
+            retention: self.retention.clone(),
         };
         let worker = Worker {
             shared: shared.clone(),
@@ -202,7 +218,35 @@ impl Broker for RedisBroker {
         tasks.push(tokio::spawn(bells_task(shared.clone(), bells)));
         tasks.push(tokio::spawn(typing_task(shared.clone(), typing)));
         tasks.push(tokio::spawn(moderation_lane(shared.clone(), moderation)));
+        tasks.push(tokio::spawn(sweep_task(shared.clone(), self.url.clone())));
         tasks.push(tokio::spawn(heartbeat_task(shared, rejoin_tx)));
+    }
+
+    fn default_retention(&self, policy: Option<Retention>) {
+        *self.retention.lock().expect("not poisoned") = policy;
+    }
+
+    fn set_retention(
+        &self,
+        room: RoomName,
+        policy: Retention,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut log = self.log.clone();
+            log.set_retention(room.as_str(), policy)
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            // Enforced now (not only at the next sweep) by this node, in the background.
+            let default = *self.retention.lock().expect("not poisoned");
+            let budget = self.options.retain_budget;
+            let stop = self.stop.subscribe();
+            tokio::spawn(async move {
+                if let Err(e) = retain_room(&mut log, room.as_str(), default, budget, &stop).await {
+                    tracing::warn!(room = %room, error = %e, "retention of a room failed: the next sweep tries again");
+                }
+            });
+            Ok(())
+        })
     }
 
     fn submit(&self, request: ClusterRequest) {
@@ -291,6 +335,8 @@ struct Shared {
     rooms: Rooms,
     options: BrokerOptions,
     stop: watch::Receiver<bool>,
+    /// `Config::retention`: the policy of rooms without their own.
+    retention: Arc<Mutex<Option<Retention>>>,
 }
 
 impl Shared {
@@ -733,6 +779,15 @@ async fn bells_task(shared: Shared, mut bells: mpsc::Receiver<Bell>) {
                             fetched: false,
                         }
                     }
+                    Doorbell::Trimmed { epoch, first } => {
+                        if epoch != shared.epoch() {
+                            continue;
+                        }
+                        Input::Pruned {
+                            room: name,
+                            first_kept: Seq(first),
+                        }
+                    }
                     Doorbell::Read { node, seq, user } => {
                         if node == shared.node {
                             continue;
@@ -956,7 +1011,24 @@ async fn fetch_log(shared: Shared, room: RoomName, mut after: Seq) {
             gap_before,
             fetched: !more,
         };
-        if shared.inbox.answer(input).is_err() || !more {
+        if shared.inbox.answer(input).is_err() {
+            return;
+        }
+        // What the log no longer keeps (retention, the window cap): the window lets go
+        // of it too, so a resume or page below it says the gap (a trim doorbell this
+        // node missed is made good here, at the latest at the next periodic check).
+        if read.first > 1
+            && shared
+                .inbox
+                .answer(Input::Pruned {
+                    room: room.clone(),
+                    first_kept: Seq(read.first),
+                })
+                .is_err()
+        {
+            return;
+        }
+        if !more {
             return;
         }
         after = Seq(last);
@@ -1139,6 +1211,13 @@ async fn load_room(shared: Shared, room: RoomName) {
     let result = match result {
         Ok(read) => {
             let complete = read.entries.first().is_none_or(|e| e.seq <= 1);
+            // Told first: the room's gap is known before what waits for the room runs.
+            if read.first > 1 {
+                let _ = shared.inbox.answer(Input::Pruned {
+                    room: room.clone(),
+                    first_kept: Seq(read.first),
+                });
+            }
             Ok(LoadedRoom {
                 last_seq: Seq(read.top),
                 recent: read
@@ -1287,4 +1366,98 @@ fn message(room: &RoomName, e: Entry) -> Message {
         }
     }
     m
+}
+
+/// Retention: every `sweep_every`, the node that takes the lease enforces every room's
+/// policy (its own in Redis, or `Config::retention`), a room at a time, one bounded
+/// `retain.lua` step per call. Its own connection, so that sweeping never queues behind
+/// (or ahead of) the node's commits; Redis away: logged once, tried again next period.
+async fn sweep_task(shared: Shared, url: String) {
+    let opts = shared.options.clone();
+    let period = opts.sweep_every.max(Duration::from_millis(10));
+    let mut stop = shared.stop.clone();
+    let mut log: Option<RedisLog> = None;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if log.is_none() {
+            match RedisLog::connect(&url, opts.log.clone()).await {
+                Ok(l) => log = Some(l),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "retention sweep: redis unreachable, trying again next period");
+                        failing = true;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = log.as_mut() else { continue };
+        match sweep(&shared, conn, period).await {
+            Ok(rooms) => {
+                if failing {
+                    tracing::info!("retention sweep: redis reachable again");
+                    failing = false;
+                }
+                if rooms > 0 {
+                    tracing::debug!(rooms, "retention sweep trimmed rooms");
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "retention sweep failed, trying again next period");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// One sweep, if this node takes the period's lease: how many rooms it trimmed.
+async fn sweep(shared: &Shared, log: &mut RedisLog, period: Duration) -> Result<usize, Error> {
+    if !log.take_sweep(&shared.node, period).await? {
+        return Ok(0);
+    }
+    let default = *shared.retention.lock().expect("not poisoned");
+    let budget = shared.options.retain_budget;
+    let mut cursor = 0;
+    let mut trimmed = 0;
+    loop {
+        let (next, rooms) = log.scan_rooms(cursor, 64).await?;
+        for room in rooms {
+            if shared.stopping() {
+                return Ok(trimmed);
+            }
+            if retain_room(log, &room, default, budget, &shared.stop).await? > 0 {
+                trimmed += 1;
+            }
+        }
+        if next == 0 {
+            return Ok(trimmed);
+        }
+        cursor = next;
+    }
+}
+
+/// Enforces `room`'s policy fully, in bounded steps (yielding between them); how many
+/// entries went.
+async fn retain_room(
+    log: &mut RedisLog,
+    room: &str,
+    default: Option<Retention>,
+    budget: usize,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, Error> {
+    let mut total = 0;
+    loop {
+        let step = log.retain(room, default, budget, None).await?;
+        total += step.trimmed;
+        if !step.more || *stop.borrow() {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
 }

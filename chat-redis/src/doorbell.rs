@@ -38,6 +38,13 @@ pub enum Doorbell {
         /// Whose marker.
         user: String,
     },
+    /// Retention trimmed the room's log: it keeps nothing below `first` (`retain.lua`).
+    Trimmed {
+        /// The epoch of the room's log.
+        epoch: Epoch,
+        /// The oldest seq the log keeps.
+        first: u64,
+    },
     /// A typing indicator of another node's user (at most once, never stored).
     Typing {
         /// The node that published it.
@@ -77,6 +84,7 @@ impl Doorbell {
             Some(b'p') => presence(s),
             Some(b't') => typing(s),
             Some(b'r') => read(s),
+            Some(b'x') => trimmed(s),
             _ => Err(Foreign::Malformed("unknown kind")),
         }
     }
@@ -168,6 +176,20 @@ fn presence(s: &str) -> Result<Doorbell, Foreign> {
         ts_ms: number(ts)?,
         user: user.to_owned(),
     })
+}
+
+/// `x|<epoch>|<first kept seq>`
+fn trimmed(s: &str) -> Result<Doorbell, Foreign> {
+    let mut parts = s.splitn(3, '|');
+    let (Some("x"), Some(epoch), Some(first)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Foreign::Malformed("trim fields"));
+    };
+    let epoch = Epoch::parse(epoch.to_owned()).map_err(|_| Foreign::Malformed("epoch"))?;
+    let first: u64 = number(first)?;
+    if first < 2 {
+        return Err(Foreign::Malformed("trim below seq 2"));
+    }
+    Ok(Doorbell::Trimmed { epoch, first })
 }
 
 /// `r|<node>|<seq>|<user>`

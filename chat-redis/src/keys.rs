@@ -53,6 +53,59 @@ impl Keys {
         format!("{}:{}:state", self.prefix, Self::tag(room))
     }
 
+    /// The room's own retention policy: a hash with `age` (ms, or empty: no age limit)
+    /// and `count` (or empty); missing: the servers' default (`Config::retention`).
+    #[must_use]
+    pub fn retention(&self, room: &str) -> String {
+        format!("{}:{}:retain", self.prefix, Self::tag(room))
+    }
+
+    /// The sweeper's lease: the node that sweeps the rooms this period.
+    #[must_use]
+    pub fn sweep(&self) -> String {
+        format!("{}:sweep", self.prefix)
+    }
+
+    /// The pattern every room's stream matches (`SCAN MATCH`); [`Keys::room_of_log`]
+    /// tells a room's stream from other keys it matches.
+    #[must_use]
+    pub fn log_pattern(&self) -> String {
+        let mut p = String::with_capacity(self.prefix.len() + 8);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                p.push('\\');
+            }
+            p.push(c);
+        }
+        p.push_str(":{*}:log");
+        p
+    }
+
+    /// The room whose stream `key` is ([`Keys::log`] backwards), if it is one.
+    #[must_use]
+    pub fn room_of_log(&self, key: &str) -> Option<String> {
+        let tag = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:log")?;
+        if tag.contains(['{', '}']) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(tag.len());
+        let mut bytes = tag.bytes();
+        while let Some(b) = bytes.next() {
+            if b == b'%' {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            } else {
+                out.push(b);
+            }
+        }
+        let room = String::from_utf8(out).ok()?;
+        (Self::tag(&room) == format!("{{{tag}}}")).then_some(room)
+    }
+
     /// The idempotency key of one client message id of one user in the room. The user
     /// and id are length-prefixed, so no pair of them can name another pair's key.
     #[must_use]

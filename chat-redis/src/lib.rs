@@ -24,6 +24,10 @@
 //! - [`RedisLog::save_moderation`] / [`RedisLog::read_moderation`]: each room's
 //!   moderation state (roles, bans and mutes with their ends, topic, slow mode), the
 //!   truth every node reads when it loads the room and at each catch-up.
+//! - [`RedisLog::set_retention`] / [`RedisLog::retain`]: each room's retention policy,
+//!   and one bounded, atomic step of enforcing it (the stream trimmed by count and age,
+//!   the trimmed messages' state dropped, the first kept seq recorded and rung);
+//!   [`RedisLog::scan_rooms`] and [`RedisLog::take_sweep`] for the broker's sweeper.
 //! - [`Subscriber`]: the node's doorbell listener, which re-subscribes after every
 //!   reconnect and proves with a probe through its own channel that its subscriptions
 //!   deliver; a full queue marks a room behind instead of dropping silently.
@@ -333,6 +337,20 @@ pub struct LogRead {
     pub entries: Vec<Entry>,
     /// Who is present and with how many sessions over all nodes (only when asked for).
     pub users: Vec<(String, u64)>,
+    /// The oldest seq the log still keeps when older ones are gone (trimmed by
+    /// retention or by the stream's window cap); 0 when nothing is gone.
+    pub first: u64,
+}
+
+/// What one step of retention did ([`RedisLog::retain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retained {
+    /// Entries trimmed by this step.
+    pub trimmed: u64,
+    /// The oldest seq the room's log keeps (0: the room has no log).
+    pub first: u64,
+    /// The step stopped at its budget: more is due (call again).
+    pub more: bool,
 }
 
 /// A presence announcement: a user's first session anywhere entered the room, or the
@@ -373,6 +391,7 @@ struct Scripts {
     epoch: Script,
     moderation: Script,
     read_marker: Script,
+    retain: Script,
 }
 
 impl Scripts {
@@ -385,6 +404,7 @@ impl Scripts {
             epoch: Script::new(include_str!("lua/epoch.lua")),
             moderation: Script::new(include_str!("lua/moderation.lua")),
             read_marker: Script::new(include_str!("lua/read_marker.lua")),
+            retain: Script::new(include_str!("lua/retain.lua")),
         }
     }
 }
@@ -712,7 +732,7 @@ impl RedisLog {
             .arg(if users { "1" } else { "0" })
             .invoke_async(&mut self.conn)
             .await?;
-        let mut it = array(reply, 6)?.into_iter();
+        let mut it = array(reply, 7)?.into_iter();
         let epoch = text(it.next())?;
         let epoch = if epoch.is_empty() {
             None
@@ -741,13 +761,157 @@ impl RedisLog {
                 e.state = Some(Box::new(MessageState::parse(&st)?));
             }
         }
+        let first = uint(it.next())?;
         Ok(LogRead {
             epoch,
             top,
             pv,
             entries,
             users,
+            first,
         })
+    }
+
+    /// Keeps `room`'s own retention policy ([`RedisLog::retain`] enforces it in place
+    /// of the default); `Retention::default()` keeps everything.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn set_retention(
+        &mut self,
+        room: &str,
+        policy: chat_core::Retention,
+    ) -> Result<(), Error> {
+        let age = policy
+            .max_age
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string())
+            .unwrap_or_default();
+        let count = policy.max_count.map(|c| c.to_string()).unwrap_or_default();
+        redis::cmd("HSET")
+            .arg(self.keys.retention(room))
+            .arg("age")
+            .arg(age)
+            .arg("count")
+            .arg(count)
+            .exec_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `room`'s own retention policy, if it has one.
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Malformed`] for a policy we did not write.
+    pub async fn retention(&mut self, room: &str) -> Result<Option<chat_core::Retention>, Error> {
+        let (age, count): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.retention(room))
+            .arg("age")
+            .arg("count")
+            .query_async(&mut self.conn)
+            .await?;
+        if age.is_none() && count.is_none() {
+            return Ok(None);
+        }
+        let num = |v: Option<String>| -> Result<Option<u64>, Error> {
+            match v.as_deref() {
+                None | Some("") => Ok(None),
+                Some(n) => n
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::Malformed(format!("retention {n:?}"))),
+            }
+        };
+        Ok(Some(chat_core::Retention {
+            max_age: num(age)?.map(Duration::from_millis),
+            max_count: num(count)?,
+        }))
+    }
+
+    /// One step of retention in `room` (`retain.lua`, atomic): its own policy, or
+    /// `default` when it has none, trims at most `budget` of the oldest entries (never
+    /// the newest), drops their current state, records the first seq kept and tells
+    /// the room's channel. `now_ms`: the time ages are measured from (`None`: Redis'
+    /// clock, as the commits' times are).
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Malformed`] for a reply our script does not make.
+    pub async fn retain(
+        &mut self,
+        room: &str,
+        default: Option<chat_core::Retention>,
+        budget: usize,
+        now_ms: Option<i64>,
+    ) -> Result<Retained, Error> {
+        let default = default.unwrap_or_default();
+        let age = default
+            .max_age
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string())
+            .unwrap_or_default();
+        let count = default.max_count.map(|c| c.to_string()).unwrap_or_default();
+        let reply: Value = self
+            .scripts
+            .retain
+            .key(self.keys.meta(room))
+            .key(self.keys.log(room))
+            .key(self.keys.state(room))
+            .key(self.keys.retention(room))
+            .arg(age)
+            .arg(count)
+            .arg(budget.max(1))
+            .arg(now_ms.map(|n| n.to_string()).unwrap_or_default())
+            .arg(self.keys.channel(room))
+            .invoke_async(&mut self.conn)
+            .await?;
+        let mut it = array(reply, 3)?.into_iter();
+        Ok(Retained {
+            trimmed: uint(it.next())?,
+            first: uint(it.next())?,
+            more: uint(it.next())? == 1,
+        })
+    }
+
+    /// One `SCAN` step over the rooms that have a log: the next cursor (0: the scan is
+    /// complete) and the rooms found in this step.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn scan_rooms(
+        &mut self,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(self.keys.log_pattern())
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(&mut self.conn)
+            .await?;
+        let rooms = keys
+            .iter()
+            .filter_map(|k| self.keys.room_of_log(k))
+            .collect();
+        Ok((next, rooms))
+    }
+
+    /// Takes the sweeper's lease for `ttl` if nobody holds it (`SET NX PX`): true when
+    /// `node` sweeps this period.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn take_sweep(&mut self, node: &str, ttl: Duration) -> Result<bool, Error> {
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(self.keys.sweep())
+            .arg(node)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(reply.is_some())
     }
 
     /// One session of `user` entering or leaving `room` on `node`; announces the user

@@ -413,6 +413,24 @@ pub trait Broker: Send + Sync + 'static {
             ))
         })
     }
+    /// Called once by [`Hub::spawn`](super::Hub::spawn) before [`Broker::start`]: the
+    /// hub's [`Config::retention`](crate::Config::retention), this server's policy for
+    /// rooms that have none of their own in the log. The default ignores it (a broker
+    /// without retention keeps what its log keeps).
+    fn default_retention(&self, policy: Option<crate::Retention>) {
+        let _ = policy;
+    }
+    /// [`Hub::set_retention`](super::Hub::set_retention) in cluster mode: keep `room`'s
+    /// own policy in the log, for every server to enforce; resolves once it is stored
+    /// (`Err` with why not). The default: not supported.
+    fn set_retention(
+        &self,
+        room: RoomName,
+        policy: crate::Retention,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let _ = (room, policy);
+        Box::pin(async { Err("this cluster broker keeps no retention policies".to_owned()) })
+    }
 }
 
 #[cfg(test)]

@@ -402,6 +402,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
         if let Some(broker) = &cluster {
+            broker.default_retention(default_retention);
             broker.start(BrokerInbox::new(control.clone(), tx.clone()));
         }
         let (events, _) = broadcast::channel(1024);
@@ -662,19 +663,25 @@ impl Hub {
             .await
     }
 
-    /// Sets a room's own retention policy (durable mode), in place of
-    /// [`Config::retention`] for that room; `Retention::default()` keeps everything.
-    /// Returns once the policy is stored; the store's writer then deletes, in the
-    /// background and in small batches between its commits, what the policy no longer
-    /// keeps, and the room's window follows. A resume or history page below what was
-    /// pruned gets the protocol's explicit gap (docs/PROTOCOL.md, "Retention").
-    /// Without a store: `Err` (the window, 1000 messages by default, bounds memory).
+    /// Sets a room's own retention policy, in place of [`Config::retention`] for that
+    /// room; `Retention::default()` keeps everything. Returns once the policy is stored.
+    ///
+    /// Durable mode: stored in the store; its writer then deletes, in the background
+    /// and in small batches between its commits, what the policy no longer keeps, and
+    /// the room's window follows. Cluster mode: stored in the shared log (Redis) for
+    /// every server of the cluster; each server's broker sweeps the rooms in the
+    /// background (one server per period, a bounded step per call) and every server's
+    /// window follows the trim (docs/CLUSTER.md, "Retention"). Either way a resume or
+    /// history page below what was deleted gets the protocol's explicit gap
+    /// (docs/PROTOCOL.md, "Retention").
+    /// Without a store or a cluster: `Err` (the window, 1000 messages by default,
+    /// bounds memory).
     pub async fn set_retention(
         &self,
         room: &str,
         policy: Retention,
     ) -> Result<Result<(), String>, HubClosed> {
-        if self.inner.store.is_none() {
+        if self.inner.store.is_none() && self.inner.broker.is_none() {
             return Ok(Err("retention needs a store".into()));
         }
         let raw = room.to_owned();
@@ -688,6 +695,12 @@ impl Hub {
             Ok(room) => room,
             Err(e) => return Ok(Err(e)),
         };
+        if let Some(broker) = &self.inner.broker {
+            return Ok(broker
+                .set_retention(room, policy)
+                .await
+                .map_err(|e| format!("not stored: {e}")));
+        }
         self.inner
             .control
             .send(Cmd::Retention { room, policy })

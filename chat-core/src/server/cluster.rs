@@ -121,6 +121,13 @@ pub(crate) struct Loading {
     empty: std::collections::BTreeSet<RoomName>,
 }
 
+impl Loading {
+    /// Whether `room` is being loaded from the log.
+    pub(crate) fn is_loading(&self, room: &RoomName) -> bool {
+        self.waiting.contains_key(room)
+    }
+}
+
 /// Something that needs a room this server does not hold yet.
 #[derive(Debug)]
 pub(crate) enum Parked {
@@ -397,6 +404,9 @@ impl State {
         }
         if let Some(seq) = gap_before {
             room.skip_to(&mut env, seq);
+            // Nothing below `seq` is in the log any more: a history page that reaches
+            // it says the gap, with `seq` as the first kept.
+            room.prune(seq);
         }
         room.accept(&mut env, messages.into_iter().map(Arc::new));
     }
@@ -420,6 +430,8 @@ impl Server {
             self.st.out.push(Output::UnloadRoom { room: name });
         }
         self.st.loading.empty.clear();
+        // What the old epoch's log had trimmed says nothing about the new one's seqs.
+        self.st.pruned.clear();
     }
 }
 

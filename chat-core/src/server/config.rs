@@ -115,16 +115,21 @@ pub struct Config {
     /// The host's rule for public rooms' permissions, asked after the rooms' own rules
     /// (see [`RoomPolicy`](super::RoomPolicy)).
     pub room_policy: Option<SharedPolicy>,
-    /// Durable mode: how long messages are kept in rooms that have no policy of their
-    /// own (`Hub::set_retention`). `None` (the default) keeps everything. The store's
-    /// writer enforces it in the background; see [`Retention`].
+    /// Durable and cluster mode: how long messages are kept in rooms that have no
+    /// policy of their own (`Hub::set_retention`). `None` (the default) keeps
+    /// everything (in cluster mode the stream's window cap still holds). The store's
+    /// writer enforces it in the background, or in cluster mode the broker's sweeper;
+    /// see [`Retention`]. In a cluster it is each server's default: give every server
+    /// the same one (whichever server sweeps a period applies its own).
     pub retention: Option<Retention>,
 }
 
-/// How much of a room's history the store keeps (durable mode): messages older than
-/// `max_age`, and all but the newest `max_count` entries, are deleted in the background
-/// by the store's writer, in small batches between its commits. A `None` limit does not
-/// apply; a policy with neither keeps everything.
+/// How much of a room's history is kept (durable mode: the store; cluster mode: the
+/// shared log): messages older than `max_age`, and all but the newest `max_count`
+/// entries, are deleted in the background (by the store's writer, in small batches
+/// between its commits; in cluster mode by one server's sweeper per period, a bounded
+/// step per room at a time). A `None` limit does not apply; a policy with neither keeps
+/// everything.
 ///
 /// What was pruned is gone for good: a resume or a history page that reaches below the
 /// oldest kept seq gets the protocol's explicit gap (docs/PROTOCOL.md, "Retention"),

@@ -245,8 +245,11 @@ pub enum Input {
         user: UserName,
     },
     /// Durable mode: the store's retention deleted every entry of `room` below
-    /// `first_kept`. The window lets go of them too, and a resume or a history page
-    /// that reaches below it is told the gap.
+    /// `first_kept`; cluster mode: the shared log keeps nothing below it (its retention
+    /// trimmed it). The window lets go of them too, and a resume or a history page that
+    /// reaches below it is told the gap. In cluster mode a server that has not
+    /// delivered up to the trim yet lets go only of what it delivered (its catch-up
+    /// tells its members the rest of the gap).
     Pruned {
         /// The room.
         room: RoomName,

@@ -312,11 +312,19 @@ impl State {
         }
     }
 
-    /// The store pruned `room` below `first_kept` ([`Input::Pruned`](super::Input::Pruned)):
-    /// the window lets go of those entries too.
+    /// The store pruned `room` below `first_kept` ([`Input::Pruned`](super::Input::Pruned)),
+    /// or in cluster mode the shared log trimmed it: the window lets go of those entries
+    /// too. In cluster mode a server behind the trim lets go only of what it delivered:
+    /// its catch-up reads the rest and tells its members the gap.
     pub(super) fn on_pruned(&mut self, room: &RoomName, first_kept: Seq) {
+        let cluster = self.config.cluster;
         match self.rooms.get_mut(room) {
+            Some(r) if cluster => r.prune(first_kept.min(r.last_delivered.next())),
             Some(r) => r.prune(first_kept),
+            // Cluster mode: a room not held here is told its first kept seq when it is
+            // loaded (a late word about a room that left is not kept: it could outlive
+            // an epoch change).
+            None if cluster && !self.loading.is_loading(room) => {}
             // Told when the room is loaded (`Server::restore_room`).
             None => {
                 let known = self.pruned.entry(room.clone()).or_insert(first_kept);

@@ -107,8 +107,9 @@ struct State {
     /// anonymous user's go with the user (its grace period); a host identity's are
     /// kept (in durable mode stored, and restored at startup).
     markers: BTreeMap<UserKey, BTreeMap<RoomName, Seq>>,
-    /// Durable mode: rooms not in memory whose oldest entries retention pruned, with the
-    /// oldest seq kept: applied when the room is loaded.
+    /// Durable mode (cluster mode: rooms being loaded): rooms not in memory whose oldest
+    /// entries retention pruned, with the oldest seq kept: applied when the room is
+    /// loaded.
     pruned: BTreeMap<RoomName, Seq>,
     shutting_down: bool,
     drained: bool,

@@ -1,0 +1,393 @@
+//! Retention in cluster mode, as processes: two example servers on one real
+//! `redis-server`, `--retain-messages 5` and a short sweep. After the sweep the room's
+//! stream in Redis holds exactly the newest five entries, and on the other server —
+//! which had the room in its window before the trim — a resume from seq 1 and a history
+//! page below the first kept seq both say the protocol's explicit gap with that seq.
+//! The admin port's `POST /retention` sets one room's own policy for the whole cluster.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_core::protocol::ServerFrame;
+use common::ServerProcess;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+/// Upper bound for any one wait (not a speed assertion).
+const WAIT: Duration = Duration::from_secs(30);
+const ADMIN_TOKEN: &str = "cluster-retention-admin-token";
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `redis-server` on a free loopback port, killed (by its PID) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// One command through `redis-cli`; its answer, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn stream_len(&self) -> u64 {
+        self.cli(&["XLEN", "chat:{general}:log"])
+            .parse()
+            .expect("a number")
+    }
+
+    /// Waits until the room's stream holds `n` entries.
+    fn wait_stream_len(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.stream_len() != n {
+            assert!(
+                Instant::now() < deadline,
+                "the stream holds {} entries, not {n}",
+                self.stream_len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An example server in cluster mode: flood control lifted, newest 5 entries kept,
+/// a sweep every 200 ms.
+fn node(redis: &Redis, admin: Option<&str>) -> ServerProcess {
+    let mut args: Vec<String> = [
+        "--redis",
+        &redis.url(),
+        "--send-burst",
+        "100000",
+        "--send-rate",
+        "100000",
+        "--retain-messages",
+        "5",
+        "--retain-sweep-secs",
+        "0.2",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(addr) = admin {
+        args.extend(["--admin-addr", addr, "--admin-token", ADMIN_TOKEN].map(str::to_owned));
+    }
+    ServerProcess::start(args)
+}
+
+async fn read(ws: &mut Socket) -> Option<ServerFrame> {
+    loop {
+        match ws.next().await? {
+            Ok(Ws::Text(t)) => return serde_json::from_str(&t).ok(),
+            Ok(Ws::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn until<T>(ws: &mut Socket, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = read(ws).await.expect("connection open");
+            if let Some(t) = pick(frame) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the frame comes")
+}
+
+async fn say(ws: &mut Socket, frame: Value) {
+    ws.send(Ws::text(frame.to_string())).await.unwrap();
+}
+
+/// Connects as `name` joining `general` (from `since`, if given); the `joined` frame's
+/// `gap` and seqs.
+async fn connect(addr: &str, name: &str, since: Option<u64>) -> (Socket, bool, Vec<u64>) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("connect");
+    let mut room = json!({"room": "general"});
+    if let Some(s) = since {
+        room["since"] = json!(s);
+    }
+    let hello = json!({"type":"hello","version":2,"name":name,"rooms":[room]});
+    say(&mut ws, hello).await;
+    let (gap, seqs) = until(&mut ws, |f| match f {
+        ServerFrame::Joined { gap, messages, .. } => {
+            Some((gap, messages.iter().map(|m| m.seq.0).collect()))
+        }
+        _ => None,
+    })
+    .await;
+    (ws, gap, seqs)
+}
+
+/// A history page: its seqs, `has_more`, `gap`, `first_seq`.
+async fn history(
+    ws: &mut Socket,
+    id: u64,
+    before: Option<u64>,
+) -> (Vec<u64>, bool, bool, Option<u64>) {
+    let mut frame = json!({"type":"history","id":id,"room":"general","limit":50});
+    if let Some(b) = before {
+        frame["before"] = json!(b);
+    }
+    say(ws, frame).await;
+    until(ws, |f| match f {
+        ServerFrame::History {
+            messages,
+            has_more,
+            gap,
+            first_seq,
+            ..
+        } => Some((
+            messages.iter().map(|m| m.seq.0).collect(),
+            has_more,
+            gap,
+            first_seq.map(|s| s.0),
+        )),
+        _ => None,
+    })
+    .await
+}
+
+/// `POST path` with a form body to the host's controls; the whole answer as text.
+async fn admin_post(addr: &str, path: &str, form: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin port");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_the_stream_and_every_server_says_the_gap() {
+    let redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let a = node(&redis, Some(&admin));
+    let b = node(&redis, None);
+
+    // Bob is on B before anything is sent: B holds the room in its window.
+    let (mut bob, _, _) = connect(&b.addr, "bob", None).await;
+    let (mut alice, _, _) = connect(&a.addr, "alice", None).await;
+    for i in 1..=20 {
+        say(
+            &mut alice,
+            json!({"type":"send","id":i,"room":"general","body":format!("m{i}")}),
+        )
+        .await;
+        until(&mut alice, |f| match f {
+            ServerFrame::Ack { .. } => Some(()),
+            ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+            _ => None,
+        })
+        .await;
+    }
+    until(&mut bob, |f| match f {
+        ServerFrame::Message(m) if m.seq.0 == 20 => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // The sweep keeps exactly the newest five entries, and says where the log starts.
+    redis.wait_stream_len(5);
+    assert_eq!(redis.cli(&["HGET", "chat:{general}:meta", "first"]), "16");
+
+    // On B, whose window held 1..20: a page that reaches the start says the gap (the
+    // trim's doorbell reaches B shortly after the sweep: waited for, within a bound).
+    let deadline = Instant::now() + WAIT;
+    let mut id = 100;
+    let page = loop {
+        id += 1;
+        let page = history(&mut bob, id, None).await;
+        if page.2 || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(page, (vec![16, 17, 18, 19, 20], false, true, Some(16)));
+    // Below the first kept seq: nothing, and the gap.
+    assert_eq!(
+        history(&mut bob, 200, Some(16)).await,
+        (vec![], false, true, Some(16))
+    );
+    // Carol resumes on B from seq 1: `gap`, and none of the trimmed messages.
+    let (_carol, gap, seqs) = connect(&b.addr, "carol", Some(1)).await;
+    assert!(gap, "a resume below the first kept seq is a gap: {seqs:?}");
+    assert!(seqs.iter().all(|s| *s >= 16), "{seqs:?}");
+    // A resume from just before the first kept seq is the exact suffix.
+    let (_dave, gap, seqs) = connect(&a.addr, "dave", Some(15)).await;
+    assert!(!gap);
+    assert_eq!(seqs, [16, 17, 18, 19, 20]);
+
+    // A server started after the trim loads the room from the log and says the same.
+    let c = node(&redis, None);
+    let (mut erin, gap, seqs) = connect(&c.addr, "erin", Some(1)).await;
+    assert!(gap, "{seqs:?}");
+    assert!(seqs.iter().all(|s| *s >= 16), "{seqs:?}");
+    assert_eq!(
+        history(&mut erin, 300, None).await,
+        (vec![16, 17, 18, 19, 20], false, true, Some(16))
+    );
+
+    // The room's own policy, set on A, holds for the whole cluster.
+    let answer = admin_post(&admin, "/retention", "room=general&messages=2").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
+    redis.wait_stream_len(2);
+    let deadline = Instant::now() + WAIT;
+    let page = loop {
+        id += 1;
+        let page = history(&mut bob, id, None).await;
+        if page.3 == Some(19) || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(page, (vec![19, 20], false, true, Some(19)));
+    // Bad input: a clear refusal, nothing stored.
+    let answer = admin_post(&admin, "/retention", "room=general&messages=lots").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
+}
+
+/// The figure in docs/CLUSTER.md ("Retention"): Redis' memory for one room's stream
+/// under a steady send rate, with `--retain-messages 100` (room `general`) and with a
+/// room whose own policy keeps everything (`kept`: only the stream's window cap of ~1000
+/// entries bounds it). Prints `MEMORY USAGE` of both streams every 1000 messages.
+/// Run by hand: `cargo test --test cluster_retention -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed; run by hand"]
+async fn stream_memory_under_a_steady_rate() {
+    let redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--redis",
+        &redis.url(),
+        "--send-burst",
+        "100000",
+        "--send-rate",
+        "100000",
+        "--retain-messages",
+        "100",
+        "--retain-sweep-secs",
+        "1",
+        "--admin-addr",
+        &admin,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let server = ServerProcess::start(args);
+    let answer = admin_post(&admin, "/retention", "room=kept").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (mut alice, _, _) = connect(&server.addr, "alice", None).await;
+    say(&mut alice, json!({"type":"join","room":"kept"})).await;
+    let total = 6000;
+    let body = "x".repeat(100);
+    for i in 1..=total {
+        for room in ["general", "kept"] {
+            say(
+                &mut alice,
+                json!({"type":"send","id":i,"room":room,"body":format!("{i:06} {body}")}),
+            )
+            .await;
+            until(&mut alice, |f| match f {
+                ServerFrame::Ack { .. } => Some(()),
+                ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+                _ => None,
+            })
+            .await;
+        }
+        // A steady rate: about 200 messages a second per room.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if i % 1000 == 0 {
+            let usage = |room: &str| {
+                let key = format!("chat:{{{room}}}:log");
+                (
+                    redis.cli(&["MEMORY", "USAGE", &key, "SAMPLES", "0"]),
+                    redis.cli(&["XLEN", &key]),
+                )
+            };
+            let (g, gl) = usage("general");
+            let (k, kl) = usage("kept");
+            println!(
+                "after {i} messages per room: general {g} bytes ({gl} entries), kept {k} bytes ({kl} entries)"
+            );
+        }
+    }
+}
