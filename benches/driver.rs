@@ -13,6 +13,18 @@
 //! thread and the client thread were. When the hub thread is not ~100% busy, the client
 //! side (the drainers and senders) was the limit instead, and the table says so.
 //!
+//! Two ways for the members that only read to take their frames (`DRIVER_BENCH_DRAIN`,
+//! `wake` or `poll`; both by default):
+//!
+//! - woken: one task per member waits on its outbox, so the driver's push wakes it as it
+//!   wakes a connection's writer: the wake-up is part of the driver's CPU time, and when
+//!   the client thread sleeps in its runtime's poll it costs a write to that runtime's
+//!   eventfd (a syscall), more than a wake-up to a busy worker thread costs.
+//! - polled: one task sweeps every member's outbox with a no-op waker and yields between
+//!   sweeps (the client thread spins): the driver's pushes wake nobody, so its CPU time
+//!   is the engine and the queueing alone. The two bracket what a saturated server's
+//!   driver pays per delivery.
+//!
 //! Shapes (each a fresh hub), `DRIVER_BENCH_SENDERS` (10) senders:
 //!
 //! - `room_10`, `room_100`, `room_1000`: one room of that many members; the senders are
@@ -187,6 +199,46 @@ async fn drainer(hub: Hub, name: String, room: usize, counts: Arc<Counts>) {
     drop(inbound);
 }
 
+/// Every other member of the run in one task that polls their outboxes in turn with a
+/// no-op waker (`DRIVER_BENCH_DRAIN=poll`): the driver's pushes then wake nobody, so its
+/// CPU time is the engine and the queueing alone, without the wake-ups.
+async fn poller(hub: Hub, members: Vec<(String, usize)>, counts: Arc<Counts>) {
+    let mut outboxes = Vec::with_capacity(members.len());
+    let mut inbounds = Vec::with_capacity(members.len());
+    for (name, room) in members {
+        let (mut inbound, outbox) = hub.connect().await.expect("hub runs").split();
+        inbound
+            .send(PeerFrame::Text(&hello(name, &[room])))
+            .await
+            .expect("hub runs");
+        outboxes.push(outbox);
+        inbounds.push(inbound);
+    }
+    let mut batch = Vec::with_capacity(DRAIN.frames);
+    while !outboxes.is_empty() {
+        {
+            // Not held across the yield: a `Context` is not `Send`.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            outboxes.retain_mut(|outbox| {
+                loop {
+                    match outbox.poll_recv_many(&mut cx, &mut batch, DRAIN) {
+                        std::task::Poll::Ready(0) => return false,
+                        std::task::Poll::Ready(_) => {
+                            if count(&mut batch, &counts).1 {
+                                return false;
+                            }
+                        }
+                        std::task::Poll::Pending => return true,
+                    }
+                }
+            });
+        }
+        // Lets the senders (and the timers) run between sweeps.
+        tokio::task::yield_now().await;
+    }
+    drop(inbounds);
+}
+
 /// A sender: posts to its rooms in turn, keeping `in_flight` messages unacknowledged,
 /// once `go` is set; reads and counts everything it is sent.
 async fn sender(
@@ -260,6 +312,16 @@ impl Thread {
         Thread(tid)
     }
 
+    /// Time the thread has waited runnable for a CPU so far (`schedstat`'s second field;
+    /// zero where it is not kept).
+    fn waited(&self) -> Duration {
+        let ns = std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", self.0))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        Duration::from_nanos(ns)
+    }
+
     /// CPU time the thread has run so far: `schedstat`'s first field (nanoseconds), or
     /// `stat`'s utime + stime (ticks of 10 ms) where schedstat reads 0.
     fn cpu(&self) -> Duration {
@@ -287,7 +349,18 @@ struct Outcome {
     sends: u64,
     hub_cpu: Duration,
     client_cpu: Duration,
+    /// Time the hub thread waited runnable for its CPU (taken by other processes).
+    hub_waited: Duration,
     other: u64,
+}
+
+/// How the members that only read take their frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// One task per member, woken by the driver's push (as a connection's writer is).
+    Wake,
+    /// One task polling every member's outbox in turn, never woken.
+    Poll,
 }
 
 impl Outcome {
@@ -302,6 +375,9 @@ impl Outcome {
     }
     fn hub_busy(&self) -> f64 {
         self.hub_cpu.as_secs_f64() / self.window.as_secs_f64()
+    }
+    fn hub_waiting(&self) -> f64 {
+        self.hub_waited.as_secs_f64() / self.window.as_secs_f64()
     }
     fn client_busy(&self) -> f64 {
         self.client_cpu.as_secs_f64() / self.window.as_secs_f64()
@@ -353,7 +429,7 @@ fn start_hub() -> (Hub, Thread, std::thread::JoinHandle<()>) {
 }
 
 /// One run of `shape` on a fresh hub; called on the client runtime.
-async fn run(shape: &Shape, warmup: Duration, window: Duration) -> Outcome {
+async fn run(shape: &Shape, drain: Drain, warmup: Duration, window: Duration) -> Outcome {
     let (hub, hub_thread, hub_handle) = start_hub();
     let me = Thread::current();
     let counts = Arc::new(Counts::default());
@@ -372,16 +448,21 @@ async fn run(shape: &Shape, warmup: Duration, window: Duration) -> Outcome {
             stop.clone(),
         )));
     }
+    let mut polled = Vec::new();
     for r in 0..shape.rooms {
         for m in 0..shape.members.saturating_sub(shape.senders_in(r)) {
             joins += 1;
-            tasks.push(tokio::spawn(drainer(
-                hub.clone(),
-                format!("r{r}m{m}"),
-                r,
-                counts.clone(),
-            )));
+            let name = format!("r{r}m{m}");
+            match drain {
+                Drain::Wake => {
+                    tasks.push(tokio::spawn(drainer(hub.clone(), name, r, counts.clone())));
+                }
+                Drain::Poll => polled.push((name, r)),
+            }
         }
+    }
+    if !polled.is_empty() {
+        tasks.push(tokio::spawn(poller(hub.clone(), polled, counts.clone())));
     }
     // Every session in its rooms, and the presence ticks after the joins gone out.
     while counts.joined.load(Relaxed) < joins {
@@ -398,6 +479,7 @@ async fn run(shape: &Shape, warmup: Duration, window: Duration) -> Outcome {
             counts.other.load(Relaxed),
             hub_thread.cpu(),
             me.cpu(),
+            hub_thread.waited(),
         )
     };
     let a = snapshot(&counts);
@@ -410,7 +492,11 @@ async fn run(shape: &Shape, warmup: Duration, window: Duration) -> Outcome {
         t.await.expect("session task");
     }
     hub_handle.join().expect("hub thread");
-    assert_eq!(counts.closed.load(Relaxed), 0, "sessions closed during the run");
+    assert_eq!(
+        counts.closed.load(Relaxed),
+        0,
+        "sessions closed during the run"
+    );
     Outcome {
         window: b.0 - a.0,
         deliveries: b.1 - a.1,
@@ -418,6 +504,7 @@ async fn run(shape: &Shape, warmup: Duration, window: Duration) -> Outcome {
         other: b.3 - a.3,
         hub_cpu: b.4.saturating_sub(a.4),
         client_cpu: b.5.saturating_sub(a.5),
+        hub_waited: b.6.saturating_sub(a.6),
     }
 }
 
@@ -433,6 +520,11 @@ fn main() {
     let senders = env_or("DRIVER_BENCH_SENDERS", 10usize).max(1);
     let in_flight = env_or("DRIVER_BENCH_IN_FLIGHT", 8usize).max(1);
     let only = std::env::var("DRIVER_BENCH_SHAPES").unwrap_or_default();
+    let drains: Vec<Drain> = match std::env::var("DRIVER_BENCH_DRAIN").as_deref() {
+        Ok("wake") => vec![Drain::Wake],
+        Ok("poll") => vec![Drain::Poll],
+        _ => vec![Drain::Wake, Drain::Poll],
+    };
     let shape = |name, rooms, members| Shape {
         name,
         rooms,
@@ -476,18 +568,25 @@ fn main() {
         load(),
     );
     // Rounds interleave the shapes, so a burst of load elsewhere hits all of them.
-    let mut results: Vec<Vec<Outcome>> = shapes.iter().map(|_| Vec::new()).collect();
+    let runs: Vec<(&Shape, Drain)> = drains
+        .iter()
+        .flat_map(|&d| shapes.iter().map(move |s| (s, d)))
+        // Every member of a room of 10 is a sender (woken for its acks): nothing to poll.
+        .filter(|(s, d)| *d == Drain::Wake || s.members > s.senders_in(0).max(1))
+        .collect();
+    let mut results: Vec<Vec<Outcome>> = runs.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        for (i, shape) in shapes.iter().enumerate() {
-            let o = rt.block_on(run(shape, warmup, window));
+        for (i, &(shape, drain)) in runs.iter().enumerate() {
+            let o = rt.block_on(run(shape, drain, warmup, window));
             eprintln!(
-                "round {round} {}: {:.0} deliveries/s, {:.4} driver CPU-µs/delivery, \
-                 {:.3} per send, hub {:.0}%, client {:.0}%{}",
+                "round {round} {} {drain:?}: {:.0} deliveries/s, {:.4} driver CPU-µs/delivery, \
+                 {:.3} per send, hub {:.0}% (+{:.0}% waiting for its CPU), client {:.0}%{}",
                 shape.name,
                 o.deliveries_per_s(),
                 o.per_delivery_us(),
                 o.per_send_us(),
                 o.hub_busy() * 100.0,
+                o.hub_waiting() * 100.0,
                 o.client_busy() * 100.0,
                 if o.other > 0 {
                     format!(", {} other frames", o.other)
@@ -500,10 +599,10 @@ fn main() {
     }
     println!("load average {} at the end\n", load());
     println!(
-        "| shape | members per message | deliveries/s (best round) | range over rounds | driver CPU-µs per delivery | driver CPU-µs per send | hub thread busy | client thread busy | limit |"
+        "| shape | drain | members per message | deliveries/s (best round) | range over rounds | driver CPU-µs per delivery | driver CPU-µs per send | hub thread busy | hub thread waiting for its CPU | client thread busy | limit |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    for (shape, outcomes) in shapes.iter().zip(&results) {
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for ((shape, drain), outcomes) in runs.iter().zip(&results) {
         let best = outcomes
             .iter()
             .min_by(|a, b| a.per_delivery_us().total_cmp(&b.per_delivery_us()))
@@ -511,7 +610,8 @@ fn main() {
         let rates = outcomes.iter().map(Outcome::deliveries_per_s);
         let lo = rates.clone().fold(f64::INFINITY, f64::min);
         let hi = rates.fold(0.0, f64::max);
-        let limit = if best.hub_busy() >= 0.9 {
+        // Busy or waiting runnable: the driver wanted its CPU the whole window.
+        let limit = if best.hub_busy() + best.hub_waiting() >= 0.9 {
             "the driver"
         } else if best.client_busy() >= 0.9 {
             "the client side"
@@ -520,8 +620,12 @@ fn main() {
         };
         let m = |x: f64| format!("{:.2} M", x / 1e6);
         println!(
-            "| {} | {} | {} | {}-{} | {:.4} | {:.3} | {:.0}% | {:.0}% | {limit} |",
+            "| {} | {} | {} | {} | {}-{} | {:.4} | {:.3} | {:.0}% | {:.0}% | {:.0}% | {limit} |",
             shape.name,
+            match drain {
+                Drain::Wake => "woken",
+                Drain::Poll => "polled",
+            },
             shape.members,
             m(best.deliveries_per_s()),
             m(lo),
@@ -529,6 +633,7 @@ fn main() {
             best.per_delivery_us(),
             best.per_send_us(),
             best.hub_busy() * 100.0,
+            best.hub_waiting() * 100.0,
             best.client_busy() * 100.0,
         );
     }
