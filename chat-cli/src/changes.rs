@@ -9,30 +9,12 @@ use chat_core::{ClientMsgId, Seq};
 
 use crate::sanitize::escape;
 
-/// Something done to a message of a room, or a reply to one.
+/// Something done to a message of a room (an edit, a delete, a reaction), or a reply to
+/// one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A new text for one of the user's own messages.
-    Edit {
-        /// The message.
-        seq: Seq,
-        /// The new text.
-        body: String,
-    },
-    /// Delete a message (one's own; any as the room's moderator or owner).
-    Delete {
-        /// The message.
-        seq: Seq,
-    },
-    /// Add (`on`) or take back the user's reaction with `emoji`.
-    React {
-        /// The message.
-        seq: Seq,
-        /// One emoji.
-        emoji: String,
-        /// Add or take back.
-        on: bool,
-    },
+    /// A change to a message (the client's [`MessageChange`]).
+    Message(MessageChange),
     /// A new message answering `reply_to`.
     Reply {
         /// The message answered.
@@ -47,9 +29,7 @@ impl Change {
     /// `direct_peer`, the other user. Returns its client id, echoed in the `ack`.
     pub fn post(&self, client: &mut Client, room: &str, direct_peer: Option<&str>) -> ClientMsgId {
         match self {
-            Change::Edit { seq, body } => client.edit(room, *seq, body),
-            Change::Delete { seq } => client.delete(room, *seq),
-            Change::React { seq, emoji, on } => client.react(room, *seq, emoji, *on),
+            Change::Message(change) => client.change(room, change.clone()),
             Change::Reply { reply_to, body } => {
                 let target = match direct_peer {
                     Some(user) => Target::User(user.to_owned()),
@@ -64,10 +44,7 @@ impl Change {
     #[must_use]
     pub fn describe(&self) -> String {
         match self {
-            Change::Edit { seq, .. } => format!("edit of #{seq}"),
-            Change::Delete { seq } => format!("delete of #{seq}"),
-            Change::React { seq, on: true, .. } => format!("reaction to #{seq}"),
-            Change::React { seq, on: false, .. } => format!("taking back a reaction to #{seq}"),
+            Change::Message(change) => describe(change),
             Change::Reply { reply_to, .. } => format!("reply to #{reply_to}"),
         }
     }
@@ -150,11 +127,11 @@ mod tests {
     fn a_change_becomes_the_clients_frame_naming_the_room_and_message() {
         use chat_core::client::{ClientConfig, ClientOutput};
         let mut client = Client::new(ClientConfig::new("alice", "c"));
-        let cid = Change::React {
+        let cid = Change::Message(MessageChange::React {
             seq: Seq(4),
             emoji: "👍".into(),
             on: false,
-        }
+        })
         .post(&mut client, "general", None);
         let reply = Change::Reply {
             reply_to: Seq(2),

@@ -9,7 +9,7 @@ use chat_cli::oneshot::{self, Common};
 use chat_cli::session::Session;
 use chat_cli::tokens::TokenCache;
 use chat_cli::{DEFAULT_URL, exit, plain, tui, ui};
-use chat_core::client::ClientConfig;
+use chat_core::client::{ClientConfig, MessageChange};
 use chat_core::{Seq, UserName};
 use clap::{Args, Parser, Subcommand};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -323,10 +323,10 @@ async fn run(cli: Cli) -> i32 {
             let Some(body) = text_or_stdin(args.text) else {
                 return usage("stdin is not text");
             };
-            let edit = Change::Edit {
+            let edit = Change::Message(MessageChange::Edit {
                 seq: Seq(args.seq),
                 body,
-            };
+            });
             one_change(
                 &cli.url,
                 config(Some(vec![])),
@@ -338,7 +338,7 @@ async fn run(cli: Cli) -> i32 {
             .await
         }
         Some(Sub::Delete(args)) => {
-            let delete = Change::Delete { seq: Seq(args.seq) };
+            let delete = Change::Message(MessageChange::Delete { seq: Seq(args.seq) });
             one_change(
                 &cli.url,
                 config(Some(vec![])),
@@ -350,11 +350,11 @@ async fn run(cli: Cli) -> i32 {
             .await
         }
         Some(Sub::React(args)) => {
-            let react = Change::React {
+            let react = Change::Message(MessageChange::React {
                 seq: Seq(args.seq),
                 emoji: args.emoji,
                 on: !args.off,
-            };
+            });
             one_change(
                 &cli.url,
                 config(Some(vec![])),

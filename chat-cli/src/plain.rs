@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use chat_core::client::{ClientEvent, Command, Delivery, Pacer, Target};
+use chat_core::client::{ClientEvent, Command, Delivery, MessageChange, Pacer, Target};
 use chat_core::{RoomName, protocol::ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -206,20 +206,28 @@ fn command(
             asked.insert(id, "moderate");
         }
         commands::Line::Edit { seq, text } => {
-            post(session, target, &Change::Edit { seq, body: text });
+            post(
+                session,
+                target,
+                &Change::Message(MessageChange::Edit { seq, body: text }),
+            );
         }
-        commands::Line::Delete(seq) => post(session, target, &Change::Delete { seq }),
+        commands::Line::Delete(seq) => post(
+            session,
+            target,
+            &Change::Message(MessageChange::Delete { seq }),
+        ),
         // This mode keeps no messages, so it cannot tell whether the reaction is there:
         // `/react` always adds.
         commands::Line::React { seq, emoji } => {
             post(
                 session,
                 target,
-                &Change::React {
+                &Change::Message(MessageChange::React {
                     seq,
                     emoji,
                     on: true,
-                },
+                }),
             );
         }
         commands::Line::Reply { seq, text } => post(

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_core::client::{Client, ClientEvent, Command, Delivery, Phase};
+use chat_core::client::{Client, ClientEvent, Command, Delivery, MessageChange, Phase};
 use chat_core::protocol::{Message, ModAction};
 use chat_core::{ClientMsgId, RoomName, Seq, UserName, protocol::ErrorCode};
 use chrono::{DateTime, Utc};
@@ -672,9 +672,14 @@ impl App {
                 None => self.note = Some("not in any room".into()),
             },
             commands::Line::Edit { seq, text } => {
-                self.change(client, Change::Edit { seq, body: text });
+                self.change(
+                    client,
+                    Change::Message(MessageChange::Edit { seq, body: text }),
+                );
             }
-            commands::Line::Delete(seq) => self.change(client, Change::Delete { seq }),
+            commands::Line::Delete(seq) => {
+                self.change(client, Change::Message(MessageChange::Delete { seq }))
+            }
             commands::Line::React { seq, emoji } => {
                 // The same emoji again takes the reaction back.
                 let me = client.user().map(UserName::key);
@@ -687,11 +692,11 @@ impl App {
                 });
                 self.change(
                     client,
-                    Change::React {
+                    Change::Message(MessageChange::React {
                         seq,
                         emoji,
                         on: !mine,
-                    },
+                    }),
                 );
             }
             commands::Line::Reply { seq, text } => self.change(

@@ -535,6 +535,37 @@ fn send(sim: &mut Sim, s: u64, id: u64, body: &str, cid: Option<&str>) {
     sim.say(s, f);
 }
 
+/// A history page: its seqs, `has_more`, `gap` and `first_seq`.
+type HistoryPage = (Vec<u64>, bool, bool, Option<Seq>);
+
+/// Asks for a history page of `room` as session `s` of server `node` and returns it.
+fn history_page(c: &mut Cluster, node: usize, s: u64, room: &str) -> HistoryPage {
+    c.nodes[node].say(
+        s,
+        json!({"type": "history", "id": 900, "room": room, "limit": 50}),
+    );
+    c.settle();
+    c.nodes[node]
+        .take(s)
+        .into_iter()
+        .find_map(|f| match f {
+            ServerFrame::History {
+                messages,
+                has_more,
+                gap,
+                first_seq,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+                has_more,
+                gap,
+                first_seq,
+            )),
+            _ => None,
+        })
+        .expect("a history page")
+}
+
 /// Frames a session got after its welcome and joined, as compact strings.
 fn seen(sim: &mut Sim, s: u64) -> Vec<String> {
     sim.take(s)
@@ -2359,30 +2390,7 @@ fn a_server_holding_a_room_follows_a_retention_trim() {
         room,
         first_kept: Seq(8),
     });
-    c.nodes[1].say(
-        2,
-        json!({"type": "history", "id": 5, "room": "general", "limit": 50}),
-    );
-    c.settle();
-    let page = c.nodes[1]
-        .take(2)
-        .into_iter()
-        .find_map(|f| match f {
-            ServerFrame::History {
-                messages,
-                has_more,
-                gap,
-                first_seq,
-                ..
-            } => Some((
-                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
-                has_more,
-                gap,
-                first_seq,
-            )),
-            _ => None,
-        })
-        .expect("a history page");
+    let page = history_page(&mut c, 1, 2, "general");
     assert_eq!(page, (vec![8, 9, 10], false, true, Some(Seq(8))));
     // Bob leaves and resumes on server 1 from seq 2: the gap, and none of the trimmed
     // messages.
@@ -2434,29 +2442,8 @@ fn a_trim_ahead_of_a_lagging_server_is_told_as_a_gap() {
         ["m1:m1", "gap..4", "m5:m5", "m6:m6"]
     );
     // And its history says where the log starts now.
-    c.nodes[1].say(
-        2,
-        json!({"type": "history", "id": 7, "room": "general", "limit": 50}),
-    );
-    c.settle();
-    let page = c.nodes[1]
-        .take(2)
-        .into_iter()
-        .find_map(|f| match f {
-            ServerFrame::History {
-                messages,
-                gap,
-                first_seq,
-                ..
-            } => Some((
-                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
-                gap,
-                first_seq,
-            )),
-            _ => None,
-        })
-        .expect("a history page");
-    assert_eq!(page, (vec![5, 6], true, Some(Seq(5))));
+    let page = history_page(&mut c, 1, 2, "general");
+    assert_eq!(page, (vec![5, 6], false, true, Some(Seq(5))));
 }
 
 /// Word of a trim about a room this server neither holds nor is loading (late, from
@@ -2484,27 +2471,6 @@ fn a_trim_word_for_a_room_not_held_here_is_not_applied_to_a_later_load() {
     c.nodes[1].say(2, json!({"type": "join", "id": 2, "room": "side"}));
     c.settle();
     c.nodes[1].clear();
-    c.nodes[1].say(
-        2,
-        json!({"type": "history", "id": 3, "room": "side", "limit": 50}),
-    );
-    c.settle();
-    let page = c.nodes[1]
-        .take(2)
-        .into_iter()
-        .find_map(|f| match f {
-            ServerFrame::History {
-                messages,
-                gap,
-                first_seq,
-                ..
-            } => Some((
-                messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
-                gap,
-                first_seq,
-            )),
-            _ => None,
-        })
-        .expect("a history page");
-    assert_eq!(page, (vec![1, 2, 3], false, None));
+    let page = history_page(&mut c, 1, 2, "side");
+    assert_eq!(page, (vec![1, 2, 3], false, false, None));
 }

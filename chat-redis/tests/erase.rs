@@ -6,37 +6,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use chat_core::protocol::EntryKind;
-use chat_core::{ChangeRules, EntryDetail, Seq};
-use chat_redis::{Entry, Epoch, Error, Post, RedisLog};
-use common::RedisServer;
-
-fn rules() -> ChangeRules {
-    ChangeRules {
-        edit_window: Duration::from_secs(900),
-        max_reactions: 20,
-        any_author: false,
-    }
-}
-
-fn detail(kind: EntryKind, target: u64) -> EntryDetail {
-    EntryDetail {
-        kind,
-        target: Some(Seq(target)),
-        rules: rules(),
-        ..EntryDetail::default()
-    }
-}
-
-fn react(target: u64, emoji: &str, on: bool) -> EntryDetail {
-    EntryDetail {
-        emoji: Some(emoji.to_owned()),
-        on: Some(on),
-        ..detail(EntryKind::React, target)
-    }
-}
+use chat_core::{EntryDetail, Seq};
+use chat_redis::Entry;
+use common::{RedisServer, commit, detail, react, rules};
 
 fn erase() -> EntryDetail {
     EntryDetail {
@@ -44,22 +17,6 @@ fn erase() -> EntryDetail {
         rules: rules(),
         ..EntryDetail::default()
     }
-}
-
-async fn commit(
-    log: &mut RedisLog,
-    epoch: &Epoch,
-    user: &str,
-    body: &str,
-    d: Option<&EntryDetail>,
-) -> Result<u64, Error> {
-    let post = Post {
-        user,
-        body,
-        client_id: None,
-        detail: d,
-    };
-    log.commit("general", epoch, post).await.map(|c| c.seq)
 }
 
 /// One stream entry exactly as Redis holds it: its id and its fields, in order, as bytes.

@@ -14,6 +14,55 @@ mod proxy;
 #[allow(unused_imports)] // not every test binary uses it
 pub use proxy::Proxy;
 
+use chat_core::protocol::EntryKind;
+use chat_core::{ChangeRules, EntryDetail, Seq};
+use chat_redis::{Epoch, Error, Post};
+
+/// The change rules the change tests commit with: a 15-minute edit window, 20 emoji.
+pub fn rules() -> ChangeRules {
+    ChangeRules {
+        edit_window: Duration::from_secs(900),
+        max_reactions: 20,
+        any_author: false,
+    }
+}
+
+/// A change of `kind` to the message `target`.
+pub fn detail(kind: EntryKind, target: u64) -> EntryDetail {
+    EntryDetail {
+        kind,
+        target: Some(Seq(target)),
+        rules: rules(),
+        ..EntryDetail::default()
+    }
+}
+
+/// A reaction with `emoji` to `target`, added (`on`) or taken back.
+pub fn react(target: u64, emoji: &str, on: bool) -> EntryDetail {
+    EntryDetail {
+        emoji: Some(emoji.to_owned()),
+        on: Some(on),
+        ..detail(EntryKind::React, target)
+    }
+}
+
+/// Commits a message (`d` `None`) or a change by `user` into `general`; its seq.
+pub async fn commit(
+    log: &mut RedisLog,
+    epoch: &Epoch,
+    user: &str,
+    body: &str,
+    d: Option<&EntryDetail>,
+) -> Result<u64, Error> {
+    let post = Post {
+        user,
+        body,
+        client_id: None,
+        detail: d,
+    };
+    log.commit("general", epoch, post).await.map(|c| c.seq)
+}
+
 pub struct RedisServer {
     child: Child,
     pub port: u16,
