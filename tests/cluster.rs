@@ -1617,27 +1617,6 @@ fn node_with_admin(redis: &Redis) -> (ServerProcess, String) {
     (server, admin)
 }
 
-/// `POST path` with a form body to the host's controls; the whole answer as text.
-async fn admin_post(addr: &str, path: &str, form: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the admin port");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{form}",
-        form.len()
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    out
-}
-
 /// The host revokes a user on one server: their socket on the other server is told and
 /// closed. A moderator on one server bans a user who is on the other: the user's socket
 /// there is told (by whom, why), leaves the room, and may not join it again there.
@@ -1650,7 +1629,7 @@ async fn revoke_and_moderation_reach_every_server() {
     // Revoke: alice is on B only; the host revokes her on A.
     let mut alice = Client::connect(&b.addr, "alice").await;
     alice.join(ROOM, None).await;
-    let answer = admin_post(&admin_a, "/revoke", "user=alice").await;
+    let answer = common::admin_post(&admin_a, ADMIN_TOKEN, "/revoke", "user=alice").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("0 sessions closed here\n"), "{answer}");
     let error = alice.until(|f| f["type"] == "error").await;
@@ -1669,8 +1648,9 @@ async fn revoke_and_moderation_reach_every_server() {
         c.pump(WAIT, "both present", move |c| c.members == want)
             .await;
     }
-    let answer = admin_post(
+    let answer = common::admin_post(
         &admin_a,
+        ADMIN_TOKEN,
         "/role",
         &format!("room={ROOM}&user=carol&role=moderator"),
     )
@@ -1731,8 +1711,9 @@ async fn a_server_started_later_knows_the_rooms_moderation_state() {
     bob.join(ROOM, None).await;
     let mut dave = Client::connect(&a.addr, "dave").await;
     dave.join(ROOM, None).await;
-    let answer = admin_post(
+    let answer = common::admin_post(
         &admin_a,
+        ADMIN_TOKEN,
         "/role",
         &format!("room={ROOM}&user=carol&role=moderator"),
     )
@@ -1832,8 +1813,9 @@ async fn a_ban_missed_by_a_dead_subscription_is_read_from_redis() {
         c.pump(WAIT, "both present", move |c| c.members == want)
             .await;
     }
-    let answer = admin_post(
+    let answer = common::admin_post(
         &admin_a,
+        ADMIN_TOKEN,
         "/role",
         &format!("room={ROOM}&user=carol&role=moderator"),
     )
@@ -2236,7 +2218,7 @@ async fn erase_crosses_servers_and_leaves_no_text_in_redis() {
     c.crash();
     drop(dave);
 
-    let answer = admin_post(&admin, "/erase", "user=alice").await;
+    let answer = common::admin_post(&admin, ADMIN_TOKEN, "/erase", "user=alice").await;
     assert!(answer.contains("erased in 2 rooms"), "{answer}");
     let want = ["1: deleted", "3: deleted re1", "5:bob text"];
     // carol, on the other server, sees the erase live.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chat_core::protocol::ServerFrame;
 use common::ServerProcess;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
@@ -21,8 +21,7 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 const WAIT: Duration = Duration::from_secs(30);
 const ADMIN_TOKEN: &str = "cluster-retention-admin-token";
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::Socket;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -134,27 +133,8 @@ fn node(redis: &Redis, admin: Option<&str>) -> ServerProcess {
     ServerProcess::start(args)
 }
 
-async fn read(ws: &mut Socket) -> Option<ServerFrame> {
-    loop {
-        match ws.next().await? {
-            Ok(Ws::Text(t)) => return serde_json::from_str(&t).ok(),
-            Ok(Ws::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn until<T>(ws: &mut Socket, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let frame = read(ws).await.expect("connection open");
-            if let Some(t) = pick(frame) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("the frame comes")
+async fn until<T>(ws: &mut Socket, pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    common::until_frame(ws, WAIT, pick).await
 }
 
 async fn say(ws: &mut Socket, frame: Value) {
@@ -210,27 +190,6 @@ async fn history(
         _ => None,
     })
     .await
-}
-
-/// `POST path` with a form body to the host's controls; the whole answer as text.
-async fn admin_post(addr: &str, path: &str, form: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the admin port");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{form}",
-        form.len()
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +263,8 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
     );
 
     // The room's own policy, set on A, holds for the whole cluster.
-    let answer = admin_post(&admin, "/retention", "room=general&messages=2").await;
+    let answer =
+        common::admin_post(&admin, ADMIN_TOKEN, "/retention", "room=general&messages=2").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
     redis.wait_stream_len(2);
@@ -319,7 +279,13 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
     };
     assert_eq!(page, (vec![19, 20], false, true, Some(19)));
     // Bad input: a clear refusal, nothing stored.
-    let answer = admin_post(&admin, "/retention", "room=general&messages=lots").await;
+    let answer = common::admin_post(
+        &admin,
+        ADMIN_TOKEN,
+        "/retention",
+        "room=general&messages=lots",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
 }
@@ -353,7 +319,7 @@ async fn stream_memory_under_a_steady_rate() {
     .map(str::to_owned)
     .to_vec();
     let server = ServerProcess::start(args);
-    let answer = admin_post(&admin, "/retention", "room=kept").await;
+    let answer = common::admin_post(&admin, ADMIN_TOKEN, "/retention", "room=kept").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let (mut alice, _, _) = connect(&server.addr, "alice", None).await;
     say(&mut alice, json!({"type":"join","room":"kept"})).await;

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use chat_core::protocol::{EntryKind, ServerFrame};
 use common::ServerProcess;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::Socket;
 
 /// Upper bound for any one wait (not a speed assertion).
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,27 +45,8 @@ fn start_server(db: &Path, admin: &str) -> ServerProcess {
     ServerProcess::start(args)
 }
 
-async fn read(ws: &mut Socket) -> Option<ServerFrame> {
-    loop {
-        match ws.next().await? {
-            Ok(Ws::Text(t)) => return serde_json::from_str(&t).ok(),
-            Ok(Ws::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn until<T>(ws: &mut Socket, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let frame = read(ws).await.expect("connection open");
-            if let Some(t) = pick(frame) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("the frame comes")
+async fn until<T>(ws: &mut Socket, pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    common::until_frame(ws, WAIT, pick).await
 }
 
 async fn connect(addr: &str, name: &str) -> Socket {
@@ -84,27 +64,6 @@ async fn connect(addr: &str, name: &str) -> Socket {
 
 async fn say(ws: &mut Socket, frame: Value) {
     ws.send(Ws::text(frame.to_string())).await.unwrap();
-}
-
-/// `POST path` with a form body to the host's controls; the whole answer as text.
-async fn admin_post(addr: &str, path: &str, form: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the admin port");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{form}",
-        form.len()
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    out
 }
 
 fn file_holds(db: &Path, text: &str) -> bool {
@@ -182,7 +141,7 @@ async fn retain_messages_bounds_the_file_and_post_erase_leaves_tombstones() {
     assert_eq!(seqs, (22..=31).collect::<Vec<_>>());
     assert_eq!(first_seq.map(|s| s.0), Some(22));
 
-    let answer = admin_post(&admin, "/erase", "user=alice").await;
+    let answer = common::admin_post(&admin, ADMIN_TOKEN, "/erase", "user=alice").await;
     assert!(answer.contains("erased in 1 rooms"), "{answer}");
     let erase = until(&mut bob, |f| match f {
         ServerFrame::Change(m) if m.kind == EntryKind::Erase => Some(m),
@@ -190,7 +149,7 @@ async fn retain_messages_bounds_the_file_and_post_erase_leaves_tombstones() {
     })
     .await;
     assert_eq!(erase.user.as_str(), "alice");
-    let refused = admin_post(&admin, "/erase", "user=").await;
+    let refused = common::admin_post(&admin, ADMIN_TOKEN, "/erase", "user=").await;
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     drop((alice, bob));
 

@@ -132,3 +132,64 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
+
+/// `POST path` with a form body to the example server's host controls (`--admin-addr`),
+/// with `token` as the bearer; the whole answer as text.
+#[allow(dead_code)] // the tests that use the host's controls
+pub async fn admin_post(addr: &str, token: &str, path: &str, form: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin port");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
+
+/// A client's WebSocket to the example server.
+#[allow(dead_code)]
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next server frame on `ws`; `None` once it is closed.
+#[allow(dead_code)]
+pub async fn read_frame(ws: &mut Socket) -> Option<chat_core::protocol::ServerFrame> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    loop {
+        match ws.next().await? {
+            Ok(Ws::Text(t)) => return serde_json::from_str(&t).ok(),
+            Ok(Ws::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads frames until `pick` takes one (within `wait`).
+#[allow(dead_code)]
+pub async fn until_frame<T>(
+    ws: &mut Socket,
+    wait: Duration,
+    mut pick: impl FnMut(chat_core::protocol::ServerFrame) -> Option<T>,
+) -> T {
+    tokio::time::timeout(wait, async {
+        loop {
+            let frame = read_frame(ws).await.expect("connection open");
+            if let Some(t) = pick(frame) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the frame comes")
+}
