@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_core::client::{ClientEvent, Command, Delivery};
+use chat_core::client::{Client, ClientEvent, Command, Delivery};
 use chat_core::protocol::Message;
 use chat_core::{ClientMsgId, RequestId, RoomName, Seq, protocol::ErrorCode};
 use tokio::time::{Instant, sleep_until};
@@ -100,66 +100,45 @@ async fn next_or_timeout(
 /// If the connection drops first, it reconnects and sends again with the same client id,
 /// so the message is posted once.
 pub async fn send(
-    mut session: Session,
+    session: Session,
     common: Common,
     room: String,
     body: String,
     timeout: Duration,
 ) -> i32 {
-    let deadline = Some(Instant::now() + timeout);
-    let mut joins = Vec::new();
-    let mut sent: Option<ClientMsgId> = None;
-    loop {
-        let event = match next_or_timeout(&mut session, deadline).await {
-            Ok(event) => event,
-            Err(code) => return code,
-        };
-        let event = match common_event(&mut session, event, &common, &joins) {
-            Ok(Some(event)) => event,
-            Ok(None) => continue,
-            Err(code) => return code,
-        };
-        match event {
-            ClientEvent::Welcome { resumed: false, .. } => {
-                // The join goes first; the server handles frames in order.
-                joins.push(session.with(|c| c.join(&room)));
-                sent = Some(session.with(|c| c.send_to_room(&room, &body)));
-            }
-            ClientEvent::Acked {
-                room,
-                seq,
-                client_id,
-                ..
-            } if client_id.is_some() && client_id == sent => {
-                println!("{}#{}", escape(room.as_str()), seq);
-                return exit::OK;
-            }
-            ClientEvent::Rejected {
-                command: Some(Command::Send { client_id, .. }),
-                code,
-                message,
-                ..
-            } if Some(&client_id) == sent.as_ref() => {
-                reject(code, &message);
-                return exit::REJECTED;
-            }
-            _ => {}
-        }
-    }
+    let post = |c: &mut Client, room: &str| c.send_to_room(room, &body);
+    post_once(session, common, room, timeout, post, None).await
 }
 
 /// `edit`, `delete`, `react`, `send --reply-to`: does one [`Change`] to a message of
 /// `room` and prints `ROOM#SEQ` (the change's seq; a reply's) once the server has
 /// stored it. If the connection drops first, it reconnects and sends it again with the
 /// same client id, so it is done once. A refusal (`not_author`, `gone`,
-/// `no_such_message`, `edit_window_passed`, …) is printed as `chat-cli: CODE: message`
-/// on stderr and exits with [`exit::REJECTED`].
+/// `no_such_message`, `edit_window_passed`, …) is printed as `chat-cli: CODE: message
+/// (what in ROOM)` on stderr and exits with [`exit::REJECTED`].
 pub async fn change(
-    mut session: Session,
+    session: Session,
     common: Common,
     room: String,
     change: Change,
     timeout: Duration,
+) -> i32 {
+    let post = |c: &mut Client, room: &str| change.post(c, room, None);
+    let what = Some(change.describe());
+    post_once(session, common, room, timeout, post, what).await
+}
+
+/// Joins `room`, hands one post (`post`: a message or a change) to the client once
+/// welcomed, and waits for its ack (prints `ROOM#SEQ`) or its refusal (printed, with
+/// `what` it was when given). The client sends it again after a reconnect, with the same
+/// client id, until then.
+async fn post_once(
+    mut session: Session,
+    common: Common,
+    room: String,
+    timeout: Duration,
+    post: impl Fn(&mut Client, &str) -> ClientMsgId,
+    what: Option<String>,
 ) -> i32 {
     let deadline = Some(Instant::now() + timeout);
     let mut joins = Vec::new();
@@ -177,9 +156,9 @@ pub async fn change(
         match event {
             ClientEvent::Welcome { resumed: false, .. } => {
                 // The join goes first; the server handles frames in order. After a
-                // reconnect the client rejoins and sends the change again by itself.
+                // reconnect the client rejoins and sends the post again by itself.
                 joins.push(session.with(|c| c.join(&room)));
-                sent = Some(session.with(|c| change.post(c, &room, None)));
+                sent = Some(session.with(|c| post(c, &room)));
             }
             ClientEvent::Acked {
                 room,
@@ -196,12 +175,14 @@ pub async fn change(
                 message,
                 ..
             } if Some(&client_id) == sent.as_ref() => {
-                eprintln!(
-                    "chat-cli: {code}: {} ({} in {})",
-                    escape(&message),
-                    change.describe(),
-                    escape(&room)
-                );
+                match &what {
+                    Some(what) => eprintln!(
+                        "chat-cli: {code}: {} ({what} in {})",
+                        escape(&message),
+                        escape(&room)
+                    ),
+                    None => reject(code, &message),
+                }
                 return exit::REJECTED;
             }
             _ => {}
