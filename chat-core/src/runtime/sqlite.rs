@@ -1740,26 +1740,30 @@ mod tests {
         );
     }
 
-    /// A file written by the release before these changes (schema 1, kept in
-    /// tests/data) opens, migrates to the current schema in place, keeps every message
-    /// and its epoch, and takes changes afterwards.
-    #[test]
-    fn a_file_of_the_previous_release_is_migrated() {
+    /// A copy of the committed file `tests/data/{name}` opened (and so migrated), with
+    /// its epoch checked and the schema at the current version.
+    fn migrated(name: &str, epoch: &str) -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat.db");
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schema1.db"),
-            &path,
-        )
-        .unwrap();
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        std::fs::copy(data.join(name), &path).unwrap();
         let store = SqliteStore::open(&path, Durability::Full).unwrap();
-        assert_eq!(store.epoch(), "5eed0f5eed0f5eed");
+        assert_eq!(store.epoch(), epoch);
         let version: i64 = store
             .writer()
             .unwrap()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        (dir, store)
+    }
+
+    /// A file written by the release before these changes (schema 1, kept in
+    /// tests/data) opens, migrates to the current schema in place, keeps every message
+    /// and its epoch, and takes changes afterwards.
+    #[test]
+    fn a_file_of_the_previous_release_is_migrated() {
+        let (_dir, store) = migrated("schema1.db", "5eed0f5eed0f5eed");
         let (page, more) = store.page(&room("general"), None, 10).unwrap();
         assert!(!more);
         assert_eq!(
@@ -1969,21 +1973,7 @@ mod tests {
     /// their current state, its read markers and its moderation.
     #[test]
     fn a_file_of_schema_version_3_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schema3.db"),
-            &path,
-        )
-        .unwrap();
-        let store = SqliteStore::open(&path, Durability::Full).unwrap();
-        assert_eq!(store.epoch(), "3333feed3333feed");
-        let version: i64 = store
-            .writer()
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        let (_dir, store) = migrated("schema3.db", "3333feed3333feed");
         let (page, _) = store.page(&room("general"), None, 10).unwrap();
         assert_eq!(page.len(), 5);
         assert_eq!(&*page[0].body, "hello from schema 3 (edited)");
