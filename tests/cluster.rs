@@ -17,9 +17,10 @@ mod proxy;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::{ServerProcess, get, sample};
 use futures::{SinkExt, StreamExt};
 use proxy::Proxy;
@@ -30,113 +31,6 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 const WAIT: Duration = Duration::from_secs(30);
 /// The stated bound for a killed server's users to leave the others' presence.
 const REAP_BOUND: Duration = Duration::from_secs(10);
-
-/// A `redis-server` on a free loopback port, its data in a temporary directory; killed
-/// (by its PID) when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-    aof: bool,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Self::start_with(false)
-    }
-
-    /// With `aof`: the durable profile (`appendonly yes`, `appendfsync always`).
-    fn start_with(aof: bool) -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Self::spawn(port, &dir, aof);
-        Redis {
-            child,
-            port,
-            dir,
-            aof,
-        }
-    }
-
-    fn spawn(port: u16, dir: &tempfile::TempDir, aof: bool) -> Child {
-        let appendonly = if aof { "yes" } else { "no" };
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args([
-                "--appendonly",
-                appendonly,
-                "--appendfsync",
-                "always",
-                "--dir",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (the test command installs Debian's redis-server)");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    /// SIGKILL, and a new redis-server on the same port and data (a crash and a
-    /// supervisor's restart).
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(self.port, &self.dir, self.aof);
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal}");
-    }
-
-    /// `PUBLISH channel <payload>`, the payload through stdin (it may be large).
-    fn publish(&self, channel: &str, payload: &str) {
-        use std::io::Write;
-        let mut child = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "-x", "PUBLISH", channel])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-cli runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(payload.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An example server in cluster mode, flood control lifted.
 fn node(redis: &Redis) -> ServerProcess {

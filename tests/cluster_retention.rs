@@ -8,11 +8,11 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_core::protocol::ServerFrame;
 use common::ServerProcess;
+use common::redis::Redis;
 use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -30,83 +30,24 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A `redis-server` on a free loopback port, killed (by its PID) when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// The entries of `general`'s stream.
+fn stream_len(redis: &Redis) -> u64 {
+    redis
+        .cli(&["XLEN", "chat:{general}:log"])
+        .parse()
+        .expect("a number")
 }
 
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// One command through `redis-cli`; its answer, trimmed.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        assert!(out.status.success(), "redis-cli {args:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn stream_len(&self) -> u64 {
-        self.cli(&["XLEN", "chat:{general}:log"])
-            .parse()
-            .expect("a number")
-    }
-
-    /// Waits until the room's stream holds `n` entries.
-    fn wait_stream_len(&self, n: u64) {
-        let deadline = Instant::now() + WAIT;
-        while self.stream_len() != n {
-            assert!(
-                Instant::now() < deadline,
-                "the stream holds {} entries, not {n}",
-                self.stream_len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Waits until the room's stream holds `n` entries.
+fn wait_stream_len(redis: &Redis, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    while stream_len(redis) != n {
+        assert!(
+            Instant::now() < deadline,
+            "the stream holds {} entries, not {n}",
+            stream_len(redis)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -222,7 +163,7 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
     .await;
 
     // The sweep keeps exactly the newest five entries, and says where the log starts.
-    redis.wait_stream_len(5);
+    wait_stream_len(&redis, 5);
     assert_eq!(redis.cli(&["HGET", "chat:{general}:meta", "first"]), "16");
 
     // On B, whose window held 1..20: a page that reaches the start says the gap (the
@@ -267,7 +208,7 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
         common::admin_post(&admin, ADMIN_TOKEN, "/retention", "room=general&messages=2").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(redis.cli(&["HGET", "chat:{general}:retain", "count"]), "2");
-    redis.wait_stream_len(2);
+    wait_stream_len(&redis, 2);
     let deadline = Instant::now() + WAIT;
     let page = loop {
         id += 1;

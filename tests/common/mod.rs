@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub mod redis;
+
 /// Upper bound for starting and stopping the server (not a speed assertion).
 const WAIT: Duration = Duration::from_secs(60);
 
