@@ -22,13 +22,14 @@
 
 mod cluster;
 mod events;
+mod fanout;
 mod outbox;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
 pub mod transport;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,7 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::ids::{ClientMsgId, RoomName, SessionId};
-use crate::protocol::{Encoded, ErrorCode, Message, ModAction};
+use crate::protocol::{ErrorCode, Message, ModAction};
 use crate::server::{
     AuthRefused, CloseReason, Config, Event, Input, ModerationChange, Now, Output, Retention,
     Server, StoreError,
@@ -49,7 +50,7 @@ pub use events::{EventStream, HostEvent};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use store::{MemoryStore, Pruned, Restored, RestoredRoom, Store};
-use transport::{Connection, Outbound};
+use transport::Connection;
 
 /// A host identity hook: given the hello's name and credentials, the user name or a refusal.
 pub type Authenticator = Arc<
@@ -92,6 +93,23 @@ pub struct HubConfig {
     /// runtime, the epoch is the broker's, and `store` must be `None` (the shared log
     /// holds the history).
     pub cluster: Option<Arc<dyn Broker>>,
+    /// Threads that put the driver's frames into the connections' queues (0: the
+    /// driver does it itself). One driver task owns every room; on a box with many
+    /// cores the per-recipient work of a fan-out (a queue push and a wake-up per
+    /// recipient) is what stops it first, and K threads share it, each for the sessions
+    /// whose id falls to it, every session's frames still in the engine's order
+    /// (docs/ARCHITECTURE.md, "Fan-out threads"; docs/BENCHMARKS.md, "Many cores").
+    /// Default: `CHAT_FANOUT_THREADS` from the environment if set (as tokio reads
+    /// `TOKIO_WORKER_THREADS`), else 0. On a machine with 2 cores, 0 is fastest.
+    pub fanout_threads: usize,
+}
+
+/// [`HubConfig::fanout_threads`]'s default: `CHAT_FANOUT_THREADS`, else 0.
+fn default_fanout_threads() -> usize {
+    std::env::var("CHAT_FANOUT_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Default for HubConfig {
@@ -104,6 +122,7 @@ impl Default for HubConfig {
             inbox: 4096,
             authenticator: None,
             cluster: None,
+            fanout_threads: default_fanout_threads(),
         }
     }
 }
@@ -117,6 +136,7 @@ impl std::fmt::Debug for HubConfig {
             .field("outbound_bytes", &self.outbound_bytes)
             .field("inbox", &self.inbox)
             .field("cluster", &self.cluster.is_some())
+            .field("fanout_threads", &self.fanout_threads)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +162,9 @@ pub enum SpawnError {
     /// The operating system gave no randomness for the token secret or the epoch.
     #[error("no randomness: {0}")]
     NoRandomness(String),
+    /// A fan-out thread ([`HubConfig::fanout_threads`]) could not be started.
+    #[error("starting a fan-out thread: {0}")]
+    Thread(String),
 }
 
 /// The hub has shut down.
@@ -302,6 +325,7 @@ impl Hub {
             inbox,
             authenticator,
             cluster,
+            fanout_threads,
         } = config;
         if core.durable && store.is_none() {
             return Err(SpawnError::RuntimeOwned {
@@ -401,6 +425,13 @@ impl Hub {
         let hub_broker = cluster.clone();
         let (tx, rx) = mpsc::channel(inbox.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Counters::default());
+        let fanout = if fanout_threads == 0 {
+            fanout::Fanout::inline(stats.clone())
+        } else {
+            fanout::Fanout::threads(fanout_threads, stats.clone(), control.clone())
+                .map_err(|e| SpawnError::Thread(e.to_string()))?
+        };
         if let Some(broker) = &cluster {
             broker.default_retention(default_retention);
             broker.start(BrokerInbox::new(control.clone(), tx.clone()));
@@ -408,7 +439,6 @@ impl Hub {
         let (events, _) = broadcast::channel(1024);
         let streams = Arc::new(events::Registry::default());
         let (done_tx, done) = watch::channel(false);
-        let stats = Arc::new(Counters::default());
         let writer = store
             .as_ref()
             .map(|s| Writer::start(s.clone(), control.clone(), default_retention, policies));
@@ -417,7 +447,7 @@ impl Hub {
             rx,
             control_rx,
             control: control.clone(),
-            sessions: SessionTable::default(),
+            fanout,
             publishes: HashMap::new(),
             next_ticket: 0,
             store,
@@ -895,72 +925,13 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// The driver's open sessions, looked up once per delivered frame: a table indexed by
-/// the session id's distance from the oldest open one, as the hub hands ids out in
-/// order. A lookup is an index, no hashing and no probing. It holds 8 bytes per id from
-/// the oldest open session to the newest (closed ones in between included), and shrinks
-/// from either end as sessions close.
-#[derive(Default)]
-struct SessionTable {
-    /// The id of `slots[0]`.
-    base: u64,
-    slots: VecDeque<Option<SessionTx>>,
-}
-
-impl SessionTable {
-    #[inline]
-    fn get(&self, id: SessionId) -> Option<&SessionTx> {
-        let i = usize::try_from(id.0.checked_sub(self.base)?).ok()?;
-        self.slots.get(i)?.as_ref()
-    }
-
-    fn insert(&mut self, id: SessionId, tx: SessionTx) {
-        if self.slots.is_empty() {
-            self.base = id.0;
-        }
-        while id.0 < self.base {
-            // Ids reach the driver nearly in order; an earlier one widens the front.
-            self.slots.push_front(None);
-            self.base -= 1;
-        }
-        let i = usize::try_from(id.0 - self.base).expect("fits: the table holds every slot");
-        if i >= self.slots.len() {
-            self.slots.resize_with(i + 1, || None);
-        }
-        self.slots[i] = Some(tx);
-    }
-
-    fn remove(&mut self, id: SessionId) -> Option<SessionTx> {
-        let i = usize::try_from(id.0.checked_sub(self.base)?).ok()?;
-        let tx = self.slots.get_mut(i)?.take()?;
-        while let Some(None) = self.slots.front() {
-            self.slots.pop_front();
-            self.base += 1;
-        }
-        while let Some(None) = self.slots.back() {
-            self.slots.pop_back();
-        }
-        if self.slots.capacity() > 64 && self.slots.capacity() > 4 * self.slots.len() {
-            self.slots.shrink_to(2 * self.slots.len());
-        }
-        Some(tx)
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = SessionTx> + '_ {
-        self.slots.drain(..).flatten()
-    }
-}
-
-struct SessionTx {
-    tx: outbox::OutboxTx,
-}
-
 struct Driver {
     server: Server,
     rx: mpsc::Receiver<Cmd>,
     control_rx: mpsc::UnboundedReceiver<Cmd>,
     control: mpsc::UnboundedSender<Cmd>,
-    sessions: SessionTable,
+    /// Who queues the frames: the driver itself, or the fan-out threads.
+    fanout: fanout::Fanout,
     publishes: HashMap<u64, oneshot::Sender<Result<Arc<Message>, ErrorCode>>>,
     next_ticket: u64,
     store: Option<Arc<dyn Store>>,
@@ -1048,6 +1019,10 @@ impl Driver {
                     }
                 }
             }
+            // The fan-out threads (if any) take this batch's frames now; while they are
+            // far behind, no more input is taken.
+            self.fanout.flush();
+            self.fanout.room().await;
             self.stats.inbox_depth.store(
                 (self.rx.len() + self.control_rx.len()) as u64,
                 Ordering::Relaxed,
@@ -1068,7 +1043,7 @@ impl Driver {
                     tx.close(CloseReason::Shutdown);
                     return false;
                 }
-                self.sessions.insert(session, SessionTx { tx });
+                self.fanout.open(session, tx);
                 self.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let input = match identity {
                     Some(identity) => Input::ConnectedAs { session, identity },
@@ -1112,9 +1087,7 @@ impl Driver {
                     {
                         self.cluster_saved(*ticket, result);
                     }
-                    Input::Disconnected { session } if self.sessions.remove(*session).is_some() => {
-                        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                    }
+                    Input::Disconnected { session } => self.fanout.disconnected(*session),
                     _ => {}
                 }
                 let started = frame.then(std::time::Instant::now);
@@ -1201,9 +1174,7 @@ impl Driver {
             self.settling.push(owed);
         }
         for (session, n) in self.settling.drain(..) {
-            if let Some(s) = self.sessions.get(session) {
-                s.tx.settle(n);
-            }
+            self.fanout.settle(session, n);
         }
         drained
     }
@@ -1232,22 +1203,12 @@ impl Driver {
             while let Some(output) = self.server.poll_output() {
                 match output {
                     Output::Send { to, frame } => {
-                        out += u64::from(self.queue(to, frame));
+                        out += self.fanout.send(to, frame, &mut self.deferred);
                     }
                     Output::Broadcast { to, frame } => {
-                        for sid in to.iter() {
-                            out += u64::from(self.queue(sid, frame.clone()));
-                        }
+                        out += self.fanout.broadcast(to, &frame, &mut self.deferred);
                     }
-                    Output::Close { session, reason } => {
-                        if let Some(s) = self.sessions.remove(session) {
-                            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                            if reason == CloseReason::SlowConsumer {
-                                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                            }
-                            close_session(s, reason);
-                        }
-                    }
+                    Output::Close { session, reason } => self.fanout.close(session, reason),
                     Output::SaveModeration { ticket, change } if self.cluster.is_some() => {
                         self.save_in_cluster(ticket, change);
                     }
@@ -1351,27 +1312,6 @@ impl Driver {
             .rooms
             .store(self.server.room_count() as u64, Ordering::Relaxed);
         drained
-    }
-
-    /// Queues one frame on a session's connection; true if it was queued. A full queue
-    /// is reported to the core after the drain.
-    #[inline]
-    fn queue(&mut self, to: SessionId, frame: Encoded) -> bool {
-        let Some(s) = self.sessions.get(to) else {
-            return false;
-        };
-        let ephemeral = frame.is_ephemeral();
-        match s.tx.try_send(Outbound::Frame(frame)) {
-            Ok(()) => true,
-            Err(outbox::Refused::Full) => {
-                self.deferred.push(Input::QueueFull {
-                    session: to,
-                    ephemeral,
-                });
-                false
-            }
-            Err(outbox::Refused::Closed) => false,
-        }
     }
 
     /// Carries out an action another server relayed, as that server did (the same
@@ -1615,9 +1555,8 @@ impl Driver {
 
     async fn finish(mut self) {
         // Close whatever the core did not (it closes every session on shutdown).
-        for s in self.sessions.drain() {
-            close_session(s, CloseReason::Shutdown);
-        }
+        let fanout = std::mem::replace(&mut self.fanout, fanout::Fanout::inline(self.stats.clone()));
+        fanout.finish().await;
         if let Some(writer) = self.writer.take() {
             writer.stop().await;
         }
@@ -1635,12 +1574,6 @@ impl Driver {
             let _ = reply.send(Err(ErrorCode::ShuttingDown));
         }
     }
-}
-
-fn close_session(s: SessionTx, reason: CloseReason) {
-    // After the frames already queued; the close needs no room (a slow consumer's
-    // queue is full).
-    s.tx.close(reason);
 }
 
 fn now() -> Now {

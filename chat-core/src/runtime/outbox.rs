@@ -45,6 +45,11 @@ struct State {
     /// The bytes of the queued frames (a frame shared with other sessions counts in
     /// full in each queue that holds it).
     bytes: usize,
+    /// A reliable frame was refused (the queue was full): every later frame is refused
+    /// too, until the close the core sends for it. Otherwise a frame queued after the
+    /// reader freed some room would follow the hole, and the client, resuming from the
+    /// last seq it saw, would never get the refused message.
+    refusing: bool,
 }
 
 /// Slots an empty queue keeps: a queue drained after a backlog (a slow reader, a
@@ -111,6 +116,7 @@ pub(crate) fn outbox(limit: Limit) -> (OutboxTx, Outbox) {
             receiver_gone: false,
             owed: 0,
             bytes: 0,
+            refusing: false,
         }),
         limit: Limit {
             frames: limit.frames.max(1),
@@ -138,17 +144,18 @@ impl OutboxTx {
             "closes go through close()"
         );
         let mut state = self.shared.lock();
-        if state.receiver_gone {
+        if state.receiver_gone || state.refusing {
             return Err(Refused::Closed);
         }
-        let len = match &item {
-            Outbound::Frame(frame) => frame.bytes().len(),
-            Outbound::Close(_) => 0,
+        let (len, ephemeral) = match &item {
+            Outbound::Frame(frame) => (frame.bytes().len(), frame.is_ephemeral()),
+            Outbound::Close(_) => (0, false),
         };
         let limit = self.shared.limit;
         if state.frames.len() >= limit.frames
             || (!state.frames.is_empty() && state.bytes.saturating_add(len) > limit.bytes)
         {
+            state.refusing = !ephemeral;
             return Err(Refused::Full);
         }
         state.bytes += len;
@@ -396,6 +403,15 @@ mod tests {
         }))
     }
 
+    /// A typing notice: a frame the core lets go under backpressure.
+    fn typing() -> Outbound {
+        Outbound::Frame(Encoded::new(&ServerFrame::Typing {
+            room: crate::ids::RoomName::parse("general", 64, 32).expect("a room name"),
+            user: crate::ids::UserName::parse("ann", 32).expect("a user name"),
+            active: true,
+        }))
+    }
+
     /// A queue bounded in frames only.
     fn frames_only(frames: usize) -> Limit {
         Limit {
@@ -428,7 +444,8 @@ mod tests {
             tx.try_send(frame(100)).expect("room in bytes");
         }
         assert_eq!(rx.queued_bytes(), 3 * size);
-        assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
+        // Probed with a typing notice: a refused reliable frame would stop the queue.
+        assert_eq!(tx.try_send(typing()), Err(Refused::Full));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut got = Vec::new();
@@ -555,6 +572,39 @@ mod tests {
                 "round {round}: {kept} slots kept after the backlog"
             );
         }
+    }
+
+    /// Once a reliable frame was refused, nothing more is queued, even after the
+    /// reader made room, until the close: the client never sees a message after a hole.
+    /// A refused typing notice stops nothing.
+    #[test]
+    fn after_a_refused_message_the_queue_takes_nothing_more() {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let (tx, mut rx) = outbox(frames_only(2));
+        tx.try_send(frame(1)).unwrap();
+        tx.try_send(frame(1)).unwrap();
+        assert_eq!(tx.try_send(typing()), Err(Refused::Full));
+        let mut got = Vec::new();
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(1)),
+            Poll::Ready(1)
+        );
+        tx.try_send(frame(1)).expect("a refused typing notice stops nothing");
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(2)
+        );
+        // Empty now, but the message refused before must not be followed by another.
+        assert_eq!(tx.try_send(frame(1)), Err(Refused::Closed));
+        assert_eq!(tx.try_send(typing()), Err(Refused::Closed));
+        tx.close(CloseReason::SlowConsumer);
+        assert_eq!(
+            rx.poll_recv_many(&mut cx, &mut got, frames(8)),
+            Poll::Ready(1)
+        );
+        assert_eq!(kinds(&got), ["frame", "frame", "frame", "close"]);
     }
 
     #[test]
