@@ -33,6 +33,11 @@ struct State {
     frames: VecDeque<Outbound>,
     /// The consumer's waker, left when it found the queue empty.
     waker: Option<Waker>,
+    /// The transport's reader, waiting in [`Inbound::poll_ready`] for the queue to be
+    /// less than half full (transport rule 3).
+    ///
+    /// [`Inbound::poll_ready`]: super::transport::Inbound::poll_ready
+    ready_waker: Option<Waker>,
     /// The engine's close, delivered after the frames.
     close: Option<CloseReason>,
     /// Whether the consumer has taken the close.
@@ -110,6 +115,7 @@ pub(crate) fn outbox(limit: Limit) -> (OutboxTx, Outbox) {
         state: Mutex::new(State {
             frames: VecDeque::new(),
             waker: None,
+            ready_waker: None,
             close: None,
             close_taken: false,
             sender_gone: false,
@@ -177,13 +183,13 @@ impl OutboxTx {
         let mut state = self.shared.lock();
         let was = state.filling(self.shared.limit);
         state.owed = state.owed.saturating_sub(n);
-        let waker = if was && !state.filling(self.shared.limit) {
-            state.waker.take()
+        let (waker, ready) = if was && !state.filling(self.shared.limit) {
+            (state.waker.take(), state.ready_waker.take())
         } else {
-            None
+            (None, None)
         };
         drop(state);
-        if let Some(waker) = waker {
+        for waker in [waker, ready].into_iter().flatten() {
             waker.wake();
         }
     }
@@ -219,6 +225,21 @@ impl Owed {
         let mut state = self.0.lock();
         state.owed = state.owed.saturating_add(n);
     }
+
+    /// Ready once the queue, with what is owed, is below half full; pending until then,
+    /// woken when the queue is read or the answers settle below half. Ready too once
+    /// the queue has ended (nothing more will be queued or read).
+    pub(crate) fn poll_room(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock();
+        if !state.filling(self.0.limit) || state.sender_gone || state.receiver_gone {
+            return Poll::Ready(());
+        }
+        match &mut state.ready_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
 }
 
 /// A session's outgoing frames, for its transport to write: [`Outbound::Frame`]s, then
@@ -242,6 +263,7 @@ impl Outbox {
     ) -> Poll<usize> {
         let max_frames = limit.frames.max(1);
         let mut state = self.shared.lock();
+        let was_filling = state.filling(self.shared.limit);
         let mut n = 0;
         let mut bytes = 0usize;
         for item in state.frames.iter().take(max_frames) {
@@ -259,6 +281,12 @@ impl Outbox {
             into.extend(state.frames.drain(..n));
             state.bytes = state.bytes.saturating_sub(bytes);
             state.give_back();
+            if was_filling
+                && !state.filling(self.shared.limit)
+                && let Some(ready) = state.ready_waker.take()
+            {
+                ready.wake();
+            }
         }
         if state.frames.is_empty()
             && n < max_frames

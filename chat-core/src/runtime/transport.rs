@@ -37,7 +37,9 @@
 //!    the hub has queued them; a send waiting for its commit or for the shared log is
 //!    owed until then) as if they were queued, and the outbox wakes its reader when
 //!    they settle below half with nothing to write, so one check covers inputs still in
-//!    the hub's inbox and sends still being stored.
+//!    the hub's inbox and sends still being stored. [`Inbound::ready`] waits for both
+//!    rule 1's room in the inbox and this one, so a transport that awaits it before
+//!    each [`Inbound::start`] keeps rule 3 without checking `is_filling` itself.
 //! 4. **End cleanly.** After [`Outbound::Close`], write the close (for WebSocket,
 //!    [`CloseReason::ws_code`] and [`CloseReason::as_str`]) and end the connection. When
 //!    the peer goes away first, [`Inbound::disconnect`] (or drop it). An outbox that ends
@@ -128,7 +130,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
@@ -264,7 +266,8 @@ impl Connection {
             session: self.inbound.session,
             frame: Ok(frame),
         })?;
-        self.inbound.ready().await
+        // The inbox only: an in-process session reads when it likes.
+        poll_fn(|cx| self.inbound.poll_inbox(cx)).await
     }
 
     /// The next frame from the server, decoded; `None` once the session has ended (see
@@ -332,10 +335,20 @@ impl Inbound {
         self.session
     }
 
-    /// Ready when the hub has taken every frame started so far, so the next
-    /// [`Inbound::start`] may follow; pending while its inbox is full (the task is woken
-    /// when there is room; waiters get room in turn). `Err` once the hub has shut down.
+    /// Ready when the hub has taken every frame started so far and the session's queue
+    /// has room for what they will make, so the next [`Inbound::start`] may follow
+    /// (rules 1 and 3): pending while the hub's inbox is full (the task is woken when
+    /// there is room; waiters get room in turn), and while the outbox, with the answers
+    /// still owed, is half full or more ([`Outbox::is_filling`]; woken when the queue
+    /// is read or the answers settle). `Err` once the hub has shut down.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HubClosed>> {
+        ready!(self.poll_inbox(cx))?;
+        ready!(self.owed.poll_room(cx));
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ready when the hub has taken every frame started so far.
+    fn poll_inbox(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HubClosed>> {
         while let Some(cmd) = self.held.pop_front() {
             let sender = self
                 .waiting
@@ -376,12 +389,13 @@ impl Inbound {
     /// Hands `frame` to the hub and waits until its inbox has taken it.
     pub async fn send(&mut self, frame: PeerFrame<'_>) -> Result<(), HubClosed> {
         self.start(frame)?;
-        self.ready().await
+        poll_fn(|cx| self.poll_inbox(cx)).await
     }
 
     /// Ends the session after every frame started before.
     pub async fn disconnect(mut self) {
-        if self.ready().await.is_err() {
+        // The hub's inbox only: nobody reads the outbox any more.
+        if poll_fn(|cx| self.poll_inbox(cx)).await.is_err() {
             return;
         }
         self.open = false;
