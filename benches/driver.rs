@@ -40,6 +40,11 @@
 //! DRIVER_BENCH_SHAPES=room_10,rooms_100x10 cargo bench --bench driver
 //! ```
 //!
+//! `DRIVER_BENCH_FANOUT` (a comma list, default `0`) runs each shape with that many
+//! fan-out threads ([`HubConfig::fanout_threads`]; 0: the driver queues every frame
+//! itself). The threads run on the client's CPU, so the driver's CPU stays its own;
+//! their CPU time is reported beside the driver's.
+//!
 //! `DRIVER_BENCH_SECS` (5) is the measured window, `DRIVER_BENCH_WARMUP` (1) the
 //! warm-up before it, `DRIVER_BENCH_ROUNDS` (3) the rounds (interleaved over the shapes);
 //! the table shows, per shape, the round with the least driver CPU per delivery (the
@@ -312,6 +317,19 @@ impl Thread {
         Thread(tid)
     }
 
+    /// The hub's fan-out threads (named `chat-fanout-N`) alive now.
+    fn fanout() -> Vec<Thread> {
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let tid = e.ok()?.file_name().into_string().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+            comm.starts_with("chat-fanout-").then_some(Thread(tid))
+        })
+        .collect()
+    }
+
     /// Time the thread has waited runnable for a CPU so far (`schedstat`'s second field;
     /// zero where it is not kept).
     fn waited(&self) -> Duration {
@@ -349,6 +367,8 @@ struct Outcome {
     sends: u64,
     hub_cpu: Duration,
     client_cpu: Duration,
+    /// The fan-out threads' CPU time, together.
+    fanout_cpu: Duration,
     /// Time the hub thread waited runnable for its CPU (taken by other processes).
     hub_waited: Duration,
     other: u64,
@@ -367,6 +387,9 @@ impl Outcome {
     fn per_delivery_us(&self) -> f64 {
         self.hub_cpu.as_secs_f64() * 1e6 / self.deliveries.max(1) as f64
     }
+    fn fanout_per_delivery_us(&self) -> f64 {
+        self.fanout_cpu.as_secs_f64() * 1e6 / self.deliveries.max(1) as f64
+    }
     fn per_send_us(&self) -> f64 {
         self.hub_cpu.as_secs_f64() * 1e6 / self.sends.max(1) as f64
     }
@@ -379,13 +402,16 @@ impl Outcome {
     fn hub_waiting(&self) -> f64 {
         self.hub_waited.as_secs_f64() / self.window.as_secs_f64()
     }
+    fn fanout_busy(&self) -> f64 {
+        self.fanout_cpu.as_secs_f64() / self.window.as_secs_f64()
+    }
     fn client_busy(&self) -> f64 {
         self.client_cpu.as_secs_f64() / self.window.as_secs_f64()
     }
 }
 
 /// Starts a hub on its own thread and one-thread runtime, pinned to `HUB_CPU`.
-fn start_hub() -> (Hub, Thread, std::thread::JoinHandle<()>) {
+fn start_hub(fanout: usize) -> (Hub, Thread, std::thread::JoinHandle<()>) {
     let unlimited = Rate {
         burst: 1_000_000,
         per_second: 1_000_000,
@@ -402,6 +428,7 @@ fn start_hub() -> (Hub, Thread, std::thread::JoinHandle<()>) {
         // end the run (and is reported), not measure anything.
         outbound_queue: 1 << 16,
         outbound_bytes: 256 << 20,
+        fanout_threads: fanout,
         ..HubConfig::default()
     };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -417,7 +444,17 @@ fn start_hub() -> (Hub, Thread, std::thread::JoinHandle<()>) {
                 .build()
                 .expect("hub runtime");
             rt.block_on(async move {
+                // The fan-out threads inherit the CPU of the thread that starts them:
+                // the client's, so the hub's CPU is the driver's alone.
+                assert!(
+                    core_affinity::set_for_current(core_affinity::CoreId { id: CLIENT_CPU }),
+                    "pinning to CPU {CLIENT_CPU} while the fan-out threads start"
+                );
                 let hub = Hub::spawn(config).await.expect("hub starts");
+                assert!(
+                    core_affinity::set_for_current(core_affinity::CoreId { id: HUB_CPU }),
+                    "pinning the hub thread to CPU {HUB_CPU}"
+                );
                 tx.send((hub.clone(), Thread::current()))
                     .expect("the client side waits");
                 hub.closed().await;
@@ -429,8 +466,24 @@ fn start_hub() -> (Hub, Thread, std::thread::JoinHandle<()>) {
 }
 
 /// One run of `shape` on a fresh hub; called on the client runtime.
-async fn run(shape: &Shape, drain: Drain, warmup: Duration, window: Duration) -> Outcome {
-    let (hub, hub_thread, hub_handle) = start_hub();
+async fn run(
+    shape: &Shape,
+    drain: Drain,
+    fanout: usize,
+    warmup: Duration,
+    window: Duration,
+) -> Outcome {
+    let (hub, hub_thread, hub_handle) = start_hub(fanout);
+    // The last hub's threads may take a moment to be gone.
+    let mut fanout_threads = Thread::fanout();
+    for _ in 0..100 {
+        if fanout_threads.len() == fanout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        fanout_threads = Thread::fanout();
+    }
+    assert_eq!(fanout_threads.len(), fanout, "the hub's fan-out threads");
     let me = Thread::current();
     let counts = Arc::new(Counts::default());
     let go = Arc::new(tokio::sync::Notify::new());
@@ -480,6 +533,7 @@ async fn run(shape: &Shape, drain: Drain, warmup: Duration, window: Duration) ->
             hub_thread.cpu(),
             me.cpu(),
             hub_thread.waited(),
+            fanout_threads.iter().map(Thread::cpu).sum::<Duration>(),
         )
     };
     let a = snapshot(&counts);
@@ -505,6 +559,7 @@ async fn run(shape: &Shape, drain: Drain, warmup: Duration, window: Duration) ->
         hub_cpu: b.4.saturating_sub(a.4),
         client_cpu: b.5.saturating_sub(a.5),
         hub_waited: b.6.saturating_sub(a.6),
+        fanout_cpu: b.7.saturating_sub(a.7),
     }
 }
 
@@ -568,23 +623,32 @@ fn main() {
         load(),
     );
     // Rounds interleave the shapes, so a burst of load elsewhere hits all of them.
-    let runs: Vec<(&Shape, Drain)> = drains
+    let fanouts: Vec<usize> = std::env::var("DRIVER_BENCH_FANOUT")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let fanouts = if fanouts.is_empty() { vec![0] } else { fanouts };
+    let runs: Vec<(&Shape, Drain, usize)> = drains
         .iter()
         .flat_map(|&d| shapes.iter().map(move |s| (s, d)))
         // Every member of a room of 10 is a sender (woken for its acks): nothing to poll.
         .filter(|(s, d)| *d == Drain::Wake || s.members > s.senders_in(0).max(1))
+        .flat_map(|(s, d)| fanouts.iter().map(move |&f| (s, d, f)))
         .collect();
     let mut results: Vec<Vec<Outcome>> = runs.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        for (i, &(shape, drain)) in runs.iter().enumerate() {
-            let o = rt.block_on(run(shape, drain, warmup, window));
+        for (i, &(shape, drain, fanout)) in runs.iter().enumerate() {
+            let o = rt.block_on(run(shape, drain, fanout, warmup, window));
             eprintln!(
-                "round {round} {} {drain:?}: {:.0} deliveries/s, {:.4} driver CPU-µs/delivery, \
-                 {:.3} per send, hub {:.0}% (+{:.0}% waiting for its CPU), client {:.0}%{}",
+                "round {round} {} {drain:?} fan-out {fanout}: {:.0} deliveries/s, {:.4} driver \
+                 CPU-µs/delivery, {:.3} per send, fan-out threads {:.4} CPU-µs/delivery, \
+                 hub {:.0}% (+{:.0}% waiting for its CPU), client {:.0}%{}",
                 shape.name,
                 o.deliveries_per_s(),
                 o.per_delivery_us(),
                 o.per_send_us(),
+                o.fanout_per_delivery_us(),
                 o.hub_busy() * 100.0,
                 o.hub_waiting() * 100.0,
                 o.client_busy() * 100.0,
@@ -599,10 +663,10 @@ fn main() {
     }
     println!("load average {} at the end\n", load());
     println!(
-        "| shape | drain | members per message | deliveries/s (best round) | range over rounds | driver CPU-µs per delivery | driver CPU-µs per send | hub thread busy | hub thread waiting for its CPU | client thread busy | limit |"
+        "| shape | drain | fan-out threads | members per message | deliveries/s (best round) | range over rounds | driver CPU-µs per delivery | driver CPU-µs per send | fan-out threads' CPU-µs per delivery | hub thread busy | hub thread waiting for its CPU | client CPU busy (sessions + fan-out) | limit |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for ((shape, drain), outcomes) in runs.iter().zip(&results) {
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for ((shape, drain, fanout), outcomes) in runs.iter().zip(&results) {
         let best = outcomes
             .iter()
             .min_by(|a, b| a.per_delivery_us().total_cmp(&b.per_delivery_us()))
@@ -613,14 +677,14 @@ fn main() {
         // Busy or waiting runnable: the driver wanted its CPU the whole window.
         let limit = if best.hub_busy() + best.hub_waiting() >= 0.9 {
             "the driver"
-        } else if best.client_busy() >= 0.9 {
-            "the client side"
+        } else if best.client_busy() + best.fanout_busy() >= 0.9 {
+            "the client CPU"
         } else {
             "neither (CPU shared)"
         };
         let m = |x: f64| format!("{:.2} M", x / 1e6);
         println!(
-            "| {} | {} | {} | {} | {}-{} | {:.4} | {:.3} | {:.0}% | {:.0}% | {:.0}% | {limit} |",
+            "| {} | {} | {fanout} | {} | {} | {}-{} | {:.4} | {:.3} | {:.4} | {:.0}% | {:.0}% | {:.0}% | {limit} |",
             shape.name,
             match drain {
                 Drain::Wake => "woken",
@@ -632,9 +696,10 @@ fn main() {
             m(hi),
             best.per_delivery_us(),
             best.per_send_us(),
+            best.fanout_per_delivery_us(),
             best.hub_busy() * 100.0,
             best.hub_waiting() * 100.0,
-            best.client_busy() * 100.0,
+            (best.client_busy() + best.fanout_busy()) * 100.0,
         );
     }
 }

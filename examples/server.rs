@@ -61,6 +61,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "CHAT_ADDR", default_value = "127.0.0.1:5000")]
     addr: SocketAddr,
+    /// Threads that queue the engine's frames to the connections (0: the engine's own
+    /// task does it, fastest on a few cores; from about 6 cores, a quarter of them:
+    /// docs/BENCHMARKS.md, "Many cores").
+    #[arg(long, env = "CHAT_FANOUT_THREADS", default_value_t = 0)]
+    fanout_threads: usize,
     /// Web origins (besides this server's own) whose pages may connect; `*` for any.
     /// Repeat or separate with commas.
     #[arg(long = "origin", env = "CHAT_ORIGIN", value_delimiter = ',')]
@@ -239,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
         core,
         store,
         cluster,
+        fanout_threads: args.fanout_threads,
         ..HubConfig::default()
     })
     .await

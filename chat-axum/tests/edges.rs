@@ -44,7 +44,7 @@ async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 /// simulated time while the sockets are real.
 #[tokio::test(start_paused = true)]
 async fn a_slow_header_trickler_is_dropped_while_others_connect() {
-    let server = TestServer::start().await;
+    let server = TestServer::paused().await;
     let default = RouterOptions::default().header_read_timeout;
     assert_eq!(default, Duration::from_secs(5));
     let start = Instant::now();
@@ -101,7 +101,7 @@ async fn a_slow_header_trickler_is_dropped_while_others_connect() {
 
 #[tokio::test(start_paused = true)]
 async fn an_upgraded_connection_that_says_nothing_is_closed() {
-    let server = TestServer::start().await;
+    let server = TestServer::paused().await;
     let hello_timeout = RouterOptions::default().hello_timeout;
     let start = Instant::now();
     let mut mute = Client::connect(&server.url()).await;

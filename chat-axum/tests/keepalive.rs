@@ -39,6 +39,8 @@ fn loose_flood_control() -> HubConfig {
             frame_rate: loose,
             ..Config::default()
         },
+        // These tests run on tokio's paused clock: see `TestServer::paused`.
+        fanout_threads: 0,
         ..HubConfig::default()
     }
 }

@@ -26,7 +26,7 @@ async fn next(net: &mut Net, limit: Duration) -> Option<NetEvent> {
 /// silence), answered as the client reads, keep the connection; nothing is reported.
 #[tokio::test(start_paused = true)]
 async fn a_healthy_connection_in_a_quiet_room_is_never_taken_for_dead() {
-    let server = TestServer::start().await;
+    let server = TestServer::paused().await;
     let options = NetOptions::new(server.url(), Reconnect::AfterFirst);
     assert!(options.idle_timeout < Duration::from_secs(600));
     let mut net = Net::start(options);

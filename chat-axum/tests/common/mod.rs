@@ -49,6 +49,18 @@ impl TestServer {
         TestServer::with(HubConfig::default(), RouterOptions::default()).await
     }
 
+    /// For tests on tokio's paused clock: the driver queues the frames itself, whatever
+    /// `CHAT_FANOUT_THREADS` says. Fan-out threads run outside the runtime, and a paused
+    /// clock jumps ahead whenever the runtime's own tasks are idle, even while a thread
+    /// is queueing the frame a task waits for.
+    pub async fn paused() -> TestServer {
+        let config = HubConfig {
+            fanout_threads: 0,
+            ..HubConfig::default()
+        };
+        TestServer::with(config, RouterOptions::default()).await
+    }
+
     pub async fn with(hub_config: HubConfig, options: RouterOptions) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

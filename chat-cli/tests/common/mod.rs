@@ -63,6 +63,18 @@ impl TestServer {
         TestServer::start_with(test_config()).await
     }
 
+    /// For tests on tokio's paused clock: the driver queues the frames itself, whatever
+    /// `CHAT_FANOUT_THREADS` says. Fan-out threads run outside the runtime, and a paused
+    /// clock jumps ahead whenever the runtime's own tasks are idle, even while a thread
+    /// is queueing the frame a task waits for.
+    pub async fn paused() -> TestServer {
+        TestServer::start_with(HubConfig {
+            fanout_threads: 0,
+            ..test_config()
+        })
+        .await
+    }
+
     pub async fn start_with(config: HubConfig) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let hub = Hub::spawn(config).await.expect("hub starts");

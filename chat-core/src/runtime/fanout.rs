@@ -90,7 +90,12 @@ impl SessionTable {
 /// `report`): after a reliable frame was refused the queue refuses everything until the
 /// close the core sends for it, so the session never skips a message.
 #[inline]
-fn queue(tx: &OutboxTx, session: SessionId, frame: Encoded, report: &mut impl FnMut(Input)) -> bool {
+fn queue(
+    tx: &OutboxTx,
+    session: SessionId,
+    frame: Encoded,
+    report: &mut impl FnMut(Input),
+) -> bool {
     let ephemeral = frame.is_ephemeral();
     match tx.try_send(Outbound::Frame(frame)) {
         Ok(()) => true,
@@ -461,6 +466,7 @@ impl Worker {
             if notify {
                 self.lane.space.notify_one();
             }
+            let started = std::time::Instant::now();
             let mut out = 0u64;
             for job in jobs.drain(..) {
                 out += self.carry_out(job);
@@ -468,6 +474,8 @@ impl Worker {
             if out > 0 {
                 self.counters.frames_out.fetch_add(out, Ordering::Relaxed);
                 metrics::counter!("chat_frames_out_total").increment(out);
+                // One batch from the driver, every frame into its session's queue.
+                metrics::histogram!("chat_fanout_seconds").record(started.elapsed());
             }
             if jobs.capacity() > 4 * LANE_HIGH {
                 jobs = Vec::new();

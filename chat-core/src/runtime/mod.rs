@@ -100,7 +100,10 @@ pub struct HubConfig {
     /// whose id falls to it, every session's frames still in the engine's order
     /// (docs/ARCHITECTURE.md, "Fan-out threads"; docs/BENCHMARKS.md, "Many cores").
     /// Default: `CHAT_FANOUT_THREADS` from the environment if set (as tokio reads
-    /// `TOKIO_WORKER_THREADS`), else 0. On a machine with 2 cores, 0 is fastest.
+    /// `TOKIO_WORKER_THREADS`), else 0. On a machine with 2 cores, 0 is fastest. The
+    /// threads run outside the tokio runtime: tests on tokio's paused clock
+    /// (`start_paused`) want 0, as the clock jumps ahead whenever the runtime's own
+    /// tasks are idle, even while a thread queues the frame one of them waits for.
     pub fanout_threads: usize,
 }
 
@@ -1555,7 +1558,8 @@ impl Driver {
 
     async fn finish(mut self) {
         // Close whatever the core did not (it closes every session on shutdown).
-        let fanout = std::mem::replace(&mut self.fanout, fanout::Fanout::inline(self.stats.clone()));
+        let fanout =
+            std::mem::replace(&mut self.fanout, fanout::Fanout::inline(self.stats.clone()));
         fanout.finish().await;
         if let Some(writer) = self.writer.take() {
             writer.stop().await;

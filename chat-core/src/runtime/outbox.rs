@@ -618,7 +618,8 @@ mod tests {
             rx.poll_recv_many(&mut cx, &mut got, frames(1)),
             Poll::Ready(1)
         );
-        tx.try_send(frame(1)).expect("a refused typing notice stops nothing");
+        tx.try_send(frame(1))
+            .expect("a refused typing notice stops nothing");
         assert_eq!(tx.try_send(frame(1)), Err(Refused::Full));
         assert_eq!(
             rx.poll_recv_many(&mut cx, &mut got, frames(8)),

@@ -30,6 +30,9 @@ struct Args {
     /// Frames queued per connection before the slow-consumer policy applies.
     #[arg(long, default_value_t = 1024)]
     outbound_queue: usize,
+    /// Threads that queue frames to the connections (0: the driver does it).
+    #[arg(long, env = "CHAT_FANOUT_THREADS", default_value_t = 0)]
+    fanout_threads: usize,
     /// Bytes read per syscall at most.
     #[arg(long, default_value_t = RouterOptions::default().read_buffer_bytes)]
     read_buffer: usize,
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     config.core.frame_rate = unlimited;
     config.core.max_rooms = 1_000_000;
     config.outbound_queue = args.outbound_queue;
+    config.fanout_threads = args.fanout_threads;
     if let Some(db) = &args.db {
         let durability = match args.durability.as_str() {
             "full" => Durability::Full,
