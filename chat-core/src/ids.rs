@@ -198,6 +198,17 @@ impl RoomName {
         max_chars: usize,
         max_name_chars: usize,
     ) -> Result<RoomName, NameError> {
+        // The common case, on every command: a name already in its key form (lowercase
+        // ASCII letters, digits, `-`, `_`, `.`; nothing to trim). The full path below
+        // gives the same name for it; this one skips its trims, checks and copies.
+        if !raw.is_empty()
+            && raw.len() <= max_chars
+            && raw
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'))
+        {
+            return Ok(RoomName(raw.into()));
+        }
         let trimmed = raw.trim();
         if let Some(pair) = trimmed.strip_prefix('@') {
             let (a, b) = pair.split_once(',').ok_or(NameError::BadDirect)?;
@@ -336,6 +347,21 @@ mod tests {
             Err(NameError::TooLong { max: 32 })
         );
         assert!(UserName::parse(&"é".repeat(32), 32).is_ok());
+    }
+
+    proptest::proptest! {
+        /// A name in key form takes the short path; with a space before it (trimmed
+        /// away) it takes the full one. Both give the same room, or the same error.
+        #[test]
+        fn the_short_path_names_rooms_as_the_full_one_does(
+            name in "[a-z0-9._-]{1,40}|[a-zA-Z0-9 ._@,-]{0,12}",
+            max in 1usize..48,
+        ) {
+            proptest::prop_assert_eq!(
+                RoomName::parse(&name, max, 32),
+                RoomName::parse(&format!(" {name}"), max, 32)
+            );
+        }
     }
 
     #[test]
