@@ -7,27 +7,22 @@
 #![cfg(feature = "runtime")]
 #![allow(clippy::disallowed_methods)] // the test spawns its clients
 
+mod common;
+
 use std::time::Duration;
 
-use chat_core::protocol::{ClientFrame, HelloRequest, JoinSpec, SendRequest, ServerFrame};
+use chat_core::protocol::{ClientFrame, SendRequest, ServerFrame};
 use chat_core::runtime::transport::Connection;
 use chat_core::runtime::{Hub, HubConfig};
-use chat_core::{CloseReason, Config, Rate, RequestId};
+use chat_core::{CloseReason, RequestId};
+use common::member;
 
 /// Bounds every wait: a hang becomes a failure. Not a speed assertion.
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(threads: usize, queue: usize) -> HubConfig {
-    let loose = Rate {
-        burst: 100_000,
-        per_second: 100_000,
-    };
     HubConfig {
-        core: Config {
-            send_rate: loose,
-            frame_rate: loose,
-            ..Config::default()
-        },
+        core: common::unlimited(),
         outbound_queue: queue,
         fanout_threads: threads,
         ..HubConfig::default()
@@ -38,30 +33,6 @@ async fn recv(c: &mut Connection) -> Option<ServerFrame> {
     tokio::time::timeout(WAIT, c.recv())
         .await
         .expect("a frame or the end in time")
-}
-
-/// A session in `general`, past its `welcome` and `joined`.
-async fn member(hub: &Hub, name: &str) -> Connection {
-    let mut c = hub.connect().await.expect("hub running");
-    c.send(ClientFrame::Hello(HelloRequest {
-        id: None,
-        version: 1,
-        name: name.into(),
-        token: None,
-        rooms: Some(vec![JoinSpec {
-            room: "general".into(),
-            since: None,
-        }]),
-    }))
-    .await
-    .expect("hello");
-    loop {
-        match recv(&mut c).await.expect("open") {
-            ServerFrame::Joined { .. } => return c,
-            ServerFrame::Welcome { .. } | ServerFrame::UserJoined { .. } => {}
-            other => panic!("{name}: unexpected {other:?} before joined"),
-        }
-    }
 }
 
 fn say(id: u64, body: String) -> ClientFrame {

@@ -5,14 +5,17 @@
 #![cfg(all(feature = "runtime", feature = "sqlite"))]
 #![allow(clippy::disallowed_methods)] // a host task reads the stream beside the chat
 
+mod common;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chat_core::Event;
 use chat_core::RequestId;
-use chat_core::protocol::{ClientFrame, HelloRequest, SendRequest, ServerFrame};
+use chat_core::protocol::{ClientFrame, SendRequest, ServerFrame};
 use chat_core::runtime::transport::Connection;
 use chat_core::runtime::{Durability, EventStream, HostEvent, Hub, HubConfig, SqliteStore};
-use chat_core::{Config, Event};
+use common::member;
 
 /// The Prometheus recorder `/metrics` renders (one per process, as in a server).
 fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
@@ -28,42 +31,12 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 async fn hub(dir: &tempfile::TempDir) -> Hub {
     let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Normal).expect("db");
     Hub::spawn(HubConfig {
-        core: Config {
-            send_rate: chat_core::Rate {
-                burst: 100_000,
-                per_second: 100_000,
-            },
-            frame_rate: chat_core::Rate {
-                burst: 100_000,
-                per_second: 100_000,
-            },
-            ..Config::default()
-        },
+        core: common::unlimited(),
         store: Some(Arc::new(store)),
         ..HubConfig::default()
     })
     .await
     .expect("hub starts")
-}
-
-/// A user in `general`, welcomed and joined.
-async fn user(hub: &Hub, name: &str) -> Connection {
-    let mut c = hub.connect().await.expect("connect");
-    c.send(ClientFrame::Hello(HelloRequest {
-        id: None,
-        version: 1,
-        name: name.into(),
-        token: None,
-        rooms: None,
-    }))
-    .await
-    .expect("hello");
-    loop {
-        match c.recv().await.expect("welcome and join") {
-            ServerFrame::Joined { .. } => return c,
-            _ => continue,
-        }
-    }
 }
 
 /// Sends `count` messages as `from` (all at once, then waits for every ack) and waits
@@ -145,8 +118,8 @@ async fn a_slow_host_gets_every_event_in_order() {
     let mut audit = hub.event_stream(4096);
     let reader =
         tokio::spawn(async move { read_until(&mut audit, "end", Duration::from_millis(2)).await });
-    let mut alice = user(&hub, "alice").await;
-    let mut bob = user(&hub, "bob").await;
+    let mut alice = member(&hub, "alice").await;
+    let mut bob = member(&hub, "bob").await;
     chat(&mut alice, &mut bob, "a", 150).await;
     chat(&mut bob, &mut alice, "b", 150).await;
     hub.publish("general", "bot", "end").await.expect("publish");
@@ -196,8 +169,8 @@ async fn a_host_that_stops_reading_is_told_exactly_what_it_missed_and_chat_goes_
     let hub = hub(&dir).await;
     let mut stalled = hub.event_stream(8);
     let mut reference = hub.event_stream(100_000);
-    let mut alice = user(&hub, "alice").await;
-    let mut bob = user(&hub, "bob").await;
+    let mut alice = member(&hub, "alice").await;
+    let mut bob = member(&hub, "bob").await;
     // The engine does not wait for `stalled`: were it to, this would never finish.
     let chatting = async {
         chat(&mut alice, &mut bob, "a", 200).await;
@@ -257,7 +230,7 @@ async fn a_stream_ends_after_the_hubs_last_event() {
     let hub = hub(&dir).await;
     let mut audit = hub.event_stream(1024);
     drop(hub.event_stream(1));
-    let _alice = user(&hub, "alice").await;
+    let _alice = member(&hub, "alice").await;
     hub.shutdown().await;
     let mut items = Vec::new();
     while let Some(item) = audit.next().await {

@@ -46,3 +46,33 @@ pub fn unlimited() -> Config {
         ..Config::default()
     }
 }
+
+/// A session of `hub` in `general` (the default room), past its `welcome` and `joined`.
+#[cfg(feature = "runtime")]
+pub async fn member(
+    hub: &chat_core::runtime::Hub,
+    name: &str,
+) -> chat_core::runtime::transport::Connection {
+    use chat_core::protocol::{ClientFrame, HelloRequest, ServerFrame};
+    let mut c = hub.connect().await.expect("hub running");
+    c.send(ClientFrame::Hello(HelloRequest {
+        id: None,
+        version: 1,
+        name: name.into(),
+        token: None,
+        rooms: None,
+    }))
+    .await
+    .expect("hello");
+    let joined = async {
+        loop {
+            if let ServerFrame::Joined { .. } = c.recv().await.expect("welcome and join") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), joined)
+        .await
+        .expect("joined in time");
+    c
+}
