@@ -414,7 +414,17 @@ async fn a_queue_is_bounded_in_bytes_as_well_as_in_frames() {
         published += 1;
         tokio::task::yield_now().await;
     }
-    assert!(published <= 20, "closed after {published} messages");
+    // The count shows the close a few publishes after the queue refused: a publish is
+    // answered before its frames are queued, and with fan-out threads
+    // (`CHAT_FANOUT_THREADS`) the refusal goes to the driver and the close back to the
+    // thread, which counts it, while more publishes are answered. What the session got
+    // (below) is the exact bound.
+    let lag = if HubConfig::default().fanout_threads > 0 {
+        12
+    } else {
+        4
+    };
+    assert!(published <= 16 + lag, "closed after {published} messages");
     let mut messages = 0;
     while let Some(frame) = slow.recv().await {
         match frame {

@@ -120,21 +120,18 @@ fn close(tx: OutboxTx, reason: CloseReason, counters: &Counters) {
 /// Who puts the driver's frames into the sessions' queues.
 pub(super) enum Fanout {
     /// The driver, as it drains the core's outputs.
-    Inline {
-        table: SessionTable,
-        counters: Arc<Counters>,
-    },
-    /// `lanes.len()` threads.
+    Inline(Inline),
+    /// The fan-out threads.
     Threads(Threads),
 }
 
 impl Fanout {
     /// The driver does the work itself.
     pub(super) fn inline(counters: Arc<Counters>) -> Fanout {
-        Fanout::Inline {
+        Fanout::Inline(Inline {
             table: SessionTable::default(),
             counters,
-        }
+        })
     }
 
     /// `k` (≥ 1) threads do it; a full queue is reported on `control`.
@@ -143,43 +140,13 @@ impl Fanout {
         counters: Arc<Counters>,
         control: mpsc::UnboundedSender<Cmd>,
     ) -> std::io::Result<Fanout> {
-        let k = k.max(1);
-        let mut lanes = Vec::with_capacity(k);
-        let mut done = Vec::with_capacity(k);
-        for me in 0..k {
-            let lane = Arc::new(Lane::default());
-            let (done_tx, done_rx) = oneshot::channel::<()>();
-            let worker = Worker {
-                lane: lane.clone(),
-                me: me as u64,
-                k: k as u64,
-                counters: counters.clone(),
-                control: control.clone(),
-                table: SessionTable::default(),
-            };
-            let handle = std::thread::Builder::new()
-                .name(format!("chat-fanout-{me}"))
-                .spawn(move || {
-                    worker.run();
-                    drop(done_tx);
-                })?;
-            lane.thread
-                .set(handle.thread().clone())
-                .expect("set once, here");
-            lanes.push(lane);
-            done.push(done_rx);
-        }
-        Ok(Fanout::Threads(Threads {
-            pending: (0..k).map(|_| Vec::new()).collect(),
-            lanes,
-            done,
-        }))
+        Threads::start(k, counters, control).map(Fanout::Threads)
     }
 
     /// A new session's queue.
     pub(super) fn open(&mut self, session: SessionId, tx: OutboxTx) {
         match self {
-            Fanout::Inline { table, .. } => table.insert(session.0, tx),
+            Fanout::Inline(d) => d.table.insert(session.0, tx),
             Fanout::Threads(t) => t.push(session, Job::Open(session, tx)),
         }
     }
@@ -188,10 +155,7 @@ impl Fanout {
     #[inline]
     pub(super) fn send(&mut self, to: SessionId, frame: Encoded, deferred: &mut Vec<Input>) -> u64 {
         match self {
-            Fanout::Inline { table, .. } => match table.get(to.0) {
-                Some(tx) => u64::from(queue(tx, to, frame, &mut |i| deferred.push(i))),
-                None => 0,
-            },
+            Fanout::Inline(d) => d.send(to, frame, deferred),
             Fanout::Threads(t) => {
                 t.push(to, Job::Frame(to, frame));
                 0
@@ -207,26 +171,9 @@ impl Fanout {
         deferred: &mut Vec<Input>,
     ) -> u64 {
         match self {
-            Fanout::Inline { table, .. } => {
-                let mut out = 0;
-                for sid in to.iter() {
-                    if let Some(tx) = table.get(sid.0) {
-                        out += u64::from(queue(tx, sid, frame.clone(), &mut |i| deferred.push(i)));
-                    }
-                }
-                out
-            }
+            Fanout::Inline(d) => d.broadcast(&to, frame, deferred),
             Fanout::Threads(t) => {
-                if to.len() == 1 {
-                    // One recipient: to its thread alone, no walk by every thread.
-                    if let Some(only) = to.iter().next() {
-                        t.push(only, Job::Frame(only, frame.clone()));
-                    }
-                } else if to.len() > 1 {
-                    for pending in &mut t.pending {
-                        pending.push(Job::Broadcast(to.clone(), frame.clone()));
-                    }
-                }
+                t.broadcast(to, frame);
                 0
             }
         }
@@ -235,11 +182,7 @@ impl Fanout {
     /// The core closed a session: after the frames queued for it, its close.
     pub(super) fn close(&mut self, session: SessionId, reason: CloseReason) {
         match self {
-            Fanout::Inline { table, counters } => {
-                if let Some(tx) = table.remove(session.0) {
-                    close(tx, reason, counters);
-                }
-            }
+            Fanout::Inline(d) => d.close(session, reason),
             Fanout::Threads(t) => t.push(session, Job::Close(session, reason)),
         }
     }
@@ -247,11 +190,7 @@ impl Fanout {
     /// The connection went away by itself: its queue is dropped.
     pub(super) fn disconnected(&mut self, session: SessionId) {
         match self {
-            Fanout::Inline { table, counters } => {
-                if table.remove(session.0).is_some() {
-                    counters.connections.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
+            Fanout::Inline(d) => d.disconnected(session),
             Fanout::Threads(t) => t.push(session, Job::Forget(session)),
         }
     }
@@ -259,8 +198,8 @@ impl Fanout {
     /// Settles `n` answers the session was owed, after the frames queued so far.
     pub(super) fn settle(&mut self, session: SessionId, n: usize) {
         match self {
-            Fanout::Inline { table, .. } => {
-                if let Some(tx) = table.get(session.0) {
+            Fanout::Inline(d) => {
+                if let Some(tx) = d.table.get(session.0) {
                     tx.settle(n);
                 }
             }
@@ -278,45 +217,60 @@ impl Fanout {
     /// Waits while a thread holds more than [`LANE_HIGH`] items from the driver: the
     /// driver then takes no more input, as it would if it queued the frames itself.
     pub(super) async fn room(&self) {
-        let Fanout::Threads(t) = self else {
-            return;
-        };
-        for lane in &t.lanes {
-            loop {
-                let space = lane.space.notified();
-                {
-                    let mut state = lane.lock();
-                    if state.jobs.len() <= LANE_HIGH {
-                        break;
-                    }
-                    state.driver_waiting = true;
-                }
-                space.await;
-            }
+        if let Fanout::Threads(t) = self {
+            t.room().await;
         }
     }
 
     /// Shutdown: every session the core did not close is closed, after its frames.
     pub(super) async fn finish(self) {
         match self {
-            Fanout::Inline {
-                mut table,
-                counters,
-            } => {
-                for tx in table.drain() {
-                    close(tx, CloseReason::Shutdown, &counters);
-                }
+            Fanout::Inline(d) => d.finish(),
+            Fanout::Threads(t) => t.finish().await,
+        }
+    }
+}
+
+/// The driver queueing the frames itself.
+pub(super) struct Inline {
+    table: SessionTable,
+    counters: Arc<Counters>,
+}
+
+impl Inline {
+    #[inline]
+    fn send(&self, to: SessionId, frame: Encoded, deferred: &mut Vec<Input>) -> u64 {
+        match self.table.get(to.0) {
+            Some(tx) => u64::from(queue(tx, to, frame, &mut |i| deferred.push(i))),
+            None => 0,
+        }
+    }
+
+    fn broadcast(&self, to: &Recipients, frame: &Encoded, deferred: &mut Vec<Input>) -> u64 {
+        let mut out = 0;
+        for sid in to.iter() {
+            if let Some(tx) = self.table.get(sid.0) {
+                out += u64::from(queue(tx, sid, frame.clone(), &mut |i| deferred.push(i)));
             }
-            Fanout::Threads(mut t) => {
-                t.flush();
-                for lane in &t.lanes {
-                    lane.lock().end = Some(true);
-                    lane.unpark();
-                }
-                for done in std::mem::take(&mut t.done) {
-                    let _ = done.await;
-                }
-            }
+        }
+        out
+    }
+
+    fn close(&mut self, session: SessionId, reason: CloseReason) {
+        if let Some(tx) = self.table.remove(session.0) {
+            close(tx, reason, &self.counters);
+        }
+    }
+
+    fn disconnected(&mut self, session: SessionId) {
+        if self.table.remove(session.0).is_some() {
+            self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn finish(mut self) {
+        for tx in self.table.drain() {
+            close(tx, CloseReason::Shutdown, &self.counters);
         }
     }
 }
@@ -345,6 +299,88 @@ pub(super) struct Threads {
 }
 
 impl Threads {
+    /// Starts `k` (≥ 1) threads, named `chat-fanout-N`.
+    fn start(
+        k: usize,
+        counters: Arc<Counters>,
+        control: mpsc::UnboundedSender<Cmd>,
+    ) -> std::io::Result<Threads> {
+        let k = k.max(1);
+        let mut lanes = Vec::with_capacity(k);
+        let mut done = Vec::with_capacity(k);
+        for me in 0..k {
+            let lane = Arc::new(Lane::default());
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let worker = Worker {
+                lane: lane.clone(),
+                me: me as u64,
+                k: k as u64,
+                counters: counters.clone(),
+                control: control.clone(),
+                table: SessionTable::default(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("chat-fanout-{me}"))
+                .spawn(move || {
+                    worker.run();
+                    drop(done_tx);
+                })?;
+            lane.thread
+                .set(handle.thread().clone())
+                .expect("set once, here");
+            lanes.push(lane);
+            done.push(done_rx);
+        }
+        Ok(Threads {
+            pending: (0..k).map(|_| Vec::new()).collect(),
+            lanes,
+            done,
+        })
+    }
+
+    /// A room event: one item to every thread, each queueing to its own recipients;
+    /// to one thread alone when it has one recipient.
+    fn broadcast(&mut self, to: Recipients, frame: &Encoded) {
+        if to.len() == 1 {
+            if let Some(only) = to.iter().next() {
+                self.push(only, Job::Frame(only, frame.clone()));
+            }
+        } else if to.len() > 1 {
+            for pending in &mut self.pending {
+                pending.push(Job::Broadcast(to.clone(), frame.clone()));
+            }
+        }
+    }
+
+    /// See [`Fanout::room`].
+    async fn room(&self) {
+        for lane in &self.lanes {
+            loop {
+                let space = lane.space.notified();
+                {
+                    let mut state = lane.lock();
+                    if state.jobs.len() <= LANE_HIGH {
+                        break;
+                    }
+                    state.driver_waiting = true;
+                }
+                space.await;
+            }
+        }
+    }
+
+    /// Hands over the last batch, then every thread closes its sessions and ends.
+    async fn finish(mut self) {
+        self.flush();
+        for lane in &self.lanes {
+            lane.lock().end = Some(true);
+            lane.unpark();
+        }
+        for done in std::mem::take(&mut self.done) {
+            let _ = done.await;
+        }
+    }
+
     #[inline]
     fn push(&mut self, session: SessionId, job: Job) {
         let k = self.pending.len() as u64;
