@@ -9,48 +9,14 @@ use std::time::Duration;
 
 use chat_core::protocol::EntryKind;
 use chat_core::{ChangeRules, EntryDetail, Seq};
-use chat_redis::{Doorbell, Entry, Error, Post};
-use common::{RedisServer, commit, detail, react, rules};
+use chat_redis::{Doorbell, Error, Post};
+use common::{RedisServer, commit, detail, react, rules, show};
 use futures::StreamExt;
 
 fn refused(r: Result<u64, Error>) -> String {
     match r {
         Err(Error::Refused { code, .. }) => code,
         other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-/// One entry as a short string: a message's current state, or a change.
-fn show(e: &Entry) -> String {
-    if e.kind.is_message() {
-        let mut s = format!("{}:{}", e.seq, e.body);
-        if let Some(st) = &e.state {
-            if st.deleted {
-                return format!("{}: deleted", e.seq);
-            }
-            if let Some(b) = &st.body {
-                s = format!("{}:{b} edited", e.seq);
-            }
-            for (emoji, users) in &st.reactions {
-                s.push_str(&format!(" {emoji}={}", users.join("+")));
-            }
-        }
-        if let Some(r) = e.reply_to {
-            s.push_str(&format!(" re{r}"));
-        }
-        s
-    } else {
-        let extra = match (&e.emoji, e.on) {
-            (Some(emoji), Some(on)) => format!(" {emoji}{}", if on { "+" } else { "-" }),
-            _ if !e.body.is_empty() => format!(" {}", e.body),
-            _ => String::new(),
-        };
-        format!(
-            "{}:{}>{}{extra}",
-            e.seq,
-            e.kind.as_str(),
-            e.target.unwrap_or(0)
-        )
     }
 }
 

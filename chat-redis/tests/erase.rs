@@ -8,8 +8,7 @@ mod common;
 
 use chat_core::protocol::EntryKind;
 use chat_core::{EntryDetail, Seq};
-use chat_redis::Entry;
-use common::{RedisServer, commit, detail, react, rules};
+use common::{RedisServer, commit, detail, react, rules, show};
 
 fn erase() -> EntryDetail {
     EntryDetail {
@@ -49,27 +48,6 @@ fn states(redis: &RedisServer, key: &str) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut c).unwrap();
     all.sort_by_key(|(k, _)| k.parse::<u64>().unwrap_or(0));
     all
-}
-
-/// One entry as a short string: a message's current state, or a change.
-fn show(e: &Entry) -> String {
-    if e.kind.is_message() {
-        let mut s = format!("{}:{}", e.seq, e.body);
-        if let Some(st) = &e.state {
-            if st.deleted {
-                return format!("{}: deleted", e.seq);
-            }
-            if let Some(b) = &st.body {
-                s = format!("{}:{b} edited", e.seq);
-            }
-            for (emoji, users) in &st.reactions {
-                s.push_str(&format!(" {emoji}={}", users.join("+")));
-            }
-        }
-        s
-    } else {
-        format!("{}:{}>{}", e.seq, e.kind.as_str(), e.target.unwrap_or(0))
-    }
 }
 
 const ALICE_TEXTS: [&str; 4] = [
@@ -199,14 +177,15 @@ async fn an_erase_tombstones_the_user_and_leaves_no_text_of_theirs_in_the_stream
             "1: deleted",
             "2:bob one 👍=bob",
             "3: deleted",
-            "4:react>2",
-            "5:react>2",
-            "6:react>2",
+            "4:react>2 👍+",
+            "5:react>2 🎉+",
+            "6:react>2 👍+",
+            // The edit's entry stays, without its text.
             "7:edit>1",
             "8:bob two 👀=carol",
-            "9:react>8",
+            "9:react>8 👀+",
             "10: deleted",
-            "11:react>1",
+            "11:react>1 🎉+",
             "12:erase>0",
         ]
     );

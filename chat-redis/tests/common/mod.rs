@@ -163,3 +163,38 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// One entry as a short string: a message's current state (`seq:body`, ` edited`,
+/// reactions, ` reN` for a reply), or a change (`seq:kind>target` and its emoji or text).
+pub fn show(e: &chat_redis::Entry) -> String {
+    if e.kind.is_message() {
+        let mut s = format!("{}:{}", e.seq, e.body);
+        if let Some(st) = &e.state {
+            if st.deleted {
+                return format!("{}: deleted", e.seq);
+            }
+            if let Some(b) = &st.body {
+                s = format!("{}:{b} edited", e.seq);
+            }
+            for (emoji, users) in &st.reactions {
+                s.push_str(&format!(" {emoji}={}", users.join("+")));
+            }
+        }
+        if let Some(r) = e.reply_to {
+            s.push_str(&format!(" re{r}"));
+        }
+        s
+    } else {
+        let extra = match (&e.emoji, e.on) {
+            (Some(emoji), Some(on)) => format!(" {emoji}{}", if on { "+" } else { "-" }),
+            _ if !e.body.is_empty() => format!(" {}", e.body),
+            _ => String::new(),
+        };
+        format!(
+            "{}:{}>{}{extra}",
+            e.seq,
+            e.kind.as_str(),
+            e.target.unwrap_or(0)
+        )
+    }
+}
