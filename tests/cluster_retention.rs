@@ -54,6 +54,13 @@ fn wait_stream_len(redis: &Redis, n: u64) {
 /// An example server in cluster mode: flood control lifted, newest 5 entries kept,
 /// a sweep every 200 ms.
 fn node(redis: &Redis, admin: Option<&str>) -> ServerProcess {
+    node_with(redis, 5, "0.2", admin)
+}
+
+/// An example server in cluster mode: flood control lifted, the newest `keep` entries
+/// kept, a sweep every `sweep_secs`; with an admin listener at `admin` if given.
+fn node_with(redis: &Redis, keep: u64, sweep_secs: &str, admin: Option<&str>) -> ServerProcess {
+    let keep = keep.to_string();
     let mut args: Vec<String> = [
         "--redis",
         &redis.url(),
@@ -62,9 +69,9 @@ fn node(redis: &Redis, admin: Option<&str>) -> ServerProcess {
         "--send-rate",
         "100000",
         "--retain-messages",
-        "5",
+        &keep,
         "--retain-sweep-secs",
-        "0.2",
+        sweep_secs,
     ]
     .map(str::to_owned)
     .to_vec();
@@ -241,25 +248,7 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
 async fn stream_memory_stays_bounded_under_a_steady_rate() {
     let redis = Redis::start();
     let admin = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--redis",
-        &redis.url(),
-        "--send-burst",
-        "100000",
-        "--send-rate",
-        "100000",
-        "--retain-messages",
-        "100",
-        "--retain-sweep-secs",
-        "1",
-        "--admin-addr",
-        &admin,
-        "--admin-token",
-        ADMIN_TOKEN,
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let server = ServerProcess::start(args);
+    let server = node_with(&redis, 100, "1", Some(&admin));
     let answer = common::admin_post(&admin, ADMIN_TOKEN, "/retention", "room=kept").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let (mut alice, _, _) = connect(&server.addr, "alice", None).await;
