@@ -151,16 +151,11 @@ async fn retention_trims_the_stream_and_every_server_says_the_gap() {
     let (mut bob, _, _) = connect(&b.addr, "bob", None).await;
     let (mut alice, _, _) = connect(&a.addr, "alice", None).await;
     for i in 1..=20 {
-        say(
+        common::send_acked(
             &mut alice,
+            WAIT,
             json!({"type":"send","id":i,"room":"general","body":format!("m{i}")}),
         )
-        .await;
-        until(&mut alice, |f| match f {
-            ServerFrame::Ack { .. } => Some(()),
-            ServerFrame::Error { message, .. } => panic!("refused: {message}"),
-            _ => None,
-        })
         .await;
     }
     until(&mut bob, |f| match f {
@@ -260,17 +255,8 @@ async fn stream_memory_stays_bounded_under_a_steady_rate() {
     let body = "x".repeat(100);
     for i in 1..=total {
         for room in ["general", "kept"] {
-            say(
-                &mut alice,
-                json!({"type":"send","id":i,"room":room,"body":format!("{i:06} {body}")}),
-            )
-            .await;
-            until(&mut alice, |f| match f {
-                ServerFrame::Ack { .. } => Some(()),
-                ServerFrame::Error { message, .. } => panic!("refused: {message}"),
-                _ => None,
-            })
-            .await;
+            let send = json!({"type":"send","id":i,"room":room,"body":format!("{i:06} {body}")});
+            common::send_acked(&mut alice, WAIT, send).await;
         }
         // A steady rate: about 200 messages a second per room.
         tokio::time::sleep(Duration::from_millis(5)).await;

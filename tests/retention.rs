@@ -88,16 +88,11 @@ async fn retain_messages_bounds_the_file_and_post_erase_leaves_tombstones() {
     let mut alice = connect(&server.addr, "alice").await;
     let mut bob = connect(&server.addr, "bob").await;
     for i in 1..=30 {
-        say(
+        common::send_acked(
             &mut alice,
+            WAIT,
             json!({"type":"send","id":i,"room":"general","body":format!("alice secret {i}")}),
         )
-        .await;
-        until(&mut alice, |f| match f {
-            ServerFrame::Ack { .. } => Some(()),
-            ServerFrame::Error { message, .. } => panic!("refused: {message}"),
-            _ => None,
-        })
         .await;
     }
     say(

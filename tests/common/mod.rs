@@ -115,9 +115,15 @@ impl Drop for ServerProcess {
 /// GET over a plain socket; the whole answer as text.
 #[allow(dead_code)] // the tests that read /metrics
 pub async fn get(addr: &str, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http(addr, &request).await
+}
+
+/// Writes one HTTP request over a plain socket and reads the whole answer as text.
+#[allow(dead_code)]
+async fn http(addr: &str, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await.expect("write");
     let mut out = String::new();
     tokio::time::timeout(WAIT, s.read_to_string(&mut out))
@@ -139,23 +145,13 @@ pub fn sample(body: &str, series: &str) -> f64 {
 /// with `token` as the bearer; the whole answer as text.
 #[allow(dead_code)] // the tests that use the host's controls
 pub async fn admin_post(addr: &str, token: &str, path: &str, form: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the admin port");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{form}",
         form.len()
     );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    out
+    http(addr, &request).await
 }
 
 /// A client's WebSocket to the example server.
@@ -194,4 +190,20 @@ pub async fn until_frame<T>(
     })
     .await
     .expect("the frame comes")
+}
+
+/// Sends `frame` (a `send` or a change, with an id) and waits for its `ack`; an `error`
+/// instead fails the test.
+#[allow(dead_code)]
+pub async fn send_acked(ws: &mut Socket, wait: Duration, frame: serde_json::Value) {
+    use chat_core::protocol::ServerFrame;
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    ws.send(Ws::text(frame.to_string())).await.expect("send");
+    until_frame(ws, wait, |f| match f {
+        ServerFrame::Ack { .. } => Some(()),
+        ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+        _ => None,
+    })
+    .await;
 }
