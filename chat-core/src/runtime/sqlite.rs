@@ -150,6 +150,13 @@ const BLANK_EDITS: &str = "UPDATE messages SET body = '' \
      WHERE room = ?1 AND seq > ?2 AND target = ?2 AND kind = 'edit'";
 const NEXT_ROOM: &str = "SELECT room FROM messages WHERE room > ?1 ORDER BY room LIMIT 1";
 
+/// A room's first and last seq. Two subqueries, not `min(seq), max(seq)` in one: SQLite
+/// reads a lone `min()` or `max()` off one end of the index, but with both it walks every
+/// row of the room, so each retention step cost the room's size (a busy room under
+/// `--retain-messages` kept the store writer's core busy with it).
+const ROOM_BOUNDS: &str = "SELECT (SELECT min(seq) FROM messages WHERE room = ?1), \
+                                  (SELECT max(seq) FROM messages WHERE room = ?1)";
+
 /// A durable [`Store`] on an SQLite file (feature `sqlite`): the embedded default of the
 /// example server.
 ///
@@ -936,9 +943,7 @@ fn prune_step(
     let mut done = Pruned::default();
     let mut left = budget;
     let mut next = conn.prepare_cached(NEXT_ROOM).map_err(&e)?;
-    let mut bounds = conn
-        .prepare_cached("SELECT min(seq), max(seq) FROM messages WHERE room = ?1")
-        .map_err(&e)?;
+    let mut bounds = conn.prepare_cached(ROOM_BOUNDS).map_err(&e)?;
     let mut newer = conn
         .prepare_cached(
             "SELECT seq FROM messages WHERE room = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1",
@@ -1388,6 +1393,39 @@ mod tests {
             .append(&[msg("@alice,bob", 1, "Bob", "psst", None)])
             .unwrap();
         store
+    }
+
+    #[test]
+    fn a_room_s_bounds_are_read_off_the_index_ends_whatever_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Normal).unwrap();
+        let steps = |rows: u64| {
+            store
+                .write(|conn| {
+                    let mut bounds = conn.prepare(ROOM_BOUNDS).unwrap();
+                    let got: (i64, i64) = bounds
+                        .query_row(params!["general"], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .unwrap();
+                    assert_eq!(got, (1, rows as i64));
+                    Ok(bounds.get_status(rusqlite::StatementStatus::VmStep))
+                })
+                .unwrap()
+        };
+        let mut next = 1;
+        let mut fill = |upto: u64| {
+            let batch: Vec<_> = (next..=upto)
+                .map(|s| msg("general", s, "alice", "hi", None))
+                .collect();
+            store.append(&batch).unwrap();
+            next = upto + 1;
+        };
+        fill(10);
+        let small = steps(10);
+        fill(5_000);
+        let big = steps(5_000);
+        // The same few steps for 10 rows and for 5,000 (walking the room: ~5 per row).
+        assert_eq!(big, small, "VM steps: {small} for 10 rows, {big} for 5,000");
+        assert!(big < 100, "{big}");
     }
 
     #[test]
