@@ -184,6 +184,18 @@ async fn main() -> anyhow::Result<()> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // The recorder keeps every histogram sample until it is folded into the buckets: by
+    // a scrape, or by this upkeep. Without it an unscraped server under load grows by
+    // the samples (8 bytes each) for as long as nobody reads `/metrics`.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let (store, cluster): (Option<Arc<dyn Store>>, Option<Cluster>) = match &args.redis {
         Some(url) => {

@@ -149,6 +149,12 @@ async fn metrics_move_with_what_clients_do() {
     ) {}
     let counted = wait_for(&addr, r#"chat_changes_total{kind="edit"}"#, 1.0).await;
     assert_eq!(sample(&counted, "chat_messages_total"), 1.0, "{counted}");
+    // Three frames handled (hello, send, edit): one in 16 is timed, the first included.
+    assert_eq!(
+        sample(&counted, "chat_frame_seconds_count"),
+        1.0,
+        "{counted}"
+    );
     assert_eq!(
         sample(&counted, r#"chat_changes_total{kind="edit"}"#),
         1.0,

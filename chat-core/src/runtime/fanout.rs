@@ -474,6 +474,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut jobs = Vec::new();
+        let mut timed = super::Sampler::default();
         loop {
             let notify = {
                 let mut state = self.lane.lock();
@@ -502,7 +503,7 @@ impl Worker {
             if notify {
                 self.lane.space.notify_one();
             }
-            let started = std::time::Instant::now();
+            let started = timed.start();
             let mut out = 0u64;
             for job in jobs.drain(..) {
                 out += self.carry_out(job);
@@ -510,8 +511,11 @@ impl Worker {
             if out > 0 {
                 self.counters.frames_out.fetch_add(out, Ordering::Relaxed);
                 metrics::counter!("chat_frames_out_total").increment(out);
-                // One batch from the driver, every frame into its session's queue.
-                metrics::histogram!("chat_fanout_seconds").record(started.elapsed());
+                timed.count();
+                if let Some(started) = started {
+                    // One batch from the driver, every frame into its session's queue.
+                    metrics::histogram!("chat_fanout_seconds").record(started.elapsed());
+                }
             }
             if jobs.capacity() > 4 * LANE_HIGH {
                 jobs = Vec::new();
