@@ -59,14 +59,23 @@ struct Buffer {
 }
 
 impl Shared {
-    /// Buffers `event` for the stream, or counts it as missed when the buffer is full;
-    /// true when it was kept.
-    pub(super) fn push(&self, id: u64, event: &Event) -> bool {
+    /// Counts event `id` as missed when the buffer is full; true when it was.
+    fn miss(&self, id: u64) -> bool {
         let mut b = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-        if b.events >= b.capacity {
-            let start = b.missing.as_ref().map_or(id, |gap| gap.start);
-            b.missing = Some(start..id + 1);
+        if b.events < b.capacity {
             return false;
+        }
+        let start = b.missing.as_ref().map_or(id, |gap| gap.start);
+        b.missing = Some(start..id + 1);
+        true
+    }
+
+    /// Buffers `event` for the stream, unless [`Shared::miss`] counted it as missed.
+    /// Only the driver adds, so a buffer that had room then still has.
+    fn push(&self, id: u64, event: &Event) {
+        let mut b = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.missing.as_ref().is_some_and(|gap| gap.end > id) {
+            return;
         }
         if let Some(missed) = b.missing.take() {
             b.items.push_back(HostEvent::Lagged { missed });
@@ -78,7 +87,6 @@ impl Shared {
         b.events += 1;
         drop(b);
         self.notify.notify_one();
-        true
     }
 
     fn pop(&self) -> Option<HostEvent> {
@@ -117,19 +125,25 @@ impl Registry {
             .push(Arc::downgrade(shared));
     }
 
-    /// Gives event `id` to every live stream (forgetting dropped ones); returns how
-    /// many streams missed it.
-    pub(super) fn publish(&self, id: u64, event: &Event) -> u64 {
+    /// Gives event `id` to every live stream (forgetting dropped ones). The streams
+    /// whose buffer is full miss it, and `missed` is told how many before any stream
+    /// can read the event: a host that has seen it finds the misses counted.
+    pub(super) fn publish(&self, id: u64, event: &Event, missed: impl FnOnce(u64)) {
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut missed = 0;
+        let mut n = 0;
         streams.retain(|weak| match weak.upgrade() {
             Some(shared) => {
-                missed += u64::from(!shared.push(id, event));
+                n += u64::from(shared.miss(id));
                 true
             }
             None => false,
         });
-        missed
+        if n > 0 {
+            missed(n);
+        }
+        for shared in streams.iter().filter_map(Weak::upgrade) {
+            shared.push(id, event);
+        }
     }
 }
 
@@ -220,6 +234,46 @@ mod tests {
         Event::RoomCreated(RoomName::parse(&format!("r{i}"), 64, 32).expect("room name"))
     }
 
+    /// Publishes event `id`; how many streams missed it.
+    fn publish(registry: &Registry, id: u64) -> u64 {
+        let mut n = 0;
+        registry.publish(id, &room(id), |missed| n = missed);
+        n
+    }
+
+    /// The misses are told before any stream holds the event: a host that has seen it
+    /// (and reads `Stats::events_missed`) finds them counted.
+    #[test]
+    fn misses_are_counted_before_the_event_can_be_read() {
+        let registry = Registry::default();
+        let (_tx, done) = watch::channel(false);
+        let mut full = EventStream::new(&registry, 1, done.clone());
+        let mut reader = EventStream::new(&registry, 10, done);
+        assert_eq!(publish(&registry, 1), 0);
+        assert!(matches!(
+            reader.try_next(),
+            Some(HostEvent::Event { id: 1, .. })
+        ));
+        let mut told = None;
+        registry.publish(2, &room(2), |missed| {
+            told = Some((missed, reader.try_next().is_none()));
+        });
+        assert_eq!(
+            told,
+            Some((1, true)),
+            "told of 1 miss while event 2 was unreadable"
+        );
+        assert!(matches!(
+            reader.try_next(),
+            Some(HostEvent::Event { id: 2, .. })
+        ));
+        assert!(matches!(
+            full.try_next(),
+            Some(HostEvent::Event { id: 1, .. })
+        ));
+        assert!(matches!(full.try_next(), Some(HostEvent::Lagged { missed }) if missed == (2..3)));
+    }
+
     /// A full buffer keeps what it has, counts the rest as one gap in place, and a
     /// reader that drains it learns of the gap before any later event.
     #[test]
@@ -227,7 +281,7 @@ mod tests {
         let registry = Registry::default();
         let (_tx, done) = watch::channel(false);
         let mut stream = EventStream::new(&registry, 2, done);
-        let missed: u64 = (1..=5).map(|id| registry.publish(id, &room(id))).sum();
+        let missed: u64 = (1..=5).map(|id| publish(&registry, id)).sum();
         assert_eq!(missed, 3);
         let ids = |s: &mut EventStream| {
             std::iter::from_fn(|| s.try_next())
@@ -239,25 +293,21 @@ mod tests {
         };
         assert_eq!(ids(&mut stream), ["1", "2", "3..6"]);
         for id in 6..=9 {
-            registry.publish(id, &room(id));
+            publish(&registry, id);
         }
         assert_eq!(ids(&mut stream), ["6", "7", "8..10"]);
         // One read frees one place: the next event is kept, after the gap before it.
         for id in 10..=12 {
-            registry.publish(id, &room(id));
+            publish(&registry, id);
         }
         assert!(matches!(
             stream.try_next(),
             Some(HostEvent::Event { id: 10, .. })
         ));
-        registry.publish(13, &room(13));
+        publish(&registry, 13);
         assert_eq!(ids(&mut stream), ["11", "12..13", "13"]);
         drop(stream);
-        assert_eq!(
-            registry.publish(14, &room(14)),
-            0,
-            "a dropped stream misses nothing"
-        );
+        assert_eq!(publish(&registry, 14), 0, "a dropped stream misses nothing");
         assert!(registry.streams.lock().expect("lock").is_empty());
     }
 }

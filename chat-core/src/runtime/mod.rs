@@ -1528,13 +1528,11 @@ impl Driver {
             _ => {}
         }
         self.last_event += 1;
-        let missed = self.streams.publish(self.last_event, &event);
-        if missed > 0 {
-            self.stats
-                .events_missed
-                .fetch_add(missed, Ordering::Relaxed);
+        let stats = &self.stats;
+        self.streams.publish(self.last_event, &event, |missed| {
+            stats.events_missed.fetch_add(missed, Ordering::Relaxed);
             metrics::counter!("chat_host_events_missed_total").increment(missed);
-        }
+        });
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(event);
         }
