@@ -6,9 +6,11 @@
 #![cfg(feature = "runtime")]
 #![allow(clippy::disallowed_methods)] // an adapter spawns tasks and does I/O
 
+mod common;
+
 use std::time::Duration;
 
-use chat_core::protocol::{ClientFrame, ErrorCode, HelloRequest, SendRequest, ServerFrame};
+use chat_core::protocol::{ClientFrame, ErrorCode, HelloRequest, ServerFrame};
 use chat_core::runtime::transport::{BatchLimit, Connection, Outbound, PeerFrame};
 use chat_core::runtime::{Hub, HubConfig};
 use chat_core::{Config, Rate, RequestId};
@@ -165,17 +167,6 @@ async fn user(url: &str, name: &str) -> Ws {
     ws
 }
 
-fn say(id: u64, body: &str) -> ClientFrame {
-    ClientFrame::Send(SendRequest {
-        id: Some(RequestId(id)),
-        room: Some("general".into()),
-        to: None,
-        body: body.into(),
-        client_id: None,
-        reply_to: None,
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_chat_through_a_second_adapter() {
     let (hub, url) = start(HubConfig::default()).await;
@@ -185,7 +176,7 @@ async fn two_clients_chat_through_a_second_adapter() {
         matches!(recv(&mut alice).await, ServerFrame::UserJoined { user, .. } if user.as_str() == "bob")
     );
 
-    send(&mut alice, &say(7, "hello bob")).await;
+    send(&mut alice, &common::say(7, "hello bob")).await;
     let mut got = Vec::new();
     for _ in 0..2 {
         got.push(recv(&mut alice).await);
@@ -235,7 +226,7 @@ async fn malformed_and_binary_frames_get_bad_frame_errors() {
         other => panic!("expected bad_frame, got {other:?}"),
     }
     // Still a normal session.
-    send(&mut mallory, &say(9, "still here")).await;
+    send(&mut mallory, &common::say(9, "still here")).await;
     assert!(matches!(
         recv(&mut mallory).await,
         ServerFrame::Ack {
@@ -293,7 +284,7 @@ async fn a_full_inbox_stops_reading_but_not_writing() {
     });
     for burst in 0..SENDS / BURST {
         for i in burst * BURST + 1..=(burst + 1) * BURST {
-            let text = serde_json::to_string(&say(i, &format!("m{i}"))).unwrap();
+            let text = serde_json::to_string(&common::say(i, &format!("m{i}"))).unwrap();
             sink.feed(Message::text(text)).await.expect("queue a send");
         }
         tokio::time::timeout(WAIT, sink.flush())

@@ -105,6 +105,23 @@ pub struct HubConfig {
     /// (`start_paused`) want 0, as the clock jumps ahead whenever the runtime's own
     /// tasks are idle, even while a thread queues the frame one of them waits for.
     pub fanout_threads: usize,
+    /// Commit messages on the driver task, at the end of the drain that made them,
+    /// instead of handing them to the store's writer thread. `None`: inline exactly
+    /// when the store's commits are cheap ([`Store::cheap_commits`]: no fsync per
+    /// commit) and this process may run on one CPU only, where the hop to the writer
+    /// thread and back is two context switches on the same core per group (docs/
+    /// ARCHITECTURE.md, "The store"). Default: `CHAT_COMMIT_INLINE` (`0` or `1`) from the
+    /// environment if set, else `None`. Without a store it changes nothing.
+    pub commit_inline: Option<bool>,
+}
+
+/// [`HubConfig::commit_inline`]'s default: `CHAT_COMMIT_INLINE`, else `None`.
+fn default_commit_inline() -> Option<bool> {
+    match std::env::var("CHAT_COMMIT_INLINE").ok()?.trim() {
+        "1" | "true" => Some(true),
+        "0" | "false" => Some(false),
+        _ => None,
+    }
 }
 
 /// [`HubConfig::fanout_threads`]'s default: `CHAT_FANOUT_THREADS`, else 0.
@@ -126,6 +143,7 @@ impl Default for HubConfig {
             authenticator: None,
             cluster: None,
             fanout_threads: default_fanout_threads(),
+            commit_inline: default_commit_inline(),
         }
     }
 }
@@ -140,6 +158,7 @@ impl std::fmt::Debug for HubConfig {
             .field("inbox", &self.inbox)
             .field("cluster", &self.cluster.is_some())
             .field("fanout_threads", &self.fanout_threads)
+            .field("commit_inline", &self.commit_inline)
             .finish_non_exhaustive()
     }
 }
@@ -329,6 +348,7 @@ impl Hub {
             authenticator,
             cluster,
             fanout_threads,
+            commit_inline,
         } = config;
         if core.durable && store.is_none() {
             return Err(SpawnError::RuntimeOwned {
@@ -445,8 +465,17 @@ impl Hub {
         let writer = store
             .as_ref()
             .map(|s| Writer::start(s.clone(), control.clone(), default_retention, policies));
+        // Messages committed by the driver itself (see `HubConfig::commit_inline`).
+        let inline = store.clone().filter(|s| {
+            commit_inline.unwrap_or_else(|| {
+                s.cheap_commits()
+                    && std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
+            })
+        });
         let driver = Driver {
             server,
+            inline,
+            inline_batch: Vec::new(),
             rx,
             control_rx,
             control: control.clone(),
@@ -975,6 +1004,10 @@ struct Driver {
     parked: HashMap<(RoomName, u64), (SessionId, usize)>,
     /// Answers to settle after the current drain.
     settling: Vec<(SessionId, usize)>,
+    /// The store, when the driver commits messages itself (`HubConfig::commit_inline`),
+    /// and the messages of the drain under way.
+    inline: Option<Arc<dyn Store>>,
+    inline_batch: Vec<Arc<Message>>,
     /// Which frames, and which drains that queued frames, are timed.
     time_frames: Sampler,
     time_drains: Sampler,
@@ -1056,6 +1089,16 @@ impl Driver {
                         break;
                     }
                 }
+            }
+            // Inline commits: this wake-up's messages as one group, answered as the
+            // writer thread's group is (their release may make no new message, but loop
+            // in case).
+            let mut stop = false;
+            while let Some(persisted) = self.commit_inline() {
+                stop |= self.handle(now, persisted);
+            }
+            if stop {
+                break;
             }
             // The fan-out threads (if any) take this batch's frames now; while they are
             // far behind, no more input is taken.
@@ -1232,6 +1275,30 @@ impl Driver {
         }
     }
 
+    /// Commits the messages this wake-up's inputs made, on the driver itself, as one
+    /// group: the answer the writer thread would send (`Cmd::Persisted`), without the two
+    /// hand-offs. `None` when there is nothing to commit.
+    fn commit_inline(&mut self) -> Option<Cmd> {
+        let store = self.inline.as_ref()?;
+        if self.inline_batch.is_empty() {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let result = guarded(|| store.append(&self.inline_batch));
+        metrics::histogram!("chat_commit_seconds").record(started.elapsed());
+        if let Err(e) = &result {
+            let n = self.inline_batch.len();
+            tracing::warn!(error = %e, messages = n, "store append failed");
+            metrics::counter!("chat_store_errors_total").increment(1);
+        }
+        let messages = self
+            .inline_batch
+            .drain(..)
+            .map(|m| (m.room.clone(), m.seq))
+            .collect();
+        Some(Cmd::Persisted { messages, result })
+    }
+
     /// Adds what the counters gathered since the last wake-up to the metrics.
     fn tell_metrics(&mut self) {
         if self.untold_frames_out > 0 {
@@ -1280,6 +1347,13 @@ impl Driver {
                         if let Some(w) = &self.writer {
                             w.submit(Item::ReadMarker(user, room, seq));
                         }
+                    }
+                    Output::Persist(msg) if self.inline.is_some() => {
+                        if self.answering.is_some() {
+                            let (room, seq) = (msg.room.clone(), msg.seq.0);
+                            self.park(room, seq);
+                        }
+                        self.inline_batch.push(msg);
                     }
                     Output::Persist(msg) => match &self.writer {
                         Some(w) => {
@@ -1612,6 +1686,11 @@ impl Driver {
     }
 
     async fn finish(mut self) {
+        // (The core says it has drained only once no message waits for its commit, so
+        // this finds nothing; were it to, the messages are answered, not dropped.)
+        while let Some(persisted) = self.commit_inline() {
+            self.handle(now(), persisted);
+        }
         self.tell_metrics();
         // Close whatever the core did not (it closes every session on shutdown).
         let fanout =

@@ -1018,6 +1018,14 @@ fn prune_step(
 }
 
 impl Store for SqliteStore {
+    /// An in-memory database, or a file with `synchronous=NORMAL` (no fsync per commit;
+    /// a commit still survives the process being killed). Every write takes the writer
+    /// connection's lock, so `append` from the driver and the writer thread's other
+    /// writes take turns.
+    fn cheap_commits(&self) -> bool {
+        matches!(self.reads, Reads::Shared) || self.durability == Durability::Normal
+    }
+
     fn load(&self, window: usize) -> Result<Restored, StoreError> {
         self.read(|conn| {
             // One read transaction: a consistent snapshot of every room.

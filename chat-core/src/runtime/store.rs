@@ -43,6 +43,16 @@ pub trait Store: Send + Sync + 'static {
     /// Commits a group of messages atomically, in order. Only after `Ok` are they acked.
     fn append(&self, batch: &[Arc<Message>]) -> Result<(), StoreError>;
 
+    /// Whether a commit is cheap enough for the driver task to run it itself (no fsync
+    /// per commit: an in-memory database, or SQLite with `Durability::Normal`); see
+    /// [`HubConfig::commit_inline`](
+    /// super::HubConfig::commit_inline). A store that says `true` must take
+    /// [`Store::append`] from another thread than its other writes, at the same time.
+    /// The default: `false` (every write on the writer thread).
+    fn cheap_commits(&self) -> bool {
+        false
+    }
+
     /// The newest `limit` messages of `room` with seq below `before` (all when `None`),
     /// oldest first, and whether older ones exist.
     fn page(

@@ -76,3 +76,16 @@ pub async fn member(
         .expect("joined in time");
     c
 }
+
+/// A `send` of `body` to `general` with request id `id`.
+pub fn say(id: u64, body: &str) -> chat_core::protocol::ClientFrame {
+    use chat_core::protocol::{ClientFrame, SendRequest};
+    ClientFrame::Send(SendRequest {
+        id: Some(chat_core::RequestId(id)),
+        room: Some("general".into()),
+        to: None,
+        body: body.into(),
+        client_id: None,
+        reply_to: None,
+    })
+}
