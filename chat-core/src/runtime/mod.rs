@@ -105,13 +105,15 @@ pub struct HubConfig {
     /// (`start_paused`) want 0, as the clock jumps ahead whenever the runtime's own
     /// tasks are idle, even while a thread queues the frame one of them waits for.
     pub fanout_threads: usize,
-    /// Commit messages on the driver task, at the end of the drain that made them,
-    /// instead of handing them to the store's writer thread. `None`: inline exactly
-    /// when the store's commits are cheap ([`Store::cheap_commits`]: no fsync per
-    /// commit) and this process may run on one CPU only, where the hop to the writer
-    /// thread and back is two context switches on the same core per group (docs/
-    /// ARCHITECTURE.md, "The store"). Default: `CHAT_COMMIT_INLINE` (`0` or `1`) from the
-    /// environment if set, else `None`. Without a store it changes nothing.
+    /// Commit messages on the driver task, at the end of the wake-up that made them (up
+    /// to 64 inputs' messages in one transaction), instead of handing them to the
+    /// store's writer thread. `None`: inline exactly when the store's commits are cheap
+    /// ([`Store::cheap_commits`]: no fsync per commit) and this process may run on one
+    /// CPU only, where the hop to the writer thread and back is two context switches on
+    /// the same core per group (docs/ARCHITECTURE.md, "Messages, seq and durability").
+    /// Moderation changes, read markers and retention stay on the writer thread either
+    /// way. Default: `CHAT_COMMIT_INLINE` (`0` or `1`) from the environment if set, else
+    /// `None`. Without a store it changes nothing.
     pub commit_inline: Option<bool>,
 }
 
@@ -1005,7 +1007,7 @@ struct Driver {
     /// Answers to settle after the current drain.
     settling: Vec<(SessionId, usize)>,
     /// The store, when the driver commits messages itself (`HubConfig::commit_inline`),
-    /// and the messages of the drain under way.
+    /// and the messages of the wake-up under way.
     inline: Option<Arc<dyn Store>>,
     inline_batch: Vec<Arc<Message>>,
     /// Which frames, and which drains that queued frames, are timed.

@@ -33,7 +33,9 @@ pub struct Restored {
 
 /// Durable message storage. Methods block; the runtime calls `append` from one dedicated
 /// writer thread (in order, grouping the messages that arrived while the previous call
-/// ran) and the read methods from blocking tasks, so reads never wait behind writes.
+/// ran) and the read methods from blocking tasks, so reads never wait behind writes. A
+/// store whose [`Store::cheap_commits`] says `true` may instead get `append` from the
+/// driver task, still in order and one call at a time.
 pub trait Store: Send + Sync + 'static {
     /// Loads every room's last seq, its newest `window` messages and the epoch. The
     /// runtime asks with `window` 0 (names and last seqs only) and reads a room's
@@ -45,10 +47,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether a commit is cheap enough for the driver task to run it itself (no fsync
     /// per commit: an in-memory database, or SQLite with `Durability::Normal`); see
-    /// [`HubConfig::commit_inline`](
-    /// super::HubConfig::commit_inline). A store that says `true` must take
-    /// [`Store::append`] from another thread than its other writes, at the same time.
-    /// The default: `false` (every write on the writer thread).
+    /// [`HubConfig::commit_inline`](super::HubConfig::commit_inline). A store that says
+    /// `true` must allow [`Store::append`] on the driver's thread while the writer thread
+    /// runs its other writes (moderation, read markers, retention). The default: `false`
+    /// (every write on the writer thread).
     fn cheap_commits(&self) -> bool {
         false
     }
