@@ -56,6 +56,9 @@ struct Buffer {
     capacity: usize,
     /// The gap being counted now: events that did not fit since the buffer filled.
     missing: Option<Range<u64>>,
+    /// The last event counted as missed (0: none), so that [`Shared::push`] skips it
+    /// even when a reader has taken the gap in between.
+    last_missed: u64,
 }
 
 impl Shared {
@@ -67,6 +70,7 @@ impl Shared {
         }
         let start = b.missing.as_ref().map_or(id, |gap| gap.start);
         b.missing = Some(start..id + 1);
+        b.last_missed = id;
         true
     }
 
@@ -74,7 +78,7 @@ impl Shared {
     /// Only the driver adds, so a buffer that had room then still has.
     fn push(&self, id: u64, event: &Event) {
         let mut b = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-        if b.missing.as_ref().is_some_and(|gap| gap.end > id) {
+        if b.last_missed == id {
             return;
         }
         if let Some(missed) = b.missing.take() {
@@ -172,6 +176,7 @@ impl EventStream {
                 events: 0,
                 capacity: capacity.max(1),
                 missing: None,
+                last_missed: 0,
             }),
             notify: Notify::new(),
         });
@@ -272,6 +277,30 @@ mod tests {
             Some(HostEvent::Event { id: 1, .. })
         ));
         assert!(matches!(full.try_next(), Some(HostEvent::Lagged { missed }) if missed == (2..3)));
+        assert!(full.try_next().is_none());
+    }
+
+    /// A reader that empties its full buffer while an event is being given out (between
+    /// the count and the pushes) is told of the gap, and not given the event as well.
+    #[test]
+    fn an_event_counted_as_missed_is_not_delivered_too() {
+        let registry = Registry::default();
+        let (_tx, done) = watch::channel(false);
+        let mut full = EventStream::new(&registry, 1, done);
+        publish(&registry, 1);
+        let mut taken = Vec::new();
+        registry.publish(2, &room(2), |_| {
+            taken.extend(std::iter::from_fn(|| full.try_next()));
+        });
+        taken.extend(std::iter::from_fn(|| full.try_next()));
+        let ids: Vec<String> = taken
+            .iter()
+            .map(|item| match item {
+                HostEvent::Event { id, .. } => format!("{id}"),
+                HostEvent::Lagged { missed } => format!("{missed:?}"),
+            })
+            .collect();
+        assert_eq!(ids, ["1", "2..3"]);
     }
 
     /// A full buffer keeps what it has, counts the rest as one gap in place, and a
